@@ -1,1 +1,1071 @@
-//! Test harness.
+//! Test harness: starts a complete, private faas stack on this machine and
+//! tears it down again.
+//!
+//! A [`Stack`] owns one etcd, one docker-registry and one containerd, each in a
+//! private temporary directory on free loopback ports, then one
+//! `faas-controlplane` and N `faas-agent`s built by `tests/run.sh`. Nothing of
+//! the system instances (default sockets and ports) is touched.
+//!
+//! The environment is prepared by `tests/run.sh`, which exports:
+//! - `FAAS_BIN_DIR`: directory holding faas-controlplane, faas-agent, faasctl
+//!   and faas-init;
+//! - `FAAS_RUNTIME_ARCHIVES`: `name=/path/archive.tar,...` built by
+//!   `runtimes/build.sh`.
+//!
+//! Without them (or without root) [`Stack::start`] fails with a message that
+//! says so: an end-to-end test never passes silently.
+//!
+//! Each agent `i` runs as node `node-<i>` in containerd namespace
+//! [`Stack::agent_namespace`]`(i)`: agent 0 uses [`Stack::namespace`], the
+//! others `<namespace>-<i>`, so that two agents sharing the stack's containerd
+//! never see (or clean up) each other's containers.
+//!
+//! Set `FAAS_TEST_KEEP=1` to keep the stack directory (logs, state) after a test.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use containerd_client::services::v1::{
+    containers_client::ContainersClient, leases_client::LeasesClient,
+    snapshots::snapshots_client::SnapshotsClient, snapshots::Kind as SnapshotKind,
+    snapshots::ListSnapshotsRequest, tasks_client::TasksClient, version_client::VersionClient,
+    DeleteContainerRequest, DeleteTaskRequest, KillRequest, ListContainersRequest,
+    ListTasksRequest,
+};
+use containerd_client::tonic::Request;
+use containerd_client::with_namespace;
+use faas_proto::v1::{
+    cluster_service_client::ClusterServiceClient, register_runtime_request,
+    runtime_service_client::RuntimeServiceClient, ListNodesRequest, ListNodesResponse,
+    RegisterRuntimeRequest, RuntimeSpec,
+};
+use futures::StreamExt;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a daemon may take to become ready before the test fails.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a process gets to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Teardown after a call happens after the reply: give it this long to finish
+/// before containerd state counts as leftovers.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(10);
+/// Lines of each log printed when a test fails.
+const LOG_TAIL_LINES: usize = 40;
+/// The snapshotter faas uses (containerd's default on ext4).
+const SNAPSHOTTER: &str = "overlayfs";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Number of faas-agent processes (nodes `node-0`, `node-1`, ...).
+    pub agents: usize,
+    /// Spots per agent.
+    pub spots: u32,
+    /// Runtimes registered once the stack is up, e.g. `["python3"]`; each
+    /// needs an archive in `FAAS_RUNTIME_ARCHIVES` and `runtimes/<name>/runtime.toml`.
+    pub runtimes: Vec<&'static str>,
+    /// `--policy` of the control plane; `None` keeps its default.
+    pub policy: Option<String>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            agents: 1,
+            spots: 2,
+            runtimes: Vec::new(),
+            policy: None,
+        }
+    }
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `tests/fixtures/<name>`: a small function directory shipped for tests.
+pub fn fixture_dir(name: &str) -> PathBuf {
+    let dir = repo_root().join("tests/fixtures").join(name);
+    assert!(dir.is_dir(), "no fixture {}", dir.display());
+    dir
+}
+
+/// `FAAS_BIN_DIR`, checked to hold every faas binary.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::var_os("FAAS_BIN_DIR").ok_or_else(|| {
+        anyhow!(
+            "FAAS_BIN_DIR is not set. The end-to-end tests need the release binaries and \
+             private etcd/registry/containerd: run them with tests/run.sh (as root), which \
+             builds everything and exports FAAS_BIN_DIR and FAAS_RUNTIME_ARCHIVES"
+        )
+    })?;
+    let dir = PathBuf::from(dir);
+    for bin in ["faas-controlplane", "faas-agent", "faasctl", "faas-init"] {
+        if !dir.join(bin).is_file() {
+            bail!(
+                "FAAS_BIN_DIR={} has no {bin}: rebuild with tests/run.sh",
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// The runtime archives built by `runtimes/build.sh`, from `FAAS_RUNTIME_ARCHIVES`
+/// (`name=/path,name=/path`).
+pub fn runtime_archives() -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let raw = std::env::var("FAAS_RUNTIME_ARCHIVES").map_err(|_| {
+        anyhow!(
+            "FAAS_RUNTIME_ARCHIVES is not set: run the end-to-end tests with tests/run.sh, \
+             which builds the runtimes with runtimes/build.sh"
+        )
+    })?;
+    raw.split(',')
+        .filter(|entry| !entry.trim().is_empty())
+        .map(|entry| {
+            let (name, path) = entry
+                .split_once('=')
+                .ok_or_else(|| anyhow!("FAAS_RUNTIME_ARCHIVES entry {entry:?} is not name=path"))?;
+            Ok((name.trim().to_string(), PathBuf::from(path.trim())))
+        })
+        .collect()
+}
+
+fn find_in_path(program: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            anyhow!(
+                "{program} is not installed: tests/run.sh installs it (deploy/lib/install-deps.sh)"
+            )
+        })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    // Port 0 lets the kernel choose; the port is released right away and
+    // reused by the daemon. A collision in between is possible but rare.
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Last `lines` lines of a file, for error messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) => return format!("(no log {}: {err})", path.display()),
+    };
+    // Logs can be large (etcd is chatty): only the end matters.
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut text = String::new();
+    let mut bytes = Vec::new();
+    if file.read_to_end(&mut bytes).is_ok() {
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// One child process with its log file.
+struct Daemon {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(name: &str, mut command: Command, log: &Path) -> anyhow::Result<Daemon> {
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let err = out.try_clone()?;
+        // Own process group: a signal to the group reaches anything the daemon forked.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {name}: {command:?}"))?;
+        Ok(Daemon {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Fails with the log tail if the process has exited.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited early ({status}); last lines of {}:\n{}",
+                self.name,
+                self.log.display(),
+                log_tail(&self.log, LOG_TAIL_LINES)
+            );
+        }
+        Ok(())
+    }
+
+    fn failure(&self, what: &str) -> anyhow::Error {
+        anyhow!(
+            "{}: {what}; last lines of {}:\n{}",
+            self.name,
+            self.log.display(),
+            log_tail(&self.log, LOG_TAIL_LINES)
+        )
+    }
+
+    /// SIGTERM, then SIGKILL after `timeout`. Returns whether it exited on SIGTERM.
+    async fn stop(&mut self, timeout: Duration) -> bool {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                let _ = killpg(self.pid(), Signal::SIGKILL);
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill_now();
+        false
+    }
+
+    /// SIGKILL to the process group, then reap.
+    fn kill_now(&mut self) {
+        let _ = killpg(self.pid(), Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Deserialize)]
+struct RuntimeToml {
+    name: String,
+    path: String,
+    #[serde(default)]
+    dependencies: String,
+    run: String,
+}
+
+/// A running faas stack. Dropping it kills every process it started.
+pub struct Stack {
+    /// gRPC endpoint of the control plane, `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    /// The stack's private containerd socket.
+    pub containerd_socket: PathBuf,
+    /// containerd namespace of agent 0 (see [`Stack::agent_namespace`]).
+    pub namespace: String,
+    /// Everything of the stack lives here: data, sockets and `logs/`.
+    pub dir: TempDir,
+    bin_dir: Option<PathBuf>,
+    etcd_endpoint: String,
+    registry_addr: String,
+    spots: u32,
+    /// etcd, registry, containerd, control plane: stopped in reverse order.
+    daemons: Vec<Daemon>,
+    agents: Vec<Option<Daemon>>,
+}
+
+impl Stack {
+    /// Starts etcd, the registry, containerd, the control plane and the
+    /// agents, waits until every agent shows as connected, then registers the
+    /// requested runtimes.
+    pub async fn start(opts: StackOptions) -> anyhow::Result<Stack> {
+        let bin_dir = bin_dir()?;
+        let archives = if opts.runtimes.is_empty() {
+            Vec::new()
+        } else {
+            runtime_archives()?
+        };
+        let mut stack = Stack::start_infra().await?;
+        stack.bin_dir = Some(bin_dir);
+        stack.spots = opts.spots;
+        stack.start_controlplane(opts.policy.as_deref()).await?;
+        for i in 0..opts.agents {
+            stack.agents.push(None);
+            stack.spawn_agent(i)?;
+        }
+        stack.wait_agents_connected(READY_TIMEOUT).await?;
+        for name in &opts.runtimes {
+            let archive = archives
+                .iter()
+                .find(|(archive_name, _)| archive_name == name)
+                .map(|(_, path)| path.clone())
+                .ok_or_else(|| {
+                    anyhow!("FAAS_RUNTIME_ARCHIVES has no archive for runtime {name}")
+                })?;
+            stack
+                .register_runtime(name, &archive)
+                .await
+                .with_context(|| format!("registering runtime {name}"))?;
+        }
+        Ok(stack)
+    }
+
+    /// Starts only etcd, the registry and containerd (no faas process): for
+    /// tests of a single component, e.g. the agent's containerd driver. Needs
+    /// root, not FAAS_BIN_DIR.
+    pub async fn start_infra() -> anyhow::Result<Stack> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!(
+                "the end-to-end tests need root (containerd, runc, overlay mounts): \
+                 run them with tests/run.sh as root"
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("faas-stack-")
+            .tempdir()
+            .context("creating the stack directory")?;
+        let root = dir.path().to_path_buf();
+        fs::create_dir_all(root.join("logs"))?;
+
+        let mut stack = Stack {
+            endpoint: String::new(),
+            containerd_socket: root.join("containerd/containerd.sock"),
+            namespace: "faas".to_string(),
+            dir,
+            bin_dir: None,
+            etcd_endpoint: String::new(),
+            registry_addr: String::new(),
+            spots: StackOptions::default().spots,
+            daemons: Vec::new(),
+            agents: Vec::new(),
+        };
+        stack.start_etcd().await?;
+        stack.start_registry().await?;
+        stack.start_containerd().await?;
+        Ok(stack)
+    }
+
+    /// etcd client URL, `http://127.0.0.1:<port>`.
+    pub fn etcd_endpoint(&self) -> &str {
+        &self.etcd_endpoint
+    }
+
+    /// Registry address, `127.0.0.1:<port>` (plain HTTP).
+    pub fn registry_addr(&self) -> &str {
+        &self.registry_addr
+    }
+
+    fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir
+            .as_ref()
+            .expect("this stack was started without FAAS_BIN_DIR (Stack::start_infra)")
+            .join(name)
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("logs").join(format!("{name}.log"))
+    }
+
+    async fn start_etcd(&mut self) -> anyhow::Result<()> {
+        let client = free_port()?;
+        let peer = free_port()?;
+        let data = self.dir.path().join("etcd");
+        let mut cmd = Command::new(find_in_path("etcd")?);
+        cmd.arg("--name=faas-test")
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!(
+                "--initial-cluster=faas-test=http://127.0.0.1:{peer}"
+            ))
+            .arg("--initial-cluster-state=new")
+            .arg("--log-level=warn")
+            .arg("--logger=zap");
+        let mut daemon = Daemon::spawn("etcd", cmd, &self.log_path("etcd"))?;
+        let addr = format!("127.0.0.1:{client}");
+        let ready = wait_until(READY_TIMEOUT, &mut daemon, || async {
+            http_get(&addr, "/health")
+                .await
+                .map(|(status, body)| status == 200 && body.contains("\"health\":\"true\""))
+                .unwrap_or(false)
+        })
+        .await;
+        self.daemons.push(daemon);
+        ready?;
+        self.etcd_endpoint = format!("http://{addr}");
+        Ok(())
+    }
+
+    async fn start_registry(&mut self) -> anyhow::Result<()> {
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let storage = self.dir.path().join("registry");
+        fs::create_dir_all(&storage)?;
+        let template = fs::read_to_string(repo_root().join("deploy/config/registry.yml"))
+            .context("reading deploy/config/registry.yml")?;
+        let config = self.dir.path().join("registry.yml");
+        fs::write(
+            &config,
+            template
+                .replace("@REGISTRY_ROOT@", &storage.display().to_string())
+                .replace("@REGISTRY_ADDR@", &addr),
+        )?;
+        let mut cmd = Command::new(find_in_path("docker-registry")?);
+        cmd.arg("serve").arg(&config);
+        let mut daemon = Daemon::spawn("registry", cmd, &self.log_path("registry"))?;
+        let ready = wait_until(READY_TIMEOUT, &mut daemon, || async {
+            http_get(&addr, "/v2/")
+                .await
+                .map(|(status, _)| status == 200)
+                .unwrap_or(false)
+        })
+        .await;
+        self.daemons.push(daemon);
+        ready?;
+        self.registry_addr = addr;
+        Ok(())
+    }
+
+    async fn start_containerd(&mut self) -> anyhow::Result<()> {
+        let base = self.dir.path().join("containerd");
+        fs::create_dir_all(&base)?;
+        let template = fs::read_to_string(repo_root().join("deploy/config/containerd.toml"))
+            .context("reading deploy/config/containerd.toml")?;
+        let config = base.join("config.toml");
+        fs::write(
+            &config,
+            template
+                .replace(
+                    "@CONTAINERD_ROOT@",
+                    &base.join("root").display().to_string(),
+                )
+                .replace(
+                    "@CONTAINERD_STATE@",
+                    &base.join("state").display().to_string(),
+                )
+                .replace(
+                    "@CONTAINERD_SOCKET@",
+                    &self.containerd_socket.display().to_string(),
+                ),
+        )?;
+        let mut cmd = Command::new(find_in_path("containerd")?);
+        cmd.arg("--config").arg(&config);
+        let mut daemon = Daemon::spawn("containerd", cmd, &self.log_path("containerd"))?;
+        let socket = self.containerd_socket.clone();
+        let ready = wait_until(READY_TIMEOUT, &mut daemon, || async {
+            match containerd_client::connect(&socket).await {
+                Ok(channel) => VersionClient::new(channel).version(()).await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+        self.daemons.push(daemon);
+        ready
+    }
+
+    async fn start_controlplane(&mut self, policy: Option<&str>) -> anyhow::Result<()> {
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(self.bin("faas-controlplane"));
+        cmd.arg("--listen")
+            .arg(&addr)
+            .arg("--etcd")
+            .arg(&self.etcd_endpoint)
+            .arg("--registry")
+            .arg(&self.registry_addr)
+            .arg("--name")
+            .arg("cp-0");
+        if let Some(policy) = policy {
+            cmd.arg("--policy").arg(policy);
+        }
+        cmd.env("RUST_LOG", rust_log());
+        let mut daemon = Daemon::spawn("controlplane", cmd, &self.log_path("controlplane"))?;
+        let ready = wait_until(READY_TIMEOUT, &mut daemon, || async {
+            tokio::net::TcpStream::connect(&addr).await.is_ok()
+        })
+        .await;
+        self.daemons.push(daemon);
+        ready?;
+        self.endpoint = format!("http://{addr}");
+        Ok(())
+    }
+
+    /// Node name of agent `i`.
+    pub fn agent_node(&self, i: usize) -> String {
+        format!("node-{i}")
+    }
+
+    /// containerd namespace of agent `i`.
+    pub fn agent_namespace(&self, i: usize) -> String {
+        if i == 0 {
+            self.namespace.clone()
+        } else {
+            format!("{}-{i}", self.namespace)
+        }
+    }
+
+    /// Private state directory of agent `i` (kept across restarts).
+    pub fn agent_state_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("agent-{i}"))
+    }
+
+    fn spawn_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let state = self.agent_state_dir(i);
+        fs::create_dir_all(&state)?;
+        let mut cmd = Command::new(self.bin("faas-agent"));
+        cmd.arg("--control-plane")
+            .arg(&self.endpoint)
+            .arg("--node")
+            .arg(self.agent_node(i))
+            .arg("--spots")
+            .arg(self.spots.to_string())
+            .arg("--containerd")
+            .arg(&self.containerd_socket)
+            .arg("--namespace")
+            .arg(self.agent_namespace(i))
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--insecure-registry")
+            .arg(&self.registry_addr)
+            .arg("--init-binary")
+            .arg(self.bin("faas-init"))
+            .env("RUST_LOG", rust_log());
+        let daemon = Daemon::spawn(
+            &format!("agent-{i}"),
+            cmd,
+            &self.log_path(&format!("agent-{i}")),
+        )?;
+        self.agents[i] = Some(daemon);
+        Ok(())
+    }
+
+    /// A gRPC channel to the control plane (connects lazily).
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.endpoint.clone())
+            .expect("the endpoint is a valid URI")
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy()
+    }
+
+    /// `faasctl` pointed at this stack.
+    pub fn faasctl(&self) -> Command {
+        let mut cmd = Command::new(self.bin("faasctl"));
+        cmd.arg("--endpoint")
+            .arg(&self.endpoint)
+            .env("FAAS_ENDPOINT", &self.endpoint);
+        cmd
+    }
+
+    /// `ClusterService.ListNodes`.
+    pub async fn list_nodes(&self) -> anyhow::Result<ListNodesResponse> {
+        let mut client = ClusterServiceClient::new(self.channel().await);
+        Ok(client.list_nodes(ListNodesRequest {}).await?.into_inner())
+    }
+
+    /// Waits until every running agent is listed as connected.
+    pub async fn wait_agents_connected(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for daemon in self
+                .daemons
+                .iter_mut()
+                .chain(self.agents.iter_mut().flatten())
+            {
+                daemon.check_running()?;
+            }
+            let wanted: Vec<String> = (0..self.agents.len())
+                .filter(|i| self.agents[*i].is_some())
+                .map(|i| self.agent_node(i))
+                .collect();
+            let last = match self.list_nodes().await {
+                Ok(nodes) => {
+                    let connected: HashSet<&str> = nodes
+                        .nodes
+                        .iter()
+                        .filter(|node| node.connected)
+                        .map(|node| node.name.as_str())
+                        .collect();
+                    if wanted.iter().all(|name| connected.contains(name.as_str())) {
+                        return Ok(());
+                    }
+                    format!("connected: {connected:?}, waiting for {wanted:?}")
+                }
+                Err(err) => format!("ListNodes: {err:#}"),
+            };
+            if Instant::now() > deadline {
+                bail!(
+                    "agents not connected after {timeout:?} ({last})\n{}",
+                    self.log_tails()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Kills agent `i` with SIGKILL (a crash: it gets no chance to clean up).
+    pub async fn kill_agent(&mut self, i: usize) {
+        if let Some(mut daemon) = self.agents[i].take() {
+            daemon.kill_now();
+        }
+    }
+
+    /// Stops agent `i` with SIGTERM (a clean stop); true if it exited in time.
+    pub async fn stop_agent(&mut self, i: usize) -> bool {
+        match self.agents[i].take() {
+            Some(mut daemon) => daemon.stop(STOP_TIMEOUT).await,
+            None => true,
+        }
+    }
+
+    /// (Re)starts agent `i` with its previous node name and state directory
+    /// and waits until it is connected. Panics if it does not connect.
+    pub async fn start_agent(&mut self, i: usize) {
+        if self.agents[i].is_some() {
+            return;
+        }
+        self.spawn_agent(i).expect("spawning faas-agent");
+        if let Err(err) = self.wait_agents_connected(READY_TIMEOUT).await {
+            panic!("agent {i} did not reconnect: {err:#}");
+        }
+    }
+
+    /// Registers runtime `name` from `runtimes/<name>/runtime.toml` and `archive`
+    /// (replacing an existing one).
+    pub async fn register_runtime(&self, name: &str, archive: &Path) -> anyhow::Result<()> {
+        let toml_path = repo_root().join("runtimes").join(name).join("runtime.toml");
+        let definition: RuntimeToml = toml::from_str(
+            &fs::read_to_string(&toml_path)
+                .with_context(|| format!("reading {}", toml_path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", toml_path.display()))?;
+        let spec = RegisterRuntimeRequest {
+            part: Some(register_runtime_request::Part::Spec(RuntimeSpec {
+                name: definition.name,
+                path: definition.path,
+                dependencies: definition.dependencies,
+                run: definition.run,
+                image_ref: String::new(),
+                replace: true,
+            })),
+        };
+        let file = tokio::fs::File::open(archive)
+            .await
+            .with_context(|| format!("opening {}", archive.display()))?;
+        // Stream the archive in 1 MiB chunks: runtime images are far above
+        // gRPC's message limit and need not sit in memory.
+        let chunks = futures::stream::unfold(file, |mut file| async move {
+            let mut buf = vec![0u8; 1 << 20];
+            match file.read(&mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((
+                        RegisterRuntimeRequest {
+                            part: Some(register_runtime_request::Part::Chunk(buf)),
+                        },
+                        file,
+                    ))
+                }
+            }
+        });
+        let requests = futures::stream::iter([spec]).chain(chunks);
+        let mut client =
+            RuntimeServiceClient::new(self.channel().await).max_decoding_message_size(64 << 20);
+        client.register_runtime(requests).await?;
+        Ok(())
+    }
+
+    /// Containers, tasks, snapshots (other than committed image layers) and
+    /// leases left in the agents' namespaces, as `"<kind> <id>"` strings
+    /// (namespace appended for agents other than 0).
+    pub async fn containerd_leftovers(&self) -> anyhow::Result<Vec<String>> {
+        let channel = containerd_client::connect(&self.containerd_socket)
+            .await
+            .context("connecting to the stack's containerd")?;
+        let mut found = Vec::new();
+        for i in 0..self.agents.len().max(1) {
+            let ns = self.agent_namespace(i);
+            let suffix = if i == 0 {
+                String::new()
+            } else {
+                format!(" (namespace {ns})")
+            };
+            let containers = ContainersClient::new(channel.clone())
+                .list(with_namespace!(
+                    ListContainersRequest { filters: vec![] },
+                    ns
+                ))
+                .await?
+                .into_inner()
+                .containers;
+            found.extend(
+                containers
+                    .into_iter()
+                    .map(|c| format!("container {}{suffix}", c.id)),
+            );
+            let tasks = TasksClient::new(channel.clone())
+                .list(with_namespace!(
+                    ListTasksRequest {
+                        filter: String::new()
+                    },
+                    ns
+                ))
+                .await?
+                .into_inner()
+                .tasks;
+            found.extend(
+                tasks
+                    .into_iter()
+                    .map(|t| format!("task {}{suffix}", t.container_id)),
+            );
+            let mut snapshots = SnapshotsClient::new(channel.clone())
+                .list(with_namespace!(
+                    ListSnapshotsRequest {
+                        snapshotter: SNAPSHOTTER.to_string(),
+                        filters: vec![]
+                    },
+                    ns
+                ))
+                .await?
+                .into_inner();
+            while let Some(page) = snapshots.next().await {
+                for info in page?.info {
+                    // Image layers are committed under their chain id and are
+                    // meant to stay (the agent's image cache).
+                    let image_layer =
+                        info.kind == SnapshotKind::Committed as i32 && is_digest(&info.name);
+                    if !image_layer {
+                        found.push(format!("snapshot {}{suffix}", info.name));
+                    }
+                }
+            }
+            let leases = LeasesClient::new(channel.clone())
+                .list(with_namespace!(
+                    containerd_client::services::v1::ListRequest { filters: vec![] },
+                    ns
+                ))
+                .await?
+                .into_inner()
+                .leases;
+            found.extend(
+                leases
+                    .into_iter()
+                    .map(|l| format!("lease {}{suffix}", l.id)),
+            );
+        }
+        Ok(found)
+    }
+
+    /// Polls [`Stack::containerd_leftovers`] until it is empty; fails with
+    /// the list if it is not within `within`.
+    pub async fn assert_no_leftovers(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let leftovers = self.containerd_leftovers().await?;
+            if leftovers.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("containerd leftovers after {within:?}: {leftovers:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops the agents cleanly (SIGTERM), asserts they left nothing in
+    /// containerd, then stops everything else. Everything is stopped even
+    /// when the assertion fails.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        for i in 0..self.agents.len() {
+            if !self.stop_agent(i).await {
+                problems.push(format!(
+                    "agent {i} did not exit within {STOP_TIMEOUT:?} of SIGTERM"
+                ));
+            }
+        }
+        if let Err(err) = self.assert_no_leftovers(LEFTOVER_GRACE).await {
+            problems.push(format!("{err:#}"));
+        }
+        // What the agents left must not outlive the stack: kill and delete it
+        // through the API before containerd goes away.
+        self.remove_containerd_leftovers().await;
+        while let Some(mut daemon) = self.daemons.pop() {
+            if daemon.name == "containerd" {
+                kill_shims(&self.containerd_socket);
+            }
+            if !daemon.stop(STOP_TIMEOUT).await {
+                problems.push(format!(
+                    "{} did not exit within {STOP_TIMEOUT:?} of SIGTERM",
+                    daemon.name
+                ));
+            }
+        }
+        unmount_under(self.dir.path());
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}\n{}", problems.join("\n"), self.log_tails())
+        }
+    }
+
+    /// Best effort: kill tasks and delete containers in the agents' namespaces.
+    async fn remove_containerd_leftovers(&self) {
+        let Ok(channel) = containerd_client::connect(&self.containerd_socket).await else {
+            return;
+        };
+        for i in 0..self.agents.len().max(1) {
+            let ns = self.agent_namespace(i);
+            let mut tasks = TasksClient::new(channel.clone());
+            if let Ok(list) = tasks
+                .list(with_namespace!(
+                    ListTasksRequest {
+                        filter: String::new()
+                    },
+                    ns
+                ))
+                .await
+            {
+                for task in list.into_inner().tasks {
+                    let id = task.container_id;
+                    let _ = tasks
+                        .kill(with_namespace!(
+                            KillRequest {
+                                container_id: id.clone(),
+                                exec_id: String::new(),
+                                signal: Signal::SIGKILL as u32,
+                                all: true
+                            },
+                            ns
+                        ))
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let _ = tasks
+                        .delete(with_namespace!(DeleteTaskRequest { container_id: id }, ns))
+                        .await;
+                }
+            }
+            let mut containers = ContainersClient::new(channel.clone());
+            if let Ok(list) = containers
+                .list(with_namespace!(
+                    ListContainersRequest { filters: vec![] },
+                    ns
+                ))
+                .await
+            {
+                for container in list.into_inner().containers {
+                    let _ = containers
+                        .delete(with_namespace!(
+                            DeleteContainerRequest { id: container.id },
+                            ns
+                        ))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// The last lines of every log of the stack.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        let mut logs: Vec<PathBuf> = fs::read_dir(self.dir.path().join("logs"))
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.sort();
+        for log in logs {
+            out.push_str(&format!(
+                "----- {} (last {LOG_TAIL_LINES} lines)\n{}\n",
+                log.display(),
+                log_tail(&log, LOG_TAIL_LINES)
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "faas stack in {} (test failed):\n{}",
+                self.dir.path().display(),
+                self.log_tails()
+            );
+        }
+        // Agents and the control plane first, so nothing creates containers
+        // while containerd goes away.
+        for daemon in self.agents.iter_mut().flatten() {
+            daemon.kill_now();
+        }
+        self.agents.clear();
+        while let Some(mut daemon) = self.daemons.pop() {
+            if daemon.name == "containerd" {
+                kill_shims(&self.containerd_socket);
+            }
+            daemon.kill_now();
+        }
+        unmount_under(self.dir.path());
+        if std::env::var_os("FAAS_TEST_KEEP").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!("FAAS_TEST_KEEP: kept {}", self.dir.path().display());
+        }
+    }
+}
+
+fn rust_log() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string())
+}
+
+fn is_digest(name: &str) -> bool {
+    name.strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Polls `probe` every 100 ms until it holds; fails early if the daemon dies,
+/// and with its log tail on timeout.
+async fn wait_until<F, Fut>(
+    timeout: Duration,
+    daemon: &mut Daemon,
+    mut probe: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        daemon.check_running()?;
+        if probe().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(daemon.failure(&format!("not ready after {timeout:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback (etcd and registry health), returning
+/// the status code and the body.
+async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let io = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(Duration::from_secs(2), io).await??;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| anyhow!("bad HTTP response from {addr}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    Ok((status, body.to_string()))
+}
+
+/// Parent pid of every process, from /proc.
+fn process_parents() -> Vec<(i32, i32)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name may hold spaces: the fields after it follow the last ')'.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
+}
+
+/// Kills the runc shims of this containerd and every process below them (the
+/// containers): the shims are not containerd's children, so killing containerd
+/// alone would leave them, and their containers, running.
+fn kill_shims(containerd_socket: &Path) {
+    let socket = containerd_socket.display().to_string();
+    let parents = process_parents();
+    let shims: Vec<i32> = parents
+        .iter()
+        .map(|(pid, _)| *pid)
+        .filter(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first()
+                .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"-address" && w[1] == socket.as_bytes())
+        })
+        .collect();
+    for shim in shims {
+        // Children before parents, so none is re-parented out of reach.
+        let mut tree = vec![shim];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(
+                parents
+                    .iter()
+                    .filter(|(_, pp)| *pp == parent)
+                    .map(|(p, _)| *p),
+            );
+            i += 1;
+        }
+        for pid in tree.iter().rev() {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Lazily unmounts every mount point under `dir` (overlay rootfs, shim
+/// mounts), deepest first, so the directory can be removed.
+fn unmount_under(dir: &Path) {
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.display().to_string();
+    let mut points: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(4))
+        .map(|point| point.replace("\\040", " "))
+        .filter(|point| point.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.len()));
+    for point in points {
+        let _ = nix::mount::umount2(point.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
