@@ -1,0 +1,400 @@
+//! The command line: nouns and verbs (clap derive) and the value parsers
+//! that turn human units (`128Mi`, `2s`, `K=V`) into what the API wants.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Long help of the top-level command: the exit codes are part of the
+/// interface scripts rely on, so they are documented where users look.
+const LONG_ABOUT: &str = "\
+faasctl drives a faas cluster through its public gRPC API: register runtimes,
+deploy functions, invoke them and inspect calls and nodes.
+
+Results go to stdout (a table, or JSON with -o json); progress and errors go to
+stderr, so scripts can rely on stdout.
+
+Exit codes:
+  0  success
+  1  the call ran and did not succeed (status failed or timeout)
+  2  bad input: usage error, unreadable file, or the server said INVALID_ARGUMENT
+     (also OUT_OF_RANGE)
+  3  not found: the server said NOT_FOUND
+  4  the server is unreachable or failed: UNAVAILABLE, DEADLINE_EXCEEDED,
+     INTERNAL and any other gRPC error not listed here
+  5  conflict: ALREADY_EXISTS, FAILED_PRECONDITION, ABORTED
+     (e.g. the runtime exists, or is still used by functions)
+  6  refused by a limit: RESOURCE_EXHAUSTED (package or params too large)";
+
+#[derive(Debug, Parser)]
+#[command(name = "faasctl", version, about = "The faas command-line tool", long_about = LONG_ABOUT)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Control-plane gRPC endpoint(s); a comma-separated list is tried in
+    /// order and the first that connects is used.
+    #[arg(
+        long,
+        global = true,
+        env = "FAAS_ENDPOINT",
+        default_value = "http://127.0.0.1:7070",
+        value_delimiter = ','
+    )]
+    pub endpoint: Vec<String>,
+
+    /// Output format of read commands.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Deadline of each RPC (e.g. 30s, 2m). Unset: no deadline, so a
+    /// synchronous invoke waits as long as the function may run.
+    /// (Named --rpc-timeout because `fn deploy --timeout` is the function's.)
+    #[arg(long, global = true, env = "FAAS_RPC_TIMEOUT", value_parser = parse_duration)]
+    pub rpc_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage runtimes (an OCI image plus how functions run in it).
+    #[command(subcommand, visible_alias = "runtimes", visible_alias = "rt")]
+    Runtime(RuntimeCmd),
+    /// Manage functions.
+    #[command(
+        subcommand,
+        name = "fn",
+        visible_alias = "function",
+        visible_alias = "functions"
+    )]
+    Function(FunctionCmd),
+    /// Invoke a function (synchronously by default).
+    Invoke(InvokeArgs),
+    /// Inspect calls (invocations).
+    #[command(subcommand, visible_alias = "calls")]
+    Call(CallCmd),
+    /// Inspect the cluster's nodes and their spots.
+    #[command(subcommand, visible_alias = "nodes")]
+    Node(NodeCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuntimeCmd {
+    /// Register a runtime, uploading its image archive or naming an image
+    /// already in the platform registry.
+    Register(RegisterRuntimeArgs),
+    /// List runtimes.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show one runtime.
+    Get { name: String },
+    /// Delete a runtime (refused while functions use it).
+    #[command(visible_alias = "delete")]
+    Rm { name: String },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("image").required(true).args(["archive", "image_ref"])))]
+pub struct RegisterRuntimeArgs {
+    /// Runtime name (e.g. python3). Optional with --file.
+    #[arg(required_unless_present = "file")]
+    pub name: Option<String>,
+    /// TOML file with top-level keys name, path, dependencies, run; flags
+    /// given on the command line override its values.
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
+    /// Directory inside the container where the function's files go.
+    #[arg(long, required_unless_present = "file")]
+    pub path: Option<String>,
+    /// Command that executes the function.
+    #[arg(long, required_unless_present = "file")]
+    pub run: Option<String>,
+    /// Command that installs a function's dependencies when it is loaded.
+    #[arg(long)]
+    pub dependencies: Option<String>,
+    /// Image archive to upload (OCI image layout or `docker save` tar).
+    #[arg(long)]
+    pub archive: Option<PathBuf>,
+    /// Image already in the platform registry ("repo:tag" or "repo@digest").
+    #[arg(long)]
+    pub image_ref: Option<String>,
+    /// Replace an existing runtime of the same name.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FunctionCmd {
+    /// Create a function, or update it (new version) if it exists.
+    Deploy(DeployArgs),
+    /// List functions.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only functions on this runtime.
+        #[arg(long)]
+        runtime: Option<String>,
+    },
+    /// Show one function.
+    Get { name: String },
+    /// Delete a function.
+    #[command(visible_alias = "delete")]
+    Rm { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Function name.
+    pub name: String,
+    /// Source: a directory (packed here into a tar.gz), a .zip or a .tar.gz.
+    pub source: PathBuf,
+    /// Runtime to run on.
+    #[arg(long)]
+    pub runtime: String,
+    /// Handler setting passed to the runtime (default: handler.handler).
+    #[arg(long)]
+    pub handler: Option<String>,
+    /// Memory limit per call: 128Mi, 1Gi, 512M or bytes (default: platform's).
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Wall-time limit per call: 2s, 500ms, 1m (default: platform's).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Environment variable for the function, K=V (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = parse_env_pair)]
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// Function name.
+    pub function: String,
+    /// Input JSON: inline text, @FILE, or - for stdin. Default {}. Sent as
+    /// is: the server validates it.
+    #[arg(long, short = 'd')]
+    pub data: Option<String>,
+    /// Submit and print the call id instead of waiting for the result.
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CallCmd {
+    /// Show one call record.
+    Get { id: String },
+    /// Wait for a call to finish and show its record.
+    Wait {
+        id: String,
+        /// Give up after this long (exit 4, DEADLINE_EXCEEDED). Default: no limit.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// List calls, newest first.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only calls of this function.
+        #[arg(long)]
+        function: Option<String>,
+        /// Only calls with this status.
+        #[arg(long, value_enum)]
+        status: Option<StatusFilter>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Print a call's logs (its stdout and stderr) as they were written.
+    Logs { id: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFilter {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Timeout,
+}
+
+impl StatusFilter {
+    pub fn to_proto(self) -> faas_proto::v1::CallStatus {
+        use faas_proto::v1::CallStatus;
+        match self {
+            StatusFilter::Queued => CallStatus::Queued,
+            StatusFilter::Running => CallStatus::Running,
+            StatusFilter::Succeeded => CallStatus::Succeeded,
+            StatusFilter::Failed => CallStatus::Failed,
+            StatusFilter::Timeout => CallStatus::Timeout,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// List nodes with a summary of their spots.
+    #[command(visible_alias = "list")]
+    Ls,
+}
+
+/// Parses a memory size: plain bytes, binary suffixes (Ki, Mi, Gi, Ti, as
+/// Kubernetes and OpenFaaS write them) or decimal ones (K/k, M, G, T), with
+/// an optional trailing `B` ("512MB", "1GiB").
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    if digits.is_empty() {
+        return Err(format!(
+            "invalid memory size {text:?}: expected e.g. 128Mi, 1Gi, 512M or bytes"
+        ));
+    }
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid memory size {text:?}: number too large"))?;
+    let unit = unit.trim();
+    let unit = unit.strip_suffix(['B', 'b']).unwrap_or(unit);
+    let multiplier: u64 = match unit {
+        "" => 1,
+        "Ki" | "ki" => 1 << 10,
+        "Mi" | "mi" => 1 << 20,
+        "Gi" | "gi" => 1 << 30,
+        "Ti" | "ti" => 1 << 40,
+        "K" | "k" => 1_000,
+        "M" | "m" => 1_000_000,
+        "G" | "g" => 1_000_000_000,
+        "T" | "t" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "invalid memory size {text:?}: unknown unit {unit:?} (use Ki, Mi, Gi, K, M, G)"
+            ))
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("invalid memory size {text:?}: too large"))
+}
+
+/// Parses a human duration ("2s", "500ms", "1m 30s") with humantime.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?}: {e} (e.g. 2s, 500ms, 1m)"))
+}
+
+/// Parses `KEY=VALUE`; the value may contain `=` and may be empty.
+pub fn parse_env_pair(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid --env {text:?}: expected KEY=VALUE"))?;
+    if key.is_empty() {
+        return Err(format!("invalid --env {text:?}: empty key"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// Millisecond count of a duration, for the API's `*_ms` fields; a
+/// non-zero duration under 1 ms rounds up so it never reads as "default".
+pub fn duration_to_ms(duration: Duration) -> u64 {
+    let ms = duration.as_millis();
+    if ms == 0 && !duration.is_zero() {
+        1
+    } else {
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn memory_units() {
+        assert_eq!(parse_memory("128Mi"), Ok(128 << 20));
+        assert_eq!(parse_memory("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_memory("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_memory("512M"), Ok(512_000_000));
+        assert_eq!(parse_memory("512MB"), Ok(512_000_000));
+        assert_eq!(parse_memory("64k"), Ok(64_000));
+        assert_eq!(parse_memory("134217728"), Ok(134_217_728));
+        assert!(parse_memory("Mi").is_err());
+        assert!(parse_memory("12Xi").is_err());
+        assert!(parse_memory("-1").is_err());
+        assert!(parse_memory("99999999999999Ti").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("2").is_err());
+        assert_eq!(duration_to_ms(Duration::from_micros(10)), 1);
+        assert_eq!(duration_to_ms(Duration::ZERO), 0);
+        assert_eq!(duration_to_ms(Duration::from_secs(2)), 2000);
+    }
+
+    #[test]
+    fn env_pairs() {
+        assert_eq!(parse_env_pair("A=b"), Ok(("A".into(), "b".into())));
+        assert_eq!(parse_env_pair("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(parse_env_pair("A="), Ok(("A".into(), String::new())));
+        assert!(parse_env_pair("A").is_err());
+        assert!(parse_env_pair("=b").is_err());
+    }
+
+    #[test]
+    fn smoke_command_lines_parse() {
+        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
+        let cli = parse(
+            "faasctl fn deploy smoke-slow --runtime python3 --timeout 2s --memory 128Mi ./dir",
+        )
+        .unwrap();
+        match cli.command {
+            Command::Function(FunctionCmd::Deploy(d)) => {
+                assert_eq!(d.timeout, Some(Duration::from_secs(2)));
+                assert_eq!(d.memory, Some(128 << 20));
+                assert_eq!(d.source, PathBuf::from("./dir"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let cli = parse("faasctl invoke smoke-py --async --data {} -o json").unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert!(matches!(
+            cli.command,
+            Command::Invoke(InvokeArgs {
+                asynchronous: true,
+                ..
+            })
+        ));
+        let cli = parse("faasctl --endpoint http://a:1,http://b:2 node ls").unwrap();
+        assert_eq!(cli.global.endpoint, vec!["http://a:1", "http://b:2"]);
+        assert!(parse("faasctl call wait ID --timeout 5s -o json").is_ok());
+        assert!(parse("faasctl call ls --status failed --limit 3 --function f").is_ok());
+        assert!(parse("faasctl runtime register --file rt.toml --archive img.tar").is_ok());
+        assert!(parse("faasctl runtime register py --path /p --run r --image-ref x:1").is_ok());
+        // An image is mandatory, and only one kind of it.
+        assert!(parse("faasctl runtime register py --path /p --run r").is_err());
+        assert!(
+            parse("faasctl runtime register py --path /p --run r --image-ref x --archive a")
+                .is_err()
+        );
+        // Without --file, name/path/run are required.
+        assert!(parse("faasctl runtime register py --image-ref x").is_err());
+    }
+}

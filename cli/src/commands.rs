@@ -1,0 +1,566 @@
+//! One function per verb: build the request, make the RPC, print the reply.
+
+use std::io::Read;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use faas_proto::v1::{
+    call_service_client::CallServiceClient, cluster_service_client::ClusterServiceClient,
+    deploy_function_request, function_service_client::FunctionServiceClient,
+    register_runtime_request, runtime_service_client::RuntimeServiceClient, Call,
+    DeleteFunctionRequest, DeleteRuntimeRequest, DeployFunctionRequest, FunctionSpec,
+    GetCallLogsRequest, GetCallRequest, GetFunctionRequest, GetRuntimeRequest, InvokeRequest,
+    ListCallsRequest, ListFunctionsRequest, ListNodesRequest, ListRuntimesRequest,
+    RegisterRuntimeRequest, RuntimeSpec, WaitCallRequest,
+};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+use crate::args::{
+    duration_to_ms, CallCmd, Command, DeployArgs, FunctionCmd, InvokeArgs, NodeCmd, OutputFormat,
+    RegisterRuntimeArgs, RuntimeCmd,
+};
+use crate::client::{upload_progress, upload_stream, UploadBody, UploadError, MAX_DECODE_BYTES};
+use crate::format;
+use crate::output::{self, emit, emit_json, note, BadInput};
+use crate::pack::{self, Package};
+
+pub struct Context {
+    pub channel: Channel,
+    pub output: OutputFormat,
+    pub rpc_timeout: Option<Duration>,
+}
+
+impl Context {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(timeout) = self.rpc_timeout {
+            request.set_timeout(timeout);
+        }
+        request
+    }
+
+    fn runtimes(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_DECODE_BYTES)
+    }
+
+    fn functions(&self) -> FunctionServiceClient<Channel> {
+        FunctionServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_DECODE_BYTES)
+    }
+
+    fn calls(&self) -> CallServiceClient<Channel> {
+        CallServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_DECODE_BYTES)
+    }
+
+    fn cluster(&self) -> ClusterServiceClient<Channel> {
+        ClusterServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_DECODE_BYTES)
+    }
+
+    fn json(&self) -> bool {
+        self.output == OutputFormat::Json
+    }
+
+    /// Prints either the JSON value or the table text.
+    fn show(&self, json: impl FnOnce() -> Value, table: impl FnOnce() -> String) -> Result<()> {
+        if self.json() {
+            emit_json(&json())?;
+        } else {
+            emit(&table())?;
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(ctx: &Context, command: Command) -> Result<()> {
+    match command {
+        Command::Runtime(cmd) => runtime(ctx, cmd).await,
+        Command::Function(cmd) => function(ctx, cmd).await,
+        Command::Invoke(args) => invoke(ctx, args).await,
+        Command::Call(cmd) => call(ctx, cmd).await,
+        Command::Node(NodeCmd::Ls) => {
+            let reply = ctx
+                .cluster()
+                .list_nodes(ctx.request(ListNodesRequest {}))
+                .await?
+                .into_inner();
+            ctx.show(
+                || format::nodes_json(&reply),
+                || format::nodes_table(&reply),
+            )
+        }
+    }
+}
+
+// ---------------------------------------------------------------- runtimes
+
+async fn runtime(ctx: &Context, cmd: RuntimeCmd) -> Result<()> {
+    match cmd {
+        RuntimeCmd::Register(args) => register_runtime(ctx, args).await,
+        RuntimeCmd::Ls => {
+            let reply = ctx
+                .runtimes()
+                .list_runtimes(ctx.request(ListRuntimesRequest {}))
+                .await?;
+            let runtimes = reply.into_inner().runtimes;
+            ctx.show(
+                || Value::Array(runtimes.iter().map(format::runtime_json).collect()),
+                || format::runtimes_table(&runtimes),
+            )
+        }
+        RuntimeCmd::Get { name } => {
+            let rt = ctx
+                .runtimes()
+                .get_runtime(ctx.request(GetRuntimeRequest { name }))
+                .await?
+                .into_inner();
+            ctx.show(
+                || format::runtime_json(&rt),
+                || format::runtime_details(&rt),
+            )
+        }
+        RuntimeCmd::Rm { name } => {
+            ctx.runtimes()
+                .delete_runtime(ctx.request(DeleteRuntimeRequest { name: name.clone() }))
+                .await?;
+            ctx.show(
+                || json!({ "deleted": name }),
+                || format!("runtime \"{name}\" deleted"),
+            )
+        }
+    }
+}
+
+/// The spec from the command line, completed by the --file definition for
+/// whatever the command line leaves out.
+pub fn runtime_spec(
+    args: &RegisterRuntimeArgs,
+    file: Option<pack::RuntimeFile>,
+) -> Result<RuntimeSpec, BadInput> {
+    let file = file.unwrap_or_default();
+    let pick = |flag: &Option<String>, from_file: Option<String>| flag.clone().or(from_file);
+    let missing = |what: &str| {
+        BadInput(format!(
+            "runtime {what} missing: give it as a flag or in --file"
+        ))
+    };
+    Ok(RuntimeSpec {
+        name: pick(&args.name, file.name).ok_or_else(|| missing("name"))?,
+        path: pick(&args.path, file.path).ok_or_else(|| missing("path"))?,
+        run: pick(&args.run, file.run).ok_or_else(|| missing("run command"))?,
+        dependencies: pick(&args.dependencies, file.dependencies).unwrap_or_default(),
+        image_ref: args.image_ref.clone().unwrap_or_default(),
+        replace: args.replace,
+    })
+}
+
+async fn register_runtime(ctx: &Context, args: RegisterRuntimeArgs) -> Result<()> {
+    let file = args
+        .file
+        .as_deref()
+        .map(pack::read_runtime_file)
+        .transpose()?;
+    let spec = runtime_spec(&args, file)?;
+    let body = match &args.archive {
+        Some(path) => {
+            let size = std::fs::metadata(path)
+                .map_err(|e| BadInput(format!("cannot read archive {}: {e}", path.display())))?
+                .len();
+            UploadBody::File {
+                path: path.clone(),
+                size,
+            }
+        }
+        None => UploadBody::Memory(Vec::new()),
+    };
+    let name = spec.name.clone();
+    let progress = upload_progress(body.size(), &format!("uploading {name}"));
+    let first = RegisterRuntimeRequest {
+        part: Some(register_runtime_request::Part::Spec(spec)),
+    };
+    let read_error = UploadError::default();
+    let stream = upload_stream(
+        first,
+        body,
+        |chunk| RegisterRuntimeRequest {
+            part: Some(register_runtime_request::Part::Chunk(chunk)),
+        },
+        progress,
+        read_error.clone(),
+    );
+    let reply = ctx.runtimes().register_runtime(ctx.request(stream)).await;
+    take_read_error(&read_error)?;
+    let rt = reply?.into_inner();
+    ctx.show(
+        || format::runtime_json(&rt),
+        || format::runtime_details(&rt),
+    )
+}
+
+fn take_read_error(slot: &UploadError) -> Result<(), BadInput> {
+    match slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        Some(e) => Err(BadInput(format!("reading the upload failed: {e}"))),
+        None => Ok(()),
+    }
+}
+
+// --------------------------------------------------------------- functions
+
+async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
+    match cmd {
+        FunctionCmd::Deploy(args) => deploy(ctx, args).await,
+        FunctionCmd::Ls { runtime } => {
+            let request = ListFunctionsRequest {
+                runtime: runtime.unwrap_or_default(),
+            };
+            let functions = ctx
+                .functions()
+                .list_functions(ctx.request(request))
+                .await?
+                .into_inner()
+                .functions;
+            ctx.show(
+                || Value::Array(functions.iter().map(format::function_json).collect()),
+                || format::functions_table(&functions),
+            )
+        }
+        FunctionCmd::Get { name } => {
+            let f = ctx
+                .functions()
+                .get_function(ctx.request(GetFunctionRequest { name }))
+                .await?
+                .into_inner();
+            ctx.show(
+                || format::function_json(&f),
+                || format::function_details(&f),
+            )
+        }
+        FunctionCmd::Rm { name } => {
+            ctx.functions()
+                .delete_function(ctx.request(DeleteFunctionRequest { name: name.clone() }))
+                .await?;
+            ctx.show(
+                || json!({ "deleted": name }),
+                || format!("function \"{name}\" deleted"),
+            )
+        }
+    }
+}
+
+pub fn function_spec(args: &DeployArgs) -> FunctionSpec {
+    FunctionSpec {
+        name: args.name.clone(),
+        runtime: args.runtime.clone(),
+        handler: args.handler.clone().unwrap_or_default(),
+        memory_bytes: args.memory.unwrap_or(0),
+        timeout_ms: args.timeout.map(duration_to_ms).unwrap_or(0),
+        env: args.env.iter().cloned().collect(),
+    }
+}
+
+async fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
+    let package = pack::prepare_source(&args.source)?;
+    let body = match package {
+        Package::File { path, size, kind } => {
+            note(&format!(
+                "sending {} as is ({kind}, {})",
+                path.display(),
+                format::bytes_text(size)
+            ));
+            UploadBody::File { path, size }
+        }
+        Package::Packed {
+            bytes,
+            files,
+            skipped,
+        } => {
+            for path in &skipped {
+                note(&format!(
+                    "warning: skipped {} (not a regular file or directory)",
+                    path.display()
+                ));
+            }
+            note(&format!(
+                "packed {} ({files} files, {})",
+                args.source.display(),
+                format::bytes_text(bytes.len() as u64)
+            ));
+            UploadBody::Memory(bytes)
+        }
+    };
+    let progress = upload_progress(body.size(), &format!("uploading {}", args.name));
+    let first = DeployFunctionRequest {
+        part: Some(deploy_function_request::Part::Spec(function_spec(&args))),
+    };
+    let read_error = UploadError::default();
+    let stream = upload_stream(
+        first,
+        body,
+        |chunk| DeployFunctionRequest {
+            part: Some(deploy_function_request::Part::Chunk(chunk)),
+        },
+        progress,
+        read_error.clone(),
+    );
+    let reply = ctx.functions().deploy_function(ctx.request(stream)).await;
+    take_read_error(&read_error)?;
+    let f = reply
+        .with_context(|| format!("deploy {}", args.name))?
+        .into_inner();
+    ctx.show(
+        || format::function_json(&f),
+        || format::function_details(&f),
+    )
+}
+
+// ------------------------------------------------------------------- calls
+
+/// The params text: inline, `@file` or `-` (stdin); sent as is so the
+/// server's validation is the only one.
+pub fn read_params(
+    data: Option<&str>,
+    stdin: impl FnOnce() -> std::io::Result<String>,
+) -> Result<String, BadInput> {
+    match data {
+        None => Ok("{}".to_string()),
+        Some("-") => {
+            stdin().map_err(|e| BadInput(format!("cannot read the input from stdin: {e}")))
+        }
+        Some(text) => match text.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| BadInput(format!("cannot read the input from {path}: {e}"))),
+            None => Ok(text.to_string()),
+        },
+    }
+}
+
+fn read_stdin() -> std::io::Result<String> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    Ok(text)
+}
+
+async fn invoke(ctx: &Context, args: InvokeArgs) -> Result<()> {
+    let params_json = read_params(args.data.as_deref(), read_stdin)?;
+    let request = InvokeRequest {
+        function: args.function,
+        params_json,
+    };
+    if args.asynchronous {
+        let id = ctx
+            .calls()
+            .submit(ctx.request(request))
+            .await?
+            .into_inner()
+            .call_id;
+        return ctx.show(|| json!({ "call_id": id }), || id.clone());
+    }
+    let call = ctx.calls().invoke(ctx.request(request)).await?.into_inner();
+    if ctx.json() {
+        emit_json(&format::call_json(&call))?;
+    } else if call.status == faas_proto::v1::CallStatus::Succeeded as i32 {
+        emit(&output::pretty_json_text(&call.result_json))?;
+    }
+    output::check_succeeded(&call)
+}
+
+async fn call(ctx: &Context, cmd: CallCmd) -> Result<()> {
+    match cmd {
+        CallCmd::Get { id } => {
+            let call = ctx
+                .calls()
+                .get_call(ctx.request(GetCallRequest { id }))
+                .await?
+                .into_inner();
+            ctx.show(|| format::call_json(&call), || format::call_details(&call))
+        }
+        CallCmd::Wait { id, timeout } => {
+            let call = wait_call(ctx, id, timeout).await?;
+            ctx.show(|| format::call_json(&call), || format::call_details(&call))?;
+            output::check_succeeded(&call)
+        }
+        CallCmd::Ls {
+            function,
+            status,
+            limit,
+        } => {
+            let calls = list_calls(ctx, function.unwrap_or_default(), status, limit).await?;
+            ctx.show(
+                || Value::Array(calls.iter().map(format::call_json).collect()),
+                || format::calls_table(&calls),
+            )
+        }
+        CallCmd::Logs { id } => {
+            let logs = ctx
+                .calls()
+                .get_call_logs(ctx.request(GetCallLogsRequest { id }))
+                .await?
+                .into_inner();
+            output::emit_bytes(&logs.logs)?;
+            if logs.truncated {
+                note("note: the logs were cut at the platform's limit");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Follows the WaitCall stream to the final record.
+async fn wait_call(ctx: &Context, id: String, timeout: Option<Duration>) -> Result<Call> {
+    let request = WaitCallRequest {
+        id: id.clone(),
+        timeout_ms: timeout.map(duration_to_ms).unwrap_or(0),
+    };
+    let mut stream = ctx
+        .calls()
+        .wait_call(ctx.request(request))
+        .await?
+        .into_inner();
+    let mut last: Option<Call> = None;
+    while let Some(update) = stream.next().await {
+        let call = update?;
+        let done = output::is_final(call.status);
+        last = Some(call);
+        if done {
+            break;
+        }
+    }
+    match last {
+        Some(call) if output::is_final(call.status) => Ok(call),
+        Some(call) => anyhow::bail!(
+            "the server ended the wait for call {id} while it was {}",
+            format::call_status_name(call.status)
+        ),
+        None => anyhow::bail!("the server ended the wait for call {id} without a record"),
+    }
+}
+
+/// Pages through ListCalls until `limit` records (0: all of them).
+async fn list_calls(
+    ctx: &Context,
+    function: String,
+    status: Option<crate::args::StatusFilter>,
+    limit: u32,
+) -> Result<Vec<Call>> {
+    const MAX_PAGE: u32 = 1000;
+    let mut calls = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let wanted = if limit == 0 {
+            MAX_PAGE
+        } else {
+            (limit - calls.len() as u32).min(MAX_PAGE)
+        };
+        let request = ListCallsRequest {
+            function: function.clone(),
+            status: status.map(|s| s.to_proto() as i32).unwrap_or(0),
+            page_size: wanted,
+            page_token: std::mem::take(&mut page_token),
+        };
+        let page = ctx
+            .calls()
+            .list_calls(ctx.request(request))
+            .await?
+            .into_inner();
+        calls.extend(page.calls);
+        if limit != 0 && calls.len() >= limit as usize {
+            calls.truncate(limit as usize);
+            break;
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    Ok(calls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Cli;
+    use clap::Parser;
+
+    fn register_args(line: &str) -> RegisterRuntimeArgs {
+        match Cli::try_parse_from(line.split_whitespace())
+            .unwrap()
+            .command
+        {
+            Command::Runtime(RuntimeCmd::Register(args)) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn runtime_spec_from_file_with_overrides() {
+        let file = pack::RuntimeFile {
+            name: Some("python3".into()),
+            path: Some("/var/task".into()),
+            dependencies: Some("pip install".into()),
+            run: Some("python3 boot.py".into()),
+        };
+        let args =
+            register_args("faasctl runtime register --file rt.toml --archive a.tar --run other");
+        let spec = runtime_spec(&args, Some(file)).unwrap();
+        assert_eq!(spec.name, "python3");
+        assert_eq!(spec.path, "/var/task");
+        assert_eq!(spec.dependencies, "pip install");
+        assert_eq!(spec.run, "other", "the flag wins over the file");
+        assert_eq!(spec.image_ref, "");
+
+        let args =
+            register_args("faasctl runtime register --file rt.toml --image-ref x:1 --replace");
+        let err = runtime_spec(&args, Some(pack::RuntimeFile::default())).unwrap_err();
+        assert!(err.0.contains("name"), "{err}");
+
+        let args = register_args(
+            "faasctl runtime register node --path /p --run r --image-ref faas/node:1 --replace",
+        );
+        let spec = runtime_spec(&args, None).unwrap();
+        assert_eq!(
+            (spec.name.as_str(), spec.image_ref.as_str(), spec.replace),
+            ("node", "faas/node:1", true)
+        );
+    }
+
+    #[test]
+    fn function_spec_units() {
+        let cli = Cli::try_parse_from(
+            "faasctl fn deploy f --runtime python3 --timeout 2s --memory 128Mi -e A=1 --env B=x=y dir"
+                .split_whitespace(),
+        )
+        .unwrap();
+        let Command::Function(FunctionCmd::Deploy(args)) = cli.command else {
+            panic!()
+        };
+        let spec = function_spec(&args);
+        assert_eq!(spec.timeout_ms, 2000);
+        assert_eq!(spec.memory_bytes, 128 << 20);
+        assert_eq!(spec.handler, "");
+        assert_eq!(spec.env.get("B").map(String::as_str), Some("x=y"));
+        assert_eq!(spec.env.len(), 2);
+    }
+
+    #[test]
+    fn params_sources() {
+        let no_stdin = || -> std::io::Result<String> { panic!("stdin must not be read") };
+        assert_eq!(read_params(None, no_stdin).unwrap(), "{}");
+        assert_eq!(
+            read_params(Some("{oops"), no_stdin).unwrap(),
+            "{oops",
+            "sent as is"
+        );
+        assert_eq!(
+            read_params(Some("-"), || Ok("{\"a\":1}\n".into())).unwrap(),
+            "{\"a\":1}\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.json");
+        std::fs::write(&path, "[1]").unwrap();
+        assert_eq!(
+            read_params(Some(&format!("@{}", path.display())), no_stdin).unwrap(),
+            "[1]"
+        );
+        assert!(read_params(Some("@/nonexistent/in.json"), no_stdin).is_err());
+    }
+}

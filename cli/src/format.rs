@@ -1,0 +1,655 @@
+//! Rendering API objects: JSON (by hand, since prost types carry no serde)
+//! and human tables.
+//!
+//! JSON conventions: field names as in the proto (snake_case); enums as
+//! lower-case strings without their prefix (`CALL_STATUS_SUCCEEDED` →
+//! `"succeeded"`); a call's params/result JSON text embedded as parsed JSON
+//! under `params`/`result`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
+use faas_proto::v1::{
+    Call, CallStatus, Function, ListNodesResponse, Node, Runtime, Spot, SpotState, StartKind,
+    Timings,
+};
+use serde_json::{json, Value};
+
+/// `CALL_STATUS_SUCCEEDED` with prefix `CALL_STATUS_` → `succeeded`.
+fn enum_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
+}
+
+pub fn call_status_name(value: i32) -> String {
+    match CallStatus::try_from(value) {
+        Ok(status) => enum_name(status.as_str_name(), "CALL_STATUS_"),
+        Err(_) => format!("unknown({value})"),
+    }
+}
+
+pub fn start_kind_name(value: i32) -> String {
+    match StartKind::try_from(value) {
+        Ok(kind) => enum_name(kind.as_str_name(), "START_KIND_"),
+        Err(_) => format!("unknown({value})"),
+    }
+}
+
+pub fn spot_state_name(value: i32) -> String {
+    match SpotState::try_from(value) {
+        Ok(state) => enum_name(state.as_str_name(), "SPOT_STATE_"),
+        Err(_) => format!("unknown({value})"),
+    }
+}
+
+/// Embeds JSON text as a value; text that is not JSON (which the server
+/// should never store) is kept as a string rather than lost.
+fn embedded_json(text: &str) -> Value {
+    if text.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+pub fn runtime_json(runtime: &Runtime) -> Value {
+    json!({
+        "name": runtime.name,
+        "image": runtime.image,
+        "path": runtime.path,
+        "dependencies": runtime.dependencies,
+        "run": runtime.run,
+        "image_digest": runtime.image_digest,
+        "created_at_ms": runtime.created_at_ms,
+    })
+}
+
+pub fn function_json(function: &Function) -> Value {
+    // Sorted keys: stable output whatever the map's hashing.
+    let env: BTreeMap<_, _> = function.env.iter().collect();
+    json!({
+        "name": function.name,
+        "runtime": function.runtime,
+        "handler": function.handler,
+        "memory_bytes": function.memory_bytes,
+        "timeout_ms": function.timeout_ms,
+        "env": env,
+        "package_digest": function.package_digest,
+        "package_size": function.package_size,
+        "version": function.version,
+        "created_at_ms": function.created_at_ms,
+        "updated_at_ms": function.updated_at_ms,
+    })
+}
+
+pub fn timings_json(timings: &Timings) -> Value {
+    json!({
+        "queue_ms": timings.queue_ms,
+        "runtime_load_ms": timings.runtime_load_ms,
+        "function_load_ms": timings.function_load_ms,
+        "dependencies_ms": timings.dependencies_ms,
+        "execution_ms": timings.execution_ms,
+        "result_return_ms": timings.result_return_ms,
+        "total_ms": timings.total_ms,
+        "start_kind": start_kind_name(timings.start_kind),
+    })
+}
+
+pub fn call_json(call: &Call) -> Value {
+    let error = call
+        .error
+        .as_ref()
+        .map(|e| json!({ "reason": e.reason, "message": e.message, "log_tail": e.log_tail }));
+    json!({
+        "id": call.id,
+        "function": call.function,
+        "function_version": call.function_version,
+        "status": call_status_name(call.status),
+        "params": embedded_json(&call.params_json),
+        "result": embedded_json(&call.result_json),
+        "error": error,
+        "timings": call.timings.as_ref().map(timings_json),
+        "node": call.node,
+        "spot": call.spot,
+        "created_at_ms": call.created_at_ms,
+        "finished_at_ms": call.finished_at_ms,
+        "logs_truncated": call.logs_truncated,
+    })
+}
+
+pub fn spot_json(spot: &Spot) -> Value {
+    json!({
+        "index": spot.index,
+        "state": spot_state_name(spot.state),
+        "runtime": spot.runtime,
+        "function": spot.function,
+        "call_id": spot.call_id,
+    })
+}
+
+pub fn node_json(node: &Node) -> Value {
+    json!({
+        "name": node.name,
+        "connected": node.connected,
+        "connected_at_ms": node.connected_at_ms,
+        "spots": node.spots.iter().map(spot_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn nodes_json(response: &ListNodesResponse) -> Value {
+    json!({
+        "nodes": response.nodes.iter().map(node_json).collect::<Vec<_>>(),
+        "policy": response.policy,
+        "leader": response.leader,
+    })
+}
+
+// ------------------------------------------------------------------ tables
+
+fn new_table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    // Borderless columns like kubectl/faas-cli: easy to read and to grep/awk.
+    table
+        .load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.iter().copied());
+    table
+}
+
+fn right_align(table: &mut Table, columns: &[usize]) {
+    for &index in columns {
+        if let Some(column) = table.column_mut(index) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+}
+
+/// Tables put a space of padding on both sides; trim it so the first
+/// column starts at the margin and lines carry no trailing blanks.
+fn render(table: Table) -> String {
+    table
+        .lines()
+        .map(|line| {
+            let line = line.trim_end();
+            line.strip_prefix(' ').unwrap_or(line).to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Epoch ms as an RFC 3339 UTC time to the second; "-" when unset.
+pub fn time_text(epoch_ms: i64) -> String {
+    if epoch_ms <= 0 {
+        return "-".into();
+    }
+    let time = UNIX_EPOCH + Duration::from_millis(epoch_ms as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// Bytes in the largest binary unit that divides them exactly (128Mi),
+/// else with one decimal (1.5Mi): memory limits round-trip with --memory.
+pub fn bytes_text(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ];
+    if bytes == 0 {
+        return "0".into();
+    }
+    for (suffix, size) in UNITS {
+        if bytes >= size {
+            if bytes % size == 0 {
+                return format!("{}{suffix}", bytes / size);
+            }
+            return format!("{:.1}{suffix}", bytes as f64 / size as f64);
+        }
+    }
+    format!("{bytes}B")
+}
+
+/// Milliseconds as a humantime duration ("2s", "1m 30s", "250ms").
+pub fn ms_text(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
+}
+
+fn float_ms(ms: f64) -> String {
+    format!("{ms:.1}")
+}
+
+fn or_dash(text: &str) -> &str {
+    if text.is_empty() {
+        "-"
+    } else {
+        text
+    }
+}
+
+/// A digest shortened the way registries show them (sha256:0123456789ab).
+fn short_digest(digest: &str) -> String {
+    match digest.split_once(':') {
+        Some((algo, hex)) if hex.len() > 12 => format!("{algo}:{}", &hex[..12]),
+        _ => or_dash(digest).to_string(),
+    }
+}
+
+pub fn runtimes_table(runtimes: &[Runtime]) -> String {
+    let mut table = new_table(&["NAME", "PATH", "RUN", "DEPENDENCIES", "DIGEST", "CREATED"]);
+    for rt in runtimes {
+        table.add_row(vec![
+            rt.name.clone(),
+            rt.path.clone(),
+            rt.run.clone(),
+            or_dash(&rt.dependencies).to_string(),
+            short_digest(&rt.image_digest),
+            time_text(rt.created_at_ms),
+        ]);
+    }
+    render(table)
+}
+
+/// A vertical key/value table for one object.
+fn details(rows: Vec<(&str, String)>) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled);
+    for (key, value) in rows {
+        table.add_row(vec![format!("{key}:"), value]);
+    }
+    render(table)
+}
+
+pub fn runtime_details(rt: &Runtime) -> String {
+    details(vec![
+        ("name", rt.name.clone()),
+        ("image", rt.image.clone()),
+        ("image digest", or_dash(&rt.image_digest).to_string()),
+        ("path", rt.path.clone()),
+        ("dependencies", or_dash(&rt.dependencies).to_string()),
+        ("run", rt.run.clone()),
+        ("created", time_text(rt.created_at_ms)),
+    ])
+}
+
+pub fn functions_table(functions: &[Function]) -> String {
+    let mut table = new_table(&[
+        "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT", "VERSION", "SIZE", "UPDATED",
+    ]);
+    for f in functions {
+        table.add_row(vec![
+            f.name.clone(),
+            f.runtime.clone(),
+            f.handler.clone(),
+            bytes_text(f.memory_bytes),
+            ms_text(f.timeout_ms),
+            f.version.to_string(),
+            bytes_text(f.package_size),
+            time_text(f.updated_at_ms),
+        ]);
+    }
+    right_align(&mut table, &[3, 4, 5, 6]);
+    render(table)
+}
+
+pub fn function_details(f: &Function) -> String {
+    let env: BTreeMap<_, _> = f.env.iter().collect();
+    let env_text = if env.is_empty() {
+        "-".to_string()
+    } else {
+        env.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    details(vec![
+        ("name", f.name.clone()),
+        ("runtime", f.runtime.clone()),
+        ("handler", f.handler.clone()),
+        ("memory", bytes_text(f.memory_bytes)),
+        ("timeout", ms_text(f.timeout_ms)),
+        ("env", env_text),
+        ("version", f.version.to_string()),
+        (
+            "package",
+            format!(
+                "{} ({})",
+                or_dash(&f.package_digest),
+                bytes_text(f.package_size)
+            ),
+        ),
+        ("created", time_text(f.created_at_ms)),
+        ("updated", time_text(f.updated_at_ms)),
+    ])
+}
+
+fn where_text(call: &Call) -> String {
+    if call.node.is_empty() {
+        "-".into()
+    } else {
+        format!("{}/{}", call.node, call.spot)
+    }
+}
+
+pub fn calls_table(calls: &[Call]) -> String {
+    let mut table = new_table(&[
+        "ID",
+        "FUNCTION",
+        "STATUS",
+        "START",
+        "TOTAL MS",
+        "NODE/SPOT",
+        "CREATED",
+    ]);
+    for call in calls {
+        let (start, total) = match &call.timings {
+            Some(t) => (start_kind_name(t.start_kind), float_ms(t.total_ms)),
+            None => ("-".into(), "-".into()),
+        };
+        table.add_row(vec![
+            call.id.clone(),
+            call.function.clone(),
+            call_status_name(call.status),
+            start,
+            total,
+            where_text(call),
+            time_text(call.created_at_ms),
+        ]);
+    }
+    right_align(&mut table, &[4]);
+    render(table)
+}
+
+/// JSON text shown on one line in a table.
+fn compact_json(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => value.to_string(),
+        Err(_) => text.to_string(),
+    }
+}
+
+pub fn call_details(call: &Call) -> String {
+    let mut rows = vec![
+        ("id", call.id.clone()),
+        (
+            "function",
+            format!("{} (version {})", call.function, call.function_version),
+        ),
+        ("status", call_status_name(call.status)),
+        ("params", compact_json(&call.params_json)),
+    ];
+    if !call.result_json.is_empty() {
+        rows.push(("result", compact_json(&call.result_json)));
+    }
+    if let Some(error) = &call.error {
+        rows.push(("error", format!("{}: {}", error.reason, error.message)));
+    }
+    rows.push(("node/spot", where_text(call)));
+    if let Some(t) = &call.timings {
+        rows.push(("start", start_kind_name(t.start_kind)));
+        rows.push((
+            "timings ms",
+            format!(
+                "queue {} | runtime load {} | function load {} | dependencies {} | execution {} | result return {} | total {}",
+                float_ms(t.queue_ms),
+                float_ms(t.runtime_load_ms),
+                float_ms(t.function_load_ms),
+                float_ms(t.dependencies_ms),
+                float_ms(t.execution_ms),
+                float_ms(t.result_return_ms),
+                float_ms(t.total_ms),
+            ),
+        ));
+    }
+    rows.push(("created", time_text(call.created_at_ms)));
+    rows.push(("finished", time_text(call.finished_at_ms)));
+    if call.logs_truncated {
+        rows.push(("logs", "truncated at the platform's limit".into()));
+    }
+    details(rows)
+}
+
+/// "4 spots: 2 free, 1 preloaded_runtime python3, 1 running" — the spots
+/// grouped by state and, where loaded, by what they hold.
+pub fn spots_summary(spots: &[Spot]) -> String {
+    if spots.is_empty() {
+        return "0 spots".into();
+    }
+    let mut groups: BTreeMap<(i32, String), usize> = BTreeMap::new();
+    for spot in spots {
+        let holds = if !spot.function.is_empty() {
+            spot.function.clone()
+        } else {
+            spot.runtime.clone()
+        };
+        *groups.entry((spot.state, holds)).or_default() += 1;
+    }
+    let parts: Vec<String> = groups
+        .into_iter()
+        .map(|((state, holds), count)| {
+            let state = spot_state_name(state);
+            if holds.is_empty() {
+                format!("{count} {state}")
+            } else {
+                format!("{count} {state} {holds}")
+            }
+        })
+        .collect();
+    let noun = if spots.len() == 1 { "spot" } else { "spots" };
+    format!("{} {noun}: {}", spots.len(), parts.join(", "))
+}
+
+pub fn nodes_table(response: &ListNodesResponse) -> String {
+    let mut table = new_table(&["NODE", "CONNECTED", "SPOTS"]);
+    for node in &response.nodes {
+        table.add_row(vec![
+            node.name.clone(),
+            if node.connected { "yes" } else { "no" }.to_string(),
+            spots_summary(&node.spots),
+        ]);
+    }
+    let mut text = render(table);
+    text.push_str(&format!(
+        "\npolicy: {}  leader: {}",
+        or_dash(&response.policy),
+        or_dash(&response.leader)
+    ));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faas_proto::v1::CallError;
+
+    fn sample_call() -> Call {
+        Call {
+            id: "01J0CALL".into(),
+            function: "hello".into(),
+            function_version: 3,
+            params_json: r#"{"name":"ana"}"#.into(),
+            status: CallStatus::Succeeded as i32,
+            result_json: r#"{"greeting":"hello ana"}"#.into(),
+            error: None,
+            timings: Some(Timings {
+                queue_ms: 0.5,
+                runtime_load_ms: 0.0,
+                function_load_ms: 0.0,
+                dependencies_ms: 0.0,
+                execution_ms: 12.25,
+                result_return_ms: 0.75,
+                total_ms: 13.5,
+                start_kind: StartKind::PrewarmFunction as i32,
+            }),
+            node: "node-a".into(),
+            spot: 2,
+            created_at_ms: 1_700_000_000_000,
+            finished_at_ms: 1_700_000_000_014,
+            logs_truncated: false,
+        }
+    }
+
+    #[test]
+    fn enum_names_lose_their_prefix() {
+        assert_eq!(call_status_name(CallStatus::Succeeded as i32), "succeeded");
+        assert_eq!(call_status_name(CallStatus::Timeout as i32), "timeout");
+        assert_eq!(call_status_name(99), "unknown(99)");
+        assert_eq!(
+            start_kind_name(StartKind::PrewarmFunction as i32),
+            "prewarm_function"
+        );
+        assert_eq!(
+            spot_state_name(SpotState::PreloadedRuntime as i32),
+            "preloaded_runtime"
+        );
+    }
+
+    #[test]
+    fn call_record_json() {
+        let value = call_json(&sample_call());
+        assert_eq!(value["id"], "01J0CALL");
+        assert_eq!(value["status"], "succeeded");
+        assert_eq!(value["params"], json!({"name": "ana"}));
+        assert_eq!(value["result"]["greeting"], "hello ana");
+        assert_eq!(value["timings"]["total_ms"], 13.5);
+        assert_eq!(value["timings"]["start_kind"], "prewarm_function");
+        assert_eq!(value["error"], Value::Null);
+        assert_eq!(value["spot"], 2);
+
+        let mut failed = sample_call();
+        failed.status = CallStatus::Failed as i32;
+        failed.result_json.clear();
+        failed.timings = None;
+        failed.error = Some(CallError {
+            reason: "error".into(),
+            message: "RuntimeError: boom".into(),
+            log_tail: "Traceback".into(),
+        });
+        let value = call_json(&failed);
+        assert_eq!(value["status"], "failed");
+        assert_eq!(value["result"], Value::Null);
+        assert_eq!(value["timings"], Value::Null);
+        assert_eq!(value["error"]["reason"], "error");
+        assert_eq!(value["error"]["log_tail"], "Traceback");
+    }
+
+    #[test]
+    fn not_json_text_is_kept_as_string() {
+        let mut call = sample_call();
+        call.params_json = "{oops".into();
+        assert_eq!(call_json(&call)["params"], "{oops");
+    }
+
+    #[test]
+    fn function_json_env_is_an_object() {
+        let mut f = Function {
+            name: "f".into(),
+            memory_bytes: 128 << 20,
+            ..Default::default()
+        };
+        f.env.insert("B".into(), "2".into());
+        f.env.insert("A".into(), "1".into());
+        let value = function_json(&f);
+        assert_eq!(value["env"], json!({"A": "1", "B": "2"}));
+        assert_eq!(value["memory_bytes"], 134_217_728u64);
+        let text = value.to_string();
+        assert!(
+            text.find("\"A\"") < text.find("\"B\""),
+            "sorted env: {text}"
+        );
+    }
+
+    #[test]
+    fn nodes_json_has_spots_policy_leader() {
+        let response = ListNodesResponse {
+            nodes: vec![Node {
+                name: "n1".into(),
+                connected: true,
+                spots: vec![Spot {
+                    index: 0,
+                    state: SpotState::PreloadedRuntime as i32,
+                    runtime: "python3".into(),
+                    ..Default::default()
+                }],
+                connected_at_ms: 1,
+            }],
+            policy: "preload-runtime".into(),
+            leader: "cp-1".into(),
+        };
+        let value = nodes_json(&response);
+        assert_eq!(value["nodes"][0]["spots"][0]["state"], "preloaded_runtime");
+        assert_eq!(value["policy"], "preload-runtime");
+        assert_eq!(value["leader"], "cp-1");
+        let table = nodes_table(&response);
+        assert!(table.starts_with("NODE"), "{table}");
+        assert!(
+            table.contains("1 spot: 1 preloaded_runtime python3"),
+            "{table}"
+        );
+        assert!(
+            table.contains("policy: preload-runtime  leader: cp-1"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn spot_summary_groups() {
+        let spot = |state: SpotState, runtime: &str, function: &str| Spot {
+            state: state as i32,
+            runtime: runtime.into(),
+            function: function.into(),
+            ..Default::default()
+        };
+        let spots = vec![
+            spot(SpotState::Free, "", ""),
+            spot(SpotState::Running, "node", "f"),
+            spot(SpotState::Free, "", ""),
+            spot(SpotState::PreloadedRuntime, "python3", ""),
+        ];
+        assert_eq!(
+            spots_summary(&spots),
+            "4 spots: 2 free, 1 preloaded_runtime python3, 1 running f"
+        );
+        assert_eq!(spots_summary(&[]), "0 spots");
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(bytes_text(128 << 20), "128Mi");
+        assert_eq!(bytes_text(1 << 30), "1Gi");
+        assert_eq!(bytes_text(1536 * 1024), "1.5Mi");
+        assert_eq!(bytes_text(100), "100B");
+        assert_eq!(bytes_text(0), "0");
+        assert_eq!(ms_text(2000), "2s");
+        assert_eq!(ms_text(0), "-");
+        assert_eq!(time_text(0), "-");
+        assert_eq!(time_text(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            short_digest("sha256:0123456789abcdef"),
+            "sha256:0123456789ab"
+        );
+    }
+
+    #[test]
+    fn tables_are_aligned_without_margins() {
+        let calls = vec![sample_call()];
+        let table = calls_table(&calls);
+        let lines: Vec<_> = table.lines().collect();
+        assert_eq!(lines.len(), 2, "{table}");
+        assert!(lines[0].starts_with("ID"), "{table}");
+        assert!(lines[1].starts_with("01J0CALL"), "{table}");
+        assert!(lines[1].contains("prewarm_function"));
+        assert!(lines[1].contains("node-a/2"));
+        assert!(lines.iter().all(|l| !l.ends_with(' ')));
+
+        let details = call_details(&sample_call());
+        assert!(details.contains("status:"), "{details}");
+        assert!(details.contains(r#"{"greeting":"hello ana"}"#), "{details}");
+        assert!(details.contains("total 13.5"), "{details}");
+    }
+}
