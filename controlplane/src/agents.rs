@@ -1,0 +1,118 @@
+//! The agents' side of the control plane: one bidirectional stream per node
+//! agent (`faas.v1.AgentService/Session`).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use faas_proto::v1::agent_service_server::AgentService;
+use faas_proto::v1::{agent_message, AgentMessage, ControlMessage};
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::broker::{BrokerHandle, Input};
+
+/// Operations buffered per agent before the broker considers it stuck.
+const AGENT_QUEUE: usize = 1024;
+
+#[derive(Clone)]
+pub struct AgentSessions {
+    /// Set once this replica leads (only the leader runs the broker).
+    pub broker: watch::Receiver<Option<BrokerHandle>>,
+    next_session: Arc<AtomicU64>,
+}
+
+impl AgentSessions {
+    pub fn new(broker: watch::Receiver<Option<BrokerHandle>>) -> Self {
+        AgentSessions {
+            broker,
+            next_session: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+type ControlStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentSessions {
+    type SessionStream = ControlStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let Some(broker) = self.broker.borrow().clone() else {
+            return Err(Status::unavailable(
+                "this control-plane replica is not the leader; connect to the leader",
+            ));
+        };
+        let mut inbound = request.into_inner();
+        let hello = match inbound.next().await {
+            Some(Ok(AgentMessage {
+                msg: Some(agent_message::Msg::Hello(hello)),
+            })) => hello,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of an agent session must be a hello",
+                ))
+            }
+        };
+        if hello.node.is_empty() || hello.spots == 0 || hello.spots > 1024 {
+            return Err(Status::invalid_argument(
+                "hello needs a node name and between 1 and 1024 spots",
+            ));
+        }
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let node = hello.node.clone();
+        let (tx, rx) = mpsc::channel(AGENT_QUEUE);
+        broker.send(Input::AgentConnected {
+            node: node.clone(),
+            spots: hello.spots,
+            session,
+            tx,
+        });
+        let span = info_span!("agent", %node, session);
+        tokio::spawn(
+            async move {
+                info!(version = %hello.version, spots = hello.spots, "session open");
+                while let Some(message) = inbound.next().await {
+                    let input = match message {
+                        Ok(AgentMessage {
+                            msg: Some(agent_message::Msg::Spot(report)),
+                        }) => Input::Spot {
+                            node: node.clone(),
+                            session,
+                            report,
+                        },
+                        Ok(AgentMessage {
+                            msg: Some(agent_message::Msg::Result(result)),
+                        }) => Input::Result {
+                            node: node.clone(),
+                            session,
+                            result: Box::new(result),
+                        },
+                        Ok(other) => {
+                            warn!(?other, "unexpected message from agent; ignored");
+                            continue;
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "agent stream broke");
+                            break;
+                        }
+                    };
+                    if !broker.send(input) {
+                        break;
+                    }
+                }
+                info!("session closed");
+                broker.send(Input::AgentDisconnected { node, session });
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,341 @@
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use faas_proto::v1::call_service_server::CallService;
+use faas_proto::v1::{
+    Call, CallLogs, CallStatus, Function, FunctionBundle, GetCallLogsRequest, GetCallRequest,
+    InvokeRequest, ListCallsRequest, ListCallsResponse, Runtime, RuntimeBundle, SubmitResponse,
+    WaitCallRequest,
+};
+use futures::Stream;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tracing::{info_span, Instrument};
+
+use super::Api;
+use crate::broker::{CallBundle, Input};
+use crate::error::{now_ms, ApiError};
+use crate::store::Kind;
+use crate::watch::is_final;
+
+/// How often a waiter re-reads etcd in case the outcome was recorded by
+/// another replica (or published before it subscribed).
+const WAIT_POLL: Duration = Duration::from_secs(1);
+
+impl Api {
+    /// Validates, records (durably, before acknowledging) and hands a call
+    /// to the broker. Returns the call and a receiver of its changes.
+    async fn accept(
+        &self,
+        request: InvokeRequest,
+    ) -> Result<(Call, watch::Receiver<Call>), ApiError> {
+        let params = if request.params_json.trim().is_empty() {
+            "{}".to_string()
+        } else {
+            request.params_json
+        };
+        if params.len() as u64 > self.limits.max_params_bytes {
+            return Err(ApiError::ResourceExhausted(format!(
+                "params are {} bytes, over the limit of {} bytes",
+                params.len(),
+                self.limits.max_params_bytes
+            )));
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&params) {
+            return Err(ApiError::InvalidArgument(format!(
+                "params are not valid JSON: {e}"
+            )));
+        }
+        let broker = self.broker()?;
+        let function: Function = self
+            .store
+            .get(Kind::Function, &request.function)
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("function {:?} not found", request.function))
+            })?;
+        let runtime: Runtime = self
+            .store
+            .get(Kind::Runtime, &function.runtime)
+            .await?
+            .ok_or_else(|| {
+                ApiError::FailedPrecondition(format!(
+                    "function {:?} uses runtime {:?}, which no longer exists",
+                    function.name, function.runtime
+                ))
+            })?;
+        if broker.connected_agents() == 0 {
+            return Err(ApiError::FailedPrecondition(
+                "no agent is connected: no node can run the call (start faas-agent)".into(),
+            ));
+        }
+        let call = Call {
+            id: uuid::Uuid::now_v7().to_string(),
+            function: function.name.clone(),
+            function_version: function.version,
+            params_json: params,
+            status: CallStatus::Queued as i32,
+            created_at_ms: now_ms(),
+            ..Default::default()
+        };
+        self.store.put(Kind::Call, &call.id, &call).await?;
+        let bundle = Arc::new(CallBundle {
+            runtime: RuntimeBundle {
+                name: runtime.name,
+                image: runtime.image,
+                path: runtime.path,
+                dependencies: runtime.dependencies,
+                run: runtime.run,
+            },
+            function: FunctionBundle {
+                package_repository: format!("faas/functions/{}", function.name),
+                name: function.name,
+                version: function.version,
+                handler: function.handler,
+                package_digest: function.package_digest,
+                memory_bytes: function.memory_bytes,
+                timeout_ms: function.timeout_ms,
+                env: function.env,
+            },
+        });
+        let rx = self.calls.subscribe(&call);
+        if !broker.send(Input::CallArrived {
+            call: call.clone(),
+            bundle,
+        }) {
+            return Err(ApiError::Unavailable(
+                "the broker stopped (leadership lost); the call is recorded and will run when a leader takes over"
+                    .into(),
+            ));
+        }
+        Ok((call, rx))
+    }
+
+    async fn get_call(&self, id: &str) -> Result<Call, ApiError> {
+        self.store
+            .get(Kind::Call, id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("call {id:?} not found")))
+    }
+
+    /// Waits for the next change of a call: from the in-process watch, or
+    /// by re-reading etcd every WAIT_POLL.
+    async fn next_change(
+        &self,
+        rx: &mut watch::Receiver<Call>,
+        last: &Call,
+    ) -> Result<Call, ApiError> {
+        loop {
+            {
+                let current = rx.borrow_and_update();
+                if current.status != last.status || is_final(&current) {
+                    return Ok(current.clone());
+                }
+            }
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        // Publisher gone: the last value is final, or this
+                        // replica is not the one that will publish.
+                        let current = rx.borrow().clone();
+                        if is_final(&current) { return Ok(current); }
+                        tokio::time::sleep(WAIT_POLL).await;
+                        let stored = self.get_call(&last.id).await?;
+                        if stored.status != last.status { return Ok(stored); }
+                    }
+                }
+                _ = tokio::time::sleep(WAIT_POLL) => {
+                    let stored = self.get_call(&last.id).await?;
+                    if is_final(&stored) { return Ok(stored); }
+                }
+            }
+        }
+    }
+
+    async fn wait_final(
+        &self,
+        mut rx: watch::Receiver<Call>,
+        mut call: Call,
+    ) -> Result<Call, ApiError> {
+        while !is_final(&call) {
+            call = self.next_change(&mut rx, &call).await?;
+        }
+        Ok(call)
+    }
+}
+
+type CallStream = Pin<Box<dyn Stream<Item = Result<Call, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl CallService for Api {
+    async fn invoke(&self, request: Request<InvokeRequest>) -> Result<Response<Call>, Status> {
+        let request = request.into_inner();
+        let span =
+            info_span!("invoke", function = %request.function, call_id = tracing::field::Empty);
+        async move {
+            let (call, rx) = self.accept(request).await?;
+            tracing::Span::current().record("call_id", call.id.as_str());
+            let id = call.id.clone();
+            let result = self.wait_final(rx, call).await;
+            self.calls.forget_if_unused(&id);
+            Ok(Response::new(result?))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn submit(
+        &self,
+        request: Request<InvokeRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let (call, _rx) = self.accept(request.into_inner()).await?;
+        Ok(Response::new(SubmitResponse { call_id: call.id }))
+    }
+
+    async fn get_call(&self, request: Request<GetCallRequest>) -> Result<Response<Call>, Status> {
+        Ok(Response::new(
+            Api::get_call(self, &request.into_inner().id).await?,
+        ))
+    }
+
+    type WaitCallStream = CallStream;
+
+    async fn wait_call(
+        &self,
+        request: Request<WaitCallRequest>,
+    ) -> Result<Response<Self::WaitCallStream>, Status> {
+        let WaitCallRequest { id, timeout_ms } = request.into_inner();
+        let first = Api::get_call(self, &id).await?;
+        let api = self.clone();
+        let deadline = (timeout_ms > 0)
+            .then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
+        let stream = async_stream(move |tx| async move {
+            let mut call = first;
+            if tx.send(Ok(call.clone())).await.is_err() {
+                return;
+            }
+            let mut rx = api.calls.subscribe(&call);
+            // Re-read once: the outcome may have been published before we
+            // subscribed.
+            if let Ok(stored) = Api::get_call(&api, &call.id).await {
+                if stored.status != call.status {
+                    call = stored;
+                    if tx.send(Ok(call.clone())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            while !is_final(&call) {
+                let next = match deadline {
+                    Some(d) => {
+                        match tokio::time::timeout_at(d, api.next_change(&mut rx, &call)).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                let _ = tx
+                                    .send(Err(Status::deadline_exceeded(format!(
+                                        "call {} is still {:?} after {timeout_ms} ms",
+                                        call.id,
+                                        call.status()
+                                    ))))
+                                    .await;
+                                break;
+                            }
+                        }
+                    }
+                    None => api.next_change(&mut rx, &call).await,
+                };
+                match next {
+                    Ok(c) => {
+                        call = c;
+                        if tx.send(Ok(call.clone())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        break;
+                    }
+                }
+            }
+            drop(rx);
+            api.calls.forget_if_unused(&call.id);
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn list_calls(
+        &self,
+        request: Request<ListCallsRequest>,
+    ) -> Result<Response<ListCallsResponse>, Status> {
+        let req = request.into_inner();
+        let page_size = match req.page_size {
+            0 => 50,
+            n => n.min(1000),
+        } as usize;
+        let status = req.status();
+        let mut calls = Vec::new();
+        let mut cursor = (!req.page_token.is_empty()).then(|| req.page_token.clone());
+        let mut next_token = String::new();
+        // Filters apply after reading; read in batches until the page is full.
+        'pages: loop {
+            let batch: Vec<(String, Call)> = self
+                .store
+                .list_descending(
+                    Kind::Call,
+                    cursor.as_deref(),
+                    (page_size * 2).max(64) as i64,
+                )
+                .await
+                .map_err(ApiError::from)?;
+            let exhausted = batch.len() < (page_size * 2).max(64);
+            for (name, call) in batch {
+                cursor = Some(name.clone());
+                let keep = (req.function.is_empty() || call.function == req.function)
+                    && (status == CallStatus::Unspecified || call.status() == status);
+                if keep {
+                    calls.push(call);
+                    if calls.len() == page_size {
+                        next_token = name;
+                        break 'pages;
+                    }
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        Ok(Response::new(ListCallsResponse {
+            calls,
+            next_page_token: next_token,
+        }))
+    }
+
+    async fn get_call_logs(
+        &self,
+        request: Request<GetCallLogsRequest>,
+    ) -> Result<Response<CallLogs>, Status> {
+        let id = request.into_inner().id;
+        let call = Api::get_call(self, &id).await?;
+        if !is_final(&call) {
+            return Ok(Response::new(CallLogs::default()));
+        }
+        let logs: Option<CallLogs> = self
+            .store
+            .get(Kind::Logs, &id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(logs.unwrap_or_default()))
+    }
+}
+
+/// A stream fed by a spawned task through a channel.
+fn async_stream<F, Fut>(body: F) -> CallStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<Call, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(body(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

@@ -1,0 +1,487 @@
+//! The leader's broker loop: the I/O side of `faas_broker`. It owns the
+//! agents' streams, feeds events to the policy, sends the operations it
+//! returns, and records call outcomes in etcd.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use faas_broker::{Broker, Event, FunctionRef, Operation, PendingCall, SpotId, SpotState};
+use faas_proto::v1::{
+    control_message, spot_operation, Call, CallAssignment, CallError, CallLogs, CallResult,
+    CallStatus, ControlMessage, FunctionBundle, Node, RuntimeBundle, Spot, SpotOperation,
+    SpotReport, Timings,
+};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::error::{now_ms, now_ms_f64};
+use crate::store::{Kind, Store};
+use crate::watch::CallWatch;
+
+/// What a spot needs to run a call, captured when the call is accepted so
+/// that it runs the function version current at that moment.
+#[derive(Debug)]
+pub struct CallBundle {
+    pub runtime: RuntimeBundle,
+    pub function: FunctionBundle,
+}
+
+pub type AgentSender = mpsc::Sender<Result<ControlMessage, Status>>;
+
+pub enum Input {
+    CallArrived {
+        call: Call,
+        bundle: Arc<CallBundle>,
+    },
+    AgentConnected {
+        node: String,
+        spots: u32,
+        session: u64,
+        tx: AgentSender,
+    },
+    AgentDisconnected {
+        node: String,
+        session: u64,
+    },
+    Spot {
+        node: String,
+        session: u64,
+        report: SpotReport,
+    },
+    Result {
+        node: String,
+        session: u64,
+        result: Box<CallResult>,
+    },
+    ListNodes(oneshot::Sender<Vec<Node>>),
+}
+
+/// The handle the API and the agent sessions use to talk to the broker.
+#[derive(Clone)]
+pub struct BrokerHandle {
+    tx: mpsc::UnboundedSender<Input>,
+    connected_agents: Arc<AtomicUsize>,
+    policy: &'static str,
+}
+
+impl BrokerHandle {
+    pub fn send(&self, input: Input) -> bool {
+        self.tx.send(input).is_ok()
+    }
+
+    pub fn connected_agents(&self) -> usize {
+        self.connected_agents.load(Ordering::Relaxed)
+    }
+
+    pub fn policy(&self) -> &'static str {
+        self.policy
+    }
+
+    pub async fn list_nodes(&self) -> Vec<Node> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Input::ListNodes(tx)) {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+struct AgentConn {
+    session: u64,
+    tx: AgentSender,
+    spots: Vec<Spot>,
+    connected_at_ms: i64,
+}
+
+struct Tracked {
+    call: Call,
+    bundle: Arc<CallBundle>,
+    /// Where and when it was handed out.
+    dispatched: Option<(SpotId, f64)>,
+}
+
+struct BrokerLoop {
+    broker: Broker,
+    agents: HashMap<String, AgentConn>,
+    calls: HashMap<String, Tracked>,
+    store: Store,
+    watch: Arc<CallWatch>,
+    connected_agents: Arc<AtomicUsize>,
+    epoch: Instant,
+}
+
+/// Starts the broker loop with the given policy.
+pub fn spawn(broker: Broker, store: Store, watch: Arc<CallWatch>) -> BrokerHandle {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let connected_agents = Arc::new(AtomicUsize::new(0));
+    let handle = BrokerHandle {
+        tx,
+        connected_agents: connected_agents.clone(),
+        policy: broker.policy_name(),
+    };
+    let mut state = BrokerLoop {
+        broker,
+        agents: HashMap::new(),
+        calls: HashMap::new(),
+        store,
+        watch,
+        connected_agents,
+        epoch: Instant::now(),
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                input = rx.recv() => match input {
+                    Some(input) => state.on_input(input),
+                    None => break,
+                },
+                _ = tick.tick() => state.feed(Event::Tick),
+            }
+        }
+    });
+    handle
+}
+
+fn spot_state(spot: &Spot) -> SpotState {
+    use faas_proto::v1::SpotState as S;
+    match spot.state() {
+        S::Free | S::Unspecified => SpotState::Free,
+        S::Preloading => SpotState::Preloading {
+            runtime: spot.runtime.clone(),
+            function: None,
+        },
+        S::PreloadedRuntime => SpotState::PreloadedRuntime {
+            runtime: spot.runtime.clone(),
+        },
+        // The broker matches preloaded functions by name and version; the
+        // agent reports "name@version".
+        S::PreloadedFunction => {
+            let (name, version) = spot
+                .function
+                .split_once('@')
+                .map(|(n, v)| (n.to_string(), v.parse().unwrap_or(0)))
+                .unwrap_or((spot.function.clone(), 0));
+            SpotState::PreloadedFunction {
+                function: FunctionRef {
+                    name,
+                    version,
+                    runtime: spot.runtime.clone(),
+                },
+            }
+        }
+        S::Running => SpotState::Running {
+            call_id: spot.call_id.clone(),
+        },
+        S::Clearing => SpotState::Clearing,
+    }
+}
+
+impl BrokerLoop {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn feed(&mut self, event: Event) {
+        let now = self.now();
+        let ops = self.broker.handle(event, now);
+        for op in ops {
+            self.send_operation(op);
+        }
+    }
+
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::CallArrived { call, bundle } => {
+                let pending = PendingCall {
+                    id: call.id.clone(),
+                    function: FunctionRef {
+                        name: bundle.function.name.clone(),
+                        version: bundle.function.version,
+                        runtime: bundle.runtime.name.clone(),
+                    },
+                    arrived_at: self.now(),
+                };
+                self.calls.insert(
+                    call.id.clone(),
+                    Tracked {
+                        call,
+                        bundle,
+                        dispatched: None,
+                    },
+                );
+                self.feed(Event::CallArrived(pending));
+            }
+            Input::AgentConnected {
+                node,
+                spots,
+                session,
+                tx,
+            } => {
+                if self.agents.contains_key(&node) {
+                    // The same node reconnected (agent restart): whatever ran
+                    // under the old session is gone with it.
+                    self.node_left(&node);
+                }
+                info!(%node, spots, "agent joined");
+                self.agents.insert(
+                    node.clone(),
+                    AgentConn {
+                        session,
+                        tx,
+                        spots: (0..spots)
+                            .map(|index| Spot {
+                                index,
+                                state: faas_proto::v1::SpotState::Free as i32,
+                                ..Default::default()
+                            })
+                            .collect(),
+                        connected_at_ms: now_ms(),
+                    },
+                );
+                self.connected_agents
+                    .store(self.agents.len(), Ordering::Relaxed);
+                self.feed(Event::NodeJoined { node, spots });
+            }
+            Input::AgentDisconnected { node, session } => {
+                if self.agents.get(&node).is_some_and(|a| a.session == session) {
+                    info!(%node, "agent left");
+                    self.node_left(&node);
+                }
+            }
+            Input::Spot {
+                node,
+                session,
+                report,
+            } => {
+                let Some(agent) = self.agents.get_mut(&node).filter(|a| a.session == session)
+                else {
+                    return;
+                };
+                let Some(spot) = report.spot else { return };
+                if !report.error.is_empty() {
+                    warn!(%node, spot = spot.index, error = %report.error, "spot operation failed");
+                }
+                if let Some(slot) = agent.spots.get_mut(spot.index as usize) {
+                    *slot = spot.clone();
+                }
+                let state = spot_state(&spot);
+                self.feed(Event::SpotReported {
+                    spot: SpotId {
+                        node,
+                        index: spot.index,
+                    },
+                    state,
+                });
+            }
+            Input::Result {
+                node,
+                session,
+                result,
+            } => {
+                if self.agents.get(&node).is_none_or(|a| a.session != session) {
+                    debug!(%node, call_id = %result.call_id, "result from a stale session");
+                }
+                self.on_result(&node, *result);
+            }
+            Input::ListNodes(reply) => {
+                let nodes = self
+                    .agents
+                    .iter()
+                    .map(|(name, a)| Node {
+                        name: name.clone(),
+                        connected: true,
+                        spots: a.spots.clone(),
+                        connected_at_ms: a.connected_at_ms,
+                    })
+                    .collect();
+                let _ = reply.send(nodes);
+            }
+        }
+    }
+
+    fn node_left(&mut self, node: &str) {
+        self.agents.remove(node);
+        self.connected_agents
+            .store(self.agents.len(), Ordering::Relaxed);
+        self.feed(Event::NodeLeft {
+            node: node.to_string(),
+        });
+        let lost: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, t)| t.dispatched.as_ref().is_some_and(|(s, _)| s.node == node))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in lost {
+            let tracked = self.calls.remove(&id).expect("listed above");
+            warn!(call_id = %id, %node, "call lost with its node");
+            let mut call = tracked.call;
+            call.status = CallStatus::Failed as i32;
+            call.error = Some(CallError {
+                reason: "node_lost".into(),
+                message: format!("node {node} disconnected while the call ran"),
+                log_tail: String::new(),
+            });
+            call.finished_at_ms = now_ms();
+            self.persist(call, CallLogs::default());
+        }
+    }
+
+    fn send_operation(&mut self, op: Operation) {
+        use spot_operation::Kind;
+        let spot = op.spot().clone();
+        let (kind, call, runtime, function) = match &op {
+            Operation::ExecuteNoPreload { call, .. } => {
+                (Kind::ExecuteNoPreload, Some(call), None, None)
+            }
+            Operation::ExecRuntimePreloaded { call, .. } => {
+                (Kind::ExecRuntimePreloaded, Some(call), None, None)
+            }
+            Operation::ExecFunctionPreloaded { call, .. } => {
+                (Kind::ExecFunctionPreloaded, Some(call), None, None)
+            }
+            Operation::PreloadRuntime { runtime, .. } => {
+                (Kind::PreloadRuntime, None, Some(runtime), None)
+            }
+            Operation::PreloadFunction { function, .. } => {
+                (Kind::PreloadFunction, None, None, Some(function))
+            }
+            Operation::ClearSpot { .. } => (Kind::ClearSpot, None, None, None),
+        };
+        let mut message = SpotOperation {
+            spot: spot.index,
+            kind: kind as i32,
+            ..Default::default()
+        };
+        if let Some(pending) = call {
+            let Some(tracked) = self.calls.get_mut(&pending.id) else {
+                warn!(call_id = %pending.id, "policy dispatched an unknown call");
+                return;
+            };
+            let queue_ms = (now_ms_f64() - tracked.call.created_at_ms as f64).max(0.0);
+            message.runtime = Some(tracked.bundle.runtime.clone());
+            message.function = Some(tracked.bundle.function.clone());
+            message.call = Some(CallAssignment {
+                call_id: tracked.call.id.clone(),
+                params_json: tracked.call.params_json.clone(),
+                accepted_at_ms: tracked.call.created_at_ms,
+                queue_ms,
+            });
+            tracked.dispatched = Some((spot.clone(), queue_ms));
+            tracked.call.status = CallStatus::Running as i32;
+            tracked.call.node = spot.node.clone();
+            tracked.call.spot = spot.index;
+            self.watch.publish(&tracked.call);
+        }
+        // Preload operations carry bundles of the newest known versions;
+        // they are filled in by the policies that use them (next issue).
+        let _ = (runtime, function);
+        let Some(agent) = self.agents.get(&spot.node) else {
+            warn!(%spot, "operation for a node that is gone");
+            return;
+        };
+        let msg = ControlMessage {
+            msg: Some(control_message::Msg::Operation(message)),
+        };
+        if agent.tx.try_send(Ok(msg)).is_err() {
+            // The session is closing or hopelessly behind: drop the node;
+            // its calls are resolved by node_left.
+            warn!(node = %spot.node, "agent stream is full or closed; dropping the node");
+            let node = spot.node.clone();
+            self.node_left(&node);
+        }
+    }
+
+    fn on_result(&mut self, node: &str, result: CallResult) {
+        let span = info_span!("call", call_id = %result.call_id);
+        let _enter = span.enter();
+        let Some(tracked) = self.calls.remove(&result.call_id) else {
+            // A result for a call this leader did not hand out (it took
+            // over while the call ran): record it if the call is not final.
+            let store = self.store.clone();
+            let watch = self.watch.clone();
+            let node = node.to_string();
+            tokio::spawn(
+                async move {
+                    if let Ok(Some(call)) = store.get::<Call>(Kind::Call, &result.call_id).await {
+                        if !crate::watch::is_final(&call) {
+                            let queue_ms =
+                                result.timings.as_ref().map(|t| t.queue_ms).unwrap_or(0.0);
+                            let (call, logs) = finish(call, &node, result, queue_ms);
+                            write_final(&store, &watch, call, logs).await;
+                        }
+                    }
+                }
+                .in_current_span(),
+            );
+            return;
+        };
+        let queue_ms = tracked.dispatched.as_ref().map(|(_, q)| *q).unwrap_or(0.0);
+        let (call, logs) = finish(tracked.call, node, result, queue_ms);
+        self.persist(call, logs);
+    }
+
+    fn persist(&self, call: Call, logs: CallLogs) {
+        let store = self.store.clone();
+        let watch = self.watch.clone();
+        let span = info_span!("persist", call_id = %call.id);
+        tokio::spawn(async move { write_final(&store, &watch, call, logs).await }.instrument(span));
+    }
+}
+
+/// Builds the final call record from the agent's result.
+fn finish(mut call: Call, node: &str, result: CallResult, queue_ms: f64) -> (Call, CallLogs) {
+    let finished = now_ms_f64();
+    let mut timings = result.timings.unwrap_or_default();
+    timings.queue_ms = queue_ms;
+    timings.total_ms = (finished - call.created_at_ms as f64).max(0.0);
+    let accounted = timings.queue_ms
+        + timings.runtime_load_ms
+        + timings.function_load_ms
+        + timings.dependencies_ms
+        + timings.execution_ms;
+    // What is left is the way back: reading the output, the agent's report,
+    // the stream, and recording the result.
+    timings.result_return_ms = (timings.total_ms - accounted).max(0.0);
+    call.status = result.status;
+    call.result_json = result.result_json;
+    call.error = result.error;
+    call.timings = Some(Timings { ..timings });
+    call.node = node.to_string();
+    call.spot = result.spot;
+    call.finished_at_ms = finished as i64;
+    call.logs_truncated = result.logs_truncated;
+    let logs = CallLogs {
+        logs: result.logs,
+        truncated: result.logs_truncated,
+    };
+    (call, logs)
+}
+
+/// Records a final call and its logs in one etcd transaction, retrying
+/// while etcd is unreachable, then tells the waiters.
+async fn write_final(store: &Store, watch: &CallWatch, call: Call, logs: CallLogs) {
+    let items = vec![
+        (Kind::Call, call.id.clone(), call.encode_to_vec()),
+        (Kind::Logs, call.id.clone(), logs.encode_to_vec()),
+    ];
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1.. {
+        match store.put_many(items.clone()).await {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(attempt, error = %e, "recording the call's result failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    info!(status = ?call.status(), "call finished");
+    watch.publish(&call);
+}

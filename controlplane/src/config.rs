@@ -1,0 +1,202 @@
+//! Configuration: command-line flags (and their environment variables) take
+//! precedence over the TOML file given with `--config`, which takes
+//! precedence over the documented defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "faas-controlplane",
+    version,
+    about = "The faas control plane: public API, etcd state, registry, broker"
+)]
+pub struct Flags {
+    /// TOML file with any of the settings below (keys: the long flag names with underscores).
+    #[arg(long, env = "FAAS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address for the public API and the agent streams [default: 127.0.0.1:7070].
+    #[arg(long, env = "FAAS_LISTEN")]
+    pub listen: Option<String>,
+    /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379].
+    #[arg(long, env = "FAAS_ETCD", value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+    /// The OCI registry, host:port [default: 127.0.0.1:5000].
+    #[arg(long, env = "FAAS_REGISTRY")]
+    pub registry: Option<String>,
+    /// Speak plain HTTP to the registry [default: true for loopback addresses].
+    #[arg(long, env = "FAAS_REGISTRY_INSECURE")]
+    pub registry_insecure: Option<bool>,
+    /// This replica's name in the leader election [default: <hostname>-<pid>].
+    #[arg(long, env = "FAAS_NAME")]
+    pub name: Option<String>,
+    /// Broker policy [default: no-preload].
+    #[arg(long, env = "FAAS_POLICY")]
+    pub policy: Option<String>,
+    /// etcd key prefix [default: /faas/v1].
+    #[arg(long)]
+    pub key_prefix: Option<String>,
+    /// Largest function package accepted, bytes [default: 64 MiB].
+    #[arg(long)]
+    pub max_package_bytes: Option<u64>,
+    /// Largest image archive accepted, bytes [default: 2 GiB].
+    #[arg(long)]
+    pub max_image_bytes: Option<u64>,
+    /// Largest call parameters accepted, bytes [default: 256 KiB].
+    #[arg(long)]
+    pub max_params_bytes: Option<u64>,
+    /// Default per-call timeout [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub default_timeout: Option<Duration>,
+    /// Largest per-call timeout a function may ask for [default: 15m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_timeout: Option<Duration>,
+    /// Default per-call memory limit, bytes [default: 256 MiB].
+    #[arg(long)]
+    pub default_memory_bytes: Option<u64>,
+    /// Largest per-call memory limit a function may ask for, bytes [default: 4 GiB].
+    #[arg(long)]
+    pub max_memory_bytes: Option<u64>,
+    /// TTL of the leader's etcd lease, seconds [default: 5].
+    #[arg(long)]
+    pub leader_ttl_secs: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    etcd: Option<Vec<String>>,
+    registry: Option<String>,
+    registry_insecure: Option<bool>,
+    name: Option<String>,
+    policy: Option<String>,
+    key_prefix: Option<String>,
+    max_package_bytes: Option<u64>,
+    max_image_bytes: Option<u64>,
+    max_params_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde_opt")]
+    default_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    max_timeout: Option<Duration>,
+    default_memory_bytes: Option<u64>,
+    max_memory_bytes: Option<u64>,
+    leader_ttl_secs: Option<i64>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// The resolved settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: String,
+    pub etcd: Vec<String>,
+    pub registry: String,
+    pub registry_insecure: bool,
+    pub name: String,
+    pub policy: String,
+    pub key_prefix: String,
+    pub limits: Limits,
+    pub leader_ttl_secs: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_package_bytes: u64,
+    pub max_image_bytes: u64,
+    pub max_params_bytes: u64,
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub default_memory_bytes: u64,
+    pub max_memory_bytes: u64,
+}
+
+impl Config {
+    pub fn resolve(flags: Flags) -> anyhow::Result<Config> {
+        let file: FileConfig = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let registry = flags
+            .registry
+            .or(file.registry)
+            .unwrap_or_else(|| "127.0.0.1:5000".into());
+        let loopback = registry.starts_with("127.") || registry.starts_with("localhost");
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "controlplane".into());
+        Ok(Config {
+            listen: flags
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:7070".into()),
+            etcd: flags
+                .etcd
+                .or(file.etcd)
+                .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
+            registry_insecure: flags
+                .registry_insecure
+                .or(file.registry_insecure)
+                .unwrap_or(loopback),
+            registry,
+            name: flags
+                .name
+                .or(file.name)
+                .unwrap_or_else(|| format!("{hostname}-{}", std::process::id())),
+            policy: flags
+                .policy
+                .or(file.policy)
+                .unwrap_or_else(|| "no-preload".into()),
+            key_prefix: flags
+                .key_prefix
+                .or(file.key_prefix)
+                .unwrap_or_else(|| "/faas/v1".into()),
+            limits: Limits {
+                max_package_bytes: flags
+                    .max_package_bytes
+                    .or(file.max_package_bytes)
+                    .unwrap_or(64 << 20),
+                max_image_bytes: flags
+                    .max_image_bytes
+                    .or(file.max_image_bytes)
+                    .unwrap_or(2 << 30),
+                max_params_bytes: flags
+                    .max_params_bytes
+                    .or(file.max_params_bytes)
+                    .unwrap_or(256 << 10),
+                default_timeout: flags
+                    .default_timeout
+                    .or(file.default_timeout)
+                    .unwrap_or(Duration::from_secs(30)),
+                max_timeout: flags
+                    .max_timeout
+                    .or(file.max_timeout)
+                    .unwrap_or(Duration::from_secs(15 * 60)),
+                default_memory_bytes: flags
+                    .default_memory_bytes
+                    .or(file.default_memory_bytes)
+                    .unwrap_or(256 << 20),
+                max_memory_bytes: flags
+                    .max_memory_bytes
+                    .or(file.max_memory_bytes)
+                    .unwrap_or(4 << 30),
+            },
+            leader_ttl_secs: flags.leader_ttl_secs.or(file.leader_ttl_secs).unwrap_or(5),
+        })
+    }
+}

@@ -1,0 +1,203 @@
+//! The faas control plane as a library: the binary only parses its
+//! configuration and calls [`run`].
+
+#![forbid(unsafe_code)]
+
+pub mod agents;
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod leader;
+pub mod package;
+pub mod registry;
+pub mod store;
+pub mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use faas_proto::v1::{
+    Call, CallError, CallStatus, Function, FunctionBundle, Runtime, RuntimeBundle,
+};
+use tokio::sync::watch as tokio_watch;
+use tracing::{error, info, warn};
+
+use crate::broker::{BrokerHandle, CallBundle, Input};
+use crate::config::Config;
+use crate::store::{Kind, Store};
+
+/// Connects to etcd, retrying for a while so that services may start in any
+/// order.
+async fn connect_store(config: &Config) -> anyhow::Result<Store> {
+    let mut delay = Duration::from_millis(200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match Store::connect(&config.etcd, &config.key_prefix).await {
+            Ok(store) => return Ok(store),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                warn!(error = %e, "etcd not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(3));
+            }
+            Err(e) => anyhow::bail!("connecting to etcd at {:?}: {e}", config.etcd),
+        }
+    }
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let policy = faas_broker::policy_by_name(&config.policy).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown policy {:?}; known: {}",
+            config.policy,
+            faas_broker::POLICY_NAMES.join(", ")
+        )
+    })?;
+    drop(policy);
+    let store = connect_store(&config).await?;
+    let registry = registry::Registry::new(&config.registry, config.registry_insecure);
+    let calls = Arc::new(watch::CallWatch::default());
+    let (broker_tx, broker_rx) = tokio_watch::channel::<Option<BrokerHandle>>(None);
+
+    // Leadership: campaign, then run the broker until the lease is lost.
+    {
+        let store = store.clone();
+        let calls = calls.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let election = format!("{}/election", store.prefix());
+            let leadership = loop {
+                match leader::campaign(
+                    store.client(),
+                    &election,
+                    &config.name,
+                    config.leader_ttl_secs,
+                )
+                .await
+                {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        warn!(error = %e, "campaign failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            let policy = faas_broker::policy_by_name(&config.policy).expect("checked at start");
+            let handle = broker::spawn(
+                faas_broker::Broker::new(policy),
+                store.clone(),
+                calls.clone(),
+            );
+            if let Err(e) = requeue_pending(&store, &handle).await {
+                warn!(error = %e, "could not reload pending calls");
+            }
+            let _ = broker_tx.send(Some(handle));
+            let _ = leadership.lost.await;
+            // Fencing by crash: a replica that lost its lease must not act
+            // as leader for one more instant; its supervisor restarts it.
+            error!(lease = leadership.lease_id, "leadership lost; exiting");
+            std::process::exit(3);
+        });
+    }
+
+    let api = api::Api {
+        store,
+        registry,
+        limits: Arc::new(config.limits.clone()),
+        calls,
+        broker: broker_rx.clone(),
+        replica: config.name.clone().into(),
+    };
+    let sessions = agents::AgentSessions::new(broker_rx);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<faas_proto::v1::call_service_server::CallServiceServer<api::Api>>()
+        .await;
+
+    use faas_proto::v1::*;
+    let addr = config
+        .listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--listen {:?}: {e}", config.listen))?;
+    let max_message = 32 << 20;
+    info!(%addr, replica = %config.name, policy = %config.policy, "serving");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(
+            runtime_service_server::RuntimeServiceServer::new(api.clone())
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            function_service_server::FunctionServiceServer::new(api.clone())
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(call_service_server::CallServiceServer::new(api.clone()))
+        .add_service(cluster_service_server::ClusterServiceServer::new(api))
+        .add_service(
+            agent_service_server::AgentServiceServer::new(sessions)
+                .max_decoding_message_size(max_message),
+        )
+        .serve_with_shutdown(addr, async {
+            let _ = tokio::signal::ctrl_c().await;
+            info!("shutting down");
+        })
+        .await?;
+    Ok(())
+}
+
+/// On taking over, hands the broker every call recorded as queued: calls
+/// acknowledged before a restart still run.
+async fn requeue_pending(store: &Store, broker: &BrokerHandle) -> Result<(), store::StoreError> {
+    let calls: Vec<Call> = store.list(Kind::Call).await?;
+    let mut requeued = 0;
+    for mut call in calls
+        .into_iter()
+        .filter(|c| c.status() == CallStatus::Queued)
+    {
+        let function: Option<Function> = store.get(Kind::Function, &call.function).await?;
+        let runtime: Option<Runtime> = match &function {
+            Some(f) => store.get(Kind::Runtime, &f.runtime).await?,
+            None => None,
+        };
+        match (function, runtime) {
+            (Some(f), Some(r)) if f.version == call.function_version => {
+                let bundle = Arc::new(CallBundle {
+                    runtime: RuntimeBundle {
+                        name: r.name,
+                        image: r.image,
+                        path: r.path,
+                        dependencies: r.dependencies,
+                        run: r.run,
+                    },
+                    function: FunctionBundle {
+                        package_repository: format!("faas/functions/{}", f.name),
+                        name: f.name,
+                        version: f.version,
+                        handler: f.handler,
+                        package_digest: f.package_digest,
+                        memory_bytes: f.memory_bytes,
+                        timeout_ms: f.timeout_ms,
+                        env: f.env,
+                    },
+                });
+                broker.send(Input::CallArrived { call, bundle });
+                requeued += 1;
+            }
+            _ => {
+                call.status = CallStatus::Failed as i32;
+                call.error = Some(CallError {
+                    reason: "platform".into(),
+                    message: "the function was changed or removed before the call could run".into(),
+                    log_tail: String::new(),
+                });
+                call.finished_at_ms = error::now_ms();
+                store.put(Kind::Call, &call.id.clone(), &call).await?;
+            }
+        }
+    }
+    if requeued > 0 {
+        info!(requeued, "pending calls handed to the broker");
+    }
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! The platform's OCI registry: runtime images are stored as images, function
+//! packages as OCI artifacts with their own media types. Agents fetch both by
+//! digest.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use bytes::Bytes;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::Reference;
+use sha2::{Digest, Sha256};
+
+/// Media types of a function package artifact.
+pub const PACKAGE_ARTIFACT_TYPE: &str = "application/vnd.faas.function.v1";
+pub const PACKAGE_CONFIG_MEDIA_TYPE: &str = "application/vnd.faas.function.config.v1+json";
+pub const PACKAGE_LAYER_MEDIA_TYPE: &str = "application/vnd.faas.function.package.v1.tar+gzip";
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry: {0}")]
+    Registry(#[from] oci_client::errors::OciDistributionError),
+    #[error("invalid image reference {0:?}: {1}")]
+    BadReference(String, String),
+    #[error("invalid image archive: {0}")]
+    BadArchive(String),
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    client: oci_client::Client,
+    host: String,
+}
+
+/// A stored image, pinned by digest.
+pub struct PushedImage {
+    /// `<host>/<repository>@<digest>`
+    pub reference: String,
+    pub digest: String,
+}
+
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+impl Registry {
+    /// `host` is `host:port`; loopback registries are spoken to over plain
+    /// HTTP, others over HTTPS.
+    pub fn new(host: &str, insecure: bool) -> Registry {
+        let protocol = if insecure {
+            ClientProtocol::HttpsExcept(vec![host.to_string()])
+        } else {
+            ClientProtocol::Https
+        };
+        let client = oci_client::Client::new(ClientConfig {
+            protocol,
+            use_monolithic_push: true,
+            ..Default::default()
+        });
+        Registry {
+            client,
+            host: host.to_string(),
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn reference(&self, repository: &str, tag: &str) -> Result<Reference, RegistryError> {
+        let s = format!("{}/{repository}:{tag}", self.host);
+        s.parse()
+            .map_err(|e: oci_client::ParseError| RegistryError::BadReference(s, e.to_string()))
+    }
+
+    async fn push_blob_if_missing(
+        &self,
+        reference: &Reference,
+        data: Bytes,
+        digest: &str,
+    ) -> Result<(), RegistryError> {
+        if !self
+            .client
+            .blob_exists(reference, digest)
+            .await
+            .unwrap_or(false)
+        {
+            self.client.push_blob(reference, data, digest).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores a normalized function package as an OCI artifact tagged
+    /// `v<version>` in `faas/functions/<name>`. Returns the repository and
+    /// the digest of the package blob.
+    pub async fn push_package(
+        &self,
+        function: &str,
+        version: u64,
+        package: Bytes,
+    ) -> Result<(String, String), RegistryError> {
+        let repository = format!("faas/functions/{function}");
+        let reference = self.reference(&repository, &format!("v{version}"))?;
+        let digest = sha256_digest(&package);
+        let size = package.len();
+        self.push_blob_if_missing(&reference, package, &digest)
+            .await?;
+        let config = Bytes::from_static(b"{}");
+        let config_digest = sha256_digest(&config);
+        self.push_blob_if_missing(&reference, config.clone(), &config_digest)
+            .await?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": PACKAGE_ARTIFACT_TYPE,
+            "config": {"mediaType": PACKAGE_CONFIG_MEDIA_TYPE, "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": PACKAGE_LAYER_MEDIA_TYPE, "digest": digest, "size": size}],
+        });
+        self.client
+            .push_manifest_raw(
+                &reference,
+                serde_json::to_vec(&manifest).expect("json"),
+                OCI_MANIFEST.parse().expect("media type"),
+            )
+            .await?;
+        Ok((repository, digest))
+    }
+
+    /// Looks up an image already in the platform registry (`repo:tag` or
+    /// `repo@digest`, relative to the registry) and pins it by digest.
+    pub async fn resolve(&self, image_ref: &str) -> Result<PushedImage, RegistryError> {
+        let full = if image_ref.starts_with(&format!("{}/", self.host)) {
+            image_ref.to_string()
+        } else {
+            format!("{}/{image_ref}", self.host)
+        };
+        let reference: Reference = full.parse().map_err(|e: oci_client::ParseError| {
+            RegistryError::BadReference(full.clone(), e.to_string())
+        })?;
+        let digest = self
+            .client
+            .fetch_manifest_digest(&reference, &oci_client::secrets::RegistryAuth::Anonymous)
+            .await?;
+        Ok(PushedImage {
+            reference: format!("{}/{}@{digest}", self.host, reference.repository()),
+            digest,
+        })
+    }
+
+    /// Imports an image archive (an OCI image layout or a `docker save` tar)
+    /// into `faas/runtimes/<name>`.
+    pub async fn push_image_archive(
+        &self,
+        runtime: &str,
+        archive: &[u8],
+    ) -> Result<PushedImage, RegistryError> {
+        let files = read_archive(archive)?;
+        let image = if files.contains_key("index.json") {
+            oci_layout_image(&files)?
+        } else if files.contains_key("manifest.json") {
+            docker_save_image(&files)?
+        } else {
+            return Err(RegistryError::BadArchive(
+                "neither an OCI image layout (index.json) nor a docker save archive (manifest.json)".into(),
+            ));
+        };
+        let repository = format!("faas/runtimes/{runtime}");
+        let reference = self.reference(&repository, "latest")?;
+        for (digest, data) in &image.blobs {
+            self.push_blob_if_missing(&reference, data.clone(), digest)
+                .await?;
+        }
+        let digest = sha256_digest(&image.manifest);
+        self.client
+            .push_manifest_raw(
+                &reference,
+                image.manifest.clone(),
+                image.manifest_media_type.parse().map_err(|_| {
+                    RegistryError::BadArchive(format!(
+                        "bad media type {}",
+                        image.manifest_media_type
+                    ))
+                })?,
+            )
+            .await?;
+        Ok(PushedImage {
+            reference: format!("{}/{repository}@{digest}", self.host),
+            digest,
+        })
+    }
+}
+
+struct ArchiveImage {
+    manifest: Bytes,
+    manifest_media_type: String,
+    /// digest → content, config and layers.
+    blobs: Vec<(String, Bytes)>,
+}
+
+fn read_archive(archive: &[u8]) -> Result<HashMap<String, Bytes>, RegistryError> {
+    let mut files = HashMap::new();
+    let mut tar = tar::Archive::new(archive);
+    let entries = tar
+        .entries()
+        .map_err(|e| RegistryError::BadArchive(format!("not a tar: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| RegistryError::BadArchive(format!("tar: {e}")))?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let path = entry
+            .path()
+            .map_err(|e| RegistryError::BadArchive(e.to_string()))?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let mut data = Vec::with_capacity(entry.size() as usize);
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| RegistryError::BadArchive(format!("{path}: {e}")))?;
+        files.insert(path, Bytes::from(data));
+    }
+    if files.is_empty() {
+        return Err(RegistryError::BadArchive(
+            "empty or not a tar archive".into(),
+        ));
+    }
+    Ok(files)
+}
+
+fn blob<'a>(files: &'a HashMap<String, Bytes>, digest: &str) -> Result<&'a Bytes, RegistryError> {
+    let (algo, hex) = digest
+        .split_once(':')
+        .ok_or_else(|| RegistryError::BadArchive(format!("bad digest {digest}")))?;
+    let data = files.get(&format!("blobs/{algo}/{hex}")).ok_or_else(|| {
+        RegistryError::BadArchive(format!("blob {digest} missing from the layout"))
+    })?;
+    if algo == "sha256" && sha256_digest(data) != digest {
+        return Err(RegistryError::BadArchive(format!(
+            "blob {digest} does not match its digest"
+        )));
+    }
+    Ok(data)
+}
+
+fn json(data: &[u8], what: &str) -> Result<serde_json::Value, RegistryError> {
+    serde_json::from_slice(data).map_err(|e| RegistryError::BadArchive(format!("{what}: {e}")))
+}
+
+fn oci_layout_image(files: &HashMap<String, Bytes>) -> Result<ArchiveImage, RegistryError> {
+    let mut index = json(&files["index.json"], "index.json")?;
+    // Follow nested indexes down to one manifest, preferring linux/amd64.
+    loop {
+        let manifests = index["manifests"]
+            .as_array()
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| RegistryError::BadArchive("index has no manifests".into()))?;
+        let chosen = manifests
+            .iter()
+            .find(|m| m["platform"]["architecture"] == "amd64" && m["platform"]["os"] == "linux")
+            .unwrap_or(&manifests[0])
+            .clone();
+        let digest = chosen["digest"]
+            .as_str()
+            .ok_or_else(|| RegistryError::BadArchive("manifest entry without digest".into()))?;
+        let data = blob(files, digest)?.clone();
+        let media_type = chosen["mediaType"]
+            .as_str()
+            .unwrap_or(OCI_MANIFEST)
+            .to_string();
+        if media_type == OCI_INDEX || media_type == DOCKER_LIST {
+            index = json(&data, "nested index")?;
+            continue;
+        }
+        let manifest = json(&data, "manifest")?;
+        let mut blobs = Vec::new();
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| RegistryError::BadArchive("manifest without config".into()))?;
+        blobs.push((
+            config_digest.to_string(),
+            blob(files, config_digest)?.clone(),
+        ));
+        for layer in manifest["layers"].as_array().into_iter().flatten() {
+            let d = layer["digest"]
+                .as_str()
+                .ok_or_else(|| RegistryError::BadArchive("layer without digest".into()))?;
+            blobs.push((d.to_string(), blob(files, d)?.clone()));
+        }
+        let media_type = manifest["mediaType"]
+            .as_str()
+            .unwrap_or(&media_type)
+            .to_string();
+        return Ok(ArchiveImage {
+            manifest: data,
+            manifest_media_type: if media_type == DOCKER_MANIFEST {
+                DOCKER_MANIFEST.into()
+            } else {
+                media_type
+            },
+            blobs,
+        });
+    }
+}
+
+fn docker_save_image(files: &HashMap<String, Bytes>) -> Result<ArchiveImage, RegistryError> {
+    let list = json(&files["manifest.json"], "manifest.json")?;
+    let entry = list
+        .as_array()
+        .and_then(|a| a.first())
+        .ok_or_else(|| RegistryError::BadArchive("manifest.json lists no image".into()))?;
+    let file = |key: &str| -> Result<&Bytes, RegistryError> {
+        files
+            .get(key)
+            .ok_or_else(|| RegistryError::BadArchive(format!("{key} missing from the archive")))
+    };
+    let config_path = entry["Config"]
+        .as_str()
+        .ok_or_else(|| RegistryError::BadArchive("manifest.json entry without Config".into()))?;
+    let config = file(config_path)?.clone();
+    let config_digest = sha256_digest(&config);
+    let mut blobs = vec![(config_digest.clone(), config.clone())];
+    let mut layers = Vec::new();
+    for layer in entry["Layers"].as_array().into_iter().flatten() {
+        let path = layer
+            .as_str()
+            .ok_or_else(|| RegistryError::BadArchive("bad Layers entry".into()))?;
+        let data = file(path)?.clone();
+        let digest = sha256_digest(&data);
+        // docker save layers are uncompressed tars unless gzip magic says otherwise.
+        let media_type = if data.starts_with(&[0x1f, 0x8b]) {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        } else {
+            "application/vnd.oci.image.layer.v1.tar"
+        };
+        layers.push(
+            serde_json::json!({"mediaType": media_type, "digest": digest, "size": data.len()}),
+        );
+        blobs.push((digest, data));
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": layers,
+    });
+    Ok(ArchiveImage {
+        manifest: Bytes::from(serde_json::to_vec(&manifest).expect("json")),
+        manifest_media_type: OCI_MANIFEST.into(),
+        blobs,
+    })
+}

@@ -1,0 +1,187 @@
+//! Persistence in etcd: every object is a protobuf message under a versioned
+//! key prefix (`<prefix>/<kind>/<name>`), so the stored form is the public
+//! contract itself and needs no second schema.
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use prost::Message;
+
+/// The kinds of objects kept in etcd, each under its own key prefix.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Runtime,
+    Function,
+    Call,
+    /// A call's logs, kept apart so that listing calls stays small.
+    Logs,
+}
+
+impl Kind {
+    fn dir(self) -> &'static str {
+        match self {
+            Kind::Runtime => "runtimes",
+            Kind::Function => "functions",
+            Kind::Call => "calls",
+            Kind::Logs => "logs",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("corrupt record at {key}: {source}")]
+    Decode {
+        key: String,
+        source: prost::DecodeError,
+    },
+}
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    prefix: String,
+}
+
+impl Store {
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Store, StoreError> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(std::time::Duration::from_secs(5))
+            .with_timeout(std::time::Duration::from_secs(10))
+            .with_keep_alive(
+                std::time::Duration::from_secs(5),
+                std::time::Duration::from_secs(5),
+            );
+        let client = Client::connect(endpoints, Some(options)).await?;
+        Ok(Store {
+            client,
+            prefix: prefix.trim_end_matches('/').to_string(),
+        })
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The key prefix everything lives under (e.g. `/faas/v1`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn key(&self, kind: Kind, name: &str) -> String {
+        format!("{}/{}/{}", self.prefix, kind.dir(), name)
+    }
+
+    fn dir(&self, kind: Kind) -> String {
+        format!("{}/{}/", self.prefix, kind.dir())
+    }
+
+    pub async fn get<M: Message + Default>(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<M>, StoreError> {
+        let key = self.key(kind, name);
+        let resp = self.client.clone().get(key.as_str(), None).await?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => decode(&key, kv.value()).map(Some),
+        }
+    }
+
+    pub async fn put<M: Message>(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: &M,
+    ) -> Result<(), StoreError> {
+        self.client
+            .clone()
+            .put(self.key(kind, name), value.encode_to_vec(), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes several objects in one transaction (one Raft commit).
+    pub async fn put_many(&self, items: Vec<(Kind, String, Vec<u8>)>) -> Result<(), StoreError> {
+        let ops: Vec<TxnOp> = items
+            .into_iter()
+            .map(|(kind, name, value)| TxnOp::put(self.key(kind, &name), value, None))
+            .collect();
+        self.client.clone().txn(Txn::new().and_then(ops)).await?;
+        Ok(())
+    }
+
+    /// Creates the object; false if one of that name already exists.
+    pub async fn create<M: Message>(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: &M,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(kind, name);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), value.encode_to_vec(), None)]);
+        Ok(self.client.clone().txn(txn).await?.succeeded())
+    }
+
+    /// Deletes the object; false if it did not exist.
+    pub async fn delete(&self, kind: Kind, name: &str) -> Result<bool, StoreError> {
+        let resp = self
+            .client
+            .clone()
+            .delete(self.key(kind, name), None)
+            .await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    /// Every object of a kind, in key order.
+    pub async fn list<M: Message + Default>(&self, kind: Kind) -> Result<Vec<M>, StoreError> {
+        let dir = self.dir(kind);
+        let resp = self
+            .client
+            .clone()
+            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect()
+    }
+
+    /// Up to `limit` objects of a kind in descending key order, starting
+    /// strictly below `before` (a name) if given. Returns the objects with
+    /// their names.
+    pub async fn list_descending<M: Message + Default>(
+        &self,
+        kind: Kind,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(String, M)>, StoreError> {
+        let dir = self.dir(kind);
+        let mut opts = GetOptions::new()
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(limit);
+        opts = match before {
+            Some(name) => opts.with_range(format!("{dir}{name}")),
+            None => opts.with_prefix(),
+        };
+        let resp = self.client.clone().get(dir.as_str(), Some(opts)).await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).to_string();
+                let name = key.strip_prefix(&dir).unwrap_or(&key).to_string();
+                decode(&key, kv.value()).map(|m| (name, m))
+            })
+            .collect()
+    }
+}
+
+fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|source| StoreError::Decode {
+        key: key.to_string(),
+        source,
+    })
+}
