@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use faas_broker::{Broker, Event, FunctionRef, Operation, PendingCall, SpotId, SpotState};
 use faas_proto::v1::{
     control_message, spot_operation, Call, CallAssignment, CallError, CallLogs, CallResult,
-    CallStatus, ControlMessage, FunctionBundle, Node, RuntimeBundle, Spot, SpotOperation,
-    SpotReport, Timings,
+    CallStatus, ControlMessage, Function, FunctionBundle, Node, Runtime, RuntimeBundle, Spot,
+    SpotOperation, SpotReport, Timings,
 };
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +28,30 @@ use crate::watch::CallWatch;
 pub struct CallBundle {
     pub runtime: RuntimeBundle,
     pub function: FunctionBundle,
+}
+
+impl CallBundle {
+    pub fn new(runtime: Runtime, function: Function, registry_host: &str) -> CallBundle {
+        CallBundle {
+            runtime: RuntimeBundle {
+                name: runtime.name,
+                image: runtime.image,
+                path: runtime.path,
+                dependencies: runtime.dependencies,
+                run: runtime.run,
+            },
+            function: FunctionBundle {
+                package_repository: format!("{registry_host}/faas/functions/{}", function.name),
+                name: function.name,
+                version: function.version,
+                handler: function.handler,
+                package_digest: function.package_digest,
+                memory_bytes: function.memory_bytes,
+                timeout_ms: function.timeout_ms,
+                env: function.env,
+            },
+        }
+    }
 }
 
 pub type AgentSender = mpsc::Sender<Result<ControlMessage, Status>>;

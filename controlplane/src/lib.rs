@@ -17,9 +17,7 @@ pub mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use faas_proto::v1::{
-    Call, CallError, CallStatus, Function, FunctionBundle, Runtime, RuntimeBundle,
-};
+use faas_proto::v1::{Call, CallError, CallStatus, Function, Runtime};
 use tokio::sync::watch as tokio_watch;
 use tracing::{error, info, warn};
 
@@ -88,7 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 store.clone(),
                 calls.clone(),
             );
-            if let Err(e) = requeue_pending(&store, &handle).await {
+            if let Err(e) = requeue_pending(&store, &handle, &config.registry).await {
                 warn!(error = %e, "could not reload pending calls");
             }
             let _ = broker_tx.send(Some(handle));
@@ -148,7 +146,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// On taking over, hands the broker every call recorded as queued: calls
 /// acknowledged before a restart still run.
-async fn requeue_pending(store: &Store, broker: &BrokerHandle) -> Result<(), store::StoreError> {
+async fn requeue_pending(
+    store: &Store,
+    broker: &BrokerHandle,
+    registry_host: &str,
+) -> Result<(), store::StoreError> {
     let calls: Vec<Call> = store.list(Kind::Call).await?;
     let mut requeued = 0;
     for mut call in calls
@@ -162,25 +164,7 @@ async fn requeue_pending(store: &Store, broker: &BrokerHandle) -> Result<(), sto
         };
         match (function, runtime) {
             (Some(f), Some(r)) if f.version == call.function_version => {
-                let bundle = Arc::new(CallBundle {
-                    runtime: RuntimeBundle {
-                        name: r.name,
-                        image: r.image,
-                        path: r.path,
-                        dependencies: r.dependencies,
-                        run: r.run,
-                    },
-                    function: FunctionBundle {
-                        package_repository: format!("faas/functions/{}", f.name),
-                        name: f.name,
-                        version: f.version,
-                        handler: f.handler,
-                        package_digest: f.package_digest,
-                        memory_bytes: f.memory_bytes,
-                        timeout_ms: f.timeout_ms,
-                        env: f.env,
-                    },
-                });
+                let bundle = Arc::new(CallBundle::new(r, f, registry_host));
                 broker.send(Input::CallArrived { call, bundle });
                 requeued += 1;
             }

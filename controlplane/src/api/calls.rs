@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use faas_proto::v1::call_service_server::CallService;
 use faas_proto::v1::{
-    Call, CallLogs, CallStatus, Function, FunctionBundle, GetCallLogsRequest, GetCallRequest,
-    InvokeRequest, ListCallsRequest, ListCallsResponse, Runtime, RuntimeBundle, SubmitResponse,
-    WaitCallRequest,
+    Call, CallLogs, CallStatus, Function, GetCallLogsRequest, GetCallRequest, InvokeRequest,
+    ListCallsRequest, ListCallsResponse, Runtime, SubmitResponse, WaitCallRequest,
 };
 use futures::Stream;
 use tokio::sync::watch;
@@ -80,25 +79,7 @@ impl Api {
             ..Default::default()
         };
         self.store.put(Kind::Call, &call.id, &call).await?;
-        let bundle = Arc::new(CallBundle {
-            runtime: RuntimeBundle {
-                name: runtime.name,
-                image: runtime.image,
-                path: runtime.path,
-                dependencies: runtime.dependencies,
-                run: runtime.run,
-            },
-            function: FunctionBundle {
-                package_repository: format!("faas/functions/{}", function.name),
-                name: function.name,
-                version: function.version,
-                handler: function.handler,
-                package_digest: function.package_digest,
-                memory_bytes: function.memory_bytes,
-                timeout_ms: function.timeout_ms,
-                env: function.env,
-            },
-        });
+        let bundle = Arc::new(CallBundle::new(runtime, function, self.registry.host()));
         let rx = self.calls.subscribe(&call);
         if !broker.send(Input::CallArrived {
             call: call.clone(),
