@@ -53,9 +53,8 @@ pub struct GlobalArgs {
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 
-    /// Deadline of each RPC (e.g. 30s, 2m). Unset: no deadline, so a
-    /// synchronous invoke waits as long as the function may run.
-    /// (Named --rpc-timeout because `fn deploy --timeout` is the function's.)
+    /// Deadline of each RPC (e.g. 30s, 2m); default none, so a synchronous
+    /// invoke waits as long as the function may run.
     #[arg(long, global = true, env = "FAAS_RPC_TIMEOUT", value_parser = parse_duration)]
     pub rpc_timeout: Option<Duration>,
 }

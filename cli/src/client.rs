@@ -77,14 +77,17 @@ pub async fn connect(endpoints: &[String]) -> Result<Channel, ConnectError> {
 /// Transport errors hide the useful part ("Connection refused") in their
 /// sources.
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
+    let mut parts = vec![error.to_string()];
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let part = cause.to_string();
+        // hyper and tonic repeat their wrapper's words at each level.
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
         source = cause.source();
     }
-    text
+    parts.join(": ")
 }
 
 /// Bytes to upload after the spec message.

@@ -27,12 +27,37 @@ use crate::output::{self, emit, emit_json, note, BadInput};
 use crate::pack::{self, Package};
 
 pub struct Context {
-    pub channel: Channel,
-    pub output: OutputFormat,
-    pub rpc_timeout: Option<Duration>,
+    endpoints: Vec<String>,
+    /// Connected on first use, so local mistakes (a missing source
+    /// directory, an unreadable @file) are reported before, and without,
+    /// reaching for the network.
+    channel: tokio::sync::OnceCell<Channel>,
+    output: OutputFormat,
+    rpc_timeout: Option<Duration>,
 }
 
 impl Context {
+    pub fn new(
+        endpoints: Vec<String>,
+        output: OutputFormat,
+        rpc_timeout: Option<Duration>,
+    ) -> Self {
+        Context {
+            endpoints,
+            channel: tokio::sync::OnceCell::new(),
+            output,
+            rpc_timeout,
+        }
+    }
+
+    async fn channel(&self) -> Result<Channel> {
+        let channel = self
+            .channel
+            .get_or_try_init(|| crate::client::connect(&self.endpoints))
+            .await?;
+        Ok(channel.clone())
+    }
+
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(timeout) = self.rpc_timeout {
@@ -41,20 +66,24 @@ impl Context {
         request
     }
 
-    fn runtimes(&self) -> RuntimeServiceClient<Channel> {
-        RuntimeServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_DECODE_BYTES)
+    async fn runtimes(&self) -> Result<RuntimeServiceClient<Channel>> {
+        Ok(RuntimeServiceClient::new(self.channel().await?)
+            .max_decoding_message_size(MAX_DECODE_BYTES))
     }
 
-    fn functions(&self) -> FunctionServiceClient<Channel> {
-        FunctionServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_DECODE_BYTES)
+    async fn functions(&self) -> Result<FunctionServiceClient<Channel>> {
+        Ok(FunctionServiceClient::new(self.channel().await?)
+            .max_decoding_message_size(MAX_DECODE_BYTES))
     }
 
-    fn calls(&self) -> CallServiceClient<Channel> {
-        CallServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_DECODE_BYTES)
+    async fn calls(&self) -> Result<CallServiceClient<Channel>> {
+        Ok(CallServiceClient::new(self.channel().await?)
+            .max_decoding_message_size(MAX_DECODE_BYTES))
     }
 
-    fn cluster(&self) -> ClusterServiceClient<Channel> {
-        ClusterServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_DECODE_BYTES)
+    async fn cluster(&self) -> Result<ClusterServiceClient<Channel>> {
+        Ok(ClusterServiceClient::new(self.channel().await?)
+            .max_decoding_message_size(MAX_DECODE_BYTES))
     }
 
     fn json(&self) -> bool {
@@ -81,6 +110,7 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
         Command::Node(NodeCmd::Ls) => {
             let reply = ctx
                 .cluster()
+                .await?
                 .list_nodes(ctx.request(ListNodesRequest {}))
                 .await?
                 .into_inner();
@@ -100,6 +130,7 @@ async fn runtime(ctx: &Context, cmd: RuntimeCmd) -> Result<()> {
         RuntimeCmd::Ls => {
             let reply = ctx
                 .runtimes()
+                .await?
                 .list_runtimes(ctx.request(ListRuntimesRequest {}))
                 .await?;
             let runtimes = reply.into_inner().runtimes;
@@ -111,6 +142,7 @@ async fn runtime(ctx: &Context, cmd: RuntimeCmd) -> Result<()> {
         RuntimeCmd::Get { name } => {
             let rt = ctx
                 .runtimes()
+                .await?
                 .get_runtime(ctx.request(GetRuntimeRequest { name }))
                 .await?
                 .into_inner();
@@ -121,6 +153,7 @@ async fn runtime(ctx: &Context, cmd: RuntimeCmd) -> Result<()> {
         }
         RuntimeCmd::Rm { name } => {
             ctx.runtimes()
+                .await?
                 .delete_runtime(ctx.request(DeleteRuntimeRequest { name: name.clone() }))
                 .await?;
             ctx.show(
@@ -188,7 +221,11 @@ async fn register_runtime(ctx: &Context, args: RegisterRuntimeArgs) -> Result<()
         progress,
         read_error.clone(),
     );
-    let reply = ctx.runtimes().register_runtime(ctx.request(stream)).await;
+    let reply = ctx
+        .runtimes()
+        .await?
+        .register_runtime(ctx.request(stream))
+        .await;
     take_read_error(&read_error)?;
     let rt = reply?.into_inner();
     ctx.show(
@@ -215,6 +252,7 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
             };
             let functions = ctx
                 .functions()
+                .await?
                 .list_functions(ctx.request(request))
                 .await?
                 .into_inner()
@@ -227,6 +265,7 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
         FunctionCmd::Get { name } => {
             let f = ctx
                 .functions()
+                .await?
                 .get_function(ctx.request(GetFunctionRequest { name }))
                 .await?
                 .into_inner();
@@ -237,6 +276,7 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
         }
         FunctionCmd::Rm { name } => {
             ctx.functions()
+                .await?
                 .delete_function(ctx.request(DeleteFunctionRequest { name: name.clone() }))
                 .await?;
             ctx.show(
@@ -280,8 +320,9 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
                     path.display()
                 ));
             }
+            let noun = if files == 1 { "file" } else { "files" };
             note(&format!(
-                "packed {} ({files} files, {})",
+                "packed {} ({files} {noun}, {})",
                 args.source.display(),
                 format::bytes_text(bytes.len() as u64)
             ));
@@ -302,7 +343,11 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
         progress,
         read_error.clone(),
     );
-    let reply = ctx.functions().deploy_function(ctx.request(stream)).await;
+    let reply = ctx
+        .functions()
+        .await?
+        .deploy_function(ctx.request(stream))
+        .await;
     take_read_error(&read_error)?;
     let f = reply
         .with_context(|| format!("deploy {}", args.name))?
@@ -349,13 +394,19 @@ async fn invoke(ctx: &Context, args: InvokeArgs) -> Result<()> {
     if args.asynchronous {
         let id = ctx
             .calls()
+            .await?
             .submit(ctx.request(request))
             .await?
             .into_inner()
             .call_id;
         return ctx.show(|| json!({ "call_id": id }), || id.clone());
     }
-    let call = ctx.calls().invoke(ctx.request(request)).await?.into_inner();
+    let call = ctx
+        .calls()
+        .await?
+        .invoke(ctx.request(request))
+        .await?
+        .into_inner();
     if ctx.json() {
         emit_json(&format::call_json(&call))?;
     } else if call.status == faas_proto::v1::CallStatus::Succeeded as i32 {
@@ -369,6 +420,7 @@ async fn call(ctx: &Context, cmd: CallCmd) -> Result<()> {
         CallCmd::Get { id } => {
             let call = ctx
                 .calls()
+                .await?
                 .get_call(ctx.request(GetCallRequest { id }))
                 .await?
                 .into_inner();
@@ -393,6 +445,7 @@ async fn call(ctx: &Context, cmd: CallCmd) -> Result<()> {
         CallCmd::Logs { id } => {
             let logs = ctx
                 .calls()
+                .await?
                 .get_call_logs(ctx.request(GetCallLogsRequest { id }))
                 .await?
                 .into_inner();
@@ -413,6 +466,7 @@ async fn wait_call(ctx: &Context, id: String, timeout: Option<Duration>) -> Resu
     };
     let mut stream = ctx
         .calls()
+        .await?
         .wait_call(ctx.request(request))
         .await?
         .into_inner();
@@ -459,6 +513,7 @@ async fn list_calls(
         };
         let page = ctx
             .calls()
+            .await?
             .list_calls(ctx.request(request))
             .await?
             .into_inner();

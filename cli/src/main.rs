@@ -43,12 +43,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: args::Cli) -> anyhow::Result<()> {
-    let channel = client::connect(&cli.global.endpoint).await?;
-    let context = commands::Context {
-        channel,
-        output: cli.global.output,
-        rpc_timeout: cli.global.rpc_timeout,
-    };
+    let context = commands::Context::new(
+        cli.global.endpoint,
+        cli.global.output,
+        cli.global.rpc_timeout,
+    );
     commands::run(&context, cli.command).await
 }
 

@@ -15,8 +15,10 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    // Not a #[source]: the message already carries it, and anyhow's
+    // `{:#}` would print it twice.
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("{path} is neither a directory, a .zip nor a .tar.gz/.tgz file")]
     UnknownFormat { path: PathBuf },
     #[error("{path} is empty: nothing to deploy")]
@@ -26,9 +28,9 @@ pub enum PackError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
-    move |source| PackError::Io {
+    move |error| PackError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
