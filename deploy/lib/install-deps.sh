@@ -1,0 +1,77 @@
+# shellcheck shell=bash
+# Installs what faas needs on Debian 12, skipping what is already there.
+# Sourced by deploy/local/up.sh and tests/run.sh:
+#   . deploy/lib/install-deps.sh
+#   faas_install_deps     # Debian packages (needs root)
+#   faas_ensure_cargo     # cargo on PATH (rustup's stable toolchain if missing)
+
+# Debian packages: the real dependencies (containerd, runc, etcd, registry),
+# what the build needs (protoc for the gRPC crates, a C toolchain), and what
+# runtimes/build.sh needs to make the runtime images offline-reproducibly.
+FAAS_DEBIAN_PACKAGES=(
+    containerd runc etcd-server docker-registry
+    protobuf-compiler build-essential pkg-config
+    mmdebstrap busybox-static python3 ca-certificates
+)
+
+faas_log() { echo "[faas] $*" >&2; }
+
+faas_package_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
+faas_install_deps() {
+    local missing=() pkg
+    for pkg in "${FAAS_DEBIAN_PACKAGES[@]}"; do
+        faas_package_installed "$pkg" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        faas_log "missing Debian packages: ${missing[*]} (run as root to install them)"
+        return 1
+    fi
+    faas_log "installing Debian packages: ${missing[*]}"
+    # The packages' own services (etcd on 2379, registry on 5000, the system
+    # containerd) must not start: faas runs private instances. policy-rc.d
+    # exit 101 tells invoke-rc.d / deb-systemd-invoke "not now".
+    local own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    local rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq || rc=$?
+    if [ $rc -eq 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" || rc=$?
+    fi
+    if [ $own_policy -eq 1 ]; then
+        rm -f /usr/sbin/policy-rc.d
+    fi
+    if [ $rc -ne 0 ]; then
+        faas_log "apt-get failed ($rc) installing: ${missing[*]}"
+        return $rc
+    fi
+}
+
+faas_ensure_cargo() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -f "${HOME:-/root}/.cargo/env" ]; then
+        # shellcheck disable=SC1091
+        . "${HOME:-/root}/.cargo/env"
+    fi
+    if command -v cargo >/dev/null 2>&1; then
+        return 0
+    fi
+    # Debian 12's rustc (1.63) is older than the workspace's rust-version.
+    faas_log "cargo not found: installing rustup's stable toolchain"
+    faas_package_installed curl || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl ca-certificates
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+        sh -s -- -y --profile minimal --default-toolchain stable --no-modify-path || {
+        faas_log "could not install rustup (no network?): install a Rust toolchain >= 1.85 and retry"
+        return 1
+    }
+    # shellcheck disable=SC1091
+    . "${HOME:-/root}/.cargo/env"
+}

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Brings up a complete single-machine faas cluster and runs an example call.
+#
+#   deploy/local/up.sh          (as root, on Debian 12)
+#
+# Installs what is missing (Debian packages, a Rust toolchain), builds and
+# installs the binaries into $FAAS_HOME/bin (faasctl also in /usr/local/bin),
+# starts PRIVATE instances of etcd, docker-registry and containerd on unusual
+# ports and sockets (the system ones are never touched), then
+# faas-controlplane and one faas-agent, registers the python3 and node
+# runtimes, deploys deploy/local/examples/hello-python and invokes it.
+#
+# Idempotent: what is already running is left alone (a faas binary that
+# changed is restarted), runtimes already registered from the same archive are
+# skipped. Stop with deploy/local/down.sh [--purge].
+#
+# Settings (environment):
+#   FAAS_HOME              state, logs, pid files, binaries   (/var/lib/faas-local)
+#   FAAS_BIN_DIR           take prebuilt binaries from here instead of building
+#   FAAS_LOCAL_LISTEN      control plane address               (127.0.0.1:7070)
+#   FAAS_LOCAL_ETCD_PORT   etcd client port (peer: +1)         (12379)
+#   FAAS_LOCAL_REGISTRY_PORT                                   (15000)
+#   FAAS_LOCAL_NODE        node name                           (the hostname)
+#   FAAS_LOCAL_SPOTS       spots of the agent                  (4)
+#   FAAS_LOCAL_POLICY      broker policy                       (control plane default)
+#   FAAS_LOCAL_RUNTIMES    runtimes to register                ("python3 node")
+#   RUST_LOG               log level of the faas processes     (info)
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=../lib/install-deps.sh
+. "$repo/deploy/lib/install-deps.sh"
+# shellcheck source=../lib/build.sh
+. "$repo/deploy/lib/build.sh"
+# shellcheck source=../lib/proc.sh
+. "$repo/deploy/lib/proc.sh"
+
+FAAS_HOME=${FAAS_HOME:-/var/lib/faas-local}
+listen=${FAAS_LOCAL_LISTEN:-127.0.0.1:7070}
+etcd_port=${FAAS_LOCAL_ETCD_PORT:-12379}
+etcd_peer_port=$((etcd_port + 1))
+registry_port=${FAAS_LOCAL_REGISTRY_PORT:-15000}
+spots=${FAAS_LOCAL_SPOTS:-4}
+runtimes=${FAAS_LOCAL_RUNTIMES:-python3 node}
+# Node names follow the API's naming rule: lowercase letters, digits, dashes.
+node=${FAAS_LOCAL_NODE:-$(tr '[:upper:]' '[:lower:]' </proc/sys/kernel/hostname | tr -c 'a-z0-9\n' '-')}
+export RUST_LOG=${RUST_LOG:-info}
+export FAAS_ENDPOINT="http://$listen"
+
+bin=$FAAS_HOME/bin
+run=$FAAS_HOME/run
+logs=$FAAS_HOME/logs
+socket=$run/containerd.sock
+etcd_url=http://127.0.0.1:$etcd_port
+registry_addr=127.0.0.1:$registry_port
+
+die() { echo "[faas] ERROR: $*" >&2; exit 1; }
+step() { echo "[faas] == $*" >&2; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (containerd, runc and overlay mounts need it)"
+mkdir -p "$bin" "$run" "$logs"
+exec 9>"$run/up.lock"
+flock -n 9 || die "another deploy/local/up.sh is running for FAAS_HOME=$FAAS_HOME"
+
+# --- plain checks used as readiness probes ---------------------------------
+http_get() { # host port path -> the raw response
+    timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$3" "$1" >&3 && cat <&3' _ "$@"
+}
+etcd_healthy() { http_get 127.0.0.1 "$etcd_port" /health | grep -q '"health":"true"'; }
+registry_healthy() { http_get 127.0.0.1 "$registry_port" /v2/ | head -n 1 | grep -q ' 200'; }
+containerd_healthy() { [ -S "$socket" ] && ctr --address "$socket" version; }
+port_open() { timeout 2 bash -c 'exec 3<>"/dev/tcp/${1%:*}/${1##*:}"' _ "$1"; }
+node_connected() {
+    "$bin/faasctl" node ls -o json | python3 -c '
+import json, sys
+want = sys.argv[1]
+def walk(v):
+    if isinstance(v, dict):
+        if v.get("name") == want and v.get("connected") in (True, "true"):
+            return True
+        return any(walk(x) for x in v.values())
+    if isinstance(v, list):
+        return any(walk(x) for x in v)
+    return False
+sys.exit(0 if walk(json.load(sys.stdin)) else 1)' "$node"
+}
+
+# --- 1. dependencies and binaries ------------------------------------------
+step "dependencies"
+faas_install_deps
+changed=()
+if [ -n "${FAAS_BIN_DIR:-}" ]; then
+    step "binaries from FAAS_BIN_DIR=$FAAS_BIN_DIR"
+    for name in faas-controlplane faas-agent faasctl faas-init; do
+        [ -x "$FAAS_BIN_DIR/$name" ] || die "FAAS_BIN_DIR has no $name"
+        if ! cmp -s "$FAAS_BIN_DIR/$name" "$bin/$name"; then
+            cp "$FAAS_BIN_DIR/$name" "$bin/.$name.new" && mv -f "$bin/.$name.new" "$bin/$name"
+            changed+=("$name")
+        fi
+    done
+else
+    step "building release binaries (cargo build --release)"
+    faas_ensure_cargo
+    faas_build_release "$repo"
+    installed=$(faas_install_bins "$repo" "$bin") || die "installing the binaries into $bin"
+    [ -z "$installed" ] || mapfile -t changed <<<"$installed"
+fi
+ln -sfn "$bin/faasctl" /usr/local/bin/faasctl
+[ ${#changed[@]} -eq 0 ] || echo "[faas] installed into $bin: ${changed[*]}" >&2
+binary_changed() { local n; for n in "${changed[@]}"; do [ "$n" = "$1" ] && return 0; done; return 1; }
+
+# --- 2. private etcd, registry, containerd ---------------------------------
+step "etcd on $etcd_url"
+if ! faas_running "$run/etcd.pid" etcd; then
+    faas_start etcd "$run/etcd.pid" "$logs/etcd.log" etcd \
+        --name faas-local --data-dir "$FAAS_HOME/etcd" \
+        --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
+        --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+        --initial-cluster "faas-local=http://127.0.0.1:$etcd_peer_port" \
+        --initial-cluster-state new --logger zap --log-level warn
+fi
+faas_wait etcd "$run/etcd.pid" "$logs/etcd.log" 60 etcd_healthy
+
+step "registry on $registry_addr"
+if ! faas_running "$run/registry.pid" docker-registry; then
+    mkdir -p "$FAAS_HOME/registry"
+    sed -e "s|@REGISTRY_ROOT@|$FAAS_HOME/registry|g" -e "s|@REGISTRY_ADDR@|$registry_addr|g" \
+        "$repo/deploy/config/registry.yml" >"$FAAS_HOME/registry.yml"
+    faas_start docker-registry "$run/registry.pid" "$logs/registry.log" \
+        docker-registry serve "$FAAS_HOME/registry.yml"
+fi
+faas_wait docker-registry "$run/registry.pid" "$logs/registry.log" 60 registry_healthy
+
+step "containerd on $socket"
+if ! faas_running "$run/containerd.pid" containerd; then
+    # Left by a containerd that died: its shims (and their containers), its
+    # mounts and its sockets. A new containerd cannot adopt them safely.
+    faas_kill_matching "-address $socket"
+    faas_unmount_under "$FAAS_HOME/containerd"
+    rm -f "$socket" "$socket.ttrpc"
+    mkdir -p "$FAAS_HOME/containerd"
+    sed -e "s|@CONTAINERD_ROOT@|$FAAS_HOME/containerd/root|g" \
+        -e "s|@CONTAINERD_STATE@|$FAAS_HOME/containerd/state|g" \
+        -e "s|@CONTAINERD_SOCKET@|$socket|g" \
+        "$repo/deploy/config/containerd.toml" >"$FAAS_HOME/containerd/config.toml"
+    faas_start containerd "$run/containerd.pid" "$logs/containerd.log" \
+        containerd --config "$FAAS_HOME/containerd/config.toml"
+fi
+faas_wait containerd "$run/containerd.pid" "$logs/containerd.log" 60 containerd_healthy
+
+# --- 3. faas ----------------------------------------------------------------
+step "faas-controlplane on $listen"
+if faas_running "$run/controlplane.pid" faas-controlplane && binary_changed faas-controlplane; then
+    faas_stop faas-controlplane "$run/controlplane.pid"
+fi
+if ! faas_running "$run/controlplane.pid" faas-controlplane; then
+    args=(--listen "$listen" --etcd "$etcd_url" --registry "$registry_addr" --name "$node")
+    [ -z "${FAAS_LOCAL_POLICY:-}" ] || args+=(--policy "$FAAS_LOCAL_POLICY")
+    faas_start faas-controlplane "$run/controlplane.pid" "$logs/controlplane.log" \
+        "$bin/faas-controlplane" "${args[@]}"
+fi
+faas_wait faas-controlplane "$run/controlplane.pid" "$logs/controlplane.log" 60 port_open "$listen"
+
+step "faas-agent, node $node, $spots spots"
+if faas_running "$run/agent.pid" faas-agent && { binary_changed faas-agent || binary_changed faas-init; }; then
+    faas_stop faas-agent "$run/agent.pid" 60
+fi
+if ! faas_running "$run/agent.pid" faas-agent; then
+    mkdir -p "$FAAS_HOME/agent"
+    faas_start faas-agent "$run/agent.pid" "$logs/agent.log" \
+        "$bin/faas-agent" --control-plane "http://$listen" --node "$node" --spots "$spots" \
+        --containerd "$socket" --namespace faas --state-dir "$FAAS_HOME/agent" \
+        --insecure-registry "$registry_addr" --init-binary "$bin/faas-init"
+fi
+faas_wait faas-agent "$run/agent.pid" "$logs/agent.log" 60 node_connected
+
+# --- 4. runtimes and the example -------------------------------------------
+step "runtimes: $runtimes"
+# shellcheck disable=SC2086
+built=$("$repo/runtimes/build.sh" $runtimes) || die "runtimes/build.sh failed"
+registered=$("$bin/faasctl" runtime ls -o json) || die "faasctl runtime ls failed"
+mkdir -p "$FAAS_HOME/runtimes"
+while read -r name archive; do
+    [ -n "$name" ] || continue
+    stamp="$FAAS_HOME/runtimes/$name.registered"
+    signature="$archive $(stat -c '%s %Y' "$archive")"
+    if grep -q "\"$name\"" <<<"$registered"; then
+        if [ "$(cat "$stamp" 2>/dev/null)" = "$signature" ]; then
+            echo "[faas] runtime $name already registered from $archive" >&2
+            continue
+        fi
+        "$bin/faasctl" runtime register --file "$repo/runtimes/$name/runtime.toml" --archive "$archive" --replace >&2 ||
+            die "registering runtime $name"
+    else
+        "$bin/faasctl" runtime register --file "$repo/runtimes/$name/runtime.toml" --archive "$archive" >&2 ||
+            die "registering runtime $name"
+    fi
+    echo "$signature" >"$stamp"
+done <<<"$built"
+
+step "example function hello-python"
+"$bin/faasctl" fn deploy hello-python --runtime python3 "$repo/deploy/local/examples/hello-python" >&2 ||
+    die "deploying the example function"
+result=$("$bin/faasctl" invoke hello-python --data '{"name":"faas"}') || die "invoking hello-python: $result"
+
+cat <<EOT
+
+faas is up: control plane $FAAS_ENDPOINT, node $node with $spots spots.
+  example call:  faasctl invoke hello-python --data '{"name":"faas"}'
+  result:        $result
+  nodes:         faasctl node ls
+  logs:          $logs/
+  stop:          deploy/local/down.sh [--purge]
+EOT
