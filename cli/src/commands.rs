@@ -218,7 +218,7 @@ async fn register_runtime(ctx: &Context, args: RegisterRuntimeArgs) -> Result<()
         |chunk| RegisterRuntimeRequest {
             part: Some(register_runtime_request::Part::Chunk(chunk)),
         },
-        progress,
+        progress.clone(),
         read_error.clone(),
     );
     let reply = ctx
@@ -226,6 +226,7 @@ async fn register_runtime(ctx: &Context, args: RegisterRuntimeArgs) -> Result<()
         .await?
         .register_runtime(ctx.request(stream))
         .await;
+    progress.finish_and_clear();
     take_read_error(&read_error)?;
     let rt = reply?.into_inner();
     ctx.show(
@@ -340,7 +341,7 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
         |chunk| DeployFunctionRequest {
             part: Some(deploy_function_request::Part::Chunk(chunk)),
         },
-        progress,
+        progress.clone(),
         read_error.clone(),
     );
     let reply = ctx
@@ -348,6 +349,7 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
         .await?
         .deploy_function(ctx.request(stream))
         .await;
+    progress.finish_and_clear();
     take_read_error(&read_error)?;
     let f = reply
         .with_context(|| format!("deploy {}", args.name))?

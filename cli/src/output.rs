@@ -74,7 +74,11 @@ pub fn describe_failure(error: &anyhow::Error) -> (u8, Option<String>) {
             return (EXIT_CALL_FAILED, None);
         }
         if let Some(status) = cause.downcast_ref::<tonic::Status>() {
-            let message = format!("error: {}: {}", code_name(status.code()), status.message());
+            let message = format!(
+                "error: {}: {}",
+                code_name(status.code()),
+                printable(status.message())
+            );
             return (exit_code_for(status.code()), Some(message));
         }
         if cause.downcast_ref::<BadInput>().is_some()
@@ -86,6 +90,20 @@ pub fn describe_failure(error: &anyhow::Error) -> (u8, Option<String>) {
     // Connection failures and anything unforeseen: "the platform is not
     // answering properly", which is what code 4 means to a script.
     (EXIT_UNAVAILABLE, Some(format!("error: {error:#}")))
+}
+
+/// Server text for a terminal: control characters other than newlines and
+/// tabs (an escape sequence echoed from a corrupt upload, say) are replaced.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// Writes one result to stdout. Results are the only thing on stdout.
@@ -170,6 +188,14 @@ pub fn pretty_json_text(text: &str) -> String {
 mod tests {
     use super::*;
     use faas_proto::v1::CallError;
+
+    #[test]
+    fn control_characters_are_not_echoed() {
+        assert_eq!(
+            printable("bad \u{1b}[2J\r name\n\tok"),
+            "bad \u{fffd}[2J\u{fffd} name\n\tok"
+        );
+    }
 
     #[test]
     fn grpc_codes_map_to_exit_codes() {
