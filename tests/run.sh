@@ -20,14 +20,15 @@
 #   FAAS_SMOKE_TIMEOUT  seconds allowed for the smoke test    (600)
 #   FAAS_TEST_ARGS      extra arguments for cargo test, e.g. "-p faas-tests"
 set -uo pipefail
+# shellcheck source-path=SCRIPTDIR/..
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 1
-# shellcheck source=../deploy/lib/install-deps.sh
+# shellcheck source=deploy/lib/install-deps.sh
 . deploy/lib/install-deps.sh
-# shellcheck source=../deploy/lib/build.sh
+# shellcheck source=deploy/lib/build.sh
 . deploy/lib/build.sh
-# shellcheck source=../deploy/lib/proc.sh
+# shellcheck source=deploy/lib/proc.sh
 . deploy/lib/proc.sh
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -141,6 +142,7 @@ cargo_tests() {
         cargo test --release --workspace ${FAAS_TEST_ARGS:-} -- --test-threads="${FAAS_TEST_THREADS:-2}"
 }
 
+# shellcheck disable=SC2016
 port_in_use() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null; }
 
 smoke_up() {

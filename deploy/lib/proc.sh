@@ -69,7 +69,7 @@ faas_stop() {
 # contains PATTERN, and every process below it (e.g. a containerd shim and
 # its container), children first.
 faas_kill_matching() {
-    local pattern=$1 stat line rest pid ppid
+    local pattern=$1 stat line rest pid
     local -A parent_of=()
     local -a roots=() tree=()
     for stat in /proc/[0-9]*/stat; do

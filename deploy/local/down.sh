@@ -8,9 +8,10 @@
 # plane, then containerd together with whatever its shims still run and the
 # mounts left under FAAS_HOME, then the registry and etcd.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR/../..
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-# shellcheck source=../lib/proc.sh
+# shellcheck source=deploy/lib/proc.sh
 . "$repo/deploy/lib/proc.sh"
 
 purge=0

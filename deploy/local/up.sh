@@ -26,13 +26,14 @@
 #   FAAS_LOCAL_RUNTIMES    runtimes to register                ("python3 node")
 #   RUST_LOG               log level of the faas processes     (info)
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR/../..
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-# shellcheck source=../lib/install-deps.sh
+# shellcheck source=deploy/lib/install-deps.sh
 . "$repo/deploy/lib/install-deps.sh"
-# shellcheck source=../lib/build.sh
+# shellcheck source=deploy/lib/build.sh
 . "$repo/deploy/lib/build.sh"
-# shellcheck source=../lib/proc.sh
+# shellcheck source=deploy/lib/proc.sh
 . "$repo/deploy/lib/proc.sh"
 
 FAAS_HOME=${FAAS_HOME:-/var/lib/faas-local}
@@ -63,12 +64,15 @@ exec 9>"$run/up.lock"
 flock -n 9 || die "another deploy/local/up.sh is running for FAAS_HOME=$FAAS_HOME"
 
 # --- plain checks used as readiness probes ---------------------------------
+# The scripts given to bash -c expand their own arguments.
+# shellcheck disable=SC2016
 http_get() { # host port path -> the raw response
     timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$3" "$1" >&3 && cat <&3' _ "$@"
 }
 etcd_healthy() { http_get 127.0.0.1 "$etcd_port" /health | grep -q '"health":"true"'; }
 registry_healthy() { http_get 127.0.0.1 "$registry_port" /v2/ | head -n 1 | grep -q ' 200'; }
 containerd_healthy() { [ -S "$socket" ] && ctr --address "$socket" version; }
+# shellcheck disable=SC2016
 port_open() { timeout 2 bash -c 'exec 3<>"/dev/tcp/${1%:*}/${1##*:}"' _ "$1"; }
 node_connected() {
     "$bin/faasctl" node ls -o json | python3 -c '
