@@ -1,0 +1,161 @@
+//! Configuration: flags (and env) over the `--config` TOML file over the
+//! documented defaults.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "faas-agent",
+    version,
+    about = "The faas node agent: runs spot operations through containerd"
+)]
+pub struct Flags {
+    /// TOML file with any of the settings below (keys: long flag names with underscores).
+    #[arg(long, env = "FAAS_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Control-plane endpoints, comma-separated; the agent uses the first that accepts it
+    /// [default: http://127.0.0.1:7070].
+    #[arg(long, env = "FAAS_CONTROL_PLANE", value_delimiter = ',')]
+    pub control_plane: Option<Vec<String>>,
+    /// This node's name, unique in the cluster [default: the hostname].
+    #[arg(long, env = "FAAS_NODE")]
+    pub node: Option<String>,
+    /// Number of spots (containers run at once) [default: 4].
+    #[arg(long, env = "FAAS_SPOTS")]
+    pub spots: Option<u32>,
+    /// containerd's socket [default: /run/containerd/containerd.sock].
+    #[arg(long, env = "FAAS_CONTAINERD")]
+    pub containerd: Option<PathBuf>,
+    /// containerd namespace owned by this agent; everything in it is deleted at start [default: faas].
+    #[arg(long, env = "FAAS_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Directory for package caches and per-call files [default: /var/lib/faas/agent].
+    #[arg(long, env = "FAAS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The static faas-init binary mounted into containers [default: faas-init next to this executable].
+    #[arg(long, env = "FAAS_INIT_BINARY")]
+    pub init_binary: Option<PathBuf>,
+    /// Registries (host:port) spoken to over plain HTTP; repeatable [default: 127.0.0.1:5000].
+    #[arg(
+        long = "insecure-registry",
+        env = "FAAS_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Option<Vec<String>>,
+    /// Logs kept per call, bytes; the rest is cut with a marker [default: 65536].
+    #[arg(long)]
+    pub max_log_bytes: Option<u64>,
+    /// Largest result a function may return, bytes [default: 262144].
+    #[arg(long)]
+    pub max_result_bytes: Option<u64>,
+    /// Max processes per container [default: 256].
+    #[arg(long)]
+    pub pids_limit: Option<u32>,
+    /// CPU per container, thousandths of a CPU; 0 = unlimited [default: 1000].
+    #[arg(long)]
+    pub cpu_millis: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    control_plane: Option<Vec<String>>,
+    node: Option<String>,
+    spots: Option<u32>,
+    containerd: Option<PathBuf>,
+    namespace: Option<String>,
+    state_dir: Option<PathBuf>,
+    init_binary: Option<PathBuf>,
+    insecure_registries: Option<Vec<String>>,
+    max_log_bytes: Option<u64>,
+    max_result_bytes: Option<u64>,
+    pids_limit: Option<u32>,
+    cpu_millis: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub control_plane: Vec<String>,
+    pub node: String,
+    pub spots: u32,
+    pub containerd: PathBuf,
+    pub namespace: String,
+    pub state_dir: PathBuf,
+    pub init_binary: PathBuf,
+    pub insecure_registries: Vec<String>,
+    pub max_log_bytes: u64,
+    pub max_result_bytes: u64,
+    pub pids_limit: u32,
+    pub cpu_millis: u32,
+}
+
+impl Config {
+    pub fn resolve(flags: Flags) -> anyhow::Result<Config> {
+        let file: FileConfig = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let init_binary = match flags.init_binary.or(file.init_binary) {
+            Some(p) => p,
+            None => std::env::current_exe()?
+                .parent()
+                .map(|d| d.join("faas-init"))
+                .ok_or_else(|| anyhow::anyhow!("cannot locate faas-init; pass --init-binary"))?,
+        };
+        if !init_binary.is_file() {
+            anyhow::bail!(
+                "faas-init not found at {} (build it with agent/init/build.sh, or pass --init-binary)",
+                init_binary.display()
+            );
+        }
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "node".into());
+        let spots = flags.spots.or(file.spots).unwrap_or(4);
+        if spots == 0 || spots > 1024 {
+            anyhow::bail!("--spots must be between 1 and 1024");
+        }
+        Ok(Config {
+            control_plane: flags
+                .control_plane
+                .or(file.control_plane)
+                .unwrap_or_else(|| vec!["http://127.0.0.1:7070".into()]),
+            node: flags.node.or(file.node).unwrap_or(hostname),
+            spots,
+            containerd: flags
+                .containerd
+                .or(file.containerd)
+                .unwrap_or_else(|| "/run/containerd/containerd.sock".into()),
+            namespace: flags
+                .namespace
+                .or(file.namespace)
+                .unwrap_or_else(|| "faas".into()),
+            state_dir: flags
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| "/var/lib/faas/agent".into()),
+            init_binary: std::fs::canonicalize(&init_binary)?,
+            insecure_registries: flags
+                .insecure_registries
+                .or(file.insecure_registries)
+                .unwrap_or_else(|| vec!["127.0.0.1:5000".into()]),
+            max_log_bytes: flags
+                .max_log_bytes
+                .or(file.max_log_bytes)
+                .unwrap_or(64 << 10),
+            max_result_bytes: flags
+                .max_result_bytes
+                .or(file.max_result_bytes)
+                .unwrap_or(256 << 10),
+            pids_limit: flags.pids_limit.or(file.pids_limit).unwrap_or(256),
+            cpu_millis: flags.cpu_millis.or(file.cpu_millis).unwrap_or(1000),
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! The agent's stream to the control plane's leader: hello, then reports
+//! out and operations in. Reconnects forever; reports produced while
+//! disconnected (call results above all) are kept and sent on the next
+//! session.
+
+use std::time::Duration;
+
+use faas_proto::v1::agent_service_client::AgentServiceClient;
+use faas_proto::v1::{agent_message, control_message, AgentHello, AgentMessage, SpotOperation};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+pub struct Session {
+    pub config: Config,
+    /// Reports from the spots.
+    pub outbound: mpsc::UnboundedReceiver<AgentMessage>,
+    /// One queue of operations per spot.
+    pub spots: Vec<mpsc::UnboundedSender<SpotOperation>>,
+}
+
+impl Session {
+    pub async fn run_forever(mut self) {
+        let mut delay = Duration::from_millis(100);
+        // A message taken from `outbound` that a broken session failed to send.
+        let mut unsent: Option<AgentMessage> = None;
+        loop {
+            for endpoint in self.config.control_plane.clone() {
+                match self.run_once(&endpoint, &mut unsent).await {
+                    Ok(()) => {
+                        info!(%endpoint, "session ended; reconnecting");
+                        delay = Duration::from_millis(100);
+                    }
+                    Err(e) => warn!(%endpoint, error = %e, "control plane session failed"),
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn run_once(
+        &mut self,
+        endpoint: &str,
+        unsent: &mut Option<AgentMessage>,
+    ) -> anyhow::Result<()> {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        let mut client = AgentServiceClient::new(channel).max_decoding_message_size(32 << 20);
+        let (tx, rx) = mpsc::channel::<AgentMessage>(256);
+        tx.send(AgentMessage {
+            msg: Some(agent_message::Msg::Hello(AgentHello {
+                node: self.config.node.clone(),
+                spots: self.config.spots,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })),
+        })
+        .await?;
+        let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+        info!(%endpoint, node = %self.config.node, spots = self.config.spots, "joined the cluster");
+        if let Some(message) = unsent.take() {
+            if let Err(e) = tx.send(message).await {
+                *unsent = Some(e.0);
+                anyhow::bail!("stream closed");
+            }
+        }
+        loop {
+            tokio::select! {
+                message = self.outbound.recv() => {
+                    let Some(message) = message else { return Ok(()) };
+                    if let Err(e) = tx.send(message).await {
+                        *unsent = Some(e.0);
+                        anyhow::bail!("stream closed");
+                    }
+                }
+                control = inbound.message() => {
+                    match control? {
+                        None => return Ok(()),
+                        Some(control) => match control.msg {
+                            Some(control_message::Msg::Operation(op)) => {
+                                match self.spots.get(op.spot as usize) {
+                                    Some(spot) => { let _ = spot.send(op); }
+                                    None => warn!(spot = op.spot, "operation for a spot this agent does not have"),
+                                }
+                            }
+                            None => {}
+                        },
+                    }
+                }
+            }
+        }
+    }
+}
