@@ -74,6 +74,12 @@ pub fn describe_failure(error: &anyhow::Error) -> (u8, Option<String>) {
             return (EXIT_CALL_FAILED, None);
         }
         if let Some(status) = cause.downcast_ref::<tonic::Status>() {
+            // tonic reports its own client-side deadline (--rpc-timeout) as
+            // CANCELLED "Timeout expired"; name it for what it is.
+            if status.code() == Code::Cancelled && status.message() == "Timeout expired" {
+                let message = "error: DEADLINE_EXCEEDED: no reply within --rpc-timeout".to_string();
+                return (exit_code_for(Code::DeadlineExceeded), Some(message));
+            }
             let message = format!(
                 "error: {}: {}",
                 code_name(status.code()),
@@ -219,6 +225,11 @@ mod tests {
             message.unwrap(),
             "error: NOT_FOUND: function \"nope\" not found"
         );
+
+        let error = anyhow::Error::from(tonic::Status::cancelled("Timeout expired"));
+        let (code, message) = describe_failure(&error);
+        assert_eq!(code, 4);
+        assert!(message.unwrap().contains("DEADLINE_EXCEEDED"));
 
         let error = anyhow::Error::from(BadInput("cannot read x".into()));
         assert_eq!(describe_failure(&error).0, 2);
