@@ -73,6 +73,13 @@ impl ExitWaiter {
     }
 }
 
+/// How far a `create` got, so that a failure undoes exactly that.
+#[derive(Debug, Default, Clone, Copy)]
+struct CreateProgress {
+    snapshot: bool,
+    container: bool,
+}
+
 /// What [`Driver::cleanup_namespace`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CleanupReport {
@@ -116,15 +123,40 @@ impl Driver {
         })?;
 
         let lease = container_lease(&spec.id);
+        // ALREADY_EXISTS here means the id is in use: fail without touching it.
         self.create_lease(&lease, CONTAINER_LEASE_EXPIRY).await?;
-        let created = self.create_under_lease(spec, spec_json, &lease).await;
+        let mut progress = CreateProgress::default();
+        let created = self
+            .create_under_lease(spec, spec_json, &lease, &mut progress)
+            .await;
         if let Err(e) = &created {
-            tracing::warn!(id = %spec.id, error = %e, "container creation failed; tearing down");
-            if let Err(cleanup) = self.destroy(&spec.id).await {
-                tracing::warn!(id = %spec.id, error = %cleanup, "tear-down after failed create");
+            tracing::warn!(id = %spec.id, error = %e, ?progress, "container creation failed; undoing it");
+            if let Err(undo) = self.undo_create(&spec.id, &lease, progress).await {
+                tracing::warn!(id = %spec.id, error = %undo, "undoing a failed create");
             }
         }
         created
+    }
+
+    /// Removes what a failed `create` made, and only that.
+    async fn undo_create(
+        &self,
+        id: &str,
+        lease: &str,
+        progress: CreateProgress,
+    ) -> Result<(), DriverError> {
+        if progress.container {
+            ContainersClient::new(self.channel())
+                .delete(self.request(DeleteContainerRequest { id: id.to_string() }))
+                .await
+                .map_err(|s| DriverError::rpc("Containers.Delete", id, s))
+                .not_found_ok()?;
+        }
+        if progress.snapshot {
+            self.remove_snapshot(id).await.not_found_ok()?;
+        }
+        self.delete_lease(lease).await.not_found_ok()?;
+        Ok(())
     }
 
     async fn create_under_lease(
@@ -132,6 +164,7 @@ impl Driver {
         spec: &ContainerSpec,
         spec_json: Vec<u8>,
         lease: &str,
+        progress: &mut CreateProgress,
     ) -> Result<(), DriverError> {
         let cfg = &self.inner.cfg;
         let id = &spec.id;
@@ -151,6 +184,7 @@ impl Driver {
             .map_err(|s| DriverError::rpc("Snapshots.Prepare", id, s))?
             .into_inner()
             .mounts;
+        progress.snapshot = true;
 
         let container = Container {
             id: id.clone(),
@@ -176,6 +210,7 @@ impl Driver {
             )?)
             .await
             .map_err(|s| DriverError::rpc("Containers.Create", id, s))?;
+        progress.container = true;
 
         let stdio = stdio_uri(&spec.stdio_path)?;
         TasksClient::new(self.channel())
@@ -270,45 +305,7 @@ impl Driver {
     /// is skipped.
     pub async fn destroy(&self, id: &str) -> Result<(), DriverError> {
         validate_identifier("container id", id)?;
-        let tasks = TasksClient::new(self.channel());
-        let task = tasks
-            .clone()
-            .get(self.request(GetRequest {
-                container_id: id.to_string(),
-                exec_id: String::new(),
-            }))
-            .await
-            .map_err(|s| DriverError::rpc("Tasks.Get", id, s))
-            .not_found_ok()?
-            .and_then(|r| r.into_inner().process);
-        if let Some(process) = task {
-            if process.status() != TaskStatus::Stopped {
-                self.kill_task(id, SIGKILL, true).await?;
-                let waited = tokio::time::timeout(
-                    KILL_WAIT,
-                    tasks.clone().wait(self.request(WaitRequest {
-                        container_id: id.to_string(),
-                        exec_id: String::new(),
-                    })),
-                )
-                .await
-                .map_err(|_| DriverError::Timeout {
-                    what: format!("task {id} to stop after SIGKILL"),
-                    seconds: KILL_WAIT.as_secs(),
-                })?;
-                waited
-                    .map_err(|s| DriverError::rpc("Tasks.Wait", id, s))
-                    .not_found_ok()?;
-            }
-            tasks
-                .clone()
-                .delete(self.request(DeleteTaskRequest {
-                    container_id: id.to_string(),
-                }))
-                .await
-                .map_err(|s| DriverError::rpc("Tasks.Delete", id, s))
-                .not_found_ok()?;
-        }
+        self.stop_and_delete_task(id).await?;
         ContainersClient::new(self.channel())
             .delete(self.request(DeleteContainerRequest { id: id.to_string() }))
             .await
@@ -320,6 +317,53 @@ impl Driver {
             .await
             .not_found_ok()?;
         Ok(())
+    }
+
+    /// Kills the task if it is not stopped, waits until it is, deletes it.
+    /// Returns whether there was a task.
+    async fn stop_and_delete_task(&self, id: &str) -> Result<bool, DriverError> {
+        let tasks = TasksClient::new(self.channel());
+        let task = tasks
+            .clone()
+            .get(self.request(GetRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(|s| DriverError::rpc("Tasks.Get", id, s))
+            .not_found_ok()?
+            .and_then(|r| r.into_inner().process);
+        let Some(process) = task else {
+            return Ok(false);
+        };
+        if process.status() != TaskStatus::Stopped {
+            // all = true: every process of the container, not only its init.
+            self.kill_task(id, SIGKILL, true).await?;
+            let waited = tokio::time::timeout(
+                KILL_WAIT,
+                tasks.clone().wait(self.request(WaitRequest {
+                    container_id: id.to_string(),
+                    exec_id: String::new(),
+                })),
+            )
+            .await
+            .map_err(|_| DriverError::Timeout {
+                what: format!("task {id} to stop after SIGKILL"),
+                seconds: KILL_WAIT.as_secs(),
+            })?;
+            waited
+                .map_err(|s| DriverError::rpc("Tasks.Wait", id, s))
+                .not_found_ok()?;
+        }
+        tasks
+            .clone()
+            .delete(self.request(DeleteTaskRequest {
+                container_id: id.to_string(),
+            }))
+            .await
+            .map_err(|s| DriverError::rpc("Tasks.Delete", id, s))
+            .not_found_ok()?;
+        Ok(true)
     }
 
     /// Ids of the containers in our namespace.
@@ -343,7 +387,18 @@ impl Driver {
             .map_err(|s| DriverError::rpc("Tasks.List", &self.inner.cfg.namespace, s))?
             .into_inner()
             .tasks;
-        Ok(tasks.into_iter().map(|t| t.container_id).collect())
+        // containerd 1.6 fills in `id` (the init process's id, which is the
+        // container id) but not `container_id`.
+        Ok(tasks
+            .into_iter()
+            .map(|t| {
+                if t.container_id.is_empty() {
+                    t.id
+                } else {
+                    t.container_id
+                }
+            })
+            .collect())
     }
 
     /// Keys of the active (writable) snapshots in our namespace.
@@ -403,31 +458,40 @@ impl Driver {
         let mut report = CleanupReport::default();
         let tasks = self.list_tasks().await?;
         let containers = self.list_containers().await?;
+        // SIGKILL them all first so that they die in parallel.
         for id in &tasks {
             self.kill_task(id, SIGKILL, true).await?;
         }
         for id in &tasks {
-            // Destroy waits for the exit and deletes the task.
-            if validate_identifier("container id", id).is_ok() {
-                self.destroy(id).await?;
+            if self.stop_and_delete_task(id).await? {
+                report.tasks += 1;
             }
-            report.tasks += 1;
         }
         for id in &containers {
-            ContainersClient::new(self.channel())
+            // Containers.Delete does not refuse a container whose task is
+            // alive: make sure there is none (a task List may have missed).
+            if self.stop_and_delete_task(id).await? {
+                report.tasks += 1;
+            }
+            if ContainersClient::new(self.channel())
                 .delete(self.request(DeleteContainerRequest { id: id.clone() }))
                 .await
                 .map_err(|s| DriverError::rpc("Containers.Delete", id, s))
-                .not_found_ok()?;
-            report.containers += 1;
+                .not_found_ok()?
+                .is_some()
+            {
+                report.containers += 1;
+            }
         }
         for key in self.list_active_snapshots().await? {
-            self.remove_snapshot(&key).await.not_found_ok()?;
-            report.snapshots += 1;
+            if self.remove_snapshot(&key).await.not_found_ok()?.is_some() {
+                report.snapshots += 1;
+            }
         }
         for lease in self.list_leases().await? {
-            self.delete_lease(&lease).await.not_found_ok()?;
-            report.leases += 1;
+            if self.delete_lease(&lease).await.not_found_ok()?.is_some() {
+                report.leases += 1;
+            }
         }
         let ingests = ContentClient::new(self.channel())
             .list_statuses(self.request(ListStatusesRequest { filters: vec![] }))

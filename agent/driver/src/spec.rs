@@ -135,6 +135,9 @@ fn build_inner(spec: &ContainerSpec, namespace: &str) -> Result<Spec, String> {
         spec.limits.tmp_bytes
     };
     let tmp_size = format!("size={tmp_bytes}");
+    // runc gives a tmpfs the mode of the directory it covers (0755 in some
+    // images): owning it makes /tmp writable for the process in any case.
+    let tmp_owner = format!("uid={CONTAINER_UID},gid={CONTAINER_GID}");
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
@@ -184,7 +187,7 @@ fn build_inner(spec: &ContainerSpec, namespace: &str) -> Result<Spec, String> {
             "/tmp",
             "tmpfs",
             "tmpfs",
-            &["nosuid", "nodev", "mode=1777", &tmp_size],
+            &["nosuid", "nodev", "mode=1777", &tmp_owner, &tmp_size],
         )?,
     ];
     for bind in &spec.mounts {
