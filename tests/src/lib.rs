@@ -292,6 +292,9 @@ pub struct Stack {
     /// etcd, registry, containerd, control plane: stopped in reverse order.
     daemons: Vec<Daemon>,
     agents: Vec<Option<Daemon>>,
+    /// Set by [`Stack::shutdown`]: a stack dropped without it belongs to a
+    /// test that failed (panicked or returned an error).
+    shut_down: bool,
 }
 
 impl Stack {
@@ -358,6 +361,7 @@ impl Stack {
             spots: StackOptions::default().spots,
             daemons: Vec::new(),
             agents: Vec::new(),
+            shut_down: false,
         };
         stack.start_etcd().await?;
         stack.start_registry().await?;
@@ -800,6 +804,7 @@ impl Stack {
     /// containerd, then stops everything else. Everything is stopped even
     /// when the assertion fails.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.shut_down = true;
         let mut problems = Vec::new();
         for i in 0..self.agents.len() {
             if !self.stop_agent(i).await {
@@ -813,7 +818,7 @@ impl Stack {
         }
         // What the agents left must not outlive the stack: kill and delete it
         // through the API before containerd goes away.
-        self.remove_containerd_leftovers().await;
+        remove_containerd_leftovers(&self.containerd_socket, &self.namespaces()).await;
         while let Some(mut daemon) = self.daemons.pop() {
             if daemon.name == "containerd" {
                 kill_shims(&self.containerd_socket);
@@ -833,60 +838,10 @@ impl Stack {
         }
     }
 
-    /// Best effort: kill tasks and delete containers in the agents' namespaces.
-    async fn remove_containerd_leftovers(&self) {
-        let Ok(channel) = containerd_client::connect(&self.containerd_socket).await else {
-            return;
-        };
-        for i in 0..self.agents.len().max(1) {
-            let ns = self.agent_namespace(i);
-            let mut tasks = TasksClient::new(channel.clone());
-            if let Ok(list) = tasks
-                .list(with_namespace!(
-                    ListTasksRequest {
-                        filter: String::new()
-                    },
-                    ns
-                ))
-                .await
-            {
-                for task in list.into_inner().tasks {
-                    let id = task.container_id;
-                    let _ = tasks
-                        .kill(with_namespace!(
-                            KillRequest {
-                                container_id: id.clone(),
-                                exec_id: String::new(),
-                                signal: Signal::SIGKILL as u32,
-                                all: true
-                            },
-                            ns
-                        ))
-                        .await;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    let _ = tasks
-                        .delete(with_namespace!(DeleteTaskRequest { container_id: id }, ns))
-                        .await;
-                }
-            }
-            let mut containers = ContainersClient::new(channel.clone());
-            if let Ok(list) = containers
-                .list(with_namespace!(
-                    ListContainersRequest { filters: vec![] },
-                    ns
-                ))
-                .await
-            {
-                for container in list.into_inner().containers {
-                    let _ = containers
-                        .delete(with_namespace!(
-                            DeleteContainerRequest { id: container.id },
-                            ns
-                        ))
-                        .await;
-                }
-            }
-        }
+    fn namespaces(&self) -> Vec<String> {
+        (0..self.agents.len().max(1))
+            .map(|i| self.agent_namespace(i))
+            .collect()
     }
 
     /// The last lines of every log of the stack.
@@ -909,19 +864,27 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if !self.shut_down || std::thread::panicking() {
             eprintln!(
-                "faas stack in {} (test failed):\n{}",
+                "faas stack in {} dropped without a clean shutdown (test failed?):\n{}",
                 self.dir.path().display(),
                 self.log_tails()
             );
         }
         // Agents and the control plane first, so nothing creates containers
         // while containerd goes away.
+        let namespaces = self.namespaces();
         for daemon in self.agents.iter_mut().flatten() {
             daemon.kill_now();
         }
         self.agents.clear();
+        if self
+            .daemons
+            .iter()
+            .any(|daemon| daemon.name == "containerd")
+        {
+            remove_containerd_leftovers_blocking(self.containerd_socket.clone(), namespaces);
+        }
         while let Some(mut daemon) = self.daemons.pop() {
             if daemon.name == "containerd" {
                 kill_shims(&self.containerd_socket);
@@ -934,6 +897,96 @@ impl Drop for Stack {
             eprintln!("FAAS_TEST_KEEP: kept {}", self.dir.path().display());
         }
     }
+}
+
+/// Best effort: kills the tasks and deletes the containers in `namespaces`,
+/// so that runc's state and the containers' cgroups go away with them.
+async fn remove_containerd_leftovers(socket: &Path, namespaces: &[String]) {
+    let Ok(channel) = containerd_client::connect(socket).await else {
+        return;
+    };
+    for ns in namespaces {
+        let ns = ns.as_str();
+        let mut tasks = TasksClient::new(channel.clone());
+        if let Ok(list) = tasks
+            .list(with_namespace!(
+                ListTasksRequest {
+                    filter: String::new()
+                },
+                ns
+            ))
+            .await
+        {
+            for task in list.into_inner().tasks {
+                let id = task.container_id;
+                let _ = tasks
+                    .kill(with_namespace!(
+                        KillRequest {
+                            container_id: id.clone(),
+                            exec_id: String::new(),
+                            signal: Signal::SIGKILL as u32,
+                            all: true
+                        },
+                        ns
+                    ))
+                    .await;
+                // Delete refuses a task that has not exited yet.
+                for _ in 0..20 {
+                    let deleted = tasks
+                        .delete(with_namespace!(
+                            DeleteTaskRequest {
+                                container_id: id.clone()
+                            },
+                            ns
+                        ))
+                        .await;
+                    if deleted.is_ok() || deleted.is_err_and(|e| e.code() == tonic::Code::NotFound)
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let mut containers = ContainersClient::new(channel.clone());
+        if let Ok(list) = containers
+            .list(with_namespace!(
+                ListContainersRequest { filters: vec![] },
+                ns
+            ))
+            .await
+        {
+            for container in list.into_inner().containers {
+                let _ = containers
+                    .delete(with_namespace!(
+                        DeleteContainerRequest { id: container.id },
+                        ns
+                    ))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Runs [`remove_containerd_leftovers`] from synchronous code (Drop), which
+/// may itself be inside a tokio runtime: on a thread of its own, bounded.
+fn remove_containerd_leftovers_blocking(socket: PathBuf, namespaces: Vec<String>) {
+    let worker = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                remove_containerd_leftovers(&socket, &namespaces),
+            )
+            .await;
+        });
+    });
+    let _ = worker.join();
 }
 
 fn rust_log() -> String {

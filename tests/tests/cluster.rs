@@ -55,6 +55,7 @@ async fn infrastructure_starts_and_stops_cleanly() -> anyhow::Result<()> {
     assert!(stack.etcd_endpoint().starts_with("http://127.0.0.1:"));
     assert!(stack.registry_addr().starts_with("127.0.0.1:"));
     assert_eq!(stack.containerd_leftovers().await?, Vec::<String>::new());
+    leave_and_detect_leftovers(&stack).await?;
     let dir = stack.dir.path().to_path_buf();
     let socket = stack.containerd_socket.clone();
     stack.shutdown().await?;
@@ -68,4 +69,101 @@ async fn infrastructure_starts_and_stops_cleanly() -> anyhow::Result<()> {
         "containerd still answers"
     );
     Ok(())
+}
+
+/// Leaves a lease, an active snapshot and a container record in the stack's
+/// namespace through containerd's API, checks `containerd_leftovers` names
+/// each of them, then removes them again.
+async fn leave_and_detect_leftovers(stack: &Stack) -> anyhow::Result<()> {
+    use containerd_client::services::v1::containers_client::ContainersClient;
+    use containerd_client::services::v1::{
+        container::Runtime, leases_client::LeasesClient,
+        snapshots::snapshots_client::SnapshotsClient, snapshots::PrepareSnapshotRequest,
+        snapshots::RemoveSnapshotRequest, Container, CreateContainerRequest, CreateRequest,
+        DeleteContainerRequest, DeleteRequest,
+    };
+    use containerd_client::tonic::Request;
+    use containerd_client::with_namespace;
+
+    let ns = stack.namespace.as_str();
+    let channel = containerd_client::connect(&stack.containerd_socket).await?;
+    LeasesClient::new(channel.clone())
+        .create(with_namespace!(
+            CreateRequest {
+                id: "harness-lease".into(),
+                labels: Default::default()
+            },
+            ns
+        ))
+        .await?;
+    SnapshotsClient::new(channel.clone())
+        .prepare(with_namespace!(
+            PrepareSnapshotRequest {
+                snapshotter: "overlayfs".into(),
+                key: "harness-snapshot".into(),
+                ..Default::default()
+            },
+            ns
+        ))
+        .await?;
+    ContainersClient::new(channel.clone())
+        .create(with_namespace!(
+            CreateContainerRequest {
+                container: Some(Container {
+                    id: "harness-container".into(),
+                    runtime: Some(Runtime {
+                        name: "io.containerd.runc.v2".into(),
+                        options: None,
+                    }),
+                    spec: Some(prost_types::Any {
+                        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                        value: b"{}".to_vec(),
+                    }),
+                    ..Default::default()
+                }),
+            },
+            ns
+        ))
+        .await?;
+
+    let mut leftovers = stack.containerd_leftovers().await?;
+    leftovers.sort();
+    assert_eq!(
+        leftovers,
+        vec![
+            "container harness-container".to_string(),
+            "lease harness-lease".to_string(),
+            "snapshot harness-snapshot".to_string(),
+        ]
+    );
+
+    ContainersClient::new(channel.clone())
+        .delete(with_namespace!(
+            DeleteContainerRequest {
+                id: "harness-container".into()
+            },
+            ns
+        ))
+        .await?;
+    SnapshotsClient::new(channel.clone())
+        .remove(with_namespace!(
+            RemoveSnapshotRequest {
+                snapshotter: "overlayfs".into(),
+                key: "harness-snapshot".into()
+            },
+            ns
+        ))
+        .await?;
+    LeasesClient::new(channel)
+        .delete(with_namespace!(
+            DeleteRequest {
+                id: "harness-lease".into(),
+                sync: false
+            },
+            ns
+        ))
+        .await?;
+    stack
+        .assert_no_leftovers(std::time::Duration::from_secs(5))
+        .await
 }
