@@ -60,6 +60,9 @@ pub enum Input {
     CallArrived {
         call: Call,
         bundle: Arc<CallBundle>,
+        /// Acceptance time, epoch ms with sub-ms precision (the record's
+        /// created_at_ms is whole ms).
+        accepted_at_ms: f64,
     },
     AgentConnected {
         node: String,
@@ -124,6 +127,7 @@ struct AgentConn {
 struct Tracked {
     call: Call,
     bundle: Arc<CallBundle>,
+    accepted_at_ms: f64,
     /// Where and when it was handed out.
     dispatched: Option<(SpotId, f64)>,
 }
@@ -221,7 +225,11 @@ impl BrokerLoop {
 
     fn on_input(&mut self, input: Input) {
         match input {
-            Input::CallArrived { call, bundle } => {
+            Input::CallArrived {
+                call,
+                bundle,
+                accepted_at_ms,
+            } => {
                 let pending = PendingCall {
                     id: call.id.clone(),
                     function: FunctionRef {
@@ -236,6 +244,7 @@ impl BrokerLoop {
                     Tracked {
                         call,
                         bundle,
+                        accepted_at_ms,
                         dispatched: None,
                     },
                 );
@@ -388,7 +397,7 @@ impl BrokerLoop {
                 warn!(call_id = %pending.id, "policy dispatched an unknown call");
                 return;
             };
-            let queue_ms = (now_ms_f64() - tracked.call.created_at_ms as f64).max(0.0);
+            let queue_ms = (now_ms_f64() - tracked.accepted_at_ms).max(0.0);
             message.runtime = Some(tracked.bundle.runtime.clone());
             message.function = Some(tracked.bundle.function.clone());
             message.call = Some(CallAssignment {
@@ -437,7 +446,8 @@ impl BrokerLoop {
                         if !crate::watch::is_final(&call) {
                             let queue_ms =
                                 result.timings.as_ref().map(|t| t.queue_ms).unwrap_or(0.0);
-                            let (call, logs) = finish(call, &node, result, queue_ms);
+                            let accepted = call.created_at_ms as f64;
+                            let (call, logs) = finish(call, &node, result, accepted, queue_ms);
                             write_final(&store, &watch, call, logs).await;
                         }
                     }
@@ -447,7 +457,7 @@ impl BrokerLoop {
             return;
         };
         let queue_ms = tracked.dispatched.as_ref().map(|(_, q)| *q).unwrap_or(0.0);
-        let (call, logs) = finish(tracked.call, node, result, queue_ms);
+        let (call, logs) = finish(tracked.call, node, result, tracked.accepted_at_ms, queue_ms);
         self.persist(call, logs);
     }
 
@@ -460,11 +470,17 @@ impl BrokerLoop {
 }
 
 /// Builds the final call record from the agent's result.
-fn finish(mut call: Call, node: &str, result: CallResult, queue_ms: f64) -> (Call, CallLogs) {
+fn finish(
+    mut call: Call,
+    node: &str,
+    result: CallResult,
+    accepted_at_ms: f64,
+    queue_ms: f64,
+) -> (Call, CallLogs) {
     let finished = now_ms_f64();
     let mut timings = result.timings.unwrap_or_default();
     timings.queue_ms = queue_ms;
-    timings.total_ms = (finished - call.created_at_ms as f64).max(0.0);
+    timings.total_ms = (finished - accepted_at_ms).max(0.0);
     let accounted = timings.queue_ms
         + timings.runtime_load_ms
         + timings.function_load_ms

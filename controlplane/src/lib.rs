@@ -165,7 +165,12 @@ async fn requeue_pending(
         match (function, runtime) {
             (Some(f), Some(r)) if f.version == call.function_version => {
                 let bundle = Arc::new(CallBundle::new(r, f, registry_host));
-                broker.send(Input::CallArrived { call, bundle });
+                let accepted_at_ms = call.created_at_ms as f64;
+                broker.send(Input::CallArrived {
+                    call,
+                    bundle,
+                    accepted_at_ms,
+                });
                 requeued += 1;
             }
             _ => {

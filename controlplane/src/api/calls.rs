@@ -14,7 +14,7 @@ use tracing::{info_span, Instrument};
 
 use super::Api;
 use crate::broker::{CallBundle, Input};
-use crate::error::{now_ms, ApiError};
+use crate::error::{now_ms_f64, ApiError};
 use crate::store::Kind;
 use crate::watch::is_final;
 
@@ -69,13 +69,14 @@ impl Api {
                 "no agent is connected: no node can run the call (start faas-agent)".into(),
             ));
         }
+        let accepted_at_ms = now_ms_f64();
         let call = Call {
             id: uuid::Uuid::now_v7().to_string(),
             function: function.name.clone(),
             function_version: function.version,
             params_json: params,
             status: CallStatus::Queued as i32,
-            created_at_ms: now_ms(),
+            created_at_ms: accepted_at_ms as i64,
             ..Default::default()
         };
         self.store.put(Kind::Call, &call.id, &call).await?;
@@ -84,6 +85,7 @@ impl Api {
         if !broker.send(Input::CallArrived {
             call: call.clone(),
             bundle,
+            accepted_at_ms,
         }) {
             return Err(ApiError::Unavailable(
                 "the broker stopped (leadership lost); the call is recorded and will run when a leader takes over"
