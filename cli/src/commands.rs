@@ -231,7 +231,7 @@ async fn register_runtime(ctx: &Context, args: RegisterRuntimeArgs) -> Result<()
     let rt = reply?.into_inner();
     ctx.show(
         || format::runtime_json(&rt),
-        || format::runtime_details(&rt),
+        || format::runtime_registered(&rt),
     )
 }
 
@@ -356,7 +356,7 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
         .into_inner();
     ctx.show(
         || format::function_json(&f),
-        || format::function_details(&f),
+        || format::function_deployed(&f),
     )
 }
 

@@ -277,6 +277,22 @@ pub fn runtime_details(rt: &Runtime) -> String {
     ])
 }
 
+/// The one line a deploy prints: what now runs, like `kubectl apply`.
+pub fn function_deployed(f: &Function) -> String {
+    format!(
+        "function \"{}\" deployed: version {}, runtime {}, package {} ({})",
+        f.name,
+        f.version,
+        f.runtime,
+        short_digest(&f.package_digest),
+        bytes_text(f.package_size)
+    )
+}
+
+pub fn runtime_registered(rt: &Runtime) -> String {
+    format!("runtime \"{}\" registered: {}", rt.name, rt.image)
+}
+
 pub fn functions_table(functions: &[Function]) -> String {
     let mut table = new_table(&[
         "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT", "VERSION", "SIZE", "UPDATED",
@@ -616,6 +632,22 @@ mod tests {
             "4 spots: 2 free, 1 preloaded_runtime python3, 1 running f"
         );
         assert_eq!(spots_summary(&[]), "0 spots");
+    }
+
+    #[test]
+    fn mutation_lines() {
+        let f = Function {
+            name: "f".into(),
+            runtime: "python3".into(),
+            version: 2,
+            package_digest: "sha256:7195ca488ca8811428766fb5".into(),
+            package_size: 181,
+            ..Default::default()
+        };
+        assert_eq!(
+            function_deployed(&f),
+            "function \"f\" deployed: version 2, runtime python3, package sha256:7195ca488ca8 (181B)"
+        );
     }
 
     #[test]
