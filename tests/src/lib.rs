@@ -60,6 +60,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Teardown after a call happens after the reply: give it this long to finish
 /// before containerd state counts as leftovers.
 const LEFTOVER_GRACE: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the agents to go idle before stopping them.
+const QUIESCE_GRACE: Duration = Duration::from_secs(3);
 /// Lines of each log printed when a test fails.
 const LOG_TAIL_LINES: usize = 40;
 /// The snapshotter faas uses (containerd's default on ext4).
@@ -806,6 +808,10 @@ impl Stack {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.shut_down = true;
         let mut problems = Vec::new();
+        // Let the tear-down of the last calls (done after their replies)
+        // finish first. Preloaded spots legitimately hold containers, so
+        // this is not the check: the agents must remove those on SIGTERM.
+        let _ = self.assert_no_leftovers(QUIESCE_GRACE).await;
         for i in 0..self.agents.len() {
             if !self.stop_agent(i).await {
                 problems.push(format!(

@@ -167,3 +167,37 @@ async fn leave_and_detect_leftovers(stack: &Stack) -> anyhow::Result<()> {
         .assert_no_leftovers(std::time::Duration::from_secs(5))
         .await
 }
+
+/// The harness registers the requested runtimes, and `Stack::faasctl` drives
+/// the stack: deploy a fixture, invoke it, list the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_registers_runtimes_and_faasctl_reaches_the_stack() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+
+    let runtimes = stack
+        .faasctl()
+        .args(["runtime", "ls", "-o", "json"])
+        .output()?;
+    assert!(runtimes.status.success(), "{runtimes:?}");
+    assert!(String::from_utf8_lossy(&runtimes.stdout).contains("\"python3\""));
+
+    let deploy = stack
+        .faasctl()
+        .args(["fn", "deploy", "harness-hello", "--runtime", "python3"])
+        .arg(faas_tests::fixture_dir("py-hello"))
+        .output()?;
+    assert!(deploy.status.success(), "deploy: {deploy:?}");
+    let invoke = stack
+        .faasctl()
+        .args(["invoke", "harness-hello", "--data", r#"{"name":"harness"}"#])
+        .output()?;
+    assert!(invoke.status.success(), "invoke: {invoke:?}");
+    let result: serde_json::Value = serde_json::from_slice(&invoke.stdout)?;
+    assert_eq!(result["greeting"], "hello harness");
+
+    stack.shutdown().await
+}
