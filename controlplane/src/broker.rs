@@ -85,6 +85,8 @@ pub enum Input {
         result: Box<CallResult>,
     },
     ListNodes(oneshot::Sender<Vec<Node>>),
+    /// The live record of a call the broker holds (queued or running).
+    LiveCall(String, oneshot::Sender<Option<Call>>),
 }
 
 /// The handle the API and the agent sessions use to talk to the broker.
@@ -106,6 +108,15 @@ impl BrokerHandle {
 
     pub fn policy(&self) -> &'static str {
         self.policy
+    }
+
+    /// The broker's current view of a call it holds, if it holds it.
+    pub async fn live_call(&self, id: &str) -> Option<Call> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Input::LiveCall(id.to_string(), tx)) {
+            return None;
+        }
+        rx.await.ok().flatten()
     }
 
     pub async fn list_nodes(&self) -> Vec<Node> {
@@ -321,6 +332,9 @@ impl BrokerLoop {
                     debug!(%node, call_id = %result.call_id, "result from a stale session");
                 }
                 self.on_result(&node, *result);
+            }
+            Input::LiveCall(id, reply) => {
+                let _ = reply.send(self.calls.get(&id).map(|t| t.call.clone()));
             }
             Input::ListNodes(reply) => {
                 let nodes = self

@@ -32,7 +32,13 @@ pub enum ApiError {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        let msg = e.to_string();
+        // Messages may quote user data (paths inside a corrupt archive):
+        // never send control characters back to a terminal.
+        let msg: String = e
+            .to_string()
+            .chars()
+            .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+            .collect();
         match e {
             ApiError::NotFound(_) => Status::not_found(msg),
             ApiError::InvalidArgument(_) | ApiError::Package(_) => Status::invalid_argument(msg),

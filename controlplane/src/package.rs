@@ -69,6 +69,18 @@ impl Collector {
     }
 }
 
+/// Recognizes the package format from its first bytes.
+pub fn check_format(head: &[u8]) -> Result<(), PackageError> {
+    let zip = head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06");
+    let gzip = head.starts_with(&[0x1f, 0x8b]);
+    let tar = head.len() > 262 && &head[257..262] == b"ustar";
+    if zip || gzip || tar {
+        Ok(())
+    } else {
+        Err(PackageError::UnknownFormat)
+    }
+}
+
 /// Checks a package and returns it as a normalized tar.gz.
 pub fn normalize(bytes: &[u8], limits: PackageLimits) -> Result<Vec<u8>, PackageError> {
     if bytes.is_empty() {

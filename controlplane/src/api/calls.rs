@@ -96,10 +96,21 @@ impl Api {
     }
 
     async fn get_call(&self, id: &str) -> Result<Call, ApiError> {
-        self.store
+        let stored: Call = self
+            .store
             .get(Kind::Call, id)
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("call {id:?} not found")))
+            .ok_or_else(|| ApiError::NotFound(format!("call {id:?} not found")))?;
+        // etcd records acceptance and outcome; in between, the broker knows
+        // better (e.g. that the call is running, and where).
+        if !is_final(&stored) {
+            if let Ok(broker) = self.broker() {
+                if let Some(live) = broker.live_call(id).await {
+                    return Ok(live);
+                }
+            }
+        }
+        Ok(stored)
     }
 
     /// Waits for the next change of a call: from the in-process watch, or

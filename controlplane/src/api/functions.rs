@@ -93,6 +93,7 @@ impl FunctionService for Api {
                 Some(deploy_function_request::Part::Chunk(c)) => Some(c),
                 _ => None,
             },
+            |head| crate::package::check_format(head).map_err(ApiError::from),
         )
         .await?;
         let package_limits = PackageLimits {

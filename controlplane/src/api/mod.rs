@@ -42,17 +42,23 @@ impl Api {
 }
 
 /// Reads a client stream made of a header message followed by chunks of
-/// bytes, refusing more than `limit` bytes in total.
+/// bytes, refusing more than `limit` bytes in total. `check_head` sees the
+/// first bytes (at least 512 or the whole upload if shorter) as soon as
+/// they arrive, so that an upload of the wrong kind is refused before the
+/// rest of it is read.
 async fn read_upload<M>(
     stream: &mut Streaming<M>,
     limit: u64,
     what: &str,
     chunk_of: impl Fn(M) -> Option<Vec<u8>>,
+    check_head: impl Fn(&[u8]) -> Result<(), ApiError>,
 ) -> Result<Vec<u8>, ApiError>
 where
     M: Send + 'static,
 {
+    const HEAD: usize = 512;
     let mut data = Vec::new();
+    let mut head_checked = false;
     while let Some(message) = stream.next().await {
         let message =
             message.map_err(|e| ApiError::InvalidArgument(format!("upload interrupted: {e}")))?;
@@ -67,6 +73,13 @@ where
             )));
         }
         data.extend_from_slice(&chunk);
+        if !head_checked && data.len() >= HEAD {
+            check_head(&data)?;
+            head_checked = true;
+        }
+    }
+    if !head_checked && !data.is_empty() {
+        check_head(&data)?;
     }
     Ok(data)
 }

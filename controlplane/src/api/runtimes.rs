@@ -61,6 +61,17 @@ impl RuntimeService for Api {
                 Some(register_runtime_request::Part::Chunk(c)) => Some(c),
                 _ => None,
             },
+            |head| {
+                // Both accepted forms are plain tar files: "ustar" at 257.
+                if head.len() >= 262 && &head[257..262] == b"ustar" {
+                    Ok(())
+                } else {
+                    Err(ApiError::InvalidArgument(
+                        "the image archive is not a tar file (expected an OCI image layout or `docker save` output)"
+                            .into(),
+                    ))
+                }
+            },
         )
         .await?;
         let image = match (spec.image_ref.is_empty(), archive.is_empty()) {
