@@ -7,9 +7,16 @@
 faas_running() {
     local pidfile=$1 name=$2 pid
     [ -s "$pidfile" ] || return 1
-    pid=$(<"$pidfile")
+    read -r pid 2>/dev/null <"$pidfile" || return 1
     [ -r "/proc/$pid/cmdline" ] || return 1
     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$name"
+}
+
+# faas_alive PID: the process exists and is not a zombie.
+faas_alive() {
+    local stat
+    [ -n "$1" ] && stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    [ "$(cut -d' ' -f1 <<<"${stat##*) }")" != Z ]
 }
 
 # faas_start NAME PIDFILE LOG COMMAND...: starts COMMAND in its own session
@@ -19,7 +26,13 @@ faas_start() {
     shift 3
     mkdir -p "$(dirname "$pidfile")" "$(dirname "$log")"
     echo "----- $(date -Is) starting: $*" >>"$log"
-    setsid "$@" </dev/null >>"$log" 2>&1 &
+    # The caller's lock (FAAS_LOCK_FD) must not be inherited: the daemon
+    # would hold it for its whole life.
+    if [ -n "${FAAS_LOCK_FD:-}" ]; then
+        setsid "$@" </dev/null >>"$log" 2>&1 {FAAS_LOCK_FD}>&- &
+    else
+        setsid "$@" </dev/null >>"$log" 2>&1 &
+    fi
     echo $! >"$pidfile"
     echo "[faas] started $name (pid $!, log $log)" >&2
 }
@@ -31,7 +44,9 @@ faas_wait() {
     shift 4
     deadline=$((SECONDS + seconds))
     until "$@" >/dev/null 2>&1; do
-        if ! faas_running "$pidfile" "$name"; then
+        # Alive by pid, not by command line: right after the fork the child
+        # may not have exec'd the daemon yet.
+        if ! faas_alive "$(cat "$pidfile" 2>/dev/null)"; then
             echo "[faas] ERROR: $name exited while starting; last lines of $log:" >&2
             tail -n 30 "$log" >&2
             return 1
@@ -50,11 +65,11 @@ faas_wait() {
 faas_stop() {
     local name=$1 pidfile=$2 seconds=${3:-20} pid deadline
     if faas_running "$pidfile" "$name"; then
-        pid=$(<"$pidfile")
+        read -r pid 2>/dev/null <"$pidfile" || { rm -f "$pidfile"; return 0; }
         kill -TERM "$pid" 2>/dev/null || true
         deadline=$((SECONDS + seconds))
-        while [ -d "/proc/$pid" ] && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
-        if [ -d "/proc/$pid" ]; then
+        while faas_alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+        if faas_alive "$pid"; then
             echo "[faas] $name did not stop within ${seconds}s: killing it" >&2
             kill -KILL "$pid" 2>/dev/null || true
             sleep 0.2
@@ -73,7 +88,8 @@ faas_kill_matching() {
     local -A parent_of=()
     local -a roots=() tree=()
     for stat in /proc/[0-9]*/stat; do
-        { line=$(<"$stat"); } 2>/dev/null || continue
+        # Not $(<file): bash exits when that file vanished, even under ||.
+        read -r line 2>/dev/null <"$stat" || continue
         pid=${stat#/proc/}
         pid=${pid%/stat}
         rest=${line##*) }

@@ -60,8 +60,8 @@ step() { echo "[faas] == $*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (containerd, runc and overlay mounts need it)"
 mkdir -p "$bin" "$run" "$logs"
-exec 9>"$run/up.lock"
-flock -n 9 || die "another deploy/local/up.sh is running for FAAS_HOME=$FAAS_HOME"
+exec {FAAS_LOCK_FD}>"$run/up.lock"
+flock -n "$FAAS_LOCK_FD" || die "another deploy/local/up.sh is running for FAAS_HOME=$FAAS_HOME"
 
 # --- plain checks used as readiness probes ---------------------------------
 # The scripts given to bash -c expand their own arguments.
