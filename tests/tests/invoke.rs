@@ -84,7 +84,7 @@ async fn python_and_node_functions_run_sync_and_async_with_logs_and_timings() ->
         assert_eq!(call.function, function);
         assert_eq!(call.function_version, 1);
         assert_eq!(call.node, stack.agent_node(0));
-        let t = call.timings.clone().expect("timings");
+        let t = call.timings.expect("timings");
         assert_eq!(t.start_kind(), StartKind::Cold);
         assert!(t.runtime_load_ms > 0.0, "{t:?}");
         assert!(t.execution_ms > 0.0, "{t:?}");
