@@ -300,15 +300,34 @@ impl Supervisor {
     }
 }
 
-/// `/bin/sh -c SCRIPT` in `cwd`, inheriting stdio and environment.
+/// `/bin/sh -c SCRIPT` in `cwd`, inheriting stdio and environment, with an
+/// empty signal mask.
 fn spawn_shell(script: &str, cwd: &Path) -> std::io::Result<Pid> {
-    let child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(cwd)
-        .spawn()?;
+    let mut command = Command::new("/bin/sh");
+    command.arg("-c").arg(script).current_dir(cwd);
+    clear_signal_mask_in_child(&mut command);
+    let child = command.spawn()?;
     // The child is reaped through waitpid(-1), never through `Child`.
     Ok(Pid::from_raw(child.id() as i32))
+}
+
+/// Children must not inherit our blocked SIGTERM/SIGINT/SIGCHLD (std's
+/// Command does not reset the mask, checked in /proc/PID/status): the run
+/// process would ignore the SIGTERM we forward, and a runtime that waits for
+/// its own children would never see SIGCHLD.
+#[allow(unsafe_code)]
+fn clear_signal_mask_in_child(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before exec and only calls
+    // pthread_sigmask on a stack value: async-signal-safe, no allocation, no
+    // lock taken.
+    unsafe {
+        command.pre_exec(|| {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
+    }
 }
 
 /// Runs the whole sequence and returns faas-init's exit code.

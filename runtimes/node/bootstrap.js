@@ -1,0 +1,197 @@
+'use strict';
+// faas node runtime bootstrap (the Runtime side of docs/contract.md).
+//
+// Runs an AWS-Lambda-style handler once: load the module named by
+// $FAAS_HANDLER from the function directory (so its node_modules resolve),
+// only then read the call's input (under preloading it is a FIFO that yields
+// when the call arrives), call handler(event, context) -- awaiting a promise,
+// or handler(event, context, callback) -- and write the JSON result to
+// $FAAS_OUTPUT. On failure the stack goes to stderr (the call's log) and
+// {"type", "message"} to $FAAS_ERROR, and the process exits 1.
+
+const fs = require('fs');
+const path = require('path');
+const { pathToFileURL } = require('url');
+
+const env = process.env;
+
+function exitNow(code) {
+  // Do not wait for timers or sockets the function left open: the call is over.
+  process.exit(code);
+}
+
+function fail(type, message, error) {
+  if (error && error.stack) {
+    console.error(error.stack);
+  } else {
+    console.error(`${type}: ${message}`);
+  }
+  if (env.FAAS_ERROR) {
+    try {
+      fs.writeFileSync(env.FAAS_ERROR, JSON.stringify({ type, message }));
+    } catch (writeError) {
+      console.error(`faas: cannot write ${env.FAAS_ERROR}: ${writeError.message}`);
+    }
+  }
+  exitNow(1);
+}
+
+function describe(error) {
+  if (error instanceof Error) {
+    return { type: error.name || 'Error', message: error.message };
+  }
+  // Lambda code sometimes throws or rejects with plain values.
+  let message;
+  try {
+    message = typeof error === 'string' ? error : JSON.stringify(error);
+  } catch (_) {
+    message = String(error);
+  }
+  return { type: 'Error', message: String(message) };
+}
+
+// 'index.handler', 'src/app.handler', 'index.nested.handler' (Lambda's rule:
+// the file is the part before the first dot of the last path segment).
+async function loadHandler(functionDir, setting) {
+  const slash = setting.lastIndexOf('/');
+  const dirPart = setting.slice(0, slash + 1);
+  const base = setting.slice(slash + 1);
+  const dot = base.indexOf('.');
+  if (dot <= 0 || dot === base.length - 1) {
+    fail('Runtime.MalformedHandlerName', `Bad handler '${setting}': expected 'module.function'`);
+  }
+  const modulePath = path.resolve(functionDir, dirPart + base.slice(0, dot));
+  const functionPath = base.slice(dot + 1).split('.');
+
+  let loaded;
+  try {
+    if (fs.existsSync(modulePath + '.mjs')) {
+      loaded = await import(pathToFileURL(modulePath + '.mjs').href);
+    } else {
+      try {
+        loaded = require(modulePath);
+      } catch (error) {
+        if (error && error.code === 'ERR_REQUIRE_ESM') {
+          loaded = await import(pathToFileURL(require.resolve(modulePath)).href);
+        } else {
+          throw error;
+        }
+      }
+    }
+  } catch (error) {
+    const { message } = describe(error);
+    fail('Runtime.ImportModuleError', `Unable to import module '${dirPart}${base.slice(0, dot)}': ${message}`, error);
+  }
+
+  let handler = loaded;
+  for (const key of functionPath) {
+    handler = handler == null ? undefined : handler[key];
+  }
+  if (handler === undefined && loaded && loaded.default) {
+    // An ES module or transpiled code exporting `default = { handler }`.
+    handler = loaded.default;
+    for (const key of functionPath) {
+      handler = handler == null ? undefined : handler[key];
+    }
+  }
+  if (typeof handler !== 'function') {
+    fail('Runtime.HandlerNotFound', `${setting} is undefined or not exported`);
+  }
+  return handler;
+}
+
+function makeContext(callId, deadlineMs, settle) {
+  const functionName = env.FAAS_FUNCTION_NAME || '';
+  const functionVersion = env.FAAS_FUNCTION_VERSION || '$LATEST';
+  return {
+    awsRequestId: callId,
+    functionName,
+    functionVersion,
+    // A string, as in Lambda.
+    memoryLimitInMB: env.FAAS_MEMORY_MB || '',
+    invokedFunctionArn: `arn:faas:function:${functionName}:${functionVersion}`,
+    logGroupName: `/faas/${functionName}`,
+    logStreamName: callId,
+    callbackWaitsForEmptyEventLoop: true,
+    getRemainingTimeInMillis() {
+      return deadlineMs ? Math.max(0, Math.floor(deadlineMs - Date.now())) : 0;
+    },
+    // Lambda's legacy completion methods.
+    done(error, result) { settle(error, result); },
+    succeed(result) { settle(null, result); },
+    fail(error) { settle(error || new Error('context.fail called')); },
+  };
+}
+
+function writeResult(result) {
+  let text;
+  try {
+    text = JSON.stringify(result === undefined ? null : result);
+    if (text === undefined) text = 'null'; // a function or symbol
+  } catch (error) {
+    fail('Runtime.MarshalError', `Unable to stringify response body: ${error.message}`, error);
+  }
+  try {
+    fs.writeFileSync(env.FAAS_OUTPUT, text);
+  } catch (error) {
+    fail('Runtime.OutputError', `Cannot write the output ${env.FAAS_OUTPUT}: ${error.message}`, error);
+  }
+  exitNow(0);
+}
+
+async function main() {
+  const functionDir = env.FAAS_FUNCTION_DIR || process.cwd();
+  const setting = env.FAAS_HANDLER || 'index.handler';
+  if (env.LAMBDA_TASK_ROOT === undefined) env.LAMBDA_TASK_ROOT = functionDir;
+  if (env.AWS_LAMBDA_FUNCTION_NAME === undefined) env.AWS_LAMBDA_FUNCTION_NAME = env.FAAS_FUNCTION_NAME || '';
+  if (env.AWS_LAMBDA_FUNCTION_VERSION === undefined) env.AWS_LAMBDA_FUNCTION_VERSION = env.FAAS_FUNCTION_VERSION || '$LATEST';
+  if (env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE === undefined) env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE = env.FAAS_MEMORY_MB || '';
+
+  const handler = await loadHandler(functionDir, setting);
+
+  if (!env.FAAS_INPUT || !env.FAAS_OUTPUT) {
+    fail('Runtime.InvalidEnvironment', 'FAAS_INPUT and FAAS_OUTPUT must be set');
+  }
+  let envelope;
+  try {
+    // A blocking read: under preloading this waits on the FIFO for the call.
+    envelope = JSON.parse(fs.readFileSync(env.FAAS_INPUT, 'utf8'));
+  } catch (error) {
+    fail('Runtime.InvalidInput', `Cannot read the input ${env.FAAS_INPUT}: ${error.message}`, error);
+  }
+  const event = envelope.event === undefined ? null : envelope.event;
+  const callId = String(envelope.call_id || '');
+
+  let settled = false;
+  const settle = (error, result) => {
+    if (settled) return;
+    settled = true;
+    if (error !== null && error !== undefined) {
+      const { type, message } = describe(error);
+      fail(type, message, error);
+    } else {
+      writeResult(result);
+    }
+  };
+  const context = makeContext(callId, envelope.deadline_ms || 0, settle);
+
+  const failAsync = (error) => settle(error || new Error('unhandled rejection'));
+  process.on('uncaughtException', failAsync);
+  process.on('unhandledRejection', failAsync);
+
+  try {
+    if (handler.length >= 3) {
+      // Callback style: handler(event, context, callback).
+      const returned = handler(event, context, (error, result) => settle(error, result));
+      if (returned && typeof returned.then === 'function') {
+        returned.then((result) => settle(null, result), failAsync);
+      }
+    } else {
+      settle(null, await handler(event, context));
+    }
+  } catch (error) {
+    settle(error);
+  }
+}
+
+main().catch((error) => fail('Runtime.Error', describe(error).message, error));

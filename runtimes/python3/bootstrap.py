@@ -1,0 +1,166 @@
+"""faas python3 runtime bootstrap (the Runtime side of docs/contract.md).
+
+Runs an AWS-Lambda-style handler(event, context) once: import the handler
+named by $FAAS_HANDLER from the function directory, only then read the call's
+input (under preloading it is a FIFO that yields when the call arrives),
+call the handler, write the JSON result to $FAAS_OUTPUT. On failure the
+traceback goes to stderr (the call's log) and {"type", "message"} to
+$FAAS_ERROR, and the process exits 1.
+"""
+
+import os
+import sys
+import time
+
+
+def _write_file(path, text):
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(text)
+
+
+def _fail(error_type, message, exc=None):
+    """Reports a failed call and exits 1, without running atexit hooks or
+    waiting for threads the function may have left behind."""
+    import json
+    import traceback
+
+    if exc is not None:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    else:
+        print(f"{error_type}: {message}", file=sys.stderr)
+    path = os.environ.get("FAAS_ERROR")
+    if path:
+        try:
+            _write_file(path, json.dumps({"type": error_type, "message": message}))
+        except OSError as write_error:
+            print(f"faas: cannot write {path}: {write_error}", file=sys.stderr)
+    _exit(1)
+
+
+def _exit(code):
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+class LambdaContext:
+    """The attributes AWS Lambda's Python context offers."""
+
+    def __init__(self, call_id, deadline_ms, env):
+        self.aws_request_id = call_id
+        self.function_name = env.get("FAAS_FUNCTION_NAME", "")
+        self.function_version = env.get("FAAS_FUNCTION_VERSION", "$LATEST")
+        # A string, as in Lambda (code does int(context.memory_limit_in_mb)).
+        self.memory_limit_in_mb = env.get("FAAS_MEMORY_MB", "")
+        self.invoked_function_arn = f"arn:faas:function:{self.function_name}:{self.function_version}"
+        self.log_group_name = f"/faas/{self.function_name}"
+        self.log_stream_name = call_id
+        self.identity = None
+        self.client_context = None
+        self._deadline_ms = deadline_ms
+
+    def get_remaining_time_in_millis(self):
+        if not self._deadline_ms:
+            return 0
+        return max(0, int(self._deadline_ms - time.time() * 1000))
+
+    def __repr__(self):
+        return f"LambdaContext(aws_request_id={self.aws_request_id!r}, function_name={self.function_name!r})"
+
+
+def _load_handler(function_dir, handler_setting):
+    """'lambda_function.lambda_handler', 'pkg.mod.fn' or 'src/app.handler'."""
+    import importlib
+
+    module_name, sep, function_name = handler_setting.rpartition(".")
+    if not sep or not module_name or not function_name:
+        _fail("Runtime.MalformedHandlerName", f"Bad handler '{handler_setting}': expected 'module.function'")
+    module_name = module_name.replace("/", ".")
+    # The function directory first, like Lambda's /var/task: its modules and
+    # the packages vendored into it (pip install -t .) are importable.
+    # The bootstrap's own directory is not.
+    bootstrap_dir = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != bootstrap_dir]
+    sys.path.insert(0, function_dir)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure fails the call
+        _fail("Runtime.ImportModuleError", f"Unable to import module '{module_name}': {exc}", exc)
+    handler = getattr(module, function_name, None)
+    if handler is None:
+        _fail("Runtime.HandlerNotFound", f"Handler '{function_name}' missing on module '{module_name}'")
+    if not callable(handler):
+        _fail("Runtime.HandlerNotFound", f"Handler '{function_name}' on module '{module_name}' is not callable")
+    return handler
+
+
+def _json_default(value):
+    # Lambda's encoder accepts Decimal (boto3's DynamoDB numbers) and bytes.
+    import decimal
+
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def main():
+    env = os.environ
+    function_dir = env.get("FAAS_FUNCTION_DIR") or os.getcwd()
+    handler_setting = env.get("FAAS_HANDLER") or "handler.handler"
+    # Variables some Lambda code and libraries read.
+    env.setdefault("LAMBDA_TASK_ROOT", function_dir)
+    env.setdefault("AWS_LAMBDA_FUNCTION_NAME", env.get("FAAS_FUNCTION_NAME", ""))
+    env.setdefault("AWS_LAMBDA_FUNCTION_VERSION", env.get("FAAS_FUNCTION_VERSION", "$LATEST"))
+    env.setdefault("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", env.get("FAAS_MEMORY_MB", ""))
+
+    handler = _load_handler(function_dir, handler_setting)
+
+    import json
+
+    input_path = env.get("FAAS_INPUT")
+    output_path = env.get("FAAS_OUTPUT")
+    if not input_path or not output_path:
+        _fail("Runtime.InvalidEnvironment", "FAAS_INPUT and FAAS_OUTPUT must be set")
+    try:
+        with open(input_path, "rb") as source:
+            envelope = json.loads(source.read())
+        event = envelope.get("event")
+        call_id = str(envelope.get("call_id", ""))
+        deadline_ms = envelope.get("deadline_ms") or 0
+    except Exception as exc:  # noqa: BLE001
+        _fail("Runtime.InvalidInput", f"Cannot read the input {input_path}: {exc}", exc)
+
+    context = LambdaContext(call_id, deadline_ms, env)
+    try:
+        result = handler(event, context)
+        if hasattr(result, "__await__"):
+            import asyncio
+
+            result = asyncio.run(result)
+    except Exception as exc:  # noqa: BLE001 - the function's own failure
+        _fail(type(exc).__name__, str(exc), exc)
+
+    try:
+        text = json.dumps(result, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        _fail("Runtime.MarshalError", f"Unable to marshal response: {exc}", exc)
+    try:
+        _write_file(output_path, text)
+    except OSError as exc:
+        _fail("Runtime.OutputError", f"Cannot write the output {output_path}: {exc}", exc)
+    _exit(0)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except SystemExit as exc:
+        # sys.exit() in a handler: a failure unless it is a plain exit(0)
+        # before any output (then there is no result, so still a failure).
+        _fail("Runtime.ExitError", f"The function called sys.exit({exc.code!r})")
+    except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt etc.
+        _fail(type(exc).__name__, str(exc), exc)
