@@ -246,7 +246,7 @@ def expect_success(label, spot, output, log_text=None):
 def test_python(runtime, fns):
     spot = Spot(runtime, os.path.join(fns, "py-hello"), {"name": "faas"}).run()
     expect_success("python3 py-hello", spot, {"greeting": "hello faas"}, "greeting faas")
-    check("python3 py-hello: deps ran (exit 0) and compiled the function",
+    check("python3 py-hello: deps ran (exit 0), the import cached bytecode",
           (spot.status() or {}).get("deps_exit") == 0 and os.path.isdir(os.path.join(spot.fn, "__pycache__")),
           spot.describe())
 
@@ -276,8 +276,12 @@ def test_python(runtime, fns):
                         "tmp_writable": open("/tmp/x", "w").write("x") == 1}
         """,
         "vendored_pkg/__init__.py": "VALUE = 'vendored'\n",
+        "vendored_pkg/never_imported.py": "X = 1\n",
     })
     spot = Spot(runtime, lambda_fn, {"a": 1}, handler="lambda_function.lambda_handler").run()
+    check("python3 deps precompile vendored packages",
+          os.path.exists(os.path.join(spot.fn, "vendored_pkg/__pycache__/never_imported.cpython-311.pyc")),
+          spot.describe())
     out = spot.read_json("output.json") or {}
     check("python3 lambda handler unchanged", spot.exit == 0 and out.get("lib") == "vendored"
           and out.get("body") == '{"a": 1}' and out.get("request") == spot.id and out.get("mem") == 256
@@ -354,6 +358,10 @@ def test_node(runtime, fns):
     esm_fn = write_function({"app.mjs": "export const handler = async (event) => ({ esm: true, event });\n"})
     spot = Spot(runtime, esm_fn, [1, 2], handler="app.handler").run()
     check("node ES module handler", spot.read_json("output.json") == {"esm": True, "event": [1, 2]}, spot.describe())
+
+    cjs_fn = write_function({"main.cjs": "module.exports.go = (event, context) => ({ cjs: event.v });\n"})
+    spot = Spot(runtime, cjs_fn, {"v": 3}, handler="main.go").run()
+    check("node .cjs module, synchronous handler", spot.read_json("output.json") == {"cjs": 3}, spot.describe())
 
     fail_fn = write_function({"index.js": """
         exports.handler = async () => { console.log('about to fail'); throw new TypeError('bad thing'); };

@@ -68,8 +68,10 @@ async function loadHandler(functionDir, setting) {
     if (fs.existsSync(modulePath + '.mjs')) {
       loaded = await import(pathToFileURL(modulePath + '.mjs').href);
     } else {
+      // require() does not try the .cjs extension by itself.
+      const file = fs.existsSync(modulePath + '.cjs') ? modulePath + '.cjs' : modulePath;
       try {
-        loaded = require(modulePath);
+        loaded = require(file);
       } catch (error) {
         if (error && error.code === 'ERR_REQUIRE_ESM') {
           loaded = await import(pathToFileURL(require.resolve(modulePath)).href);
