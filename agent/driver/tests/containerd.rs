@@ -423,7 +423,12 @@ async fn run(driver: &Driver, spec: &ContainerSpec) -> TestResult<(ExitStatus, S
     driver.create(spec).await?;
     let exit = driver.start(&spec.id).await?.wait().await?;
     driver.destroy(&spec.id).await?;
-    let output = fs::read_to_string(&spec.stdio_path).unwrap_or_default();
+    // Only a regular file can be read back here (a FIFO belongs to its reader).
+    let output = if spec.stdio_path.is_file() {
+        fs::read_to_string(&spec.stdio_path)?
+    } else {
+        String::new()
+    };
     Ok((exit, output))
 }
 
@@ -443,7 +448,16 @@ async fn driver_against_real_containerd() -> TestResult {
     }
     let mut stack = Stack::start()?;
     let driver = Driver::connect(stack.driver_config()).await?;
-    let result = scenarios(&mut stack, &driver).await;
+    // A hang must end as a failure that still cleans up, not as a stuck run.
+    let result = match tokio::time::timeout(
+        Duration::from_secs(300),
+        scenarios(&mut stack, &driver),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err("scenarios did not finish within 300 s".into()),
+    };
     // Clean up even after a failure, so that no shim or mount outlives us.
     let cleanup = driver.cleanup_namespace().await;
     if result.is_err() {
@@ -535,6 +549,20 @@ async fn scenarios(stack: &mut Stack, driver: &Driver) -> TestResult {
     )
     .await?;
     assert_eq!((exit.code, output.as_str()), (0, "created\n"));
+
+    // A FIFO the caller reads, as the agent does.
+    let fifo = work.join("echo.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status()?;
+    assert!(made.success(), "mkfifo");
+    let reader_path = fifo.clone();
+    let reader = std::thread::spawn(move || fs::read_to_string(reader_path));
+    let (exit, _) = run(
+        driver,
+        &spec("echo-3", &image, &["/bin/echo", "through a fifo"], &fifo),
+    )
+    .await?;
+    assert_eq!(exit.code, 0);
+    assert_eq!(reader.join().expect("reader thread")?, "through a fifo\n");
 
     // --- identity, env, read-only root, bind mounts -----------------------
     let input = work.join("in");
