@@ -23,7 +23,7 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-const USAGE: &str = "usage: faas-init --status PATH --cwd DIR [--deps CMD] --run CMD [--gate FIFO]";
+const USAGE: &str = "usage: faas-init --status PATH --cwd DIR [--load-gate FIFO] [--deps CMD] [--gate FIFO] --run CMD [--notify FIFO]";
 
 /// Exit code when faas-init itself cannot start a command (like a shell's
 /// "command not found").
@@ -37,6 +37,17 @@ struct Args {
     deps: Option<String>,
     run: String,
     gate: Option<PathBuf>,
+    /// Waited at before the dependencies: a runtime-preloaded spot whose
+    /// function files are not there yet.
+    load_gate: Option<PathBuf>,
+    /// A FIFO held open by the agent: faas-init writes `deps-done` when the
+    /// dependencies finished and `done` after the final status.json, so the
+    /// agent learns both without polling or waiting for the container's exit.
+    notify: Option<PathBuf>,
+    /// Environment added to the dependencies and run commands, read after
+    /// the load gate: NUL-separated `KEY=VALUE` entries (a runtime-preloaded
+    /// spot learns its function only when the call arrives).
+    env_file: Option<PathBuf>,
 }
 
 /// Accepts `--flag VALUE` and `--flag=VALUE`; every flag at most once.
@@ -46,6 +57,9 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
     let mut deps = None;
     let mut run = None;
     let mut gate = None;
+    let mut load_gate = None;
+    let mut notify = None;
+    let mut env_file = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline_value) = match arg.split_once('=') {
@@ -60,6 +74,9 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
             "--deps" => &mut deps,
             "--run" => &mut run,
             "--gate" => &mut gate,
+            "--load-gate" => &mut load_gate,
+            "--notify" => &mut notify,
+            "--env-file" => &mut env_file,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         };
@@ -81,6 +98,9 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
         deps: deps.filter(|deps| !deps.trim().is_empty()),
         run,
         gate: gate.map(PathBuf::from),
+        load_gate: load_gate.map(PathBuf::from),
+        notify: notify.map(PathBuf::from),
+        env_file: env_file.map(PathBuf::from),
     })
 }
 
@@ -300,11 +320,27 @@ impl Supervisor {
     }
 }
 
+/// NUL-separated `KEY=VALUE` entries; entries without `=` are skipped.
+fn parse_env_file(bytes: &[u8]) -> Vec<(String, String)> {
+    bytes
+        .split(|b| *b == 0)
+        .filter_map(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            let (key, value) = entry.split_once('=')?;
+            (!key.is_empty()).then(|| (key.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
 /// `/bin/sh -c SCRIPT` in `cwd`, inheriting stdio and environment, with an
 /// empty signal mask.
-fn spawn_shell(script: &str, cwd: &Path) -> std::io::Result<Pid> {
+fn spawn_shell(script: &str, cwd: &Path, env: &[(String, String)]) -> std::io::Result<Pid> {
     let mut command = Command::new("/bin/sh");
-    command.arg("-c").arg(script).current_dir(cwd);
+    command
+        .arg("-c")
+        .arg(script)
+        .current_dir(cwd)
+        .envs(env.iter().map(|(k, v)| (k, v)));
     clear_signal_mask_in_child(&mut command);
     let child = command.spawn()?;
     // The child is reaped through waitpid(-1), never through `Child`.
@@ -336,10 +372,26 @@ fn supervise(args: &Args) -> i32 {
         phase: "done",
         ..Status::default()
     };
+    // The agent keeps the notify FIFO open for reading, so this open does
+    // not block; without it the agent falls back to the container's exit.
+    let notify = args.notify.as_ref().and_then(|path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|error| eprintln!("faas-init: cannot open {}: {error}", path.display()))
+            .ok()
+    });
+    let tell = |line: &str| {
+        if let Some(mut fifo) = notify.as_ref() {
+            use std::io::Write as _;
+            let _ = fifo.write_all(line.as_bytes());
+        }
+    };
     let finish = |status: &Status, code: i32| -> i32 {
         if let Err(error) = write_atomically(&args.status, &status.to_json()) {
             eprintln!("faas-init: cannot write {}: {error}", args.status.display());
         }
+        tell("done\n");
         code
     };
     let mut supervisor = match Supervisor::new() {
@@ -350,9 +402,39 @@ fn supervise(args: &Args) -> i32 {
         }
     };
 
+    if let Some(load_gate) = &args.load_gate {
+        match supervisor.wait_gate(load_gate) {
+            Ok(()) => {}
+            Err(GateAborted::Signal(signal)) => {
+                status.error = Some(format!("{signal} while waiting for the function"));
+                return finish(&status, 128 + signal as i32);
+            }
+            Err(GateAborted::Failed(error)) => {
+                status.error = Some(format!(
+                    "cannot read the load gate {}: {error}",
+                    load_gate.display()
+                ));
+                eprintln!("faas-init: {}", status.error.as_deref().unwrap_or_default());
+                return finish(&status, 1);
+            }
+        }
+    }
+
+    let extra_env = match &args.env_file {
+        None => Vec::new(),
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => parse_env_file(&bytes),
+            Err(error) => {
+                status.error = Some(format!("cannot read {}: {error}", path.display()));
+                eprintln!("faas-init: {}", status.error.as_deref().unwrap_or_default());
+                return finish(&status, 1);
+            }
+        },
+    };
+
     if let Some(deps) = &args.deps {
         let started = Instant::now();
-        let pid = match spawn_shell(deps, &args.cwd) {
+        let pid = match spawn_shell(deps, &args.cwd, &extra_env) {
             Ok(pid) => pid,
             Err(error) => {
                 status.error = Some(format!("cannot start the dependencies command: {error}"));
@@ -375,6 +457,8 @@ fn supervise(args: &Args) -> i32 {
             return finish(&status, 128 + signal as i32);
         }
     }
+
+    tell("deps-done\n");
 
     if let Some(gate) = &args.gate {
         status.phase = "ready";
@@ -399,7 +483,7 @@ fn supervise(args: &Args) -> i32 {
     }
 
     let started = Instant::now();
-    let pid = match spawn_shell(&format!("exec {}", args.run), &args.cwd) {
+    let pid = match spawn_shell(&format!("exec {}", args.run), &args.cwd, &extra_env) {
         Ok(pid) => pid,
         Err(error) => {
             status.error = Some(format!("cannot start the run command: {error}"));
@@ -451,6 +535,9 @@ mod tests {
             "--run=python3 -u /opt/faas/bootstrap.py",
             "--gate",
             "/faas/io/gate",
+            "--load-gate",
+            "/faas/io/load",
+            "--notify=/faas/io/notify",
         ])
         .unwrap();
         assert_eq!(
@@ -461,7 +548,23 @@ mod tests {
                 deps: Some("make deps".into()),
                 run: "python3 -u /opt/faas/bootstrap.py".into(),
                 gate: Some("/faas/io/gate".into()),
+                load_gate: Some("/faas/io/load".into()),
+                notify: Some("/faas/io/notify".into()),
+                env_file: None,
             }
+        );
+    }
+
+    #[test]
+    fn env_files_are_nul_separated() {
+        let env = parse_env_file(b"A=1\0B=x=y\0\0junk\0C=multi\nline\0");
+        assert_eq!(
+            env,
+            vec![
+                ("A".to_string(), "1".to_string()),
+                ("B".to_string(), "x=y".to_string()),
+                ("C".to_string(), "multi\nline".to_string())
+            ]
         );
     }
 
