@@ -50,6 +50,10 @@ pub struct Flags {
     /// Largest result a function may return, bytes [default: 262144].
     #[arg(long)]
     pub max_result_bytes: Option<u64>,
+    /// Memory limit of a runtime-preloaded container until its function is known, bytes
+    /// (changed to the function's own limit when the call arrives) [default: 256 MiB].
+    #[arg(long)]
+    pub preload_memory_bytes: Option<u64>,
     /// Max processes per container [default: 256].
     #[arg(long)]
     pub pids_limit: Option<u32>,
@@ -71,6 +75,7 @@ struct FileConfig {
     insecure_registries: Option<Vec<String>>,
     max_log_bytes: Option<u64>,
     max_result_bytes: Option<u64>,
+    preload_memory_bytes: Option<u64>,
     pids_limit: Option<u32>,
     cpu_millis: Option<u32>,
 }
@@ -87,6 +92,7 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     pub max_log_bytes: u64,
     pub max_result_bytes: u64,
+    pub preload_memory_bytes: u64,
     pub pids_limit: u32,
     pub cpu_millis: u32,
 }
@@ -154,6 +160,10 @@ impl Config {
                 .max_result_bytes
                 .or(file.max_result_bytes)
                 .unwrap_or(256 << 10),
+            preload_memory_bytes: flags
+                .preload_memory_bytes
+                .or(file.preload_memory_bytes)
+                .unwrap_or(256 << 20),
             pids_limit: flags.pids_limit.or(file.pids_limit).unwrap_or(256),
             cpu_millis: flags.cpu_millis.or(file.cpu_millis).unwrap_or(1000),
         })

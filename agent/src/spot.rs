@@ -1,17 +1,32 @@
-//! One spot: runs the operations the broker sends it, one at a time, each in
-//! a container that serves at most one call and is destroyed after it.
+//! One spot: runs the operations the broker sends it, one at a time. A
+//! container serves at most one call and is destroyed after it; preloading
+//! only moves its creation (and the function's loading) before the call.
+//!
+//! The six worker operations of the thesis (4.2.2):
+//! - execute-no-preload: fresh container, function loaded, call run;
+//! - preload-runtime: container created and started, faas-init waiting at
+//!   its load gate for a function;
+//! - preload-function: container with the function's files, dependencies
+//!   run, the run process started and blocked on its input FIFO (imports
+//!   done before the call arrives);
+//! - exec-runtime-preloaded / exec-function-preloaded: the call finishes
+//!   what the preload began; the result is returned before the tear-down;
+//! - clear-spot: whatever the spot holds is destroyed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use faas_driver::{BindMount, ContainerSpec, Driver, ImageInfo, Limits};
+use faas_driver::{BindMount, ContainerSpec, Driver, DriverError, ExitStatus, ImageInfo, Limits};
 use faas_proto::v1::{
     agent_message, spot_operation, AgentMessage, CallAssignment, CallError, CallResult, CallStatus,
     FunctionBundle, RuntimeBundle, Spot, SpotOperation, SpotReport, SpotState, StartKind, Timings,
 };
 use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{info_span, warn, Instrument};
 
 use crate::config::Config;
@@ -23,8 +38,10 @@ pub const FUNCTION_GID: u32 = 65534;
 
 const INIT_PATH: &str = "/faas/bin/faas-init";
 const IO_DIR: &str = "/faas/io";
-/// Grace given to the container after its timeout to be killed and reaped.
+/// Grace given to a killed container to be reaped and flush its stdio.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Longest a preload may take (image pull, dependencies) before it fails.
+const PRELOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What every spot of the agent shares.
 pub struct SpotContext {
@@ -51,42 +68,139 @@ impl SpotContext {
     }
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn function_label(f: &FunctionBundle) -> String {
+    format!("{}@{}", f.name, f.version)
+}
+
+/// A started container that has not served a call yet.
+struct Live {
+    id: String,
+    dir: PathBuf,
+    runtime: RuntimeBundle,
+    /// Set when the function is loaded (preload-function, or cold).
+    function: Option<FunctionBundle>,
+    exit: JoinHandle<Result<ExitStatus, DriverError>>,
+    notify: tokio::io::Lines<BufReader<pipe::Receiver>>,
+    /// Memory limit the container was created with.
+    memory_bytes: u64,
+    /// Time spent creating it: image, files, create, start.
+    runtime_load_ms: f64,
+    function_load_ms: f64,
+}
+
+/// What a spot holds between operations.
+enum Held {
+    Nothing,
+    Runtime(Live),
+    Function(Live),
+}
+
 /// Runs a spot's operations in order until the channel closes.
 pub async fn run_spot(
     ctx: Arc<SpotContext>,
     index: u32,
     mut ops: mpsc::UnboundedReceiver<SpotOperation>,
 ) {
+    let mut held = Held::Nothing;
+    let mut seq: u64 = 0;
     while let Some(op) = ops.recv().await {
-        match op.kind() {
-            spot_operation::Kind::ExecuteNoPreload => {
-                let (Some(runtime), Some(function), Some(call)) =
-                    (op.runtime, op.function, op.call)
-                else {
-                    warn!(
-                        spot = index,
-                        "execute without runtime, function or call; ignored"
-                    );
-                    continue;
-                };
-                let span = info_span!("call", call_id = %call.call_id, function = %function.name, spot = index);
-                execute_no_preload(&ctx, index, runtime, function, call)
-                    .instrument(span)
-                    .await;
-            }
-            other => {
-                // Preload operations arrive with the preload policies.
-                ctx.report(
-                    Spot {
-                        index,
-                        state: SpotState::Free as i32,
-                        ..Default::default()
-                    },
-                    format!("operation {other:?} is not supported by this agent"),
-                );
+        seq += 1;
+        use spot_operation::Kind;
+        let kind = op.kind();
+        let call_id = op
+            .call
+            .as_ref()
+            .map(|c| c.call_id.clone())
+            .unwrap_or_default();
+        let span = info_span!("spot", spot = index, op = ?kind, call_id = %call_id);
+        let slot = Slot {
+            ctx: &ctx,
+            index,
+            seq,
+        };
+        held = async {
+            match (kind, op.runtime, op.function, op.call) {
+                (Kind::ExecuteNoPreload, Some(rt), Some(f), Some(call)) => {
+                    slot.clear(held).await;
+                    slot.execute_cold(rt, f, call).await;
+                    Held::Nothing
+                }
+                (Kind::ExecRuntimePreloaded, Some(rt), Some(f), Some(call)) => match held {
+                    Held::Runtime(live)
+                        if live.runtime.image == rt.image && live.runtime.name == rt.name =>
+                    {
+                        slot.execute_on_runtime(live, f, call).await;
+                        Held::Nothing
+                    }
+                    other => {
+                        warn!("runtime not preloaded here as the broker thought; running cold");
+                        slot.clear(other).await;
+                        slot.execute_cold(rt, f, call).await;
+                        Held::Nothing
+                    }
+                },
+                (Kind::ExecFunctionPreloaded, Some(rt), Some(f), Some(call)) => match held {
+                    Held::Function(live)
+                        if live.function.as_ref().is_some_and(|p| {
+                            p.name == f.name
+                                && p.version == f.version
+                                && p.package_digest == f.package_digest
+                        }) =>
+                    {
+                        slot.execute_on_function(live, call).await;
+                        Held::Nothing
+                    }
+                    other => {
+                        // Never run another version than the call's.
+                        warn!("function not preloaded here at this version; running cold");
+                        slot.clear(other).await;
+                        slot.execute_cold(rt, f, call).await;
+                        Held::Nothing
+                    }
+                },
+                (Kind::PreloadRuntime, Some(rt), _, _) => {
+                    slot.clear(held).await;
+                    slot.preload(rt, None).await
+                }
+                (Kind::PreloadFunction, Some(rt), Some(f), _) => {
+                    slot.clear(held).await;
+                    slot.preload(rt, Some(f)).await
+                }
+                (Kind::ClearSpot, _, _, _) => {
+                    slot.clear(held).await;
+                    slot.report_free(String::new());
+                    Held::Nothing
+                }
+                (kind, ..) => {
+                    warn!(?kind, "operation without the bundles it needs; ignored");
+                    held
+                }
             }
         }
+        .instrument(span)
+        .await;
     }
+    Slot {
+        ctx: &ctx,
+        index,
+        seq,
+    }
+    .clear(held)
+    .await;
+}
+
+/// How the run of a call ended.
+enum Ended {
+    /// faas-init reported `done` (the container may still be exiting).
+    Done,
+    /// The container exited (before or without `done`).
+    Exited(ExitStatus),
+    TimedOut,
+    Broken(String),
 }
 
 /// `status.json`, as written by faas-init.
@@ -95,10 +209,10 @@ struct InitStatus {
     #[serde(default)]
     deps_ms: f64,
     deps_exit: Option<i32>,
-    #[serde(default)]
-    run_ms: f64,
+    run_ms: Option<f64>,
     run_exit: Option<i32>,
     run_signal: Option<i32>,
+    error: Option<String>,
 }
 
 /// `error.json`, as written by a runtime when the handler failed.
@@ -110,8 +224,520 @@ struct RuntimeErrorReport {
     message: String,
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+/// The files of a container's private directory and how they are created.
+enum InputKind {
+    /// The call's input as a regular file (a cold start).
+    File(String),
+    /// A FIFO the call's input is written to when it arrives.
+    Fifo,
+}
+
+struct Slot<'a> {
+    ctx: &'a SpotContext,
+    index: u32,
+    seq: u64,
+}
+
+impl Slot<'_> {
+    fn report(
+        &self,
+        state: SpotState,
+        runtime: &str,
+        function: &str,
+        call_id: &str,
+        error: String,
+    ) {
+        self.ctx.report(
+            Spot {
+                index: self.index,
+                state: state as i32,
+                runtime: runtime.to_string(),
+                function: function.to_string(),
+                call_id: call_id.to_string(),
+            },
+            error,
+        );
+    }
+
+    fn report_free(&self, error: String) {
+        self.report(SpotState::Free, "", "", "", error);
+    }
+
+    fn container_id(&self, call_id: Option<&str>) -> String {
+        match call_id {
+            Some(id) => format!("call-{id}"),
+            None => format!("spot-{}-{}-{}", self.index, self.seq, std::process::id()),
+        }
+    }
+
+    /// Destroys whatever the spot holds.
+    async fn clear(&self, held: Held) {
+        if let Held::Runtime(live) | Held::Function(live) = held {
+            destroy(self.ctx, live).await;
+        }
+    }
+
+    /// Creates and starts a container for `runtime` (and `function`, if
+    /// known now). Returns it with the time it took.
+    async fn start_container(
+        &self,
+        id: String,
+        runtime: &RuntimeBundle,
+        function: Option<&FunctionBundle>,
+        input: InputKind,
+    ) -> Result<Live, String> {
+        let ctx = self.ctx;
+        let t = Instant::now();
+        let image = ctx
+            .driver
+            .ensure_image(&runtime.image)
+            .await
+            .map_err(|e| format!("loading runtime image: {e}"))?;
+        let image_ms = ms(t.elapsed());
+
+        let t = Instant::now();
+        let package = match function {
+            Some(f) => Some(
+                ctx.packages
+                    .ensure(&f.package_repository, &f.package_digest)
+                    .await
+                    .map_err(|e| format!("loading function package: {e}"))?,
+            ),
+            None => None,
+        };
+        let dir = ctx.config.state_dir.join("spots").join(&id);
+        {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || prepare_dir(package.as_deref(), &dir, input))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("preparing the container's files: {e}"))?;
+        }
+        let function_load_ms = if function.is_some() {
+            ms(t.elapsed())
+        } else {
+            0.0
+        };
+
+        let t = Instant::now();
+        let notify = pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(dir.join("io/notify"))
+            .map_err(|e| format!("opening the notify FIFO: {e}"))?;
+        let memory_bytes = function
+            .map(|f| f.memory_bytes)
+            .unwrap_or(ctx.config.preload_memory_bytes);
+        let spec = container_spec(ctx, &id, &dir, image, runtime, function, memory_bytes);
+        let created = async {
+            ctx.driver
+                .create(&spec)
+                .await
+                .map_err(|e| format!("creating the container: {e}"))?;
+            let waiter = ctx
+                .driver
+                .start(&id)
+                .await
+                .map_err(|e| format!("starting the container: {e}"))?;
+            Ok::<_, String>(tokio::spawn(waiter.wait()))
+        }
+        .await;
+        let exit = match created {
+            Ok(exit) => exit,
+            Err(e) => {
+                let _ = ctx.driver.destroy(&id).await;
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(e);
+            }
+        };
+        Ok(Live {
+            id,
+            dir,
+            runtime: runtime.clone(),
+            function: function.cloned(),
+            exit,
+            notify: BufReader::new(notify).lines(),
+            memory_bytes,
+            runtime_load_ms: image_ms + ms(t.elapsed()),
+            function_load_ms,
+        })
+    }
+
+    /// Preloads the runtime, or the function too; reports the spot
+    /// preloaded only once it is.
+    async fn preload(&self, runtime: RuntimeBundle, function: Option<FunctionBundle>) -> Held {
+        let label = function.as_ref().map(function_label).unwrap_or_default();
+        self.report(
+            SpotState::Preloading,
+            &runtime.name,
+            &label,
+            "",
+            String::new(),
+        );
+        let id = self.container_id(None);
+        let mut live = match self
+            .start_container(id, &runtime, function.as_ref(), InputKind::Fifo)
+            .await
+        {
+            Ok(live) => live,
+            Err(e) => {
+                warn!(error = %e, "preload failed");
+                self.report_free(e);
+                return Held::Nothing;
+            }
+        };
+        if function.is_none() {
+            // faas-init waits at its load gate from its first instant.
+            self.report(
+                SpotState::PreloadedRuntime,
+                &runtime.name,
+                "",
+                "",
+                String::new(),
+            );
+            return Held::Runtime(live);
+        }
+        // The function is loaded once its dependencies ran.
+        let ready = tokio::time::timeout(PRELOAD_TIMEOUT, async {
+            loop {
+                tokio::select! {
+                    line = live.notify.next_line() => match line {
+                        Ok(Some(l)) if l == "deps-done" => return Ok(()),
+                        Ok(Some(l)) if l == "done" => return Err("the container finished during its preload".to_string()),
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => return Err("the notify FIFO broke".to_string()),
+                    },
+                    exit = &mut live.exit => {
+                        return Err(format!("the container exited during its preload: {exit:?}"));
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err("the preload timed out".into()));
+        match ready {
+            Ok(()) => {
+                self.report(
+                    SpotState::PreloadedFunction,
+                    &runtime.name,
+                    &label,
+                    "",
+                    String::new(),
+                );
+                Held::Function(live)
+            }
+            Err(e) => {
+                let tail = tail_lines(&read_logs(&live.dir.join("stdio.log"), 4096).0, 10, 2048);
+                warn!(error = %e, log_tail = %tail, "function preload failed");
+                destroy(self.ctx, live).await;
+                self.report_free(format!("{e}; log tail: {tail}"));
+                Held::Nothing
+            }
+        }
+    }
+
+    async fn execute_cold(
+        &self,
+        runtime: RuntimeBundle,
+        function: FunctionBundle,
+        call: CallAssignment,
+    ) {
+        self.report_running(&runtime, &function, &call);
+        let id = self.container_id(Some(&call.call_id));
+        let input = envelope(&call, &function);
+        let mut timings = Timings {
+            start_kind: StartKind::Cold as i32,
+            ..Default::default()
+        };
+        match self
+            .start_container(id, &runtime, Some(&function), InputKind::File(input))
+            .await
+        {
+            Ok(mut live) => {
+                timings.runtime_load_ms = live.runtime_load_ms;
+                timings.function_load_ms = live.function_load_ms;
+                let started = Instant::now();
+                let ended = wait_done(self.ctx, &mut live, &function, started).await;
+                self.finish(live, &function, &call, ended, started, timings, false)
+                    .await;
+            }
+            Err(e) => {
+                self.ctx
+                    .send_result(platform_failure(&call, self.index, e, timings));
+                self.report_free(String::new());
+            }
+        }
+    }
+
+    async fn execute_on_runtime(
+        &self,
+        mut live: Live,
+        function: FunctionBundle,
+        call: CallAssignment,
+    ) {
+        self.report_running(&live.runtime, &function, &call);
+        let mut timings = Timings {
+            start_kind: StartKind::PrewarmRuntime as i32,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let loaded = self.load_function_into(&mut live, &function).await;
+        timings.function_load_ms = ms(t.elapsed());
+        if let Err(e) = loaded {
+            self.ctx
+                .send_result(platform_failure(&call, self.index, e, timings));
+            destroy(self.ctx, live).await;
+            self.report_free(String::new());
+            return;
+        }
+        let started = Instant::now();
+        let input = envelope(&call, &function);
+        let ended = match write_input(&mut live, &input, &function).await {
+            Ok(()) => wait_done(self.ctx, &mut live, &function, started).await,
+            Err(ended) => ended,
+        };
+        live.function = Some(function.clone());
+        self.finish(live, &function, &call, ended, started, timings, false)
+            .await;
+    }
+
+    async fn execute_on_function(&self, mut live: Live, call: CallAssignment) {
+        let function = live
+            .function
+            .clone()
+            .expect("a function-preloaded spot has its function");
+        self.report_running(&live.runtime, &function, &call);
+        let timings = Timings {
+            start_kind: StartKind::PrewarmFunction as i32,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let input = envelope(&call, &function);
+        let ended = match write_input(&mut live, &input, &function).await {
+            Ok(()) => wait_done(self.ctx, &mut live, &function, started).await,
+            Err(ended) => ended,
+        };
+        self.finish(live, &function, &call, ended, started, timings, true)
+            .await;
+    }
+
+    /// Places a function into a runtime-preloaded container and releases
+    /// its load gate.
+    async fn load_function_into(
+        &self,
+        live: &mut Live,
+        function: &FunctionBundle,
+    ) -> Result<(), String> {
+        let package = self
+            .ctx
+            .packages
+            .ensure(&function.package_repository, &function.package_digest)
+            .await
+            .map_err(|e| format!("loading function package: {e}"))?;
+        if function.memory_bytes != live.memory_bytes {
+            self.ctx
+                .driver
+                .update_memory(&live.id, function.memory_bytes)
+                .await
+                .map_err(|e| format!("setting the memory limit: {e}"))?;
+            live.memory_bytes = function.memory_bytes;
+        }
+        let dir = live.dir.clone();
+        let env = function_env(function, &live.runtime);
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            copy_tree(&package, &dir.join("fn"), FUNCTION_UID, FUNCTION_GID)?;
+            let mut bytes = Vec::new();
+            for entry in env {
+                bytes.extend_from_slice(entry.as_bytes());
+                bytes.push(0);
+            }
+            write_owned(&dir.join("io/env"), &bytes)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("placing the function's files: {e}"))?;
+        let mut gate = pipe::OpenOptions::new()
+            .open_sender(live.dir.join("io/load-gate"))
+            .map_err(|e| format!("opening the load gate: {e}"))?;
+        gate.write_all(b"go\n")
+            .await
+            .map_err(|e| format!("releasing the load gate: {e}"))?;
+        Ok(())
+    }
+
+    fn report_running(
+        &self,
+        runtime: &RuntimeBundle,
+        function: &FunctionBundle,
+        call: &CallAssignment,
+    ) {
+        self.report(
+            SpotState::Running,
+            &runtime.name,
+            &function_label(function),
+            &call.call_id,
+            String::new(),
+        );
+    }
+
+    /// Builds and sends the result, then tears the container down.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        live: Live,
+        function: &FunctionBundle,
+        call: &CallAssignment,
+        ended: Ended,
+        started: Instant,
+        mut timings: Timings,
+        measure_execution_here: bool,
+    ) {
+        let mut live = live;
+        let waited = ms(started.elapsed());
+        let io_dir = live.dir.join("io");
+        let status: InitStatus =
+            read_json(&io_dir.join("status.json"), 64 << 10).unwrap_or_default();
+        // An OOM kill shows as SIGKILL of the run; only the container's exit
+        // says whether the memory cgroup did it.
+        let mut oom = false;
+        match &ended {
+            Ended::Exited(exit) => oom = exit.oom_killed,
+            Ended::Done if status.run_signal == Some(9) => {
+                if let Ok(Ok(Ok(exit))) = tokio::time::timeout(KILL_GRACE, &mut live.exit).await {
+                    oom = exit.oom_killed;
+                }
+            }
+            Ended::TimedOut => {
+                if let Err(e) = self.ctx.driver.kill(&live.id, 9).await {
+                    warn!(error = %e, "killing a timed-out container failed");
+                }
+                let _ = tokio::time::timeout(KILL_GRACE, &mut live.exit).await;
+            }
+            _ => {}
+        }
+        timings.dependencies_ms = if timings.start_kind() == StartKind::PrewarmFunction {
+            0.0
+        } else {
+            status.deps_ms
+        };
+        timings.execution_ms = if measure_execution_here || matches!(ended, Ended::TimedOut) {
+            waited
+        } else {
+            status.run_ms.unwrap_or(waited)
+        };
+        let (logs, logs_truncated) =
+            read_logs(&live.dir.join("stdio.log"), self.ctx.config.max_log_bytes);
+        let result = build_result(
+            self.ctx,
+            self.index,
+            call,
+            function,
+            &io_dir,
+            &status,
+            &ended,
+            oom,
+            logs,
+            logs_truncated,
+            timings,
+        );
+        // The result goes out before the tear-down: nobody waits for it.
+        self.ctx.send_result(result);
+        destroy(self.ctx, live).await;
+        self.report_free(String::new());
+    }
+}
+
+/// Waits for the end of the run: faas-init's `done`, the container's exit,
+/// or the function's timeout (counted from `started`).
+async fn wait_done(
+    _ctx: &SpotContext,
+    live: &mut Live,
+    function: &FunctionBundle,
+    started: Instant,
+) -> Ended {
+    let deadline = started + Duration::from_millis(function.timeout_ms.max(1));
+    loop {
+        tokio::select! {
+            line = live.notify.next_line() => match line {
+                Ok(Some(l)) if l == "done" => return Ended::Done,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    // No more notifications: rely on the exit.
+                    return match tokio::time::timeout_at(deadline.into(), &mut live.exit).await {
+                        Ok(Ok(Ok(exit))) => Ended::Exited(exit),
+                        Ok(Ok(Err(e))) => Ended::Broken(format!("waiting for the container: {e}")),
+                        Ok(Err(e)) => Ended::Broken(format!("waiting for the container: {e}")),
+                        Err(_) => Ended::TimedOut,
+                    };
+                }
+            },
+            exit = &mut live.exit => return match exit {
+                Ok(Ok(exit)) => Ended::Exited(exit),
+                Ok(Err(e)) => Ended::Broken(format!("waiting for the container: {e}")),
+                Err(e) => Ended::Broken(format!("waiting for the container: {e}")),
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => return Ended::TimedOut,
+        }
+    }
+}
+
+/// Writes the call's input into the input FIFO once the run process opens
+/// it (after its imports), within the call's timeout.
+async fn write_input(live: &mut Live, input: &str, function: &FunctionBundle) -> Result<(), Ended> {
+    let deadline = Instant::now() + Duration::from_millis(function.timeout_ms.max(1));
+    let path = live.dir.join("io/input.json");
+    let mut sender = loop {
+        match pipe::OpenOptions::new().open_sender(&path) {
+            Ok(s) => break s,
+            // ENXIO: no reader yet (the runtime is still starting).
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => {}
+            Err(e) => return Err(Ended::Broken(format!("opening the input FIFO: {e}"))),
+        }
+        if Instant::now() >= deadline {
+            return Err(Ended::TimedOut);
+        }
+        tokio::select! {
+            exit = &mut live.exit => return Err(match exit {
+                Ok(Ok(exit)) => Ended::Exited(exit),
+                other => Ended::Broken(format!("the container ended before reading its input: {other:?}")),
+            }),
+            _ = tokio::time::sleep(Duration::from_micros(500)) => {}
+        }
+    };
+    let written = tokio::time::timeout_at(deadline.into(), async {
+        sender.write_all(input.as_bytes()).await?;
+        sender.flush().await
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Ended::Broken(format!("writing the input: {e}"))),
+        Err(_) => Err(Ended::TimedOut),
+    }
+    // Dropping the sender closes it: the reader sees the end of its input.
+}
+
+async fn destroy(ctx: &SpotContext, live: Live) {
+    live.exit.abort();
+    if let Err(e) = ctx.driver.destroy(&live.id).await {
+        warn!(error = %e, container = %live.id, "destroying a container failed");
+    }
+    if let Err(e) = tokio::fs::remove_dir_all(&live.dir).await {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(error = %e, dir = %live.dir.display(), "removing a container's files failed");
+        }
+    }
+}
+
+/// The input the runtime reads from $FAAS_INPUT.
+fn envelope(call: &CallAssignment, function: &FunctionBundle) -> String {
+    let deadline_ms = crate::now_ms() + function.timeout_ms as i64;
+    // The control plane validated the params as JSON: splice them in as
+    // they are instead of parsing them again.
+    format!(
+        "{{\"call_id\":{},\"deadline_ms\":{deadline_ms},\"event\":{}}}",
+        serde_json::Value::String(call.call_id.clone()),
+        call.params_json
+    )
 }
 
 /// A failed result with no run behind it (the platform could not start it).
@@ -135,178 +761,31 @@ fn platform_failure(
     }
 }
 
-async fn execute_no_preload(
-    ctx: &SpotContext,
-    index: u32,
-    runtime: RuntimeBundle,
-    function: FunctionBundle,
-    call: CallAssignment,
-) {
-    ctx.report(
-        Spot {
-            index,
-            state: SpotState::Running as i32,
-            runtime: runtime.name.clone(),
-            function: format!("{}@{}", function.name, function.version),
-            call_id: call.call_id.clone(),
-        },
-        String::new(),
-    );
-    let container_id = format!("call-{}", call.call_id);
-    let dir = ctx.config.state_dir.join("spots").join(&container_id);
-    let result = run_call(ctx, index, &container_id, &dir, &runtime, &function, &call).await;
-    // The result goes out before the tear-down: nobody waits for it.
-    ctx.send_result(result);
-    if let Err(e) = ctx.driver.destroy(&container_id).await {
-        warn!(error = %e, "destroying the call's container failed");
-    }
-    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            warn!(error = %e, dir = %dir.display(), "removing the call's files failed");
-        }
-    }
-    ctx.report(
-        Spot {
-            index,
-            state: SpotState::Free as i32,
-            ..Default::default()
-        },
-        String::new(),
-    );
-}
-
 #[allow(clippy::too_many_arguments)]
-async fn run_call(
+fn build_result(
     ctx: &SpotContext,
     index: u32,
-    container_id: &str,
-    dir: &Path,
-    runtime: &RuntimeBundle,
-    function: &FunctionBundle,
     call: &CallAssignment,
+    function: &FunctionBundle,
+    io_dir: &Path,
+    status: &InitStatus,
+    ended: &Ended,
+    oom: bool,
+    logs: Vec<u8>,
+    logs_truncated: bool,
+    timings: Timings,
 ) -> CallResult {
-    let mut timings = Timings {
-        start_kind: StartKind::Cold as i32,
-        ..Default::default()
-    };
-    // Runtime: the image, unpacked (cached after the first call).
-    let t = Instant::now();
-    let image = match ctx.driver.ensure_image(&runtime.image).await {
-        Ok(image) => image,
-        Err(e) => {
-            return platform_failure(call, index, format!("loading runtime image: {e}"), timings)
-        }
-    };
-    let image_ms = ms(t.elapsed());
-
-    // Function: its files, a private copy, plus the call's input.
-    let t = Instant::now();
-    let package = match ctx
-        .packages
-        .ensure(&function.package_repository, &function.package_digest)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            return platform_failure(
-                call,
-                index,
-                format!("loading function package: {e}"),
-                timings,
-            )
-        }
-    };
-    let deadline_ms = crate::now_ms() + function.timeout_ms as i64;
-    let prepared = {
-        let (package, dir) = (package.clone(), dir.to_path_buf());
-        // The control plane validated the params as JSON: splice them in
-        // as they are instead of parsing them again.
-        let input = format!(
-            "{{\"call_id\":{},\"deadline_ms\":{deadline_ms},\"event\":{}}}",
-            serde_json::Value::String(call.call_id.clone()),
-            call.params_json
-        );
-        tokio::task::spawn_blocking(move || prepare_dir(&package, &dir, &input)).await
-    };
-    match prepared {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return platform_failure(
-                call,
-                index,
-                format!("preparing the call's files: {e}"),
-                timings,
-            )
-        }
-        Err(e) => {
-            return platform_failure(
-                call,
-                index,
-                format!("preparing the call's files: {e}"),
-                timings,
-            )
-        }
-    }
-    timings.function_load_ms = ms(t.elapsed());
-
-    // The container: created and started for this call only.
-    let t = Instant::now();
-    let spec = container_spec(ctx, container_id, dir, image, runtime, function, call);
-    if let Err(e) = ctx.driver.create(&spec).await {
-        return platform_failure(call, index, format!("creating the container: {e}"), timings);
-    }
-    let waiter = match ctx.driver.start(container_id).await {
-        Ok(w) => w,
-        Err(e) => {
-            return platform_failure(call, index, format!("starting the container: {e}"), timings)
-        }
-    };
-    timings.runtime_load_ms = image_ms + ms(t.elapsed());
-
-    // The run, bounded by the function's timeout.
-    let timeout = Duration::from_millis(function.timeout_ms.max(1));
-    let wait = waiter.wait();
-    tokio::pin!(wait);
-    let (exit, timed_out) = match tokio::time::timeout(timeout, &mut wait).await {
-        Ok(Ok(exit)) => (Some(exit), false),
-        Ok(Err(e)) => {
-            return platform_failure(
-                call,
-                index,
-                format!("waiting for the container: {e}"),
-                timings,
-            )
-        }
-        Err(_) => {
-            if let Err(e) = ctx.driver.kill(container_id, 9).await {
-                warn!(error = %e, "killing a timed-out container failed");
-            }
-            // Let the shim reap it and flush its stdio before reading logs.
-            let _ = tokio::time::timeout(KILL_GRACE, &mut wait).await;
-            (None, true)
-        }
-    };
-    let logs_path = dir.join("stdio.log");
-    let io_dir = dir.join("io");
-    let status: InitStatus = read_json(&io_dir.join("status.json"), 64 << 10).unwrap_or_default();
-    timings.dependencies_ms = status.deps_ms;
-    timings.execution_ms = status.run_ms;
-    if timed_out {
-        // faas-init never wrote its final status: count the whole wait.
-        timings.execution_ms = ms(timeout);
-    }
-    let (logs, logs_truncated) = read_logs(&logs_path, ctx.config.max_log_bytes);
     let log_tail = tail_lines(&logs, 20, 4096);
-
     let mut result = CallResult {
         call_id: call.call_id.clone(),
         spot: index,
         status: CallStatus::Succeeded as i32,
         logs,
         logs_truncated,
+        timings: Some(timings),
         ..Default::default()
     };
-    let fail = |result: &mut CallResult, status: CallStatus, reason: &str, message: String| {
+    let mut fail = |status: CallStatus, reason: &str, message: String| {
         result.status = status as i32;
         result.error = Some(CallError {
             reason: reason.into(),
@@ -314,76 +793,133 @@ async fn run_call(
             log_tail: log_tail.clone(),
         });
     };
-    let exit = exit.map(|e| (e.code, e.oom_killed));
-    match exit {
-        None => fail(
-            &mut result,
+    let exit_code = match ended {
+        Ended::Exited(exit) => Some(exit.code as i32),
+        _ => None,
+    };
+    if let Ended::TimedOut = ended {
+        fail(
             CallStatus::Timeout,
             "timeout",
             format!(
                 "the call ran past its timeout of {} and was killed",
-                humantime::format_duration(timeout)
+                humantime::format_duration(Duration::from_millis(function.timeout_ms))
             ),
-        ),
-        Some((_, true)) => fail(
-            &mut result,
+        );
+    } else if let Ended::Broken(message) = ended {
+        fail(CallStatus::Failed, "platform", message.clone());
+    } else if oom {
+        fail(
             CallStatus::Failed,
             "oom",
             format!(
                 "the call ran out of memory (limit {} MiB) and was killed",
                 function.memory_bytes >> 20
             ),
-        ),
-        Some((code, false)) if status.deps_exit.is_some_and(|c| c != 0) => fail(
-            &mut result,
+        );
+    } else if status.deps_exit.is_some_and(|c| c != 0) {
+        fail(
             CallStatus::Failed,
             "dependencies",
-            format!("the runtime's dependencies command failed (exit {code})"),
-        ),
-        Some((code, false)) if code != 0 => {
-            let message =
-                match read_json::<RuntimeErrorReport>(&io_dir.join("error.json"), 64 << 10) {
-                    Some(e) if !e.message.is_empty() || !e.kind.is_empty() => {
-                        if e.kind.is_empty() {
-                            e.message
-                        } else {
-                            format!("{}: {}", e.kind, e.message)
-                        }
-                    }
-                    _ => match status.run_signal {
-                        Some(sig) => format!("the function was killed by signal {sig}"),
-                        None => format!(
-                            "the function exited with code {}",
-                            status.run_exit.unwrap_or(code as i32)
-                        ),
-                    },
-                };
-            fail(&mut result, CallStatus::Failed, "error", message)
-        }
-        Some(_) => match read_output(&io_dir.join("output.json"), ctx.config.max_result_bytes) {
+            format!(
+                "the runtime's dependencies command failed (exit {})",
+                status.deps_exit.unwrap_or_default()
+            ),
+        );
+    } else if let Some(error) = &status.error {
+        fail(
+            CallStatus::Failed,
+            "platform",
+            format!("faas-init: {error}"),
+        );
+    } else if status.run_exit != Some(0)
+        || exit_code.is_some_and(|c| c != 0 && status.run_exit.is_none())
+    {
+        let message = match read_json::<RuntimeErrorReport>(&io_dir.join("error.json"), 64 << 10) {
+            Some(e) if !e.message.is_empty() || !e.kind.is_empty() => {
+                if e.kind.is_empty() {
+                    e.message
+                } else {
+                    format!("{}: {}", e.kind, e.message)
+                }
+            }
+            _ => match (status.run_signal, status.run_exit, exit_code) {
+                (Some(sig), _, _) => format!("the function was killed by signal {sig}"),
+                (None, Some(code), _) => format!("the function exited with code {code}"),
+                (None, None, Some(code)) => format!("the container exited with code {code}"),
+                (None, None, None) => "the function ended without a status".to_string(),
+            },
+        };
+        fail(CallStatus::Failed, "error", message);
+    } else {
+        match read_output(&io_dir.join("output.json"), ctx.config.max_result_bytes) {
             Ok(json) => result.result_json = json,
-            Err((reason, message)) => fail(&mut result, CallStatus::Failed, reason, message),
-        },
+            Err((reason, message)) => fail(CallStatus::Failed, reason, message),
+        }
     }
-    result.timings = Some(timings);
     result
 }
 
-/// Makes the call's private directory: `fn/` (a copy of the package),
-/// `io/` (the input), both owned by the function's user.
-fn prepare_dir(package: &Path, dir: &Path, input: &str) -> std::io::Result<()> {
+/// Makes a container's private directory: `fn/` (a copy of the package,
+/// or empty until a function is loaded), `io/` with the notify FIFO, the
+/// load gate and the input (a file or a FIFO), all owned by the function's
+/// user.
+fn prepare_dir(package: Option<&Path>, dir: &Path, input: InputKind) -> std::io::Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::create_dir_all(dir)?;
-    copy_tree(package, &dir.join("fn"), FUNCTION_UID, FUNCTION_GID)?;
+    let fn_dir = dir.join("fn");
+    match package {
+        Some(package) => copy_tree(package, &fn_dir, FUNCTION_UID, FUNCTION_GID)?,
+        None => {
+            std::fs::create_dir(&fn_dir)?;
+            std::os::unix::fs::chown(&fn_dir, Some(FUNCTION_UID), Some(FUNCTION_GID))?;
+        }
+    }
     let io = dir.join("io");
     std::fs::create_dir(&io)?;
     std::os::unix::fs::chown(&io, Some(FUNCTION_UID), Some(FUNCTION_GID))?;
-    let input_path = io.join("input.json");
-    std::fs::write(&input_path, input)?;
-    std::os::unix::fs::chown(&input_path, Some(FUNCTION_UID), Some(FUNCTION_GID))?;
+    let fifo = |name: &str| -> std::io::Result<()> {
+        let path = io.join(name);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+        std::os::unix::fs::chown(&path, Some(FUNCTION_UID), Some(FUNCTION_GID))
+    };
+    fifo("notify")?;
+    match input {
+        InputKind::File(text) => write_owned(&io.join("input.json"), text.as_bytes())?,
+        InputKind::Fifo => {
+            fifo("input.json")?;
+            fifo("load-gate")?;
+            // Empty until a function is loaded into a runtime-preloaded spot.
+            write_owned(&io.join("env"), b"")?;
+        }
+    }
     Ok(())
+}
+
+fn write_owned(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)?;
+    std::os::unix::fs::chown(path, Some(FUNCTION_UID), Some(FUNCTION_GID))
+}
+
+/// The environment a function's commands see (besides the image's).
+fn function_env(function: &FunctionBundle, runtime: &RuntimeBundle) -> Vec<String> {
+    let mut env: Vec<String> = function
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    env.sort();
+    env.extend([
+        format!("FAAS_HANDLER={}", function.handler),
+        format!("FAAS_FUNCTION_NAME={}", function.name),
+        format!("FAAS_FUNCTION_VERSION={}", function.version),
+        format!("FAAS_FUNCTION_DIR={}", runtime.path),
+        format!("FAAS_MEMORY_MB={}", function.memory_bytes >> 20),
+        format!("FAAS_TIMEOUT_MS={}", function.timeout_ms),
+    ]);
+    env
 }
 
 fn container_spec(
@@ -392,8 +928,8 @@ fn container_spec(
     dir: &Path,
     image: ImageInfo,
     runtime: &RuntimeBundle,
-    function: &FunctionBundle,
-    call: &CallAssignment,
+    function: Option<&FunctionBundle>,
+    memory_bytes: u64,
 ) -> ContainerSpec {
     let mut args = vec![
         INIT_PATH.to_string(),
@@ -401,30 +937,31 @@ fn container_spec(
         format!("{IO_DIR}/status.json"),
         "--cwd".into(),
         runtime.path.clone(),
+        "--notify".into(),
+        format!("{IO_DIR}/notify"),
     ];
+    if function.is_none() {
+        // The function arrives later: wait for it, then read its env.
+        args.extend([
+            "--load-gate".to_string(),
+            format!("{IO_DIR}/load-gate"),
+            "--env-file".to_string(),
+            format!("{IO_DIR}/env"),
+        ]);
+    }
     if !runtime.dependencies.trim().is_empty() {
         args.extend(["--deps".to_string(), runtime.dependencies.clone()]);
     }
     args.extend(["--run".to_string(), runtime.run.clone()]);
-    let mut env: Vec<String> = function
-        .env
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    env.sort();
+    let mut env = function
+        .map(|f| function_env(f, runtime))
+        .unwrap_or_default();
     env.extend([
         format!("FAAS_INPUT={IO_DIR}/input.json"),
         format!("FAAS_OUTPUT={IO_DIR}/output.json"),
         format!("FAAS_ERROR={IO_DIR}/error.json"),
-        format!("FAAS_HANDLER={}", function.handler),
-        format!("FAAS_FUNCTION_NAME={}", function.name),
-        format!("FAAS_FUNCTION_VERSION={}", function.version),
-        format!("FAAS_FUNCTION_DIR={}", runtime.path),
-        format!("FAAS_MEMORY_MB={}", function.memory_bytes >> 20),
-        format!("FAAS_TIMEOUT_MS={}", function.timeout_ms),
         "HOME=/tmp".to_string(),
     ]);
-    let _ = call;
     ContainerSpec {
         id: id.to_string(),
         image,
@@ -451,7 +988,7 @@ fn container_spec(
         ],
         stdio_path: dir.join("stdio.log"),
         limits: Limits {
-            memory_bytes: function.memory_bytes,
+            memory_bytes,
             cpu_millis: ctx.config.cpu_millis,
             pids: ctx.config.pids_limit,
             tmp_bytes: 0,

@@ -17,7 +17,7 @@ use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     AbortRequest, Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
     DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, ListRequest,
-    ListStatusesRequest, ListTasksRequest, StartRequest, WaitRequest,
+    ListStatusesRequest, ListTasksRequest, StartRequest, UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::types::v1::Status as TaskStatus;
 
@@ -26,6 +26,8 @@ use crate::{container_lease, spec, timestamp_to_system_time, validate_identifier
 use crate::{ContainerSpec, Driver, DriverError};
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const LINUX_RESOURCES_TYPE_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 /// A container's lease only has to outlive the gap between Snapshots.Prepare
 /// and Containers.Create (after that the container record holds the
 /// snapshot); the expiry is a safety net should the agent die in between.
@@ -278,6 +280,29 @@ impl Driver {
             id: id.to_string(),
             handle,
         })
+    }
+
+    /// Changes the memory limit (and memory+swap, so still no swap) of a
+    /// running container: a runtime-preloaded spot learns its function's
+    /// limit only when the call arrives.
+    pub async fn update_memory(&self, id: &str, memory_bytes: u64) -> Result<(), DriverError> {
+        let limit = i64::try_from(memory_bytes)
+            .map_err(|e| DriverError::invalid("memory", e.to_string()))?;
+        // runc refuses a memory limit above the current memory+swap limit:
+        // raise swap first when growing by sending both at once.
+        let resources = serde_json::json!({"memory": {"limit": limit, "swap": limit}});
+        TasksClient::new(self.channel())
+            .update(self.request(UpdateTaskRequest {
+                container_id: id.to_string(),
+                resources: Some(prost_types::Any {
+                    type_url: LINUX_RESOURCES_TYPE_URL.to_string(),
+                    value: serde_json::to_vec(&resources).expect("json"),
+                }),
+                annotations: Default::default(),
+            }))
+            .await
+            .map_err(|s| DriverError::rpc("Tasks.Update", id, s))?;
+        Ok(())
     }
 
     /// Sends `signal` to the container's init process. A task that does not
