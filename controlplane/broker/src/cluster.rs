@@ -52,6 +52,28 @@ pub enum SpotState {
     Clearing,
 }
 
+impl SpotState {
+    /// A report that ends an operation: the agent is done with it (a call
+    /// torn down, a preload finished or failed, a clear done). `Running`,
+    /// `Preloading` and `Clearing` are progress reports within one.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            SpotState::Free
+                | SpotState::PreloadedRuntime { .. }
+                | SpotState::PreloadedFunction { .. }
+        )
+    }
+
+    /// Holds a finished preload that nothing is using.
+    pub fn is_preloaded(&self) -> bool {
+        matches!(
+            self,
+            SpotState::PreloadedRuntime { .. } | SpotState::PreloadedFunction { .. }
+        )
+    }
+}
+
 /// A call waiting for, or being given, a spot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingCall {
@@ -117,8 +139,18 @@ impl Operation {
         }
     }
 
+    /// The call an execute operation carries.
+    pub fn call(&self) -> Option<&PendingCall> {
+        match self {
+            Operation::ExecuteNoPreload { call, .. }
+            | Operation::ExecRuntimePreloaded { call, .. }
+            | Operation::ExecFunctionPreloaded { call, .. } => Some(call),
+            _ => None,
+        }
+    }
+
     /// The state the spot is in once the operation is sent.
-    fn expected_state(&self) -> SpotState {
+    pub fn expected_state(&self) -> SpotState {
         match self {
             Operation::ExecuteNoPreload { call, .. }
             | Operation::ExecRuntimePreloaded { call, .. }
@@ -138,20 +170,100 @@ impl Operation {
     }
 }
 
-/// The broker's view: every known spot and the queue of calls without one.
+/// One spot as the broker tracks it: its state, and the operations sent to
+/// it that the agent has not finished yet.
+#[derive(Debug)]
+struct SpotEntry {
+    state: SpotState,
+    /// Sent and not yet ended by a terminal report, oldest first, with the
+    /// time each was sent.
+    outstanding: VecDeque<(Operation, Millis)>,
+}
+
+/// An operation the agent just finished, as told by a terminal report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completed {
+    pub spot: SpotId,
+    pub operation: Operation,
+    pub sent_at: Millis,
+    /// What the agent reported at its end (e.g. `Free` after a preload means
+    /// the preload failed).
+    pub reported: SpotState,
+}
+
+/// The catalog the policies preload from: registered runtimes and the
+/// current version of each function, in registration order.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    runtimes: Vec<String>,
+    functions: Vec<FunctionRef>,
+}
+
+impl Catalog {
+    /// Registered runtimes, oldest registration first.
+    pub fn runtimes(&self) -> &[String] {
+        &self.runtimes
+    }
+
+    /// The current version of every registered function, oldest
+    /// registration first.
+    pub fn functions(&self) -> &[FunctionRef] {
+        &self.functions
+    }
+
+    pub fn function(&self, name: &str) -> Option<&FunctionRef> {
+        self.functions.iter().find(|f| f.name == name)
+    }
+
+    /// Whether a preloaded function may still serve calls: registered, at
+    /// its current version, on a registered runtime.
+    pub fn is_current(&self, function: &FunctionRef) -> bool {
+        self.function(&function.name) == Some(function)
+    }
+
+    pub fn has_runtime(&self, name: &str) -> bool {
+        self.runtimes.iter().any(|r| r == name)
+    }
+
+    fn add_runtime(&mut self, name: &str) {
+        if !self.has_runtime(name) {
+            self.runtimes.push(name.to_string());
+        }
+    }
+
+    /// Registers or updates a function; an older version never replaces a
+    /// newer one (events may be replayed after a leader change).
+    fn add_function(&mut self, function: &FunctionRef) {
+        self.add_runtime(&function.runtime);
+        match self.functions.iter_mut().find(|f| f.name == function.name) {
+            Some(known) if known.version > function.version => {}
+            Some(known) => *known = function.clone(),
+            None => self.functions.push(function.clone()),
+        }
+    }
+}
+
+/// The broker's view: every known spot, the queue of calls without one and
+/// the catalog.
 #[derive(Debug, Default)]
 pub struct Cluster {
-    spots: BTreeMap<SpotId, SpotState>,
+    spots: BTreeMap<SpotId, SpotEntry>,
     queue: VecDeque<PendingCall>,
+    catalog: Catalog,
+    /// The operation the last event's report ended, if any.
+    completed: Option<Completed>,
+    /// Operations decided during the current event, in order.
+    outbox: Vec<Operation>,
+    now: Millis,
 }
 
 impl Cluster {
     pub fn spots(&self) -> impl Iterator<Item = (&SpotId, &SpotState)> {
-        self.spots.iter()
+        self.spots.iter().map(|(id, e)| (id, &e.state))
     }
 
     pub fn spot(&self, id: &SpotId) -> Option<&SpotState> {
-        self.spots.get(id)
+        self.spots.get(id).map(|e| &e.state)
     }
 
     pub fn spot_count(&self) -> usize {
@@ -164,11 +276,35 @@ impl Cluster {
     }
 
     pub fn spots_where(&self, pred: impl Fn(&SpotState) -> bool) -> Vec<SpotId> {
-        self.spots
-            .iter()
+        self.spots()
             .filter(|(_, s)| pred(s))
             .map(|(id, _)| id.clone())
             .collect()
+    }
+
+    /// When the operation that put the spot in its current (expected) state
+    /// was sent, if the agent has not finished it yet.
+    pub fn last_sent_at(&self, id: &SpotId) -> Option<Millis> {
+        self.spots.get(id)?.outstanding.back().map(|(_, at)| *at)
+    }
+
+    /// How many operations sent to the spot the agent has not finished.
+    pub fn outstanding(&self, id: &SpotId) -> usize {
+        self.spots.get(id).map_or(0, |e| e.outstanding.len())
+    }
+
+    /// The operation the current event's spot report ended, if any.
+    pub fn completed(&self) -> Option<&Completed> {
+        self.completed.as_ref()
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The broker's clock at the current event.
+    pub fn now(&self) -> Millis {
+        self.now
     }
 
     pub fn queue(&self) -> &VecDeque<PendingCall> {
@@ -194,7 +330,54 @@ impl Cluster {
         self.dequeue_where(|c| c.id == call_id)
     }
 
+    /// Whether the operation may be sent to its spot now, per the agent
+    /// contract: executes and preloads need a Free spot (or one whose clear
+    /// is queued before them), a preloaded exec needs the exact preload, a
+    /// clear needs a finished preload.
+    pub fn allows(&self, op: &Operation) -> bool {
+        let Some(state) = self.spot(op.spot()) else {
+            return false;
+        };
+        let empty = matches!(state, SpotState::Free | SpotState::Clearing);
+        match (op, state) {
+            (Operation::ExecuteNoPreload { .. }, _)
+            | (Operation::PreloadRuntime { .. }, _)
+            | (Operation::PreloadFunction { .. }, _) => empty,
+            (
+                Operation::ExecRuntimePreloaded { call, .. },
+                SpotState::PreloadedRuntime { runtime },
+            ) => call.function.runtime == *runtime,
+            (
+                Operation::ExecFunctionPreloaded { call, .. },
+                SpotState::PreloadedFunction { function },
+            ) => call.function == *function,
+            (Operation::ClearSpot { .. }, s) => s.is_preloaded(),
+            _ => false,
+        }
+    }
+
+    /// Sends an operation: it goes out when the current event is handled,
+    /// and the view records at once the state it puts the spot in, so later
+    /// decisions of the same event see it.
+    ///
+    /// # Panics
+    /// In debug builds, if the operation is not allowed on the spot (a
+    /// policy bug that the agent would refuse).
+    pub fn send(&mut self, op: Operation) {
+        debug_assert!(
+            self.allows(&op),
+            "operation not allowed: {op:?} on {:?}",
+            self.spot(op.spot())
+        );
+        if let Some(entry) = self.spots.get_mut(op.spot()) {
+            entry.state = op.expected_state();
+            entry.outstanding.push_back((op.clone(), self.now));
+            self.outbox.push(op);
+        }
+    }
+
     fn apply(&mut self, event: &Event) {
+        self.completed = None;
         match event {
             Event::NodeJoined { node, spots } => {
                 self.spots.retain(|id, _| id.node != *node);
@@ -204,18 +387,52 @@ impl Cluster {
                             node: node.clone(),
                             index,
                         },
-                        SpotState::Free,
+                        SpotEntry {
+                            state: SpotState::Free,
+                            outstanding: VecDeque::new(),
+                        },
                     );
                 }
             }
             Event::NodeLeft { node } => self.spots.retain(|id, _| id.node != *node),
             Event::SpotReported { spot, state } => {
                 // Reports about spots of unknown nodes are stale: ignore them.
-                if let Some(s) = self.spots.get_mut(spot) {
-                    *s = state.clone();
+                let Some(entry) = self.spots.get_mut(spot) else {
+                    return;
+                };
+                if entry.outstanding.is_empty() {
+                    entry.state = state.clone();
+                } else if state.is_terminal() {
+                    let (operation, sent_at) =
+                        entry.outstanding.pop_front().expect("checked non-empty");
+                    // Ops queued behind this one still run: the spot stays in
+                    // the state the last of them puts it in.
+                    if entry.outstanding.is_empty() {
+                        entry.state = state.clone();
+                    }
+                    self.completed = Some(Completed {
+                        spot: spot.clone(),
+                        operation,
+                        sent_at,
+                        reported: state.clone(),
+                    });
                 }
+                // A progress report while operations are outstanding says
+                // less than the expected state (e.g. a preload's report has
+                // no function): keep the expected one.
             }
-            _ => {}
+            Event::RuntimeRegistered { name } => self.catalog.add_runtime(name),
+            Event::RuntimeRemoved { name } => {
+                self.catalog.runtimes.retain(|r| r != name);
+                self.catalog.functions.retain(|f| f.runtime != *name);
+            }
+            Event::FunctionRegistered { function } => self.catalog.add_function(function),
+            Event::FunctionRemoved { name } => self.catalog.functions.retain(|f| f.name != *name),
+            // A call names its function's version at acceptance: it may be
+            // the first news of the function (no catalog sent) or of an
+            // update.
+            Event::CallArrived(call) => self.catalog.add_function(&call.function),
+            Event::Tick => {}
         }
     }
 }
@@ -243,16 +460,15 @@ impl Broker {
         &self.cluster
     }
 
-    /// Applies the event to the view, lets the policy decide, and records
-    /// the state each operation puts its spot in.
+    /// Applies the event to the view, lets the policy decide, and returns
+    /// the operations to send, in order (operations for one spot must reach
+    /// its agent in this order). The view records the state each operation
+    /// puts its spot in; agents' reports that end those operations bring it
+    /// back to what the agent says.
     pub fn handle(&mut self, event: Event, now: Millis) -> Vec<Operation> {
+        self.cluster.now = now;
         self.cluster.apply(&event);
-        let ops = self.policy.decide(&mut self.cluster, &event, now);
-        for op in &ops {
-            if let Some(s) = self.cluster.spots.get_mut(op.spot()) {
-                *s = op.expected_state();
-            }
-        }
-        ops
+        self.policy.decide(&mut self.cluster, &event, now);
+        std::mem::take(&mut self.cluster.outbox)
     }
 }

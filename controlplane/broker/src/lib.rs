@@ -3,15 +3,17 @@
 //!
 //! Nothing here does I/O or reads a clock: time comes in as [`Millis`] with
 //! each event, so policies are tested with a simulated clock and simulated
-//! agents. The control plane's leader feeds real events in and carries the
-//! operations out to the agents.
+//! agents ([`sim`]). The control plane's leader feeds real events in and
+//! carries the operations out to the agents.
 
 #![forbid(unsafe_code)]
 
 mod cluster;
 pub mod policy;
+pub mod sim;
 
 pub use cluster::{
-    Broker, Cluster, Event, FunctionRef, Millis, Operation, PendingCall, SpotId, SpotState,
+    Broker, Catalog, Cluster, Completed, Event, FunctionRef, Millis, Operation, PendingCall,
+    SpotId, SpotState,
 };
-pub use policy::{policy_by_name, Policy, POLICY_NAMES};
+pub use policy::{policy_by_name, policy_from_config, Policy, PolicyConfig, POLICY_NAMES};

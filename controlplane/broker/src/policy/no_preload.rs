@@ -11,16 +11,14 @@ impl Policy for NoPreload {
         "no-preload"
     }
 
-    fn decide(&mut self, cluster: &mut Cluster, event: &Event, _now: Millis) -> Vec<Operation> {
+    fn decide(&mut self, cluster: &mut Cluster, event: &Event, _now: Millis) {
         if let Event::CallArrived(call) = event {
             cluster.enqueue(call.clone());
         }
-        let mut ops = Vec::new();
         for spot in cluster.free_spots() {
             let Some(call) = cluster.dequeue() else { break };
-            ops.push(Operation::ExecuteNoPreload { spot, call });
+            cluster.send(Operation::ExecuteNoPreload { spot, call });
         }
-        ops
     }
 }
 
