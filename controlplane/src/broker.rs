@@ -85,6 +85,12 @@ pub enum Input {
         result: Box<CallResult>,
     },
     ListNodes(oneshot::Sender<Vec<Node>>),
+    /// A runtime registered or updated (from the etcd watch).
+    RuntimeChanged(Runtime),
+    RuntimeRemoved(String),
+    /// A function deployed or updated (from the etcd watch).
+    FunctionChanged(Box<Function>),
+    FunctionRemoved(String),
     /// The live record of a call the broker holds (queued or running).
     LiveCall(String, oneshot::Sender<Option<Call>>),
 }
@@ -145,6 +151,10 @@ struct Tracked {
 
 struct BrokerLoop {
     broker: Broker,
+    /// The registered runtimes and functions, for preload operations.
+    runtimes: HashMap<String, Runtime>,
+    functions: HashMap<String, Function>,
+    registry_host: String,
     agents: HashMap<String, AgentConn>,
     calls: HashMap<String, Tracked>,
     store: Store,
@@ -154,7 +164,12 @@ struct BrokerLoop {
 }
 
 /// Starts the broker loop with the given policy.
-pub fn spawn(broker: Broker, store: Store, watch: Arc<CallWatch>) -> BrokerHandle {
+pub fn spawn(
+    broker: Broker,
+    store: Store,
+    watch: Arc<CallWatch>,
+    registry_host: String,
+) -> BrokerHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let connected_agents = Arc::new(AtomicUsize::new(0));
     let handle = BrokerHandle {
@@ -164,6 +179,9 @@ pub fn spawn(broker: Broker, store: Store, watch: Arc<CallWatch>) -> BrokerHandl
     };
     let mut state = BrokerLoop {
         broker,
+        runtimes: HashMap::new(),
+        functions: HashMap::new(),
+        registry_host,
         agents: HashMap::new(),
         calls: HashMap::new(),
         store,
@@ -333,6 +351,37 @@ impl BrokerLoop {
                 }
                 self.on_result(&node, *result);
             }
+            Input::RuntimeChanged(runtime) => {
+                let name = runtime.name.clone();
+                self.runtimes.insert(name.clone(), runtime);
+                self.feed(Event::RuntimeRegistered { name });
+            }
+            Input::RuntimeRemoved(name) => {
+                if self.runtimes.remove(&name).is_some() {
+                    self.feed(Event::RuntimeRemoved { name });
+                }
+            }
+            Input::FunctionChanged(function) => {
+                let function = *function;
+                let known = self.functions.get(&function.name);
+                if known.is_some_and(|f| f.version == function.version) {
+                    return;
+                }
+                let reference = FunctionRef {
+                    name: function.name.clone(),
+                    version: function.version,
+                    runtime: function.runtime.clone(),
+                };
+                self.functions.insert(function.name.clone(), function);
+                self.feed(Event::FunctionRegistered {
+                    function: reference,
+                });
+            }
+            Input::FunctionRemoved(name) => {
+                if self.functions.remove(&name).is_some() {
+                    self.feed(Event::FunctionRemoved { name });
+                }
+            }
             Input::LiveCall(id, reply) => {
                 let _ = reply.send(self.calls.get(&id).map(|t| t.call.clone()));
             }
@@ -426,9 +475,46 @@ impl BrokerLoop {
             tracked.call.spot = spot.index;
             self.watch.publish(&tracked.call);
         }
-        // Preload operations carry bundles of the newest known versions;
-        // they are filled in by the policies that use them (next issue).
-        let _ = (runtime, function);
+        // Preloads carry the bundles of the registered objects; a preload
+        // of something no longer registered (or of an old version) is not
+        // sent, and the spot is given back to the policy as free.
+        let preload_bundle = match (runtime, function) {
+            (Some(name), _) => self
+                .runtimes
+                .get(name)
+                .map(|r| {
+                    let f = Function::default();
+                    CallBundle::new(r.clone(), f, &self.registry_host).runtime
+                })
+                .map(|rt| (Some(rt), None)),
+            (_, Some(fref)) => match (
+                self.functions.get(&fref.name),
+                self.runtimes.get(&fref.runtime),
+            ) {
+                (Some(f), Some(r)) if f.version == fref.version => {
+                    let bundle = CallBundle::new(r.clone(), f.clone(), &self.registry_host);
+                    Some((Some(bundle.runtime), Some(bundle.function)))
+                }
+                _ => None,
+            },
+            _ => Some((None, None)),
+        };
+        match preload_bundle {
+            Some((rt, f)) => {
+                if rt.is_some() {
+                    message.runtime = rt;
+                    message.function = f;
+                }
+            }
+            None => {
+                warn!(%spot, ?op, "preload of something not registered (any more); skipped");
+                self.feed(Event::SpotReported {
+                    spot,
+                    state: SpotState::Free,
+                });
+                return;
+            }
+        }
         let Some(agent) = self.agents.get(&spot.node) else {
             warn!(%spot, "operation for a node that is gone");
             return;

@@ -85,7 +85,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 faas_broker::Broker::new(policy),
                 store.clone(),
                 calls.clone(),
+                config.registry.clone(),
             );
+            follow_catalog(&store, &handle);
             if let Err(e) = requeue_pending(&store, &handle, &config.registry).await {
                 warn!(error = %e, "could not reload pending calls");
             }
@@ -142,6 +144,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// Feeds the broker the registered runtimes and functions, then every
+/// change to them, so that policies know what can be preloaded.
+fn follow_catalog(store: &Store, broker: &BrokerHandle) {
+    let (s, b) = (store.clone(), broker.clone());
+    tokio::spawn(async move {
+        s.follow::<Runtime>(Kind::Runtime, |change| {
+            b.send(match change {
+                store::Change::Put(r) => Input::RuntimeChanged(r),
+                store::Change::Deleted(name) => Input::RuntimeRemoved(name),
+            })
+        })
+        .await
+    });
+    let (s, b) = (store.clone(), broker.clone());
+    tokio::spawn(async move {
+        s.follow::<Function>(Kind::Function, |change| {
+            b.send(match change {
+                store::Change::Put(f) => Input::FunctionChanged(Box::new(f)),
+                store::Change::Deleted(name) => Input::FunctionRemoved(name),
+            })
+        })
+        .await
+    });
 }
 
 /// On taking over, hands the broker every call recorded as queued: calls

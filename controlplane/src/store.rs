@@ -2,7 +2,10 @@
 //! key prefix (`<prefix>/<kind>/<name>`), so the stored form is the public
 //! contract itself and needs no second schema.
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+    WatchOptions,
+};
 use prost::Message;
 
 /// The kinds of objects kept in etcd, each under its own key prefix.
@@ -176,6 +179,85 @@ impl Store {
                 decode(&key, kv.value()).map(|m| (name, m))
             })
             .collect()
+    }
+}
+
+/// A change to an object of a watched kind.
+#[derive(Debug)]
+pub enum Change<M> {
+    Put(M),
+    Deleted(String),
+}
+
+impl Store {
+    /// Every object of a kind, then every later change, delivered to `f`
+    /// in order; re-lists after a broken or compacted watch. Runs until `f`
+    /// returns false.
+    pub async fn follow<M: Message + Default>(
+        &self,
+        kind: Kind,
+        mut f: impl FnMut(Change<M>) -> bool,
+    ) {
+        let dir = self.dir(kind);
+        loop {
+            let listed = self
+                .client
+                .clone()
+                .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+                .await;
+            let resp = match listed {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = ?kind, "listing for a watch failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            for kv in resp.kvs() {
+                if let Ok(m) = decode(&String::from_utf8_lossy(kv.key()), kv.value()) {
+                    if !f(Change::Put(m)) {
+                        return;
+                    }
+                }
+            }
+            let options = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(revision + 1);
+            let mut stream = match self.client.clone().watch(dir.as_str(), Some(options)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = ?kind, "watch failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) if resp.canceled() || resp.compact_revision() > 0 => break,
+                    Ok(Some(resp)) => {
+                        for event in resp.events() {
+                            let Some(kv) = event.kv() else { continue };
+                            let key = String::from_utf8_lossy(kv.key()).to_string();
+                            let change = match event.event_type() {
+                                EventType::Put => match decode(&key, kv.value()) {
+                                    Ok(m) => Change::Put(m),
+                                    Err(_) => continue,
+                                },
+                                EventType::Delete => Change::Deleted(
+                                    key.strip_prefix(&dir).unwrap_or(&key).to_string(),
+                                ),
+                            };
+                            if !f(change) {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 }
 
