@@ -175,9 +175,19 @@ impl Operation {
 #[derive(Debug)]
 struct SpotEntry {
     state: SpotState,
-    /// Sent and not yet ended by a terminal report, oldest first, with the
-    /// time each was sent.
-    outstanding: VecDeque<(Operation, Millis)>,
+    /// Sent and not yet ended by a terminal report, oldest first.
+    outstanding: VecDeque<Outstanding>,
+}
+
+/// An operation sent to a spot that the agent has not finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outstanding {
+    pub operation: Operation,
+    pub sent_at: Millis,
+    /// When the agent started it, as far as the broker can tell: when it was
+    /// sent to an idle spot, or when the operation before it ended. None
+    /// while it waits behind another.
+    pub started_at: Option<Millis>,
 }
 
 /// An operation the agent just finished, as told by a terminal report.
@@ -186,6 +196,9 @@ pub struct Completed {
     pub spot: SpotId,
     pub operation: Operation,
     pub sent_at: Millis,
+    /// When the agent started it, as far as the broker can tell (see
+    /// [`Outstanding::started_at`]).
+    pub started_at: Millis,
     /// What the agent reported at its end (e.g. `Free` after a preload means
     /// the preload failed).
     pub reported: SpotState,
@@ -282,10 +295,13 @@ impl Cluster {
             .collect()
     }
 
-    /// When the operation that put the spot in its current (expected) state
-    /// was sent, if the agent has not finished it yet.
-    pub fn last_sent_at(&self, id: &SpotId) -> Option<Millis> {
-        self.spots.get(id)?.outstanding.back().map(|(_, at)| *at)
+    /// The operations sent to the spot that the agent has not finished,
+    /// oldest first.
+    pub fn pending_operations(&self, id: &SpotId) -> impl Iterator<Item = &Outstanding> {
+        self.spots
+            .get(id)
+            .into_iter()
+            .flat_map(|e| e.outstanding.iter())
     }
 
     /// How many operations sent to the spot the agent has not finished.
@@ -371,7 +387,12 @@ impl Cluster {
         );
         if let Some(entry) = self.spots.get_mut(op.spot()) {
             entry.state = op.expected_state();
-            entry.outstanding.push_back((op.clone(), self.now));
+            let started_at = entry.outstanding.is_empty().then_some(self.now);
+            entry.outstanding.push_back(Outstanding {
+                operation: op.clone(),
+                sent_at: self.now,
+                started_at,
+            });
             self.outbox.push(op);
         }
     }
@@ -403,17 +424,18 @@ impl Cluster {
                 if entry.outstanding.is_empty() {
                     entry.state = state.clone();
                 } else if state.is_terminal() {
-                    let (operation, sent_at) =
-                        entry.outstanding.pop_front().expect("checked non-empty");
+                    let done = entry.outstanding.pop_front().expect("checked non-empty");
                     // Ops queued behind this one still run: the spot stays in
                     // the state the last of them puts it in.
-                    if entry.outstanding.is_empty() {
-                        entry.state = state.clone();
+                    match entry.outstanding.front_mut() {
+                        Some(next) => next.started_at = Some(self.now),
+                        None => entry.state = state.clone(),
                     }
                     self.completed = Some(Completed {
                         spot: spot.clone(),
-                        operation,
-                        sent_at,
+                        operation: done.operation,
+                        sent_at: done.sent_at,
+                        started_at: done.started_at.unwrap_or(done.sent_at),
                         reported: state.clone(),
                     });
                 }

@@ -13,7 +13,7 @@ pub mod policy;
 pub mod sim;
 
 pub use cluster::{
-    Broker, Catalog, Cluster, Completed, Event, FunctionRef, Millis, Operation, PendingCall,
-    SpotId, SpotState,
+    Broker, Catalog, Cluster, Completed, Event, FunctionRef, Millis, Operation, Outstanding,
+    PendingCall, SpotId, SpotState,
 };
 pub use policy::{policy_by_name, policy_from_config, Policy, PolicyConfig, POLICY_NAMES};
