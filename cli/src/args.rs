@@ -213,6 +213,15 @@ pub enum CallCmd {
     },
     /// Print a call's logs (its stdout and stderr) as they were written.
     Logs { id: String },
+    /// Timing statistics of recent calls, per function and broker policy.
+    Stats {
+        /// Only calls of this function.
+        #[arg(long)]
+        function: Option<String>,
+        /// How many of the most recent finished calls to aggregate.
+        #[arg(long, default_value_t = 1000)]
+        last: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -9,8 +9,8 @@ use faas_proto::v1::{
     deploy_function_request, function_service_client::FunctionServiceClient,
     register_runtime_request, runtime_service_client::RuntimeServiceClient, Call,
     DeleteFunctionRequest, DeleteRuntimeRequest, DeployFunctionRequest, FunctionSpec,
-    GetCallLogsRequest, GetCallRequest, GetFunctionRequest, GetRuntimeRequest, InvokeRequest,
-    ListCallsRequest, ListFunctionsRequest, ListNodesRequest, ListRuntimesRequest,
+    GetCallLogsRequest, GetCallRequest, GetCallStatsRequest, GetFunctionRequest, GetRuntimeRequest,
+    InvokeRequest, ListCallsRequest, ListFunctionsRequest, ListNodesRequest, ListRuntimesRequest,
     RegisterRuntimeRequest, RuntimeSpec, WaitCallRequest,
 };
 use futures::StreamExt;
@@ -442,6 +442,21 @@ async fn call(ctx: &Context, cmd: CallCmd) -> Result<()> {
             ctx.show(
                 || Value::Array(calls.iter().map(format::call_json).collect()),
                 || format::calls_table(&calls),
+            )
+        }
+        CallCmd::Stats { function, last } => {
+            let stats = ctx
+                .calls()
+                .await?
+                .get_call_stats(ctx.request(GetCallStatsRequest {
+                    function: function.unwrap_or_default(),
+                    last,
+                }))
+                .await?
+                .into_inner();
+            ctx.show(
+                || format::stats_json(&stats),
+                || format::stats_table(&stats),
             )
         }
         CallCmd::Logs { id } => {

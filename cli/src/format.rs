@@ -11,8 +11,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use faas_proto::v1::{
-    Call, CallStatus, Function, ListNodesResponse, Node, Runtime, Spot, SpotState, StartKind,
-    Timings,
+    Call, CallStats, CallStatus, Function, GetCallStatsResponse, ListNodesResponse, Node,
+    PhaseStats, Runtime, Spot, SpotState, StartKind, Timings,
 };
 use serde_json::{json, Value};
 
@@ -115,7 +115,90 @@ pub fn call_json(call: &Call) -> Value {
         "created_at_ms": call.created_at_ms,
         "finished_at_ms": call.finished_at_ms,
         "logs_truncated": call.logs_truncated,
+        "policy": call.policy,
     })
+}
+
+fn phase_json(p: Option<&PhaseStats>) -> Value {
+    let p = p.copied().unwrap_or_default();
+    json!({ "mean_ms": p.mean_ms, "p50_ms": p.p50_ms, "p99_ms": p.p99_ms, "max_ms": p.max_ms })
+}
+
+fn call_stats_json(s: &CallStats) -> Value {
+    json!({
+        "function": s.function,
+        "policy": s.policy,
+        "calls": s.calls,
+        "succeeded": s.succeeded,
+        "failed": s.failed,
+        "timed_out": s.timed_out,
+        "start_kinds": {
+            "cold": s.cold,
+            "prewarm_runtime": s.prewarm_runtime,
+            "prewarm_function": s.prewarm_function,
+        },
+        "phases": {
+            "queue": phase_json(s.queue.as_ref()),
+            "runtime_load": phase_json(s.runtime_load.as_ref()),
+            "function_load": phase_json(s.function_load.as_ref()),
+            "dependencies": phase_json(s.dependencies.as_ref()),
+            "execution": phase_json(s.execution.as_ref()),
+            "result_return": phase_json(s.result_return.as_ref()),
+            "total": phase_json(s.total.as_ref()),
+        },
+    })
+}
+
+pub fn stats_json(response: &GetCallStatsResponse) -> Value {
+    json!({
+        "policy": response.policy,
+        "overall": response.overall.as_ref().map(call_stats_json),
+        "groups": response.groups.iter().map(call_stats_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn stats_table(response: &GetCallStatsResponse) -> String {
+    let mut table = new_table(&[
+        "FUNCTION",
+        "POLICY",
+        "CALLS",
+        "OK",
+        "COLD",
+        "PRE-RT",
+        "PRE-FN",
+        "QUEUE P50",
+        "TOTAL MEAN",
+        "TOTAL P50",
+        "TOTAL P99",
+    ]);
+    let rows = response.groups.iter().chain(response.overall.iter());
+    for s in rows {
+        let total = s.total.unwrap_or_default();
+        let queue = s.queue.unwrap_or_default();
+        table.add_row(vec![
+            if s.function.is_empty() {
+                "(all)".to_string()
+            } else {
+                s.function.clone()
+            },
+            if s.policy.is_empty() {
+                "-".to_string()
+            } else {
+                s.policy.clone()
+            },
+            s.calls.to_string(),
+            s.succeeded.to_string(),
+            s.cold.to_string(),
+            s.prewarm_runtime.to_string(),
+            s.prewarm_function.to_string(),
+            float_ms(queue.p50_ms),
+            float_ms(total.mean_ms),
+            float_ms(total.p50_ms),
+            float_ms(total.p99_ms),
+        ]);
+    }
+    right_align(&mut table, &[2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    format!("{}\npolicy now: {}", render(table), response.policy)
 }
 
 pub fn spot_json(spot: &Spot) -> Value {
@@ -507,6 +590,7 @@ mod tests {
             created_at_ms: 1_700_000_000_000,
             finished_at_ms: 1_700_000_000_014,
             logs_truncated: false,
+            policy: String::new(),
         }
     }
 

@@ -161,6 +161,13 @@ impl CallService for FakeCalls {
         }))
     }
 
+    async fn get_call_stats(
+        &self,
+        _request: Request<faas_proto::v1::GetCallStatsRequest>,
+    ) -> Result<Response<faas_proto::v1::GetCallStatsResponse>, Status> {
+        Err(Status::unimplemented("not part of this fake"))
+    }
+
     async fn get_call_logs(
         &self,
         request: Request<GetCallLogsRequest>,

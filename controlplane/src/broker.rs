@@ -471,6 +471,7 @@ impl BrokerLoop {
             });
             tracked.dispatched = Some((spot.clone(), queue_ms));
             tracked.call.status = CallStatus::Running as i32;
+            tracked.call.policy = self.broker.policy_name().to_string();
             tracked.call.node = spot.node.clone();
             tracked.call.spot = spot.index;
             self.watch.publish(&tracked.call);

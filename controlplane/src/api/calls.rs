@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use faas_proto::v1::call_service_server::CallService;
 use faas_proto::v1::{
-    Call, CallLogs, CallStatus, Function, GetCallLogsRequest, GetCallRequest, InvokeRequest,
-    ListCallsRequest, ListCallsResponse, Runtime, SubmitResponse, WaitCallRequest,
+    Call, CallLogs, CallStatus, Function, GetCallLogsRequest, GetCallRequest, GetCallStatsRequest,
+    GetCallStatsResponse, InvokeRequest, ListCallsRequest, ListCallsResponse, Runtime,
+    SubmitResponse, WaitCallRequest,
 };
 use futures::Stream;
 use tokio::sync::watch;
@@ -302,6 +303,49 @@ impl CallService for Api {
         Ok(Response::new(ListCallsResponse {
             calls,
             next_page_token: next_token,
+        }))
+    }
+
+    async fn get_call_stats(
+        &self,
+        request: Request<GetCallStatsRequest>,
+    ) -> Result<Response<GetCallStatsResponse>, Status> {
+        let req = request.into_inner();
+        let wanted = match req.last {
+            0 => 1000,
+            n => n.min(10_000),
+        } as usize;
+        let mut finished = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let batch: Vec<(String, Call)> = self
+                .store
+                .list_descending(Kind::Call, cursor.as_deref(), 500)
+                .await
+                .map_err(ApiError::from)?;
+            let exhausted = batch.len() < 500;
+            for (name, call) in batch {
+                cursor = Some(name);
+                if is_final(&call) && (req.function.is_empty() || call.function == req.function) {
+                    finished.push(call);
+                    if finished.len() == wanted {
+                        break;
+                    }
+                }
+            }
+            if exhausted || finished.len() == wanted {
+                break;
+            }
+        }
+        let (groups, overall) = super::stats::aggregate(&finished);
+        let policy = self
+            .broker()
+            .map(|b| b.policy().to_string())
+            .unwrap_or_default();
+        Ok(Response::new(GetCallStatsResponse {
+            groups,
+            overall: Some(overall),
+            policy,
         }))
     }
 

@@ -5,6 +5,7 @@ mod calls;
 mod cluster;
 mod functions;
 mod runtimes;
+mod stats;
 
 use std::sync::Arc;
 
