@@ -35,6 +35,15 @@ pub struct Flags {
     /// Broker policy [default: no-preload].
     #[arg(long, env = "FAAS_POLICY")]
     pub policy: Option<String>,
+    /// Window policies: how far back calls count (the thesis's N) [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub policy_window: Option<Duration>,
+    /// Window policies: how often targets are recomputed (the thesis's M) [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub policy_recompute: Option<Duration>,
+    /// Adaptive policy: time constant of its call-rate averages [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub policy_rate_time_constant: Option<Duration>,
     /// etcd key prefix [default: /faas/v1].
     #[arg(long)]
     pub key_prefix: Option<String>,
@@ -73,6 +82,12 @@ struct FileConfig {
     registry_insecure: Option<bool>,
     name: Option<String>,
     policy: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    policy_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    policy_recompute: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    policy_rate_time_constant: Option<Duration>,
     key_prefix: Option<String>,
     max_package_bytes: Option<u64>,
     max_image_bytes: Option<u64>,
@@ -105,6 +120,7 @@ pub struct Config {
     pub registry_insecure: bool,
     pub name: String,
     pub policy: String,
+    pub policy_config: faas_broker::PolicyConfig,
     pub key_prefix: String,
     pub limits: Limits,
     pub leader_ttl_secs: i64,
@@ -162,6 +178,28 @@ impl Config {
                 .policy
                 .or(file.policy)
                 .unwrap_or_else(|| "no-preload".into()),
+            policy_config: {
+                let defaults = faas_broker::PolicyConfig::default();
+                let ms = |d: Option<Duration>, default: u64| {
+                    d.map(|d| d.as_millis() as u64).unwrap_or(default)
+                };
+                faas_broker::PolicyConfig {
+                    window_ms: ms(
+                        flags.policy_window.or(file.policy_window),
+                        defaults.window_ms,
+                    ),
+                    recompute_ms: ms(
+                        flags.policy_recompute.or(file.policy_recompute),
+                        defaults.recompute_ms,
+                    ),
+                    rate_time_constant_ms: ms(
+                        flags
+                            .policy_rate_time_constant
+                            .or(file.policy_rate_time_constant),
+                        defaults.rate_time_constant_ms,
+                    ),
+                }
+            },
             key_prefix: flags
                 .key_prefix
                 .or(file.key_prefix)

@@ -44,24 +44,29 @@ async fn connect_store(config: &Config) -> anyhow::Result<Store> {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let policy = faas_broker::policy_by_name(&config.policy).ok_or_else(|| {
-        anyhow::anyhow!(
-            "unknown policy {:?}; known: {}",
-            config.policy,
-            faas_broker::POLICY_NAMES.join(", ")
-        )
-    })?;
+    let policy = faas_broker::policy_from_config(&config.policy, &config.policy_config)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown policy {:?}; known: {}",
+                config.policy,
+                faas_broker::POLICY_NAMES.join(", ")
+            )
+        })?;
     drop(policy);
     let store = connect_store(&config).await?;
     let registry = registry::Registry::new(&config.registry, config.registry_insecure);
     let calls = Arc::new(watch::CallWatch::default());
     let (broker_tx, broker_rx) = tokio_watch::channel::<Option<BrokerHandle>>(None);
+    // The lease behind our leadership, revoked on a clean shutdown so that
+    // another replica (or our restart) takes over at once, not after the TTL.
+    let leader_lease = Arc::new(std::sync::atomic::AtomicI64::new(0));
 
     // Leadership: campaign, then run the broker until the lease is lost.
     {
         let store = store.clone();
         let calls = calls.clone();
         let config = config.clone();
+        let leader_lease = leader_lease.clone();
         tokio::spawn(async move {
             let election = format!("{}/election", store.prefix());
             let leadership = loop {
@@ -80,7 +85,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     }
                 }
             };
-            let policy = faas_broker::policy_by_name(&config.policy).expect("checked at start");
+            let policy = faas_broker::policy_from_config(&config.policy, &config.policy_config)
+                .expect("checked at start");
             let handle = broker::spawn(
                 faas_broker::Broker::new(policy),
                 store.clone(),
@@ -91,6 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             if let Err(e) = requeue_pending(&store, &handle, &config.registry).await {
                 warn!(error = %e, "could not reload pending calls");
             }
+            leader_lease.store(leadership.lease_id, std::sync::atomic::Ordering::SeqCst);
             let _ = broker_tx.send(Some(handle));
             let _ = leadership.lost.await;
             // Fencing by crash: a replica that lost its lease must not act
@@ -100,6 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
 
+    let mut revoke_client = store.client();
     let api = api::Api {
         store,
         registry,
@@ -139,10 +147,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .max_decoding_message_size(max_message),
         )
         .serve_with_shutdown(addr, async {
-            let _ = tokio::signal::ctrl_c().await;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
             info!("shutting down");
         })
         .await?;
+    let lease = leader_lease.load(std::sync::atomic::Ordering::SeqCst);
+    if lease != 0 {
+        match revoke_client.lease_revoke(lease).await {
+            Ok(_) => info!("resigned leadership"),
+            Err(e) => warn!(error = %e, "could not resign leadership; it lapses with its lease"),
+        }
+    }
     Ok(())
 }
 
