@@ -62,7 +62,12 @@ summary() {
         esac
     done
     echo "  total                                 ${SECONDS}s"
-    echo "stages: $passed passed, $failed failed"
+    echo "$passed of ${#stage_names[@]} stages ok, $failed failed"
+    # The test counts of every `cargo test` binary, added up: the closing line.
+    if [ -s "$work/cargo-test.log" ]; then
+        awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+             END { printf "tests: %d passed, %d failed\n", p, f }' "$work/cargo-test.log"
+    fi
 }
 
 cleanup() {
@@ -79,8 +84,8 @@ cleanup() {
     if [ -n "$previous_faasctl" ] && [ ! -e /usr/local/bin/faasctl ]; then
         ln -sfn "$previous_faasctl" /usr/local/bin/faasctl
     fi
-    rm -rf --one-file-system "$work"
     summary
+    rm -rf --one-file-system "$work"
     exit $rc
 }
 trap cleanup EXIT
@@ -139,7 +144,8 @@ cargo_tests() {
     export FAAS_DRIVER_IT=1
     # shellcheck disable=SC2086
     timeout --kill-after=30 "${FAAS_TEST_TIMEOUT:-1200}" \
-        cargo test --release --workspace ${FAAS_TEST_ARGS:-} -- --test-threads="${FAAS_TEST_THREADS:-2}"
+        cargo test --release --workspace ${FAAS_TEST_ARGS:-} -- --test-threads="${FAAS_TEST_THREADS:-2}" 2>&1 |
+        tee "$work/cargo-test.log"
 }
 
 # shellcheck disable=SC2016
