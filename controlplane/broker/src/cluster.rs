@@ -397,7 +397,7 @@ impl Cluster {
         }
     }
 
-    fn apply(&mut self, event: &Event) {
+    pub(crate) fn apply(&mut self, event: &Event) {
         self.completed = None;
         match event {
             Event::NodeJoined { node, spots } => {

@@ -349,8 +349,21 @@ pub struct Sim {
     reports: VecDeque<Event>,
     failing: BTreeSet<String>,
     violations: Vec<String>,
+    sent: BTreeMap<&'static str, usize>,
     tick_ms: Millis,
     last_tick: Millis,
+}
+
+/// The operation's name, as counted by [`Sim::sent`].
+pub fn kind_name(op: &Operation) -> &'static str {
+    match op {
+        Operation::ExecuteNoPreload { .. } => "ExecuteNoPreload",
+        Operation::ExecRuntimePreloaded { .. } => "ExecRuntimePreloaded",
+        Operation::ExecFunctionPreloaded { .. } => "ExecFunctionPreloaded",
+        Operation::PreloadRuntime { .. } => "PreloadRuntime",
+        Operation::PreloadFunction { .. } => "PreloadFunction",
+        Operation::ClearSpot { .. } => "ClearSpot",
+    }
 }
 
 impl Sim {
@@ -371,6 +384,7 @@ impl Sim {
             reports: VecDeque::new(),
             failing: BTreeSet::new(),
             violations: Vec::new(),
+            sent: BTreeMap::new(),
             tick_ms: 1000,
             last_tick: 0,
         }
@@ -402,6 +416,16 @@ impl Sim {
         &self.violations
     }
 
+    /// How many operations of each kind ([`kind_name`]) the broker sent.
+    pub fn sent(&self, kind: &str) -> usize {
+        self.sent.get(kind).copied().unwrap_or(0)
+    }
+
+    /// Every spot and what it really holds.
+    pub fn spots(&self) -> impl Iterator<Item = (&SpotId, &SpotState)> {
+        self.agents.iter().map(|(id, a)| (id, &a.actual))
+    }
+
     /// What a spot really holds (None: no such spot).
     pub fn actual(&self, spot: &SpotId) -> Option<&SpotState> {
         self.agents.get(spot).map(|a| &a.actual)
@@ -421,6 +445,15 @@ impl Sim {
         };
         self.functions.insert(spec.name.clone(), (spec, 1));
         self.feed(Event::FunctionRegistered { function });
+    }
+
+    /// Feeds the broker an event of the I/O side now (e.g. a catalog
+    /// removal), and carries out what it decides.
+    pub fn inject(&mut self, event: Event) {
+        if let Event::FunctionRemoved { name } = &event {
+            self.functions.remove(name);
+        }
+        self.feed(event);
     }
 
     /// A node with `spots` spots joins now.
@@ -675,6 +708,7 @@ impl Sim {
     }
 
     fn dispatch(&mut self, op: Operation) {
+        *self.sent.entry(kind_name(&op)).or_insert(0) += 1;
         let spot = op.spot().clone();
         let Some(agent) = self.agents.get_mut(&spot) else {
             self.violations
@@ -997,7 +1031,7 @@ pub mod scenario {
 
     /// A named call pattern over a catalog.
     pub struct Scenario {
-        pub name: &'static str,
+        pub name: String,
         pub runtimes: Vec<&'static str>,
         pub functions: Vec<FunctionSpec>,
         pub arrivals: Vec<Arrival>,
@@ -1007,7 +1041,7 @@ pub mod scenario {
     pub fn interval(seed: u64) -> Scenario {
         let _ = seed;
         Scenario {
-            name: "interval-0.25s",
+            name: "interval-0.25s".into(),
             runtimes: vec!["node"],
             functions: vec![FunctionSpec::new("hello", "node")],
             arrivals: workload::fixed_interval("hello", 1000, 250, 400),
@@ -1016,11 +1050,29 @@ pub mod scenario {
 
     /// The thesis's random load: one function, gaps of 0.1–0.4 s.
     pub fn random(seed: u64) -> Scenario {
+        random_gaps(seed, 100, 400)
+    }
+
+    /// 400 calls of one function with gaps drawn from `[min, max]` ms (the
+    /// thesis's random load scaled to other costs).
+    pub fn random_gaps(seed: u64, min: Millis, max: Millis) -> Scenario {
+        let fmt = |ms: Millis| {
+            if ms >= 100 {
+                format!("{}", ms as f64 / 1000.0)
+            } else {
+                format!("{ms}ms")
+            }
+        };
         Scenario {
-            name: "random-0.1-0.4s",
+            name: format!(
+                "random-{}-{}{}",
+                fmt(min),
+                fmt(max),
+                if min >= 100 { "s" } else { "" }
+            ),
             runtimes: vec!["node"],
             functions: vec![FunctionSpec::new("hello", "node")],
-            arrivals: workload::uniform_interval("hello", 1000, 100, 400, 400, seed),
+            arrivals: workload::uniform_interval("hello", 1000, min, max, 400, seed),
         }
     }
 
@@ -1078,7 +1130,7 @@ pub mod scenario {
         ));
         arrivals.sort_by_key(|a| a.at);
         Scenario {
-            name: "mixed",
+            name: format!("mixed-{rate_per_s}/s"),
             runtimes: vec!["python3", "node"],
             functions,
             arrivals,
@@ -1112,5 +1164,131 @@ pub mod scenario {
     ) -> (Summary, Vec<String>) {
         let sim = run(policy, scenario, costs, seed);
         (sim.summary(), sim.violations().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::NoPreload;
+
+    fn spot() -> SpotId {
+        SpotId {
+            node: "n".into(),
+            index: 0,
+        }
+    }
+
+    #[test]
+    fn the_checker_refuses_what_agents_refuse() {
+        let mut sim = Sim::new(Box::new(NoPreload), Costs::hot_path(), 1);
+        sim.register_runtime("A");
+        sim.register_function(FunctionSpec::new("f", "A"));
+        let id = sim.arrive("f");
+        let call = PendingCall {
+            id: id.clone(),
+            function: sim.call(&id).expect("arrived").function.clone(),
+            arrived_at: 0,
+        };
+        let v1 = call.function.clone();
+        let v0 = FunctionRef {
+            version: 0,
+            ..v1.clone()
+        };
+        let exec_fn = Operation::ExecFunctionPreloaded {
+            spot: spot(),
+            call: call.clone(),
+        };
+        let exec_rt = Operation::ExecRuntimePreloaded {
+            spot: spot(),
+            call: call.clone(),
+        };
+        let preloaded = |f: &FunctionRef| SpotState::PreloadedFunction {
+            function: f.clone(),
+        };
+        assert!(sim.check(&exec_fn, &preloaded(&v1)).is_ok());
+        // An older version preloaded must never run.
+        assert!(sim.check(&exec_fn, &preloaded(&v0)).is_err());
+        assert!(sim.check(&exec_fn, &SpotState::Free).is_err());
+        assert!(sim
+            .check(
+                &exec_rt,
+                &SpotState::PreloadedRuntime {
+                    runtime: "A".into()
+                }
+            )
+            .is_ok());
+        assert!(sim
+            .check(
+                &exec_rt,
+                &SpotState::PreloadedRuntime {
+                    runtime: "B".into()
+                }
+            )
+            .is_err());
+        let cold = Operation::ExecuteNoPreload { spot: spot(), call };
+        assert!(sim.check(&cold, &SpotState::Free).is_ok());
+        assert!(sim
+            .check(
+                &cold,
+                &SpotState::PreloadedRuntime {
+                    runtime: "A".into()
+                }
+            )
+            .is_err());
+        let preload = Operation::PreloadRuntime {
+            spot: spot(),
+            runtime: "A".into(),
+        };
+        assert!(sim.check(&preload, &SpotState::Free).is_ok());
+        assert!(sim.check(&preload, &preloaded(&v1)).is_err());
+        let clear = Operation::ClearSpot { spot: spot() };
+        assert!(sim.check(&clear, &preloaded(&v1)).is_ok());
+        assert!(sim.check(&clear, &SpotState::Free).is_err());
+    }
+
+    #[test]
+    fn an_operation_for_a_gone_spot_is_a_violation() {
+        let mut sim = Sim::new(Box::new(NoPreload), Costs::hot_path(), 1);
+        sim.dispatch(Operation::ClearSpot { spot: spot() });
+        assert_eq!(sim.violations().len(), 1);
+    }
+
+    #[test]
+    fn rng_is_seeded_and_in_range() {
+        let mut a = Rng::new(3);
+        let mut b = Rng::new(3);
+        for _ in 0..1000 {
+            let x = a.between(100, 400);
+            assert_eq!(x, b.between(100, 400));
+            assert!((100..=400).contains(&x));
+            let u = a.unit();
+            assert!((0.0..1.0).contains(&u));
+            b.unit();
+        }
+    }
+
+    #[test]
+    fn summary_percentiles() {
+        let records: Vec<CallRecord> = (1..=100)
+            .map(|i| CallRecord {
+                id: format!("c{i}"),
+                function: FunctionRef {
+                    name: "f".into(),
+                    version: 1,
+                    runtime: "A".into(),
+                },
+                arrived_at: 0,
+                started_at: Some(0),
+                finished_at: Some(i),
+                start: Some(StartKind::Cold),
+                spot: None,
+                lost: false,
+            })
+            .collect();
+        let s = Summary::from_records(&records);
+        assert_eq!((s.p50_ms, s.p99_ms, s.max_ms), (50, 99, 100));
+        assert!((s.mean_ms - 50.5).abs() < 1e-9);
+        assert_eq!(s.cold_rate(), 1.0);
     }
 }

@@ -8,17 +8,26 @@
 //!    seconds of a change, and old traffic fades instead of falling off a
 //!    cliff.
 //!
-//! 2. **All-or-nothing granularity.** Function preloads are the fastest start
-//!    but serve one function; runtime preloads serve every function of the
-//!    runtime but still pay the function load. So the preloads are *mixed*: a
-//!    function whose share of the traffic is worth at least one whole spot
-//!    (S·λ_f/Λ ≥ 1) is *hot* and gets function preloads; the other functions
-//!    of each runtime (the long tail) are pooled into runtime preloads, so a
-//!    tail call is a runtime prewarm rather than a cold start. Each key's
-//!    share of the S spots is proportional to the time its preloads save per
-//!    second: λ_f·L_f for a hot function, λ_tail·L_r for a runtime pool
-//!    (L = measured preload time). With no recent calls the spots hold the
-//!    registered runtimes evenly, the most versatile preload.
+//! 2. **All-or-nothing granularity, proportional targets.** Function
+//!    preloads are the fastest start but serve one function; runtime
+//!    preloads serve every function of the runtime but still pay the
+//!    function load. Rather than a target proportional to counts, each spot
+//!    goes where its *expected saving* is largest (the newsvendor rule): the
+//!    (n+1)-th preload of function f is used only if more than n calls of f
+//!    arrive before a consumed preload can be replaced, so it is worth
+//!    L_f · P(N ≥ n+1), N ~ Poisson(λ_f · T_f), with L_f the measured function
+//!    preload time (what a cold start pays on top of a prewarm) and T_f the
+//!    lead time (tear-down + preload): λ·T is Little's law for the calls in
+//!    flight during a replacement. A runtime preload catches the *overflow* of
+//!    its functions (their calls beyond their own preloads, including the
+//!    long tail that has none) and is worth L_r · P(overflow ≥ n+1). The mix
+//!    follows: a hot function gets function preloads until its next one is
+//!    unlikely to be used, and the tail of each runtime shares runtime
+//!    preloads, so a tail call is a runtime prewarm rather than a cold start.
+//!    A runtime with a single function never gets runtime preloads (its
+//!    function's preload serves the same calls faster). With no recent calls
+//!    the spots hold the registered runtimes evenly (the most versatile
+//!    preload; for a single-function runtime, that function).
 //!
 //! 3. **Blind placement.** The thesis runs a call cold as soon as its preload
 //!    is not ready, even if one will be in 100 ms. Here every call (queue
@@ -34,13 +43,14 @@
 //!    preload and clear durations), starting from priors.
 //!
 //! 4. **Slow replacement.** Every call consumes its container, and the next
-//!    call is most likely for the same function. Deficits are counted against
-//!    unclaimed spots only, so a consumed (or claimed) preload is replaced by
-//!    the next empty spot at once; and when the mix moves, an idle spot of a
-//!    key holding at least one whole spot more than its share is cleared and
-//!    preloaded for a key at least one whole spot short of its share (one
-//!    move per event, never while calls wait, never toward the idle base).
-//!    Shares are compared unrounded so rounding noise never moves a spot.
+//!    call is most likely for the same function. Values are computed
+//!    against the preloads not claimed by waiting calls, so a consumed (or
+//!    claimed) preload is replaced by the next empty spot at once. When the
+//!    mix moves, the least valuable idle preload is cleared and preloaded for
+//!    the key whose next preload is worth more than twice as much (the margin
+//!    keeps noise in the rates from moving spots back and forth), at most
+//!    S/8 moves per second, never while calls wait without a preload coming,
+//!    never without traffic.
 //!
 //! Like the window heuristics it clears preloads of updated or removed
 //! functions (the old version never runs) and backs off a key whose preload
@@ -213,15 +223,24 @@ impl Adaptive {
             .collect()
     }
 
-    /// Keys worth preloading: functions with recent calls and their
-    /// runtimes.
+    /// Keys worth preloading: functions with recent calls, and their
+    /// runtimes when they have more than one function (a runtime preload
+    /// serves nothing that a preload of its only function would not serve
+    /// faster).
     fn candidates(&self, cluster: &Cluster, now: Millis) -> Vec<Key> {
+        let catalog = cluster.catalog();
         let mut keys = Vec::new();
         let mut runtimes = Vec::new();
-        for f in cluster.catalog().functions() {
+        for f in catalog.functions() {
             if self.recent_calls(&f.name, now) > 0.0 {
                 keys.push(Key::Function(f.name.clone()));
-                if !runtimes.contains(&f.runtime) {
+                let shared = catalog
+                    .functions()
+                    .iter()
+                    .filter(|g| g.runtime == f.runtime)
+                    .count()
+                    > 1;
+                if shared && !runtimes.contains(&f.runtime) {
                     runtimes.push(f.runtime.clone());
                 }
             }

@@ -307,3 +307,70 @@ impl Policy for WindowPreload {
         self.fill(cluster, &target, now);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_with(spots: u32, runtimes: &[&str]) -> Cluster {
+        let mut c = Cluster::default();
+        c.apply(&Event::NodeJoined {
+            node: "n".into(),
+            spots,
+        });
+        for r in runtimes {
+            c.apply(&Event::RuntimeRegistered { name: (*r).into() });
+        }
+        c
+    }
+
+    fn rt(name: &str) -> Key {
+        Key::Runtime(name.into())
+    }
+
+    #[test]
+    fn target_is_proportional_to_the_window() {
+        let c = cluster_with(10, &["A", "B"]);
+        let mut p = WindowPreload::new(Granularity::Runtime, 30_000, 5_000);
+        for i in 0..100 {
+            let key = if i % 5 < 2 { "A" } else { "B" };
+            p.window.push_back((i * 10, rt(key)));
+        }
+        assert!(!p.maybe_recompute(&c, 1_000), "window not empty");
+        assert_eq!(p.target(&c), vec![(rt("A"), 4), (rt("B"), 6)]);
+    }
+
+    #[test]
+    fn target_sums_to_the_spot_count_when_shares_do_not_divide() {
+        let c = cluster_with(4, &["A", "B", "C"]);
+        let mut p = WindowPreload::new(Granularity::Runtime, 30_000, 5_000);
+        for key in ["A", "B", "C"] {
+            p.window.push_back((0, rt(key)));
+        }
+        p.maybe_recompute(&c, 0);
+        let t = p.target(&c);
+        assert_eq!(t.iter().map(|(_, n)| n).sum::<usize>(), 4);
+        assert_eq!(t, vec![(rt("A"), 2), (rt("B"), 1), (rt("C"), 1)]);
+    }
+
+    #[test]
+    fn empty_window_gives_the_base_target_and_asks_for_a_refresh() {
+        let c = cluster_with(5, &["A", "B", "C"]);
+        let mut p = WindowPreload::new(Granularity::Runtime, 30_000, 5_000);
+        p.window.push_back((0, rt("A")));
+        assert!(!p.maybe_recompute(&c, 1_000));
+        assert_eq!(p.target(&c)[0], (rt("A"), 5));
+        // Too early to recompute.
+        assert!(!p.maybe_recompute(&c, 5_999));
+        // The call left the window: base target, refresh.
+        assert!(p.maybe_recompute(&c, 40_000));
+        assert_eq!(p.target(&c), vec![(rt("A"), 2), (rt("B"), 2), (rt("C"), 1)]);
+    }
+
+    #[test]
+    fn more_runtimes_than_spots_leaves_the_last_registered_out_of_the_base() {
+        let c = cluster_with(2, &["A", "B", "C"]);
+        let p = WindowPreload::new(Granularity::Runtime, 30_000, 5_000);
+        assert_eq!(p.target(&c), vec![(rt("A"), 1), (rt("B"), 1), (rt("C"), 0)]);
+    }
+}
