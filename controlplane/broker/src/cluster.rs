@@ -494,3 +494,195 @@ impl Broker {
         std::mem::take(&mut self.cluster.outbox)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends whatever the test puts in `next` on the next event.
+    struct Scripted {
+        next: Vec<Operation>,
+    }
+
+    impl Policy for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn decide(&mut self, cluster: &mut Cluster, _event: &Event, _now: Millis) {
+            for op in self.next.drain(..) {
+                cluster.send(op);
+            }
+        }
+    }
+
+    fn spot() -> SpotId {
+        SpotId {
+            node: "n".into(),
+            index: 0,
+        }
+    }
+
+    fn f() -> FunctionRef {
+        FunctionRef {
+            name: "f".into(),
+            version: 2,
+            runtime: "A".into(),
+        }
+    }
+
+    fn call() -> PendingCall {
+        PendingCall {
+            id: "c1".into(),
+            function: f(),
+            arrived_at: 0,
+        }
+    }
+
+    fn report(b: &mut Broker, state: SpotState, now: Millis) {
+        b.handle(
+            Event::SpotReported {
+                spot: spot(),
+                state,
+            },
+            now,
+        );
+    }
+
+    fn broker_with(ops: Vec<Operation>) -> Broker {
+        let mut b = Broker::new(Box::new(Scripted { next: Vec::new() }));
+        b.handle(
+            Event::NodeJoined {
+                node: "n".into(),
+                spots: 1,
+            },
+            0,
+        );
+        b.policy = Box::new(Scripted { next: ops });
+        b
+    }
+
+    #[test]
+    fn progress_reports_of_queued_operations_do_not_free_the_spot_early() {
+        let preloaded = SpotState::PreloadedRuntime {
+            runtime: "B".into(),
+        };
+        let mut b = broker_with(Vec::new());
+        report(&mut b, preloaded.clone(), 1);
+        b.policy = Box::new(Scripted {
+            next: vec![
+                Operation::ClearSpot { spot: spot() },
+                Operation::ExecuteNoPreload {
+                    spot: spot(),
+                    call: call(),
+                },
+            ],
+        });
+        let ops = b.handle(Event::Tick, 10);
+        assert_eq!(ops.len(), 2);
+        let running = SpotState::Running {
+            call_id: "c1".into(),
+        };
+        assert_eq!(b.cluster().spot(&spot()), Some(&running));
+        // The agent clears (Clearing, Free), then runs the call.
+        report(&mut b, SpotState::Clearing, 11);
+        assert_eq!(b.cluster().spot(&spot()), Some(&running));
+        report(&mut b, SpotState::Free, 50);
+        assert_eq!(
+            b.cluster().spot(&spot()),
+            Some(&running),
+            "the exec is still queued"
+        );
+        let done = b.cluster().completed().expect("the clear ended");
+        assert!(matches!(done.operation, Operation::ClearSpot { .. }));
+        assert_eq!((done.sent_at, done.started_at), (10, 10));
+        report(&mut b, running.clone(), 51);
+        report(&mut b, SpotState::Free, 200);
+        assert_eq!(b.cluster().spot(&spot()), Some(&SpotState::Free));
+        let done = b.cluster().completed().expect("the exec ended");
+        assert_eq!(done.started_at, 50, "started when the clear ended");
+    }
+
+    #[test]
+    fn a_preload_keeps_its_function_through_the_agents_bare_progress_report() {
+        let mut b = broker_with(vec![Operation::PreloadFunction {
+            spot: spot(),
+            function: f(),
+        }]);
+        b.handle(Event::Tick, 5);
+        let expected = SpotState::Preloading {
+            runtime: "A".into(),
+            function: Some(f()),
+        };
+        assert_eq!(b.cluster().spot(&spot()), Some(&expected));
+        report(
+            &mut b,
+            SpotState::Preloading {
+                runtime: "A".into(),
+                function: None,
+            },
+            6,
+        );
+        assert_eq!(b.cluster().spot(&spot()), Some(&expected));
+        report(&mut b, SpotState::Free, 90);
+        // A preload that ends Free failed; policies see it.
+        let done = b.cluster().completed().expect("ended");
+        assert_eq!(done.reported, SpotState::Free);
+        assert_eq!(b.cluster().spot(&spot()), Some(&SpotState::Free));
+    }
+
+    #[test]
+    fn without_outstanding_operations_reports_are_taken_as_they_come() {
+        let mut b = broker_with(Vec::new());
+        let running = SpotState::Running {
+            call_id: "old".into(),
+        };
+        report(&mut b, running.clone(), 1);
+        assert_eq!(b.cluster().spot(&spot()), Some(&running));
+        assert!(b.cluster().completed().is_none());
+    }
+
+    #[test]
+    fn allows_follows_the_agent_contract() {
+        let mut c = Cluster::default();
+        c.apply(&Event::NodeJoined {
+            node: "n".into(),
+            spots: 1,
+        });
+        let exec_fn = Operation::ExecFunctionPreloaded {
+            spot: spot(),
+            call: call(),
+        };
+        let cold = Operation::ExecuteNoPreload {
+            spot: spot(),
+            call: call(),
+        };
+        assert!(c.allows(&cold));
+        assert!(!c.allows(&exec_fn));
+        assert!(!c.allows(&Operation::ClearSpot { spot: spot() }));
+        let old = FunctionRef { version: 1, ..f() };
+        c.apply(&Event::SpotReported {
+            spot: spot(),
+            state: SpotState::PreloadedFunction { function: old },
+        });
+        assert!(!c.allows(&exec_fn), "another version is preloaded");
+        assert!(!c.allows(&cold));
+        assert!(c.allows(&Operation::ClearSpot { spot: spot() }));
+    }
+
+    #[test]
+    fn the_catalog_keeps_the_newest_version_and_order() {
+        let mut c = Cluster::default();
+        let v = |version| FunctionRef { version, ..f() };
+        c.apply(&Event::FunctionRegistered { function: v(2) });
+        c.apply(&Event::FunctionRegistered { function: v(1) });
+        assert_eq!(c.catalog().function("f"), Some(&v(2)));
+        c.apply(&Event::CallArrived(PendingCall {
+            function: v(3),
+            ..call()
+        }));
+        assert_eq!(c.catalog().function("f"), Some(&v(3)));
+        assert_eq!(c.catalog().runtimes(), ["A".to_string()]);
+        c.apply(&Event::RuntimeRemoved { name: "A".into() });
+        assert!(c.catalog().functions().is_empty());
+    }
+}
