@@ -16,7 +16,7 @@
 //!    (n+1)-th preload of function f is used only if more than n calls of f
 //!    arrive before a consumed preload can be replaced, so it is worth
 //!    L_f · P(N ≥ n+1), N ~ Poisson(λ_f · T_f), with L_f the measured function
-//!    preload time (what a cold start pays on top of a prewarm) and T_f the
+//!    preload time (what a cold start pays that a function prewarm does not) and T_f the
 //!    lead time (tear-down + preload): λ·T is Little's law for the calls in
 //!    flight during a replacement. A runtime preload catches the *overflow* of
 //!    its functions (their calls beyond their own preloads, including the
