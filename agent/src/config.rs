@@ -92,12 +92,20 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     pub max_log_bytes: u64,
     pub max_result_bytes: u64,
+    /// Largest input (call params and envelope) the io tmpfs must hold.
+    pub max_input_bytes: u64,
     pub preload_memory_bytes: u64,
     pub pids_limit: u32,
     pub cpu_millis: u32,
 }
 
 impl Config {
+    /// Size of a container's `/faas/io` tmpfs: room for the input, the
+    /// result, the error report and the logs, with a margin.
+    pub fn io_tmpfs_bytes(&self) -> u64 {
+        (2 << 20) + 2 * self.max_result_bytes + self.max_log_bytes + self.max_input_bytes
+    }
+
     pub fn resolve(flags: Flags) -> anyhow::Result<Config> {
         let file: FileConfig = match &flags.config {
             Some(path) => {
@@ -160,6 +168,7 @@ impl Config {
                 .max_result_bytes
                 .or(file.max_result_bytes)
                 .unwrap_or(256 << 10),
+            max_input_bytes: 1 << 20,
             preload_memory_bytes: flags
                 .preload_memory_bytes
                 .or(file.preload_memory_bytes)

@@ -51,6 +51,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(?report, "cleaned the namespace");
     let spots_dir = config.state_dir.join("spots");
     if spots_dir.exists() {
+        // io tmpfs mounts of containers an earlier run left behind.
+        for entry in std::fs::read_dir(&spots_dir)?.flatten() {
+            spot::unmount_io(&entry.path());
+        }
         std::fs::remove_dir_all(&spots_dir)?;
     }
     std::fs::create_dir_all(&spots_dir)?;
@@ -67,19 +71,42 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         outbound: outbound_tx,
     });
     let mut spot_queues = Vec::new();
+    let mut spot_tasks = Vec::new();
     for index in 0..config.spots {
         let (tx, rx) = mpsc::unbounded_channel();
         spot_queues.push(tx);
-        tokio::spawn(spot::run_spot(ctx.clone(), index, rx));
+        spot_tasks.push(tokio::spawn(spot::run_spot(ctx.clone(), index, rx)));
     }
+    // The spots hold the only other references: when they end, the
+    // outbound channel closes and the session ends after sending the rest.
+    drop(ctx);
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let session = session::Session {
+        finished: false,
         config,
         outbound: outbound_rx,
         spots: spot_queues,
+        draining: drain_rx,
     };
+    let mut session_task = tokio::spawn(session.run_forever());
     tokio::select! {
-        _ = session.run_forever() => {}
-        _ = shutdown_signal() => info!("shutting down"),
+        _ = &mut session_task => return Ok(()),
+        _ = shutdown_signal() => info!("shutting down: finishing running calls, clearing spots"),
+    }
+    let _ = drain_tx.send(true);
+    let drained = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::future::join_all(spot_tasks),
+    )
+    .await;
+    if drained.is_err() {
+        warn!("spots did not finish within 60 s; leaving their containers to the next start's clean-up");
+    }
+    if tokio::time::timeout(Duration::from_secs(5), session_task)
+        .await
+        .is_err()
+    {
+        warn!("could not send every report before exiting");
     }
     Ok(())
 }

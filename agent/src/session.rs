@@ -14,14 +14,21 @@ use tracing::{info, warn};
 use crate::config::Config;
 
 pub struct Session {
+    /// Set once every spot stopped and every report went out.
+    pub finished: bool,
     pub config: Config,
     /// Reports from the spots.
     pub outbound: mpsc::UnboundedReceiver<AgentMessage>,
     /// One queue of operations per spot.
     pub spots: Vec<mpsc::UnboundedSender<SpotOperation>>,
+    /// Set when the agent drains: no new operation is taken, the spots'
+    /// queues are closed, and the session lives on until every report
+    /// (results above all) is sent.
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Session {
+    /// Runs until the agent has drained and every report is sent.
     pub async fn run_forever(mut self) {
         let mut delay = Duration::from_millis(100);
         // A message taken from `outbound` that a broken session failed to send.
@@ -29,6 +36,7 @@ impl Session {
         loop {
             for endpoint in self.config.control_plane.clone() {
                 match self.run_once(&endpoint, &mut unsent).await {
+                    Ok(()) if self.finished => return,
                     Ok(()) => {
                         info!(%endpoint, "session ended; reconnecting");
                         delay = Duration::from_millis(100);
@@ -73,8 +81,18 @@ impl Session {
         }
         loop {
             tokio::select! {
+                _ = self.draining.changed(), if !self.spots.is_empty() => {
+                    if *self.draining.borrow() {
+                        info!("draining: no new operations");
+                        // Closing the queues ends each spot after its current operation.
+                        self.spots.clear();
+                    }
+                }
                 message = self.outbound.recv() => {
-                    let Some(message) = message else { return Ok(()) };
+                    let Some(message) = message else {
+                        self.finished = true;
+                        return Ok(());
+                    };
                     if let Err(e) = tx.send(message).await {
                         *unsent = Some(e.0);
                         anyhow::bail!("stream closed");
@@ -87,6 +105,7 @@ impl Session {
                             Some(control_message::Msg::Operation(op)) => {
                                 match self.spots.get(op.spot as usize) {
                                     Some(spot) => { let _ = spot.send(op); }
+                                    None if *self.draining.borrow() => warn!(spot = op.spot, "draining: operation refused"),
                                     None => warn!(spot = op.spot, "operation for a spot this agent does not have"),
                                 }
                             }

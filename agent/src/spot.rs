@@ -308,7 +308,8 @@ impl Slot<'_> {
         let dir = ctx.config.state_dir.join("spots").join(&id);
         {
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || prepare_dir(package.as_deref(), &dir, input))
+            let io_bytes = ctx.config.io_tmpfs_bytes();
+            tokio::task::spawn_blocking(move || prepare_dir(&dir, input, io_bytes))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("preparing the container's files: {e}"))?;
@@ -327,7 +328,23 @@ impl Slot<'_> {
         let memory_bytes = function
             .map(|f| f.memory_bytes)
             .unwrap_or(ctx.config.preload_memory_bytes);
-        let spec = container_spec(ctx, &id, &dir, image, runtime, function, memory_bytes);
+        // A function known now is mounted straight from the package cache
+        // (read-only, nothing copied); a runtime-preloaded spot gets its
+        // own empty directory, filled when the call arrives.
+        let fn_source = match &package {
+            Some(p) => p.clone(),
+            None => dir.join("fn"),
+        };
+        let spec = container_spec(
+            ctx,
+            &id,
+            &dir,
+            &fn_source,
+            image,
+            runtime,
+            function,
+            memory_bytes,
+        );
         let created = async {
             ctx.driver
                 .create(&spec)
@@ -345,6 +362,7 @@ impl Slot<'_> {
             Ok(exit) => exit,
             Err(e) => {
                 let _ = ctx.driver.destroy(&id).await;
+                unmount_io(&dir);
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 return Err(e);
             }
@@ -426,7 +444,7 @@ impl Slot<'_> {
                 Held::Function(live)
             }
             Err(e) => {
-                let tail = tail_lines(&read_logs(&live.dir.join("stdio.log"), 4096).0, 10, 2048);
+                let tail = tail_lines(&read_logs(&live.dir.join("io/log"), 4096).0, 10, 2048);
                 warn!(error = %e, log_tail = %tail, "function preload failed");
                 destroy(self.ctx, live).await;
                 self.report_free(format!("{e}; log tail: {tail}"));
@@ -624,8 +642,13 @@ impl Slot<'_> {
         } else {
             status.run_ms.unwrap_or(waited)
         };
-        let (logs, logs_truncated) =
-            read_logs(&live.dir.join("stdio.log"), self.ctx.config.max_log_bytes);
+        // faas-init kept them within the bound (with its own marker); the
+        // agent's bound only guards against a log file the function forged.
+        let (logs, logs_truncated) = read_logs(
+            &live.dir.join("io/log"),
+            self.ctx.config.max_log_bytes + 256,
+        );
+        let logs_truncated = logs_truncated || contains(&logs, b" bytes of logs cut by faas ...]");
         let result = build_result(
             self.ctx,
             self.index,
@@ -721,6 +744,8 @@ async fn destroy(ctx: &SpotContext, live: Live) {
     if let Err(e) = ctx.driver.destroy(&live.id).await {
         warn!(error = %e, container = %live.id, "destroying a container failed");
     }
+    let dir = live.dir.clone();
+    let _ = tokio::task::spawn_blocking(move || unmount_io(&dir)).await;
     if let Err(e) = tokio::fs::remove_dir_all(&live.dir).await {
         if e.kind() != std::io::ErrorKind::NotFound {
             warn!(error = %e, dir = %live.dir.display(), "removing a container's files failed");
@@ -860,26 +885,32 @@ fn build_result(
     result
 }
 
-/// Makes a container's private directory: `fn/` (a copy of the package,
-/// or empty until a function is loaded), `io/` with the notify FIFO, the
-/// load gate and the input (a file or a FIFO), all owned by the function's
-/// user.
-fn prepare_dir(package: Option<&Path>, dir: &Path, input: InputKind) -> std::io::Result<()> {
+/// Makes a container's private directory: `fn/` (empty: filled only for a
+/// runtime-preloaded spot when its call arrives) and `io/`, a tmpfs of
+/// `io_bytes` (so a call's input, output and logs cannot fill the host's
+/// disk) with the notify FIFO, the load gate and the input (a file or a
+/// FIFO), all owned by the function's user.
+fn prepare_dir(dir: &Path, input: InputKind, io_bytes: u64) -> std::io::Result<()> {
     if dir.exists() {
+        unmount_io(dir);
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::create_dir_all(dir)?;
     let fn_dir = dir.join("fn");
-    match package {
-        Some(package) => copy_tree(package, &fn_dir, FUNCTION_UID, FUNCTION_GID)?,
-        None => {
-            std::fs::create_dir(&fn_dir)?;
-            std::os::unix::fs::chown(&fn_dir, Some(FUNCTION_UID), Some(FUNCTION_GID))?;
-        }
-    }
+    std::fs::create_dir(&fn_dir)?;
+    std::os::unix::fs::chown(&fn_dir, Some(FUNCTION_UID), Some(FUNCTION_GID))?;
     let io = dir.join("io");
     std::fs::create_dir(&io)?;
-    std::os::unix::fs::chown(&io, Some(FUNCTION_UID), Some(FUNCTION_GID))?;
+    nix::mount::mount(
+        Some("faas-io"),
+        &io,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some(format!("size={io_bytes},mode=0700,uid={FUNCTION_UID},gid={FUNCTION_GID}").as_str()),
+    )
+    .map_err(std::io::Error::from)?;
     let fifo = |name: &str| -> std::io::Result<()> {
         let path = io.join(name);
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
@@ -896,6 +927,11 @@ fn prepare_dir(package: Option<&Path>, dir: &Path, input: InputKind) -> std::io:
         }
     }
     Ok(())
+}
+
+/// Detaches the io tmpfs of a container's directory, if mounted.
+pub fn unmount_io(dir: &Path) {
+    let _ = nix::mount::umount2(&dir.join("io"), nix::mount::MntFlags::MNT_DETACH);
 }
 
 fn write_owned(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -922,10 +958,12 @@ fn function_env(function: &FunctionBundle, runtime: &RuntimeBundle) -> Vec<Strin
     env
 }
 
+#[allow(clippy::too_many_arguments)]
 fn container_spec(
     ctx: &SpotContext,
     id: &str,
     dir: &Path,
+    fn_source: &Path,
     image: ImageInfo,
     runtime: &RuntimeBundle,
     function: Option<&FunctionBundle>,
@@ -939,6 +977,10 @@ fn container_spec(
         runtime.path.clone(),
         "--notify".into(),
         format!("{IO_DIR}/notify"),
+        "--log".into(),
+        format!("{IO_DIR}/log"),
+        "--log-limit".into(),
+        ctx.config.max_log_bytes.to_string(),
     ];
     if function.is_none() {
         // The function arrives later: wait for it, then read its env.
@@ -975,10 +1017,12 @@ fn container_spec(
                 destination: INIT_PATH.into(),
                 readonly: true,
             },
+            // Read-only, like AWS Lambda's /var/task: nothing a call writes
+            // there can reach the next call or fill the host's disk.
             BindMount {
-                source: dir.join("fn"),
+                source: fn_source.to_path_buf(),
                 destination: runtime.path.clone(),
-                readonly: false,
+                readonly: true,
             },
             BindMount {
                 source: dir.join("io"),
@@ -986,7 +1030,9 @@ fn container_spec(
                 readonly: false,
             },
         ],
-        stdio_path: dir.join("stdio.log"),
+        // The commands' output goes through faas-init's bounded log pipe;
+        // the shim's stdio is nobody's to fill.
+        stdio_path: PathBuf::from("/dev/null"),
         limits: Limits {
             memory_bytes,
             cpu_millis: ctx.config.cpu_millis,
@@ -1066,6 +1112,10 @@ fn read_logs(path: &PathBuf, limit: u64) -> (Vec<u8>, bool) {
     );
     out.extend_from_slice(&tail);
     (out, true)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn tail_lines(logs: &[u8], lines: usize, max_bytes: usize) -> String {

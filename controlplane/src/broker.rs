@@ -457,7 +457,11 @@ impl BrokerLoop {
         };
         if let Some(pending) = call {
             let Some(tracked) = self.calls.get_mut(&pending.id) else {
-                warn!(call_id = %pending.id, "policy dispatched an unknown call");
+                warn!(call_id = %pending.id, "policy dispatched an unknown call; the spot is given back");
+                self.feed(Event::SpotReported {
+                    spot,
+                    state: SpotState::Free,
+                });
                 return;
             };
             let queue_ms = (now_ms_f64() - tracked.accepted_at_ms).max(0.0);

@@ -10,6 +10,8 @@
 //! Kept tiny and std-only apart from `nix`: it is bind-mounted, statically
 //! linked, into arbitrary images and sits on every call's hot path.
 
+mod logs;
+
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -48,6 +50,10 @@ struct Args {
     /// the load gate: NUL-separated `KEY=VALUE` entries (a runtime-preloaded
     /// spot learns its function only when the call arrives).
     env_file: Option<PathBuf>,
+    /// Where the commands' stdout and stderr are kept (bounded by
+    /// `log_limit`); without it they go to faas-init's own stdio.
+    log: Option<PathBuf>,
+    log_limit: usize,
 }
 
 /// Accepts `--flag VALUE` and `--flag=VALUE`; every flag at most once.
@@ -60,6 +66,8 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
     let mut load_gate = None;
     let mut notify = None;
     let mut env_file = None;
+    let mut log = None;
+    let mut log_limit = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline_value) = match arg.split_once('=') {
@@ -77,6 +85,8 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
             "--load-gate" => &mut load_gate,
             "--notify" => &mut notify,
             "--env-file" => &mut env_file,
+            "--log" => &mut log,
+            "--log-limit" => &mut log_limit,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         };
@@ -101,6 +111,13 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
         load_gate: load_gate.map(PathBuf::from),
         notify: notify.map(PathBuf::from),
         env_file: env_file.map(PathBuf::from),
+        log: log.map(PathBuf::from),
+        log_limit: match log_limit {
+            Some(n) => n
+                .parse()
+                .map_err(|_| format!("--log-limit {n:?} is not a number of bytes"))?,
+            None => 64 << 10,
+        },
     })
 }
 
@@ -334,13 +351,21 @@ fn parse_env_file(bytes: &[u8]) -> Vec<(String, String)> {
 
 /// `/bin/sh -c SCRIPT` in `cwd`, inheriting stdio and environment, with an
 /// empty signal mask.
-fn spawn_shell(script: &str, cwd: &Path, env: &[(String, String)]) -> std::io::Result<Pid> {
+fn spawn_shell(
+    script: &str,
+    cwd: &Path,
+    env: &[(String, String)],
+    logs: Option<&logs::LogPump>,
+) -> std::io::Result<Pid> {
     let mut command = Command::new("/bin/sh");
     command
         .arg("-c")
         .arg(script)
         .current_dir(cwd)
         .envs(env.iter().map(|(k, v)| (k, v)));
+    if let Some(pump) = logs {
+        command.stdout(pump.writer()?).stderr(pump.writer()?);
+    }
     clear_signal_mask_in_child(&mut command);
     let child = command.spawn()?;
     // The child is reaped through waitpid(-1), never through `Child`.
@@ -387,7 +412,15 @@ fn supervise(args: &Args) -> i32 {
             let _ = fifo.write_all(line.as_bytes());
         }
     };
+    // Started once signals are blocked, so its thread inherits the mask.
+    let pump: std::cell::RefCell<Option<logs::LogPump>> = std::cell::RefCell::new(None);
     let finish = |status: &Status, code: i32| -> i32 {
+        // Logs first: the agent reads them once status.json says done.
+        if let (Some(pump), Some(path)) = (pump.borrow_mut().take(), &args.log) {
+            if let Err(error) = pump.finish(path) {
+                eprintln!("faas-init: cannot write {}: {error}", path.display());
+            }
+        }
         if let Err(error) = write_atomically(&args.status, &status.to_json()) {
             eprintln!("faas-init: cannot write {}: {error}", args.status.display());
         }
@@ -401,6 +434,15 @@ fn supervise(args: &Args) -> i32 {
             return finish(&status, 1);
         }
     };
+    if args.log.is_some() {
+        match logs::LogPump::start(args.log_limit) {
+            Ok(p) => *pump.borrow_mut() = Some(p),
+            Err(error) => {
+                status.error = Some(format!("cannot set up the log pipe: {error}"));
+                return finish(&status, 1);
+            }
+        }
+    }
 
     if let Some(load_gate) = &args.load_gate {
         match supervisor.wait_gate(load_gate) {
@@ -434,7 +476,7 @@ fn supervise(args: &Args) -> i32 {
 
     if let Some(deps) = &args.deps {
         let started = Instant::now();
-        let pid = match spawn_shell(deps, &args.cwd, &extra_env) {
+        let pid = match spawn_shell(deps, &args.cwd, &extra_env, pump.borrow().as_ref()) {
             Ok(pid) => pid,
             Err(error) => {
                 status.error = Some(format!("cannot start the dependencies command: {error}"));
@@ -483,7 +525,12 @@ fn supervise(args: &Args) -> i32 {
     }
 
     let started = Instant::now();
-    let pid = match spawn_shell(&format!("exec {}", args.run), &args.cwd, &extra_env) {
+    let pid = match spawn_shell(
+        &format!("exec {}", args.run),
+        &args.cwd,
+        &extra_env,
+        pump.borrow().as_ref(),
+    ) {
         Ok(pid) => pid,
         Err(error) => {
             status.error = Some(format!("cannot start the run command: {error}"));
@@ -551,6 +598,8 @@ mod tests {
                 load_gate: Some("/faas/io/load".into()),
                 notify: Some("/faas/io/notify".into()),
                 env_file: None,
+                log: None,
+                log_limit: 64 << 10,
             }
         );
     }

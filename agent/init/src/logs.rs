@@ -1,0 +1,175 @@
+//! The call's logs: the commands' stdout and stderr go into one pipe that
+//! faas-init reads, keeping the head and the tail within a bound, so that
+//! a function printing gigabytes costs memory and disk of that bound only,
+//! and the log file is complete the moment the run has ended.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+/// Head and tail of a byte stream, within `limit` bytes in all.
+#[derive(Debug)]
+pub struct BoundedLog {
+    head: Vec<u8>,
+    head_limit: usize,
+    tail: VecDeque<u8>,
+    tail_limit: usize,
+    total: u64,
+}
+
+impl BoundedLog {
+    pub fn new(limit: usize) -> BoundedLog {
+        let head_limit = limit / 4;
+        BoundedLog {
+            head: Vec::new(),
+            head_limit,
+            tail: VecDeque::new(),
+            tail_limit: limit - head_limit,
+            total: 0,
+        }
+    }
+
+    pub fn push(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        if self.head.len() < self.head_limit {
+            let n = (self.head_limit - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        if data.len() >= self.tail_limit {
+            self.tail.clear();
+            self.tail.extend(&data[data.len() - self.tail_limit..]);
+        } else {
+            let overflow = (self.tail.len() + data.len()).saturating_sub(self.tail_limit);
+            self.tail.drain(..overflow);
+            self.tail.extend(data);
+        }
+    }
+
+    /// The logs as they are kept: the head, a marker where bytes were cut,
+    /// the tail.
+    pub fn render(&self) -> Vec<u8> {
+        let kept = (self.head.len() + self.tail.len()) as u64;
+        let mut out = self.head.clone();
+        if self.total > kept {
+            out.extend_from_slice(
+                format!(
+                    "\n[... {} bytes of logs cut by faas ...]\n",
+                    self.total - kept
+                )
+                .as_bytes(),
+            );
+        }
+        out.extend(self.tail.iter());
+        out
+    }
+}
+
+/// A pipe whose write end the commands get as stdout and stderr, read by a
+/// thread of ours.
+pub struct LogPump {
+    write_end: Option<OwnedFd>,
+    stop: Arc<AtomicBool>,
+    reader: JoinHandle<BoundedLog>,
+}
+
+impl LogPump {
+    pub fn start(limit: usize) -> nix::Result<LogPump> {
+        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        fcntl(read_end.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_seen = stop.clone();
+        let reader = std::thread::spawn(move || {
+            let mut log = BoundedLog::new(limit);
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let mut fds = [PollFd::new(read_end.as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, PollTimeout::from(5u8));
+                // Drain what is there, then look at the stop flag: data
+                // written before the run ended is never left behind.
+                loop {
+                    match nix::unistd::read(read_end.as_raw_fd(), &mut buf) {
+                        Ok(0) => return log,
+                        Ok(n) => log.push(&buf[..n]),
+                        Err(Errno::EINTR) => continue,
+                        Err(Errno::EAGAIN) => break,
+                        Err(_) => return log,
+                    }
+                }
+                if stop_seen.load(Ordering::Acquire) {
+                    return log;
+                }
+            }
+        });
+        Ok(LogPump {
+            write_end: Some(write_end),
+            stop,
+            reader,
+        })
+    }
+
+    /// A new descriptor of the write end, for a child's stdout or stderr.
+    pub fn writer(&self) -> std::io::Result<OwnedFd> {
+        self.write_end
+            .as_ref()
+            .expect("the pump is running")
+            .try_clone()
+    }
+
+    /// Stops reading once the pipe is drained (processes left behind may
+    /// still hold the write end: their later output is not waited for) and
+    /// writes the kept logs to `path`.
+    pub fn finish(mut self, path: &Path) -> std::io::Result<()> {
+        drop(self.write_end.take());
+        self.stop.store(true, Ordering::Release);
+        let log = self.reader.join().unwrap_or_else(|_| BoundedLog::new(0));
+        let mut file = std::fs::File::create(path)?;
+        file.write_all(&log.render())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_head_and_tail_with_a_marker() {
+        let mut log = BoundedLog::new(8);
+        log.push(b"ab");
+        assert_eq!(log.render(), b"ab");
+        log.push(b"cdefghijklmnop");
+        // head 2 bytes, tail 6 bytes, 8 cut in between
+        assert_eq!(
+            String::from_utf8(log.render()).unwrap(),
+            "ab\n[... 8 bytes of logs cut by faas ...]\nklmnop"
+        );
+        for _ in 0..1000 {
+            log.push(b"xyz");
+        }
+        assert!(log.render().ends_with(b"zxyzxyz"[1..].as_ref()));
+        assert_eq!(log.total, 16 + 3000);
+    }
+
+    #[test]
+    fn the_pump_collects_what_children_wrote() {
+        let pump = LogPump::start(1024).unwrap();
+        let w = pump.writer().unwrap();
+        let mut file = std::fs::File::from(w);
+        file.write_all(b"hello from a child\n").unwrap();
+        drop(file);
+        let dir = std::env::temp_dir().join(format!("faas-init-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        pump.finish(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello from a child\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
