@@ -573,12 +573,13 @@ impl Slot<'_> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("placing the function's files: {e}"))?;
-        let mut gate = pipe::OpenOptions::new()
-            .open_sender(live.dir.join("io/load-gate"))
-            .map_err(|e| format!("opening the load gate: {e}"))?;
-        gate.write_all(b"go\n")
+        // faas-init opens its end of the gate right after the container
+        // started; a call can arrive before that.
+        let deadline = Instant::now() + Duration::from_millis(function.timeout_ms.max(1));
+        let gate = live.dir.join("io/load-gate");
+        write_fifo(live, &gate, b"go\n", deadline)
             .await
-            .map_err(|e| format!("releasing the load gate: {e}"))?;
+            .map_err(|_| "the runtime-preloaded container did not take its function".to_string())?;
         Ok(())
     }
 
@@ -708,12 +709,23 @@ async fn wait_done(
 async fn write_input(live: &mut Live, input: &str, function: &FunctionBundle) -> Result<(), Ended> {
     let deadline = Instant::now() + Duration::from_millis(function.timeout_ms.max(1));
     let path = live.dir.join("io/input.json");
+    write_fifo(live, &path, input.as_bytes(), deadline).await
+}
+
+/// Writes `data` into a FIFO of the container once its reader has opened
+/// it; gives up at `deadline` or if the container ends first.
+async fn write_fifo(
+    live: &mut Live,
+    path: &Path,
+    data: &[u8],
+    deadline: Instant,
+) -> Result<(), Ended> {
     let mut sender = loop {
-        match pipe::OpenOptions::new().open_sender(&path) {
+        match pipe::OpenOptions::new().open_sender(path) {
             Ok(s) => break s,
             // ENXIO: no reader yet (the runtime is still starting).
             Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => {}
-            Err(e) => return Err(Ended::Broken(format!("opening the input FIFO: {e}"))),
+            Err(e) => return Err(Ended::Broken(format!("opening {}: {e}", path.display()))),
         }
         if Instant::now() >= deadline {
             return Err(Ended::TimedOut);
@@ -721,22 +733,22 @@ async fn write_input(live: &mut Live, input: &str, function: &FunctionBundle) ->
         tokio::select! {
             exit = &mut live.exit => return Err(match exit {
                 Ok(Ok(exit)) => Ended::Exited(exit),
-                other => Ended::Broken(format!("the container ended before reading its input: {other:?}")),
+                other => Ended::Broken(format!("the container ended before reading {}: {other:?}", path.display())),
             }),
             _ = tokio::time::sleep(Duration::from_micros(500)) => {}
         }
     };
     let written = tokio::time::timeout_at(deadline.into(), async {
-        sender.write_all(input.as_bytes()).await?;
+        sender.write_all(data).await?;
         sender.flush().await
     })
     .await;
     match written {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Ended::Broken(format!("writing the input: {e}"))),
+        Ok(Err(e)) => Err(Ended::Broken(format!("writing {}: {e}", path.display()))),
         Err(_) => Err(Ended::TimedOut),
     }
-    // Dropping the sender closes it: the reader sees the end of its input.
+    // Dropping the sender closes it: the reader sees the end of its data.
 }
 
 async fn destroy(ctx: &SpotContext, live: Live) {
