@@ -32,7 +32,7 @@ pub struct Flags {
     /// This replica's name in the leader election [default: <hostname>-<pid>].
     #[arg(long, env = "FAAS_NAME")]
     pub name: Option<String>,
-    /// Broker policy [default: no-preload].
+    /// Broker policy: no-preload, preload-runtime, preload-function or adaptive [default: adaptive].
     #[arg(long, env = "FAAS_POLICY")]
     pub policy: Option<String>,
     /// Window policies: how far back calls count (the thesis's N) [default: 30s].
@@ -177,7 +177,7 @@ impl Config {
             policy: flags
                 .policy
                 .or(file.policy)
-                .unwrap_or_else(|| "no-preload".into()),
+                .unwrap_or_else(|| "adaptive".into()),
             policy_config: {
                 let defaults = faas_broker::PolicyConfig::default();
                 let ms = |d: Option<Duration>, default: u64| {

@@ -62,8 +62,10 @@ fn result(call: &Call) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_node_functions_run_sync_and_async_with_logs_and_timings() -> anyhow::Result<()>
 {
+    // Cold starts, phase by phase (tests/tests/policies.rs covers preloads).
     let stack = Stack::start(StackOptions {
         runtimes: vec!["python3", "node"],
+        policy: Some("no-preload".into()),
         ..StackOptions::default()
     })
     .await?;
@@ -335,8 +337,11 @@ async fn a_call_with_no_agent_connected_is_refused() -> anyhow::Result<()> {
 /// own API, not the platform's bookkeeping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_call_runs_in_its_own_container_which_is_destroyed_after() -> anyhow::Result<()> {
+    // No preloaded containers beside the call's: containerd's list is then
+    // exactly the call's container.
     let stack = Stack::start(StackOptions {
         runtimes: vec!["python3"],
+        policy: Some("no-preload".into()),
         ..StackOptions::default()
     })
     .await?;
