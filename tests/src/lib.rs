@@ -22,6 +22,8 @@
 //!
 //! Set `FAAS_TEST_KEEP=1` to keep the stack directory (logs, state) after a test.
 
+pub mod bench;
+
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};

@@ -8,14 +8,13 @@
 //! and FAAS_RUNTIME_ARCHIVES set):
 //!   faas-bench [--calls 50] [--floor-runs 20] [--policy no-preload] [--spots 2]
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use faas_proto::v1::call_service_client::CallServiceClient;
-use faas_proto::v1::runtime_service_client::RuntimeServiceClient;
-use faas_proto::v1::{CallStatus, GetRuntimeRequest, InvokeRequest, Timings};
-use faas_tests::{fixture_dir, repo_root, Stack, StackOptions};
+use faas_proto::v1::{CallStatus, Timings};
+use faas_tests::bench::{deploy, floor_same_image, floor_sh, invoke_timed, phases_json, Series};
+use faas_tests::{fixture_dir, Stack, StackOptions};
 
 struct Args {
     calls: usize,
@@ -51,50 +50,6 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// Sorted samples in ms.
-struct Series(Vec<f64>);
-
-impl Series {
-    fn new(mut v: Vec<f64>) -> Series {
-        v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-        Series(v)
-    }
-    fn pct(&self, p: f64) -> f64 {
-        if self.0.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((p / 100.0) * (self.0.len() - 1) as f64).round() as usize;
-        self.0[i]
-    }
-    fn mean(&self) -> f64 {
-        self.0.iter().sum::<f64>() / self.0.len().max(1) as f64
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "mean_ms": round(self.mean()), "p50_ms": round(self.pct(50.0)),
-            "p90_ms": round(self.pct(90.0)), "p99_ms": round(self.pct(99.0)), "n": self.0.len(),
-        })
-    }
-}
-
-fn round(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-fn ctr(sock: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
-    let out = Command::new("ctr")
-        .arg("-a")
-        .arg(sock)
-        .args(["-n", "faas-bench-floor"])
-        .args(args)
-        .output()
-        .context("running ctr (the floor is measured with containerd's own client)")?;
-    if !out.status.success() {
-        bail!("ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(out)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
@@ -105,33 +60,29 @@ async fn main() -> anyhow::Result<()> {
         policy: args.policy.clone(),
     })
     .await?;
-    let deploy = stack
-        .faasctl()
-        .args(["fn", "deploy", "bench-hello", "--runtime", "python3"])
-        .arg(fixture_dir("py-hello"))
-        .output()?;
-    if !deploy.status.success() {
-        bail!("deploy: {}", String::from_utf8_lossy(&deploy.stderr));
-    }
+    deploy(
+        &stack,
+        "bench-hello",
+        "python3",
+        &fixture_dir("py-hello"),
+        &[],
+    )?;
     let mut client = CallServiceClient::new(stack.channel().await);
     let invoke = |client: &mut CallServiceClient<_>| {
         let mut client = client.clone();
         async move {
-            let started = Instant::now();
-            let call = client
-                .invoke(InvokeRequest {
-                    function: "bench-hello".into(),
-                    params_json: r#"{"name":"bench"}"#.into(),
-                })
-                .await?
-                .into_inner();
+            let (ms, call) = invoke_timed(
+                &mut client,
+                "bench-hello",
+                r#"{"name":"bench"}"#,
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|(_, status)| anyhow::anyhow!("invoke: {status}"))?;
             if call.status() != CallStatus::Succeeded {
                 bail!("call failed: {call:?}");
             }
-            Ok::<_, anyhow::Error>((
-                started.elapsed().as_secs_f64() * 1000.0,
-                call.timings.unwrap_or_default(),
-            ))
+            Ok::<_, anyhow::Error>((ms, call.timings.unwrap_or_default()))
         }
     };
     // Warm-up: the first call pulls and unpacks the image.
@@ -148,63 +99,13 @@ async fn main() -> anyhow::Result<()> {
         // 0.25 s would.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let phase = |f: fn(&Timings) -> f64| Series::new(timings.iter().map(f).collect()).json();
-    let faas = serde_json::json!({
-        "client_wall": Series::new(client_ms).json(),
-        "total": phase(|t| t.total_ms),
-        "queue": phase(|t| t.queue_ms),
-        "runtime_load": phase(|t| t.runtime_load_ms),
-        "function_load": phase(|t| t.function_load_ms),
-        "dependencies": phase(|t| t.dependencies_ms),
-        "execution": phase(|t| t.execution_ms),
-        "result_return": phase(|t| t.result_return_ms),
-    });
+    let mut faas = phases_json(&timings);
+    faas["client_wall"] = Series::new(client_ms).json();
 
-    // The floor, on the same containerd: the same image through ctr.
-    let runtime = RuntimeServiceClient::new(stack.channel().await)
-        .get_runtime(GetRuntimeRequest {
-            name: "python3".into(),
-        })
-        .await?
-        .into_inner();
-    let sock = stack.containerd_socket.display().to_string();
-    ctr(&sock, &["images", "pull", "--plain-http", &runtime.image])?;
-    let python = "import json; print(json.dumps({'greeting': 'hello bench'}))";
-    let mut floor_ms = Vec::new();
-    for i in 0..args.floor_runs + 2 {
-        let id = format!("floor-{i}");
-        let started = Instant::now();
-        let out = ctr(
-            &sock,
-            &["run", "--rm", &runtime.image, &id, "python3", "-c", python],
-        )?;
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        if !String::from_utf8_lossy(&out.stdout).contains("hello bench") {
-            bail!(
-                "floor container printed {:?}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        if i >= 2 {
-            floor_ms.push(ms);
-        }
-    }
-    let floor_same_image = Series::new(floor_ms).json();
-    let _ = ctr(&sock, &["images", "rm", &runtime.image]);
-
-    // The reference floor of ../shared/bench/floor.sh, if present.
-    let floor_script = repo_root().join("../shared/bench/floor.sh");
-    let busybox_floor = if floor_script.is_file() {
-        let out = Command::new("bash")
-            .arg(&floor_script)
-            .args([args.floor_runs.to_string(), "10".to_string()])
-            .env("FLOOR_SOCK", &sock)
-            .output()?;
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .unwrap_or_else(|_| serde_json::json!({"error": String::from_utf8_lossy(&out.stderr)}))
-    } else {
-        serde_json::json!(null)
-    };
+    // The floor, on the same containerd: the same image through ctr, and
+    // the reference floor of ../shared/bench/floor.sh.
+    let floor_same_image = floor_same_image(&stack, "python3", args.floor_runs).await?;
+    let busybox_floor = floor_sh(&stack, args.floor_runs, 10)?;
 
     let nodes = stack.list_nodes().await?;
     let summary = serde_json::json!({
