@@ -3,17 +3,22 @@
 //! Mirrors containerd's default Linux spec (`oci.WithDefaultSpec`: mounts,
 //! masked and read-only paths, deny-all device cgroup) and then takes away
 //! more: no capabilities at all, `no_new_privileges`, uid/gid `nobody`, a
-//! read-only root with a bounded tmpfs on `/tmp`, a new empty network
-//! namespace, and memory/swap/pids/cpu limits.
+//! read-only root with a bounded tmpfs on `/tmp`, a new network namespace
+//! with only loopback, a seccomp filter denying what a function never needs
+//! (see [`seccomp`]), no core dumps, and memory/swap/pids/cpu limits.
+//! docs/isolation.md explains the threat model these choices answer.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use oci_spec::runtime::Arch;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
+    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder, Mount,
+    MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::{ContainerSpec, DriverError, CONTAINER_GID, CONTAINER_UID, DEFAULT_TMP_BYTES};
@@ -23,7 +28,8 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 const CPU_PERIOD_US: u64 = 100_000;
 const NOFILE_LIMIT: u64 = 1024;
 
-/// containerd 1.6's default masked paths (oci/spec.go).
+/// containerd 1.6's default masked paths (oci/spec.go), plus powercap
+/// (containerd 1.7): its energy counters are a side channel (PLATYPUS).
 const MASKED_PATHS: &[&str] = &[
     "/proc/acpi",
     "/proc/asound",
@@ -35,6 +41,7 @@ const MASKED_PATHS: &[&str] = &[
     "/proc/sched_debug",
     "/sys/firmware",
     "/proc/scsi",
+    "/sys/devices/virtual/powercap",
 ];
 
 /// containerd 1.6's default read-only paths (oci/spec.go).
@@ -45,6 +52,242 @@ const READONLY_PATHS: &[&str] = &[
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
+
+/// `errno` values the filter returns (x86_64 and aarch64 share them).
+const EPERM: u32 = 1;
+const ENOSYS: u32 = 38;
+
+/// Syscalls no function needs, denied with EPERM. Most already fail without
+/// capabilities; the filter is the second wall for when a kernel bug or a
+/// user namespace would hand them back, and it closes the ones that need no
+/// capability at all (user namespaces, keyrings, userfaultfd, ptrace of a
+/// sibling, the new mount API, perf).
+const DENIED_SYSCALLS: &[&str] = &[
+    // Mounts and the filesystem tree.
+    "mount",
+    "umount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    // Namespaces: entering or making them (clone's flags are filtered below).
+    "unshare",
+    "setns",
+    // Other processes' memory.
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "process_madvise",
+    "pidfd_getfd",
+    "kcmp",
+    // Kernel keyrings (not namespaced).
+    "keyctl",
+    "add_key",
+    "request_key",
+    // Kernel programmability and introspection.
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "lookup_dcookie",
+    "syslog",
+    // Modules, kexec, power.
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "create_module",
+    "kexec_load",
+    "kexec_file_load",
+    "reboot",
+    // Host-wide state: swap, clocks, names, accounting, quotas.
+    "swapon",
+    "swapoff",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "stime",
+    "sethostname",
+    "setdomainname",
+    "acct",
+    "quotactl",
+    "quotactl_fd",
+    "nfsservctl",
+    "_sysctl",
+    "sysfs",
+    "ustat",
+    "uselib",
+    "vhangup",
+    // File handles bypass path permissions (the "shocker" escape).
+    "open_by_handle_at",
+    "name_to_handle_at",
+    // Raw hardware access.
+    "iopl",
+    "ioperm",
+    "modify_ldt",
+    "vm86",
+    "vm86old",
+];
+
+/// Syscalls denied with ENOSYS, so that callers take their fallback path as
+/// on an older kernel: clone3 (its flags are in memory, out of a filter's
+/// reach; glibc falls back to clone, whose flags are filtered) and io_uring
+/// (a large, bug-prone kernel surface that bypasses per-syscall filtering;
+/// libuv and others fall back to threads).
+const UNSUPPORTED_SYSCALLS: &[&str] = &[
+    "clone3",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+];
+
+/// clone(2) flags that make new namespaces: a process may create threads and
+/// children, not namespaces (above all not a user namespace, in which it
+/// would hold every capability and could mount).
+const CLONE_NAMESPACE_FLAGS: &[u64] = &[
+    0x0002_0000, // CLONE_NEWNS
+    0x0200_0000, // CLONE_NEWCGROUP
+    0x0400_0000, // CLONE_NEWUTS
+    0x0800_0000, // CLONE_NEWIPC
+    0x1000_0000, // CLONE_NEWUSER
+    0x2000_0000, // CLONE_NEWPID
+    0x4000_0000, // CLONE_NEWNET
+];
+
+/// Socket domains denied: link-layer packet sockets (sniffing and forging
+/// frames) and vsock (a channel to the hypervisor host, outside the network
+/// namespace).
+const DENIED_SOCKET_DOMAINS: &[u64] = &[
+    17, // AF_PACKET
+    40, // AF_VSOCK
+];
+
+/// Socket types denied, compared to the type without its SOCK_NONBLOCK /
+/// SOCK_CLOEXEC flags: raw IP sockets and the obsolete SOCK_PACKET.
+const DENIED_SOCKET_TYPES: &[u64] = &[
+    3,  // SOCK_RAW
+    10, // SOCK_PACKET
+];
+/// The type bits of socket(2)'s second argument.
+const SOCK_TYPE_MASK: u64 = 0xf;
+
+/// personality(2) flags denied: turning ASLR off, making data executable,
+/// mapping page zero (all weaken exploit mitigations of the process). The
+/// "query" call personality(0xffffffff) has every bit set and is denied too.
+const DENIED_PERSONALITY_FLAGS: &[u64] = &[
+    0x0004_0000, // ADDR_NO_RANDOMIZE
+    0x0010_0000, // MMAP_PAGE_ZERO
+    0x0040_0000, // READ_IMPLIES_EXEC
+];
+
+/// One rule per masked bit: runc turns several conditions on the same
+/// argument into separate rules (OR), which is what "any of these bits"
+/// needs.
+fn deny_when_any_bit(
+    name: &str,
+    arg: usize,
+    bits: &[u64],
+    mask: Option<u64>,
+    errno: u32,
+) -> Result<LinuxSyscall, oci_spec::OciSpecError> {
+    let args = bits
+        .iter()
+        .map(|&bit| {
+            LinuxSeccompArgBuilder::default()
+                .index(arg)
+                .value(mask.unwrap_or(bit))
+                .value_two(bit)
+                .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    LinuxSyscallBuilder::default()
+        .names(vec![name.to_string()])
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(errno)
+        .args(args)
+        .build()
+}
+
+fn deny_all(names: &[&str], errno: u32) -> Result<LinuxSyscall, oci_spec::OciSpecError> {
+    LinuxSyscallBuilder::default()
+        .names(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(errno)
+        .build()
+}
+
+/// The seccomp filter of every container: allow by default, deny a list.
+///
+/// A deny list rather than Docker's allow list: the runtimes are
+/// interpreters running arbitrary user code whose needs are open-ended, and
+/// what is dangerous is a short, known set. The filter covers the 32-bit
+/// x86 and x32 ABIs too (a 64-bit process can issue `int 0x80`); names a
+/// given ABI does not have are skipped by runc. Threads and forks keep
+/// working: clone without namespace flags is allowed.
+pub(crate) fn seccomp() -> Result<LinuxSeccomp, oci_spec::OciSpecError> {
+    let mut syscalls = vec![
+        deny_all(DENIED_SYSCALLS, EPERM)?,
+        deny_all(UNSUPPORTED_SYSCALLS, ENOSYS)?,
+        deny_when_any_bit("clone", 0, CLONE_NAMESPACE_FLAGS, None, EPERM)?,
+        deny_when_any_bit("personality", 0, DENIED_PERSONALITY_FLAGS, None, EPERM)?,
+    ];
+    for &domain in DENIED_SOCKET_DOMAINS {
+        syscalls.push(
+            LinuxSyscallBuilder::default()
+                .names(vec!["socket".to_string()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(EPERM)
+                .args(vec![LinuxSeccompArgBuilder::default()
+                    .index(0usize)
+                    .value(domain)
+                    .op(LinuxSeccompOperator::ScmpCmpEq)
+                    .build()?])
+                .build()?,
+        );
+    }
+    syscalls.push(deny_when_any_bit(
+        "socket",
+        1,
+        DENIED_SOCKET_TYPES,
+        Some(SOCK_TYPE_MASK),
+        EPERM,
+    )?);
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(vec![
+            Arch::ScmpArchX86_64,
+            Arch::ScmpArchX86,
+            Arch::ScmpArchX32,
+        ])
+        .syscalls(syscalls)
+        .build()
+}
+
+/// Resource limits of the container's processes. No RLIMIT_NPROC: it counts
+/// every process of the uid on the whole host (all containers share uid
+/// 65534), so the pids cgroup bounds processes instead, per container.
+fn rlimits() -> Result<Vec<PosixRlimit>, oci_spec::OciSpecError> {
+    [
+        (PosixRlimitType::RlimitNofile, NOFILE_LIMIT),
+        // No core dumps: they would land in the scratch space or the cwd.
+        (PosixRlimitType::RlimitCore, 0),
+    ]
+    .into_iter()
+    .map(|(typ, limit)| {
+        PosixRlimitBuilder::default()
+            .typ(typ)
+            .hard(limit)
+            .soft(limit)
+            .build()
+    })
+    .collect()
+}
 
 /// The cgroup (relative to each controller's root) a container runs in.
 pub(crate) fn cgroup_path(namespace: &str, id: &str) -> String {
@@ -119,12 +362,7 @@ fn build_inner(spec: &ContainerSpec, namespace: &str) -> Result<Spec, String> {
         .env(env)
         .cwd(cwd)
         .capabilities(capabilities)
-        .rlimits(vec![PosixRlimitBuilder::default()
-            .typ(PosixRlimitType::RlimitNofile)
-            .hard(NOFILE_LIMIT)
-            .soft(NOFILE_LIMIT)
-            .build()
-            .map_err(err)?])
+        .rlimits(rlimits().map_err(err)?)
         .no_new_privileges(true)
         .build()
         .map_err(err)?;
@@ -279,6 +517,7 @@ fn build_inner(spec: &ContainerSpec, namespace: &str) -> Result<Spec, String> {
                 .map(|p| p.to_string())
                 .collect::<Vec<_>>(),
         )
+        .seccomp(seccomp().map_err(err)?)
         .build()
         .map_err(err)?;
 
@@ -372,5 +611,137 @@ mod tests {
             .as_array()
             .unwrap()
             .contains(&serde_json::json!(format!("size={DEFAULT_TMP_BYTES}"))));
+    }
+
+    /// The rules of the filter that name `syscall`, as JSON.
+    fn rules_for(json: &serde_json::Value, syscall: &str) -> Vec<serde_json::Value> {
+        json["linux"]["seccomp"]["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|rule| {
+                rule["names"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&serde_json::json!(syscall))
+            })
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn seccomp_denies_the_dangerous_calls_and_allows_the_rest() {
+        let json = serde_json::to_value(build(&sample(), "faas").unwrap()).unwrap();
+        let seccomp = &json["linux"]["seccomp"];
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(
+            seccomp["architectures"],
+            serde_json::json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"])
+        );
+        for syscall in [
+            "mount",
+            "umount2",
+            "pivot_root",
+            "ptrace",
+            "process_vm_readv",
+            "keyctl",
+            "add_key",
+            "bpf",
+            "perf_event_open",
+            "init_module",
+            "finit_module",
+            "kexec_load",
+            "reboot",
+            "setns",
+            "unshare",
+            "clock_settime",
+            "settimeofday",
+            "sethostname",
+            "open_by_handle_at",
+            "userfaultfd",
+            "syslog",
+        ] {
+            let rules = rules_for(&json, syscall);
+            assert_eq!(rules.len(), 1, "{syscall}");
+            assert_eq!(rules[0]["action"], "SCMP_ACT_ERRNO", "{syscall}");
+            assert_eq!(rules[0]["errnoRet"], EPERM, "{syscall}");
+            assert!(rules[0].get("args").is_none(), "{syscall} denied outright");
+        }
+        for syscall in ["clone3", "io_uring_setup"] {
+            assert_eq!(
+                rules_for(&json, syscall)[0]["errnoRet"],
+                ENOSYS,
+                "{syscall}"
+            );
+        }
+        // What runtimes need is not named at all.
+        for syscall in ["read", "write", "execve", "fork", "vfork", "mmap", "futex"] {
+            assert!(rules_for(&json, syscall).is_empty(), "{syscall}");
+        }
+    }
+
+    #[test]
+    fn clone_is_denied_only_with_namespace_flags() {
+        let json = serde_json::to_value(build(&sample(), "faas").unwrap()).unwrap();
+        let rules = rules_for(&json, "clone");
+        assert_eq!(rules.len(), 1);
+        let args = rules[0]["args"].as_array().unwrap();
+        assert_eq!(args.len(), CLONE_NAMESPACE_FLAGS.len());
+        let mut covered = 0u64;
+        for arg in args {
+            assert_eq!(arg["index"], 0);
+            assert_eq!(arg["op"], "SCMP_CMP_MASKED_EQ");
+            // (flags & bit) == bit, one bit per rule.
+            assert_eq!(arg["value"], arg["valueTwo"]);
+            covered |= arg["value"].as_u64().unwrap();
+        }
+        // Every CLONE_NEW* of clone(2); a thread's flags have none of them.
+        assert_eq!(covered, 0x7e02_0000);
+        let thread_flags: u64 = 0x003d_0f00; // glibc's pthread_create
+        assert_eq!(thread_flags & covered, 0);
+    }
+
+    #[test]
+    fn raw_and_packet_sockets_are_denied() {
+        let json = serde_json::to_value(build(&sample(), "faas").unwrap()).unwrap();
+        let rules = rules_for(&json, "socket");
+        let domains: Vec<u64> = rules
+            .iter()
+            .flat_map(|r| r["args"].as_array().unwrap().clone())
+            .filter(|a| a["index"] == 0)
+            .map(|a| a["value"].as_u64().unwrap())
+            .collect();
+        assert_eq!(domains, vec![17, 40]);
+        let types: Vec<(u64, u64)> = rules
+            .iter()
+            .flat_map(|r| r["args"].as_array().unwrap().clone())
+            .filter(|a| a["index"] == 1)
+            .map(|a| {
+                (
+                    a["value"].as_u64().unwrap(),
+                    a["valueTwo"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(types, vec![(0xf, 3), (0xf, 10)]);
+    }
+
+    #[test]
+    fn no_core_dumps_and_no_per_uid_process_limit() {
+        let json = serde_json::to_value(build(&sample(), "faas").unwrap()).unwrap();
+        let rlimits = json["process"]["rlimits"].as_array().unwrap();
+        let limit = |typ: &str| rlimits.iter().find(|r| r["type"] == typ).cloned();
+        assert_eq!(limit("RLIMIT_CORE").unwrap()["hard"], 0);
+        assert_eq!(limit("RLIMIT_NOFILE").unwrap()["hard"], 1024);
+        assert!(
+            limit("RLIMIT_NPROC").is_none(),
+            "host-wide per uid: the pids cgroup does it"
+        );
+        let masked = json["linux"]["maskedPaths"].as_array().unwrap();
+        assert!(masked.contains(&serde_json::json!("/proc/kcore")));
+        assert!(masked.contains(&serde_json::json!("/sys/firmware")));
+        let readonly = json["linux"]["readonlyPaths"].as_array().unwrap();
+        assert!(readonly.contains(&serde_json::json!("/proc/sys")));
+        assert!(readonly.contains(&serde_json::json!("/proc/sysrq-trigger")));
     }
 }
