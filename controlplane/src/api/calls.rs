@@ -148,6 +148,40 @@ impl Api {
         }
     }
 
+    /// Reads calls newest first, strictly older than `after` if given,
+    /// keeping those `keep` accepts, until `wanted` are kept or none are
+    /// left. Returns them, and the name of the last one kept if the scan
+    /// stopped because it had enough (where a next page starts).
+    async fn scan_calls(
+        &self,
+        after: Option<String>,
+        wanted: usize,
+        keep: impl Fn(&Call) -> bool,
+    ) -> Result<(Vec<Call>, Option<String>), ApiError> {
+        const BATCH: usize = 500;
+        let mut kept = Vec::new();
+        let mut cursor = after;
+        loop {
+            let batch: Vec<(String, Call)> = self
+                .store
+                .list_descending(Kind::Call, cursor.as_deref(), BATCH as i64)
+                .await?;
+            let exhausted = batch.len() < BATCH;
+            for (name, call) in batch {
+                if keep(&call) {
+                    kept.push(call);
+                    if kept.len() == wanted {
+                        return Ok((kept, Some(name)));
+                    }
+                }
+                cursor = Some(name);
+            }
+            if exhausted {
+                return Ok((kept, None));
+            }
+        }
+    }
+
     async fn wait_final(
         &self,
         mut rx: watch::Receiver<Call>,
@@ -269,37 +303,14 @@ impl CallService for Api {
             n => n.min(1000),
         } as usize;
         let status = req.status();
-        let mut calls = Vec::new();
-        let mut cursor = (!req.page_token.is_empty()).then(|| req.page_token.clone());
-        let mut next_token = String::new();
-        // Filters apply after reading; read in batches until the page is full.
-        'pages: loop {
-            let batch: Vec<(String, Call)> = self
-                .store
-                .list_descending(
-                    Kind::Call,
-                    cursor.as_deref(),
-                    (page_size * 2).max(64) as i64,
-                )
-                .await
-                .map_err(ApiError::from)?;
-            let exhausted = batch.len() < (page_size * 2).max(64);
-            for (name, call) in batch {
-                cursor = Some(name.clone());
-                let keep = (req.function.is_empty() || call.function == req.function)
-                    && (status == CallStatus::Unspecified || call.status() == status);
-                if keep {
-                    calls.push(call);
-                    if calls.len() == page_size {
-                        next_token = name;
-                        break 'pages;
-                    }
-                }
-            }
-            if exhausted {
-                break;
-            }
-        }
+        let start = (!req.page_token.is_empty()).then(|| req.page_token.clone());
+        let (calls, last) = self
+            .scan_calls(start, page_size, |call| {
+                (req.function.is_empty() || call.function == req.function)
+                    && (status == CallStatus::Unspecified || call.status() == status)
+            })
+            .await?;
+        let next_token = last.unwrap_or_default();
         Ok(Response::new(ListCallsResponse {
             calls,
             next_page_token: next_token,
@@ -315,28 +326,11 @@ impl CallService for Api {
             0 => 1000,
             n => n.min(10_000),
         } as usize;
-        let mut finished = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let batch: Vec<(String, Call)> = self
-                .store
-                .list_descending(Kind::Call, cursor.as_deref(), 500)
-                .await
-                .map_err(ApiError::from)?;
-            let exhausted = batch.len() < 500;
-            for (name, call) in batch {
-                cursor = Some(name);
-                if is_final(&call) && (req.function.is_empty() || call.function == req.function) {
-                    finished.push(call);
-                    if finished.len() == wanted {
-                        break;
-                    }
-                }
-            }
-            if exhausted || finished.len() == wanted {
-                break;
-            }
-        }
+        let (finished, _) = self
+            .scan_calls(None, wanted, |call| {
+                is_final(call) && (req.function.is_empty() || call.function == req.function)
+            })
+            .await?;
         let (groups, overall) = super::stats::aggregate(&finished);
         let policy = self
             .broker()
