@@ -68,6 +68,13 @@ impl SpotContext {
     }
 }
 
+fn wall_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -89,6 +96,11 @@ struct Live {
     memory_bytes: u64,
     /// Time spent creating it: image, files, create, start.
     runtime_load_ms: f64,
+    /// Of which: making sure the image is unpacked.
+    image_ms: f64,
+    /// Wall clock (epoch ms) when the container's creation began: with
+    /// faas-init's own start time it splits start-up from the run.
+    create_began_at_ms: f64,
     function_load_ms: f64,
 }
 
@@ -207,6 +219,8 @@ enum Ended {
 #[derive(Debug, Default, Deserialize)]
 struct InitStatus {
     #[serde(default)]
+    started_at_ms: f64,
+    #[serde(default)]
     deps_ms: f64,
     deps_exit: Option<i32>,
     run_ms: Option<f64>,
@@ -321,6 +335,7 @@ impl Slot<'_> {
         };
 
         let t = Instant::now();
+        let create_began_at_ms = wall_ms();
         let notify = pipe::OpenOptions::new()
             .read_write(true)
             .open_receiver(dir.join("io/notify"))
@@ -376,6 +391,8 @@ impl Slot<'_> {
             notify: BufReader::new(notify).lines(),
             memory_bytes,
             runtime_load_ms: image_ms + ms(t.elapsed()),
+            image_ms,
+            create_began_at_ms,
             function_load_ms,
         })
     }
@@ -632,6 +649,14 @@ impl Slot<'_> {
                 let _ = tokio::time::timeout(KILL_GRACE, &mut live.exit).await;
             }
             _ => {}
+        }
+        if timings.start_kind() == StartKind::Cold && status.started_at_ms > live.create_began_at_ms
+        {
+            // Up to faas-init's first instant; from there on it is the
+            // dependencies and the run (Tasks.Start returns after the
+            // process began, so its own duration would overlap the run).
+            timings.runtime_load_ms =
+                live.image_ms + (status.started_at_ms - live.create_began_at_ms);
         }
         timings.dependencies_ms = if timings.start_kind() == StartKind::PrewarmFunction {
             0.0

@@ -162,6 +162,11 @@ struct Status {
     run_ms: Option<f64>,
     run_exit: Option<i32>,
     run_signal: Option<i32>,
+    /// When faas-init started and when it started the run, epoch ms: the
+    /// agent's clock, so that it can split container start-up from the run
+    /// without overlapping them.
+    started_at_ms: f64,
+    run_started_at_ms: Option<f64>,
     /// Set only when faas-init itself failed (cannot spawn, bad gate, ...).
     error: Option<String>,
 }
@@ -183,6 +188,12 @@ impl Status {
             ms(self.run_ms),
             int(self.run_exit),
             int(self.run_signal),
+        );
+        let _ = write!(
+            json,
+            ",\"started_at_ms\":{},\"run_started_at_ms\":{}",
+            ms(Some(self.started_at_ms)),
+            ms(self.run_started_at_ms)
         );
         if let Some(error) = &self.error {
             json.push_str(",\"error\":");
@@ -392,9 +403,17 @@ fn clear_signal_mask_in_child(command: &mut Command) {
 }
 
 /// Runs the whole sequence and returns faas-init's exit code.
+fn epoch_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
 fn supervise(args: &Args) -> i32 {
     let mut status = Status {
         phase: "done",
+        started_at_ms: epoch_ms(),
         ..Status::default()
     };
     // The agent keeps the notify FIFO open for reading, so this open does
@@ -525,6 +544,7 @@ fn supervise(args: &Args) -> i32 {
     }
 
     let started = Instant::now();
+    status.run_started_at_ms = Some(epoch_ms());
     let pid = match spawn_shell(
         &format!("exec {}", args.run),
         &args.cwd,
@@ -661,11 +681,12 @@ mod tests {
             run_ms: Some(20.25),
             run_exit: None,
             run_signal: Some(9),
+            started_at_ms: 1000.5,
             ..Status::default()
         };
         assert_eq!(
             status.to_json(),
-            "{\"phase\":\"done\",\"deps_ms\":1.500,\"deps_exit\":0,\"deps_signal\":null,\"run_ms\":20.250,\"run_exit\":null,\"run_signal\":9}\n"
+            "{\"phase\":\"done\",\"deps_ms\":1.500,\"deps_exit\":0,\"deps_signal\":null,\"run_ms\":20.250,\"run_exit\":null,\"run_signal\":9,\"started_at_ms\":1000.500,\"run_started_at_ms\":null}\n"
         );
     }
 
