@@ -20,6 +20,10 @@ pub struct Flags {
     /// Address for the public API and the agent streams [default: 127.0.0.1:7070].
     #[arg(long, env = "FAAS_LISTEN")]
     pub listen: Option<String>,
+    /// URL other replicas use to reach this one (it forwards to the leader
+    /// what only the leader can do) [default: http://<listen>].
+    #[arg(long, env = "FAAS_ADVERTISE")]
+    pub advertise: Option<String>,
     /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379].
     #[arg(long, env = "FAAS_ETCD", value_delimiter = ',')]
     pub etcd: Option<Vec<String>>,
@@ -77,6 +81,7 @@ pub struct Flags {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
+    advertise: Option<String>,
     etcd: Option<Vec<String>>,
     registry: Option<String>,
     registry_insecure: Option<bool>,
@@ -115,6 +120,7 @@ mod humantime_serde_opt {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: String,
+    pub advertise: String,
     pub etcd: Vec<String>,
     pub registry: String,
     pub registry_insecure: bool,
@@ -156,11 +162,16 @@ impl Config {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "controlplane".into());
+        let listen = flags
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:7070".into());
         Ok(Config {
-            listen: flags
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| "127.0.0.1:7070".into()),
+            advertise: flags
+                .advertise
+                .or(file.advertise)
+                .unwrap_or_else(|| format!("http://{listen}")),
+            listen,
             etcd: flags
                 .etcd
                 .or(file.etcd)

@@ -70,10 +70,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let election = format!("{}/election", store.prefix());
             let leadership = loop {
+                // The election's value is how to reach the leader.
                 match leader::campaign(
                     store.client(),
                     &election,
-                    &config.name,
+                    &config.advertise,
                     config.leader_ttl_secs,
                 )
                 .await
@@ -109,12 +110,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut revoke_client = store.client();
     let api = api::Api {
-        store,
+        store: store.clone(),
         registry,
         limits: Arc::new(config.limits.clone()),
         calls,
         broker: broker_rx.clone(),
         replica: config.name.clone().into(),
+        leader: api::LeaderLink::new(store.clone(), config.advertise.clone()),
     };
     let sessions = agents::AgentSessions::new(broker_rx);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -2,6 +2,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::call_service_server::CallService;
 use faas_proto::v1::{
     Call, CallLogs, CallStatus, Function, GetCallLogsRequest, GetCallRequest, GetCallStatsRequest,
@@ -199,6 +200,12 @@ type CallStream = Pin<Box<dyn Stream<Item = Result<Call, Status>> + Send>>;
 #[tonic::async_trait]
 impl CallService for Api {
     async fn invoke(&self, request: Request<InvokeRequest>) -> Result<Response<Call>, Status> {
+        if self.broker().is_err() {
+            let channel = self.leader.channel().await?;
+            return CallServiceClient::new(channel)
+                .invoke(super::forwarded(request)?)
+                .await;
+        }
         let request = request.into_inner();
         let span =
             info_span!("invoke", function = %request.function, call_id = tracing::field::Empty);
@@ -218,6 +225,12 @@ impl CallService for Api {
         &self,
         request: Request<InvokeRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
+        if self.broker().is_err() {
+            let channel = self.leader.channel().await?;
+            return CallServiceClient::new(channel)
+                .submit(super::forwarded(request)?)
+                .await;
+        }
         let (call, _rx) = self.accept(request.into_inner()).await?;
         Ok(Response::new(SubmitResponse { call_id: call.id }))
     }

@@ -1,3 +1,4 @@
+use faas_proto::v1::cluster_service_client::ClusterServiceClient;
 use faas_proto::v1::cluster_service_server::ClusterService;
 use faas_proto::v1::{ListNodesRequest, ListNodesResponse};
 use tonic::{Request, Response, Status};
@@ -8,15 +9,26 @@ use super::Api;
 impl ClusterService for Api {
     async fn list_nodes(
         &self,
-        _request: Request<ListNodesRequest>,
+        request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        let broker = self.broker()?;
+        let Ok(broker) = self.broker() else {
+            let channel = self.leader.channel().await?;
+            return ClusterServiceClient::new(channel)
+                .list_nodes(super::forwarded(request)?)
+                .await;
+        };
         let mut nodes = broker.list_nodes().await;
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListNodesResponse {
             nodes,
             policy: broker.policy().to_string(),
-            leader: self.replica.to_string(),
+            leader: self
+                .leader
+                .url()
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| self.replica.to_string()),
         }))
     }
 }

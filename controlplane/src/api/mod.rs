@@ -30,6 +30,85 @@ pub struct Api {
     /// Set while this replica leads and runs the broker.
     pub broker: watch::Receiver<Option<BrokerHandle>>,
     pub replica: Arc<str>,
+    /// How a follower reaches the leader.
+    pub leader: LeaderLink,
+}
+
+/// Metadata set on a request a follower forwards, so that a request never
+/// bounces between replicas that both believe the other leads.
+pub const FORWARDED: &str = "x-faas-forwarded";
+
+/// A follower's way to the leader: the election's value is the leader's
+/// advertised URL; the channel is kept while the leader stays the same.
+#[derive(Clone)]
+pub struct LeaderLink {
+    store: Store,
+    own: Arc<str>,
+    cached: Arc<tokio::sync::Mutex<Option<(String, tonic::transport::Channel)>>>,
+}
+
+impl LeaderLink {
+    pub fn new(store: Store, own: String) -> LeaderLink {
+        LeaderLink {
+            store,
+            own: own.into(),
+            cached: Default::default(),
+        }
+    }
+
+    /// The leader's URL, if there is a leader.
+    pub async fn url(&self) -> Result<Option<String>, ApiError> {
+        let election = format!("{}/election", self.store.prefix());
+        match self.store.client().leader(election).await {
+            Ok(resp) => Ok(resp
+                .kv()
+                .map(|kv| String::from_utf8_lossy(kv.value()).to_string())),
+            // etcd answers an error when nobody campaigns.
+            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("no leader") => Ok(None),
+            Err(e) => Err(ApiError::Store(e.into())),
+        }
+    }
+
+    /// A channel to the leader, when it is another replica.
+    pub async fn channel(&self) -> Result<tonic::transport::Channel, ApiError> {
+        let url = self.url().await?.ok_or_else(|| {
+            ApiError::Unavailable(
+                "no control-plane replica leads the cluster right now; retry shortly".into(),
+            )
+        })?;
+        if url == *self.own {
+            return Err(ApiError::Unavailable(
+                "this replica is being elected leader; retry shortly".into(),
+            ));
+        }
+        let mut cached = self.cached.lock().await;
+        if let Some((u, ch)) = cached.as_ref() {
+            if *u == url {
+                return Ok(ch.clone());
+            }
+        }
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| ApiError::Unavailable(format!("leader URL {url:?}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        *cached = Some((url, channel.clone()));
+        Ok(channel)
+    }
+}
+
+/// The request to forward to the leader, marked as forwarded; refused if it
+/// was forwarded to us already.
+pub fn forwarded<T>(request: tonic::Request<T>) -> Result<tonic::Request<T>, ApiError> {
+    if request.metadata().contains_key(FORWARDED) {
+        return Err(ApiError::Unavailable(
+            "forwarded to a replica that does not lead either; retry shortly".into(),
+        ));
+    }
+    let mut out = tonic::Request::new(request.into_inner());
+    out.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    Ok(out)
 }
 
 impl Api {
