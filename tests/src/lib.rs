@@ -81,6 +81,9 @@ pub struct StackOptions {
     pub runtimes: Vec<&'static str>,
     /// `--policy` of the control plane; `None` keeps its default.
     pub policy: Option<String>,
+    /// Control-plane replicas (`cp-0`, `cp-1`, ...); with more than one,
+    /// their leader lease is short (2 s) so failover tests run quickly.
+    pub controlplanes: usize,
 }
 
 impl Default for StackOptions {
@@ -90,6 +93,7 @@ impl Default for StackOptions {
             spots: 2,
             runtimes: Vec::new(),
             policy: None,
+            controlplanes: 1,
         }
     }
 }
@@ -296,6 +300,11 @@ pub struct Stack {
     /// etcd, registry, containerd, control plane: stopped in reverse order.
     daemons: Vec<Daemon>,
     agents: Vec<Option<Daemon>>,
+    /// Control-plane replicas, with their fixed addresses (kept across
+    /// restarts) and policy.
+    controlplanes: Vec<Option<Daemon>>,
+    cp_addrs: Vec<String>,
+    policy: Option<String>,
     /// Set by [`Stack::shutdown`]: a stack dropped without it belongs to a
     /// test that failed (panicked or returned an error).
     shut_down: bool,
@@ -315,7 +324,15 @@ impl Stack {
         let mut stack = Stack::start_infra().await?;
         stack.bin_dir = Some(bin_dir);
         stack.spots = opts.spots;
-        stack.start_controlplane(opts.policy.as_deref()).await?;
+        stack.policy = opts.policy.clone();
+        for _ in 0..opts.controlplanes.max(1) {
+            stack.cp_addrs.push(format!("127.0.0.1:{}", free_port()?));
+            stack.controlplanes.push(None);
+        }
+        stack.endpoint = format!("http://{}", stack.cp_addrs[0]);
+        for i in 0..stack.cp_addrs.len() {
+            stack.spawn_controlplane(i).await?;
+        }
         for i in 0..opts.agents {
             stack.agents.push(None);
             stack.spawn_agent(i)?;
@@ -365,6 +382,9 @@ impl Stack {
             spots: StackOptions::default().spots,
             daemons: Vec::new(),
             agents: Vec::new(),
+            controlplanes: Vec::new(),
+            cp_addrs: Vec::new(),
+            policy: None,
             shut_down: false,
         };
         stack.start_etcd().await?;
@@ -495,9 +515,8 @@ impl Stack {
         ready
     }
 
-    async fn start_controlplane(&mut self, policy: Option<&str>) -> anyhow::Result<()> {
-        let port = free_port()?;
-        let addr = format!("127.0.0.1:{port}");
+    async fn spawn_controlplane(&mut self, i: usize) -> anyhow::Result<()> {
+        let addr = self.cp_addrs[i].clone();
         let mut cmd = Command::new(self.bin("faas-controlplane"));
         cmd.arg("--listen")
             .arg(&addr)
@@ -506,20 +525,81 @@ impl Stack {
             .arg("--registry")
             .arg(&self.registry_addr)
             .arg("--name")
-            .arg("cp-0");
-        if let Some(policy) = policy {
+            .arg(format!("cp-{i}"));
+        if self.cp_addrs.len() > 1 {
+            cmd.arg("--leader-ttl-secs").arg("2");
+        }
+        if let Some(policy) = &self.policy {
             cmd.arg("--policy").arg(policy);
         }
         cmd.env("RUST_LOG", rust_log());
-        let mut daemon = Daemon::spawn("controlplane", cmd, &self.log_path("controlplane"))?;
+        let name = if i == 0 {
+            "controlplane".to_string()
+        } else {
+            format!("controlplane-{i}")
+        };
+        let mut daemon = Daemon::spawn(&name, cmd, &self.log_path(&name))?;
         let ready = wait_until(READY_TIMEOUT, &mut daemon, || async {
             tokio::net::TcpStream::connect(&addr).await.is_ok()
         })
         .await;
-        self.daemons.push(daemon);
-        ready?;
-        self.endpoint = format!("http://{addr}");
+        self.controlplanes[i] = Some(daemon);
+        ready
+    }
+
+    /// Every control-plane replica's URL, comma-separated (what agents and
+    /// faasctl are given).
+    pub fn endpoints(&self) -> String {
+        self.cp_addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The URL of control-plane replica `i`.
+    pub fn controlplane_url(&self, i: usize) -> String {
+        format!("http://{}", self.cp_addrs[i])
+    }
+
+    /// SIGKILLs control-plane replica `i`.
+    pub fn kill_controlplane(&mut self, i: usize) {
+        if let Some(mut daemon) = self.controlplanes[i].take() {
+            daemon.kill_now();
+        }
+    }
+
+    /// (Re)starts control-plane replica `i` on its old address.
+    pub async fn start_controlplane(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.controlplanes[i].is_none() {
+            self.spawn_controlplane(i).await?;
+        }
         Ok(())
+    }
+
+    /// Index of the replica that leads now, as the election says (asked
+    /// through any live replica).
+    pub async fn leader_index(&self) -> anyhow::Result<usize> {
+        for (i, cp) in self.controlplanes.iter().enumerate() {
+            if cp.is_none() {
+                continue;
+            }
+            let channel = Endpoint::from_shared(self.controlplane_url(i))?
+                .connect_timeout(Duration::from_secs(2))
+                .connect_lazy();
+            if let Ok(resp) = ClusterServiceClient::new(channel)
+                .list_nodes(ListNodesRequest {})
+                .await
+            {
+                let leader = resp.into_inner().leader;
+                if let Some(j) =
+                    (0..self.cp_addrs.len()).find(|j| self.controlplane_url(*j) == leader)
+                {
+                    return Ok(j);
+                }
+            }
+        }
+        bail!("no replica answers with a leader")
     }
 
     /// Node name of agent `i`.
@@ -546,7 +626,7 @@ impl Stack {
         fs::create_dir_all(&state)?;
         let mut cmd = Command::new(self.bin("faas-agent"));
         cmd.arg("--control-plane")
-            .arg(&self.endpoint)
+            .arg(self.endpoints())
             .arg("--node")
             .arg(self.agent_node(i))
             .arg("--spots")
@@ -583,8 +663,8 @@ impl Stack {
     pub fn faasctl(&self) -> Command {
         let mut cmd = Command::new(self.bin("faasctl"));
         cmd.arg("--endpoint")
-            .arg(&self.endpoint)
-            .env("FAAS_ENDPOINT", &self.endpoint);
+            .arg(self.endpoints())
+            .env("FAAS_ENDPOINT", self.endpoints());
         cmd
     }
 
@@ -827,6 +907,16 @@ impl Stack {
         // What the agents left must not outlive the stack: kill and delete it
         // through the API before containerd goes away.
         remove_containerd_leftovers(&self.containerd_socket, &self.namespaces()).await;
+        for daemon in self.controlplanes.iter_mut() {
+            if let Some(mut daemon) = daemon.take() {
+                if !daemon.stop(STOP_TIMEOUT).await {
+                    problems.push(format!(
+                        "{} did not exit within {STOP_TIMEOUT:?} of SIGTERM",
+                        daemon.name
+                    ));
+                }
+            }
+        }
         while let Some(mut daemon) = self.daemons.pop() {
             if daemon.name == "containerd" {
                 kill_shims(&self.containerd_socket);
@@ -886,6 +976,10 @@ impl Drop for Stack {
             daemon.kill_now();
         }
         self.agents.clear();
+        for daemon in self.controlplanes.iter_mut().flatten() {
+            daemon.kill_now();
+        }
+        self.controlplanes.clear();
         if self
             .daemons
             .iter()

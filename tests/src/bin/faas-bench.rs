@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         spots: args.spots,
         runtimes: vec!["python3"],
         policy: args.policy.clone(),
+        ..StackOptions::default()
     })
     .await?;
     deploy(

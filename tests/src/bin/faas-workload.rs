@@ -688,6 +688,7 @@ async fn run_policy(
             spots: args.spots,
             runtimes: vec!["python3"],
             policy: Some(policy.to_string()),
+            ..StackOptions::default()
         })
         .await?;
         let body = async {
@@ -769,6 +770,7 @@ async fn run_policy(
             spots: args.spots,
             runtimes: vec![],
             policy: Some(policy.to_string()),
+            ..StackOptions::default()
         })
         .await?;
         let body = async {
