@@ -406,6 +406,7 @@ async fn run_workload(
     summary["measured_s"] = json!(round(span));
     summary["offered_per_s"] = json!(round(measured.len() as f64 / span.max(1e-9)));
     summary["started_unix_ms"] = json!(unix_ms(started));
+    summary["loadavg_after"] = json!(loadavg());
     for s in &samples {
         let mut record = s.json();
         record["policy"] = json!(policy);
@@ -470,6 +471,7 @@ async fn run_saturation(
         let mut step = saturation_step(&samples, rate, args.step_s);
         step["policy"] = json!(policy);
         step["workload"] = json!("saturation");
+        step["loadavg_after"] = json!(loadavg());
         emit_line(&step);
         for s in &samples {
             let mut record = s.json();
@@ -579,6 +581,15 @@ async fn warm_up(stack: &Stack, function: &str, n: usize) -> anyhow::Result<()> 
         bail!("warm-up calls of {function} all failed, last: {last}");
     }
     Ok(())
+}
+
+/// `/proc/loadavg`: other work on the machine skews a benchmark, so the
+/// load is kept with the results.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn emit_line(value: &Value) {
@@ -1327,6 +1338,16 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let command: Vec<String> = std::env::args().collect();
+    let loadavg_start = loadavg();
+    let commit = first_line_of(
+        "git",
+        &[
+            "-C",
+            &repo_root().display().to_string(),
+            "rev-parse",
+            "HEAD",
+        ],
+    );
     let mut all_calls = Vec::new();
     let mut workloads = Vec::new();
     let mut saturation = Vec::new();
@@ -1428,6 +1449,10 @@ async fn main() -> anyhow::Result<()> {
         "command": command.join(" "),
         "elapsed_s": round(elapsed_s),
         "machine": machine(),
+        "git_commit": commit,
+        "bin_dir": std::env::var("FAAS_BIN_DIR").unwrap_or_default(),
+        "loadavg_start": loadavg_start,
+        "loadavg_end": loadavg(),
         "spots": args.spots,
         "duration_s": args.duration_s,
         "warmup_s": args.warmup_s,
