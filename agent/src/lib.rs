@@ -64,11 +64,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )?;
 
     let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
+    let running = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     let ctx = Arc::new(spot::SpotContext {
         config: config.clone(),
         driver,
         packages,
         outbound: outbound_tx,
+        running: running.clone(),
     });
     let mut spot_queues = Vec::new();
     let mut spot_tasks = Vec::new();
@@ -87,6 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         outbound: outbound_rx,
         spots: spot_queues,
         draining: drain_rx,
+        running,
     };
     let mut session_task = tokio::spawn(session.run_forever());
     tokio::select! {

@@ -25,6 +25,8 @@ pub struct Session {
     /// queues are closed, and the session lives on until every report
     /// (results above all) is sent.
     pub draining: tokio::sync::watch::Receiver<bool>,
+    /// Calls the spots are running (listed in the hello).
+    pub running: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Session {
@@ -63,11 +65,19 @@ impl Session {
             .await?;
         let mut client = AgentServiceClient::new(channel).max_decoding_message_size(32 << 20);
         let (tx, rx) = mpsc::channel::<AgentMessage>(256);
+        let running_calls: Vec<String> = self
+            .running
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .cloned()
+            .collect();
         tx.send(AgentMessage {
             msg: Some(agent_message::Msg::Hello(AgentHello {
                 node: self.config.node.clone(),
                 spots: self.config.spots,
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                running_calls,
             })),
         })
         .await?;

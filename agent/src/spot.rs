@@ -49,6 +49,8 @@ pub struct SpotContext {
     pub driver: Driver,
     pub packages: Packages,
     pub outbound: mpsc::UnboundedSender<AgentMessage>,
+    /// Calls being run now, told to the leader in every hello.
+    pub running: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl SpotContext {
@@ -62,9 +64,13 @@ impl SpotContext {
     }
 
     fn send_result(&self, result: CallResult) {
+        // Queued for the stream before it stops counting as running: a
+        // hello sent in between lists it, and its result follows.
+        let call_id = result.call_id.clone();
         let _ = self.outbound.send(AgentMessage {
             msg: Some(agent_message::Msg::Result(result)),
         });
+        self.running.lock().expect("poisoned").remove(&call_id);
     }
 }
 

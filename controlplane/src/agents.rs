@@ -74,6 +74,7 @@ impl AgentService for AgentSessions {
             spots: hello.spots,
             session,
             tx,
+            running_calls: hello.running_calls.clone(),
         });
         let span = info_span!("agent", %node, session);
         tokio::spawn(

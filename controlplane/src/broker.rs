@@ -56,6 +56,11 @@ impl CallBundle {
 
 pub type AgentSender = mpsc::Sender<Result<ControlMessage, Status>>;
 
+/// How long a node may stay away before the calls it ran are declared lost.
+const ORPHAN_GRACE: Duration = Duration::from_secs(15);
+/// How long after a node's return its backlog of results may still arrive.
+const RESULT_BACKLOG_GRACE: Duration = Duration::from_secs(5);
+
 pub enum Input {
     CallArrived {
         call: Call,
@@ -69,6 +74,14 @@ pub enum Input {
         spots: u32,
         session: u64,
         tx: AgentSender,
+        /// Calls the agent says it is running.
+        running_calls: Vec<String>,
+    },
+    /// A call recorded as running by an earlier leader: its result is
+    /// expected from its node.
+    Adopt {
+        call: Call,
+        bundle: Arc<CallBundle>,
     },
     AgentDisconnected {
         node: String,
@@ -145,6 +158,12 @@ struct Tracked {
     call: Call,
     bundle: Arc<CallBundle>,
     accepted_at_ms: f64,
+    /// Set while the call's node is gone: past ORPHAN_GRACE the call is
+    /// declared lost.
+    orphaned_since: Option<Instant>,
+    /// Set when the node came back without the call among its running
+    /// ones: its result may still be in the agent's backlog until then.
+    lost_after: Option<Instant>,
     /// Where and when it was handed out.
     dispatched: Option<(SpotId, f64)>,
 }
@@ -198,7 +217,10 @@ pub fn spawn(
                     Some(input) => state.on_input(input),
                     None => break,
                 },
-                _ = tick.tick() => state.feed(Event::Tick),
+                _ = tick.tick() => {
+                    state.expire_orphans();
+                    state.feed(Event::Tick);
+                }
             }
         }
     });
@@ -274,6 +296,8 @@ impl BrokerLoop {
                         call,
                         bundle,
                         accepted_at_ms,
+                        orphaned_since: None,
+                        lost_after: None,
                         dispatched: None,
                     },
                 );
@@ -284,11 +308,26 @@ impl BrokerLoop {
                 spots,
                 session,
                 tx,
+                running_calls,
             } => {
                 if self.agents.contains_key(&node) {
-                    // The same node reconnected (agent restart): whatever ran
-                    // under the old session is gone with it.
+                    // A new session of the same node replaces the old one.
                     self.node_left(&node);
+                }
+                // Its calls: still running, or finished with the result in
+                // the agent's backlog (sent right after the hello), or lost.
+                let lost_after = Instant::now() + RESULT_BACKLOG_GRACE;
+                for (id, tracked) in self.calls.iter_mut() {
+                    if tracked
+                        .dispatched
+                        .as_ref()
+                        .is_some_and(|(s, _)| s.node == node)
+                    {
+                        tracked.orphaned_since = None;
+                        if !running_calls.contains(id) {
+                            tracked.lost_after = Some(lost_after);
+                        }
+                    }
                 }
                 info!(%node, spots, "agent joined");
                 self.agents.insert(
@@ -382,6 +421,25 @@ impl BrokerLoop {
                     self.feed(Event::FunctionRemoved { name });
                 }
             }
+            Input::Adopt { call, bundle } => {
+                let spot = SpotId {
+                    node: call.node.clone(),
+                    index: call.spot,
+                };
+                let connected = self.agents.contains_key(&call.node);
+                let queue_ms = call.timings.as_ref().map(|t| t.queue_ms).unwrap_or(0.0);
+                self.calls.insert(
+                    call.id.clone(),
+                    Tracked {
+                        accepted_at_ms: call.created_at_ms as f64,
+                        call,
+                        bundle,
+                        orphaned_since: (!connected).then(Instant::now),
+                        lost_after: connected.then(|| Instant::now() + RESULT_BACKLOG_GRACE),
+                        dispatched: Some((spot, queue_ms)),
+                    },
+                );
+            }
             Input::LiveCall(id, reply) => {
                 let _ = reply.send(self.calls.get(&id).map(|t| t.call.clone()));
             }
@@ -408,20 +466,43 @@ impl BrokerLoop {
         self.feed(Event::NodeLeft {
             node: node.to_string(),
         });
+        // Its calls may still finish (a broken stream, not a dead node):
+        // they are declared lost only if it does not come back in time.
+        let now = Instant::now();
+        for tracked in self.calls.values_mut() {
+            if tracked
+                .dispatched
+                .as_ref()
+                .is_some_and(|(s, _)| s.node == node)
+            {
+                tracked.orphaned_since.get_or_insert(now);
+            }
+        }
+    }
+
+    /// Fails the calls whose node did not come back, or came back without
+    /// them, in time.
+    fn expire_orphans(&mut self) {
+        let now = Instant::now();
         let lost: Vec<String> = self
             .calls
             .iter()
-            .filter(|(_, t)| t.dispatched.as_ref().is_some_and(|(s, _)| s.node == node))
+            .filter(|(_, t)| {
+                t.orphaned_since
+                    .is_some_and(|since| now - since > ORPHAN_GRACE)
+                    || t.lost_after.is_some_and(|at| now > at)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in lost {
             let tracked = self.calls.remove(&id).expect("listed above");
+            let node = tracked.dispatched.map(|(s, _)| s.node).unwrap_or_default();
             warn!(call_id = %id, %node, "call lost with its node");
             let mut call = tracked.call;
             call.status = CallStatus::Failed as i32;
             call.error = Some(CallError {
                 reason: "node_lost".into(),
-                message: format!("node {node} disconnected while the call ran"),
+                message: format!("node {node} was lost while the call ran"),
                 log_tail: String::new(),
             });
             call.finished_at_ms = now_ms();

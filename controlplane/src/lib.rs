@@ -207,6 +207,17 @@ async fn requeue_pending(
         .into_iter()
         .filter(|c| c.status() == CallStatus::Queued)
     {
+        if call.status() == CallStatus::Running {
+            // It ran under an earlier leader: wait for its result from its
+            // node rather than run it again.
+            let bundle = Arc::new(CallBundle::new(
+                Runtime::default(),
+                Function::default(),
+                registry_host,
+            ));
+            broker.send(Input::Adopt { call, bundle });
+            continue;
+        }
         let function: Option<Function> = store.get(Kind::Function, &call.function).await?;
         let runtime: Option<Runtime> = match &function {
             Some(f) => store.get(Kind::Runtime, &f.runtime).await?,

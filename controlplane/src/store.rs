@@ -129,6 +129,22 @@ impl Store {
         Ok(self.client.clone().txn(txn).await?.succeeded())
     }
 
+    /// Writes the object only if its key is at `version` (1: written once);
+    /// false if it was changed since.
+    pub async fn put_if_version<M: Message>(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: &M,
+        version: i64,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(kind, name);
+        let txn = Txn::new()
+            .when([Compare::version(key.as_str(), CompareOp::Equal, version)])
+            .and_then([TxnOp::put(key.as_str(), value.encode_to_vec(), None)]);
+        Ok(self.client.clone().txn(txn).await?.succeeded())
+    }
+
     /// Deletes the object; false if it did not exist.
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<bool, StoreError> {
         let resp = self

@@ -1,0 +1,160 @@
+//! Nothing acknowledged is lost when the leader dies: under a steady load
+//! of calls, the leading control-plane replica is killed with SIGKILL; the
+//! other takes over, and every call that was acknowledged (Submit returned
+//! its id) ends with its result.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use faas_proto::v1::call_service_client::CallServiceClient;
+use faas_proto::v1::{CallStatus, GetCallRequest, InvokeRequest};
+use faas_tests::{fixture_dir, Stack, StackOptions};
+use tonic::transport::{Channel, Endpoint};
+
+fn channel(url: &str) -> Channel {
+    Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_under_load_loses_no_acknowledged_call() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        controlplanes: 2,
+        spots: 2,
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    for (name, fixture) in [("hello", "py-hello"), ("sleeps", "py-sleep")] {
+        let out = stack
+            .faasctl()
+            .args(["fn", "deploy", name, "--runtime", "python3"])
+            .arg(fixture_dir(fixture))
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let leader = stack.leader_index().await?;
+    let follower = 1 - leader;
+    let urls = [
+        stack.controlplane_url(follower),
+        stack.controlplane_url(leader),
+    ];
+
+    // Steady load: a call every 100 ms (some of them 0.5 s long, so calls
+    // are running when the leader dies), through the follower first.
+    let load = tokio::spawn({
+        let urls = urls.clone();
+        async move {
+            let mut acknowledged = Vec::new();
+            let mut refused = 0;
+            let started = Instant::now();
+            let mut i = 0u32;
+            while started.elapsed() < Duration::from_secs(9) {
+                let (function, params) = if i % 3 == 0 {
+                    ("sleeps", r#"{"seconds": 0.5}"#)
+                } else {
+                    ("hello", r#"{"name": "load"}"#)
+                };
+                i += 1;
+                let mut ok = false;
+                for url in &urls {
+                    let submitted = CallServiceClient::new(channel(url))
+                        .submit(InvokeRequest {
+                            function: function.into(),
+                            params_json: params.into(),
+                        })
+                        .await;
+                    if let Ok(r) = submitted {
+                        acknowledged.push((r.into_inner().call_id, Instant::now()));
+                        ok = true;
+                        break;
+                    }
+                }
+                if !ok {
+                    refused += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (acknowledged, refused)
+        }
+    });
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let killed_at = Instant::now();
+    stack.kill_controlplane(leader);
+    let (acknowledged, refused) = load.await?;
+    assert!(
+        acknowledged.len() > 40,
+        "only {} calls acknowledged",
+        acknowledged.len()
+    );
+
+    // The first call acknowledged after the kill tells how long the
+    // cluster could not take calls.
+    let gap = acknowledged
+        .iter()
+        .filter(|(_, at)| *at > killed_at)
+        .map(|(_, at)| *at - killed_at)
+        .min()
+        .expect("calls were acknowledged after the failover");
+    eprintln!(
+        "failover: {} calls acknowledged, {refused} refused; first acknowledged {:?} after the kill",
+        acknowledged.len(),
+        gap
+    );
+    assert!(
+        gap < Duration::from_secs(10),
+        "no call accepted for {gap:?}"
+    );
+
+    // Every acknowledged call ends, with its result.
+    let mut client = CallServiceClient::new(channel(&stack.controlplane_url(follower)));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut statuses: HashMap<String, usize> = HashMap::new();
+    for (id, _) in &acknowledged {
+        let call = loop {
+            let call = client
+                .get_call(GetCallRequest { id: id.clone() })
+                .await?
+                .into_inner();
+            if matches!(
+                call.status(),
+                CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
+            ) {
+                break call;
+            }
+            assert!(Instant::now() < deadline, "call {id} stuck: {call:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let key = match &call.error {
+            Some(e) => format!("{:?} {}", call.status(), e.reason),
+            None => format!("{:?}", call.status()),
+        };
+        *statuses.entry(key).or_default() += 1;
+    }
+    eprintln!("failover: outcomes {statuses:?}");
+    assert_eq!(
+        statuses.get("Succeeded").copied().unwrap_or(0),
+        acknowledged.len(),
+        "every acknowledged call should succeed: {statuses:?}"
+    );
+
+    // The old leader comes back as a follower and serves the API.
+    stack.start_controlplane(leader).await?;
+    let call = CallServiceClient::new(channel(&stack.controlplane_url(leader)))
+        .invoke(InvokeRequest {
+            function: "hello".into(),
+            params_json: r#"{"name":"back"}"#.into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+    stack.shutdown().await
+}
