@@ -57,7 +57,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_call() -> anyhow::R
             let started = Instant::now();
             let mut i = 0u32;
             while started.elapsed() < Duration::from_secs(9) {
-                let (function, params) = if i % 3 == 0 {
+                let (function, params) = if i.is_multiple_of(3) {
                     ("sleeps", r#"{"seconds": 0.5}"#)
                 } else {
                     ("hello", r#"{"name": "load"}"#)
