@@ -57,7 +57,7 @@ impl CallBundle {
 pub type AgentSender = mpsc::Sender<Result<ControlMessage, Status>>;
 
 /// How long a node may stay away before the calls it ran are declared lost.
-const ORPHAN_GRACE: Duration = Duration::from_secs(15);
+const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 /// How long after a node's return its backlog of results may still arrive.
 const RESULT_BACKLOG_GRACE: Duration = Duration::from_secs(5);
 

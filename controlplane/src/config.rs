@@ -48,6 +48,15 @@ pub struct Flags {
     /// Adaptive policy: time constant of its call-rate averages [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub policy_rate_time_constant: Option<Duration>,
+    /// Finished calls older than this are deleted [default: 7d].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub call_retention: Option<Duration>,
+    /// At most this many calls are kept; the oldest finished ones go first [default: 100000].
+    #[arg(long)]
+    pub call_retention_count: Option<u64>,
+    /// How often the retention sweep runs [default: 1m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub call_retention_every: Option<Duration>,
     /// etcd key prefix [default: /faas/v1].
     #[arg(long)]
     pub key_prefix: Option<String>,
@@ -94,6 +103,11 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     policy_rate_time_constant: Option<Duration>,
     key_prefix: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    call_retention: Option<Duration>,
+    call_retention_count: Option<u64>,
+    #[serde(default, with = "humantime_serde_opt")]
+    call_retention_every: Option<Duration>,
     max_package_bytes: Option<u64>,
     max_image_bytes: Option<u64>,
     max_params_bytes: Option<u64>,
@@ -128,6 +142,7 @@ pub struct Config {
     pub policy: String,
     pub policy_config: faas_broker::PolicyConfig,
     pub key_prefix: String,
+    pub retention: crate::retention::Retention,
     pub limits: Limits,
     pub leader_ttl_secs: i64,
 }
@@ -215,6 +230,20 @@ impl Config {
                 .key_prefix
                 .or(file.key_prefix)
                 .unwrap_or_else(|| "/faas/v1".into()),
+            retention: crate::retention::Retention {
+                max_age: flags
+                    .call_retention
+                    .or(file.call_retention)
+                    .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+                max_count: flags
+                    .call_retention_count
+                    .or(file.call_retention_count)
+                    .unwrap_or(100_000),
+                every: flags
+                    .call_retention_every
+                    .or(file.call_retention_every)
+                    .unwrap_or(Duration::from_secs(60)),
+            },
             limits: Limits {
                 max_package_bytes: flags
                     .max_package_bytes

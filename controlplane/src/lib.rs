@@ -11,6 +11,7 @@ pub mod error;
 pub mod leader;
 pub mod package;
 pub mod registry;
+pub mod retention;
 pub mod store;
 pub mod watch;
 
@@ -95,6 +96,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.registry.clone(),
             );
             follow_catalog(&store, &handle);
+            tokio::spawn(retention::run(store.clone(), config.retention.clone()));
             if let Err(e) = requeue_pending(&store, &handle, &config.registry).await {
                 warn!(error = %e, "could not reload pending calls");
             }

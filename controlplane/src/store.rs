@@ -145,6 +145,48 @@ impl Store {
         Ok(self.client.clone().txn(txn).await?.succeeded())
     }
 
+    /// Up to `limit` objects of a kind in ascending key order (oldest calls
+    /// first), with their names.
+    pub async fn list_ascending<M: Message + Default>(
+        &self,
+        kind: Kind,
+        limit: i64,
+    ) -> Result<Vec<(String, M)>, StoreError> {
+        let dir = self.dir(kind);
+        let opts = GetOptions::new().with_prefix().with_limit(limit);
+        let resp = self.client.clone().get(dir.as_str(), Some(opts)).await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).to_string();
+                let name = key.strip_prefix(&dir).unwrap_or(&key).to_string();
+                decode(&key, kv.value()).map(|m| (name, m))
+            })
+            .collect()
+    }
+
+    /// How many objects of a kind there are.
+    pub async fn count(&self, kind: Kind) -> Result<i64, StoreError> {
+        let dir = self.dir(kind);
+        let opts = GetOptions::new().with_prefix().with_count_only();
+        Ok(self
+            .client
+            .clone()
+            .get(dir.as_str(), Some(opts))
+            .await?
+            .count())
+    }
+
+    /// Deletes several objects in one transaction.
+    pub async fn delete_many(&self, items: &[(Kind, String)]) -> Result<(), StoreError> {
+        let ops: Vec<TxnOp> = items
+            .iter()
+            .map(|(kind, name)| TxnOp::delete(self.key(*kind, name), None))
+            .collect();
+        self.client.clone().txn(Txn::new().and_then(ops)).await?;
+        Ok(())
+    }
+
     /// Deletes the object; false if it did not exist.
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<bool, StoreError> {
         let resp = self

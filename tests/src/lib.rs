@@ -84,6 +84,8 @@ pub struct StackOptions {
     /// Control-plane replicas (`cp-0`, `cp-1`, ...); with more than one,
     /// their leader lease is short (2 s) so failover tests run quickly.
     pub controlplanes: usize,
+    /// Extra flags for every control-plane replica.
+    pub controlplane_args: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -94,6 +96,7 @@ impl Default for StackOptions {
             runtimes: Vec::new(),
             policy: None,
             controlplanes: 1,
+            controlplane_args: Vec::new(),
         }
     }
 }
@@ -305,6 +308,7 @@ pub struct Stack {
     controlplanes: Vec<Option<Daemon>>,
     cp_addrs: Vec<String>,
     policy: Option<String>,
+    cp_args: Vec<String>,
     /// Set by [`Stack::shutdown`]: a stack dropped without it belongs to a
     /// test that failed (panicked or returned an error).
     shut_down: bool,
@@ -325,6 +329,7 @@ impl Stack {
         stack.bin_dir = Some(bin_dir);
         stack.spots = opts.spots;
         stack.policy = opts.policy.clone();
+        stack.cp_args = opts.controlplane_args.clone();
         for _ in 0..opts.controlplanes.max(1) {
             stack.cp_addrs.push(format!("127.0.0.1:{}", free_port()?));
             stack.controlplanes.push(None);
@@ -385,6 +390,7 @@ impl Stack {
             controlplanes: Vec::new(),
             cp_addrs: Vec::new(),
             policy: None,
+            cp_args: Vec::new(),
             shut_down: false,
         };
         stack.start_etcd().await?;
@@ -532,6 +538,7 @@ impl Stack {
         if let Some(policy) = &self.policy {
             cmd.arg("--policy").arg(policy);
         }
+        cmd.args(&self.cp_args);
         cmd.env("RUST_LOG", rust_log());
         let name = if i == 0 {
             "controlplane".to_string()

@@ -158,3 +158,73 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_call() -> anyhow::R
     assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
     stack.shutdown().await
 }
+
+/// Finished calls do not pile up in etcd: past the retention count the
+/// oldest finished ones (and their logs) are deleted, the newest kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_calls_are_removed_past_the_retention_count() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        controlplane_args: vec![
+            "--call-retention-count".into(),
+            "5".into(),
+            "--call-retention-every".into(),
+            "1s".into(),
+        ],
+        ..StackOptions::default()
+    })
+    .await?;
+    let out = stack
+        .faasctl()
+        .args(["fn", "deploy", "hello", "--runtime", "python3"])
+        .arg(fixture_dir("py-hello"))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut client = CallServiceClient::new(stack.channel().await);
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        let call = client
+            .invoke(InvokeRequest {
+                function: "hello".into(),
+                params_json: "{}".into(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(call.status(), CallStatus::Succeeded);
+        ids.push(call.id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = client
+            .list_calls(faas_proto::v1::ListCallsRequest {
+                page_size: 100,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .calls;
+        if listed.len() == 5 {
+            let kept: Vec<&str> = listed.iter().map(|c| c.id.as_str()).collect();
+            let newest: Vec<&str> = ids.iter().rev().take(5).map(String::as_str).collect();
+            assert_eq!(kept, newest, "the newest calls are the ones kept");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} calls listed",
+            listed.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let gone = client.get_call(GetCallRequest { id: ids[0].clone() }).await;
+    assert_eq!(gone.unwrap_err().code(), tonic::Code::NotFound);
+    let logs = client
+        .get_call_logs(faas_proto::v1::GetCallLogsRequest { id: ids[0].clone() })
+        .await;
+    assert_eq!(logs.unwrap_err().code(), tonic::Code::NotFound);
+    stack.shutdown().await
+}
