@@ -251,6 +251,10 @@ pub enum NodeCmd {
     /// List nodes with a summary of their spots.
     #[command(visible_alias = "list")]
     Ls,
+    /// Drain a node: it finishes the calls it runs and takes no new work.
+    Drain { name: String },
+    /// Take a drained node back into the pool.
+    Undrain { name: String },
 }
 
 /// Parses a memory size: plain bytes, binary suffixes (Ki, Mi, Gi, Ti, as

@@ -8,10 +8,10 @@ use faas_proto::v1::{
     call_service_client::CallServiceClient, cluster_service_client::ClusterServiceClient,
     deploy_function_request, function_service_client::FunctionServiceClient,
     register_runtime_request, runtime_service_client::RuntimeServiceClient, Call,
-    DeleteFunctionRequest, DeleteRuntimeRequest, DeployFunctionRequest, FunctionSpec,
-    GetCallLogsRequest, GetCallRequest, GetCallStatsRequest, GetFunctionRequest, GetRuntimeRequest,
-    InvokeRequest, ListCallsRequest, ListFunctionsRequest, ListNodesRequest, ListRuntimesRequest,
-    RegisterRuntimeRequest, RuntimeSpec, WaitCallRequest,
+    DeleteFunctionRequest, DeleteRuntimeRequest, DeployFunctionRequest, DrainNodeRequest,
+    FunctionSpec, GetCallLogsRequest, GetCallRequest, GetCallStatsRequest, GetFunctionRequest,
+    GetRuntimeRequest, InvokeRequest, ListCallsRequest, ListFunctionsRequest, ListNodesRequest,
+    ListRuntimesRequest, RegisterRuntimeRequest, RuntimeSpec, WaitCallRequest,
 };
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -107,6 +107,20 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
         Command::Function(cmd) => function(ctx, cmd).await,
         Command::Invoke(args) => invoke(ctx, args).await,
         Command::Call(cmd) => call(ctx, cmd).await,
+        Command::Node(cmd @ (NodeCmd::Drain { .. } | NodeCmd::Undrain { .. })) => {
+            let (name, undrain) = match cmd {
+                NodeCmd::Drain { name } => (name, false),
+                NodeCmd::Undrain { name } => (name, true),
+                NodeCmd::Ls => unreachable!("matched above"),
+            };
+            let node = ctx
+                .cluster()
+                .await?
+                .drain_node(ctx.request(DrainNodeRequest { name, undrain }))
+                .await?
+                .into_inner();
+            ctx.show(|| format::node_json(&node), || format::node_drained(&node))
+        }
         Command::Node(NodeCmd::Ls) => {
             let reply = ctx
                 .cluster()

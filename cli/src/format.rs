@@ -216,8 +216,20 @@ pub fn node_json(node: &Node) -> Value {
         "name": node.name,
         "connected": node.connected,
         "connected_at_ms": node.connected_at_ms,
+        "draining": node.draining,
         "spots": node.spots.iter().map(spot_json).collect::<Vec<_>>(),
     })
+}
+
+pub fn node_drained(node: &Node) -> String {
+    if node.draining {
+        format!(
+            "node {:?} draining: it finishes what it runs and takes no new work",
+            node.name
+        )
+    } else {
+        format!("node {:?} back in the pool", node.name)
+    }
 }
 
 pub fn nodes_json(response: &ListNodesResponse) -> Value {
@@ -548,7 +560,12 @@ pub fn nodes_table(response: &ListNodesResponse) -> String {
     for node in &response.nodes {
         table.add_row(vec![
             node.name.clone(),
-            if node.connected { "yes" } else { "no" }.to_string(),
+            match (node.connected, node.draining) {
+                (true, true) => "yes (draining)",
+                (true, false) => "yes",
+                (false, _) => "no",
+            }
+            .to_string(),
             spots_summary(&node.spots),
         ]);
     }
@@ -677,6 +694,7 @@ mod tests {
                     ..Default::default()
                 }],
                 connected_at_ms: 1,
+                draining: false,
             }],
             policy: "preload-runtime".into(),
             leader: "cp-1".into(),

@@ -104,6 +104,13 @@ pub enum Input {
     /// A function deployed or updated (from the etcd watch).
     FunctionChanged(Box<Function>),
     FunctionRemoved(String),
+    /// Drains a node (true) or takes it back (false); answers the node, or
+    /// None if it is not connected.
+    Drain {
+        node: String,
+        drain: bool,
+        reply: oneshot::Sender<Option<Node>>,
+    },
     /// The live record of a call the broker holds (queued or running).
     LiveCall(String, oneshot::Sender<Option<Call>>),
 }
@@ -138,6 +145,18 @@ impl BrokerHandle {
         rx.await.ok().flatten()
     }
 
+    pub async fn drain(&self, node: &str, drain: bool) -> Option<Node> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Input::Drain {
+            node: node.to_string(),
+            drain,
+            reply: tx,
+        }) {
+            return None;
+        }
+        rx.await.ok().flatten()
+    }
+
     pub async fn list_nodes(&self) -> Vec<Node> {
         let (tx, rx) = oneshot::channel();
         if !self.send(Input::ListNodes(tx)) {
@@ -148,6 +167,8 @@ impl BrokerHandle {
 }
 
 struct AgentConn {
+    /// Finishing its calls, taking no new work.
+    draining: bool,
     session: u64,
     tx: AgentSender,
     spots: Vec<Spot>,
@@ -333,6 +354,7 @@ impl BrokerLoop {
                 self.agents.insert(
                     node.clone(),
                     AgentConn {
+                        draining: false,
                         session,
                         tx,
                         spots: (0..spots)
@@ -345,8 +367,7 @@ impl BrokerLoop {
                         connected_at_ms: now_ms(),
                     },
                 );
-                self.connected_agents
-                    .store(self.agents.len(), Ordering::Relaxed);
+                self.count_usable_agents();
                 self.feed(Event::NodeJoined { node, spots });
             }
             Input::AgentDisconnected { node, session } => {
@@ -440,29 +461,73 @@ impl BrokerLoop {
                     },
                 );
             }
+            Input::Drain { node, drain, reply } => {
+                let Some(agent) = self.agents.get_mut(&node) else {
+                    let _ = reply.send(None);
+                    return;
+                };
+                if agent.draining != drain {
+                    agent.draining = drain;
+                    let spots = agent.spots.len() as u32;
+                    if drain {
+                        info!(%node, "draining");
+                        // Out of the policy's pool; what runs there finishes,
+                        // preloads are cleared by the agent after it.
+                        self.feed(Event::NodeLeft { node: node.clone() });
+                        for index in 0..spots {
+                            let clear = SpotOperation {
+                                spot: index,
+                                kind: spot_operation::Kind::ClearSpot as i32,
+                                ..Default::default()
+                            };
+                            let _ = self.agents[&node].tx.try_send(Ok(ControlMessage {
+                                msg: Some(control_message::Msg::Operation(clear)),
+                            }));
+                        }
+                    } else {
+                        info!(%node, "back in the pool");
+                        self.feed(Event::NodeJoined {
+                            node: node.clone(),
+                            spots,
+                        });
+                    }
+                    self.count_usable_agents();
+                }
+                let _ = reply.send(self.node_view(&node));
+            }
             Input::LiveCall(id, reply) => {
                 let _ = reply.send(self.calls.get(&id).map(|t| t.call.clone()));
             }
             Input::ListNodes(reply) => {
                 let nodes = self
                     .agents
-                    .iter()
-                    .map(|(name, a)| Node {
-                        name: name.clone(),
-                        connected: true,
-                        spots: a.spots.clone(),
-                        connected_at_ms: a.connected_at_ms,
-                    })
+                    .keys()
+                    .filter_map(|n| self.node_view(n))
                     .collect();
                 let _ = reply.send(nodes);
             }
         }
     }
 
+    fn node_view(&self, name: &str) -> Option<Node> {
+        self.agents.get(name).map(|a| Node {
+            name: name.to_string(),
+            connected: true,
+            spots: a.spots.clone(),
+            connected_at_ms: a.connected_at_ms,
+            draining: a.draining,
+        })
+    }
+
+    /// Agents that can take work (connected, not draining).
+    fn count_usable_agents(&self) {
+        let usable = self.agents.values().filter(|a| !a.draining).count();
+        self.connected_agents.store(usable, Ordering::Relaxed);
+    }
+
     fn node_left(&mut self, node: &str) {
         self.agents.remove(node);
-        self.connected_agents
-            .store(self.agents.len(), Ordering::Relaxed);
+        self.count_usable_agents();
         self.feed(Event::NodeLeft {
             node: node.to_string(),
         });

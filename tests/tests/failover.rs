@@ -228,3 +228,183 @@ async fn old_calls_are_removed_past_the_retention_count() -> anyhow::Result<()> 
     assert_eq!(logs.unwrap_err().code(), tonic::Code::NotFound);
     stack.shutdown().await
 }
+
+/// A drained node takes no new work and gives its preloads back; the rest
+/// of the cluster serves every call; undrained, it takes work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_takes_no_new_work() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        agents: 2,
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    let out = stack
+        .faasctl()
+        .args(["fn", "deploy", "hello", "--runtime", "python3"])
+        .arg(fixture_dir("py-hello"))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drained = stack.agent_node(0);
+    let out = stack.faasctl().args(["node", "drain", &drained]).output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nodes = stack.list_nodes().await?;
+    let node = nodes
+        .nodes
+        .iter()
+        .find(|n| n.name == drained)
+        .expect("listed");
+    assert!(node.draining, "{node:?}");
+
+    let mut client = CallServiceClient::new(stack.channel().await);
+    for _ in 0..6 {
+        let call = client
+            .invoke(InvokeRequest {
+                function: "hello".into(),
+                params_json: "{}".into(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+        assert_ne!(call.node, drained, "a drained node got a call");
+    }
+    // Its preloads were cleared: it holds no container.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leftovers = stack.containerd_leftovers().await?;
+        let on_drained: Vec<_> = leftovers
+            .iter()
+            .filter(|l| l.starts_with("container ") && !l.contains("(namespace"))
+            .collect();
+        if on_drained.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "drained node still holds {on_drained:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let unknown = stack
+        .faasctl()
+        .args(["node", "drain", "no-such-node"])
+        .output()?;
+    assert_eq!(unknown.status.code(), Some(3), "NOT_FOUND exit code");
+
+    let out = stack
+        .faasctl()
+        .args(["node", "undrain", &drained])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nodes = stack.list_nodes().await?;
+    assert!(!nodes.nodes.iter().any(|n| n.draining), "{nodes:?}");
+    stack.shutdown().await
+}
+
+/// An agent killed while it runs a call: the call ends as failed with
+/// reason node_lost within seconds, queued calls go to the other node, and
+/// the restarted agent cleans up what its predecessor left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_agent_fails_its_running_calls_and_others_carry_on() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        agents: 2,
+        spots: 1,
+        runtimes: vec!["python3"],
+        policy: Some("no-preload".into()),
+        ..StackOptions::default()
+    })
+    .await?;
+    let out = stack
+        .faasctl()
+        .args(["fn", "deploy", "sleeps", "--runtime", "python3"])
+        .arg(fixture_dir("py-sleep"))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut client = CallServiceClient::new(stack.channel().await);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(
+            client
+                .submit(InvokeRequest {
+                    function: "sleeps".into(),
+                    params_json: r#"{"seconds": 3}"#.into(),
+                })
+                .await?
+                .into_inner()
+                .call_id,
+        );
+    }
+    // Both nodes run one call each; then node-0 dies.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let victim = loop {
+        let c = client
+            .get_call(GetCallRequest { id: ids[0].clone() })
+            .await?
+            .into_inner();
+        if c.status() == CallStatus::Running && !c.node.is_empty() {
+            break c.node;
+        }
+        assert!(Instant::now() < deadline, "call never ran: {c:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let victim_index = if victim == stack.agent_node(0) { 0 } else { 1 };
+    let killed_at = Instant::now();
+    stack.kill_agent(victim_index).await;
+    let lost = loop {
+        let c = client
+            .get_call(GetCallRequest { id: ids[0].clone() })
+            .await?
+            .into_inner();
+        if c.status() != CallStatus::Running && c.status() != CallStatus::Queued {
+            break c;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "never resolved: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let detected = killed_at.elapsed();
+    eprintln!("agent loss: call resolved {detected:?} after SIGKILL");
+    assert_eq!(lost.status(), CallStatus::Failed, "{lost:?}");
+    assert_eq!(
+        lost.error.as_ref().map(|e| e.reason.as_str()),
+        Some("node_lost")
+    );
+    assert!(detected < Duration::from_secs(10), "{detected:?}");
+    // The other call, on the surviving node, succeeds; so does a new one.
+    let other = loop {
+        let c = client
+            .get_call(GetCallRequest { id: ids[1].clone() })
+            .await?
+            .into_inner();
+        if matches!(
+            c.status(),
+            CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
+        ) {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(other.status(), CallStatus::Succeeded, "{other:?}");
+    // The agent comes back and removes what its predecessor left.
+    stack.start_agent(victim_index).await;
+    stack.assert_no_leftovers(Duration::from_secs(15)).await?;
+    stack.shutdown().await
+}

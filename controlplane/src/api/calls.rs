@@ -68,7 +68,7 @@ impl Api {
             })?;
         if broker.connected_agents() == 0 {
             return Err(ApiError::FailedPrecondition(
-                "no agent is connected: no node can run the call (start faas-agent)".into(),
+                "no agent is connected and taking work: no node can run the call (start faas-agent, or undrain a node)".into(),
             ));
         }
         let accepted_at_ms = now_ms_f64();

@@ -1,9 +1,10 @@
 use faas_proto::v1::cluster_service_client::ClusterServiceClient;
 use faas_proto::v1::cluster_service_server::ClusterService;
-use faas_proto::v1::{ListNodesRequest, ListNodesResponse};
+use faas_proto::v1::{DrainNodeRequest, ListNodesRequest, ListNodesResponse, Node};
 use tonic::{Request, Response, Status};
 
 use super::Api;
+use crate::error::ApiError;
 
 #[tonic::async_trait]
 impl ClusterService for Api {
@@ -30,5 +31,22 @@ impl ClusterService for Api {
                 .flatten()
                 .unwrap_or_else(|| self.replica.to_string()),
         }))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<DrainNodeRequest>,
+    ) -> Result<Response<Node>, Status> {
+        let Ok(broker) = self.broker() else {
+            let channel = self.leader.channel().await?;
+            return ClusterServiceClient::new(channel)
+                .drain_node(super::forwarded(request)?)
+                .await;
+        };
+        let req = request.into_inner();
+        match broker.drain(&req.name, !req.undrain).await {
+            Some(node) => Ok(Response::new(node)),
+            None => Err(ApiError::NotFound(format!("node {:?} is not connected", req.name)).into()),
+        }
     }
 }
