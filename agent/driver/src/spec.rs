@@ -167,8 +167,15 @@ const DENIED_SOCKET_DOMAINS: &[u64] = &[
     40, // AF_VSOCK
 ];
 
-/// Socket types denied, compared to the type without its SOCK_NONBLOCK /
-/// SOCK_CLOEXEC flags: raw IP sockets and the obsolete SOCK_PACKET.
+/// Raw IP sockets (forging packets), denied in these domains: IPv4, IPv6.
+/// Raw netlink sockets stay allowed: getifaddrs() and if_nameindex() (so
+/// Python's socket module and Node's os.networkInterfaces()) need them.
+const RAW_SOCKET_DOMAINS: &[u64] = &[
+    2,  // AF_INET
+    10, // AF_INET6
+];
+/// Socket types denied in [`RAW_SOCKET_DOMAINS`], compared to the type
+/// without its SOCK_NONBLOCK / SOCK_CLOEXEC flags.
 const DENIED_SOCKET_TYPES: &[u64] = &[
     3,  // SOCK_RAW
     10, // SOCK_PACKET
@@ -251,13 +258,31 @@ pub(crate) fn seccomp() -> Result<LinuxSeccomp, oci_spec::OciSpecError> {
                 .build()?,
         );
     }
-    syscalls.push(deny_when_any_bit(
-        "socket",
-        1,
-        DENIED_SOCKET_TYPES,
-        Some(SOCK_TYPE_MASK),
-        EPERM,
-    )?);
+    // Conditions on two arguments of one rule must all hold (AND).
+    for &domain in RAW_SOCKET_DOMAINS {
+        for &typ in DENIED_SOCKET_TYPES {
+            syscalls.push(
+                LinuxSyscallBuilder::default()
+                    .names(vec!["socket".to_string()])
+                    .action(LinuxSeccompAction::ScmpActErrno)
+                    .errno_ret(EPERM)
+                    .args(vec![
+                        LinuxSeccompArgBuilder::default()
+                            .index(0usize)
+                            .value(domain)
+                            .op(LinuxSeccompOperator::ScmpCmpEq)
+                            .build()?,
+                        LinuxSeccompArgBuilder::default()
+                            .index(1usize)
+                            .value(SOCK_TYPE_MASK)
+                            .value_two(typ)
+                            .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                            .build()?,
+                    ])
+                    .build()?,
+            );
+        }
+    }
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActAllow)
         .architectures(vec![
@@ -702,28 +727,35 @@ mod tests {
     }
 
     #[test]
-    fn raw_and_packet_sockets_are_denied() {
+    fn raw_and_packet_sockets_are_denied_but_not_raw_netlink() {
         let json = serde_json::to_value(build(&sample(), "faas").unwrap()).unwrap();
         let rules = rules_for(&json, "socket");
+        // Whole domains: one condition on the domain.
         let domains: Vec<u64> = rules
             .iter()
-            .flat_map(|r| r["args"].as_array().unwrap().clone())
-            .filter(|a| a["index"] == 0)
-            .map(|a| a["value"].as_u64().unwrap())
+            .map(|r| r["args"].as_array().unwrap())
+            .filter(|args| args.len() == 1)
+            .map(|args| args[0]["value"].as_u64().unwrap())
             .collect();
         assert_eq!(domains, vec![17, 40]);
-        let types: Vec<(u64, u64)> = rules
+        // Raw types: the domain AND the type, in one rule each.
+        let mut pairs = Vec::new();
+        for args in rules
             .iter()
-            .flat_map(|r| r["args"].as_array().unwrap().clone())
-            .filter(|a| a["index"] == 1)
-            .map(|a| {
-                (
-                    a["value"].as_u64().unwrap(),
-                    a["valueTwo"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        assert_eq!(types, vec![(0xf, 3), (0xf, 10)]);
+            .map(|r| r["args"].as_array().unwrap())
+            .filter(|args| args.len() == 2)
+        {
+            assert_eq!(args[0]["index"], 0);
+            assert_eq!(args[1]["index"], 1);
+            assert_eq!(args[1]["value"], 0xf);
+            pairs.push((
+                args[0]["value"].as_u64().unwrap(),
+                args[1]["valueTwo"].as_u64().unwrap(),
+            ));
+        }
+        assert_eq!(pairs, vec![(2, 3), (2, 10), (10, 3), (10, 10)]);
+        // AF_NETLINK (16) is named nowhere.
+        assert!(!rules.iter().any(|r| r["args"][0]["value"] == 16));
     }
 
     #[test]
