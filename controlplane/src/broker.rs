@@ -113,6 +113,9 @@ pub enum Input {
     },
     /// The live record of a call the broker holds (queued or running).
     LiveCall(String, oneshot::Sender<Option<Call>>),
+    /// This replica no longer leads: the loop ends, dropping the agents'
+    /// streams.
+    Stop,
 }
 
 /// The handle the API and the agent sessions use to talk to the broker.
@@ -126,6 +129,11 @@ pub struct BrokerHandle {
 impl BrokerHandle {
     pub fn send(&self, input: Input) -> bool {
         self.tx.send(input).is_ok()
+    }
+
+    /// Ends the broker loop (leadership lost).
+    pub fn stop(&self) {
+        let _ = self.tx.send(Input::Stop);
     }
 
     pub fn connected_agents(&self) -> usize {
@@ -235,8 +243,8 @@ pub fn spawn(
         loop {
             tokio::select! {
                 input = rx.recv() => match input {
+                    Some(Input::Stop) | None => break,
                     Some(input) => state.on_input(input),
-                    None => break,
                 },
                 _ = tick.tick() => {
                     state.expire_orphans();
@@ -498,6 +506,7 @@ impl BrokerLoop {
             Input::LiveCall(id, reply) => {
                 let _ = reply.send(self.calls.get(&id).map(|t| t.call.clone()));
             }
+            Input::Stop => {}
             Input::ListNodes(reply) => {
                 let nodes = self
                     .agents

@@ -70,43 +70,54 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let leader_lease = leader_lease.clone();
         tokio::spawn(async move {
             let election = format!("{}/election", store.prefix());
-            let leadership = loop {
-                // The election's value is how to reach the leader.
-                match leader::campaign(
-                    store.client(),
-                    &election,
-                    &config.advertise,
-                    config.leader_ttl_secs,
-                )
-                .await
-                {
-                    Ok(l) => break l,
-                    Err(e) => {
-                        warn!(error = %e, "campaign failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+            loop {
+                let leadership = loop {
+                    // The election's value is how to reach the leader.
+                    match leader::campaign(
+                        store.client(),
+                        &election,
+                        &config.advertise,
+                        config.leader_ttl_secs,
+                    )
+                    .await
+                    {
+                        Ok(l) => break l,
+                        Err(e) => {
+                            warn!(error = %e, "campaign failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
                     }
+                };
+                let policy = faas_broker::policy_from_config(&config.policy, &config.policy_config)
+                    .expect("checked at start");
+                let handle = broker::spawn(
+                    faas_broker::Broker::new(policy),
+                    store.clone(),
+                    calls.clone(),
+                    config.registry.clone(),
+                );
+                follow_catalog(&store, &handle);
+                let sweeper = tokio::spawn(retention::run(store.clone(), config.retention.clone()));
+                if let Err(e) = requeue_pending(&store, &handle, &config.registry).await {
+                    warn!(error = %e, "could not reload pending calls");
                 }
-            };
-            let policy = faas_broker::policy_from_config(&config.policy, &config.policy_config)
-                .expect("checked at start");
-            let handle = broker::spawn(
-                faas_broker::Broker::new(policy),
-                store.clone(),
-                calls.clone(),
-                config.registry.clone(),
-            );
-            follow_catalog(&store, &handle);
-            tokio::spawn(retention::run(store.clone(), config.retention.clone()));
-            if let Err(e) = requeue_pending(&store, &handle, &config.registry).await {
-                warn!(error = %e, "could not reload pending calls");
+                leader_lease.store(leadership.lease_id, std::sync::atomic::Ordering::SeqCst);
+                let _ = broker_tx.send(Some(handle.clone()));
+                let _ = leadership.lost.await;
+                // The lease is gone (etcd unreachable, or too slow): step
+                // down at once. The broker stops, which closes the agents'
+                // streams; they find whoever leads next, and that leader
+                // rebuilds its view from etcd and from the agents.
+                error!(
+                    lease = leadership.lease_id,
+                    "leadership lost; stepping down"
+                );
+                let _ = broker_tx.send(None);
+                leader_lease.store(0, std::sync::atomic::Ordering::SeqCst);
+                handle.stop();
+                sweeper.abort();
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            leader_lease.store(leadership.lease_id, std::sync::atomic::Ordering::SeqCst);
-            let _ = broker_tx.send(Some(handle));
-            let _ = leadership.lost.await;
-            // Fencing by crash: a replica that lost its lease must not act
-            // as leader for one more instant; its supervisor restarts it.
-            error!(lease = leadership.lease_id, "leadership lost; exiting");
-            std::process::exit(3);
         });
     }
 

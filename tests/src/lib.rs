@@ -554,6 +554,15 @@ impl Stack {
         ready
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) etcd: to the control plane it
+    /// looks unreachable (connections hang) while its data stays intact.
+    pub fn freeze_etcd(&self, frozen: bool) {
+        let signal = if frozen { Signal::SIGSTOP } else { Signal::SIGCONT };
+        for daemon in self.daemons.iter().filter(|d| d.name == "etcd") {
+            let _ = nix::sys::signal::kill(daemon.pid(), signal);
+        }
+    }
+
     /// Every control-plane replica's URL, comma-separated (what agents and
     /// faasctl are given).
     pub fn endpoints(&self) -> String {

@@ -408,3 +408,85 @@ async fn a_lost_agent_fails_its_running_calls_and_others_carry_on() -> anyhow::R
     stack.assert_no_leftovers(Duration::from_secs(15)).await?;
     stack.shutdown().await
 }
+
+/// etcd unreachable for longer than the leader's lease: calls are refused
+/// with a clear error meanwhile (no hang, no crash), and once etcd is back
+/// the same processes serve calls again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_survives_an_etcd_outage() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    let out = stack
+        .faasctl()
+        .args(["fn", "deploy", "hello", "--runtime", "python3"])
+        .arg(fixture_dir("py-hello"))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = stack.controlplane_url(0);
+    let invoke = |url: String| async move {
+        let channel = Endpoint::from_shared(url)?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(20))
+            .connect_lazy();
+        Ok::<_, anyhow::Error>(
+            CallServiceClient::new(channel)
+                .invoke(InvokeRequest {
+                    function: "hello".into(),
+                    params_json: "{}".into(),
+                })
+                .await,
+        )
+    };
+    assert_eq!(
+        invoke(url.clone()).await??.into_inner().status(),
+        CallStatus::Succeeded
+    );
+
+    stack.freeze_etcd(true);
+    let started = Instant::now();
+    let during = invoke(url.clone()).await?;
+    let took = started.elapsed();
+    let status = during.expect_err("a call cannot be recorded while etcd is away");
+    eprintln!(
+        "etcd outage: refused after {took:?} with {:?}: {}",
+        status.code(),
+        status.message()
+    );
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
+        "{status:?}"
+    );
+    assert!(took < Duration::from_secs(20), "the refusal took {took:?}");
+    // Longer than the lease: leadership is lost meanwhile.
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(took)).await;
+    stack.freeze_etcd(false);
+
+    let thawed = Instant::now();
+    loop {
+        match invoke(url.clone()).await? {
+            Ok(r) if r.get_ref().status() == CallStatus::Succeeded => break,
+            other => {
+                assert!(
+                    thawed.elapsed() < Duration::from_secs(40),
+                    "not serving 40 s after etcd returned: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    eprintln!(
+        "etcd outage: serving again {:?} after etcd returned",
+        thawed.elapsed()
+    );
+    stack.shutdown().await
+}
