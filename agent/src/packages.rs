@@ -126,20 +126,21 @@ impl Packages {
     }
 }
 
-/// Copies a directory tree, giving every copy to `uid:gid`, so each call
-/// gets its own writable function directory.
-pub fn copy_tree(src: &Path, dst: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+/// Copies a package's tree (regular files and directories: packages hold
+/// nothing else) with the cache's owners and modes, so that a function
+/// placed into a runtime-preloaded container looks exactly like one
+/// mounted straight from the cache.
+pub fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dst)?;
-    std::os::unix::fs::chown(dst, Some(uid), Some(gid))?;
     for entry in std::fs::read_dir(src)? {
         let entry = entry?;
         let kind = entry.file_type()?;
         let to = dst.join(entry.file_name());
         if kind.is_dir() {
-            copy_tree(&entry.path(), &to, uid, gid)?;
+            copy_tree(&entry.path(), &to)?;
+            std::fs::set_permissions(&to, entry.metadata()?.permissions())?;
         } else if kind.is_file() {
             std::fs::copy(entry.path(), &to)?;
-            std::os::unix::fs::chown(&to, Some(uid), Some(gid))?;
         }
     }
     Ok(())

@@ -329,7 +329,11 @@ impl Slot<'_> {
         {
             let dir = dir.clone();
             let io_bytes = ctx.config.io_tmpfs_bytes();
-            tokio::task::spawn_blocking(move || prepare_dir(&dir, input, io_bytes))
+            // Empty until a function is loaded into a runtime-preloaded spot.
+            let env = function
+                .map(|f| function_env(f, runtime))
+                .unwrap_or_default();
+            tokio::task::spawn_blocking(move || prepare_dir(&dir, input, io_bytes, &env))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("preparing the container's files: {e}"))?;
@@ -356,16 +360,7 @@ impl Slot<'_> {
             Some(p) => p.clone(),
             None => dir.join("fn"),
         };
-        let spec = container_spec(
-            ctx,
-            &id,
-            &dir,
-            &fn_source,
-            image,
-            runtime,
-            function,
-            memory_bytes,
-        );
+        let spec = container_spec(ctx, &id, &dir, &fn_source, image, runtime, memory_bytes);
         let created = async {
             ctx.driver
                 .create(&spec)
@@ -388,7 +383,7 @@ impl Slot<'_> {
                 return Err(e);
             }
         };
-        Ok(Live {
+        let mut live = Live {
             id,
             dir,
             runtime: runtime.clone(),
@@ -400,7 +395,20 @@ impl Slot<'_> {
             image_ms,
             create_began_at_ms,
             function_load_ms,
-        })
+        };
+        if function.is_some() {
+            // Nothing to wait for: faas-init goes on with the dependencies.
+            let gate = live.dir.join("io/load-gate");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            if write_fifo(&mut live, &gate, b"go\n", deadline)
+                .await
+                .is_err()
+            {
+                destroy(ctx, live).await;
+                return Err("the container's init did not start".into());
+            }
+        }
+        Ok(live)
     }
 
     /// Preloads the runtime, or the function too; reports the spot
@@ -585,13 +593,8 @@ impl Slot<'_> {
         let dir = live.dir.clone();
         let env = function_env(function, &live.runtime);
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            copy_tree(&package, &dir.join("fn"), FUNCTION_UID, FUNCTION_GID)?;
-            let mut bytes = Vec::new();
-            for entry in env {
-                bytes.extend_from_slice(entry.as_bytes());
-                bytes.push(0);
-            }
-            write_owned(&dir.join("io/env"), &bytes)
+            copy_tree(&package, &dir.join("fn"))?;
+            write_owned(&dir.join("io/env"), &env_file(&env))
         })
         .await
         .map_err(|e| e.to_string())?
@@ -933,15 +936,14 @@ fn build_result(
 /// `io_bytes` (so a call's input, output and logs cannot fill the host's
 /// disk) with the notify FIFO, the load gate and the input (a file or a
 /// FIFO), all owned by the function's user.
-fn prepare_dir(dir: &Path, input: InputKind, io_bytes: u64) -> std::io::Result<()> {
+fn prepare_dir(dir: &Path, input: InputKind, io_bytes: u64, env: &[String]) -> std::io::Result<()> {
     if dir.exists() {
         unmount_io(dir);
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::create_dir_all(dir)?;
-    let fn_dir = dir.join("fn");
-    std::fs::create_dir(&fn_dir)?;
-    std::os::unix::fs::chown(&fn_dir, Some(FUNCTION_UID), Some(FUNCTION_GID))?;
+    // Root-owned and read-only in the container, like the package cache.
+    std::fs::create_dir(dir.join("fn"))?;
     let io = dir.join("io");
     std::fs::create_dir(&io)?;
     nix::mount::mount(
@@ -960,14 +962,14 @@ fn prepare_dir(dir: &Path, input: InputKind, io_bytes: u64) -> std::io::Result<(
         std::os::unix::fs::chown(&path, Some(FUNCTION_UID), Some(FUNCTION_GID))
     };
     fifo("notify")?;
+    // Every container gets the same faas-init command line and the same
+    // files, whatever the operation: what a function can see does not
+    // depend on how its container was started.
+    fifo("load-gate")?;
+    write_owned(&io.join("env"), &env_file(env))?;
     match input {
         InputKind::File(text) => write_owned(&io.join("input.json"), text.as_bytes())?,
-        InputKind::Fifo => {
-            fifo("input.json")?;
-            fifo("load-gate")?;
-            // Empty until a function is loaded into a runtime-preloaded spot.
-            write_owned(&io.join("env"), b"")?;
-        }
+        InputKind::Fifo => fifo("input.json")?,
     }
     Ok(())
 }
@@ -975,6 +977,16 @@ fn prepare_dir(dir: &Path, input: InputKind, io_bytes: u64) -> std::io::Result<(
 /// Detaches the io tmpfs of a container's directory, if mounted.
 pub fn unmount_io(dir: &Path) {
     let _ = nix::mount::umount2(&dir.join("io"), nix::mount::MntFlags::MNT_DETACH);
+}
+
+/// faas-init's `--env-file`: NUL-separated `KEY=VALUE` entries.
+fn env_file(env: &[String]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in env {
+        bytes.extend_from_slice(entry.as_bytes());
+        bytes.push(0);
+    }
+    bytes
 }
 
 fn write_owned(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -1009,7 +1021,6 @@ fn container_spec(
     fn_source: &Path,
     image: ImageInfo,
     runtime: &RuntimeBundle,
-    function: Option<&FunctionBundle>,
     memory_bytes: u64,
 ) -> ContainerSpec {
     let mut args = vec![
@@ -1025,28 +1036,26 @@ fn container_spec(
         "--log-limit".into(),
         ctx.config.max_log_bytes.to_string(),
     ];
-    if function.is_none() {
-        // The function arrives later: wait for it, then read its env.
-        args.extend([
-            "--load-gate".to_string(),
-            format!("{IO_DIR}/load-gate"),
-            "--env-file".to_string(),
-            format!("{IO_DIR}/env"),
-        ]);
-    }
+    // The function's env comes from the env file, read after the load
+    // gate (released at once when the function is known at creation).
+    args.extend([
+        "--load-gate".to_string(),
+        format!("{IO_DIR}/load-gate"),
+        "--env-file".to_string(),
+        format!("{IO_DIR}/env"),
+    ]);
     if !runtime.dependencies.trim().is_empty() {
         args.extend(["--deps".to_string(), runtime.dependencies.clone()]);
     }
     args.extend(["--run".to_string(), runtime.run.clone()]);
-    let mut env = function
-        .map(|f| function_env(f, runtime))
-        .unwrap_or_default();
-    env.extend([
+    // The same for every container: the function's own environment comes
+    // through the env file.
+    let env = vec![
         format!("FAAS_INPUT={IO_DIR}/input.json"),
         format!("FAAS_OUTPUT={IO_DIR}/output.json"),
         format!("FAAS_ERROR={IO_DIR}/error.json"),
         "HOME=/tmp".to_string(),
-    ]);
+    ];
     ContainerSpec {
         id: id.to_string(),
         image,
