@@ -842,7 +842,12 @@ async fn a_call_sees_the_same_environment_every_time() -> anyhow::Result<()> {
     let mut compared = 0;
     let mut spots_seen = BTreeSet::new();
     let mut kinds_seen = BTreeSet::new();
-    for policy in ["no-preload", "preload-function", "preload-runtime", "adaptive"] {
+    for policy in [
+        "no-preload",
+        "preload-function",
+        "preload-runtime",
+        "adaptive",
+    ] {
         let mut stack = Stack::start(StackOptions {
             agents: 1,
             spots: 2,
