@@ -86,6 +86,12 @@ pub struct StackOptions {
     pub controlplanes: usize,
     /// Extra flags for every control-plane replica.
     pub controlplane_args: Vec<String>,
+    /// etcd cluster members (`etcd-0`, `etcd-1`, ...); every control plane
+    /// is given all their client URLs. 1 keeps a single-member etcd.
+    pub etcd_members: usize,
+    /// Each agent gets a containerd of its own (`containerd`, `containerd-1`,
+    /// ...) instead of one namespace each in a shared containerd.
+    pub containerd_per_agent: bool,
 }
 
 impl Default for StackOptions {
@@ -97,6 +103,8 @@ impl Default for StackOptions {
             policy: None,
             controlplanes: 1,
             controlplane_args: Vec::new(),
+            etcd_members: 1,
+            containerd_per_agent: false,
         }
     }
 }
@@ -277,6 +285,15 @@ impl Daemon {
     }
 }
 
+/// One member of the stack's etcd cluster.
+#[derive(Debug, Clone)]
+struct EtcdMember {
+    /// Member name, also the daemon's (and its log's) name.
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+}
+
 #[derive(Deserialize)]
 struct RuntimeToml {
     name: String,
@@ -298,6 +315,12 @@ pub struct Stack {
     pub dir: TempDir,
     bin_dir: Option<PathBuf>,
     etcd_endpoint: String,
+    /// Every etcd member: its name and client/peer ports (kept across restarts).
+    etcd_members: Vec<EtcdMember>,
+    /// Socket of containerd instance `k` (`containerd_sockets[0]` is
+    /// `containerd_socket`); agent `i` uses instance [`Stack::agent_containerd`]`(i)`.
+    containerd_sockets: Vec<PathBuf>,
+    containerd_per_agent: bool,
     registry_addr: String,
     spots: u32,
     /// etcd, registry, containerd, control plane: stopped in reverse order.
@@ -325,7 +348,16 @@ impl Stack {
         } else {
             runtime_archives()?
         };
-        let mut stack = Stack::start_infra().await?;
+        let mut stack = Stack::start_infra_with(
+            opts.etcd_members.max(1),
+            if opts.containerd_per_agent {
+                opts.agents.max(1)
+            } else {
+                1
+            },
+        )
+        .await?;
+        stack.containerd_per_agent = opts.containerd_per_agent;
         stack.bin_dir = Some(bin_dir);
         stack.spots = opts.spots;
         stack.policy = opts.policy.clone();
@@ -363,6 +395,12 @@ impl Stack {
     /// tests of a single component, e.g. the agent's containerd driver. Needs
     /// root, not FAAS_BIN_DIR.
     pub async fn start_infra() -> anyhow::Result<Stack> {
+        Stack::start_infra_with(1, 1).await
+    }
+
+    /// [`Stack::start_infra`] with `etcd_members` etcd members and
+    /// `containerds` containerd instances.
+    async fn start_infra_with(etcd_members: usize, containerds: usize) -> anyhow::Result<Stack> {
         if !nix::unistd::geteuid().is_root() {
             bail!(
                 "the end-to-end tests need root (containerd, runc, overlay mounts): \
@@ -383,6 +421,9 @@ impl Stack {
             dir,
             bin_dir: None,
             etcd_endpoint: String::new(),
+            etcd_members: Vec::new(),
+            containerd_sockets: Vec::new(),
+            containerd_per_agent: false,
             registry_addr: String::new(),
             spots: StackOptions::default().spots,
             daemons: Vec::new(),
@@ -393,9 +434,11 @@ impl Stack {
             cp_args: Vec::new(),
             shut_down: false,
         };
-        stack.start_etcd().await?;
+        stack.start_etcd(etcd_members).await?;
         stack.start_registry().await?;
-        stack.start_containerd().await?;
+        for k in 0..containerds {
+            stack.start_containerd(k).await?;
+        }
         Ok(stack)
     }
 
@@ -420,12 +463,59 @@ impl Stack {
         self.dir.path().join("logs").join(format!("{name}.log"))
     }
 
-    async fn start_etcd(&mut self) -> anyhow::Result<()> {
-        let client = free_port()?;
-        let peer = free_port()?;
-        let data = self.dir.path().join("etcd");
+    /// Starts `members` etcd members. A single member keeps its historical
+    /// name (`faas-test`), data dir (`etcd`) and log (`etcd.log`).
+    async fn start_etcd(&mut self, members: usize) -> anyhow::Result<()> {
+        for i in 0..members {
+            let name = if members == 1 {
+                "etcd".to_string()
+            } else {
+                format!("etcd-{i}")
+            };
+            self.etcd_members.push(EtcdMember {
+                name,
+                client_port: free_port()?,
+                peer_port: free_port()?,
+            });
+        }
+        // A new cluster elects no leader, so no member reports healthy,
+        // until a quorum runs: start every member before waiting for any.
+        for i in 0..members {
+            let daemon = self.spawn_etcd_member(i, "new")?;
+            self.daemons.push(daemon);
+        }
+        for i in 0..members {
+            self.wait_etcd_member(i).await?;
+        }
+        self.etcd_endpoint = self.etcd_endpoints()[0].clone();
+        Ok(())
+    }
+
+    /// Name given to etcd's `--name` for member `i`.
+    fn etcd_member_name(&self, i: usize) -> String {
+        if self.etcd_members.len() == 1 {
+            "faas-test".to_string()
+        } else {
+            self.etcd_members[i].name.clone()
+        }
+    }
+
+    fn spawn_etcd_member(&self, i: usize, cluster_state: &str) -> anyhow::Result<Daemon> {
+        let member = &self.etcd_members[i];
+        let (client, peer) = (member.client_port, member.peer_port);
+        let data = self.dir.path().join(&member.name);
+        let initial_cluster = (0..self.etcd_members.len())
+            .map(|j| {
+                format!(
+                    "{}=http://127.0.0.1:{}",
+                    self.etcd_member_name(j),
+                    self.etcd_members[j].peer_port
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
         let mut cmd = Command::new(find_in_path("etcd")?);
-        cmd.arg("--name=faas-test")
+        cmd.arg(format!("--name={}", self.etcd_member_name(i)))
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
             .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
@@ -433,25 +523,94 @@ impl Stack {
             .arg(format!(
                 "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
             ))
-            .arg(format!(
-                "--initial-cluster=faas-test=http://127.0.0.1:{peer}"
-            ))
-            .arg("--initial-cluster-state=new")
-            .arg("--log-level=warn")
-            .arg("--logger=zap");
-        let mut daemon = Daemon::spawn("etcd", cmd, &self.log_path("etcd"))?;
-        let addr = format!("127.0.0.1:{client}");
-        let ready = wait_until(READY_TIMEOUT, &mut daemon, || async {
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            .arg(format!("--initial-cluster-state={cluster_state}"));
+        if self.etcd_members.len() > 1 {
+            // Unique per stack: members of two test stacks never join each other.
+            let token = self
+                .dir
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "faas-test".into());
+            cmd.arg(format!("--initial-cluster-token={token}"));
+        }
+        cmd.arg("--log-level=warn").arg("--logger=zap");
+        Daemon::spawn(&member.name, cmd, &self.log_path(&member.name))
+    }
+
+    /// Waits until member `i` reports healthy (it has a leader).
+    async fn wait_etcd_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let name = self.etcd_members[i].name.clone();
+        let addr = format!("127.0.0.1:{}", self.etcd_members[i].client_port);
+        let daemon = self
+            .daemons
+            .iter_mut()
+            .find(|d| d.name == name)
+            .ok_or_else(|| anyhow!("{name} is not running"))?;
+        wait_until(READY_TIMEOUT, daemon, || async {
             http_get(&addr, "/health")
                 .await
                 .map(|(status, body)| status == 200 && body.contains("\"health\":\"true\""))
                 .unwrap_or(false)
         })
-        .await;
+        .await
+    }
+
+    /// Client URL of every etcd member, `http://127.0.0.1:<port>`.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.etcd_members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// SIGKILLs etcd member `i` (a crash; its data dir stays).
+    pub fn kill_etcd_member(&mut self, i: usize) {
+        let name = &self.etcd_members[i].name;
+        if let Some(pos) = self.daemons.iter().position(|d| &d.name == name) {
+            self.daemons.remove(pos).kill_now();
+        }
+    }
+
+    /// Index of the etcd member that is the Raft leader now, as the live
+    /// members report it (etcd's `/v3/maintenance/status` gateway).
+    pub async fn etcd_leader_member(&self) -> anyhow::Result<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for (i, member) in self.etcd_members.iter().enumerate() {
+            if !self.daemons.iter().any(|d| d.name == member.name) {
+                continue;
+            }
+            let addr = format!("127.0.0.1:{}", member.client_port);
+            let Ok((200, body)) = http_request(&addr, "POST", "/v3/maintenance/status", "{}").await
+            else {
+                continue;
+            };
+            let status: serde_json::Value = serde_json::from_str(&body)?;
+            let member_id = status["header"]["member_id"].as_str().map(str::to_string);
+            ids.push((i, member_id));
+            if let Some(l) = status["leader"].as_str() {
+                leader = Some(l.to_string());
+            }
+        }
+        let leader = leader.ok_or_else(|| anyhow!("no etcd member reports a leader"))?;
+        ids.into_iter()
+            .find(|(_, id)| id.as_deref() == Some(leader.as_str()))
+            .map(|(i, _)| i)
+            .ok_or_else(|| anyhow!("the etcd leader {leader} is not a live member"))
+    }
+
+    /// Restarts etcd member `i` on its data dir and ports (it rejoins the
+    /// cluster) and waits until it is healthy.
+    pub async fn start_etcd_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let name = self.etcd_members[i].name.clone();
+        if self.daemons.iter().any(|d| d.name == name) {
+            return Ok(());
+        }
+        let daemon = self.spawn_etcd_member(i, "existing")?;
         self.daemons.push(daemon);
-        ready?;
-        self.etcd_endpoint = format!("http://{addr}");
-        Ok(())
+        self.wait_etcd_member(i).await
     }
 
     async fn start_registry(&mut self) -> anyhow::Result<()> {
@@ -484,8 +643,24 @@ impl Stack {
         Ok(())
     }
 
-    async fn start_containerd(&mut self) -> anyhow::Result<()> {
-        let base = self.dir.path().join("containerd");
+    /// Daemon (and log) name of containerd instance `k`.
+    fn containerd_name(k: usize) -> String {
+        if k == 0 {
+            "containerd".to_string()
+        } else {
+            format!("containerd-{k}")
+        }
+    }
+
+    /// Starts containerd instance `k` (0: `containerd/`, k: `containerd-<k>/`),
+    /// or starts it again on the same config, root and state.
+    async fn start_containerd(&mut self, k: usize) -> anyhow::Result<()> {
+        let name = Stack::containerd_name(k);
+        let base = self.dir.path().join(&name);
+        let socket = base.join("containerd.sock");
+        if k == self.containerd_sockets.len() {
+            self.containerd_sockets.push(socket.clone());
+        }
         fs::create_dir_all(&base)?;
         let template = fs::read_to_string(repo_root().join("deploy/config/containerd.toml"))
             .context("reading deploy/config/containerd.toml")?;
@@ -501,15 +676,11 @@ impl Stack {
                     "@CONTAINERD_STATE@",
                     &base.join("state").display().to_string(),
                 )
-                .replace(
-                    "@CONTAINERD_SOCKET@",
-                    &self.containerd_socket.display().to_string(),
-                ),
+                .replace("@CONTAINERD_SOCKET@", &socket.display().to_string()),
         )?;
         let mut cmd = Command::new(find_in_path("containerd")?);
         cmd.arg("--config").arg(&config);
-        let mut daemon = Daemon::spawn("containerd", cmd, &self.log_path("containerd"))?;
-        let socket = self.containerd_socket.clone();
+        let mut daemon = Daemon::spawn(&name, cmd, &self.log_path(&name))?;
         let ready = wait_until(READY_TIMEOUT, &mut daemon, || async {
             match containerd_client::connect(&socket).await {
                 Ok(channel) => VersionClient::new(channel).version(()).await.is_ok(),
@@ -521,13 +692,51 @@ impl Stack {
         ready
     }
 
+    /// The containerd instance of the daemon called `name`, if it is one.
+    fn containerd_socket_of(&self, name: &str) -> Option<&PathBuf> {
+        (0..self.containerd_sockets.len())
+            .find(|k| Stack::containerd_name(*k) == name)
+            .map(|k| &self.containerd_sockets[k])
+    }
+
+    /// Index of the containerd instance agent `i` uses.
+    pub fn agent_containerd(&self, i: usize) -> usize {
+        if self.containerd_per_agent {
+            i
+        } else {
+            0
+        }
+    }
+
+    /// Socket of the containerd agent `i` uses.
+    pub fn agent_containerd_socket(&self, i: usize) -> PathBuf {
+        self.containerd_sockets[self.agent_containerd(i)].clone()
+    }
+
+    /// Number of containerd instances.
+    pub fn containerd_count(&self) -> usize {
+        self.containerd_sockets.len()
+    }
+
+    /// SIGKILLs containerd instance `k` and starts it again with the same
+    /// config, root and state. The runc shims (and so the containers) keep
+    /// running meanwhile: they are not in containerd's process group, and
+    /// the new containerd reconnects to them (containerd's design).
+    pub async fn restart_containerd(&mut self, k: usize) -> anyhow::Result<()> {
+        let name = Stack::containerd_name(k);
+        if let Some(pos) = self.daemons.iter().position(|d| d.name == name) {
+            self.daemons.remove(pos).kill_now();
+        }
+        self.start_containerd(k).await
+    }
+
     async fn spawn_controlplane(&mut self, i: usize) -> anyhow::Result<()> {
         let addr = self.cp_addrs[i].clone();
         let mut cmd = Command::new(self.bin("faas-controlplane"));
         cmd.arg("--listen")
             .arg(&addr)
             .arg("--etcd")
-            .arg(&self.etcd_endpoint)
+            .arg(self.etcd_endpoints().join(","))
             .arg("--registry")
             .arg(&self.registry_addr)
             .arg("--name")
@@ -557,8 +766,12 @@ impl Stack {
     /// Freezes (SIGSTOP) or thaws (SIGCONT) etcd: to the control plane it
     /// looks unreachable (connections hang) while its data stays intact.
     pub fn freeze_etcd(&self, frozen: bool) {
-        let signal = if frozen { Signal::SIGSTOP } else { Signal::SIGCONT };
-        for daemon in self.daemons.iter().filter(|d| d.name == "etcd") {
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        for daemon in self.daemons.iter().filter(|d| d.name.starts_with("etcd")) {
             let _ = nix::sys::signal::kill(daemon.pid(), signal);
         }
     }
@@ -648,7 +861,7 @@ impl Stack {
             .arg("--spots")
             .arg(self.spots.to_string())
             .arg("--containerd")
-            .arg(&self.containerd_socket)
+            .arg(self.agent_containerd_socket(i))
             .arg("--namespace")
             .arg(self.agent_namespace(i))
             .arg("--state-dir")
@@ -807,11 +1020,22 @@ impl Stack {
     /// leases left in the agents' namespaces, as `"<kind> <id>"` strings
     /// (namespace appended for agents other than 0).
     pub async fn containerd_leftovers(&self) -> anyhow::Result<Vec<String>> {
-        let channel = containerd_client::connect(&self.containerd_socket)
-            .await
-            .context("connecting to the stack's containerd")?;
+        let mut channels: Vec<Option<Channel>> = vec![None; self.containerd_sockets.len()];
         let mut found = Vec::new();
         for i in 0..self.agents.len().max(1) {
+            let k = self.agent_containerd(i);
+            let channel = match &channels[k] {
+                Some(channel) => channel.clone(),
+                None => {
+                    let channel = containerd_client::connect(&self.containerd_sockets[k])
+                        .await
+                        .with_context(|| {
+                            format!("connecting to the stack's {}", Stack::containerd_name(k))
+                        })?;
+                    channels[k] = Some(channel.clone());
+                    channel
+                }
+            };
             let ns = self.agent_namespace(i);
             let suffix = if i == 0 {
                 String::new()
@@ -922,7 +1146,9 @@ impl Stack {
         }
         // What the agents left must not outlive the stack: kill and delete it
         // through the API before containerd goes away.
-        remove_containerd_leftovers(&self.containerd_socket, &self.namespaces()).await;
+        for socket in &self.containerd_sockets {
+            remove_containerd_leftovers(socket, &self.namespaces()).await;
+        }
         for daemon in self.controlplanes.iter_mut() {
             if let Some(mut daemon) = daemon.take() {
                 if !daemon.stop(STOP_TIMEOUT).await {
@@ -934,8 +1160,8 @@ impl Stack {
             }
         }
         while let Some(mut daemon) = self.daemons.pop() {
-            if daemon.name == "containerd" {
-                kill_shims(&self.containerd_socket);
+            if let Some(socket) = self.containerd_socket_of(&daemon.name) {
+                kill_shims(socket);
             }
             if !daemon.stop(STOP_TIMEOUT).await {
                 problems.push(format!(
@@ -996,16 +1222,17 @@ impl Drop for Stack {
             daemon.kill_now();
         }
         self.controlplanes.clear();
-        if self
+        let running_containerds: Vec<PathBuf> = self
             .daemons
             .iter()
-            .any(|daemon| daemon.name == "containerd")
-        {
-            remove_containerd_leftovers_blocking(self.containerd_socket.clone(), namespaces);
+            .filter_map(|daemon| self.containerd_socket_of(&daemon.name).cloned())
+            .collect();
+        for socket in running_containerds {
+            remove_containerd_leftovers_blocking(socket, namespaces.clone());
         }
         while let Some(mut daemon) = self.daemons.pop() {
-            if daemon.name == "containerd" {
-                kill_shims(&self.containerd_socket);
+            if let Some(socket) = self.containerd_socket_of(&daemon.name) {
+                kill_shims(socket);
             }
             daemon.kill_now();
         }
@@ -1143,11 +1370,29 @@ where
 /// A minimal HTTP/1.0 GET on loopback (etcd and registry health), returning
 /// the status code and the body.
 async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request(addr, "GET", path, "").await
+}
+
+/// A minimal HTTP/1.0 request on loopback with a JSON body (etcd's gRPC
+/// gateway), returning the status code and the body.
+async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     let io = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
+        let head = if body.is_empty() {
+            format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+        } else {
+            format!(
+                "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        stream.write_all(head.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
         anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
