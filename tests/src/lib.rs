@@ -1,10 +1,12 @@
 //! Test harness: starts a complete, private faas stack on this machine and
 //! tears it down again.
 //!
-//! A [`Stack`] owns one etcd, one docker-registry and one containerd, each in a
-//! private temporary directory on free loopback ports, then one
-//! `faas-controlplane` and N `faas-agent`s built by `tests/run.sh`. Nothing of
-//! the system instances (default sockets and ports) is touched.
+//! A [`Stack`] owns an etcd (one member, or a cluster of
+//! [`StackOptions::etcd_members`]), one docker-registry and one containerd (or
+//! one per agent with [`StackOptions::containerd_per_agent`]), each in a
+//! private temporary directory on free loopback ports, then the
+//! `faas-controlplane` replicas and N `faas-agent`s built by `tests/run.sh`.
+//! Nothing of the system instances (default sockets and ports) is touched.
 //!
 //! The environment is prepared by `tests/run.sh`, which exports:
 //! - `FAAS_BIN_DIR`: directory holding faas-controlplane, faas-agent, faasctl
