@@ -71,7 +71,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         packages,
         outbound: outbound_tx,
         running: running.clone(),
+        teardown_retry: std::sync::Mutex::new(Vec::new()),
     });
+    // Tear-downs that failed while containerd was away are retried.
+    let retrier = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                ctx.retry_teardowns().await;
+            }
+        })
+    };
     let mut spot_queues = Vec::new();
     let mut spot_tasks = Vec::new();
     for index in 0..config.spots {
@@ -81,6 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // The spots hold the only other references: when they end, the
     // outbound channel closes and the session ends after sending the rest.
+    let retry_ctx = Arc::downgrade(&ctx);
     drop(ctx);
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let session = session::Session {
@@ -104,6 +116,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await;
     if drained.is_err() {
         warn!("spots did not finish within 60 s; leaving their containers to the next start's clean-up");
+    }
+    retrier.abort();
+    if let Some(ctx) = retry_ctx.upgrade() {
+        let _ = tokio::time::timeout(Duration::from_secs(10), ctx.retry_teardowns()).await;
     }
     if tokio::time::timeout(Duration::from_secs(5), session_task)
         .await

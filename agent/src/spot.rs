@@ -51,6 +51,25 @@ pub struct SpotContext {
     pub outbound: mpsc::UnboundedSender<AgentMessage>,
     /// Calls being run now, told to the leader in every hello.
     pub running: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Containers whose tear-down failed (containerd away): retried until
+    /// they are gone.
+    pub teardown_retry: std::sync::Mutex<Vec<String>>,
+}
+
+impl SpotContext {
+    /// Retries the failed tear-downs; returns how many remain.
+    pub async fn retry_teardowns(&self) -> usize {
+        let ids = std::mem::take(&mut *self.teardown_retry.lock().expect("poisoned"));
+        for id in ids {
+            if let Err(e) = self.driver.destroy(&id).await {
+                tracing::debug!(container = %id, error = %e, "tear-down still failing");
+                self.teardown_retry.lock().expect("poisoned").push(id);
+            } else {
+                tracing::info!(container = %id, "delayed tear-down done");
+            }
+        }
+        self.teardown_retry.lock().expect("poisoned").len()
+    }
 }
 
 impl SpotContext {
@@ -788,7 +807,11 @@ async fn write_fifo(
 async fn destroy(ctx: &SpotContext, live: Live) {
     live.exit.abort();
     if let Err(e) = ctx.driver.destroy(&live.id).await {
-        warn!(error = %e, container = %live.id, "destroying a container failed");
+        warn!(error = %e, container = %live.id, "destroying a container failed; will retry");
+        ctx.teardown_retry
+            .lock()
+            .expect("poisoned")
+            .push(live.id.clone());
     }
     let dir = live.dir.clone();
     let _ = tokio::task::spawn_blocking(move || unmount_io(&dir)).await;

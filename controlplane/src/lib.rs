@@ -98,8 +98,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 );
                 follow_catalog(&store, &handle);
                 let sweeper = tokio::spawn(retention::run(store.clone(), config.retention.clone()));
-                if let Err(e) = requeue_pending(&store, &handle, &config.registry).await {
-                    warn!(error = %e, "could not reload pending calls");
+                // Never lead without the pending calls: a call left out
+                // would wait forever.
+                let mut reloaded = false;
+                for attempt in 1..=5 {
+                    match requeue_pending(&store, &handle, &config.registry).await {
+                        Ok(()) => {
+                            reloaded = true;
+                            break;
+                        }
+                        Err(e) => {
+                            warn!(attempt, error = %e, "could not reload pending calls; retrying");
+                            tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
+                        }
+                    }
+                }
+                if !reloaded {
+                    error!("pending calls could not be reloaded; giving up leadership");
+                    handle.stop();
+                    sweeper.abort();
+                    let _ = store.client().lease_revoke(leadership.lease_id).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
                 leader_lease.store(leadership.lease_id, std::sync::atomic::Ordering::SeqCst);
                 let _ = broker_tx.send(Some(handle.clone()));
@@ -207,18 +227,21 @@ fn follow_catalog(store: &Store, broker: &BrokerHandle) {
     });
 }
 
-/// On taking over, hands the broker every call recorded as queued: calls
-/// acknowledged before a restart still run.
+/// On taking over, hands the broker every call recorded as queued (calls
+/// acknowledged before a restart still run) and every call recorded as
+/// running (its result is awaited from its node, not run again).
 async fn requeue_pending(
     store: &Store,
     broker: &BrokerHandle,
     registry_host: &str,
 ) -> Result<(), store::StoreError> {
     let calls: Vec<Call> = store.list(Kind::Call).await?;
-    let mut requeued = 0;
+    // Everything is read first and handed over at the end: a failed
+    // attempt, retried, hands no call over twice.
+    let mut inputs = Vec::new();
     for mut call in calls
         .into_iter()
-        .filter(|c| c.status() == CallStatus::Queued)
+        .filter(|c| matches!(c.status(), CallStatus::Queued | CallStatus::Running))
     {
         if call.status() == CallStatus::Running {
             // It ran under an earlier leader: wait for its result from its
@@ -228,7 +251,7 @@ async fn requeue_pending(
                 Function::default(),
                 registry_host,
             ));
-            broker.send(Input::Adopt { call, bundle });
+            inputs.push(Input::Adopt { call, bundle });
             continue;
         }
         let function: Option<Function> = store.get(Kind::Function, &call.function).await?;
@@ -240,12 +263,11 @@ async fn requeue_pending(
             (Some(f), Some(r)) if f.version == call.function_version => {
                 let bundle = Arc::new(CallBundle::new(r, f, registry_host));
                 let accepted_at_ms = call.created_at_ms as f64;
-                broker.send(Input::CallArrived {
+                inputs.push(Input::CallArrived {
                     call,
                     bundle,
                     accepted_at_ms,
                 });
-                requeued += 1;
             }
             _ => {
                 call.status = CallStatus::Failed as i32;
@@ -259,8 +281,11 @@ async fn requeue_pending(
             }
         }
     }
-    if requeued > 0 {
-        info!(requeued, "pending calls handed to the broker");
+    if !inputs.is_empty() {
+        info!(pending = inputs.len(), "pending calls handed to the broker");
+    }
+    for input in inputs {
+        broker.send(input);
     }
     Ok(())
 }
