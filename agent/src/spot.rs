@@ -396,7 +396,13 @@ impl Slot<'_> {
         let exit = match created {
             Ok(exit) => exit,
             Err(e) => {
-                let _ = ctx.driver.destroy(&id).await;
+                if let Err(e) = ctx.driver.destroy(&id).await {
+                    warn!(error = %e, container = %id, "undoing a failed create failed; will retry");
+                    ctx.teardown_retry
+                        .lock()
+                        .expect("poisoned")
+                        .push(id.clone());
+                }
                 unmount_io(&dir);
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 return Err(e);

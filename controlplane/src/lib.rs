@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         Ok(l) => break l,
                         Err(e) => {
                             warn!(error = %e, "campaign failed; retrying");
+                            store.next_member();
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                     }
@@ -134,6 +135,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 );
                 let _ = broker_tx.send(None);
                 leader_lease.store(0, std::sync::atomic::Ordering::SeqCst);
+                // The member we spoke to may be the one gone.
+                store.next_member();
                 handle.stop();
                 sweeper.abort();
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -42,7 +42,11 @@ pub enum StoreError {
 
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
+    /// One client per etcd member: etcd-client's own balancing keeps
+    /// sending requests to a dead member, so the store moves to the next
+    /// member itself when one stops answering.
+    clients: std::sync::Arc<Vec<Client>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     prefix: String,
 }
 
@@ -55,15 +59,71 @@ impl Store {
                 std::time::Duration::from_secs(5),
                 std::time::Duration::from_secs(5),
             );
-        let client = Client::connect(endpoints, Some(options)).await?;
+        let mut clients = Vec::new();
+        let mut last_error = None;
+        for endpoint in endpoints {
+            match Client::connect([endpoint], Some(options.clone())).await {
+                Ok(c) => clients.push(c),
+                Err(e) => {
+                    tracing::warn!(%endpoint, error = %e, "etcd member not reachable");
+                    last_error = Some(e);
+                }
+            }
+        }
+        if clients.is_empty() {
+            return Err(last_error.map(StoreError::from).unwrap_or_else(|| {
+                StoreError::Etcd(etcd_client::Error::InvalidArgs(
+                    "no etcd endpoint given".into(),
+                ))
+            }));
+        }
         Ok(Store {
-            client,
+            clients: std::sync::Arc::new(clients),
+            current: Default::default(),
             prefix: prefix.trim_end_matches('/').to_string(),
         })
     }
 
+    /// A client of the etcd member in use.
     pub fn client(&self) -> Client {
-        self.client.clone()
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+        self.clients[i].clone()
+    }
+
+    /// Moves to the next etcd member (after an error of a call made with
+    /// [`Store::client`] directly).
+    pub fn next_member(&self) {
+        if self.clients.len() > 1 {
+            self.current
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Passes a result through; on an error that says the member is gone
+    /// (transport, unavailable, timeout), the next call goes to the next
+    /// member.
+    fn check<T>(&self, result: Result<T, etcd_client::Error>) -> Result<T, StoreError> {
+        if let Err(e) = &result {
+            let gone = match e {
+                etcd_client::Error::TransportError(_) => true,
+                etcd_client::Error::GRpcStatus(s) => matches!(
+                    s.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown
+                ),
+                _ => false,
+            };
+            if gone && self.clients.len() > 1 {
+                let next = self
+                    .current
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                tracing::warn!(error = %e, member = next % self.clients.len(), "etcd member not answering; moving to the next");
+            }
+        }
+        Ok(result?)
     }
 
     /// The key prefix everything lives under (e.g. `/faas/v1`).
@@ -85,7 +145,7 @@ impl Store {
         name: &str,
     ) -> Result<Option<M>, StoreError> {
         let key = self.key(kind, name);
-        let resp = self.client.clone().get(key.as_str(), None).await?;
+        let resp = self.check(self.client().get(key.as_str(), None).await)?;
         match resp.kvs().first() {
             None => Ok(None),
             Some(kv) => decode(&key, kv.value()).map(Some),
@@ -98,10 +158,11 @@ impl Store {
         name: &str,
         value: &M,
     ) -> Result<(), StoreError> {
-        self.client
-            .clone()
-            .put(self.key(kind, name), value.encode_to_vec(), None)
-            .await?;
+        self.check(
+            self.client()
+                .put(self.key(kind, name), value.encode_to_vec(), None)
+                .await,
+        )?;
         Ok(())
     }
 
@@ -111,7 +172,7 @@ impl Store {
             .into_iter()
             .map(|(kind, name, value)| TxnOp::put(self.key(kind, &name), value, None))
             .collect();
-        self.client.clone().txn(Txn::new().and_then(ops)).await?;
+        self.check(self.client().txn(Txn::new().and_then(ops)).await)?;
         Ok(())
     }
 
@@ -126,7 +187,7 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value.encode_to_vec(), None)]);
-        Ok(self.client.clone().txn(txn).await?.succeeded())
+        Ok(self.check(self.client().txn(txn).await)?.succeeded())
     }
 
     /// Writes the object only if its key is at `version` (1: written once);
@@ -142,7 +203,7 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::version(key.as_str(), CompareOp::Equal, version)])
             .and_then([TxnOp::put(key.as_str(), value.encode_to_vec(), None)]);
-        Ok(self.client.clone().txn(txn).await?.succeeded())
+        Ok(self.check(self.client().txn(txn).await)?.succeeded())
     }
 
     /// Up to `limit` objects of a kind in ascending key order (oldest calls
@@ -154,7 +215,7 @@ impl Store {
     ) -> Result<Vec<(String, M)>, StoreError> {
         let dir = self.dir(kind);
         let opts = GetOptions::new().with_prefix().with_limit(limit);
-        let resp = self.client.clone().get(dir.as_str(), Some(opts)).await?;
+        let resp = self.check(self.client().get(dir.as_str(), Some(opts)).await)?;
         resp.kvs()
             .iter()
             .map(|kv| {
@@ -170,10 +231,7 @@ impl Store {
         let dir = self.dir(kind);
         let opts = GetOptions::new().with_prefix().with_count_only();
         Ok(self
-            .client
-            .clone()
-            .get(dir.as_str(), Some(opts))
-            .await?
+            .check(self.client().get(dir.as_str(), Some(opts)).await)?
             .count())
     }
 
@@ -183,28 +241,24 @@ impl Store {
             .iter()
             .map(|(kind, name)| TxnOp::delete(self.key(*kind, name), None))
             .collect();
-        self.client.clone().txn(Txn::new().and_then(ops)).await?;
+        self.check(self.client().txn(Txn::new().and_then(ops)).await)?;
         Ok(())
     }
 
     /// Deletes the object; false if it did not exist.
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<bool, StoreError> {
-        let resp = self
-            .client
-            .clone()
-            .delete(self.key(kind, name), None)
-            .await?;
+        let resp = self.check(self.client().delete(self.key(kind, name), None).await)?;
         Ok(resp.deleted() > 0)
     }
 
     /// Every object of a kind, in key order.
     pub async fn list<M: Message + Default>(&self, kind: Kind) -> Result<Vec<M>, StoreError> {
         let dir = self.dir(kind);
-        let resp = self
-            .client
-            .clone()
-            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
+        let resp = self.check(
+            self.client()
+                .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+                .await,
+        )?;
         resp.kvs()
             .iter()
             .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
@@ -228,7 +282,7 @@ impl Store {
             Some(name) => opts.with_range(format!("{dir}{name}")),
             None => opts.with_prefix(),
         };
-        let resp = self.client.clone().get(dir.as_str(), Some(opts)).await?;
+        let resp = self.check(self.client().get(dir.as_str(), Some(opts)).await)?;
         resp.kvs()
             .iter()
             .map(|kv| {
@@ -258,11 +312,11 @@ impl Store {
     ) {
         let dir = self.dir(kind);
         loop {
-            let listed = self
-                .client
-                .clone()
-                .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
-                .await;
+            let listed = self.check(
+                self.client()
+                    .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+                    .await,
+            );
             let resp = match listed {
                 Ok(r) => r,
                 Err(e) => {
@@ -282,14 +336,15 @@ impl Store {
             let options = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(revision + 1);
-            let mut stream = match self.client.clone().watch(dir.as_str(), Some(options)).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, kind = ?kind, "watch failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
+            let mut stream =
+                match self.check(self.client().watch(dir.as_str(), Some(options)).await) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, kind = ?kind, "watch failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
             loop {
                 match stream.message().await {
                     Ok(Some(resp)) if resp.canceled() || resp.compact_revision() > 0 => break,

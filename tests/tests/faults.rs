@@ -205,9 +205,6 @@ async fn warm_up(stack: &Stack, url: &str, agents: usize) {
 /// restarted 6 s later: the control planes keep working through the other
 /// two members, and every acknowledged call succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product gap: the control plane stalls until the member returns (etcd-client keeps \
-            using the dead endpoint; no acknowledged call is lost, but none is accepted for ~8 s); \
-            see docs/operations.md, known gaps. Run with --ignored."]
 async fn killing_an_etcd_member_under_load_loses_no_acknowledged_call() -> anyhow::Result<()> {
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut stack = Stack::start(StackOptions {
