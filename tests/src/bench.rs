@@ -170,7 +170,7 @@ pub fn floor_sh(stack: &Stack, runs: usize, seconds: u64) -> anyhow::Result<Valu
         .unwrap_or_else(|_| json!({"error": String::from_utf8_lossy(&out.stderr)})))
 }
 
-/// `faasctl fn deploy <name> --runtime <runtime> <extra...> <dir>`.
+/// [`Stack::deploy`], kept for the benchmark programs.
 pub fn deploy(
     stack: &Stack,
     name: &str,
@@ -178,16 +178,7 @@ pub fn deploy(
     dir: &Path,
     extra: &[&str],
 ) -> anyhow::Result<()> {
-    let out = stack
-        .faasctl()
-        .args(["fn", "deploy", name, "--runtime", runtime])
-        .args(extra)
-        .arg(dir)
-        .output()?;
-    if !out.status.success() {
-        bail!("deploy {name}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
+    stack.deploy(name, runtime, dir, extra)
 }
 
 /// One synchronous Invoke, timed on the client: the wall time in ms and the

@@ -778,6 +778,28 @@ impl Stack {
         }
     }
 
+    /// Deploys function `name` from `dir` (a directory, zip or tar.gz)
+    /// with `faasctl fn deploy`, so the CLI's packing is exercised too;
+    /// `extra` are more flags (`--timeout 1s`, `--handler ...`).
+    pub fn deploy(
+        &self,
+        name: &str,
+        runtime: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
+        let out = self
+            .faasctl()
+            .args(["fn", "deploy", name, "--runtime", runtime])
+            .args(extra)
+            .arg(dir)
+            .output()?;
+        if !out.status.success() {
+            bail!("deploy {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// Every control-plane replica's URL, comma-separated (what agents and
     /// faasctl are given).
     pub fn endpoints(&self) -> String {

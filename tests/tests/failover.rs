@@ -29,16 +29,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_call() -> anyhow::R
     })
     .await?;
     for (name, fixture) in [("hello", "py-hello"), ("sleeps", "py-sleep")] {
-        let out = stack
-            .faasctl()
-            .args(["fn", "deploy", name, "--runtime", "python3"])
-            .arg(fixture_dir(fixture))
-            .output()?;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        stack.deploy(name, "python3", &fixture_dir(fixture), &[])?;
     }
     let leader = stack.leader_index().await?;
     let follower = 1 - leader;
@@ -174,16 +165,7 @@ async fn old_calls_are_removed_past_the_retention_count() -> anyhow::Result<()> 
         ..StackOptions::default()
     })
     .await?;
-    let out = stack
-        .faasctl()
-        .args(["fn", "deploy", "hello", "--runtime", "python3"])
-        .arg(fixture_dir("py-hello"))
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stack.deploy("hello", "python3", &fixture_dir("py-hello"), &[])?;
     let mut client = CallServiceClient::new(stack.channel().await);
     let mut ids = Vec::new();
     for _ in 0..12 {
@@ -239,16 +221,7 @@ async fn a_drained_node_takes_no_new_work() -> anyhow::Result<()> {
         ..StackOptions::default()
     })
     .await?;
-    let out = stack
-        .faasctl()
-        .args(["fn", "deploy", "hello", "--runtime", "python3"])
-        .arg(fixture_dir("py-hello"))
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stack.deploy("hello", "python3", &fixture_dir("py-hello"), &[])?;
     let drained = stack.agent_node(0);
     let out = stack.faasctl().args(["node", "drain", &drained]).output()?;
     assert!(
@@ -326,16 +299,7 @@ async fn a_lost_agent_fails_its_running_calls_and_others_carry_on() -> anyhow::R
         ..StackOptions::default()
     })
     .await?;
-    let out = stack
-        .faasctl()
-        .args(["fn", "deploy", "sleeps", "--runtime", "python3"])
-        .arg(fixture_dir("py-sleep"))
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stack.deploy("sleeps", "python3", &fixture_dir("py-sleep"), &[])?;
     let mut client = CallServiceClient::new(stack.channel().await);
     let mut ids = Vec::new();
     for _ in 0..2 {
@@ -419,16 +383,7 @@ async fn the_cluster_survives_an_etcd_outage() -> anyhow::Result<()> {
         ..StackOptions::default()
     })
     .await?;
-    let out = stack
-        .faasctl()
-        .args(["fn", "deploy", "hello", "--runtime", "python3"])
-        .arg(fixture_dir("py-hello"))
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stack.deploy("hello", "python3", &fixture_dir("py-hello"), &[])?;
     let url = stack.controlplane_url(0);
     let invoke = |url: String| async move {
         let channel = Endpoint::from_shared(url)?

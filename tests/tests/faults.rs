@@ -37,17 +37,9 @@ fn now_ms() -> i64 {
 
 fn deploy(stack: &Stack, functions: &[(&str, &str)]) {
     for (name, fixture) in functions {
-        let out = stack
-            .faasctl()
-            .args(["fn", "deploy", name, "--runtime", "python3"])
-            .arg(fixture_dir(fixture))
-            .output()
-            .expect("running faasctl");
-        assert!(
-            out.status.success(),
-            "deploying {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        stack
+            .deploy(name, "python3", &fixture_dir(fixture), &[])
+            .expect("deploying a fixture");
     }
 }
 

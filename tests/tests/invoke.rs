@@ -21,18 +21,9 @@ use tonic::Code;
 /// Deploys a fixture directory with faasctl (so the CLI's packing is
 /// exercised too).
 fn deploy(stack: &Stack, name: &str, runtime: &str, fixture: &str, extra: &[&str]) {
-    let out = stack
-        .faasctl()
-        .args(["fn", "deploy", name, "--runtime", runtime])
-        .args(extra)
-        .arg(fixture_dir(fixture))
-        .output()
-        .expect("running faasctl");
-    assert!(
-        out.status.success(),
-        "faasctl fn deploy {name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stack
+        .deploy(name, runtime, &fixture_dir(fixture), extra)
+        .expect("deploying a fixture");
 }
 
 async fn calls(stack: &Stack) -> CallServiceClient<tonic::transport::Channel> {

@@ -10,17 +10,7 @@ use faas_proto::v1::{Call, CallStatus, GetCallStatsRequest, InvokeRequest, SpotS
 use faas_tests::{fixture_dir, Stack, StackOptions};
 
 fn deploy(stack: &Stack, name: &str, dir: &std::path::Path) {
-    let out = stack
-        .faasctl()
-        .args(["fn", "deploy", name, "--runtime", "python3"])
-        .arg(dir)
-        .output()
-        .expect("running faasctl");
-    assert!(
-        out.status.success(),
-        "deploy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stack.deploy(name, "python3", dir, &[]).expect("deploying");
 }
 
 async fn invoke(stack: &Stack, function: &str) -> anyhow::Result<Call> {
