@@ -1003,21 +1003,35 @@ impl Stack {
                 .with_context(|| format!("reading {}", toml_path.display()))?,
         )
         .with_context(|| format!("parsing {}", toml_path.display()))?;
-        let spec = RegisterRuntimeRequest {
-            part: Some(register_runtime_request::Part::Spec(RuntimeSpec {
+        self.register_runtime_spec(
+            RuntimeSpec {
                 name: definition.name,
                 path: definition.path,
                 dependencies: definition.dependencies,
                 run: definition.run,
                 image_ref: String::new(),
                 replace: true,
-            })),
+            },
+            archive,
+        )
+        .await
+    }
+
+    /// Registers a runtime from `spec` and an image archive, streamed in
+    /// 1 MiB chunks: runtime images are far above gRPC's message limit and
+    /// need not sit in memory.
+    pub async fn register_runtime_spec(
+        &self,
+        spec: RuntimeSpec,
+        archive: &Path,
+    ) -> anyhow::Result<()> {
+        let name = spec.name.clone();
+        let spec = RegisterRuntimeRequest {
+            part: Some(register_runtime_request::Part::Spec(spec)),
         };
         let file = tokio::fs::File::open(archive)
             .await
             .with_context(|| format!("opening {}", archive.display()))?;
-        // Stream the archive in 1 MiB chunks: runtime images are far above
-        // gRPC's message limit and need not sit in memory.
         let chunks = futures::stream::unfold(file, |mut file| async move {
             let mut buf = vec![0u8; 1 << 20];
             match file.read(&mut buf).await {
@@ -1036,7 +1050,10 @@ impl Stack {
         let requests = futures::stream::iter([spec]).chain(chunks);
         let mut client =
             RuntimeServiceClient::new(self.channel().await).max_decoding_message_size(64 << 20);
-        client.register_runtime(requests).await?;
+        client
+            .register_runtime(requests)
+            .await
+            .with_context(|| format!("registering runtime {name}"))?;
         Ok(())
     }
 

@@ -30,17 +30,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use faas_proto::v1::call_service_client::CallServiceClient;
-use faas_proto::v1::runtime_service_client::RuntimeServiceClient;
-use faas_proto::v1::{
-    register_runtime_request, CallStatus, RegisterRuntimeRequest, RuntimeSpec, StartKind, Timings,
-};
+use faas_proto::v1::{CallStatus, RuntimeSpec, StartKind, Timings};
 use faas_tests::bench::{
     deploy, floor_same_image, floor_sh, invoke_timed, phases_json, round, Series,
 };
 use faas_tests::{fixture_dir, repo_root, runtime_archives, Stack, StackOptions};
-use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 const HELLO: &str = "bench-hello";
@@ -528,39 +523,19 @@ async fn register_bigdep_runtime(stack: &Stack, mb: u64, mibps: u64) -> anyhow::
          else sys.exit(\"dep.bin is short\")){pace}); [step(i) for i in range({mb})]'",
         python3.dependencies
     );
-    let spec = RegisterRuntimeRequest {
-        part: Some(register_runtime_request::Part::Spec(RuntimeSpec {
-            name: BIGDEP_RUNTIME.into(),
-            path: python3.path,
-            dependencies: dependencies.clone(),
-            run: python3.run,
-            image_ref: String::new(),
-            replace: true,
-        })),
-    };
-    let file = tokio::fs::File::open(&archive)
-        .await
-        .with_context(|| format!("opening {}", archive.display()))?;
-    let chunks = futures::stream::unfold(file, |mut file| async move {
-        let mut buf = vec![0u8; 1 << 20];
-        match file.read(&mut buf).await {
-            Ok(0) | Err(_) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((
-                    RegisterRuntimeRequest {
-                        part: Some(register_runtime_request::Part::Chunk(buf)),
-                    },
-                    file,
-                ))
-            }
-        }
-    });
-    RuntimeServiceClient::new(stack.channel().await)
-        .max_decoding_message_size(64 << 20)
-        .register_runtime(futures::stream::iter([spec]).chain(chunks))
-        .await
-        .context("registering python3-bigdep")?;
+    stack
+        .register_runtime_spec(
+            RuntimeSpec {
+                name: BIGDEP_RUNTIME.into(),
+                path: python3.path,
+                dependencies: dependencies.clone(),
+                run: python3.run,
+                image_ref: String::new(),
+                replace: true,
+            },
+            &archive,
+        )
+        .await?;
     Ok(dependencies)
 }
 
