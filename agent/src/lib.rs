@@ -102,6 +102,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         spots: spot_queues,
         draining: drain_rx,
         running,
+        unconfirmed: Default::default(),
+        confirm_deadline: None,
     };
     let mut session_task = tokio::spawn(session.run_forever());
     tokio::select! {
@@ -121,7 +123,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(ctx) = retry_ctx.upgrade() {
         let _ = tokio::time::timeout(Duration::from_secs(10), ctx.retry_teardowns()).await;
     }
-    if tokio::time::timeout(Duration::from_secs(5), session_task)
+    // The session sends the last reports, then waits (up to 10 s) for the
+    // leader to confirm the last results recorded.
+    if tokio::time::timeout(Duration::from_secs(12), session_task)
         .await
         .is_err()
     {

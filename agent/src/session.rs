@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use faas_proto::v1::agent_service_client::AgentServiceClient;
-use faas_proto::v1::{agent_message, control_message, AgentHello, AgentMessage, SpotOperation};
+use faas_proto::v1::{
+    agent_message, control_message, AgentHello, AgentMessage, CallResult, SpotOperation,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
@@ -27,7 +29,19 @@ pub struct Session {
     pub draining: tokio::sync::watch::Receiver<bool>,
     /// Calls the spots are running (listed in the hello).
     pub running: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Results sent but not yet confirmed recorded by the leader, oldest
+    /// first: sent again on every new session until confirmed.
+    pub unconfirmed: std::collections::VecDeque<CallResult>,
+    /// Set once the spots are done and every report went out: until then
+    /// the agent waits for the last confirmations, across sessions.
+    pub confirm_deadline: Option<tokio::time::Instant>,
 }
+
+/// Results kept for confirmation at most (a leader that never confirms,
+/// e.g. an older version, must not make the agent grow without bound).
+const MAX_UNCONFIRMED: usize = 4096;
+/// How long a drained agent waits for its last results to be confirmed.
+const DRAIN_CONFIRM_WAIT: Duration = Duration::from_secs(10);
 
 impl Session {
     /// Runs until the agent has drained and every report is sent.
@@ -45,9 +59,22 @@ impl Session {
                     }
                     Err(e) => warn!(%endpoint, error = %e, "control plane session failed"),
                 }
+                if self
+                    .confirm_deadline
+                    .is_some_and(|at| tokio::time::Instant::now() >= at)
+                {
+                    warn!(
+                        results = self.unconfirmed.len(),
+                        "results not confirmed recorded before exit"
+                    );
+                    return;
+                }
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            // Capped low: most refusals are a follower saying "not the
+            // leader" while a new leader takes over, and every moment
+            // without a session is a moment the node takes no work.
+            delay = (delay * 2).min(Duration::from_millis(500));
         }
     }
 
@@ -65,13 +92,14 @@ impl Session {
             .await?;
         let mut client = AgentServiceClient::new(channel).max_decoding_message_size(32 << 20);
         let (tx, rx) = mpsc::channel::<AgentMessage>(256);
-        let running_calls: Vec<String> = self
+        let mut running_calls: Vec<String> = self
             .running
             .lock()
             .expect("poisoned")
             .iter()
             .cloned()
             .collect();
+        running_calls.extend(self.unconfirmed.iter().map(|r| r.call_id.clone()));
         tx.send(AgentMessage {
             msg: Some(agent_message::Msg::Hello(AgentHello {
                 node: self.config.node.clone(),
@@ -83,14 +111,45 @@ impl Session {
         .await?;
         let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
         info!(%endpoint, node = %self.config.node, spots = self.config.spots, "joined the cluster");
-        if let Some(message) = unsent.take() {
+        // Results go again from the unconfirmed list below.
+        if let Some(message) = unsent.take().filter(|m| !is_result(m)) {
             if let Err(e) = tx.send(message).await {
                 *unsent = Some(e.0);
                 anyhow::bail!("stream closed");
             }
         }
+        if !self.unconfirmed.is_empty() {
+            info!(
+                results = self.unconfirmed.len(),
+                "sending results not confirmed recorded"
+            );
+        }
+        for result in self.unconfirmed.clone() {
+            let message = AgentMessage {
+                msg: Some(agent_message::Msg::Result(result)),
+            };
+            if tx.send(message).await.is_err() {
+                anyhow::bail!("stream closed");
+            }
+        }
         loop {
+            if self.confirm_deadline.is_some() && self.unconfirmed.is_empty() {
+                self.finished = true;
+                return Ok(());
+            }
+            let deadline = self.confirm_deadline;
+            let wait_confirmations = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = wait_confirmations => {
+                    warn!(results = self.unconfirmed.len(), "results not confirmed recorded before exit");
+                    self.finished = true;
+                    return Ok(());
+                }
                 _ = self.draining.changed(), if !self.spots.is_empty() => {
                     if *self.draining.borrow() {
                         info!("draining: no new operations");
@@ -98,11 +157,18 @@ impl Session {
                         self.spots.clear();
                     }
                 }
-                message = self.outbound.recv() => {
+                message = self.outbound.recv(), if deadline.is_none() => {
                     let Some(message) = message else {
-                        self.finished = true;
-                        return Ok(());
+                        self.confirm_deadline = Some(tokio::time::Instant::now() + DRAIN_CONFIRM_WAIT);
+                        continue;
                     };
+                    if let Some(agent_message::Msg::Result(result)) = &message.msg {
+                        if self.unconfirmed.len() >= MAX_UNCONFIRMED {
+                            let dropped = self.unconfirmed.pop_front();
+                            warn!(call_id = ?dropped.map(|r| r.call_id), "too many unconfirmed results; forgetting the oldest");
+                        }
+                        self.unconfirmed.push_back(result.clone());
+                    }
                     if let Err(e) = tx.send(message).await {
                         *unsent = Some(e.0);
                         anyhow::bail!("stream closed");
@@ -119,6 +185,9 @@ impl Session {
                                     None => warn!(spot = op.spot, "operation for a spot this agent does not have"),
                                 }
                             }
+                            Some(control_message::Msg::Recorded(recorded)) => {
+                                self.unconfirmed.retain(|r| r.call_id != recorded.call_id);
+                            }
                             None => {}
                         },
                     }
@@ -126,4 +195,8 @@ impl Session {
             }
         }
     }
+}
+
+fn is_result(message: &AgentMessage) -> bool {
+    matches!(message.msg, Some(agent_message::Msg::Result(_)))
 }

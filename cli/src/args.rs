@@ -172,6 +172,10 @@ pub struct DeployArgs {
     /// Environment variable for the function, K=V (repeatable).
     #[arg(long = "env", short = 'e', value_parser = parse_env_pair)]
     pub env: Vec<(String, String)>,
+    /// The function is safe to run twice: a call lost with its node is run
+    /// again elsewhere instead of failing with node_lost.
+    #[arg(long)]
+    pub idempotent: bool,
 }
 
 #[derive(Debug, Args)]

@@ -310,6 +310,7 @@ pub fn function_spec(args: &DeployArgs) -> FunctionSpec {
         memory_bytes: args.memory.unwrap_or(0),
         timeout_ms: args.timeout.map(duration_to_ms).unwrap_or(0),
         env: args.env.iter().cloned().collect(),
+        idempotent: args.idempotent,
     }
 }
 

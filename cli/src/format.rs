@@ -74,6 +74,7 @@ pub fn function_json(function: &Function) -> Value {
         "handler": function.handler,
         "memory_bytes": function.memory_bytes,
         "timeout_ms": function.timeout_ms,
+        "idempotent": function.idempotent,
         "env": env,
         "package_digest": function.package_digest,
         "package_size": function.package_size,
@@ -116,6 +117,7 @@ pub fn call_json(call: &Call) -> Value {
         "finished_at_ms": call.finished_at_ms,
         "logs_truncated": call.logs_truncated,
         "policy": call.policy,
+        "attempts": call.attempts,
     })
 }
 
@@ -424,6 +426,7 @@ pub fn function_details(f: &Function) -> String {
         ("handler", f.handler.clone()),
         ("memory", bytes_text(f.memory_bytes)),
         ("timeout", ms_text(f.timeout_ms)),
+        ("idempotent", if f.idempotent { "yes" } else { "no" }.into()),
         ("env", env_text),
         ("version", f.version.to_string()),
         (
@@ -608,6 +611,7 @@ mod tests {
             finished_at_ms: 1_700_000_000_014,
             logs_truncated: false,
             policy: String::new(),
+            attempts: 1,
         }
     }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use faas_broker::{Broker, Event, FunctionRef, Operation, PendingCall, SpotId, SpotState};
 use faas_proto::v1::{
     control_message, spot_operation, Call, CallAssignment, CallError, CallLogs, CallResult,
-    CallStatus, ControlMessage, Function, FunctionBundle, Node, Runtime, RuntimeBundle, Spot,
-    SpotOperation, SpotReport, Timings,
+    CallStatus, ControlMessage, Function, FunctionBundle, Node, ResultRecorded, Runtime,
+    RuntimeBundle, Spot, SpotOperation, SpotReport, Timings,
 };
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
@@ -28,11 +28,14 @@ use crate::watch::CallWatch;
 pub struct CallBundle {
     pub runtime: RuntimeBundle,
     pub function: FunctionBundle,
+    /// The function may run again if its node is lost.
+    pub idempotent: bool,
 }
 
 impl CallBundle {
     pub fn new(runtime: Runtime, function: Function, registry_host: &str) -> CallBundle {
         CallBundle {
+            idempotent: function.idempotent,
             runtime: RuntimeBundle {
                 name: runtime.name,
                 image: runtime.image,
@@ -55,11 +58,32 @@ impl CallBundle {
 }
 
 pub type AgentSender = mpsc::Sender<Result<ControlMessage, Status>>;
+type WeakAgentSender = mpsc::WeakSender<Result<ControlMessage, Status>>;
 
-/// How long a node may stay away before the calls it ran are declared lost.
-const ORPHAN_GRACE: Duration = Duration::from_secs(5);
-/// How long after a node's return its backlog of results may still arrive.
-const RESULT_BACKLOG_GRACE: Duration = Duration::from_secs(5);
+/// How long after a node's return the results it held may still arrive
+/// (they are sent right after its hello).
+const RESULT_BACKLOG_GRACE: Duration = Duration::from_secs(2);
+/// How long a call an agent reported running, unknown to this leader, is
+/// remembered (it may be handed over by the takeover a moment later).
+const REPORTED_RUNNING_MEMORY: Duration = Duration::from_secs(60);
+
+/// How the broker resolves calls whose node is lost.
+#[derive(Clone, Debug)]
+pub struct CallSettings {
+    /// How long a node may stay away before the calls it ran are lost.
+    pub node_lost_after: Duration,
+    /// Runs again of an idempotent function's call lost with its node.
+    pub idempotent_retries: u32,
+}
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        CallSettings {
+            node_lost_after: Duration::from_secs(3),
+            idempotent_retries: 2,
+        }
+    }
+}
 
 pub enum Input {
     CallArrived {
@@ -124,7 +148,12 @@ pub struct BrokerHandle {
     tx: mpsc::UnboundedSender<Input>,
     connected_agents: Arc<AtomicUsize>,
     policy: &'static str,
+    started: Instant,
 }
+
+/// After a takeover, how long agents have to find the new leader: calls
+/// are accepted (and wait queued) meanwhile even if no agent is back yet.
+pub const AGENT_RECONNECT_GRACE: Duration = Duration::from_secs(5);
 
 impl BrokerHandle {
     pub fn send(&self, input: Input) -> bool {
@@ -138,6 +167,12 @@ impl BrokerHandle {
 
     pub fn connected_agents(&self) -> usize {
         self.connected_agents.load(Ordering::Relaxed)
+    }
+
+    /// Whether this broker started so recently that its agents may still
+    /// be reconnecting.
+    pub fn just_started(&self) -> bool {
+        self.started.elapsed() < AGENT_RECONNECT_GRACE
     }
 
     pub fn policy(&self) -> &'static str {
@@ -187,14 +222,37 @@ struct Tracked {
     call: Call,
     bundle: Arc<CallBundle>,
     accepted_at_ms: f64,
-    /// Set while the call's node is gone: past ORPHAN_GRACE the call is
-    /// declared lost.
+    /// Set while the call's node is gone: past `node_lost_after` the call
+    /// is declared lost.
     orphaned_since: Option<Instant>,
     /// Set when the node came back without the call among its running
     /// ones: its result may still be in the agent's backlog until then.
     lost_after: Option<Instant>,
     /// Where and when it was handed out.
     dispatched: Option<(SpotId, f64)>,
+    /// Version of the call's etcd record, when known: the RUNNING record
+    /// is written over exactly that version (never over a final one).
+    record_version: Option<i64>,
+}
+
+impl Tracked {
+    fn new(call: Call, bundle: Arc<CallBundle>, accepted_at_ms: f64) -> Tracked {
+        Tracked {
+            call,
+            bundle,
+            accepted_at_ms,
+            orphaned_since: None,
+            lost_after: None,
+            dispatched: None,
+            record_version: None,
+        }
+    }
+
+    fn runs_on(&self, node: &str) -> bool {
+        self.dispatched
+            .as_ref()
+            .is_some_and(|(s, _)| s.node == node)
+    }
 }
 
 struct BrokerLoop {
@@ -209,6 +267,10 @@ struct BrokerLoop {
     watch: Arc<CallWatch>,
     connected_agents: Arc<AtomicUsize>,
     epoch: Instant,
+    settings: CallSettings,
+    /// Calls agents said they run that this leader did not know (yet):
+    /// if the takeover hands one over, it is not run a second time.
+    reported_running: HashMap<String, (String, Instant)>,
 }
 
 /// Starts the broker loop with the given policy.
@@ -217,6 +279,7 @@ pub fn spawn(
     store: Store,
     watch: Arc<CallWatch>,
     registry_host: String,
+    settings: CallSettings,
 ) -> BrokerHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let connected_agents = Arc::new(AtomicUsize::new(0));
@@ -224,6 +287,7 @@ pub fn spawn(
         tx,
         connected_agents: connected_agents.clone(),
         policy: broker.policy_name(),
+        started: Instant::now(),
     };
     let mut state = BrokerLoop {
         broker,
@@ -236,6 +300,8 @@ pub fn spawn(
         watch,
         connected_agents,
         epoch: Instant::now(),
+        settings,
+        reported_running: HashMap::new(),
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -310,6 +376,23 @@ impl BrokerLoop {
                 bundle,
                 accepted_at_ms,
             } => {
+                if self.calls.contains_key(&call.id) {
+                    // Handed over twice (accepted while a takeover listed
+                    // the queued calls): it must run once.
+                    return;
+                }
+                let mut tracked = Tracked::new(call, bundle, accepted_at_ms);
+                // A new call's record was written once, as QUEUED.
+                tracked.record_version = (tracked.call.attempts == 0).then_some(1);
+                if let Some((node, _)) = self.reported_running.remove(&tracked.call.id) {
+                    // Recorded QUEUED, but its agent runs it (a leader died
+                    // between handing it out and recording that).
+                    info!(call_id = %tracked.call.id, %node, "call already running on its node; not run again");
+                    tracked.mark_running(&node);
+                    self.calls.insert(tracked.call.id.clone(), tracked);
+                    return;
+                }
+                let (call, bundle) = (&tracked.call, &tracked.bundle);
                 let pending = PendingCall {
                     id: call.id.clone(),
                     function: FunctionRef {
@@ -319,17 +402,7 @@ impl BrokerLoop {
                     },
                     arrived_at: self.now(),
                 };
-                self.calls.insert(
-                    call.id.clone(),
-                    Tracked {
-                        call,
-                        bundle,
-                        accepted_at_ms,
-                        orphaned_since: None,
-                        lost_after: None,
-                        dispatched: None,
-                    },
-                );
+                self.calls.insert(call.id.clone(), tracked);
                 self.feed(Event::CallArrived(pending));
             }
             Input::AgentConnected {
@@ -347,14 +420,28 @@ impl BrokerLoop {
                 // the agent's backlog (sent right after the hello), or lost.
                 let lost_after = Instant::now() + RESULT_BACKLOG_GRACE;
                 for (id, tracked) in self.calls.iter_mut() {
-                    if tracked
-                        .dispatched
-                        .as_ref()
-                        .is_some_and(|(s, _)| s.node == node)
-                    {
+                    if tracked.runs_on(&node) {
                         tracked.orphaned_since = None;
                         if !running_calls.contains(id) {
                             tracked.lost_after = Some(lost_after);
+                        }
+                    }
+                }
+                // Calls it runs that this leader holds as queued (recorded
+                // QUEUED; the leader that handed them out died before
+                // recording RUNNING) or does not know yet.
+                for id in running_calls {
+                    match self.calls.get_mut(&id) {
+                        Some(tracked) if tracked.dispatched.is_none() => {
+                            if self.broker.withdraw(&id) {
+                                info!(call_id = %id, %node, "queued call already running on its node; not run again");
+                                tracked.mark_running(&node);
+                            }
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.reported_running
+                                .insert(id, (node.clone(), Instant::now()));
                         }
                     }
                 }
@@ -457,17 +544,18 @@ impl BrokerLoop {
                 };
                 let connected = self.agents.contains_key(&call.node);
                 let queue_ms = call.timings.as_ref().map(|t| t.queue_ms).unwrap_or(0.0);
-                self.calls.insert(
-                    call.id.clone(),
-                    Tracked {
-                        accepted_at_ms: call.created_at_ms as f64,
-                        call,
-                        bundle,
-                        orphaned_since: (!connected).then(Instant::now),
-                        lost_after: connected.then(|| Instant::now() + RESULT_BACKLOG_GRACE),
-                        dispatched: Some((spot, queue_ms)),
-                    },
-                );
+                let accepted_at_ms = call.created_at_ms as f64;
+                // Its node may have reported it in its hello already.
+                let reported = self
+                    .reported_running
+                    .remove(&call.id)
+                    .is_some_and(|(node, _)| node == call.node);
+                let mut tracked = Tracked::new(call, bundle, accepted_at_ms);
+                tracked.orphaned_since = (!connected).then(Instant::now);
+                tracked.lost_after =
+                    (connected && !reported).then(|| Instant::now() + RESULT_BACKLOG_GRACE);
+                tracked.dispatched = Some((spot, queue_ms));
+                self.calls.insert(tracked.call.id.clone(), tracked);
             }
             Input::Drain { node, drain, reply } => {
                 let Some(agent) = self.agents.get_mut(&node) else {
@@ -544,11 +632,7 @@ impl BrokerLoop {
         // they are declared lost only if it does not come back in time.
         let now = Instant::now();
         for tracked in self.calls.values_mut() {
-            if tracked
-                .dispatched
-                .as_ref()
-                .is_some_and(|(s, _)| s.node == node)
-            {
+            if tracked.runs_on(node) {
                 tracked.orphaned_since.get_or_insert(now);
             }
         }
@@ -558,19 +642,54 @@ impl BrokerLoop {
     /// them, in time.
     fn expire_orphans(&mut self) {
         let now = Instant::now();
+        self.reported_running
+            .retain(|_, (_, at)| now - *at < REPORTED_RUNNING_MEMORY);
+        let grace = self.settings.node_lost_after;
         let lost: Vec<String> = self
             .calls
             .iter()
             .filter(|(_, t)| {
-                t.orphaned_since
-                    .is_some_and(|since| now - since > ORPHAN_GRACE)
+                t.orphaned_since.is_some_and(|since| now - since > grace)
                     || t.lost_after.is_some_and(|at| now > at)
             })
             .map(|(id, _)| id.clone())
             .collect();
         for id in lost {
-            let tracked = self.calls.remove(&id).expect("listed above");
-            let node = tracked.dispatched.map(|(s, _)| s.node).unwrap_or_default();
+            let mut tracked = self.calls.remove(&id).expect("listed above");
+            let node = tracked
+                .dispatched
+                .take()
+                .map(|(s, _)| s.node)
+                .unwrap_or_default();
+            let attempts = tracked.call.attempts.max(1);
+            // An adopted call whose function changed since has no bundle
+            // to run again.
+            let runnable = !tracked.bundle.function.name.is_empty();
+            if tracked.bundle.idempotent && runnable && attempts <= self.settings.idempotent_retries
+            {
+                warn!(call_id = %id, %node, attempts, "call lost with its node; running it again (idempotent function)");
+                tracked.call.attempts = attempts + 1;
+                tracked.call.status = CallStatus::Queued as i32;
+                tracked.call.node.clear();
+                tracked.orphaned_since = None;
+                tracked.lost_after = None;
+                // Its record says RUNNING on the lost node; a takeover
+                // adopts it from there and resolves it the same way.
+                tracked.record_version = None;
+                let pending = PendingCall {
+                    id: id.clone(),
+                    function: FunctionRef {
+                        name: tracked.bundle.function.name.clone(),
+                        version: tracked.bundle.function.version,
+                        runtime: tracked.bundle.runtime.name.clone(),
+                    },
+                    arrived_at: self.now(),
+                };
+                self.watch.publish(&tracked.call);
+                self.calls.insert(id, tracked);
+                self.feed(Event::CallArrived(pending));
+                continue;
+            }
             warn!(call_id = %id, %node, "call lost with its node");
             let mut call = tracked.call;
             call.status = CallStatus::Failed as i32;
@@ -580,7 +699,7 @@ impl BrokerLoop {
                 log_tail: String::new(),
             });
             call.finished_at_ms = now_ms();
-            self.persist(call, CallLogs::default());
+            self.persist(call, CallLogs::default(), None);
         }
     }
 
@@ -633,7 +752,15 @@ impl BrokerLoop {
             tracked.call.policy = self.broker.policy_name().to_string();
             tracked.call.node = spot.node.clone();
             tracked.call.spot = spot.index;
+            tracked.call.attempts = tracked.call.attempts.max(1);
             self.watch.publish(&tracked.call);
+            // Recorded so that a leader taking over waits for the result
+            // instead of running the call again. Off the hot path: the
+            // operation goes out now.
+            if let Some(version) = tracked.record_version.take() {
+                let (store, call) = (self.store.clone(), tracked.call.clone());
+                tokio::spawn(record_running(store, call, version));
+            }
         }
         // Preloads carry the bundles of the registered objects; a preload
         // of something no longer registered (or of an old version) is not
@@ -694,23 +821,41 @@ impl BrokerLoop {
     fn on_result(&mut self, node: &str, result: CallResult) {
         let span = info_span!("call", call_id = %result.call_id);
         let _enter = span.enter();
+        self.reported_running.remove(&result.call_id);
+        // The agent keeps the result until told it is recorded. A weak
+        // handle: a write stuck while etcd is away must not keep the
+        // agent's stream open after this broker stops.
+        let confirm = self.agents.get(node).map(|a| a.tx.downgrade());
         let Some(tracked) = self.calls.remove(&result.call_id) else {
             // A result for a call this leader did not hand out (it took
-            // over while the call ran): record it if the call is not final.
+            // over while the call ran, or the agent sent it again): record
+            // it if the call is not final yet.
             let store = self.store.clone();
             let watch = self.watch.clone();
             let node = node.to_string();
             tokio::spawn(
                 async move {
-                    if let Ok(Some(call)) = store.get::<Call>(Kind::Call, &result.call_id).await {
-                        if !crate::watch::is_final(&call) {
+                    let stored = match store.get::<Call>(Kind::Call, &result.call_id).await {
+                        Ok(stored) => stored,
+                        Err(e) => {
+                            // Not confirmed: the agent sends it again.
+                            warn!(error = %e, "could not read the call to record its result");
+                            return;
+                        }
+                    };
+                    let call_id = result.call_id.clone();
+                    match stored {
+                        Some(call) if !crate::watch::is_final(&call) => {
                             let queue_ms =
                                 result.timings.as_ref().map(|t| t.queue_ms).unwrap_or(0.0);
                             let accepted = call.created_at_ms as f64;
                             let (call, logs) = finish(call, &node, result, accepted, queue_ms);
                             write_final(&store, &watch, call, logs).await;
                         }
+                        // Recorded already, or deleted by retention.
+                        _ => debug!("result already recorded"),
                     }
+                    confirm_recorded(confirm.as_ref(), call_id);
                 }
                 .in_current_span(),
             );
@@ -718,15 +863,83 @@ impl BrokerLoop {
         };
         let queue_ms = tracked.dispatched.as_ref().map(|(_, q)| *q).unwrap_or(0.0);
         let (call, logs) = finish(tracked.call, node, result, tracked.accepted_at_ms, queue_ms);
-        self.persist(call, logs);
+        self.persist(call, logs, confirm);
     }
 
-    fn persist(&self, call: Call, logs: CallLogs) {
+    /// Records a final call off the loop; then tells the agent that sent
+    /// the result, if any, that it may forget it.
+    fn persist(&self, call: Call, logs: CallLogs, confirm: Option<WeakAgentSender>) {
         let store = self.store.clone();
         let watch = self.watch.clone();
         let span = info_span!("persist", call_id = %call.id);
-        tokio::spawn(async move { write_final(&store, &watch, call, logs).await }.instrument(span));
+        tokio::spawn(
+            async move {
+                let call_id = call.id.clone();
+                write_final(&store, &watch, call, logs).await;
+                confirm_recorded(confirm.as_ref(), call_id);
+            }
+            .instrument(span),
+        );
     }
+}
+
+impl Tracked {
+    /// Marks a call as running on `node` (its spot unknown), so that its
+    /// result is awaited from there.
+    fn mark_running(&mut self, node: &str) {
+        self.call.status = CallStatus::Running as i32;
+        self.call.node = node.to_string();
+        self.call.attempts = self.call.attempts.max(1);
+        let queue_ms = self
+            .call
+            .timings
+            .as_ref()
+            .map(|t| t.queue_ms)
+            .unwrap_or(0.0);
+        self.dispatched = Some((
+            SpotId {
+                node: node.to_string(),
+                index: self.call.spot,
+            },
+            queue_ms,
+        ));
+        self.record_version = None;
+    }
+}
+
+/// Tells an agent that a result it sent is recorded.
+fn confirm_recorded(agent: Option<&WeakAgentSender>, call_id: String) {
+    if let Some(tx) = agent.and_then(|weak| weak.upgrade()) {
+        let _ = tx.try_send(Ok(ControlMessage {
+            msg: Some(control_message::Msg::Recorded(ResultRecorded { call_id })),
+        }));
+    }
+}
+
+/// Records a dispatched call as RUNNING, over its record at `version`
+/// only: a final record written meanwhile is never overwritten.
+async fn record_running(store: Store, call: Call, version: i64) {
+    let span = info_span!("record_running", call_id = %call.id);
+    async move {
+        for attempt in 1..=3u64 {
+            match store
+                .put_if_version(Kind::Call, &call.id, &call, version)
+                .await
+            {
+                Ok(true) => return,
+                Ok(false) => {
+                    debug!("call record changed before RUNNING was written; left as is");
+                    return;
+                }
+                Err(e) => {
+                    warn!(attempt, error = %e, "recording the call as running failed");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
 }
 
 /// Builds the final call record from the agent's result.

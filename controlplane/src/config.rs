@@ -84,6 +84,14 @@ pub struct Flags {
     /// TTL of the leader's etcd lease, seconds [default: 5].
     #[arg(long)]
     pub leader_ttl_secs: Option<i64>,
+    /// How long a node may be away before the calls it was running are
+    /// declared lost (or, for idempotent functions, run again) [default: 3s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub node_lost_after: Option<Duration>,
+    /// How many times a call of an idempotent function lost with its node
+    /// is run again elsewhere [default: 2].
+    #[arg(long)]
+    pub idempotent_retries: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +126,9 @@ struct FileConfig {
     default_memory_bytes: Option<u64>,
     max_memory_bytes: Option<u64>,
     leader_ttl_secs: Option<i64>,
+    #[serde(default, with = "humantime_serde_opt")]
+    node_lost_after: Option<Duration>,
+    idempotent_retries: Option<u32>,
 }
 
 mod humantime_serde_opt {
@@ -145,6 +156,7 @@ pub struct Config {
     pub retention: crate::retention::Retention,
     pub limits: Limits,
     pub leader_ttl_secs: i64,
+    pub calls: crate::broker::CallSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -275,6 +287,16 @@ impl Config {
                     .unwrap_or(4 << 30),
             },
             leader_ttl_secs: flags.leader_ttl_secs.or(file.leader_ttl_secs).unwrap_or(5),
+            calls: crate::broker::CallSettings {
+                node_lost_after: flags
+                    .node_lost_after
+                    .or(file.node_lost_after)
+                    .unwrap_or(Duration::from_secs(3)),
+                idempotent_retries: flags
+                    .idempotent_retries
+                    .or(file.idempotent_retries)
+                    .unwrap_or(2),
+            },
         })
     }
 }

@@ -71,21 +71,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let election = format!("{}/election", store.prefix());
             loop {
-                let leadership = loop {
+                let mut leadership = loop {
                     // The election's value is how to reach the leader.
                     match leader::campaign(
-                        store.client(),
+                        &store,
                         &election,
                         &config.advertise,
                         config.leader_ttl_secs,
                     )
                     .await
                     {
-                        Ok(l) => break l,
+                        // A campaign that outlived its lease (etcd deletes
+                        // the key, and the wait ends) is not leadership.
+                        Ok(mut l) => {
+                            if !l.is_lost() {
+                                break l;
+                            }
+                            warn!("elected with a lease already lost; campaigning again");
+                            l.resign(&store).await;
+                        }
                         Err(e) => {
                             warn!(error = %e, "campaign failed; retrying");
                             store.next_member();
-                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            tokio::time::sleep(Duration::from_millis(300)).await;
                         }
                     }
                 };
@@ -96,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     store.clone(),
                     calls.clone(),
                     config.registry.clone(),
+                    config.calls.clone(),
                 );
                 follow_catalog(&store, &handle);
                 let sweeper = tokio::spawn(retention::run(store.clone(), config.retention.clone()));
@@ -118,13 +127,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     error!("pending calls could not be reloaded; giving up leadership");
                     handle.stop();
                     sweeper.abort();
-                    let _ = store.client().lease_revoke(leadership.lease_id).await;
+                    leadership.resign(&store).await;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
                 leader_lease.store(leadership.lease_id, std::sync::atomic::Ordering::SeqCst);
                 let _ = broker_tx.send(Some(handle.clone()));
-                let _ = leadership.lost.await;
+                let _ = (&mut leadership.lost).await;
                 // The lease is gone (etcd unreachable, or too slow): step
                 // down at once. The broker stops, which closes the agents'
                 // streams; they find whoever leads next, and that leader
@@ -135,11 +144,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 );
                 let _ = broker_tx.send(None);
                 leader_lease.store(0, std::sync::atomic::Ordering::SeqCst);
-                // The member we spoke to may be the one gone.
-                store.next_member();
                 handle.stop();
                 sweeper.abort();
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Revoked if etcd still answers, so that the next election
+                // need not wait for the lease to expire.
+                leadership.resign(&store).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
         });
     }
@@ -230,6 +240,12 @@ fn follow_catalog(store: &Store, broker: &BrokerHandle) {
     });
 }
 
+/// How long a new leader waits before running the calls recorded as
+/// queued: time for the agents to reconnect and report what they run, so
+/// that a call handed out by the previous leader an instant before it died
+/// (still recorded QUEUED) is not run a second time.
+const REQUEUE_SETTLE: Duration = Duration::from_secs(1);
+
 /// On taking over, hands the broker every call recorded as queued (calls
 /// acknowledged before a restart still run) and every call recorded as
 /// running (its result is awaited from its node, not run again).
@@ -241,38 +257,50 @@ async fn requeue_pending(
     let calls: Vec<Call> = store.list(Kind::Call).await?;
     // Everything is read first and handed over at the end: a failed
     // attempt, retried, hands no call over twice.
-    let mut inputs = Vec::new();
+    let mut adopted = Vec::new();
+    let mut queued = Vec::new();
+    let mut catalog: std::collections::HashMap<String, Option<(Function, Runtime)>> =
+        Default::default();
     for mut call in calls
         .into_iter()
         .filter(|c| matches!(c.status(), CallStatus::Queued | CallStatus::Running))
     {
+        if !catalog.contains_key(&call.function) {
+            let function: Option<Function> = store.get(Kind::Function, &call.function).await?;
+            let runtime: Option<Runtime> = match &function {
+                Some(f) => store.get(Kind::Runtime, &f.runtime).await?,
+                None => None,
+            };
+            catalog.insert(call.function.clone(), function.zip(runtime));
+        }
+        let current = catalog[&call.function]
+            .as_ref()
+            .filter(|(f, _)| f.version == call.function_version)
+            .map(|(f, r)| Arc::new(CallBundle::new(r.clone(), f.clone(), registry_host)));
         if call.status() == CallStatus::Running {
             // It ran under an earlier leader: wait for its result from its
-            // node rather than run it again.
-            let bundle = Arc::new(CallBundle::new(
-                Runtime::default(),
-                Function::default(),
-                registry_host,
-            ));
-            inputs.push(Input::Adopt { call, bundle });
+            // node rather than run it again. Without the function's current
+            // version it cannot be run again if its node is lost.
+            let bundle = current.unwrap_or_else(|| {
+                Arc::new(CallBundle::new(
+                    Runtime::default(),
+                    Function::default(),
+                    registry_host,
+                ))
+            });
+            adopted.push(Input::Adopt { call, bundle });
             continue;
         }
-        let function: Option<Function> = store.get(Kind::Function, &call.function).await?;
-        let runtime: Option<Runtime> = match &function {
-            Some(f) => store.get(Kind::Runtime, &f.runtime).await?,
-            None => None,
-        };
-        match (function, runtime) {
-            (Some(f), Some(r)) if f.version == call.function_version => {
-                let bundle = Arc::new(CallBundle::new(r, f, registry_host));
+        match current {
+            Some(bundle) => {
                 let accepted_at_ms = call.created_at_ms as f64;
-                inputs.push(Input::CallArrived {
+                queued.push(Input::CallArrived {
                     call,
                     bundle,
                     accepted_at_ms,
                 });
             }
-            _ => {
+            None => {
                 call.status = CallStatus::Failed as i32;
                 call.error = Some(CallError {
                     reason: "platform".into(),
@@ -284,11 +312,24 @@ async fn requeue_pending(
             }
         }
     }
-    if !inputs.is_empty() {
-        info!(pending = inputs.len(), "pending calls handed to the broker");
+    if !adopted.is_empty() || !queued.is_empty() {
+        info!(
+            running = adopted.len(),
+            queued = queued.len(),
+            "pending calls handed to the broker"
+        );
     }
-    for input in inputs {
+    for input in adopted {
         broker.send(input);
+    }
+    if !queued.is_empty() {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(REQUEUE_SETTLE).await;
+            for input in queued {
+                broker.send(input);
+            }
+        });
     }
     Ok(())
 }

@@ -47,8 +47,16 @@ pub struct Store {
     /// member itself when one stops answering.
     clients: std::sync::Arc<Vec<Client>>,
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// When the store last moved to another member (ms since `epoch`):
+    /// a burst of concurrent failures on one dead member moves once, not
+    /// once per failed request (which could cycle back to the dead one).
+    switched_at_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    epoch: std::time::Instant,
     prefix: String,
 }
+
+/// Failures closer together than this move to the next member only once.
+const MEMBER_SWITCH_DAMPING_MS: u64 = 500;
 
 impl Store {
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Store, StoreError> {
@@ -80,6 +88,8 @@ impl Store {
         Ok(Store {
             clients: std::sync::Arc::new(clients),
             current: Default::default(),
+            switched_at_ms: Default::default(),
+            epoch: std::time::Instant::now(),
             prefix: prefix.trim_end_matches('/').to_string(),
         })
     }
@@ -90,19 +100,43 @@ impl Store {
         self.clients[i].clone()
     }
 
+    /// How many etcd members the store knows.
+    pub fn members(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The client of the member `offset` places after the one in use, for
+    /// callers that must try every member in turn (lease renewal).
+    pub fn client_after(&self, offset: usize) -> Client {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) + offset;
+        self.clients[i % self.clients.len()].clone()
+    }
+
     /// Moves to the next etcd member (after an error of a call made with
-    /// [`Store::client`] directly).
-    pub fn next_member(&self) {
-        if self.clients.len() > 1 {
-            self.current
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// [`Store::client`] directly), unless another failure just did.
+    pub fn next_member(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.clients.len() < 2 {
+            return false;
         }
+        let now = self.epoch.elapsed().as_millis() as u64 + MEMBER_SWITCH_DAMPING_MS;
+        let last = self.switched_at_ms.load(Ordering::Relaxed);
+        if now < last + MEMBER_SWITCH_DAMPING_MS
+            || self
+                .switched_at_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        self.current.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Passes a result through; on an error that says the member is gone
     /// (transport, unavailable, timeout), the next call goes to the next
     /// member.
-    fn check<T>(&self, result: Result<T, etcd_client::Error>) -> Result<T, StoreError> {
+    pub fn check<T>(&self, result: Result<T, etcd_client::Error>) -> Result<T, StoreError> {
         if let Err(e) = &result {
             let gone = match e {
                 etcd_client::Error::TransportError(_) => true,
@@ -115,12 +149,10 @@ impl Store {
                 ),
                 _ => false,
             };
-            if gone && self.clients.len() > 1 {
-                let next = self
-                    .current
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    + 1;
-                tracing::warn!(error = %e, member = next % self.clients.len(), "etcd member not answering; moving to the next");
+            if gone && self.next_member() {
+                let member =
+                    self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+                tracing::warn!(error = %e, member, "etcd member not answering; moving to the next");
             }
         }
         Ok(result?)

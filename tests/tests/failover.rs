@@ -286,27 +286,20 @@ async fn a_drained_node_takes_no_new_work() -> anyhow::Result<()> {
     stack.shutdown().await
 }
 
-/// An agent killed while it runs a call: the call ends as failed with
-/// reason node_lost within seconds, queued calls go to the other node, and
-/// the restarted agent cleans up what its predecessor left.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_agent_fails_its_running_calls_and_others_carry_on() -> anyhow::Result<()> {
-    let mut stack = Stack::start(StackOptions {
-        agents: 2,
-        spots: 1,
-        runtimes: vec!["python3"],
-        policy: Some("no-preload".into()),
-        ..StackOptions::default()
-    })
-    .await?;
-    stack.deploy("sleeps", "python3", &fixture_dir("py-sleep"), &[])?;
+/// Submits two 3 s calls on a 2-node cluster (1 spot each), kills the node
+/// of the first with SIGKILL once it runs, and returns the first call's
+/// final record, how long after the kill it was final, and the victim.
+async fn kill_the_node_of_a_running_call(
+    stack: &mut Stack,
+    function: &str,
+) -> anyhow::Result<(faas_proto::v1::Call, Duration, String)> {
     let mut client = CallServiceClient::new(stack.channel().await);
     let mut ids = Vec::new();
     for _ in 0..2 {
         ids.push(
             client
                 .submit(InvokeRequest {
-                    function: "sleeps".into(),
+                    function: function.into(),
                     params_json: r#"{"seconds": 3}"#.into(),
                 })
                 .await?
@@ -314,7 +307,7 @@ async fn a_lost_agent_fails_its_running_calls_and_others_carry_on() -> anyhow::R
                 .call_id,
         );
     }
-    // Both nodes run one call each; then node-0 dies.
+    // Both nodes run one call each; then the first call's node dies.
     let deadline = Instant::now() + Duration::from_secs(30);
     let victim = loop {
         let c = client
@@ -330,29 +323,29 @@ async fn a_lost_agent_fails_its_running_calls_and_others_carry_on() -> anyhow::R
     let victim_index = if victim == stack.agent_node(0) { 0 } else { 1 };
     let killed_at = Instant::now();
     stack.kill_agent(victim_index).await;
+    let mut resolved = None;
     let lost = loop {
         let c = client
             .get_call(GetCallRequest { id: ids[0].clone() })
             .await?
             .into_inner();
-        if c.status() != CallStatus::Running && c.status() != CallStatus::Queued {
+        if resolved.is_none() && (c.node != victim || c.status() != CallStatus::Running) {
+            // Failed, or handed to another node.
+            resolved = Some(killed_at.elapsed());
+        }
+        if matches!(
+            c.status(),
+            CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
+        ) {
             break c;
         }
         assert!(
             killed_at.elapsed() < Duration::from_secs(30),
             "never resolved: {c:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let detected = killed_at.elapsed();
-    eprintln!("agent loss: call resolved {detected:?} after SIGKILL");
-    assert_eq!(lost.status(), CallStatus::Failed, "{lost:?}");
-    assert_eq!(
-        lost.error.as_ref().map(|e| e.reason.as_str()),
-        Some("node_lost")
-    );
-    assert!(detected < Duration::from_secs(10), "{detected:?}");
-    // The other call, on the surviving node, succeeds; so does a new one.
+    // The other call, on the surviving node, succeeds.
     let other = loop {
         let c = client
             .get_call(GetCallRequest { id: ids[1].clone() })
@@ -370,6 +363,65 @@ async fn a_lost_agent_fails_its_running_calls_and_others_carry_on() -> anyhow::R
     // The agent comes back and removes what its predecessor left.
     stack.start_agent(victim_index).await;
     stack.assert_no_leftovers(Duration::from_secs(15)).await?;
+    Ok((lost, resolved.expect("resolved"), victim))
+}
+
+/// An agent killed with SIGKILL while running a call: that call fails with
+/// reason node_lost in under 5 s, the other node carries on, and the
+/// restarted agent cleans up what its predecessor left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_agent_fails_its_running_calls_and_others_carry_on() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        agents: 2,
+        spots: 1,
+        runtimes: vec!["python3"],
+        policy: Some("no-preload".into()),
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy("sleeps", "python3", &fixture_dir("py-sleep"), &[])?;
+    let (lost, detected, _) = kill_the_node_of_a_running_call(&mut stack, "sleeps").await?;
+    eprintln!("agent loss: call resolved {detected:?} after SIGKILL");
+    assert_eq!(lost.status(), CallStatus::Failed, "{lost:?}");
+    assert_eq!(
+        lost.error.as_ref().map(|e| e.reason.as_str()),
+        Some("node_lost")
+    );
+    assert_eq!(lost.attempts, 1, "{lost:?}");
+    assert!(detected < Duration::from_secs(5), "{detected:?}");
+    stack.shutdown().await
+}
+
+/// The same loss with a function deployed --idempotent: the call is run
+/// again on the other node and succeeds there, after two attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_call_lost_with_its_node_runs_again_elsewhere() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        agents: 2,
+        spots: 1,
+        runtimes: vec!["python3"],
+        policy: Some("no-preload".into()),
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy(
+        "sleeps",
+        "python3",
+        &fixture_dir("py-sleep"),
+        &["--idempotent"],
+    )?;
+    let (call, requeued, victim) = kill_the_node_of_a_running_call(&mut stack, "sleeps").await?;
+    eprintln!(
+        "agent loss, idempotent function: call run again {requeued:?} after SIGKILL; \
+         final {:?} on {} after {} attempts",
+        call.status(),
+        call.node,
+        call.attempts
+    );
+    assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+    assert_ne!(call.node, victim, "{call:?}");
+    assert_eq!(call.attempts, 2, "{call:?}");
+    assert!(requeued < Duration::from_secs(5), "{requeued:?}");
     stack.shutdown().await
 }
 

@@ -146,7 +146,18 @@ fn outcomes(calls: &[Call]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for call in calls {
         let key = match &call.error {
-            Some(e) => format!("{:?} {}", call.status(), e.reason),
+            Some(e) => {
+                eprintln!(
+                    "call {} {:?} on {}: {}: {}\n{}",
+                    call.id,
+                    call.status(),
+                    call.node,
+                    e.reason,
+                    e.message,
+                    e.log_tail
+                );
+                format!("{:?} {}", call.status(), e.reason)
+            }
             None => format!("{:?}", call.status()),
         };
         *counts.entry(key).or_default() += 1;
@@ -197,9 +208,6 @@ async fn warm_up(stack: &Stack, url: &str, agents: usize) {
 /// restarted 6 s later: the control planes keep working through the other
 /// two members, and every acknowledged call succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: passed 3 runs out of 4 here; in the 4th no replica led again while the \
-            member was down (agents saw 'not the leader' for the whole window). Not yet \
-            diagnosed; see docs/operations.md, known gaps. Run with --ignored."]
 async fn killing_an_etcd_member_under_load_loses_no_acknowledged_call() -> anyhow::Result<()> {
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut stack = Stack::start(StackOptions {
@@ -251,9 +259,11 @@ async fn killing_an_etcd_member_under_load_loses_no_acknowledged_call() -> anyho
         finals.len(),
         "every acknowledged call should succeed: {counts:?}"
     );
+    // The member stays down 6 s: service must come back while it is down,
+    // through the other two members.
     assert!(
-        report.longest_gap() < Duration::from_secs(10),
-        "no call accepted for {:?}",
+        report.longest_gap() < Duration::from_secs(5),
+        "no call accepted for {:?} (the member was down 6 s)",
         report.longest_gap()
     );
     // shutdown() checks that nothing is left in either containerd.

@@ -482,6 +482,13 @@ impl Broker {
         &self.cluster
     }
 
+    /// Takes a queued call out of the queue (it turned out to be running
+    /// already, e.g. reported by its agent after a takeover); false if it
+    /// was not queued.
+    pub fn withdraw(&mut self, call_id: &str) -> bool {
+        self.cluster.remove_queued(call_id).is_some()
+    }
+
     /// Applies the event to the view, lets the policy decide, and returns
     /// the operations to send, in order (operations for one spot must reach
     /// its agent in this order). The view records the state each operation

@@ -136,6 +136,7 @@ impl FunctionService for Api {
                 spec.timeout_ms
             },
             env: spec.env,
+            idempotent: spec.idempotent,
             package_digest: digest,
             package_size,
             version,
