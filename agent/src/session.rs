@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use faas_proto::v1::agent_service_client::AgentServiceClient;
 use faas_proto::v1::{
-    agent_message, control_message, AgentHello, AgentMessage, CallResult, SpotOperation,
+    agent_message, control_message, AgentDraining, AgentHello, AgentMessage, CallResult,
+    OperationRefused, SpotOperation,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -132,6 +133,15 @@ impl Session {
                 anyhow::bail!("stream closed");
             }
         }
+        if *self.draining.borrow() {
+            // Drained while away: no work for this node from the new leader.
+            let notice = AgentMessage {
+                msg: Some(agent_message::Msg::Draining(AgentDraining {})),
+            };
+            if tx.send(notice).await.is_err() {
+                anyhow::bail!("stream closed");
+            }
+        }
         loop {
             if self.confirm_deadline.is_some() && self.unconfirmed.is_empty() {
                 self.finished = true;
@@ -155,6 +165,13 @@ impl Session {
                         info!("draining: no new operations");
                         // Closing the queues ends each spot after its current operation.
                         self.spots.clear();
+                        // The leader stops placing work here at once.
+                        let notice = AgentMessage {
+                            msg: Some(agent_message::Msg::Draining(AgentDraining {})),
+                        };
+                        if tx.send(notice).await.is_err() {
+                            anyhow::bail!("stream closed");
+                        }
                     }
                 }
                 message = self.outbound.recv(), if deadline.is_none() => {
@@ -181,8 +198,23 @@ impl Session {
                             Some(control_message::Msg::Operation(op)) => {
                                 match self.spots.get(op.spot as usize) {
                                     Some(spot) => { let _ = spot.send(op); }
-                                    None if *self.draining.borrow() => warn!(spot = op.spot, "draining: operation refused"),
-                                    None => warn!(spot = op.spot, "operation for a spot this agent does not have"),
+                                    None => {
+                                        if *self.draining.borrow() {
+                                            warn!(spot = op.spot, "draining: operation refused");
+                                        } else {
+                                            warn!(spot = op.spot, "operation for a spot this agent does not have");
+                                        }
+                                        // Its call never started: the leader places it elsewhere.
+                                        let refused = AgentMessage {
+                                            msg: Some(agent_message::Msg::Refused(OperationRefused {
+                                                spot: op.spot,
+                                                call_id: op.call.map(|c| c.call_id).unwrap_or_default(),
+                                            })),
+                                        };
+                                        if tx.send(refused).await.is_err() {
+                                            anyhow::bail!("stream closed");
+                                        }
+                                    }
                                 }
                             }
                             Some(control_message::Msg::Recorded(recorded)) => {

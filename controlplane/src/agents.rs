@@ -96,6 +96,19 @@ impl AgentService for AgentSessions {
                             session,
                             result: Box::new(result),
                         },
+                        Ok(AgentMessage {
+                            msg: Some(agent_message::Msg::Draining(_)),
+                        }) => Input::AgentDraining {
+                            node: node.clone(),
+                            session,
+                        },
+                        Ok(AgentMessage {
+                            msg: Some(agent_message::Msg::Refused(refused)),
+                        }) => Input::Refused {
+                            node: node.clone(),
+                            session,
+                            call_id: refused.call_id,
+                        },
                         Ok(other) => {
                             warn!(?other, "unexpected message from agent; ignored");
                             continue;

@@ -111,6 +111,17 @@ pub enum Input {
         node: String,
         session: u64,
     },
+    /// The agent is shutting down: no new work for it.
+    AgentDraining {
+        node: String,
+        session: u64,
+    },
+    /// The agent did not start an operation; its call (if any) never ran.
+    Refused {
+        node: String,
+        session: u64,
+        call_id: String,
+    },
     Spot {
         node: String,
         session: u64,
@@ -558,38 +569,35 @@ impl BrokerLoop {
                 self.calls.insert(tracked.call.id.clone(), tracked);
             }
             Input::Drain { node, drain, reply } => {
-                let Some(agent) = self.agents.get_mut(&node) else {
+                if !self.agents.contains_key(&node) {
                     let _ = reply.send(None);
                     return;
-                };
-                if agent.draining != drain {
-                    agent.draining = drain;
-                    let spots = agent.spots.len() as u32;
-                    if drain {
-                        info!(%node, "draining");
-                        // Out of the policy's pool; what runs there finishes,
-                        // preloads are cleared by the agent after it.
-                        self.feed(Event::NodeLeft { node: node.clone() });
-                        for index in 0..spots {
-                            let clear = SpotOperation {
-                                spot: index,
-                                kind: spot_operation::Kind::ClearSpot as i32,
-                                ..Default::default()
-                            };
-                            let _ = self.agents[&node].tx.try_send(Ok(ControlMessage {
-                                msg: Some(control_message::Msg::Operation(clear)),
-                            }));
-                        }
-                    } else {
-                        info!(%node, "back in the pool");
-                        self.feed(Event::NodeJoined {
-                            node: node.clone(),
-                            spots,
-                        });
-                    }
-                    self.count_usable_agents();
                 }
+                // Preloads are cleared by the agent once what runs ends.
+                self.set_draining(&node, drain, true);
                 let _ = reply.send(self.node_view(&node));
+            }
+            Input::AgentDraining { node, session } => {
+                if self.agents.get(&node).is_some_and(|a| a.session == session) {
+                    info!(%node, "agent shutting down");
+                    // The agent clears its spots itself as it stops.
+                    self.set_draining(&node, true, false);
+                }
+            }
+            Input::Refused {
+                node,
+                session,
+                call_id,
+            } => {
+                if self.agents.get(&node).is_none_or(|a| a.session != session) {
+                    return;
+                }
+                let refused_here = self.calls.get(&call_id).is_some_and(|t| t.runs_on(&node));
+                if refused_here {
+                    let tracked = self.calls.remove(&call_id).expect("checked above");
+                    info!(%call_id, %node, "call refused by a draining node; placing it elsewhere");
+                    self.run_again(tracked);
+                }
             }
             Input::LiveCall(id, reply) => {
                 let _ = reply.send(self.calls.get(&id).map(|t| t.call.clone()));
@@ -604,6 +612,70 @@ impl BrokerLoop {
                 let _ = reply.send(nodes);
             }
         }
+    }
+
+    /// Takes a node out of the pool (draining: what runs there finishes) or
+    /// back in.
+    fn set_draining(&mut self, node: &str, drain: bool, clear_spots: bool) {
+        let Some(agent) = self.agents.get_mut(node) else {
+            return;
+        };
+        if agent.draining == drain {
+            return;
+        }
+        agent.draining = drain;
+        let spots = agent.spots.len() as u32;
+        if drain {
+            info!(%node, "draining");
+            self.feed(Event::NodeLeft {
+                node: node.to_string(),
+            });
+            if clear_spots {
+                for index in 0..spots {
+                    let clear = SpotOperation {
+                        spot: index,
+                        kind: spot_operation::Kind::ClearSpot as i32,
+                        ..Default::default()
+                    };
+                    let _ = self.agents[node].tx.try_send(Ok(ControlMessage {
+                        msg: Some(control_message::Msg::Operation(clear)),
+                    }));
+                }
+            }
+        } else {
+            info!(%node, "back in the pool");
+            self.feed(Event::NodeJoined {
+                node: node.to_string(),
+                spots,
+            });
+        }
+        self.count_usable_agents();
+    }
+
+    /// Queues a call again (it never ran, or it may run twice); its record
+    /// keeps what it says until the outcome.
+    fn run_again(&mut self, mut tracked: Tracked) {
+        let id = tracked.call.id.clone();
+        tracked.call.status = CallStatus::Queued as i32;
+        tracked.call.node.clear();
+        tracked.dispatched = None;
+        tracked.orphaned_since = None;
+        tracked.lost_after = None;
+        // Its record may say RUNNING on the old node; a takeover adopts it
+        // from there and resolves it the same way.
+        tracked.record_version = None;
+        let pending = PendingCall {
+            id: id.clone(),
+            function: FunctionRef {
+                name: tracked.bundle.function.name.clone(),
+                version: tracked.bundle.function.version,
+                runtime: tracked.bundle.runtime.name.clone(),
+            },
+            arrived_at: self.now(),
+        };
+        self.watch.publish(&tracked.call);
+        self.calls.insert(id, tracked);
+        self.feed(Event::CallArrived(pending));
     }
 
     fn node_view(&self, name: &str) -> Option<Node> {
@@ -669,25 +741,7 @@ impl BrokerLoop {
             {
                 warn!(call_id = %id, %node, attempts, "call lost with its node; running it again (idempotent function)");
                 tracked.call.attempts = attempts + 1;
-                tracked.call.status = CallStatus::Queued as i32;
-                tracked.call.node.clear();
-                tracked.orphaned_since = None;
-                tracked.lost_after = None;
-                // Its record says RUNNING on the lost node; a takeover
-                // adopts it from there and resolves it the same way.
-                tracked.record_version = None;
-                let pending = PendingCall {
-                    id: id.clone(),
-                    function: FunctionRef {
-                        name: tracked.bundle.function.name.clone(),
-                        version: tracked.bundle.function.version,
-                        runtime: tracked.bundle.runtime.name.clone(),
-                    },
-                    arrived_at: self.now(),
-                };
-                self.watch.publish(&tracked.call);
-                self.calls.insert(id, tracked);
-                self.feed(Event::CallArrived(pending));
+                self.run_again(tracked);
                 continue;
             }
             warn!(call_id = %id, %node, "call lost with its node");

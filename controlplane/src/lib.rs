@@ -58,29 +58,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = registry::Registry::new(&config.registry, config.registry_insecure);
     let calls = Arc::new(watch::CallWatch::default());
     let (broker_tx, broker_rx) = tokio_watch::channel::<Option<BrokerHandle>>(None);
-    // The lease behind our leadership, revoked on a clean shutdown so that
-    // another replica (or our restart) takes over at once, not after the TTL.
-    let leader_lease = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    // Set on SIGTERM: a leader resigns (revoking its lease, so that another
+    // replica takes over at once, not after the TTL) before the server
+    // drains.
+    let (shutdown_tx, mut shutdown) = tokio_watch::channel(false);
 
     // Leadership: campaign, then run the broker until the lease is lost.
-    {
+    let leadership_task = {
         let store = store.clone();
         let calls = calls.clone();
         let config = config.clone();
-        let leader_lease = leader_lease.clone();
         tokio::spawn(async move {
             let election = format!("{}/election", store.prefix());
             loop {
                 let mut leadership = loop {
                     // The election's value is how to reach the leader.
-                    match leader::campaign(
+                    let campaign = leader::campaign(
                         &store,
                         &election,
                         &config.advertise,
                         config.leader_ttl_secs,
-                    )
-                    .await
-                    {
+                    );
+                    let outcome = tokio::select! {
+                        outcome = campaign => outcome,
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    };
+                    match outcome {
                         // A campaign that outlived its lease (etcd deletes
                         // the key, and the wait ends) is not leadership.
                         Ok(mut l) => {
@@ -131,30 +134,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-                leader_lease.store(leadership.lease_id, std::sync::atomic::Ordering::SeqCst);
                 let _ = broker_tx.send(Some(handle.clone()));
-                let _ = (&mut leadership.lost).await;
-                // The lease is gone (etcd unreachable, or too slow): step
-                // down at once. The broker stops, which closes the agents'
-                // streams; they find whoever leads next, and that leader
-                // rebuilds its view from etcd and from the agents.
-                error!(
-                    lease = leadership.lease_id,
-                    "leadership lost; stepping down"
-                );
+                let stopping = tokio::select! {
+                    _ = &mut leadership.lost => false,
+                    _ = shutdown.wait_for(|stop| *stop) => true,
+                };
+                // The lease is gone (etcd unreachable, or too slow), or the
+                // replica stops: step down at once. The broker stops, which
+                // closes the agents' streams; they find whoever leads next,
+                // and that leader rebuilds its view from etcd and from the
+                // agents.
+                if stopping {
+                    info!(lease = leadership.lease_id, "shutting down: resigning leadership");
+                } else {
+                    error!(
+                        lease = leadership.lease_id,
+                        "leadership lost; stepping down"
+                    );
+                }
                 let _ = broker_tx.send(None);
-                leader_lease.store(0, std::sync::atomic::Ordering::SeqCst);
                 handle.stop();
                 sweeper.abort();
                 // Revoked if etcd still answers, so that the next election
                 // need not wait for the lease to expire.
                 leadership.resign(&store).await;
+                if stopping {
+                    return;
+                }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-        });
-    }
+        })
+    };
 
-    let mut revoke_client = store.client();
     let api = api::Api {
         store: store.clone(),
         registry,
@@ -177,7 +188,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--listen {:?}: {e}", config.listen))?;
     let max_message = 32 << 20;
     info!(%addr, replica = %config.name, policy = %config.policy, "serving");
-    tonic::transport::Server::builder()
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(
@@ -194,7 +206,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             agent_service_server::AgentServiceServer::new(sessions)
                 .max_decoding_message_size(max_message),
         )
-        .serve_with_shutdown(addr, async {
+        .serve_with_shutdown(addr, async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .expect("SIGTERM handler");
@@ -203,17 +215,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
             info!("shutting down");
-        })
-        .await?;
-    let lease = leader_lease.load(std::sync::atomic::Ordering::SeqCst);
-    if lease != 0 {
-        match revoke_client.lease_revoke(lease).await {
-            Ok(_) => info!("resigned leadership"),
-            Err(e) => warn!(error = %e, "could not resign leadership; it lapses with its lease"),
+            // Step down before draining: another replica leads at once, and
+            // the agents' streams (which would hold the server open) end
+            // with the broker.
+            let _ = shutdown_tx.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(3), leadership_task).await;
+            let _ = draining_tx.send(());
+        });
+    // Long waits (WaitCall) may hold connections open: they get a while.
+    let drain_limit = async {
+        if draining_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_DRAIN).await;
+        } else {
+            std::future::pending::<()>().await;
         }
+    };
+    tokio::select! {
+        served = serve => served?,
+        _ = drain_limit => warn!("requests still open {SHUTDOWN_DRAIN:?} after shutdown began; exiting"),
     }
     Ok(())
 }
+
+/// How long a stopping replica lets open requests finish.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// Feeds the broker the registered runtimes and functions, then every
 /// change to them, so that policies know what can be preloaded.

@@ -822,6 +822,15 @@ impl Stack {
         }
     }
 
+    /// Stops control-plane replica `i` with SIGTERM (a clean stop: a leader
+    /// resigns); true if it exited in time.
+    pub async fn stop_controlplane(&mut self, i: usize) -> bool {
+        match self.controlplanes[i].take() {
+            Some(mut daemon) => daemon.stop(STOP_TIMEOUT).await,
+            None => true,
+        }
+    }
+
     /// (Re)starts control-plane replica `i` on its old address.
     pub async fn start_controlplane(&mut self, i: usize) -> anyhow::Result<()> {
         if self.controlplanes[i].is_none() {

@@ -1,6 +1,6 @@
 //! Fault injection under a steady load of calls (issue 5): an etcd member
 //! killed, a follower control plane killed, containerd restarted under an
-//! agent. In every case each call acknowledged to a client (Submit returned
+//! agent, and a rolling restart of every replica and agent. In every case each call acknowledged to a client (Submit returned
 //! its id) ends with a final status, and the time to recover is measured and
 //! printed (`cargo test --release -p faas-tests --test faults -- --nocapture`).
 //! The leader's and an agent's loss are covered by failover.rs.
@@ -480,5 +480,64 @@ async fn restarting_containerd_under_load_leaves_no_call_stuck_and_nothing_behin
         assert_eq!(call.node, victim_node);
     }
     stack.assert_no_leftovers(Duration::from_secs(20)).await?;
+    stack.shutdown().await
+}
+
+/// A rolling restart under load: each control-plane replica, then each
+/// agent, stopped with SIGTERM and started again, one at a time. No
+/// acknowledged call fails, and the cluster keeps taking calls throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_fails_no_call() -> anyhow::Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut stack = Stack::start(StackOptions {
+        controlplanes: 2,
+        agents: 2,
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    deploy(&stack, &[("hello", "py-hello"), ("sleeps", "py-sleep")]);
+    let urls = vec![stack.controlplane_url(0), stack.controlplane_url(1)];
+    warm_up(&stack, &urls[0], 2).await;
+
+    let load = steady_load(urls.clone(), Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut steps = Vec::new();
+    for i in 0..2 {
+        let started = Instant::now();
+        assert!(stack.stop_controlplane(i).await, "replica {i} did not stop on SIGTERM");
+        stack.start_controlplane(i).await?;
+        steps.push(format!("replica {i} {:?}", started.elapsed()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for i in 0..2 {
+        let started = Instant::now();
+        assert!(stack.stop_agent(i).await, "agent {i} did not stop on SIGTERM");
+        stack.start_agent(i).await;
+        steps.push(format!("agent {i} {:?}", started.elapsed()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let report = load.await?;
+    let finals = wait_all_final(&urls[0], &report.acknowledged, Duration::from_secs(60)).await;
+    let counts = outcomes(&finals);
+    eprintln!(
+        "rolling restart ({}): {} calls acknowledged, {} refused; longest gap between \
+         acknowledged calls {:?}; outcomes {counts:?}",
+        steps.join(", "),
+        report.acknowledged.len(),
+        report.refused,
+        report.longest_gap(),
+    );
+    assert!(report.acknowledged.len() > 100, "too few calls acknowledged");
+    assert_eq!(
+        counts.get("Succeeded").copied().unwrap_or(0),
+        finals.len(),
+        "every acknowledged call should succeed: {counts:?}"
+    );
+    assert!(
+        report.longest_gap() < Duration::from_secs(3),
+        "no call accepted for {:?}",
+        report.longest_gap()
+    );
     stack.shutdown().await
 }
