@@ -146,6 +146,11 @@ pub enum Input {
         drain: bool,
         reply: oneshot::Sender<Option<Node>>,
     },
+    /// An operator's drain recorded (true) or removed (false), from etcd.
+    DrainRecorded {
+        node: String,
+        drained: bool,
+    },
     /// The live record of a call the broker holds (queued or running).
     LiveCall(String, oneshot::Sender<Option<Call>>),
     /// This replica no longer leads: the loop ends, dropping the agents'
@@ -282,6 +287,9 @@ struct BrokerLoop {
     /// Calls agents said they run that this leader did not know (yet):
     /// if the takeover hands one over, it is not run a second time.
     reported_running: HashMap<String, (String, Instant)>,
+    /// Nodes an operator drained (recorded in etcd): they take no work
+    /// whenever they connect.
+    drained: std::collections::HashSet<String>,
 }
 
 /// Starts the broker loop with the given policy.
@@ -313,6 +321,7 @@ pub fn spawn(
         epoch: Instant::now(),
         settings,
         reported_running: HashMap::new(),
+        drained: Default::default(),
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -456,11 +465,12 @@ impl BrokerLoop {
                         }
                     }
                 }
-                info!(%node, spots, "agent joined");
+                let draining = self.drained.contains(&node);
+                info!(%node, spots, draining, "agent joined");
                 self.agents.insert(
                     node.clone(),
                     AgentConn {
-                        draining: false,
+                        draining,
                         session,
                         tx,
                         spots: (0..spots)
@@ -474,7 +484,17 @@ impl BrokerLoop {
                     },
                 );
                 self.count_usable_agents();
-                self.feed(Event::NodeJoined { node, spots });
+                if !draining {
+                    self.feed(Event::NodeJoined { node, spots });
+                }
+            }
+            Input::DrainRecorded { node, drained } => {
+                if drained {
+                    self.drained.insert(node.clone());
+                } else {
+                    self.drained.remove(&node);
+                }
+                self.set_draining(&node, drained, true);
             }
             Input::AgentDisconnected { node, session } => {
                 if self.agents.get(&node).is_some_and(|a| a.session == session) {

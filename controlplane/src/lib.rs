@@ -145,7 +145,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 // and that leader rebuilds its view from etcd and from the
                 // agents.
                 if stopping {
-                    info!(lease = leadership.lease_id, "shutting down: resigning leadership");
+                    info!(
+                        lease = leadership.lease_id,
+                        "shutting down: resigning leadership"
+                    );
                 } else {
                     error!(
                         lease = leadership.lease_id,
@@ -241,8 +244,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// Feeds the broker the registered runtimes and functions, then every
-/// change to them, so that policies know what can be preloaded.
+/// change to them, so that policies know what can be preloaded; and the
+/// nodes operators drained.
 fn follow_catalog(store: &Store, broker: &BrokerHandle) {
+    let (s, b) = (store.clone(), broker.clone());
+    tokio::spawn(async move {
+        s.follow::<faas_proto::v1::Node>(Kind::Drain, |change| {
+            b.send(match change {
+                store::Change::Put(node) => Input::DrainRecorded {
+                    node: node.name,
+                    drained: true,
+                },
+                store::Change::Deleted(node) => Input::DrainRecorded {
+                    node,
+                    drained: false,
+                },
+            })
+        })
+        .await
+    });
     let (s, b) = (store.clone(), broker.clone());
     tokio::spawn(async move {
         s.follow::<Runtime>(Kind::Runtime, |change| {

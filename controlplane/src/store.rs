@@ -16,6 +16,9 @@ pub enum Kind {
     Call,
     /// A call's logs, kept apart so that listing calls stays small.
     Logs,
+    /// A node drained by an operator (a `Node` record): it stays drained
+    /// across agent reconnects and leader changes until undrained.
+    Drain,
 }
 
 impl Kind {
@@ -25,6 +28,7 @@ impl Kind {
             Kind::Function => "functions",
             Kind::Call => "calls",
             Kind::Logs => "logs",
+            Kind::Drain => "drains",
         }
     }
 }

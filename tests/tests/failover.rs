@@ -212,10 +212,11 @@ async fn old_calls_are_removed_past_the_retention_count() -> anyhow::Result<()> 
 }
 
 /// A drained node takes no new work and gives its preloads back; the rest
-/// of the cluster serves every call; undrained, it takes work again.
+/// of the cluster serves every call; the drain outlives the agent's restart
+/// and the control plane's; undrained, it takes work again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_takes_no_new_work() -> anyhow::Result<()> {
-    let stack = Stack::start(StackOptions {
+    let mut stack = Stack::start(StackOptions {
         agents: 2,
         runtimes: vec!["python3"],
         ..StackOptions::default()
@@ -265,6 +266,35 @@ async fn a_drained_node_takes_no_new_work() -> anyhow::Result<()> {
             "drained node still holds {on_drained:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The drain is recorded: a restarted agent and a restarted (new
+    // leader) control plane keep the node out of the pool.
+    stack.kill_agent(0).await;
+    stack.start_agent(0).await;
+    stack.kill_controlplane(0);
+    stack.start_controlplane(0).await?;
+    stack.wait_agents_connected(Duration::from_secs(20)).await?;
+    let nodes = stack.list_nodes().await?;
+    let node = nodes
+        .nodes
+        .iter()
+        .find(|n| n.name == drained)
+        .expect("listed");
+    assert!(node.draining, "drain lost across restarts: {node:?}");
+    let mut client = CallServiceClient::new(stack.channel().await);
+    for _ in 0..4 {
+        let call = client
+            .invoke(InvokeRequest {
+                function: "hello".into(),
+                params_json: "{}".into(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+        assert_ne!(
+            call.node, drained,
+            "a drained node got a call after restarts"
+        );
     }
     let unknown = stack
         .faasctl()

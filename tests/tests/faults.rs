@@ -505,14 +505,20 @@ async fn a_rolling_restart_under_load_fails_no_call() -> anyhow::Result<()> {
     let mut steps = Vec::new();
     for i in 0..2 {
         let started = Instant::now();
-        assert!(stack.stop_controlplane(i).await, "replica {i} did not stop on SIGTERM");
+        assert!(
+            stack.stop_controlplane(i).await,
+            "replica {i} did not stop on SIGTERM"
+        );
         stack.start_controlplane(i).await?;
         steps.push(format!("replica {i} {:?}", started.elapsed()));
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     for i in 0..2 {
         let started = Instant::now();
-        assert!(stack.stop_agent(i).await, "agent {i} did not stop on SIGTERM");
+        assert!(
+            stack.stop_agent(i).await,
+            "agent {i} did not stop on SIGTERM"
+        );
         stack.start_agent(i).await;
         steps.push(format!("agent {i} {:?}", started.elapsed()));
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -528,7 +534,10 @@ async fn a_rolling_restart_under_load_fails_no_call() -> anyhow::Result<()> {
         report.refused,
         report.longest_gap(),
     );
-    assert!(report.acknowledged.len() > 100, "too few calls acknowledged");
+    assert!(
+        report.acknowledged.len() > 100,
+        "too few calls acknowledged"
+    );
     assert_eq!(
         counts.get("Succeeded").copied().unwrap_or(0),
         finals.len(),

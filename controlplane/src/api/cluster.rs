@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::Api;
 use crate::error::ApiError;
+use crate::store::Kind;
 
 #[tonic::async_trait]
 impl ClusterService for Api {
@@ -44,9 +45,29 @@ impl ClusterService for Api {
                 .await;
         };
         let req = request.into_inner();
-        match broker.drain(&req.name, !req.undrain).await {
-            Some(node) => Ok(Response::new(node)),
-            None => Err(ApiError::NotFound(format!("node {:?} is not connected", req.name)).into()),
+        if req.undrain {
+            // Recorded first: a node drained while away can be taken back.
+            self.store
+                .delete(Kind::Drain, &req.name)
+                .await
+                .map_err(ApiError::from)?;
         }
+        let Some(node) = broker.drain(&req.name, !req.undrain).await else {
+            return Err(ApiError::NotFound(format!("node {:?} is not connected", req.name)).into());
+        };
+        if !req.undrain {
+            // Kept in etcd so that the drain outlives the agent's session and
+            // this leader.
+            let record = Node {
+                name: req.name.clone(),
+                draining: true,
+                ..Default::default()
+            };
+            self.store
+                .put(Kind::Drain, &req.name, &record)
+                .await
+                .map_err(ApiError::from)?;
+        }
+        Ok(Response::new(node))
     }
 }
