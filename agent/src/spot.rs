@@ -728,7 +728,11 @@ impl Slot<'_> {
         // stopped is deleted without a `runc kill` (a process start of
         // ~8 ms CPU, paid by about half the calls otherwise).
         let mut live = live;
-        let _ = tokio::time::timeout(EXIT_GRACE, &mut live.exit).await;
+        // (A finished handle may have been awaited already: polling it
+        // again would panic.)
+        if !live.exit.is_finished() {
+            let _ = tokio::time::timeout(EXIT_GRACE, &mut live.exit).await;
+        }
         destroy(self.ctx, live).await;
         self.report_free(String::new());
     }

@@ -167,9 +167,9 @@ pub struct BrokerHandle {
     started: Instant,
 }
 
-/// After a takeover, how long agents have to find the new leader: calls
-/// are accepted (and wait queued) meanwhile even if no agent is back yet.
-pub const AGENT_RECONNECT_GRACE: Duration = Duration::from_secs(5);
+/// After a takeover, how long agents have to find the new leader: a call
+/// that finds no agent meanwhile waits for one rather than being refused.
+pub const AGENT_RECONNECT_GRACE: Duration = Duration::from_secs(3);
 
 impl BrokerHandle {
     pub fn send(&self, input: Input) -> bool {
@@ -185,10 +185,18 @@ impl BrokerHandle {
         self.connected_agents.load(Ordering::Relaxed)
     }
 
-    /// Whether this broker started so recently that its agents may still
-    /// be reconnecting.
-    pub fn just_started(&self) -> bool {
-        self.started.elapsed() < AGENT_RECONNECT_GRACE
+    /// Whether an agent is connected and taking work; in the broker's first
+    /// seconds (agents may still be finding a new leader) it waits for one.
+    pub async fn has_agents(&self) -> bool {
+        loop {
+            if self.connected_agents() > 0 {
+                return true;
+            }
+            if self.started.elapsed() >= AGENT_RECONNECT_GRACE {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn policy(&self) -> &'static str {

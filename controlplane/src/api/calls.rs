@@ -66,7 +66,7 @@ impl Api {
                     function.name, function.runtime
                 ))
             })?;
-        if broker.connected_agents() == 0 && !broker.just_started() {
+        if !broker.has_agents().await {
             return Err(ApiError::FailedPrecondition(
                 "no agent is connected and taking work: no node can run the call (start faas-agent, or undrain a node)".into(),
             ));
