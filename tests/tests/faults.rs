@@ -1,9 +1,11 @@
 //! Fault injection under a steady load of calls (issue 5): an etcd member
 //! killed, a follower control plane killed, containerd restarted under an
-//! agent, and a rolling restart of every replica and agent. In every case each call acknowledged to a client (Submit returned
+//! agent, an agent killed, and a rolling restart of every replica and
+//! agent. In every case each call acknowledged to a client (Submit returned
 //! its id) ends with a final status, and the time to recover is measured and
 //! printed (`cargo test --release -p faas-tests --test faults -- --nocapture`).
-//! The leader's and an agent's loss are covered by failover.rs.
+//! The leader's loss (and an agent's, call by call) is covered by
+//! failover.rs.
 //!
 //! The tests are heavy (up to 3 etcd members, 2 control planes, 2 agents
 //! and 2 containerds on a 2-core machine): they run one at a time.
@@ -548,5 +550,63 @@ async fn a_rolling_restart_under_load_fails_no_call() -> anyhow::Result<()> {
         "no call accepted for {:?}",
         report.longest_gap()
     );
+    stack.shutdown().await
+}
+
+/// An agent killed with SIGKILL under load, its functions deployed
+/// --idempotent: the calls it was running run again on the other node, so
+/// every acknowledged call succeeds; the restarted agent cleans up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_agent_under_load_loses_no_idempotent_call() -> anyhow::Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut stack = Stack::start(StackOptions {
+        agents: 2,
+        containerd_per_agent: true,
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    for (name, fixture) in [("hello", "py-hello"), ("sleeps", "py-sleep")] {
+        stack.deploy(name, "python3", &fixture_dir(fixture), &["--idempotent"])?;
+    }
+    let url = stack.controlplane_url(0);
+    warm_up(&stack, &url, 2).await;
+
+    let load = steady_load(vec![url.clone()], Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let killed_at_ms = now_ms();
+    stack.kill_agent(0).await;
+    let report = load.await?;
+    let finals = wait_all_final(&url, &report.acknowledged, Duration::from_secs(60)).await;
+    let counts = outcomes(&finals);
+    let victim = stack.agent_node(0);
+    let rerun: Vec<&Call> = finals.iter().filter(|c| c.attempts > 1).collect();
+    let last_rerun_done = rerun
+        .iter()
+        .map(|c| c.finished_at_ms)
+        .max()
+        .map(|at| Duration::from_millis((at - killed_at_ms).max(0) as u64));
+    eprintln!(
+        "agent loss under load: {} calls acknowledged, {} refused; {} ran again after \
+         {victim} died (the last finished {:?} after the kill); longest gap between \
+         acknowledged calls {:?}; outcomes {counts:?}",
+        report.acknowledged.len(),
+        report.refused,
+        rerun.len(),
+        last_rerun_done,
+        report.longest_gap(),
+    );
+    assert_eq!(
+        counts.get("Succeeded").copied().unwrap_or(0),
+        finals.len(),
+        "every acknowledged call should succeed: {counts:?}"
+    );
+    assert!(
+        rerun.iter().all(|c| c.node != victim),
+        "a call ran again on the dead node"
+    );
+    assert_eq!(report.refused, 0, "a submission was refused");
+    stack.start_agent(0).await;
+    // shutdown() checks that nothing is left in either containerd.
     stack.shutdown().await
 }
