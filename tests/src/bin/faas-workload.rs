@@ -72,7 +72,7 @@ struct Args {
 }
 
 const USAGE: &str =
-    "usage: faas-workload [--policies a,b,..] [--workloads fixed,random,bigdep,saturation]
+    "usage: faas-workload [--policies a,b,..] [--workloads fixed,random,mixed,bigdep,saturation]
        [--duration SECS (fixed, random; default 30)] [--warmup SECS (5)]
        [--bigdep-duration SECS (45)] [--bigdep-mb MIB (192)] [--bigdep-mibps MIB/S (64; 0 unpaced)]
        [--spots N (4)]
@@ -86,7 +86,7 @@ fn parse_args() -> anyhow::Result<Args> {
             .iter()
             .map(|p| p.to_string())
             .collect(),
-        workloads: ["fixed", "random", "bigdep", "saturation"]
+        workloads: ["fixed", "random", "mixed", "bigdep", "saturation"]
             .map(String::from)
             .to_vec(),
         duration_s: 30.0,
@@ -151,7 +151,7 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     for w in &args.workloads {
-        if !["fixed", "random", "bigdep", "saturation"].contains(&w.as_str()) {
+        if !["fixed", "random", "mixed", "bigdep", "saturation"].contains(&w.as_str()) {
             bail!("unknown workload {w}\n{USAGE}");
         }
     }
@@ -206,6 +206,7 @@ fn random_schedule(rng: &mut Rng, lo: f64, hi: f64, secs: f64) -> Vec<f64> {
 /// One call as the client saw it.
 #[derive(Debug, Clone)]
 struct Sample {
+    function: String,
     /// Scheduled offset from the workload's start, s.
     offset_s: f64,
     /// How late the client issued it, ms (the bench process's own lag).
@@ -237,6 +238,7 @@ impl Sample {
     fn json(&self) -> Value {
         let t = self.timings.unwrap_or_default();
         json!({
+            "function": self.function,
             "offset_s": round3(self.offset_s), "lateness_ms": round(self.lateness_ms),
             "done_s": round3(self.done_s), "client_ms": round(self.client_ms),
             "outcome": self.outcome, "error": self.error, "call_id": self.call_id,
@@ -262,16 +264,68 @@ fn start_kind_name(kind: StartKind) -> &'static str {
     }
 }
 
+/// The mixed workload's functions: (name, runtime, fixture, extra deploy
+/// flags, share of the calls). Popularity is skewed as in production
+/// traces: a few functions take most calls, on two runtimes.
+const MIXED: [(&str, &str, &str, &[&str], f64); 6] = [
+    ("mix-py-a", "python3", "py-hello", &[], 0.35),
+    ("mix-py-b", "python3", "py-hello", &[], 0.20),
+    ("mix-py-c", "python3", "py-hello", &[], 0.10),
+    ("mix-py-d", "python3", "py-hello", &[], 0.05),
+    (
+        "mix-node-a",
+        "node",
+        "node-hello",
+        &["--handler", "index.handler"],
+        0.20,
+    ),
+    (
+        "mix-node-b",
+        "node",
+        "node-hello",
+        &["--handler", "index.handler"],
+        0.10,
+    ),
+];
+
+/// Random intervals of 0.1-0.4 s, each call to a function drawn by share.
+fn mixed_calls(rng: &mut Rng, secs: f64) -> Vec<(f64, String)> {
+    random_schedule(rng, 0.1, 0.4, secs)
+        .into_iter()
+        .map(|t| {
+            let mut pick = rng.next_f64();
+            let name = MIXED
+                .iter()
+                .find(|f| {
+                    pick -= f.4;
+                    pick < 0.0
+                })
+                .unwrap_or(&MIXED[0])
+                .0;
+            (t, name.to_string())
+        })
+        .collect()
+}
+
 /// Issues one sync Invoke of `function` at each offset of `schedule` (open
 /// loop) and waits for all of them.
 async fn run_schedule(stack: &Stack, function: &str, schedule: &[f64]) -> Vec<Sample> {
+    let calls: Vec<(f64, String)> = schedule
+        .iter()
+        .map(|&t| (t, function.to_string()))
+        .collect();
+    run_calls(stack, &calls).await
+}
+
+/// Issues one sync Invoke of each (offset, function) (open loop) and waits
+/// for all of them.
+async fn run_calls(stack: &Stack, calls: &[(f64, String)]) -> Vec<Sample> {
     let client = CallServiceClient::new(stack.channel().await);
     // Leave time to spawn every task before the first is due.
     let start = Instant::now() + Duration::from_millis(200);
-    let mut tasks = Vec::with_capacity(schedule.len());
-    for &offset_s in schedule {
+    let mut tasks = Vec::with_capacity(calls.len());
+    for (offset_s, function) in calls.iter().cloned() {
         let mut client = client.clone();
-        let function = function.to_string();
         let due = start + Duration::from_secs_f64(offset_s);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(due).await;
@@ -279,6 +333,7 @@ async fn run_schedule(stack: &Stack, function: &str, schedule: &[f64]) -> Vec<Sa
             let reply = invoke_timed(&mut client, &function, PARAMS, INVOKE_TIMEOUT).await;
             let done_s = start.elapsed().as_secs_f64();
             let mut sample = Sample {
+                function: function.clone(),
                 offset_s,
                 lateness_ms,
                 done_s,
@@ -389,11 +444,55 @@ async fn run_workload(
     warmup_s: f64,
     all_calls: &mut Vec<Value>,
 ) -> Value {
+    let calls: Vec<(f64, String)> = schedule
+        .iter()
+        .map(|&t| (t, function.to_string()))
+        .collect();
+    run_workload_calls(
+        stack, policy, workload, function, &calls, warmup_s, all_calls,
+    )
+    .await
+}
+
+/// [`run_workload`] for calls of several functions (`label` names them in
+/// the summary).
+async fn run_workload_calls(
+    stack: &Stack,
+    policy: &str,
+    workload: &str,
+    function: &str,
+    calls: &[(f64, String)],
+    warmup_s: f64,
+    all_calls: &mut Vec<Value>,
+) -> Value {
     let started = SystemTime::now();
-    let samples = run_schedule(stack, function, &schedule).await;
+    let samples = run_calls(stack, calls).await;
     let measured: Vec<&Sample> = samples.iter().filter(|s| s.offset_s >= warmup_s).collect();
-    let span = schedule.last().copied().unwrap_or(0.0) - warmup_s;
+    let span = calls.last().map(|c| c.0).unwrap_or(0.0) - warmup_s;
     let mut summary = summarize(&measured);
+    let mut names: Vec<&str> = measured.iter().map(|s| s.function.as_str()).collect();
+    names.sort();
+    names.dedup();
+    if names.len() > 1 {
+        let per_function: BTreeMap<&str, Value> = names
+            .iter()
+            .map(|name| {
+                let of: Vec<&Sample> = measured
+                    .iter()
+                    .copied()
+                    .filter(|s| s.function == *name)
+                    .collect();
+                let all = summarize(&of);
+                let brief = json!({
+                    "calls": all["calls"], "failed": all["failed"],
+                    "client_p50_ms": all["client"]["p50_ms"], "client_p99_ms": all["client"]["p99_ms"],
+                    "function_hit_rate": all["function_hit_rate"], "prewarm_hit_rate": all["prewarm_hit_rate"],
+                });
+                (*name, brief)
+            })
+            .collect();
+        summary["per_function"] = json!(per_function);
+    }
     summary["policy"] = json!(policy);
     summary["workload"] = json!(workload);
     summary["function"] = json!(function);
@@ -744,6 +843,57 @@ async fn run_policy(
             results
                 .problems
                 .push(format!("{policy}: shutdown of the stack: {err:#}"));
+        }
+    }
+    if args.wants("mixed") {
+        progress(&format!(
+            "{policy}: starting a stack for the mixed workload"
+        ));
+        let stack = Stack::start(StackOptions {
+            agents: 1,
+            spots: args.spots,
+            runtimes: vec!["python3", "node"],
+            policy: Some(policy.to_string()),
+            ..StackOptions::default()
+        })
+        .await?;
+        let body = async {
+            for (name, runtime, fixture, extra, _) in MIXED {
+                deploy(&stack, name, runtime, &fixture_dir(fixture), extra)?;
+                warm_up(&stack, name, 1).await?;
+            }
+            tokio::time::sleep(SETTLE).await;
+            progress(&format!(
+                "{policy}: mixed, {} functions on 2 runtimes, intervals of 0.1-0.4 s",
+                MIXED.len()
+            ));
+            let calls = mixed_calls(&mut rng, args.warmup_s + args.duration_s);
+            results.workloads.push(
+                run_workload_calls(
+                    &stack,
+                    policy,
+                    "mixed",
+                    "mixed",
+                    &calls,
+                    args.warmup_s,
+                    all_calls,
+                )
+                .await,
+            );
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(err) = &body {
+            let logs = stack.dir.path().display().to_string();
+            results
+                .problems
+                .push(format!("{policy} mixed: {err:#} (stack logs under {logs})"));
+            progress(&format!("{policy} mixed: {err:#}\n{}", stack.log_tails()));
+        }
+        if let Err(err) = stack.shutdown().await {
+            results
+                .problems
+                .push(format!("{policy} mixed: shutdown of the stack: {err:#}"));
         }
     }
     if args.wants("bigdep") {
@@ -1343,7 +1493,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Sort workloads by workload then policy order, for the tables and plots.
     let order = |w: &Value| {
-        let wl = ["fixed", "random", "bigdep"]
+        let wl = ["fixed", "random", "mixed", "bigdep"]
             .iter()
             .position(|x| w["workload"] == *x)
             .unwrap_or(9);
@@ -1379,6 +1529,10 @@ async fn main() -> anyhow::Result<()> {
         (
             "random",
             "Intervals uniform in 0.1–0.4 s (trivial Python function)",
+        ),
+        (
+            "mixed",
+            "Mixed: 6 functions (4 Python, 2 Node), skewed shares, intervals 0.1–0.4 s",
         ),
         ("bigdep", "Large dependency, a call every 1.5 s"),
     ] {
