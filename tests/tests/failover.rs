@@ -211,6 +211,35 @@ async fn old_calls_are_removed_past_the_retention_count() -> anyhow::Result<()> 
     stack.shutdown().await
 }
 
+/// Checks that `drained` is listed as draining and that `calls` calls all
+/// succeed elsewhere.
+async fn assert_drained_and_avoided(
+    stack: &Stack,
+    drained: &str,
+    calls: usize,
+) -> anyhow::Result<()> {
+    let nodes = stack.list_nodes().await?;
+    let node = nodes
+        .nodes
+        .iter()
+        .find(|n| n.name == drained)
+        .expect("listed");
+    assert!(node.draining, "not draining: {node:?}");
+    let mut client = CallServiceClient::new(stack.channel().await);
+    for _ in 0..calls {
+        let call = client
+            .invoke(InvokeRequest {
+                function: "hello".into(),
+                params_json: "{}".into(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+        assert_ne!(call.node, drained, "a drained node got a call");
+    }
+    Ok(())
+}
+
 /// A drained node takes no new work and gives its preloads back; the rest
 /// of the cluster serves every call; the drain outlives the agent's restart
 /// and the control plane's; undrained, it takes work again.
@@ -230,26 +259,7 @@ async fn a_drained_node_takes_no_new_work() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let nodes = stack.list_nodes().await?;
-    let node = nodes
-        .nodes
-        .iter()
-        .find(|n| n.name == drained)
-        .expect("listed");
-    assert!(node.draining, "{node:?}");
-
-    let mut client = CallServiceClient::new(stack.channel().await);
-    for _ in 0..6 {
-        let call = client
-            .invoke(InvokeRequest {
-                function: "hello".into(),
-                params_json: "{}".into(),
-            })
-            .await?
-            .into_inner();
-        assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
-        assert_ne!(call.node, drained, "a drained node got a call");
-    }
+    assert_drained_and_avoided(&stack, &drained, 6).await?;
     // Its preloads were cleared: it holds no container.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -274,28 +284,7 @@ async fn a_drained_node_takes_no_new_work() -> anyhow::Result<()> {
     stack.kill_controlplane(0);
     stack.start_controlplane(0).await?;
     stack.wait_agents_connected(Duration::from_secs(20)).await?;
-    let nodes = stack.list_nodes().await?;
-    let node = nodes
-        .nodes
-        .iter()
-        .find(|n| n.name == drained)
-        .expect("listed");
-    assert!(node.draining, "drain lost across restarts: {node:?}");
-    let mut client = CallServiceClient::new(stack.channel().await);
-    for _ in 0..4 {
-        let call = client
-            .invoke(InvokeRequest {
-                function: "hello".into(),
-                params_json: "{}".into(),
-            })
-            .await?
-            .into_inner();
-        assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
-        assert_ne!(
-            call.node, drained,
-            "a drained node got a call after restarts"
-        );
-    }
+    assert_drained_and_avoided(&stack, &drained, 4).await?;
     let unknown = stack
         .faasctl()
         .args(["node", "drain", "no-such-node"])
@@ -314,6 +303,20 @@ async fn a_drained_node_takes_no_new_work() -> anyhow::Result<()> {
     let nodes = stack.list_nodes().await?;
     assert!(!nodes.nodes.iter().any(|n| n.draining), "{nodes:?}");
     stack.shutdown().await
+}
+
+/// Two nodes of one spot each (no preloads), `sleeps` deployed with `flags`.
+async fn two_single_spot_nodes_with_sleeps(flags: &[&str]) -> anyhow::Result<Stack> {
+    let stack = Stack::start(StackOptions {
+        agents: 2,
+        spots: 1,
+        runtimes: vec!["python3"],
+        policy: Some("no-preload".into()),
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy("sleeps", "python3", &fixture_dir("py-sleep"), flags)?;
+    Ok(stack)
 }
 
 /// Submits two 3 s calls on a 2-node cluster (1 spot each), kills the node
@@ -401,15 +404,7 @@ async fn kill_the_node_of_a_running_call(
 /// restarted agent cleans up what its predecessor left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_agent_fails_its_running_calls_and_others_carry_on() -> anyhow::Result<()> {
-    let mut stack = Stack::start(StackOptions {
-        agents: 2,
-        spots: 1,
-        runtimes: vec!["python3"],
-        policy: Some("no-preload".into()),
-        ..StackOptions::default()
-    })
-    .await?;
-    stack.deploy("sleeps", "python3", &fixture_dir("py-sleep"), &[])?;
+    let mut stack = two_single_spot_nodes_with_sleeps(&[]).await?;
     let (lost, detected, _) = kill_the_node_of_a_running_call(&mut stack, "sleeps").await?;
     eprintln!("agent loss: call resolved {detected:?} after SIGKILL");
     assert_eq!(lost.status(), CallStatus::Failed, "{lost:?}");
@@ -426,20 +421,7 @@ async fn a_lost_agent_fails_its_running_calls_and_others_carry_on() -> anyhow::R
 /// again on the other node and succeeds there, after two attempts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_call_lost_with_its_node_runs_again_elsewhere() -> anyhow::Result<()> {
-    let mut stack = Stack::start(StackOptions {
-        agents: 2,
-        spots: 1,
-        runtimes: vec!["python3"],
-        policy: Some("no-preload".into()),
-        ..StackOptions::default()
-    })
-    .await?;
-    stack.deploy(
-        "sleeps",
-        "python3",
-        &fixture_dir("py-sleep"),
-        &["--idempotent"],
-    )?;
+    let mut stack = two_single_spot_nodes_with_sleeps(&["--idempotent"]).await?;
     let (call, requeued, victim) = kill_the_node_of_a_running_call(&mut stack, "sleeps").await?;
     eprintln!(
         "agent loss, idempotent function: call run again {requeued:?} after SIGKILL; \

@@ -167,6 +167,15 @@ fn outcomes(calls: &[Call]) -> HashMap<String, usize> {
     counts
 }
 
+/// Fails unless every one of the `total` final calls succeeded.
+fn assert_all_succeeded(counts: &HashMap<String, usize>, total: usize) {
+    assert_eq!(
+        counts.get("Succeeded").copied().unwrap_or(0),
+        total,
+        "every acknowledged call should succeed: {counts:?}"
+    );
+}
+
 /// Runs one call of each function on every node (the others drained), so
 /// that the runtime image is pulled everywhere before the fault: a first
 /// pull takes seconds and would blur the measurement.
@@ -256,11 +265,7 @@ async fn killing_an_etcd_member_under_load_loses_no_acknowledged_call() -> anyho
         report.longest_gap(),
     );
     assert!(report.acknowledged.len() > 40, "too few calls acknowledged");
-    assert_eq!(
-        counts.get("Succeeded").copied().unwrap_or(0),
-        finals.len(),
-        "every acknowledged call should succeed: {counts:?}"
-    );
+    assert_all_succeeded(&counts, finals.len());
     // The member stays down 6 s: service must come back while it is down,
     // through the other two members.
     assert!(
@@ -327,11 +332,7 @@ async fn killing_a_follower_under_load_changes_nothing_for_calls() -> anyhow::Re
         report.refused, 0,
         "a submission was refused by every replica"
     );
-    assert_eq!(
-        counts.get("Succeeded").copied().unwrap_or(0),
-        finals.len(),
-        "every acknowledged call should succeed: {counts:?}"
-    );
+    assert_all_succeeded(&counts, finals.len());
     assert!(
         gap_after_kill < Duration::from_secs(2),
         "calls were held up {gap_after_kill:?} by the follower's loss"
@@ -540,11 +541,7 @@ async fn a_rolling_restart_under_load_fails_no_call() -> anyhow::Result<()> {
         report.acknowledged.len() > 100,
         "too few calls acknowledged"
     );
-    assert_eq!(
-        counts.get("Succeeded").copied().unwrap_or(0),
-        finals.len(),
-        "every acknowledged call should succeed: {counts:?}"
-    );
+    assert_all_succeeded(&counts, finals.len());
     assert!(
         report.longest_gap() < Duration::from_secs(3),
         "no call accepted for {:?}",
@@ -596,11 +593,7 @@ async fn killing_an_agent_under_load_loses_no_idempotent_call() -> anyhow::Resul
         last_rerun_done,
         report.longest_gap(),
     );
-    assert_eq!(
-        counts.get("Succeeded").copied().unwrap_or(0),
-        finals.len(),
-        "every acknowledged call should succeed: {counts:?}"
-    );
+    assert_all_succeeded(&counts, finals.len());
     assert!(
         rerun.iter().all(|c| c.node != victim),
         "a call ran again on the dead node"
