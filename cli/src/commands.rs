@@ -26,6 +26,10 @@ use crate::format;
 use crate::output::{self, emit, emit_json, note, BadInput};
 use crate::pack::{self, Package};
 
+/// How long Invoke and Submit keep trying while the control plane answers
+/// a retry-safe UNAVAILABLE.
+const SAFE_RETRY_FOR: Duration = Duration::from_secs(8);
+
 pub struct Context {
     endpoints: Vec<String>,
     /// Connected on first use, so local mistakes (a missing source
@@ -74,6 +78,48 @@ impl Context {
     async fn functions(&self) -> Result<FunctionServiceClient<Channel>> {
         Ok(FunctionServiceClient::new(self.channel().await?)
             .max_decoding_message_size(MAX_DECODE_BYTES))
+    }
+
+    /// Runs a call RPC; while the control plane answers UNAVAILABLE with
+    /// the retry-safe mark (no leader for a moment, a replica stepping
+    /// down: nothing was recorded) it is tried again, on the endpoints in
+    /// turn, for up to SAFE_RETRY_FOR: a leader change or a rolling restart
+    /// is not an error for the user. An UNAVAILABLE without the mark (the
+    /// call may have been recorded) is reported, never resent.
+    async fn retry_when_safe<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut(CallServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + SAFE_RETRY_FOR;
+        let mut calls = self.calls().await?;
+        let mut attempt = 0usize;
+        loop {
+            match op(calls.clone()).await {
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && status
+                            .metadata()
+                            .contains_key(faas_proto::RETRY_SAFE_METADATA)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt.min(5) as u64)).await;
+                    // The endpoints from the next one on: a replica going
+                    // away is left for another.
+                    let mut rotated = self.endpoints.clone();
+                    if !rotated.is_empty() {
+                        let n = attempt % rotated.len();
+                        rotated.rotate_left(n);
+                    }
+                    if let Ok(channel) = crate::client::connect(&rotated).await {
+                        calls = CallServiceClient::new(channel)
+                            .max_decoding_message_size(MAX_DECODE_BYTES);
+                    }
+                }
+                other => return Ok(other?.into_inner()),
+            }
+        }
     }
 
     async fn calls(&self) -> Result<CallServiceClient<Channel>> {
@@ -410,20 +456,20 @@ async fn invoke(ctx: &Context, args: InvokeArgs) -> Result<()> {
     };
     if args.asynchronous {
         let id = ctx
-            .calls()
+            .retry_when_safe(|mut calls| {
+                let request = ctx.request(request.clone());
+                async move { calls.submit(request).await }
+            })
             .await?
-            .submit(ctx.request(request))
-            .await?
-            .into_inner()
             .call_id;
         return ctx.show(|| json!({ "call_id": id }), || id.clone());
     }
     let call = ctx
-        .calls()
-        .await?
-        .invoke(ctx.request(request))
-        .await?
-        .into_inner();
+        .retry_when_safe(|mut calls| {
+            let request = ctx.request(request.clone());
+            async move { calls.invoke(request).await }
+        })
+        .await?;
     if ctx.json() {
         emit_json(&format::call_json(&call))?;
     } else if call.status == faas_proto::v1::CallStatus::Succeeded as i32 {

@@ -45,7 +45,18 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(_) => Status::already_exists(msg),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
-            ApiError::Unavailable(_) => Status::unavailable(msg),
+            ApiError::Unavailable(_) => {
+                // Raised before anything was recorded or forwarded (no
+                // leader, not the leader): a client may safely send the
+                // same request again. Other UNAVAILABLE answers (etcd or a
+                // broken connection mid-request) may follow a write.
+                let mut status = Status::unavailable(msg);
+                status.metadata_mut().insert(
+                    faas_proto::RETRY_SAFE_METADATA,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                status
+            }
             ApiError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
             ApiError::Store(StoreError::Decode { .. }) => Status::internal(msg),
             ApiError::Store(StoreError::Etcd(_)) => Status::unavailable(msg),

@@ -509,3 +509,41 @@ async fn the_cluster_survives_an_etcd_outage() -> anyhow::Result<()> {
     );
     stack.shutdown().await
 }
+
+/// `faasctl invoke` issued right after the leader dies succeeds: the
+/// surviving replica answers "retry shortly" (marked safe: nothing was
+/// recorded) until it leads, and faasctl tries again meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faasctl_invoke_rides_through_a_leader_failover() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        controlplanes: 2,
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy("hello", "python3", &fixture_dir("py-hello"), &[])?;
+    let leader = stack.leader_index().await?;
+    stack.kill_controlplane(leader);
+    let started = Instant::now();
+    let out = stack
+        .faasctl()
+        .args(["invoke", "hello", "-d", r#"{"name":"failover"}"#])
+        .output()?;
+    let took = started.elapsed();
+    eprintln!(
+        "faasctl invoke through a leader failover: exit {:?} after {took:?}",
+        out.status.code()
+    );
+    assert!(
+        out.status.success(),
+        "faasctl invoke failed during the failover: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello failover"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stack.start_controlplane(leader).await?;
+    stack.shutdown().await
+}

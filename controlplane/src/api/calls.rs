@@ -204,7 +204,8 @@ impl CallService for Api {
             let channel = self.leader.channel().await?;
             return CallServiceClient::new(channel)
                 .invoke(super::forwarded(request)?)
-                .await;
+                .await
+                .map_err(super::forward_failed);
         }
         let request = request.into_inner();
         let span =
@@ -229,7 +230,8 @@ impl CallService for Api {
             let channel = self.leader.channel().await?;
             return CallServiceClient::new(channel)
                 .submit(super::forwarded(request)?)
-                .await;
+                .await
+                .map_err(super::forward_failed);
         }
         let (call, _rx) = self.accept(request.into_inner()).await?;
         Ok(Response::new(SubmitResponse { call_id: call.id }))

@@ -17,7 +17,8 @@ impl ClusterService for Api {
             let channel = self.leader.channel().await?;
             return ClusterServiceClient::new(channel)
                 .list_nodes(super::forwarded(request)?)
-                .await;
+                .await
+                .map_err(super::forward_failed);
         };
         let mut nodes = broker.list_nodes().await;
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -42,7 +43,8 @@ impl ClusterService for Api {
             let channel = self.leader.channel().await?;
             return ClusterServiceClient::new(channel)
                 .drain_node(super::forwarded(request)?)
-                .await;
+                .await
+                .map_err(super::forward_failed);
         };
         let req = request.into_inner();
         if req.undrain {

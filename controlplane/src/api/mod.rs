@@ -97,6 +97,24 @@ impl LeaderLink {
     }
 }
 
+/// An error of a request forwarded to the leader, as the client sees it: a
+/// failure to reach the leader at all (it just died; the election has not
+/// caught up) means nothing was sent, so it is marked safe to retry, like
+/// our own "no leader" answers.
+pub fn forward_failed(status: tonic::Status) -> tonic::Status {
+    let detail = format!("{status:?}");
+    let not_sent = status.code() == tonic::Code::Unavailable
+        && (detail.contains("ConnectError") || detail.contains("Connection refused"));
+    if !not_sent {
+        return status;
+    }
+    ApiError::Unavailable(format!(
+        "the leader could not be reached (it may just have stopped); retry shortly: {}",
+        status.message()
+    ))
+    .into()
+}
+
 /// The request to forward to the leader, marked as forwarded; refused if it
 /// was forwarded to us already.
 pub fn forwarded<T>(request: tonic::Request<T>) -> Result<tonic::Request<T>, ApiError> {
