@@ -165,6 +165,8 @@ pub struct BrokerHandle {
     connected_agents: Arc<AtomicUsize>,
     policy: &'static str,
     started: Instant,
+    /// The leader's election key (see `Leadership::fence`).
+    fence: Option<Arc<(Vec<u8>, i64)>>,
 }
 
 /// After a takeover, how long agents have to find the new leader: a call
@@ -174,6 +176,13 @@ pub const AGENT_RECONNECT_GRACE: Duration = Duration::from_secs(3);
 impl BrokerHandle {
     pub fn send(&self, input: Input) -> bool {
         self.tx.send(input).is_ok()
+    }
+
+    /// The election key new calls are recorded under: a call is written
+    /// only while this replica still leads, so a replica that just lost the
+    /// lead cannot record a call the next leader would never see.
+    pub fn fence(&self) -> Option<&(Vec<u8>, i64)> {
+        self.fence.as_deref()
     }
 
     /// Ends the broker loop (leadership lost).
@@ -307,6 +316,7 @@ pub fn spawn(
     watch: Arc<CallWatch>,
     registry_host: String,
     settings: CallSettings,
+    fence: Option<(Vec<u8>, i64)>,
 ) -> BrokerHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let connected_agents = Arc::new(AtomicUsize::new(0));
@@ -315,6 +325,7 @@ pub fn spawn(
         connected_agents: connected_agents.clone(),
         policy: broker.policy_name(),
         started: Instant::now(),
+        fence: fence.map(Arc::new),
     };
     let mut state = BrokerLoop {
         broker,

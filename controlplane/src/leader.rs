@@ -16,6 +16,10 @@ pub struct Leadership {
     /// Resolves when the lease behind the leadership is (or may be) lost.
     pub lost: oneshot::Receiver<()>,
     pub lease_id: i64,
+    /// The election key this replica holds while it leads, and its create
+    /// revision: writes conditional on it are fenced (they fail once
+    /// another replica may lead).
+    pub fence: Option<(Vec<u8>, i64)>,
     /// Keeps the lease alive; aborted when leadership ends.
     keeper: JoinHandle<()>,
 }
@@ -74,10 +78,13 @@ pub async fn campaign(
     let mut leadership = Leadership {
         lost: lost_rx,
         lease_id,
+        fence: None,
         keeper,
     };
     let outcome = tokio::select! {
-        outcome = client.campaign(election, name, lease_id) => outcome.map(|_| ()),
+        outcome = client.campaign(election, name, lease_id) => outcome.map(|r| {
+            leadership.fence = r.leader().map(|k| (k.key().to_vec(), k.rev()));
+        }),
         // The lease lapsed while waiting: the campaign would end as if
         // elected once etcd deletes the key, so it is given up now.
         _ = &mut leadership.lost => Err(etcd_client::Error::LeaseKeepAliveError(

@@ -108,6 +108,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     calls.clone(),
                     config.registry.clone(),
                     config.calls.clone(),
+                    leadership.fence.clone(),
                 );
                 follow_catalog(&store, &handle);
                 let sweeper = tokio::spawn(retention::run(store.clone(), config.retention.clone()));

@@ -226,6 +226,26 @@ impl Store {
         Ok(self.check(self.client().txn(txn).await)?.succeeded())
     }
 
+    /// Writes the object only while `fence` (a key and its create revision:
+    /// the leader's election key) still exists as it was; false otherwise.
+    pub async fn put_fenced<M: Message>(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: &M,
+        fence: &(Vec<u8>, i64),
+    ) -> Result<bool, StoreError> {
+        let key = self.key(kind, name);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                fence.0.clone(),
+                CompareOp::Equal,
+                fence.1,
+            )])
+            .and_then([TxnOp::put(key.as_str(), value.encode_to_vec(), None)]);
+        Ok(self.check(self.client().txn(txn).await)?.succeeded())
+    }
+
     /// Writes the object only if its key is at `version` (1: written once);
     /// false if it was changed since.
     pub async fn put_if_version<M: Message>(

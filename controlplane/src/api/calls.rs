@@ -81,7 +81,23 @@ impl Api {
             created_at_ms: accepted_at_ms as i64,
             ..Default::default()
         };
-        self.store.put(Kind::Call, &call.id, &call).await?;
+        let recorded = match broker.fence() {
+            Some(fence) => {
+                self.store
+                    .put_fenced(Kind::Call, &call.id, &call, fence)
+                    .await?
+            }
+            None => {
+                self.store.put(Kind::Call, &call.id, &call).await?;
+                true
+            }
+        };
+        if !recorded {
+            return Err(ApiError::Unavailable(
+                "this replica stopped leading while accepting the call; nothing was recorded; retry"
+                    .into(),
+            ));
+        }
         let bundle = Arc::new(CallBundle::new(runtime, function, self.registry.host()));
         let rx = self.calls.subscribe(&call);
         if !broker.send(Input::CallArrived {
