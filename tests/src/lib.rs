@@ -66,6 +66,36 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const LEFTOVER_GRACE: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the agents to go idle before stopping them.
 const QUIESCE_GRACE: Duration = Duration::from_secs(3);
+/// Submits a call to the first of `urls` that accepts it, as a client given
+/// several replicas would, starting at `first` (mod the list); the call id,
+/// or None if every replica refused. One short-lived channel per attempt,
+/// with a 5 s deadline.
+pub async fn submit_to_any(
+    urls: &[String],
+    first: usize,
+    function: &str,
+    params_json: &str,
+) -> Option<String> {
+    for attempt in 0..urls.len() {
+        let url = &urls[(first + attempt) % urls.len()];
+        let channel = Endpoint::from_shared(url.to_string())
+            .expect("url")
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let submitted = faas_proto::v1::call_service_client::CallServiceClient::new(channel)
+            .submit(faas_proto::v1::InvokeRequest {
+                function: function.into(),
+                params_json: params_json.into(),
+            })
+            .await;
+        if let Ok(r) = submitted {
+            return Some(r.into_inner().call_id);
+        }
+    }
+    None
+}
+
 /// Lines of each log printed when a test fails.
 const LOG_TAIL_LINES: usize = 40;
 /// The snapshotter faas uses (containerd's default on ext4).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{CallStatus, GetCallRequest, InvokeRequest};
-use faas_tests::{fixture_dir, Stack, StackOptions};
+use faas_tests::{fixture_dir, submit_to_any, Stack, StackOptions};
 use tonic::transport::{Channel, Endpoint};
 
 fn channel(url: &str) -> Channel {
@@ -54,22 +54,9 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_call() -> anyhow::R
                     ("hello", r#"{"name": "load"}"#)
                 };
                 i += 1;
-                let mut ok = false;
-                for url in &urls {
-                    let submitted = CallServiceClient::new(channel(url))
-                        .submit(InvokeRequest {
-                            function: function.into(),
-                            params_json: params.into(),
-                        })
-                        .await;
-                    if let Ok(r) = submitted {
-                        acknowledged.push((r.into_inner().call_id, Instant::now()));
-                        ok = true;
-                        break;
-                    }
-                }
-                if !ok {
-                    refused += 1;
+                match submit_to_any(&urls, 0, function, params).await {
+                    Some(id) => acknowledged.push((id, Instant::now())),
+                    None => refused += 1,
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{Call, CallStatus, GetCallRequest, InvokeRequest};
-use faas_tests::{fixture_dir, Stack, StackOptions};
+use faas_tests::{fixture_dir, submit_to_any, Stack, StackOptions};
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
@@ -82,23 +82,9 @@ fn steady_load(urls: Vec<String>, length: Duration) -> JoinHandle<LoadReport> {
             } else {
                 ("hello", r#"{"name": "load"}"#)
             };
-            let mut ok = false;
-            for attempt in 0..urls.len() {
-                let url = &urls[(i + attempt) % urls.len()];
-                let submitted = CallServiceClient::new(channel(url))
-                    .submit(InvokeRequest {
-                        function: function.into(),
-                        params_json: params.into(),
-                    })
-                    .await;
-                if let Ok(r) = submitted {
-                    acknowledged.push((r.into_inner().call_id, Instant::now()));
-                    ok = true;
-                    break;
-                }
-            }
-            if !ok {
-                refused += 1;
+            match submit_to_any(&urls, i, function, params).await {
+                Some(id) => acknowledged.push((id, Instant::now())),
+                None => refused += 1,
             }
             i += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
