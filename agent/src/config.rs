@@ -60,6 +60,17 @@ pub struct Flags {
     /// CPU per container, thousandths of a CPU; 0 = unlimited [default: 1000].
     #[arg(long)]
     pub cpu_millis: Option<u32>,
+    /// OCI runtime binary containerd's runc shim runs for each container: `runc`, `crun`
+    /// or a path. crun creates and deletes a container in a fraction of runc's CPU
+    /// (docs/benchmarks.md) [default: runc].
+    #[arg(long, env = "FAAS_OCI_RUNTIME")]
+    pub oci_runtime: Option<String>,
+    /// containerd runtime (shim) for containers: `io.containerd.runc.v2` (containerd's Go
+    /// shim) or `io.containerd.faas.v1` (faas's own, `containerd-shim-faas-v1`, which must be
+    /// on containerd's PATH; a fraction of the Go shim's CPU per container)
+    /// [default: io.containerd.runc.v2].
+    #[arg(long, env = "FAAS_CONTAINERD_RUNTIME")]
+    pub containerd_runtime: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +89,8 @@ struct FileConfig {
     preload_memory_bytes: Option<u64>,
     pids_limit: Option<u32>,
     cpu_millis: Option<u32>,
+    oci_runtime: Option<String>,
+    containerd_runtime: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -97,6 +110,8 @@ pub struct Config {
     pub preload_memory_bytes: u64,
     pub pids_limit: u32,
     pub cpu_millis: u32,
+    pub oci_runtime: String,
+    pub containerd_runtime: String,
 }
 
 impl Config {
@@ -175,6 +190,14 @@ impl Config {
                 .unwrap_or(256 << 20),
             pids_limit: flags.pids_limit.or(file.pids_limit).unwrap_or(256),
             cpu_millis: flags.cpu_millis.or(file.cpu_millis).unwrap_or(1000),
+            oci_runtime: flags
+                .oci_runtime
+                .or(file.oci_runtime)
+                .unwrap_or_else(|| "runc".into()),
+            containerd_runtime: flags
+                .containerd_runtime
+                .or(file.containerd_runtime)
+                .unwrap_or_else(|| "io.containerd.runc.v2".into()),
         })
     }
 }

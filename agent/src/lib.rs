@@ -29,6 +29,8 @@ async fn connect_driver(config: &Config) -> anyhow::Result<Driver> {
         socket: config.containerd.clone(),
         namespace: config.namespace.clone(),
         insecure_registries: config.insecure_registries.clone(),
+        oci_runtime: Some(config.oci_runtime.clone()),
+        runtime: config.containerd_runtime.clone(),
         ..Default::default()
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

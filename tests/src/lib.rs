@@ -712,6 +712,12 @@ impl Stack {
         )?;
         let mut cmd = Command::new(find_in_path("containerd")?);
         cmd.arg("--config").arg(&config);
+        if let Ok(bin_dir) = bin_dir() {
+            // containerd finds runtime shims (containerd-shim-faas-v1) on its PATH.
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let dirs = std::iter::once(bin_dir.clone()).chain(std::env::split_paths(&path));
+            cmd.env("PATH", std::env::join_paths(dirs)?);
+        }
         let mut daemon = Daemon::spawn(&name, cmd, &self.log_path(&name))?;
         let ready = wait_until(READY_TIMEOUT, &mut daemon, || async {
             match containerd_client::connect(&socket).await {

@@ -193,7 +193,7 @@ impl Driver {
             image: spec.image.reference.clone(),
             runtime: Some(Runtime {
                 name: cfg.runtime.clone(),
-                options: None,
+                options: cfg.oci_runtime.as_deref().map(runc_options),
             }),
             spec: Some(prost_types::Any {
                 type_url: SPEC_TYPE_URL.to_string(),
@@ -586,4 +586,24 @@ fn stdio_uri(path: &Path) -> Result<String, DriverError> {
     } else {
         format!("file://{text}")
     })
+}
+
+/// `containerd.runc.v1.Options` (containerd's `api/types/runc/options/oci.proto`),
+/// the fields this driver sets. containerd-client does not compile that file.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RuncOptions {
+    /// The OCI runtime binary the shim runs instead of `runc`.
+    #[prost(string, tag = "6")]
+    binary_name: String,
+}
+
+/// The runc shim's options naming `binary` as its OCI runtime. The type URL
+/// is the bare message name: that is how containerd's typeurl registers it.
+fn runc_options(binary: &str) -> prost_types::Any {
+    prost_types::Any {
+        type_url: "containerd.runc.v1.Options".into(),
+        value: prost::Message::encode_to_vec(&RuncOptions {
+            binary_name: binary.to_string(),
+        }),
+    }
 }

@@ -54,6 +54,9 @@ pub struct DriverConfig {
     pub snapshotter: String,
     /// containerd runtime (shim) name.
     pub runtime: String,
+    /// The OCI runtime binary the runc shim drives (`runc`, `crun`, a path);
+    /// `None` leaves the shim's default, `runc`.
+    pub oci_runtime: Option<String>,
     /// Registries (`host:port`) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
 }
@@ -65,6 +68,7 @@ impl Default for DriverConfig {
             namespace: "faas".into(),
             snapshotter: "overlayfs".into(),
             runtime: "io.containerd.runc.v2".into(),
+            oci_runtime: None,
             insecure_registries: Vec::new(),
         }
     }
