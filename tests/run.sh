@@ -120,7 +120,12 @@ skip_stage() {
 }
 
 install_deps() {
-    faas_install_deps && faas_ensure_cargo && cargo --version
+    faas_install_deps && faas_ensure_cargo && cargo --version || return 1
+    # Every agent the tests start (they inherit the environment) runs its
+    # containers through faas's shim and the OCI runtime that works here.
+    FAAS_OCI_RUNTIME=${FAAS_OCI_RUNTIME:-$(faas_select_oci_runtime)}
+    export FAAS_OCI_RUNTIME FAAS_CONTAINERD_RUNTIME=${FAAS_CONTAINERD_RUNTIME:-io.containerd.faas.v1}
+    echo "agents run containers with $FAAS_CONTAINERD_RUNTIME and $FAAS_OCI_RUNTIME"
 }
 
 build_binaries() {

@@ -2,17 +2,18 @@
 # Builds the faas binaries. Sourced by deploy/local/up.sh and tests/run.sh:
 #   . deploy/lib/build.sh
 #   faas_build_release ROOT [--workspace]   # cargo build --release (+ faas-init)
-#   faas_install_bins ROOT DEST             # copies the four binaries into DEST
+#   faas_install_bins ROOT DEST             # copies the binaries into DEST
 # faas_install_bins prints the names of the binaries that changed.
 
-FAAS_BINARIES=(faas-controlplane faas-agent faasctl)
+FAAS_BINARIES=(faas-controlplane faas-agent faasctl containerd-shim-faas-v1)
 
 faas_build_release() {
     local root=$1 scope=${2:-}
     if [ "$scope" = "--workspace" ]; then
         (cd "$root" && cargo build --release --workspace --bins)
     else
-        (cd "$root" && cargo build --release --bin faas-controlplane --bin faas-agent --bin faasctl)
+        (cd "$root" && cargo build --release --bin faas-controlplane --bin faas-agent --bin faasctl \
+            --bin containerd-shim-faas-v1)
     fi || return 1
     # faas-init is a static binary with its own build (agent/init/build.sh),
     # which prints its path on the last line.

@@ -4,12 +4,13 @@
 #   . deploy/lib/install-deps.sh
 #   faas_install_deps     # Debian packages (needs root)
 #   faas_ensure_cargo     # cargo on PATH (rustup's stable toolchain if missing)
+#   faas_select_oci_runtime  # prints crun if it runs containers here, else runc
 
 # Debian packages: the real dependencies (containerd, runc, etcd, registry),
 # what the build needs (protoc for the gRPC crates, a C toolchain), and what
 # runtimes/build.sh needs to make the runtime images offline-reproducibly.
 FAAS_DEBIAN_PACKAGES=(
-    containerd runc etcd-server docker-registry
+    containerd runc crun etcd-server docker-registry
     protobuf-compiler build-essential pkg-config
     mmdebstrap busybox-static python3 ca-certificates
 )
@@ -74,4 +75,43 @@ faas_ensure_cargo() {
     }
     # shellcheck disable=SC1091
     . "${HOME:-/root}/.cargo/env"
+}
+
+# Prints the OCI runtime the agent should use here: crun (a C runtime: a
+# container's create/start/delete in a fraction of runc's CPU, see
+# docs/benchmarks.md) when it runs a container on this machine, else runc.
+# crun refuses a hybrid cgroup hierarchy whose cgroup2 mount still holds
+# controllers (a controller no v1 hierarchy was mounted for, e.g. hugetlb on a
+# host without systemd); as root, those v1 hierarchies are mounted first, as
+# systemd's own hybrid layout does.
+faas_select_oci_runtime() {
+    command -v crun >/dev/null 2>&1 || { echo runc; return 0; }
+    local unified=/sys/fs/cgroup/unified ctl
+    if [ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" = tmpfs ] && [ -r "$unified/cgroup.controllers" ] &&
+        [ "$(id -u)" -eq 0 ]; then
+        for ctl in $(cat "$unified/cgroup.controllers"); do
+            mountpoint -q "/sys/fs/cgroup/$ctl" && continue
+            if mkdir -p "/sys/fs/cgroup/$ctl" 2>/dev/null &&
+                mount -t cgroup -o "$ctl" cgroup "/sys/fs/cgroup/$ctl" 2>/dev/null; then
+                faas_log "mounted the cgroup v1 $ctl hierarchy (crun needs the hybrid cgroup2 mount without controllers)"
+            fi
+        done
+    fi
+    # The proof: crun runs a busybox container here.
+    local probe rc=1
+    probe=$(mktemp -d /tmp/faas-crun-probe.XXXXXX) || { echo runc; return 0; }
+    if command -v busybox >/dev/null 2>&1 && mkdir -p "$probe/bundle/rootfs" &&
+        cp "$(command -v busybox)" "$probe/bundle/rootfs/busybox" &&
+        (cd "$probe/bundle" && crun spec >/dev/null 2>&1) &&
+        sed -i 's/"terminal": true/"terminal": false/; s|"sh"|"/busybox", "true"|' "$probe/bundle/config.json"; then
+        timeout 20 crun --root "$probe/state" run --bundle "$probe/bundle" "faas-probe-$$" >"$probe/out" 2>&1
+        rc=$?
+    fi
+    if [ $rc -eq 0 ]; then
+        echo crun
+    else
+        faas_log "crun cannot run containers here ($(head -c 300 "$probe/out" 2>/dev/null)): using runc"
+        echo runc
+    fi
+    rm -rf "$probe"
 }

@@ -24,6 +24,7 @@
 #   FAAS_LOCAL_SPOTS       spots of the agent                  (4)
 #   FAAS_LOCAL_POLICY      broker policy                       (control plane default)
 #   FAAS_LOCAL_RUNTIMES    runtimes to register                ("python3 node")
+#   FAAS_LOCAL_OCI_RUNTIME runc or crun                        (crun if it runs here)
 #   RUST_LOG               log level of the faas processes     (info)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR/../..
@@ -95,7 +96,7 @@ faas_install_deps
 changed=()
 if [ -n "${FAAS_BIN_DIR:-}" ]; then
     step "binaries from FAAS_BIN_DIR=$FAAS_BIN_DIR"
-    for name in faas-controlplane faas-agent faasctl faas-init; do
+    for name in faas-controlplane faas-agent faasctl faas-init containerd-shim-faas-v1; do
         [ -x "$FAAS_BIN_DIR/$name" ] || die "FAAS_BIN_DIR has no $name"
         if ! cmp -s "$FAAS_BIN_DIR/$name" "$bin/$name"; then
             cp "$FAAS_BIN_DIR/$name" "$bin/.$name.new" && mv -f "$bin/.$name.new" "$bin/$name"
@@ -110,6 +111,9 @@ else
     [ -z "$installed" ] || mapfile -t changed <<<"$installed"
 fi
 ln -sfn "$bin/faasctl" /usr/local/bin/faasctl
+# containerd finds the runtime shim (containerd-shim-faas-v1) on its PATH.
+export PATH="$bin:$PATH"
+oci_runtime=${FAAS_LOCAL_OCI_RUNTIME:-$(faas_select_oci_runtime)}
 [ ${#changed[@]} -eq 0 ] || echo "[faas] installed into $bin: ${changed[*]}" >&2
 binary_changed() { local n; for n in "${changed[@]}"; do [ "$n" = "$1" ] && return 0; done; return 1; }
 
@@ -175,7 +179,8 @@ if ! faas_running "$run/agent.pid" faas-agent; then
     faas_start faas-agent "$run/agent.pid" "$logs/agent.log" \
         "$bin/faas-agent" --control-plane "http://$listen" --node "$node" --spots "$spots" \
         --containerd "$socket" --namespace faas --state-dir "$FAAS_HOME/agent" \
-        --insecure-registry "$registry_addr" --init-binary "$bin/faas-init"
+        --insecure-registry "$registry_addr" --init-binary "$bin/faas-init" \
+        --containerd-runtime io.containerd.faas.v1 --oci-runtime "$oci_runtime"
 fi
 faas_wait faas-agent "$run/agent.pid" "$logs/agent.log" 60 node_connected
 

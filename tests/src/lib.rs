@@ -1514,7 +1514,7 @@ fn process_parents() -> Vec<(i32, i32)> {
         .collect()
 }
 
-/// Kills the runc shims of this containerd and every process below them (the
+/// Kills the shims (runc's or faas's) of this containerd and every process below them (the
 /// containers): the shims are not containerd's children, so killing containerd
 /// alone would leave them, and their containers, running.
 fn kill_shims(containerd_socket: &Path) {
@@ -1526,11 +1526,11 @@ fn kill_shims(containerd_socket: &Path) {
         .filter(|pid| {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.first()
-                .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
-                && args
-                    .windows(2)
-                    .any(|w| w[0] == b"-address" && w[1] == socket.as_bytes())
+            args.first().is_some_and(|a| {
+                a.ends_with(b"containerd-shim-runc-v2") || a.ends_with(b"containerd-shim-faas-v1")
+            }) && args
+                .windows(2)
+                .any(|w| w[0] == b"-address" && w[1] == socket.as_bytes())
         })
         .collect();
     for shim in shims {

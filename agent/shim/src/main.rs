@@ -29,8 +29,7 @@ use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, Ta
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{Message, MessageDyn, MessageField};
 use containerd_shim::protos::topics::{
-    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC,
-    TASK_START_EVENT_TOPIC,
+    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
 use containerd_shim::protos::ttrpc;
 use containerd_shim::publisher::RemotePublisher;
@@ -232,9 +231,9 @@ impl Inner {
     }
 
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Err(e) = self
-            .publisher
-            .publish(shim::Context::default(), topic, &self.namespace, event)
+        if let Err(e) =
+            self.publisher
+                .publish(shim::Context::default(), topic, &self.namespace, event)
         {
             warn!("publishing {topic}: {e}");
         }
@@ -371,7 +370,9 @@ impl TaskService {
         result
     }
 
-    fn runtime_binary(options: &MessageField<containerd_shim::protos::protobuf::well_known_types::any::Any>) -> TtrpcResult<String> {
+    fn runtime_binary(
+        options: &MessageField<containerd_shim::protos::protobuf::well_known_types::any::Any>,
+    ) -> TtrpcResult<String> {
         let Some(any) = options.as_ref() else {
             return Ok("runc".into());
         };
@@ -381,8 +382,12 @@ impl TaskService {
                 format!("unknown runtime options {}", any.type_url),
             ));
         }
-        let options = api::Options::parse_from_bytes(&any.value)
-            .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, format!("runtime options: {e}")))?;
+        let options = api::Options::parse_from_bytes(&any.value).map_err(|e| {
+            status(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("runtime options: {e}"),
+            )
+        })?;
         Ok(if options.binary_name.is_empty() {
             "runc".into()
         } else {
@@ -499,7 +504,11 @@ impl shim::Task for TaskService {
         })
     }
 
-    fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
         let (binary, bundle, pid) = self.with(&req.id, &req.exec_id, |c, _| {
             if c.phase != Phase::Created {
                 return Err(status(
@@ -628,7 +637,11 @@ impl shim::Task for TaskService {
         })
     }
 
-    fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
         self.with(&req.id, &req.exec_id, |c, _| {
             let (exit_status, exited_at) = match &c.exit {
                 Some((code, at)) => (*code, MessageField::some(at.clone())),
@@ -739,11 +752,19 @@ impl shim::Task for TaskService {
         Err(unsupported("checkpoint"))
     }
 
-    fn resize_pty(&self, _ctx: &TtrpcContext, _req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
         Err(unsupported("a terminal"))
     }
 
-    fn stats(&self, _ctx: &TtrpcContext, _req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
         Err(unsupported("stats"))
     }
 }
