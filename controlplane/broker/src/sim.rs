@@ -106,6 +106,21 @@ impl Costs {
         }
     }
 
+    /// This project's stack as measured on the mixed workload (docs/bench,
+    /// 2-core machine): a container with the runtime ready ≈56 ms after it
+    /// is asked for; function loads are per function (python3 ≈18 ms, node
+    /// ≈70 ms, see [`scenario::stack_mixed`]).
+    pub fn stack() -> Self {
+        Costs {
+            runtime_load: 56,
+            function_load: 18,
+            run: 5,
+            clear: 30,
+            teardown: 40,
+            jitter: 0.2,
+        }
+    }
+
     /// The thesis's Docker-based prototype (Table 6.1, hello-world Node):
     /// runtime ~1.15 s, function ~1.9 s, a short run, docker rm for clears.
     pub fn thesis() -> Self {
@@ -127,6 +142,11 @@ pub struct FunctionSpec {
     pub runtime: String,
     pub function_load: Option<Millis>,
     pub run: Option<Millis>,
+    /// Of the function load, the part a function preload does after its
+    /// spot reports preloaded: on the real stack the agent reports once the
+    /// dependencies ran, and the runtime's `run` process then starts and
+    /// imports the handler. A call that comes sooner waits for the rest.
+    pub unreported_load: Millis,
 }
 
 impl FunctionSpec {
@@ -136,6 +156,7 @@ impl FunctionSpec {
             runtime: runtime.into(),
             function_load: None,
             run: None,
+            unreported_load: 0,
         }
     }
 }
@@ -305,6 +326,9 @@ struct AgentSpot {
     actual: SpotState,
     queue: VecDeque<Operation>,
     current: Option<(Operation, Phase)>,
+    /// When its function preload is really done (see
+    /// [`FunctionSpec::unreported_load`]).
+    warm_at: Millis,
     /// Bumped when the spot is (re)created, so that steps scheduled for an
     /// earlier incarnation are dropped.
     generation: u64,
@@ -632,6 +656,7 @@ impl Sim {
                     actual: SpotState::Free,
                     queue: VecDeque::new(),
                     current: None,
+                    warm_at: 0,
                     generation: self.generation,
                 },
             );
@@ -812,6 +837,8 @@ impl Sim {
             self.start_next(spot);
             return;
         }
+        // The part of a function preload done after its report.
+        let mut unreported = 0;
         let (duration, state, report, phase) = match &op {
             Operation::ExecuteNoPreload { call, .. }
             | Operation::ExecRuntimePreloaded { call, .. }
@@ -825,7 +852,10 @@ impl Sim {
                     Operation::ExecRuntimePreloaded { .. } => {
                         (StartKind::PrewarmRuntime, function_load + run)
                     }
-                    _ => (StartKind::PrewarmFunction, run),
+                    _ => (
+                        StartKind::PrewarmFunction,
+                        run + self.agents[spot].warm_at.saturating_sub(self.now),
+                    ),
                 };
                 if let Some(r) = self.calls.get_mut(&call.id) {
                     r.started_at = Some(self.now);
@@ -857,7 +887,15 @@ impl Sim {
                 Phase::Preload,
             ),
             Operation::PreloadFunction { function, .. } => (
-                self.costs.runtime_load + self.function_costs(&function.name).0,
+                {
+                    let total = self.costs.runtime_load + self.function_costs(&function.name).0;
+                    unreported = self
+                        .functions
+                        .get(&function.name)
+                        .map_or(0, |(s, _)| s.unreported_load)
+                        .min(total.saturating_sub(1));
+                    total - unreported
+                },
                 SpotState::Preloading {
                     runtime: function.runtime.clone(),
                     function: Some(function.clone()),
@@ -877,7 +915,11 @@ impl Sim {
             ),
         };
         let duration = self.jittered(duration);
+        let now = self.now;
         let agent = self.agents.get_mut(spot).expect("caller checked");
+        if matches!(op, Operation::PreloadFunction { .. }) {
+            agent.warm_at = now + duration + unreported;
+        }
         agent.actual = state;
         agent.current = Some((op, phase));
         self.report(spot, report);
@@ -1025,7 +1067,7 @@ pub mod workload {
 /// The scenarios the policies are compared on (4 nodes × 4 spots, as in the
 /// thesis's experiments).
 pub mod scenario {
-    use super::{workload, Arrival, Costs, FunctionSpec, Sim, Summary};
+    use super::{workload, Arrival, Costs, FunctionSpec, Rng, Sim, Summary};
     use crate::cluster::Millis;
     use crate::policy::Policy;
 
@@ -1035,12 +1077,15 @@ pub mod scenario {
         pub runtimes: Vec<&'static str>,
         pub functions: Vec<FunctionSpec>,
         pub arrivals: Vec<Arrival>,
+        /// Nodes, and spots on each.
+        pub layout: (u32, u32),
     }
 
     /// The thesis's constant load: one function, a call every 0.25 s.
     pub fn interval(seed: u64) -> Scenario {
         let _ = seed;
         Scenario {
+            layout: (4, 4),
             name: "interval-0.25s".into(),
             runtimes: vec!["node"],
             functions: vec![FunctionSpec::new("hello", "node")],
@@ -1064,6 +1109,7 @@ pub mod scenario {
             }
         };
         Scenario {
+            layout: (4, 4),
             name: format!(
                 "random-{}-{}{}",
                 fmt(min),
@@ -1130,6 +1176,7 @@ pub mod scenario {
         ));
         arrivals.sort_by_key(|a| a.at);
         Scenario {
+            layout: (4, 4),
             name: format!("mixed-{rate_per_s}/s"),
             runtimes: vec!["python3", "node"],
             functions,
@@ -1137,7 +1184,59 @@ pub mod scenario {
         }
     }
 
-    /// Runs the scenario under the policy on 4 nodes × 4 spots.
+    /// faas-workload's `mixed` workload on the real stack (one node, 4
+    /// spots): six functions, four on python3 and two on node, with shares
+    /// of 35/20/10/5 % and 20/10 %, gaps of 0.1–0.4 s; `calls` calls. Use it
+    /// with [`Costs::stack`].
+    pub fn stack_mixed(seed: u64, calls: usize) -> Scenario {
+        const MIX: [(&str, &str, f64); 6] = [
+            ("mix-py-a", "python3", 0.35),
+            ("mix-py-b", "python3", 0.20),
+            ("mix-py-c", "python3", 0.10),
+            ("mix-py-d", "python3", 0.05),
+            ("mix-node-a", "node", 0.20),
+            ("mix-node-b", "node", 0.10),
+        ];
+        let functions = MIX
+            .iter()
+            .map(|(name, runtime, _)| {
+                let (load, run) = if *runtime == "node" {
+                    (70, 10)
+                } else {
+                    (18, 5)
+                };
+                FunctionSpec {
+                    function_load: Some(load),
+                    run: Some(run),
+                    // The runtime's process starts and imports the handler
+                    // after the agent reports the preload.
+                    unreported_load: load,
+                    ..FunctionSpec::new(name, runtime)
+                }
+            })
+            .collect();
+        let shares: Vec<f64> = MIX.iter().map(|m| m.2).collect();
+        let mut rng = Rng::new(seed);
+        let mut at = 1000;
+        let arrivals = (0..calls)
+            .map(|_| {
+                at += rng.between(100, 400);
+                Arrival {
+                    at,
+                    function: MIX[rng.weighted(&shares)].0.into(),
+                }
+            })
+            .collect();
+        Scenario {
+            name: "stack-mixed".into(),
+            runtimes: vec!["python3", "node"],
+            functions,
+            arrivals,
+            layout: (1, 4),
+        }
+    }
+
+    /// Runs the scenario under the policy on its nodes and spots.
     pub fn run(policy: Box<dyn Policy>, scenario: &Scenario, costs: &Costs, seed: u64) -> Sim {
         let mut sim = Sim::new(policy, costs.clone(), seed);
         for r in &scenario.runtimes {
@@ -1146,8 +1245,8 @@ pub mod scenario {
         for f in &scenario.functions {
             sim.register_function(f.clone());
         }
-        for n in 0..4 {
-            sim.join_node(&format!("n{n}"), 4);
+        for n in 0..scenario.layout.0 {
+            sim.join_node(&format!("n{n}"), scenario.layout.1);
         }
         sim.schedule_arrivals(&scenario.arrivals);
         let last = scenario.arrivals.last().map_or(0, |a| a.at);

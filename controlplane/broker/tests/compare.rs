@@ -77,3 +77,25 @@ fn adaptive_does_not_lose_on_the_constant_load() {
         );
     }
 }
+
+/// faas-workload's mixed workload with the stack's measured costs, where a
+/// function preload reports before its runtime process has imported the
+/// handler (so the preload's report understates what it saves). Adaptive
+/// learns the real saving from the executes (ratio 0.62 here; 0.75 when it
+/// trusted the preload reports: its runtime preloads then took spots from
+/// node functions, whose load is the largest).
+#[test]
+fn adaptive_beats_the_thesis_heuristics_on_the_stack_calibrated_mixed_workload() {
+    let mut ours_total = 0.0;
+    let mut best_total = 0.0;
+    for seed in [SEED, SEED + 1, SEED + 2] {
+        let scenario = scenario::stack_mixed(seed, 600);
+        let (ours, best) = means(&compare(&Costs::stack(), &scenario));
+        ours_total += ours;
+        best_total += best;
+    }
+    assert!(
+        ours_total < best_total * 0.7,
+        "stack-calibrated mixed, 3 seeds: {ours_total} vs {best_total}"
+    );
+}
