@@ -123,7 +123,7 @@ impl shim::Shim for FaasShim {
     fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let inner = Arc::new(Inner {
             namespace: self.namespace.clone(),
-            publisher,
+            publisher: Mutex::new(publisher),
             exit: self.exit.clone(),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -188,7 +188,9 @@ struct State {
 
 struct Inner {
     namespace: String,
-    publisher: RemotePublisher,
+    /// Reconnected when a publish fails: containerd may have restarted
+    /// (this shim outlives it, and it reloads the shim from the bundle).
+    publisher: Mutex<RemotePublisher>,
     exit: Arc<ExitSignal>,
     state: Mutex<State>,
     changed: Condvar,
@@ -231,11 +233,29 @@ impl Inner {
     }
 
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Err(e) =
-            self.publisher
-                .publish(shim::Context::default(), topic, &self.namespace, event)
-        {
-            warn!("publishing {topic}: {e}");
+        let mut publisher = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
+        let first = publisher.publish(
+            shim::Context::default(),
+            topic,
+            &self.namespace,
+            event.clone_box(),
+        );
+        let Err(e) = first else {
+            return;
+        };
+        let reconnected = std::env::var("TTRPC_ADDRESS")
+            .map_err(|e| shim::Error::Other(e.to_string()))
+            .and_then(RemotePublisher::new);
+        match reconnected {
+            Ok(fresh) => {
+                *publisher = fresh;
+                if let Err(e) =
+                    publisher.publish(shim::Context::default(), topic, &self.namespace, event)
+                {
+                    warn!("publishing {topic} (after reconnecting): {e}");
+                }
+            }
+            Err(again) => warn!("publishing {topic}: {e}; reconnecting: {again}"),
         }
     }
 
