@@ -309,6 +309,21 @@ impl Inner {
     }
 }
 
+/// Whether `binary` (a path, or a name looked up on PATH) is an executable file.
+fn runtime_exists(binary: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if binary.contains('/') {
+        return executable(Path::new(binary));
+    }
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(binary))))
+        .unwrap_or(false)
+}
+
 /// The last `msg` of an OCI runtime's JSON log (runc and crun both write
 /// `{"level": ..., "msg": ...}` lines).
 fn last_log_message(log: &Path) -> String {
@@ -435,6 +450,14 @@ impl shim::Task for TaskService {
             ));
         }
         let binary = Self::runtime_binary(&req.options)?;
+        // A missing binary is a clear error here; a failed exec under the
+        // reaper would not be (std waits for such a child, the reaper races it).
+        if !runtime_exists(&binary) {
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("OCI runtime {binary:?} not found on the shim's PATH"),
+            ));
+        }
         let bundle = PathBuf::from(&req.bundle);
         std::fs::write(bundle.join(RUNTIME_FILE), &binary)
             .map_err(|e| internal(format!("writing {RUNTIME_FILE}: {e}")))?;
