@@ -811,3 +811,57 @@ impl shim::Task for TaskService {
         Err(unsupported("stats"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_message_of_a_json_log_is_reported() {
+        let dir = std::env::temp_dir().join(format!("faas-shim-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log.json");
+        std::fs::write(
+            &log,
+            "{\"level\":\"warning\",\"msg\":\"first\",\"time\":\"t\"}\n\
+             {\"msg\":\"open `/x`: No such file or directory\",\"level\":\"error\",\"time\":\"t\"}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            last_log_message(&log),
+            "open `/x`: No such file or directory"
+        );
+        std::fs::write(&log, "not json\n").unwrap();
+        assert_eq!(last_log_message(&log), "no message");
+        assert_eq!(last_log_message(&dir.join("missing")), "no message");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stdio_uris_are_files_or_paths_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("faas-shim-stdio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let created = dir.join("created.log");
+        assert!(open_stdio(&format!("file://{}", created.display()))
+            .unwrap()
+            .is_some());
+        assert!(created.exists(), "file:// creates the file");
+        // A bare path must exist (a FIFO or a file made by the caller).
+        assert!(open_stdio(dir.join("absent").to_str().unwrap()).is_err());
+        assert!(open_stdio(created.to_str().unwrap()).unwrap().is_some());
+        assert!(open_stdio("").unwrap().is_none());
+        assert!(open_stdio("binary:///usr/bin/logger").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn runtime_binaries_are_found_on_path_or_by_path() {
+        assert!(runtime_exists("sh"));
+        assert!(runtime_exists("/bin/sh"));
+        assert!(!runtime_exists("no-such-oci-runtime"));
+        let plain = std::env::temp_dir().join(format!("faas-shim-plain-{}", std::process::id()));
+        std::fs::write(&plain, "not a program").unwrap();
+        assert!(!runtime_exists(plain.to_str().unwrap()), "not executable");
+        std::fs::remove_file(&plain).unwrap();
+    }
+}
