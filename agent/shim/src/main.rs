@@ -51,13 +51,31 @@ const DEAD_SHIM_STATUS: u32 = 128 + 9;
 fn main() {
     // The `delete` action waits for its own child (the OCI runtime's
     // `delete --force`) with std's `wait`; the crate's reaper would race it.
-    let deleting = std::env::args().any(|a| a == "delete");
+    let deleting = is_delete_action(&std::env::args().collect::<Vec<_>>());
     let config = Config {
         no_reaper: deleting,
         no_sub_reaper: deleting,
         ..Default::default()
     };
     shim::run::<FaasShim>(RUNTIME_ID, Some(config));
+}
+
+/// Whether containerd ran this binary for its `delete` action: the action
+/// is the last argument (`... -id ID delete`); a container named `delete`
+/// (`-id delete`) is not it.
+fn is_delete_action(args: &[String]) -> bool {
+    const VALUED: [&str; 6] = [
+        "-id",
+        "-namespace",
+        "-address",
+        "-publish-binary",
+        "-bundle",
+        "-socket",
+    ];
+    match args {
+        [.., flag, last] => last == "delete" && !VALUED.contains(&flag.as_str()),
+        _ => false,
+    }
 }
 
 #[derive(Clone)]
@@ -852,6 +870,35 @@ mod tests {
         assert!(open_stdio("").unwrap().is_none());
         assert!(open_stdio("binary:///usr/bin/logger").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_the_delete_action_is_taken_for_one() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(is_delete_action(&args(&[
+            "shim",
+            "-namespace",
+            "faas",
+            "-id",
+            "c1",
+            "delete"
+        ])));
+        assert!(!is_delete_action(&args(&[
+            "shim",
+            "-namespace",
+            "faas",
+            "-id",
+            "c1",
+            "start"
+        ])));
+        assert!(!is_delete_action(&args(&[
+            "shim",
+            "-namespace",
+            "faas",
+            "-id",
+            "delete"
+        ])));
+        assert!(!is_delete_action(&args(&["shim"])));
     }
 
     #[test]
