@@ -400,27 +400,21 @@ struct TaskService {
 }
 
 impl TaskService {
-    /// The container, checked to be `id`, with no exec id.
+    /// Runs `f` on the container, checked to be `id`, with no exec id,
+    /// under the state lock.
     fn with<T>(
         &self,
         id: &str,
         exec_id: &str,
-        f: impl FnOnce(&mut Container, &mut State) -> TtrpcResult<T>,
+        f: impl FnOnce(&mut Container) -> TtrpcResult<T>,
     ) -> TtrpcResult<T> {
         if !exec_id.is_empty() {
             return Err(not_found(format!("exec {exec_id} in {id}")));
         }
-        let mut state = self.inner.lock();
-        let mut container = match state.container.take() {
-            Some(c) if c.id == id => c,
-            other => {
-                state.container = other;
-                return Err(not_found(format!("container {id}")));
-            }
-        };
-        let result = f(&mut container, &mut state);
-        state.container = Some(container);
-        result
+        match self.inner.lock().container.as_mut() {
+            Some(c) if c.id == id => f(c),
+            _ => Err(not_found(format!("container {id}"))),
+        }
     }
 
     fn runtime_binary(
@@ -570,7 +564,7 @@ impl shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        let (binary, bundle, pid) = self.with(&req.id, &req.exec_id, |c, _| {
+        let (binary, bundle, pid) = self.with(&req.id, &req.exec_id, |c| {
             if c.phase != Phase::Created {
                 return Err(status(
                     ttrpc::Code::FAILED_PRECONDITION,
@@ -580,7 +574,7 @@ impl shim::Task for TaskService {
             Ok((c.binary.clone(), c.bundle.clone(), c.pid))
         })?;
         self.inner.oci(&binary, &bundle, &["start", &req.id])?;
-        self.with(&req.id, "", |c, _| {
+        self.with(&req.id, "", |c| {
             if c.phase == Phase::Created {
                 c.phase = Phase::Running;
             }
@@ -601,7 +595,7 @@ impl shim::Task for TaskService {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        let (binary, bundle, pid) = self.with(&req.id, &req.exec_id, |c, _| {
+        let (binary, bundle, pid) = self.with(&req.id, &req.exec_id, |c| {
             if c.exit.is_some() {
                 return Err(not_found(format!("{}: process already finished", c.id)));
             }
@@ -625,7 +619,7 @@ impl shim::Task for TaskService {
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        self.with(&req.id, &req.exec_id, |_, _| Ok(()))?;
+        self.with(&req.id, &req.exec_id, |_| Ok(()))?;
         let mut state = self.inner.lock();
         loop {
             match state.container.as_ref() {
@@ -653,7 +647,7 @@ impl shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        let (binary, bundle, pid, phase) = self.with(&req.id, &req.exec_id, |c, _| {
+        let (binary, bundle, pid, phase) = self.with(&req.id, &req.exec_id, |c| {
             Ok((c.binary.clone(), c.bundle.clone(), c.pid, c.phase))
         })?;
         if phase == Phase::Running {
@@ -703,7 +697,7 @@ impl shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        self.with(&req.id, &req.exec_id, |c, _| {
+        self.with(&req.id, &req.exec_id, |c| {
             let (exit_status, exited_at) = match &c.exit {
                 Some((code, at)) => (*code, MessageField::some(at.clone())),
                 None => (0, MessageField::none()),
@@ -728,7 +722,7 @@ impl shim::Task for TaskService {
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        self.with(&req.id, "", |c, _| {
+        self.with(&req.id, "", |c| {
             let mut processes = Vec::new();
             if c.exit.is_none() {
                 processes.push(containerd_shim::protos::types::task::ProcessInfo {
@@ -745,7 +739,7 @@ impl shim::Task for TaskService {
 
     fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
         let (binary, bundle) =
-            self.with(&req.id, "", |c, _| Ok((c.binary.clone(), c.bundle.clone())))?;
+            self.with(&req.id, "", |c| Ok((c.binary.clone(), c.bundle.clone())))?;
         let Some(resources) = req.resources.as_ref() else {
             return Ok(api::Empty::default());
         };
