@@ -96,6 +96,28 @@ pub async fn submit_to_any(
     None
 }
 
+/// Invokes `function` with `params_json` and asserts the call succeeded;
+/// the call, for further checks.
+pub async fn invoke_succeeded(
+    client: &mut faas_proto::v1::call_service_client::CallServiceClient<Channel>,
+    function: &str,
+    params_json: &str,
+) -> anyhow::Result<faas_proto::v1::Call> {
+    let call = client
+        .invoke(faas_proto::v1::InvokeRequest {
+            function: function.into(),
+            params_json: params_json.into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        call.status(),
+        faas_proto::v1::CallStatus::Succeeded,
+        "{call:?}"
+    );
+    Ok(call)
+}
+
 /// Lines of each log printed when a test fails.
 const LOG_TAIL_LINES: usize = 40;
 /// The snapshotter faas uses (containerd's default on ext4).

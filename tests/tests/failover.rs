@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{CallStatus, GetCallRequest, InvokeRequest};
-use faas_tests::{fixture_dir, submit_to_any, Stack, StackOptions};
+use faas_tests::{fixture_dir, invoke_succeeded, submit_to_any, Stack, StackOptions};
 use tonic::transport::{Channel, Endpoint};
 
 fn channel(url: &str) -> Channel {
@@ -126,14 +126,8 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_call() -> anyhow::R
 
     // The old leader comes back as a follower and serves the API.
     stack.start_controlplane(leader).await?;
-    let call = CallServiceClient::new(channel(&stack.controlplane_url(leader)))
-        .invoke(InvokeRequest {
-            function: "hello".into(),
-            params_json: r#"{"name":"back"}"#.into(),
-        })
-        .await?
-        .into_inner();
-    assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+    let mut client = CallServiceClient::new(channel(&stack.controlplane_url(leader)));
+    invoke_succeeded(&mut client, "hello", r#"{"name":"back"}"#).await?;
     stack.shutdown().await
 }
 
@@ -156,14 +150,7 @@ async fn old_calls_are_removed_past_the_retention_count() -> anyhow::Result<()> 
     let mut client = CallServiceClient::new(stack.channel().await);
     let mut ids = Vec::new();
     for _ in 0..12 {
-        let call = client
-            .invoke(InvokeRequest {
-                function: "hello".into(),
-                params_json: "{}".into(),
-            })
-            .await?
-            .into_inner();
-        assert_eq!(call.status(), CallStatus::Succeeded);
+        let call = invoke_succeeded(&mut client, "hello", "{}").await?;
         ids.push(call.id);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -214,14 +201,7 @@ async fn assert_drained_and_avoided(
     assert!(node.draining, "not draining: {node:?}");
     let mut client = CallServiceClient::new(stack.channel().await);
     for _ in 0..calls {
-        let call = client
-            .invoke(InvokeRequest {
-                function: "hello".into(),
-                params_json: "{}".into(),
-            })
-            .await?
-            .into_inner();
-        assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+        let call = invoke_succeeded(&mut client, "hello", "{}").await?;
         assert_ne!(call.node, drained, "a drained node got a call");
     }
     Ok(())

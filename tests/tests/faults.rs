@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use faas_proto::v1::call_service_client::CallServiceClient;
-use faas_proto::v1::{Call, CallStatus, GetCallRequest, InvokeRequest};
-use faas_tests::{fixture_dir, submit_to_any, Stack, StackOptions};
+use faas_proto::v1::{Call, CallStatus, GetCallRequest};
+use faas_tests::{fixture_dir, invoke_succeeded, submit_to_any, Stack, StackOptions};
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
@@ -184,15 +184,9 @@ async fn warm_up(stack: &Stack, url: &str, agents: usize) {
             faasctl(&["node", "drain", &stack.agent_node(other)]);
         }
         for (function, params) in [("hello", "{}"), ("sleeps", r#"{"seconds": 0.1}"#)] {
-            let call = client
-                .invoke(InvokeRequest {
-                    function: function.into(),
-                    params_json: params.into(),
-                })
+            let call = invoke_succeeded(&mut client, function, params)
                 .await
-                .expect("warm-up call")
-                .into_inner();
-            assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+                .expect("warm-up call");
             assert_eq!(call.node, stack.agent_node(target));
         }
         for other in (0..agents).filter(|o| *o != target) {
@@ -328,14 +322,8 @@ async fn killing_a_follower_under_load_changes_nothing_for_calls() -> anyhow::Re
 
     // Back as a follower, it serves the API again.
     stack.start_controlplane(follower).await?;
-    let call = CallServiceClient::new(channel(&stack.controlplane_url(follower)))
-        .invoke(InvokeRequest {
-            function: "hello".into(),
-            params_json: r#"{"name":"back"}"#.into(),
-        })
-        .await?
-        .into_inner();
-    assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+    let mut client = CallServiceClient::new(channel(&stack.controlplane_url(follower)));
+    invoke_succeeded(&mut client, "hello", r#"{"name":"back"}"#).await?;
     assert_eq!(stack.leader_index().await?, leader);
     stack.shutdown().await
 }
@@ -460,14 +448,7 @@ async fn restarting_containerd_under_load_leaves_no_call_stuck_and_nothing_behin
     );
     let mut client = CallServiceClient::new(channel(&url));
     for _ in 0..5 {
-        let call = client
-            .invoke(InvokeRequest {
-                function: "hello".into(),
-                params_json: "{}".into(),
-            })
-            .await?
-            .into_inner();
-        assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+        let call = invoke_succeeded(&mut client, "hello", "{}").await?;
         assert_eq!(call.node, victim_node);
     }
     stack.assert_no_leftovers(Duration::from_secs(20)).await?;

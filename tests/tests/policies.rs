@@ -6,23 +6,16 @@
 use std::time::{Duration, Instant};
 
 use faas_proto::v1::call_service_client::CallServiceClient;
-use faas_proto::v1::{Call, CallStatus, GetCallStatsRequest, InvokeRequest, SpotState, StartKind};
-use faas_tests::{fixture_dir, Stack, StackOptions};
+use faas_proto::v1::{Call, GetCallStatsRequest, SpotState, StartKind};
+use faas_tests::{fixture_dir, invoke_succeeded, Stack, StackOptions};
 
 fn deploy(stack: &Stack, name: &str, dir: &std::path::Path) {
     stack.deploy(name, "python3", dir, &[]).expect("deploying");
 }
 
 async fn invoke(stack: &Stack, function: &str) -> anyhow::Result<Call> {
-    let call = CallServiceClient::new(stack.channel().await)
-        .invoke(InvokeRequest {
-            function: function.into(),
-            params_json: r#"{"name":"p"}"#.into(),
-        })
-        .await?
-        .into_inner();
-    assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
-    Ok(call)
+    let mut client = CallServiceClient::new(stack.channel().await);
+    invoke_succeeded(&mut client, function, r#"{"name":"p"}"#).await
 }
 
 /// Waits until every spot (or, with `all` false, at least one) is in `state`.
