@@ -11,7 +11,7 @@
 # runtimes/build.sh needs to make the runtime images offline-reproducibly.
 FAAS_DEBIAN_PACKAGES=(
     containerd runc crun etcd-server docker-registry
-    protobuf-compiler build-essential pkg-config
+    protobuf-compiler libprotobuf-dev build-essential pkg-config
     mmdebstrap busybox-static python3 ca-certificates
 )
 
