@@ -14,9 +14,12 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::broker::{BrokerHandle, Input};
+use crate::ledger::is_call_id;
 
 /// Operations buffered per agent before the broker considers it stuck.
 const AGENT_QUEUE: usize = 1024;
+/// Most spots one agent may offer.
+const MAX_SPOTS: u32 = 1024;
 
 #[derive(Clone)]
 pub struct AgentSessions {
@@ -61,10 +64,24 @@ impl AgentService for AgentSessions {
                 ))
             }
         };
-        if hello.node.is_empty() || hello.spots == 0 || hello.spots > 1024 {
-            return Err(Status::invalid_argument(
-                "hello needs a node name and between 1 and 1024 spots",
-            ));
+        if let Err(e) = crate::error::check_name("node", &hello.node) {
+            warn!(node = ?hello.node, "agent hello refused: invalid node name");
+            return Err(e.into());
+        }
+        if hello.spots == 0 || hello.spots > MAX_SPOTS {
+            return Err(Status::invalid_argument(format!(
+                "hello needs between 1 and {MAX_SPOTS} spots"
+            )));
+        }
+        // Everything from the stream is checked before it reaches a key:
+        // an id that is not a call id is dropped, never looked up.
+        let (running_calls, malformed): (Vec<String>, Vec<String>) = hello
+            .running_calls
+            .iter()
+            .cloned()
+            .partition(|id| is_call_id(id));
+        if !malformed.is_empty() {
+            warn!(node = %hello.node, ?malformed, "hello lists malformed call ids; ignored");
         }
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let node = hello.node.clone();
@@ -74,7 +91,7 @@ impl AgentService for AgentSessions {
             spots: hello.spots,
             session,
             tx,
-            running_calls: hello.running_calls.clone(),
+            running_calls,
         });
         let span = info_span!("agent", %node, session);
         tokio::spawn(
@@ -91,6 +108,12 @@ impl AgentService for AgentSessions {
                         },
                         Ok(AgentMessage {
                             msg: Some(agent_message::Msg::Result(result)),
+                        }) if !is_call_id(&result.call_id) => {
+                            warn!(call_id = ?result.call_id, "result with a malformed call id; refused");
+                            continue;
+                        }
+                        Ok(AgentMessage {
+                            msg: Some(agent_message::Msg::Result(result)),
                         }) => Input::Result {
                             node: node.clone(),
                             session,
@@ -102,6 +125,12 @@ impl AgentService for AgentSessions {
                             node: node.clone(),
                             session,
                         },
+                        Ok(AgentMessage {
+                            msg: Some(agent_message::Msg::Refused(refused)),
+                        }) if !refused.call_id.is_empty() && !is_call_id(&refused.call_id) => {
+                            warn!(call_id = ?refused.call_id, "refusal with a malformed call id; ignored");
+                            continue;
+                        }
                         Ok(AgentMessage {
                             msg: Some(agent_message::Msg::Refused(refused)),
                         }) => Input::Refused {

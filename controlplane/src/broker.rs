@@ -9,81 +9,23 @@ use std::time::{Duration, Instant};
 
 use faas_broker::{Broker, Event, FunctionRef, Operation, PendingCall, SpotId, SpotState};
 use faas_proto::v1::{
-    control_message, spot_operation, Call, CallAssignment, CallError, CallLogs, CallResult,
-    CallStatus, ControlMessage, Function, FunctionBundle, Node, ResultRecorded, Runtime,
-    RuntimeBundle, Spot, SpotOperation, SpotReport, Timings,
+    control_message, spot_operation, Call, CallError, CallLogs, CallResult, CallStatus,
+    ControlMessage, Function, Node, ResultRecorded, Runtime, Spot, SpotOperation, SpotReport,
 };
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::error::{now_ms, now_ms_f64};
-use crate::store::{Kind, Store};
+use crate::leader::LeaderFence;
+pub use crate::ledger::{CallBundle, CallSettings};
+use crate::ledger::{Effect, Ledger, Outcome, Session, Start};
+use crate::store::{Kind, Store, StoreError};
 use crate::watch::CallWatch;
-
-/// What a spot needs to run a call, captured when the call is accepted so
-/// that it runs the function version current at that moment.
-#[derive(Debug)]
-pub struct CallBundle {
-    pub runtime: RuntimeBundle,
-    pub function: FunctionBundle,
-    /// The function may run again if its node is lost.
-    pub idempotent: bool,
-}
-
-impl CallBundle {
-    pub fn new(runtime: Runtime, function: Function, registry_host: &str) -> CallBundle {
-        CallBundle {
-            idempotent: function.idempotent,
-            runtime: RuntimeBundle {
-                name: runtime.name,
-                image: runtime.image,
-                path: runtime.path,
-                dependencies: runtime.dependencies,
-                run: runtime.run,
-            },
-            function: FunctionBundle {
-                package_repository: format!("{registry_host}/faas/functions/{}", function.name),
-                name: function.name,
-                version: function.version,
-                handler: function.handler,
-                package_digest: function.package_digest,
-                memory_bytes: function.memory_bytes,
-                timeout_ms: function.timeout_ms,
-                env: function.env,
-            },
-        }
-    }
-}
 
 pub type AgentSender = mpsc::Sender<Result<ControlMessage, Status>>;
 type WeakAgentSender = mpsc::WeakSender<Result<ControlMessage, Status>>;
-
-/// How long after a node's return the results it held may still arrive
-/// (they are sent right after its hello).
-const RESULT_BACKLOG_GRACE: Duration = Duration::from_secs(2);
-/// How long a call an agent reported running, unknown to this leader, is
-/// remembered (it may be handed over by the takeover a moment later).
-const REPORTED_RUNNING_MEMORY: Duration = Duration::from_secs(60);
-
-/// How the broker resolves calls whose node is lost.
-#[derive(Clone, Debug)]
-pub struct CallSettings {
-    /// How long a node may stay away before the calls it ran are lost.
-    pub node_lost_after: Duration,
-    /// Runs again of an idempotent function's call lost with its node.
-    pub idempotent_retries: u32,
-}
-
-impl Default for CallSettings {
-    fn default() -> Self {
-        CallSettings {
-            node_lost_after: Duration::from_secs(3),
-            idempotent_retries: 2,
-        }
-    }
-}
 
 pub enum Input {
     CallArrived {
@@ -166,7 +108,7 @@ pub struct BrokerHandle {
     policy: &'static str,
     started: Instant,
     /// The leader's election key (see `Leadership::fence`).
-    fence: Option<Arc<(Vec<u8>, i64)>>,
+    fence: Option<Arc<LeaderFence>>,
 }
 
 /// After a takeover, how long agents have to find the new leader: a call
@@ -181,7 +123,7 @@ impl BrokerHandle {
     /// The election key new calls are recorded under: a call is written
     /// only while this replica still leads, so a replica that just lost the
     /// lead cannot record a call the next leader would never see.
-    pub fn fence(&self) -> Option<&(Vec<u8>, i64)> {
+    pub fn fence(&self) -> Option<&LeaderFence> {
         self.fence.as_deref()
     }
 
@@ -251,43 +193,6 @@ struct AgentConn {
     connected_at_ms: i64,
 }
 
-struct Tracked {
-    call: Call,
-    bundle: Arc<CallBundle>,
-    accepted_at_ms: f64,
-    /// Set while the call's node is gone: past `node_lost_after` the call
-    /// is declared lost.
-    orphaned_since: Option<Instant>,
-    /// Set when the node came back without the call among its running
-    /// ones: its result may still be in the agent's backlog until then.
-    lost_after: Option<Instant>,
-    /// Where and when it was handed out.
-    dispatched: Option<(SpotId, f64)>,
-    /// Version of the call's etcd record, when known: the RUNNING record
-    /// is written over exactly that version (never over a final one).
-    record_version: Option<i64>,
-}
-
-impl Tracked {
-    fn new(call: Call, bundle: Arc<CallBundle>, accepted_at_ms: f64) -> Tracked {
-        Tracked {
-            call,
-            bundle,
-            accepted_at_ms,
-            orphaned_since: None,
-            lost_after: None,
-            dispatched: None,
-            record_version: None,
-        }
-    }
-
-    fn runs_on(&self, node: &str) -> bool {
-        self.dispatched
-            .as_ref()
-            .is_some_and(|(s, _)| s.node == node)
-    }
-}
-
 struct BrokerLoop {
     broker: Broker,
     /// The registered runtimes and functions, for preload operations.
@@ -295,15 +200,13 @@ struct BrokerLoop {
     functions: HashMap<String, Function>,
     registry_host: String,
     agents: HashMap<String, AgentConn>,
-    calls: HashMap<String, Tracked>,
+    /// The calls this leader holds: where they run, who may report them,
+    /// their deadlines.
+    ledger: Ledger,
     store: Store,
     watch: Arc<CallWatch>,
     connected_agents: Arc<AtomicUsize>,
     epoch: Instant,
-    settings: CallSettings,
-    /// Calls agents said they run that this leader did not know (yet):
-    /// if the takeover hands one over, it is not run a second time.
-    reported_running: HashMap<String, (String, Instant)>,
     /// Nodes an operator drained (recorded in etcd): they take no work
     /// whenever they connect.
     drained: std::collections::HashSet<String>,
@@ -316,7 +219,7 @@ pub fn spawn(
     watch: Arc<CallWatch>,
     registry_host: String,
     settings: CallSettings,
-    fence: Option<(Vec<u8>, i64)>,
+    fence: Option<LeaderFence>,
 ) -> BrokerHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let connected_agents = Arc::new(AtomicUsize::new(0));
@@ -327,19 +230,18 @@ pub fn spawn(
         started: Instant::now(),
         fence: fence.map(Arc::new),
     };
+    let broker_policy = broker.policy_name();
     let mut state = BrokerLoop {
         broker,
         runtimes: HashMap::new(),
         functions: HashMap::new(),
         registry_host,
         agents: HashMap::new(),
-        calls: HashMap::new(),
+        ledger: Ledger::new(settings, broker_policy),
         store,
         watch,
         connected_agents,
         epoch: Instant::now(),
-        settings,
-        reported_running: HashMap::new(),
         drained: Default::default(),
     };
     tokio::spawn(async move {
@@ -352,7 +254,8 @@ pub fn spawn(
                     Some(input) => state.on_input(input),
                 },
                 _ = tick.tick() => {
-                    state.expire_orphans();
+                    let effects = state.ledger.tick(now_ms());
+                    state.apply(effects);
                     state.feed(Event::Tick);
                 }
             }
@@ -408,6 +311,61 @@ impl BrokerLoop {
         }
     }
 
+    /// Carries out what the ledger decided.
+    fn apply(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Enqueue { call_id, function } => {
+                    let arrived_at = self.now();
+                    self.feed(Event::CallArrived(PendingCall {
+                        id: call_id,
+                        function,
+                        arrived_at,
+                    }));
+                }
+                Effect::Withdraw(call_id) => {
+                    self.broker.withdraw(&call_id);
+                }
+                Effect::Publish(call) => self.watch.publish(&call),
+                Effect::RecordRunning { call, version } => {
+                    // Off the hot path: the operation went out already.
+                    tokio::spawn(record_running(self.store.clone(), *call, version));
+                }
+                Effect::Persist {
+                    call,
+                    logs,
+                    confirm,
+                } => {
+                    let confirm = confirm.and_then(|s| self.sender_of(&s));
+                    self.persist(*call, logs, confirm);
+                }
+                Effect::RecordUnlessFinal { result, from } => {
+                    let confirm = self.sender_of(&from);
+                    self.record_unless_final(*result, from.node, confirm);
+                }
+                Effect::Confirm { to, call_id } => {
+                    confirm_recorded(self.sender_of(&to).as_ref(), call_id);
+                }
+            }
+        }
+    }
+
+    /// The stream of `session`, if it is still its node's live one. A weak
+    /// handle: a write stuck while etcd is away must not keep the agent's
+    /// stream open after this broker stops.
+    fn sender_of(&self, session: &Session) -> Option<WeakAgentSender> {
+        self.agents
+            .get(&session.node)
+            .filter(|a| a.session == session.id)
+            .map(|a| a.tx.downgrade())
+    }
+
+    /// Whether a message from (node, session) comes from the node's live
+    /// stream; a stale one's messages are dropped.
+    fn is_live(&self, node: &str, session: u64) -> bool {
+        self.agents.get(node).is_some_and(|a| a.session == session)
+    }
+
     fn on_input(&mut self, input: Input) {
         match input {
             Input::CallArrived {
@@ -415,34 +373,14 @@ impl BrokerLoop {
                 bundle,
                 accepted_at_ms,
             } => {
-                if self.calls.contains_key(&call.id) {
-                    // Handed over twice (accepted while a takeover listed
-                    // the queued calls): it must run once.
+                if !crate::ledger::is_call_id(&call.id) {
+                    error!(call_id = ?call.id, "a call whose id is not a UUID; not run");
                     return;
                 }
-                let mut tracked = Tracked::new(call, bundle, accepted_at_ms);
-                // A new call's record was written once, as QUEUED.
-                tracked.record_version = (tracked.call.attempts == 0).then_some(1);
-                if let Some((node, _)) = self.reported_running.remove(&tracked.call.id) {
-                    // Recorded QUEUED, but its agent runs it (a leader died
-                    // between handing it out and recording that).
-                    info!(call_id = %tracked.call.id, %node, "call already running on its node; not run again");
-                    tracked.mark_running(&node);
-                    self.calls.insert(tracked.call.id.clone(), tracked);
-                    return;
-                }
-                let (call, bundle) = (&tracked.call, &tracked.bundle);
-                let pending = PendingCall {
-                    id: call.id.clone(),
-                    function: FunctionRef {
-                        name: bundle.function.name.clone(),
-                        version: bundle.function.version,
-                        runtime: bundle.runtime.name.clone(),
-                    },
-                    arrived_at: self.now(),
-                };
-                self.calls.insert(call.id.clone(), tracked);
-                self.feed(Event::CallArrived(pending));
+                let effects = self
+                    .ledger
+                    .submitted(call, bundle, accepted_at_ms, now_ms());
+                self.apply(effects);
             }
             Input::AgentConnected {
                 node,
@@ -455,35 +393,11 @@ impl BrokerLoop {
                     // A new session of the same node replaces the old one.
                     self.node_left(&node);
                 }
-                // Its calls: still running, or finished with the result in
-                // the agent's backlog (sent right after the hello), or lost.
-                let lost_after = Instant::now() + RESULT_BACKLOG_GRACE;
-                for (id, tracked) in self.calls.iter_mut() {
-                    if tracked.runs_on(&node) {
-                        tracked.orphaned_since = None;
-                        if !running_calls.contains(id) {
-                            tracked.lost_after = Some(lost_after);
-                        }
-                    }
-                }
-                // Calls it runs that this leader holds as queued (recorded
-                // QUEUED; the leader that handed them out died before
-                // recording RUNNING) or does not know yet.
-                for id in running_calls {
-                    match self.calls.get_mut(&id) {
-                        Some(tracked) if tracked.dispatched.is_none() => {
-                            if self.broker.withdraw(&id) {
-                                info!(call_id = %id, %node, "queued call already running on its node; not run again");
-                                tracked.mark_running(&node);
-                            }
-                        }
-                        Some(_) => {}
-                        None => {
-                            self.reported_running
-                                .insert(id, (node.clone(), Instant::now()));
-                        }
-                    }
-                }
+                let session_ref = Session {
+                    node: node.clone(),
+                    id: session,
+                };
+                let effects = self.ledger.connected(session_ref, running_calls, now_ms());
                 let draining = self.drained.contains(&node);
                 info!(%node, spots, draining, "agent joined");
                 self.agents.insert(
@@ -502,6 +416,7 @@ impl BrokerLoop {
                         connected_at_ms: now_ms(),
                     },
                 );
+                self.apply(effects);
                 self.count_usable_agents();
                 if !draining {
                     self.feed(Event::NodeJoined { node, spots });
@@ -516,7 +431,7 @@ impl BrokerLoop {
                 self.set_draining(&node, drained, true);
             }
             Input::AgentDisconnected { node, session } => {
-                if self.agents.get(&node).is_some_and(|a| a.session == session) {
+                if self.is_live(&node, session) {
                     info!(%node, "agent left");
                     self.node_left(&node);
                 }
@@ -528,15 +443,22 @@ impl BrokerLoop {
             } => {
                 let Some(agent) = self.agents.get_mut(&node).filter(|a| a.session == session)
                 else {
+                    debug!(%node, session, "spot report from a stale session; ignored");
                     return;
                 };
                 let Some(spot) = report.spot else { return };
+                let Some(slot) = agent.spots.get_mut(spot.index as usize) else {
+                    warn!(%node, spot = spot.index, "report about a spot the node does not have; ignored");
+                    return;
+                };
+                if !spot.call_id.is_empty() && !crate::ledger::is_call_id(&spot.call_id) {
+                    warn!(%node, spot = spot.index, call_id = ?spot.call_id, "spot report with a malformed call id; ignored");
+                    return;
+                }
                 if !report.error.is_empty() {
                     warn!(%node, spot = spot.index, error = %report.error, "spot operation failed");
                 }
-                if let Some(slot) = agent.spots.get_mut(spot.index as usize) {
-                    *slot = spot.clone();
-                }
+                *slot = spot.clone();
                 let state = spot_state(&spot);
                 self.feed(Event::SpotReported {
                     spot: SpotId {
@@ -550,12 +472,7 @@ impl BrokerLoop {
                 node,
                 session,
                 result,
-            } => {
-                if self.agents.get(&node).is_none_or(|a| a.session != session) {
-                    debug!(%node, call_id = %result.call_id, "result from a stale session");
-                }
-                self.on_result(&node, *result);
-            }
+            } => self.on_result(Session { node, id: session }, *result),
             Input::RuntimeChanged(runtime) => {
                 let name = runtime.name.clone();
                 self.runtimes.insert(name.clone(), runtime);
@@ -588,24 +505,12 @@ impl BrokerLoop {
                 }
             }
             Input::Adopt { call, bundle } => {
-                let spot = SpotId {
-                    node: call.node.clone(),
-                    index: call.spot,
-                };
-                let connected = self.agents.contains_key(&call.node);
-                let queue_ms = call.timings.as_ref().map(|t| t.queue_ms).unwrap_or(0.0);
-                let accepted_at_ms = call.created_at_ms as f64;
-                // Its node may have reported it in its hello already.
-                let reported = self
-                    .reported_running
-                    .remove(&call.id)
-                    .is_some_and(|(node, _)| node == call.node);
-                let mut tracked = Tracked::new(call, bundle, accepted_at_ms);
-                tracked.orphaned_since = (!connected).then(Instant::now);
-                tracked.lost_after =
-                    (connected && !reported).then(|| Instant::now() + RESULT_BACKLOG_GRACE);
-                tracked.dispatched = Some((spot, queue_ms));
-                self.calls.insert(tracked.call.id.clone(), tracked);
+                if !crate::ledger::is_call_id(&call.id) {
+                    error!(call_id = ?call.id, "a running call whose id is not a UUID; not adopted");
+                    return;
+                }
+                let effects = self.ledger.adopted(call, bundle, now_ms());
+                self.apply(effects);
             }
             Input::Drain { node, drain, reply } => {
                 if !self.agents.contains_key(&node) {
@@ -617,7 +522,7 @@ impl BrokerLoop {
                 let _ = reply.send(self.node_view(&node));
             }
             Input::AgentDraining { node, session } => {
-                if self.agents.get(&node).is_some_and(|a| a.session == session) {
+                if self.is_live(&node, session) {
                     info!(%node, "agent shutting down");
                     // The agent clears its spots itself as it stops.
                     self.set_draining(&node, true, false);
@@ -628,18 +533,24 @@ impl BrokerLoop {
                 session,
                 call_id,
             } => {
-                if self.agents.get(&node).is_none_or(|a| a.session != session) {
+                if !self.is_live(&node, session) || call_id.is_empty() {
                     return;
                 }
-                let refused_here = self.calls.get(&call_id).is_some_and(|t| t.runs_on(&node));
-                if refused_here {
-                    let tracked = self.calls.remove(&call_id).expect("checked above");
-                    info!(%call_id, %node, "call refused by a draining node; placing it elsewhere");
-                    self.run_again(tracked);
+                match self.ledger.refused(
+                    &Session {
+                        node: node.clone(),
+                        id: session,
+                    },
+                    &call_id,
+                ) {
+                    Ok(effects) => self.apply(effects),
+                    Err(refusal) => {
+                        warn!(%call_id, %node, ?refusal, "refusal of a call not dispatched to this session; ignored")
+                    }
                 }
             }
             Input::LiveCall(id, reply) => {
-                let _ = reply.send(self.calls.get(&id).map(|t| t.call.clone()));
+                let _ = reply.send(self.ledger.live_call(&id).cloned());
             }
             Input::Stop => {}
             Input::ListNodes(reply) => {
@@ -691,32 +602,6 @@ impl BrokerLoop {
         self.count_usable_agents();
     }
 
-    /// Queues a call again (it never ran, or it may run twice); its record
-    /// keeps what it says until the outcome.
-    fn run_again(&mut self, mut tracked: Tracked) {
-        let id = tracked.call.id.clone();
-        tracked.call.status = CallStatus::Queued as i32;
-        tracked.call.node.clear();
-        tracked.dispatched = None;
-        tracked.orphaned_since = None;
-        tracked.lost_after = None;
-        // Its record may say RUNNING on the old node; a takeover adopts it
-        // from there and resolves it the same way.
-        tracked.record_version = None;
-        let pending = PendingCall {
-            id: id.clone(),
-            function: FunctionRef {
-                name: tracked.bundle.function.name.clone(),
-                version: tracked.bundle.function.version,
-                runtime: tracked.bundle.runtime.name.clone(),
-            },
-            arrived_at: self.now(),
-        };
-        self.watch.publish(&tracked.call);
-        self.calls.insert(id, tracked);
-        self.feed(Event::CallArrived(pending));
-    }
-
     fn node_view(&self, name: &str) -> Option<Node> {
         self.agents.get(name).map(|a| Node {
             name: name.to_string(),
@@ -734,66 +619,20 @@ impl BrokerLoop {
     }
 
     fn node_left(&mut self, node: &str) {
-        self.agents.remove(node);
+        let Some(agent) = self.agents.remove(node) else {
+            return;
+        };
         self.count_usable_agents();
         self.feed(Event::NodeLeft {
             node: node.to_string(),
         });
         // Its calls may still finish (a broken stream, not a dead node):
         // they are declared lost only if it does not come back in time.
-        let now = Instant::now();
-        for tracked in self.calls.values_mut() {
-            if tracked.runs_on(node) {
-                tracked.orphaned_since.get_or_insert(now);
-            }
-        }
-    }
-
-    /// Fails the calls whose node did not come back, or came back without
-    /// them, in time.
-    fn expire_orphans(&mut self) {
-        let now = Instant::now();
-        self.reported_running
-            .retain(|_, (_, at)| now - *at < REPORTED_RUNNING_MEMORY);
-        let grace = self.settings.node_lost_after;
-        let lost: Vec<String> = self
-            .calls
-            .iter()
-            .filter(|(_, t)| {
-                t.orphaned_since.is_some_and(|since| now - since > grace)
-                    || t.lost_after.is_some_and(|at| now > at)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in lost {
-            let mut tracked = self.calls.remove(&id).expect("listed above");
-            let node = tracked
-                .dispatched
-                .take()
-                .map(|(s, _)| s.node)
-                .unwrap_or_default();
-            let attempts = tracked.call.attempts.max(1);
-            // An adopted call whose function changed since has no bundle
-            // to run again.
-            let runnable = !tracked.bundle.function.name.is_empty();
-            if tracked.bundle.idempotent && runnable && attempts <= self.settings.idempotent_retries
-            {
-                warn!(call_id = %id, %node, attempts, "call lost with its node; running it again (idempotent function)");
-                tracked.call.attempts = attempts + 1;
-                self.run_again(tracked);
-                continue;
-            }
-            warn!(call_id = %id, %node, "call lost with its node");
-            let mut call = tracked.call;
-            call.status = CallStatus::Failed as i32;
-            call.error = Some(CallError {
-                reason: "node_lost".into(),
-                message: format!("node {node} was lost while the call ran"),
-                log_tail: String::new(),
-            });
-            call.finished_at_ms = now_ms();
-            self.persist(call, CallLogs::default(), None);
-        }
+        let session = Session {
+            node: node.to_string(),
+            id: agent.session,
+        };
+        self.ledger.disconnected(&session, now_ms());
     }
 
     fn send_operation(&mut self, op: Operation) {
@@ -822,38 +661,28 @@ impl BrokerLoop {
             kind: kind as i32,
             ..Default::default()
         };
+        let mut effects = Vec::new();
         if let Some(pending) = call {
-            let Some(tracked) = self.calls.get_mut(&pending.id) else {
-                warn!(call_id = %pending.id, "policy dispatched an unknown call; the spot is given back");
+            let start = match kind {
+                Kind::ExecFunctionPreloaded => Start::Preloaded,
+                _ => Start::Loading,
+            };
+            let (assignment, decided) =
+                self.ledger
+                    .dispatch(&pending.id, &spot, start, now_ms_f64());
+            let Some(assignment) = assignment else {
+                warn!(call_id = %pending.id, %spot, "policy dispatched a call that cannot go there; the spot is given back");
                 self.feed(Event::SpotReported {
                     spot,
                     state: SpotState::Free,
                 });
+                self.apply(decided);
                 return;
             };
-            let queue_ms = (now_ms_f64() - tracked.accepted_at_ms).max(0.0);
-            message.runtime = Some(tracked.bundle.runtime.clone());
-            message.function = Some(tracked.bundle.function.clone());
-            message.call = Some(CallAssignment {
-                call_id: tracked.call.id.clone(),
-                params_json: tracked.call.params_json.clone(),
-                accepted_at_ms: tracked.call.created_at_ms,
-                queue_ms,
-            });
-            tracked.dispatched = Some((spot.clone(), queue_ms));
-            tracked.call.status = CallStatus::Running as i32;
-            tracked.call.policy = self.broker.policy_name().to_string();
-            tracked.call.node = spot.node.clone();
-            tracked.call.spot = spot.index;
-            tracked.call.attempts = tracked.call.attempts.max(1);
-            self.watch.publish(&tracked.call);
-            // Recorded so that a leader taking over waits for the result
-            // instead of running the call again. Off the hot path: the
-            // operation goes out now.
-            if let Some(version) = tracked.record_version.take() {
-                let (store, call) = (self.store.clone(), tracked.call.clone());
-                tokio::spawn(record_running(store, call, version));
-            }
+            message.runtime = Some(assignment.runtime);
+            message.function = Some(assignment.function);
+            message.call = Some(assignment.call);
+            effects = decided;
         }
         // Preloads carry the bundles of the registered objects; a preload
         // of something no longer registered (or of an old version) is not
@@ -897,66 +726,46 @@ impl BrokerLoop {
         }
         let Some(agent) = self.agents.get(&spot.node) else {
             warn!(%spot, "operation for a node that is gone");
+            self.apply(effects);
             return;
         };
         let msg = ControlMessage {
             msg: Some(control_message::Msg::Operation(message)),
         };
-        if agent.tx.try_send(Ok(msg)).is_err() {
+        let sent = agent.tx.try_send(Ok(msg)).is_ok();
+        // The operation goes out first: publishing and recording follow.
+        self.apply(effects);
+        if !sent {
             // The session is closing or hopelessly behind: drop the node;
-            // its calls are resolved by node_left.
+            // its calls are resolved as orphans.
             warn!(node = %spot.node, "agent stream is full or closed; dropping the node");
             let node = spot.node.clone();
             self.node_left(&node);
         }
     }
 
-    fn on_result(&mut self, node: &str, result: CallResult) {
-        let span = info_span!("call", call_id = %result.call_id);
+    fn on_result(&mut self, from: Session, result: CallResult) {
+        let span = info_span!("call", call_id = %result.call_id, node = %from.node);
         let _enter = span.enter();
-        self.reported_running.remove(&result.call_id);
-        // The agent keeps the result until told it is recorded. A weak
-        // handle: a write stuck while etcd is away must not keep the
-        // agent's stream open after this broker stops.
-        let confirm = self.agents.get(node).map(|a| a.tx.downgrade());
-        let Some(tracked) = self.calls.remove(&result.call_id) else {
-            // A result for a call this leader did not hand out (it took
-            // over while the call ran, or the agent sent it again): record
-            // it if the call is not final yet.
-            let store = self.store.clone();
-            let watch = self.watch.clone();
-            let node = node.to_string();
-            tokio::spawn(
-                async move {
-                    let stored = match store.get::<Call>(Kind::Call, &result.call_id).await {
-                        Ok(stored) => stored,
-                        Err(e) => {
-                            // Not confirmed: the agent sends it again.
-                            warn!(error = %e, "could not read the call to record its result");
-                            return;
-                        }
-                    };
-                    let call_id = result.call_id.clone();
-                    match stored {
-                        Some(call) if !crate::watch::is_final(&call) => {
-                            let queue_ms =
-                                result.timings.as_ref().map(|t| t.queue_ms).unwrap_or(0.0);
-                            let accepted = call.created_at_ms as f64;
-                            let (call, logs) = finish(call, &node, result, accepted, queue_ms);
-                            write_final(&store, &watch, call, logs).await;
-                        }
-                        // Recorded already, or deleted by retention.
-                        _ => debug!("result already recorded"),
-                    }
-                    confirm_recorded(confirm.as_ref(), call_id);
-                }
-                .in_current_span(),
-            );
+        if !self.is_live(&from.node, from.id) {
+            // Sent again on the node's new stream (it was listed there).
+            debug!(session = from.id, "result from a stale session; dropped");
             return;
-        };
-        let queue_ms = tracked.dispatched.as_ref().map(|(_, q)| *q).unwrap_or(0.0);
-        let (call, logs) = finish(tracked.call, node, result, tracked.accepted_at_ms, queue_ms);
-        self.persist(call, logs, confirm);
+        }
+        match self.ledger.result(&from, result, now_ms_f64()) {
+            Outcome::Recorded(effects) => self.apply(effects),
+            Outcome::Late(effects) => {
+                info!("result for a call already ended here; not recorded, confirmed");
+                self.apply(effects);
+            }
+            Outcome::Refused(refusal) => {
+                warn!(
+                    session = from.id,
+                    ?refusal,
+                    "result refused: the call was not dispatched to this session"
+                );
+            }
+        }
     }
 
     /// Records a final call off the loop; then tells the agent that sent
@@ -974,29 +783,42 @@ impl BrokerLoop {
             .instrument(span),
         );
     }
-}
 
-impl Tracked {
-    /// Marks a call as running on `node` (its spot unknown), so that its
-    /// result is awaited from there.
-    fn mark_running(&mut self, node: &str) {
-        self.call.status = CallStatus::Running as i32;
-        self.call.node = node.to_string();
-        self.call.attempts = self.call.attempts.max(1);
-        let queue_ms = self
-            .call
-            .timings
-            .as_ref()
-            .map(|t| t.queue_ms)
-            .unwrap_or(0.0);
-        self.dispatched = Some((
-            SpotId {
-                node: node.to_string(),
-                index: self.call.spot,
-            },
-            queue_ms,
-        ));
-        self.record_version = None;
+    /// Records a result for a call this leader does not hold (it took
+    /// over while the call ran, and the agent listed it in its hello) if
+    /// the stored call is not final yet; then confirms it.
+    fn record_unless_final(
+        &self,
+        result: CallResult,
+        node: String,
+        confirm: Option<WeakAgentSender>,
+    ) {
+        let store = self.store.clone();
+        let watch = self.watch.clone();
+        tokio::spawn(
+            async move {
+                let stored = match store.get::<Call>(Kind::Call, &result.call_id).await {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        // Not confirmed: the agent sends it again.
+                        warn!(error = %e, "could not read the call to record its result");
+                        return;
+                    }
+                };
+                let call_id = result.call_id.clone();
+                match stored {
+                    Some(call) if !crate::watch::is_final(&call) => {
+                        let (call, logs) =
+                            crate::ledger::finish_stored(call, &node, result, now_ms_f64());
+                        write_final(&store, &watch, call, logs).await;
+                    }
+                    // Recorded already, or deleted by retention.
+                    _ => debug!("result already recorded"),
+                }
+                confirm_recorded(confirm.as_ref(), call_id);
+            }
+            .in_current_span(),
+        );
     }
 }
 
@@ -1035,59 +857,148 @@ async fn record_running(store: Store, call: Call, version: i64) {
     .await
 }
 
-/// Builds the final call record from the agent's result.
-fn finish(
-    mut call: Call,
-    node: &str,
-    result: CallResult,
-    accepted_at_ms: f64,
-    queue_ms: f64,
-) -> (Call, CallLogs) {
-    let finished = now_ms_f64();
-    let mut timings = result.timings.unwrap_or_default();
-    timings.queue_ms = queue_ms;
-    timings.total_ms = (finished - accepted_at_ms).max(0.0);
-    let accounted = timings.queue_ms
-        + timings.runtime_load_ms
-        + timings.function_load_ms
-        + timings.dependencies_ms
-        + timings.execution_ms;
-    // What is left is the way back: reading the output, the agent's report,
-    // the stream, and recording the result.
-    timings.result_return_ms = (timings.total_ms - accounted).max(0.0);
-    call.status = result.status;
-    call.result_json = result.result_json;
-    call.error = result.error;
-    call.timings = Some(Timings { ..timings });
-    call.node = node.to_string();
-    call.spot = result.spot;
-    call.finished_at_ms = finished as i64;
-    call.logs_truncated = result.logs_truncated;
-    let logs = CallLogs {
-        logs: result.logs,
-        truncated: result.logs_truncated,
+/// Whether a store error will fail the same way however often the write is
+/// tried: the request is too large for etcd, or etcd's space is exhausted
+/// (NOSPACE: it takes compaction and an alarm disarm first).
+// TODO(state): switch to `StoreError::is_permanent()` once it lands.
+pub fn is_permanent(error: &StoreError) -> bool {
+    let StoreError::Etcd(e) = error else {
+        return false;
     };
-    (call, logs)
+    let text = e.to_string();
+    let code = match e {
+        etcd_client::Error::GRpcStatus(s) => Some(s.code()),
+        _ => None,
+    };
+    text.contains("request is too large")
+        || text.contains("database space exceeded")
+        || text.contains("message length too large")
+        || text.contains("larger than max")
+        // (Not every RESOURCE_EXHAUSTED: "too many requests" passes.)
+        || code == Some(tonic::Code::InvalidArgument)
 }
 
+/// Logs kept of a call whose result could not be stored whole.
+const CUT_LOG_TAIL: usize = 4 << 10;
+
+/// The record that replaces a final call that etcd refuses for good: FAILED
+/// `platform`, no result, the logs cut to their last few KiB.
+fn cut_down(mut call: Call, logs: CallLogs, error: &StoreError) -> (Call, CallLogs) {
+    let tail_start = logs.logs.len().saturating_sub(CUT_LOG_TAIL);
+    let tail = logs.logs[tail_start..].to_vec();
+    call.status = CallStatus::Failed as i32;
+    call.result_json.clear();
+    call.logs_truncated = true;
+    call.error = Some(CallError {
+        reason: "platform".into(),
+        message: format!("the call's outcome could not be stored ({error}); its result was dropped and its logs cut"),
+        log_tail: String::from_utf8_lossy(&tail[tail.len().saturating_sub(1024)..]).into_owned(),
+    });
+    (
+        call,
+        CallLogs {
+            logs: tail,
+            truncated: true,
+        },
+    )
+}
+
+/// How many times a cut-down record refused for good is tried (etcd's
+/// NOSPACE clears once it is compacted and disarmed).
+const CUT_DOWN_ATTEMPTS: u32 = 10;
+
 /// Records a final call and its logs in one etcd transaction, retrying
-/// while etcd is unreachable, then tells the waiters.
+/// while etcd is unreachable, then tells the waiters. A record etcd
+/// refuses for good is replaced by a cut-down FAILED one (see
+/// [`cut_down`]); that one is tried a bounded number of times.
 async fn write_final(store: &Store, watch: &CallWatch, call: Call, logs: CallLogs) {
-    let items = vec![
-        (Kind::Call, call.id.clone(), call.encode_to_vec()),
-        (Kind::Logs, call.id.clone(), logs.encode_to_vec()),
-    ];
+    let mut call = call;
+    let mut logs = logs;
+    let mut cut = false;
+    let mut permanent_failures = 0;
     let mut delay = Duration::from_millis(100);
     for attempt in 1.. {
-        match store.put_many(items.clone()).await {
+        let items = vec![
+            (Kind::Call, call.id.clone(), call.encode_to_vec()),
+            (Kind::Logs, call.id.clone(), logs.encode_to_vec()),
+        ];
+        match store.put_many(items).await {
             Ok(()) => break,
-            Err(e) => {
-                warn!(attempt, error = %e, "recording the call's result failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+            Err(e) if is_permanent(&e) && !cut => {
+                warn!(error = %e, "the call's outcome cannot be stored; recording it failed with its logs cut");
+                (call, logs) = cut_down(call, logs, &e);
+                cut = true;
+                continue;
             }
+            Err(e) if is_permanent(&e) => {
+                permanent_failures += 1;
+                if permanent_failures >= CUT_DOWN_ATTEMPTS {
+                    error!(error = %e, "even the cut-down outcome cannot be stored; the call stays as recorded");
+                    return;
+                }
+                warn!(attempt, error = %e, "recording the call's cut-down outcome failed; retrying");
+            }
+            Err(e) => warn!(attempt, error = %e, "recording the call's result failed; retrying"),
         }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
     info!(status = ?call.status(), "call finished");
     watch.publish(&call);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn etcd_status(status: Status) -> StoreError {
+        StoreError::Etcd(etcd_client::Error::GRpcStatus(status))
+    }
+
+    #[test]
+    fn writes_etcd_refuses_for_good_are_told_apart_from_outages() {
+        for permanent in [
+            Status::invalid_argument("etcdserver: request is too large"),
+            Status::resource_exhausted("etcdserver: mvcc: database space exceeded"),
+        ] {
+            assert!(is_permanent(&etcd_status(permanent)));
+        }
+        for transient in [
+            Status::unavailable("etcdserver: leader changed"),
+            Status::resource_exhausted("etcdserver: too many requests"),
+            Status::deadline_exceeded("etcdserver: request timed out"),
+        ] {
+            assert!(!is_permanent(&etcd_status(transient)));
+        }
+    }
+
+    #[test]
+    fn an_outcome_too_big_to_store_becomes_a_failed_call_with_its_logs_cut() {
+        let call = Call {
+            id: "c".into(),
+            status: CallStatus::Succeeded as i32,
+            result_json: "x".repeat(3 << 20),
+            ..Default::default()
+        };
+        let mut logs = vec![b'a'; 2 << 20];
+        logs.extend_from_slice(b"the end\n");
+        let error = etcd_status(Status::invalid_argument("etcdserver: request is too large"));
+        let (call, logs) = cut_down(
+            call,
+            CallLogs {
+                logs,
+                truncated: false,
+            },
+            &error,
+        );
+        assert_eq!(call.status(), CallStatus::Failed);
+        assert!(call.result_json.is_empty());
+        let e = call.error.expect("an error");
+        assert_eq!(e.reason, "platform");
+        assert!(e.message.contains("could not be stored"), "{}", e.message);
+        assert!(e.log_tail.ends_with("the end\n"));
+        assert!(call.logs_truncated && logs.truncated);
+        assert_eq!(logs.logs.len(), CUT_LOG_TAIL);
+        assert!(logs.logs.ends_with(b"the end\n"));
+    }
 }

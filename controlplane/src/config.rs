@@ -92,6 +92,15 @@ pub struct Flags {
     /// is run again elsewhere [default: 2].
     #[arg(long)]
     pub idempotent_retries: Option<u32>,
+    /// How long past its function's timeout a running call may go without
+    /// an outcome from its agent before it is recorded TIMEOUT (the agent's
+    /// own kill grace is 5 s) [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub call_deadline_grace: Option<Duration>,
+    /// Added to that deadline when the call's spot must first load its
+    /// runtime or function (image pull, package fetch) [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub call_load_allowance: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,6 +138,10 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     node_lost_after: Option<Duration>,
     idempotent_retries: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    call_deadline_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    call_load_allowance: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -296,6 +309,14 @@ impl Config {
                     .idempotent_retries
                     .or(file.idempotent_retries)
                     .unwrap_or(2),
+                deadline_grace: flags
+                    .call_deadline_grace
+                    .or(file.call_deadline_grace)
+                    .unwrap_or(crate::ledger::DEFAULT_DEADLINE_GRACE),
+                load_allowance: flags
+                    .call_load_allowance
+                    .or(file.call_load_allowance)
+                    .unwrap_or(crate::ledger::DEFAULT_LOAD_ALLOWANCE),
             },
         })
     }

@@ -12,14 +12,21 @@ use tracing::{info, warn};
 
 use crate::store::{Store, StoreError};
 
+/// The election key a leader holds and the revision that created it:
+/// writes conditional on it are fenced (they fail once another replica may
+/// lead, because the key is gone or was created again).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderFence {
+    pub key: Vec<u8>,
+    pub revision: i64,
+}
+
 pub struct Leadership {
     /// Resolves when the lease behind the leadership is (or may be) lost.
     pub lost: oneshot::Receiver<()>,
     pub lease_id: i64,
-    /// The election key this replica holds while it leads, and its create
-    /// revision: writes conditional on it are fenced (they fail once
-    /// another replica may lead).
-    pub fence: Option<(Vec<u8>, i64)>,
+    /// The election key this replica holds while it leads.
+    pub fence: Option<LeaderFence>,
     /// Keeps the lease alive; aborted when leadership ends.
     keeper: JoinHandle<()>,
 }
@@ -83,7 +90,10 @@ pub async fn campaign(
     };
     let outcome = tokio::select! {
         outcome = client.campaign(election, name, lease_id) => outcome.map(|r| {
-            leadership.fence = r.leader().map(|k| (k.key().to_vec(), k.rev()));
+            leadership.fence = r.leader().map(|k| LeaderFence {
+                key: k.key().to_vec(),
+                revision: k.rev(),
+            });
         }),
         // The lease lapsed while waiting: the campaign would end as if
         // elected once etcd deletes the key, so it is given up now.

@@ -9,6 +9,7 @@ pub mod broker;
 pub mod config;
 pub mod error;
 pub mod leader;
+pub mod ledger;
 pub mod package;
 pub mod registry;
 pub mod retention;

@@ -233,14 +233,14 @@ impl Store {
         kind: Kind,
         name: &str,
         value: &M,
-        fence: &(Vec<u8>, i64),
+        fence: &crate::leader::LeaderFence,
     ) -> Result<bool, StoreError> {
         let key = self.key(kind, name);
         let txn = Txn::new()
             .when([Compare::create_revision(
-                fence.0.clone(),
+                fence.key.clone(),
                 CompareOp::Equal,
-                fence.1,
+                fence.revision,
             )])
             .and_then([TxnOp::put(key.as_str(), value.encode_to_vec(), None)]);
         Ok(self.check(self.client().txn(txn).await)?.succeeded())

@@ -836,6 +836,20 @@ impl Stack {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) agent `i`'s process, not its
+    /// containers: to the leader the agent is connected but silent (its
+    /// stream stays open, nothing comes on it).
+    pub fn freeze_agent(&self, i: usize, frozen: bool) {
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        if let Some(daemon) = &self.agents[i] {
+            let _ = nix::sys::signal::kill(daemon.pid(), signal);
+        }
+    }
+
     /// Deploys function `name` from `dir` (a directory, zip or tar.gz)
     /// with `faasctl fn deploy`, so the CLI's packing is exercised too;
     /// `extra` are more flags (`--timeout 1s`, `--handler ...`).

@@ -1,0 +1,1278 @@
+//! The leader's call ledger: which calls it holds, where each one runs,
+//! which agent session may report its outcome, and when it is over
+//! whatever that agent does. Pure: events and the wall clock come in (epoch
+//! ms, so that a call adopted at takeover keeps the deadline its record
+//! implies), [`Effect`]s go out for the broker loop to carry out (persist,
+//! publish, confirm, enqueue). Tested below with a simulated clock.
+//!
+//! Rules it keeps:
+//! - A call is dispatched to one agent *session* (the live stream of its
+//!   node at that moment). Its result, or a refusal, is accepted only from
+//!   that session; a new session of the same node takes the node's calls
+//!   over when it says hello (the agent lists the calls it runs or holds
+//!   results for, and sends those results again on the new stream). A
+//!   result from anyone else is refused, never recorded.
+//! - Every running call ends by its deadline: dispatch + the function's
+//!   timeout + [`CallSettings::deadline_grace`] (+ the load allowance when
+//!   the spot must load the runtime or the function first). Then it is
+//!   recorded TIMEOUT; its spot stays busy in the policy's view until the
+//!   agent reports it, and a late result is ignored but confirmed (so the
+//!   agent stops sending it).
+//! - A call whose node is gone past `node_lost_after` (or came back without
+//!   it) is lost: run again if its function is idempotent and retries are
+//!   left, otherwise FAILED `node_lost`.
+//! - A call runs once: a submit or requeue of a call already held, already
+//!   running on an agent, or already ended here is ignored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use faas_broker::{FunctionRef, SpotId};
+use faas_proto::v1::{
+    CallAssignment, CallError, CallLogs, CallResult, CallStatus, Function, FunctionBundle, Runtime,
+    RuntimeBundle, Timings,
+};
+
+pub use faas_proto::v1::Call;
+
+/// Wall-clock time, epoch milliseconds.
+pub type Ms = i64;
+
+/// What a spot needs to run a call, captured when the call is accepted so
+/// that it runs the function version current at that moment.
+#[derive(Debug)]
+pub struct CallBundle {
+    pub runtime: RuntimeBundle,
+    pub function: FunctionBundle,
+    /// The function may run again if its node is lost.
+    pub idempotent: bool,
+}
+
+impl CallBundle {
+    pub fn new(runtime: Runtime, function: Function, registry_host: &str) -> CallBundle {
+        CallBundle {
+            idempotent: function.idempotent,
+            runtime: RuntimeBundle {
+                name: runtime.name,
+                image: runtime.image,
+                path: runtime.path,
+                dependencies: runtime.dependencies,
+                run: runtime.run,
+            },
+            function: FunctionBundle {
+                package_repository: format!("{registry_host}/faas/functions/{}", function.name),
+                name: function.name,
+                version: function.version,
+                handler: function.handler,
+                package_digest: function.package_digest,
+                memory_bytes: function.memory_bytes,
+                timeout_ms: function.timeout_ms,
+                env: function.env,
+            },
+        }
+    }
+
+    /// An adopted call whose function changed since has no bundle to run
+    /// it again with.
+    fn runnable(&self) -> bool {
+        !self.function.name.is_empty()
+    }
+
+    fn function_ref(&self) -> FunctionRef {
+        FunctionRef {
+            name: self.function.name.clone(),
+            version: self.function.version,
+            runtime: self.runtime.name.clone(),
+        }
+    }
+}
+
+/// How the leader resolves calls whose node is lost or silent.
+#[derive(Clone, Debug)]
+pub struct CallSettings {
+    /// How long a node may stay away before the calls it ran are lost.
+    pub node_lost_after: Duration,
+    /// Runs again of an idempotent function's call lost with its node.
+    pub idempotent_retries: u32,
+    /// How long past its function's timeout a running call may stay
+    /// without an outcome before it is recorded TIMEOUT. Covers the
+    /// agent's own kill grace (5 s) and the way back of its report.
+    pub deadline_grace: Duration,
+    /// Added to the deadline of a call whose spot must load its runtime or
+    /// function first (image pull, package fetch): the agent starts the
+    /// function's timeout only once its container runs.
+    pub load_allowance: Duration,
+}
+
+/// The agent's kill grace (agent/src/spot.rs) plus 5 s for its report.
+pub const DEFAULT_DEADLINE_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_LOAD_ALLOWANCE: Duration = Duration::from_secs(30);
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        CallSettings {
+            node_lost_after: Duration::from_secs(3),
+            idempotent_retries: 2,
+            deadline_grace: DEFAULT_DEADLINE_GRACE,
+            load_allowance: DEFAULT_LOAD_ALLOWANCE,
+        }
+    }
+}
+
+/// One agent stream: the node it speaks for and its id (unique within
+/// this control-plane process).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Session {
+    pub node: String,
+    pub id: u64,
+}
+
+/// How a dispatched call starts on its spot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The spot loads the runtime and/or the function first.
+    Loading,
+    /// The function is preloaded: the run starts at once.
+    Preloaded,
+}
+
+/// What the broker loop must do.
+#[derive(Debug, PartialEq)]
+pub enum Effect {
+    /// Give the call to the policy's queue.
+    Enqueue {
+        call_id: String,
+        function: FunctionRef,
+    },
+    /// Take the call out of the policy's queue: it runs already.
+    Withdraw(String),
+    /// Tell the call's watchers its new (non-final) state.
+    Publish(Box<Call>),
+    /// Record the call RUNNING over its record at `version` only.
+    RecordRunning { call: Box<Call>, version: i64 },
+    /// Record the final call and its logs, publish it, then confirm to the
+    /// session that sent the result, if any.
+    Persist {
+        call: Box<Call>,
+        logs: CallLogs,
+        confirm: Option<Session>,
+    },
+    /// A result for a call this leader does not hold, that its session
+    /// listed in its hello (handed out by an earlier leader, perhaps
+    /// recorded already): record it unless the stored call is final, then
+    /// confirm.
+    RecordUnlessFinal {
+        result: Box<CallResult>,
+        from: Session,
+    },
+    /// Tell the agent its result is recorded (it stops sending it).
+    Confirm { to: Session, call_id: String },
+}
+
+/// Why a result was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The call runs under another session (or node).
+    NotOwner { owner: Option<Session> },
+    /// The call is queued here, not running anywhere.
+    NotRunning,
+    /// Not a call this leader holds, ended, or was told about.
+    Unknown,
+}
+
+/// What a result came to.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Recorded(Vec<Effect>),
+    /// A result for a call already ended here: not recorded, confirmed.
+    Late(Vec<Effect>),
+    Refused(Refusal),
+}
+
+/// What a spot is given for a dispatched call.
+#[derive(Debug)]
+pub struct Assignment {
+    pub runtime: RuntimeBundle,
+    pub function: FunctionBundle,
+    pub call: CallAssignment,
+}
+
+/// How long after a node's return the results it held may still arrive
+/// (they are sent right after its hello; a result leaving the agent as it
+/// says hello is in neither list).
+pub const RESULT_BACKLOG_GRACE: Ms = 2_000;
+/// How long a call an agent reported running, unknown to this leader, is
+/// remembered (it may be handed over by the takeover a moment later).
+const REPORTED_MEMORY: Ms = 60_000;
+/// How long a call recorded here is remembered: a duplicate of its result
+/// (sent again on a new session) is confirmed without a write.
+const RECORDED_MEMORY: Ms = 120_000;
+/// How long a call ended here without its agent (timeout, lost) is
+/// remembered: its agent may come back much later with the result.
+const ABANDONED_MEMORY: Ms = 3_600_000;
+
+#[derive(Debug)]
+struct Running {
+    /// The session that may report it; None for a call adopted at takeover
+    /// until its node says hello.
+    owner: Option<Session>,
+    node: String,
+    queue_ms: f64,
+    deadline: Ms,
+    /// Set while the call's node is gone: past `node_lost_after` it is lost.
+    orphaned_since: Option<Ms>,
+    /// Set when the node came back without the call among its running
+    /// ones: its result may still be on its way until then.
+    lost_after: Option<Ms>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    call: Call,
+    bundle: Arc<CallBundle>,
+    accepted_at_ms: f64,
+    /// None while queued.
+    running: Option<Running>,
+    /// Version of the call's etcd record, when known: the RUNNING record is
+    /// written over exactly that version (never over a final one).
+    record_version: Option<i64>,
+}
+
+#[derive(Debug)]
+struct Ended {
+    node: String,
+    until: Ms,
+}
+
+pub struct Ledger {
+    settings: CallSettings,
+    policy: &'static str,
+    calls: HashMap<String, Entry>,
+    /// The live session of each connected node.
+    sessions: HashMap<String, u64>,
+    /// Calls a session listed in its hello that this leader did not hold.
+    reported: HashMap<String, (Session, Ms)>,
+    /// Calls ended here, and on which node they ran.
+    ended: HashMap<String, Ended>,
+    out: Vec<Effect>,
+}
+
+fn ms(d: Duration) -> Ms {
+    d.as_millis().min(i64::MAX as u128) as Ms
+}
+
+impl Ledger {
+    pub fn new(settings: CallSettings, policy: &'static str) -> Ledger {
+        Ledger {
+            settings,
+            policy,
+            calls: HashMap::new(),
+            sessions: HashMap::new(),
+            reported: HashMap::new(),
+            ended: HashMap::new(),
+            out: Vec::new(),
+        }
+    }
+
+    fn take(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The live record of a call held here (queued or running).
+    pub fn live_call(&self, id: &str) -> Option<&Call> {
+        self.calls.get(id).map(|e| &e.call)
+    }
+
+    /// Calls held here.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Whether `session` is its node's live stream.
+    pub fn is_live(&self, session: &Session) -> bool {
+        self.sessions.get(&session.node) == Some(&session.id)
+    }
+
+    fn deadline(&self, start: Ms, bundle: &CallBundle, start_kind: Start) -> Ms {
+        let load = match start_kind {
+            Start::Loading => ms(self.settings.load_allowance),
+            Start::Preloaded => 0,
+        };
+        start
+            .saturating_add(bundle.function.timeout_ms.min(i64::MAX as u64) as Ms)
+            .saturating_add(ms(self.settings.deadline_grace))
+            .saturating_add(load)
+    }
+
+    /// A call accepted (or found QUEUED at takeover): queued for a spot,
+    /// unless it runs already or was held or ended here.
+    pub fn submitted(
+        &mut self,
+        call: Call,
+        bundle: Arc<CallBundle>,
+        accepted_at_ms: f64,
+        now: Ms,
+    ) -> Vec<Effect> {
+        if self.calls.contains_key(&call.id) || self.ended.contains_key(&call.id) {
+            // Handed over twice (accepted while a takeover listed the
+            // queued calls), or ended already: it runs once.
+            return Vec::new();
+        }
+        let id = call.id.clone();
+        let mut entry = Entry {
+            // A new call's record was written once, as QUEUED.
+            record_version: (call.attempts == 0).then_some(1),
+            call,
+            bundle,
+            accepted_at_ms,
+            running: None,
+        };
+        if let Some((session, _)) = self.reported.remove(&id) {
+            // Recorded QUEUED, but its agent runs it (a leader died between
+            // handing it out and recording that).
+            tracing::info!(call_id = %id, node = %session.node, "call already running on its node; not run again");
+            self.mark_running(&mut entry, session, now);
+            self.calls.insert(id, entry);
+            return Vec::new();
+        }
+        let function = entry.bundle.function_ref();
+        self.calls.insert(id.clone(), entry);
+        self.out.push(Effect::Enqueue {
+            call_id: id,
+            function,
+        });
+        self.take()
+    }
+
+    /// A call recorded RUNNING by an earlier leader: its result is awaited
+    /// from its node, by the deadline its record's start implies.
+    pub fn adopted(&mut self, call: Call, bundle: Arc<CallBundle>, now: Ms) -> Vec<Effect> {
+        if self.calls.contains_key(&call.id) || self.ended.contains_key(&call.id) {
+            return Vec::new();
+        }
+        let queue_ms = call.timings.as_ref().map(|t| t.queue_ms).unwrap_or(0.0);
+        let started = call.created_at_ms.saturating_add(queue_ms as Ms);
+        // How it started is not recorded: the load allowance is granted.
+        let deadline = self.deadline(started, &bundle, Start::Loading);
+        let node = call.node.clone();
+        let live = self.sessions.get(&node).map(|&id| Session {
+            node: node.clone(),
+            id,
+        });
+        // Its node may have listed it in a hello already.
+        let reported = self
+            .reported
+            .remove(&call.id)
+            .filter(|(s, _)| s.node == node)
+            .map(|(s, _)| s);
+        let running = Running {
+            owner: reported.clone().or(live.clone()),
+            node,
+            queue_ms,
+            deadline,
+            orphaned_since: live.is_none().then_some(now),
+            lost_after: (live.is_some() && reported.is_none())
+                .then_some(now + RESULT_BACKLOG_GRACE),
+        };
+        let accepted_at_ms = call.created_at_ms as f64;
+        self.calls.insert(
+            call.id.clone(),
+            Entry {
+                call,
+                bundle,
+                accepted_at_ms,
+                running: Some(running),
+                record_version: None,
+            },
+        );
+        Vec::new()
+    }
+
+    /// The policy handed a queued call to `spot`: what to send there, or
+    /// None if the call cannot go (unknown, not queued, or the node has no
+    /// live session: then it is queued again).
+    pub fn dispatch(
+        &mut self,
+        call_id: &str,
+        spot: &SpotId,
+        start: Start,
+        now_precise: f64,
+    ) -> (Option<Assignment>, Vec<Effect>) {
+        let now = now_precise as Ms;
+        let Some(session) = self.sessions.get(&spot.node).map(|&id| Session {
+            node: spot.node.clone(),
+            id,
+        }) else {
+            if let Some(entry) = self.calls.get(call_id).filter(|e| e.running.is_none()) {
+                self.out.push(Effect::Enqueue {
+                    call_id: call_id.to_string(),
+                    function: entry.bundle.function_ref(),
+                });
+            }
+            return (None, self.take());
+        };
+        let Some(entry) = self.calls.get(call_id) else {
+            return (None, Vec::new());
+        };
+        if entry.running.is_some() {
+            return (None, Vec::new());
+        }
+        let deadline = self.deadline(now, &entry.bundle, start);
+        let entry = self.calls.get_mut(call_id).expect("checked above");
+        let queue_ms = (now_precise - entry.accepted_at_ms).max(0.0);
+        entry.running = Some(Running {
+            owner: Some(session),
+            node: spot.node.clone(),
+            queue_ms,
+            deadline,
+            orphaned_since: None,
+            lost_after: None,
+        });
+        let call = &mut entry.call;
+        call.status = CallStatus::Running as i32;
+        call.policy = self.policy.to_string();
+        call.node = spot.node.clone();
+        call.spot = spot.index;
+        call.attempts = call.attempts.max(1);
+        // In the RUNNING record, so that a leader taking over knows when it
+        // started (its deadline follows).
+        call.timings = Some(Timings {
+            queue_ms,
+            ..Default::default()
+        });
+        let assignment = Assignment {
+            runtime: entry.bundle.runtime.clone(),
+            function: entry.bundle.function.clone(),
+            call: CallAssignment {
+                call_id: call.id.clone(),
+                params_json: call.params_json.clone(),
+                accepted_at_ms: call.created_at_ms,
+                queue_ms,
+            },
+        };
+        self.out.push(Effect::Publish(Box::new(call.clone())));
+        // Recorded so that a leader taking over waits for the result
+        // instead of running the call again.
+        if let Some(version) = entry.record_version.take() {
+            self.out.push(Effect::RecordRunning {
+                call: Box::new(call.clone()),
+                version,
+            });
+        }
+        (Some(assignment), self.take())
+    }
+
+    /// An agent said hello: its session replaces any earlier one of its
+    /// node and takes over the node's calls; the calls it lists run there.
+    pub fn connected(&mut self, session: Session, running: Vec<String>, now: Ms) -> Vec<Effect> {
+        let node = session.node.clone();
+        self.sessions.insert(node.clone(), session.id);
+        for (id, entry) in self.calls.iter_mut() {
+            let Some(run) = entry.running.as_mut().filter(|r| r.node == node) else {
+                continue;
+            };
+            run.owner = Some(session.clone());
+            run.orphaned_since = None;
+            // Still running, or finished with its result held (sent right
+            // after the hello), or gone with the agent's restart.
+            if !running.contains(id) {
+                run.lost_after = Some(now + RESULT_BACKLOG_GRACE);
+            }
+        }
+        for id in running {
+            let Some(mut entry) = self.calls.remove(&id) else {
+                if !self.ended.contains_key(&id) {
+                    self.reported.insert(id, (session.clone(), now));
+                }
+                continue;
+            };
+            if entry.running.is_none() {
+                // Recorded QUEUED: the leader that handed it out died
+                // before recording RUNNING.
+                tracing::info!(call_id = %id, %node, "queued call already running on its node; not run again");
+                self.out.push(Effect::Withdraw(id.clone()));
+                self.mark_running(&mut entry, session.clone(), now);
+            }
+            self.calls.insert(id, entry);
+        }
+        self.take()
+    }
+
+    /// A session ended; if it was its node's live one, the node's calls are
+    /// orphaned (they may still finish: a broken stream, not a dead node).
+    pub fn disconnected(&mut self, session: &Session, now: Ms) {
+        if !self.is_live(session) {
+            return;
+        }
+        self.sessions.remove(&session.node);
+        for entry in self.calls.values_mut() {
+            if let Some(run) = entry.running.as_mut().filter(|r| r.node == session.node) {
+                run.orphaned_since.get_or_insert(now);
+            }
+        }
+    }
+
+    fn check_owner(&self, id: &str, from: &Session) -> Result<(), Refusal> {
+        match self.calls.get(id) {
+            Some(Entry {
+                running: Some(run), ..
+            }) if run.owner.as_ref() == Some(from) => Ok(()),
+            Some(Entry {
+                running: Some(run), ..
+            }) => Err(Refusal::NotOwner {
+                owner: run.owner.clone(),
+            }),
+            Some(_) => Err(Refusal::NotRunning),
+            None => Err(Refusal::Unknown),
+        }
+    }
+
+    /// A call's result from an agent session.
+    pub fn result(&mut self, from: &Session, result: CallResult, now_precise: f64) -> Outcome {
+        let now = now_precise as Ms;
+        let id = result.call_id.clone();
+        match self.check_owner(&id, from) {
+            Ok(()) => {}
+            Err(Refusal::Unknown) => {
+                if self.ended.get(&id).is_some_and(|e| e.node == from.node) {
+                    // Ended here already (recorded, timed out or lost): a
+                    // duplicate, or a result after the deadline.
+                    self.out.push(Effect::Confirm {
+                        to: from.clone(),
+                        call_id: id,
+                    });
+                    return Outcome::Late(self.take());
+                }
+                if self.reported.get(&id).is_some_and(|(s, _)| s == from) {
+                    self.reported.remove(&id);
+                    // Not run again if a takeover's requeue hands it over.
+                    self.remember_ended(&id, &from.node, now + RECORDED_MEMORY);
+                    self.out.push(Effect::RecordUnlessFinal {
+                        result: Box::new(result),
+                        from: from.clone(),
+                    });
+                    return Outcome::Recorded(self.take());
+                }
+                return Outcome::Refused(Refusal::Unknown);
+            }
+            Err(refusal) => return Outcome::Refused(refusal),
+        }
+        let entry = self.calls.remove(&id).expect("owner checked");
+        let run = entry.running.expect("owner checked");
+        let (call, logs) = finish(
+            entry.call,
+            &from.node,
+            result,
+            entry.accepted_at_ms,
+            run.queue_ms,
+            now_precise,
+        );
+        self.remember_ended(&id, &from.node, now + RECORDED_MEMORY);
+        self.out.push(Effect::Persist {
+            call: Box::new(call),
+            logs,
+            confirm: Some(from.clone()),
+        });
+        Outcome::Recorded(self.take())
+    }
+
+    /// The agent did not start an operation (it was draining): its call
+    /// never ran and is queued again. Only its owner may say so.
+    pub fn refused(&mut self, from: &Session, call_id: &str) -> Result<Vec<Effect>, Refusal> {
+        self.check_owner(call_id, from)?;
+        let entry = self.calls.remove(call_id).expect("owner checked");
+        tracing::info!(%call_id, node = %from.node, "call refused by a draining node; placing it elsewhere");
+        self.run_again(entry);
+        Ok(self.take())
+    }
+
+    /// Time passes: lost calls are run again or failed, calls past their
+    /// deadline end TIMEOUT, memories fade.
+    pub fn tick(&mut self, now: Ms) -> Vec<Effect> {
+        self.reported
+            .retain(|_, (_, at)| now - *at < REPORTED_MEMORY);
+        self.ended.retain(|_, e| now < e.until);
+        let grace = ms(self.settings.node_lost_after);
+        let mut lost = Vec::new();
+        let mut late = Vec::new();
+        for (id, entry) in &self.calls {
+            let Some(run) = &entry.running else { continue };
+            if run.orphaned_since.is_some_and(|since| now - since > grace)
+                || run.lost_after.is_some_and(|at| now > at)
+            {
+                lost.push(id.clone());
+            } else if now > run.deadline {
+                late.push(id.clone());
+            }
+        }
+        for id in lost {
+            let mut entry = self.calls.remove(&id).expect("listed above");
+            let node = entry.running.take().map(|r| r.node).unwrap_or_default();
+            let attempts = entry.call.attempts.max(1);
+            if entry.bundle.idempotent
+                && entry.bundle.runnable()
+                && attempts <= self.settings.idempotent_retries
+            {
+                tracing::warn!(call_id = %id, %node, attempts, "call lost with its node; running it again (idempotent function)");
+                entry.call.attempts = attempts + 1;
+                self.run_again(entry);
+                continue;
+            }
+            tracing::warn!(call_id = %id, %node, "call lost with its node");
+            let mut call = entry.call;
+            call.status = CallStatus::Failed as i32;
+            call.error = Some(CallError {
+                reason: "node_lost".into(),
+                message: format!("node {node} was lost while the call ran"),
+                log_tail: String::new(),
+            });
+            call.finished_at_ms = now;
+            self.remember_ended(&id, &node, now + ABANDONED_MEMORY);
+            self.out.push(Effect::Persist {
+                call: Box::new(call),
+                logs: CallLogs::default(),
+                confirm: None,
+            });
+        }
+        for id in late {
+            let entry = self.calls.remove(&id).expect("listed above");
+            let run = entry.running.expect("listed as running");
+            let timeout = Duration::from_millis(entry.bundle.function.timeout_ms);
+            tracing::warn!(call_id = %id, node = %run.node, "no outcome from the call's node by its deadline; recorded as timed out");
+            let mut call = entry.call;
+            call.status = CallStatus::Timeout as i32;
+            call.error = Some(CallError {
+                reason: "timeout".into(),
+                message: format!(
+                    "node {} did not report the call's outcome in time (its timeout of {} plus {} grace)",
+                    run.node,
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(self.settings.deadline_grace),
+                ),
+                log_tail: String::new(),
+            });
+            call.finished_at_ms = now;
+            let mut timings = call.timings.take().unwrap_or_default();
+            timings.queue_ms = run.queue_ms;
+            timings.total_ms = (now as f64 - entry.accepted_at_ms).max(0.0);
+            call.timings = Some(timings);
+            self.remember_ended(&id, &run.node, now + ABANDONED_MEMORY);
+            self.out.push(Effect::Persist {
+                call: Box::new(call),
+                logs: CallLogs::default(),
+                confirm: None,
+            });
+        }
+        self.take()
+    }
+
+    fn remember_ended(&mut self, id: &str, node: &str, until: Ms) {
+        self.ended.insert(
+            id.to_string(),
+            Ended {
+                node: node.to_string(),
+                until,
+            },
+        );
+    }
+
+    /// Marks a call as running on `session`'s node (its spot unknown), so
+    /// that its result is awaited from there.
+    fn mark_running(&self, entry: &mut Entry, session: Session, now: Ms) {
+        let call = &mut entry.call;
+        call.status = CallStatus::Running as i32;
+        call.node = session.node.clone();
+        call.attempts = call.attempts.max(1);
+        let queue_ms = call.timings.as_ref().map(|t| t.queue_ms).unwrap_or(0.0);
+        // When it started is unknown: at the latest now.
+        let deadline = self.deadline(now, &entry.bundle, Start::Loading);
+        entry.running = Some(Running {
+            node: session.node.clone(),
+            owner: Some(session),
+            queue_ms,
+            deadline,
+            orphaned_since: None,
+            lost_after: None,
+        });
+        entry.record_version = None;
+    }
+
+    /// Queues a call again (it never ran, or it may run twice); its record
+    /// keeps what it says until the outcome.
+    fn run_again(&mut self, mut entry: Entry) {
+        let id = entry.call.id.clone();
+        entry.call.status = CallStatus::Queued as i32;
+        entry.call.node.clear();
+        entry.running = None;
+        // Its record may say RUNNING on the old node; a takeover adopts it
+        // from there and resolves it the same way.
+        entry.record_version = None;
+        self.out.push(Effect::Publish(Box::new(entry.call.clone())));
+        self.out.push(Effect::Enqueue {
+            call_id: id.clone(),
+            function: entry.bundle.function_ref(),
+        });
+        self.calls.insert(id, entry);
+    }
+}
+
+/// Whether `id` is a call id as this platform makes them: a UUID in its
+/// canonical hyphenated lower-case form. Checked on everything that
+/// reaches the leader from agents and etcd before it becomes a key or goes
+/// out on an agent stream.
+pub fn is_call_id(id: &str) -> bool {
+    uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
+}
+
+/// Builds the final call record from the agent's result.
+fn finish(
+    mut call: Call,
+    node: &str,
+    result: CallResult,
+    accepted_at_ms: f64,
+    queue_ms: f64,
+    finished: f64,
+) -> (Call, CallLogs) {
+    let mut timings = result.timings.unwrap_or_default();
+    timings.queue_ms = queue_ms;
+    timings.total_ms = (finished - accepted_at_ms).max(0.0);
+    let accounted = timings.queue_ms
+        + timings.runtime_load_ms
+        + timings.function_load_ms
+        + timings.dependencies_ms
+        + timings.execution_ms;
+    // What is left is the way back: reading the output, the agent's report,
+    // the stream, and recording the result.
+    timings.result_return_ms = (timings.total_ms - accounted).max(0.0);
+    call.status = result.status;
+    call.result_json = result.result_json;
+    call.error = result.error;
+    call.timings = Some(timings);
+    call.node = node.to_string();
+    call.spot = result.spot;
+    call.finished_at_ms = finished as i64;
+    call.logs_truncated = result.logs_truncated;
+    let logs = CallLogs {
+        logs: result.logs,
+        truncated: result.logs_truncated,
+    };
+    (call, logs)
+}
+
+/// Builds the final record of a stored call from a result that reached a
+/// leader that does not hold the call (see [`Effect::RecordUnlessFinal`]).
+pub fn finish_stored(call: Call, node: &str, result: CallResult, now: f64) -> (Call, CallLogs) {
+    let queue_ms = result.timings.as_ref().map(|t| t.queue_ms).unwrap_or(0.0);
+    let accepted = call.created_at_ms as f64;
+    finish(call, node, result, accepted, queue_ms, now)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The ledger on a simulated clock: agents are played by the test, the
+    //! effects are what the broker loop would carry out.
+
+    use super::*;
+
+    const SEC: Ms = 1_000;
+
+    fn id(n: u32) -> String {
+        format!("0190a1b2-c3d4-7e5f-8a9b-{n:012x}")
+    }
+
+    fn bundle(timeout_ms: u64, idempotent: bool) -> Arc<CallBundle> {
+        Arc::new(CallBundle {
+            runtime: RuntimeBundle {
+                name: "python3".into(),
+                ..Default::default()
+            },
+            function: FunctionBundle {
+                name: "f".into(),
+                version: 1,
+                timeout_ms,
+                ..Default::default()
+            },
+            idempotent,
+        })
+    }
+
+    fn call(n: u32) -> Call {
+        Call {
+            id: id(n),
+            function: "f".into(),
+            function_version: 1,
+            status: CallStatus::Queued as i32,
+            created_at_ms: 0,
+            ..Default::default()
+        }
+    }
+
+    fn session(node: &str, id: u64) -> Session {
+        Session {
+            node: node.into(),
+            id,
+        }
+    }
+
+    fn spot(node: &str) -> SpotId {
+        SpotId {
+            node: node.into(),
+            index: 0,
+        }
+    }
+
+    fn result(n: u32) -> CallResult {
+        CallResult {
+            call_id: id(n),
+            status: CallStatus::Succeeded as i32,
+            result_json: "42".into(),
+            logs: b"hello\n".to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn ledger() -> Ledger {
+        Ledger::new(CallSettings::default(), "test")
+    }
+
+    /// A ledger with node `a` connected (session 1) and call 1 (2 s
+    /// timeout) dispatched there, function preloaded, at t = 0.
+    fn running(idempotent: bool) -> Ledger {
+        let mut l = ledger();
+        l.connected(session("a", 1), vec![], 0);
+        l.submitted(call(1), bundle(2_000, idempotent), 0.0, 0);
+        let (sent, _) = l.dispatch(&id(1), &spot("a"), Start::Preloaded, 0.0);
+        assert!(sent.is_some());
+        l
+    }
+
+    fn persisted(effects: &[Effect]) -> Vec<&Call> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Persist { call, .. } => Some(&**call),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn enqueued(effects: &[Effect]) -> Vec<&str> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Enqueue { call_id, .. } => Some(call_id.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_call_is_queued_once_and_dispatched_once() {
+        let mut l = ledger();
+        l.connected(session("a", 1), vec![], 0);
+        let first = l.submitted(call(1), bundle(2_000, false), 0.0, 0);
+        assert_eq!(enqueued(&first), [id(1)]);
+        assert!(l
+            .submitted(call(1), bundle(2_000, false), 0.0, 0)
+            .is_empty());
+        let (sent, effects) = l.dispatch(&id(1), &spot("a"), Start::Loading, 7.5);
+        let sent = sent.expect("dispatched");
+        assert_eq!(sent.call.call_id, id(1));
+        assert_eq!(sent.call.queue_ms, 7.5);
+        assert!(matches!(&effects[0], Effect::Publish(c) if c.status() == CallStatus::Running));
+        assert!(
+            matches!(&effects[1], Effect::RecordRunning { call, version: 1 } if call.timings.as_ref().unwrap().queue_ms == 7.5),
+            "the RUNNING record says when the call started: {effects:?}"
+        );
+        let (again, _) = l.dispatch(&id(1), &spot("a"), Start::Loading, 8.0);
+        assert!(again.is_none(), "a running call is not dispatched twice");
+    }
+
+    #[test]
+    fn a_dispatch_to_a_node_without_a_session_queues_the_call_again() {
+        let mut l = ledger();
+        l.submitted(call(1), bundle(2_000, false), 0.0, 0);
+        let (sent, effects) = l.dispatch(&id(1), &spot("gone"), Start::Loading, 1.0);
+        assert!(sent.is_none());
+        assert_eq!(enqueued(&effects), [id(1)]);
+    }
+
+    #[test]
+    fn the_owners_result_is_recorded_and_confirmed_and_a_duplicate_only_confirmed() {
+        let mut l = running(false);
+        let Outcome::Recorded(effects) = l.result(&session("a", 1), result(1), 500.0) else {
+            panic!("refused")
+        };
+        let [Effect::Persist {
+            call,
+            logs,
+            confirm,
+        }] = &effects[..]
+        else {
+            panic!("{effects:?}")
+        };
+        assert_eq!(call.status(), CallStatus::Succeeded);
+        assert_eq!(call.result_json, "42");
+        assert_eq!(logs.logs, b"hello\n");
+        assert_eq!(confirm.as_ref(), Some(&session("a", 1)));
+        assert!(l.is_empty());
+        // Sent again on a new session (the confirmation was lost).
+        l.connected(session("a", 2), vec![id(1)], 600);
+        let outcome = l.result(&session("a", 2), result(1), 700.0);
+        assert_eq!(
+            outcome,
+            Outcome::Late(vec![Effect::Confirm {
+                to: session("a", 2),
+                call_id: id(1)
+            }])
+        );
+    }
+
+    #[test]
+    fn a_result_from_another_node_or_session_is_refused() {
+        let mut l = running(false);
+        l.connected(session("b", 7), vec![], 10);
+        let outcome = l.result(&session("b", 7), result(1), 20.0);
+        assert_eq!(
+            outcome,
+            Outcome::Refused(Refusal::NotOwner {
+                owner: Some(session("a", 1))
+            })
+        );
+        // Node a reconnects: its new session owns the call, the old one
+        // (a stream that has not ended yet) no longer does.
+        l.connected(session("a", 2), vec![id(1)], 30);
+        assert!(matches!(
+            l.result(&session("a", 1), result(1), 40.0),
+            Outcome::Refused(Refusal::NotOwner { .. })
+        ));
+        assert!(matches!(
+            l.result(&session("a", 2), result(1), 50.0),
+            Outcome::Recorded(_)
+        ));
+    }
+
+    #[test]
+    fn a_result_for_an_unknown_or_queued_call_is_refused() {
+        let mut l = ledger();
+        l.connected(session("a", 1), vec![], 0);
+        assert_eq!(
+            l.result(&session("a", 1), result(9), 1.0),
+            Outcome::Refused(Refusal::Unknown)
+        );
+        l.submitted(call(2), bundle(2_000, false), 0.0, 0);
+        assert_eq!(
+            l.result(&session("a", 1), result(2), 1.0),
+            Outcome::Refused(Refusal::NotRunning)
+        );
+        assert_eq!(l.live_call(&id(2)).unwrap().status(), CallStatus::Queued);
+    }
+
+    #[test]
+    fn a_silent_agent_cannot_keep_a_call_running_past_its_deadline() {
+        let mut l = running(false);
+        // Timeout 2 s + grace 10 s (function preloaded: no load allowance).
+        assert!(l.tick(12 * SEC).is_empty());
+        let effects = l.tick(12 * SEC + 1);
+        let [call] = persisted(&effects)[..] else {
+            panic!("{effects:?}")
+        };
+        assert_eq!(call.status(), CallStatus::Timeout);
+        let error = call.error.as_ref().unwrap();
+        assert_eq!(error.reason, "timeout");
+        assert!(
+            error.message.contains("node a did not report"),
+            "{}",
+            error.message
+        );
+        assert!(matches!(&effects[0], Effect::Persist { confirm: None, .. }));
+        assert!(l.is_empty());
+        // The agent wakes up and reports: not recorded, but confirmed so
+        // that it stops sending it.
+        let outcome = l.result(&session("a", 1), result(1), 60_000.0);
+        assert_eq!(
+            outcome,
+            Outcome::Late(vec![Effect::Confirm {
+                to: session("a", 1),
+                call_id: id(1)
+            }])
+        );
+        // Even much later, on a new session that lists it.
+        l.connected(session("a", 2), vec![id(1)], 1_000 * SEC);
+        assert!(matches!(
+            l.result(&session("a", 2), result(1), 1_000_000.0),
+            Outcome::Late(_)
+        ));
+        // And a requeue (a takeover reading a stale QUEUED record) does not
+        // run it again.
+        assert!(l
+            .submitted(call(1), bundle(2_000, false), 0.0, 0)
+            .is_empty());
+    }
+
+    #[test]
+    fn a_call_that_loads_first_gets_the_load_allowance() {
+        let mut l = ledger();
+        l.connected(session("a", 1), vec![], 0);
+        l.submitted(call(1), bundle(2_000, false), 0.0, 0);
+        l.dispatch(&id(1), &spot("a"), Start::Loading, 1_000.0);
+        assert!(persisted(&l.tick(1_000 + 42 * SEC)).is_empty());
+        assert_eq!(persisted(&l.tick(1_001 + 42 * SEC)).len(), 1);
+    }
+
+    #[test]
+    fn reconnecting_does_not_move_the_deadline() {
+        let mut l = running(false);
+        for (i, t) in [3, 6, 9].into_iter().enumerate() {
+            l.disconnected(&session("a", i as u64 + 1), t * SEC);
+            l.connected(session("a", i as u64 + 2), vec![id(1)], t * SEC + 100);
+            assert!(l.tick(t * SEC + 200).is_empty());
+        }
+        let effects = l.tick(12 * SEC + 1);
+        assert_eq!(persisted(&effects)[0].status(), CallStatus::Timeout);
+    }
+
+    #[test]
+    fn a_call_whose_node_stays_away_is_lost() {
+        let mut l = running(false);
+        l.disconnected(&session("a", 1), SEC);
+        assert!(l.tick(4 * SEC).is_empty());
+        let effects = l.tick(4 * SEC + 1);
+        let [call] = persisted(&effects)[..] else {
+            panic!("{effects:?}")
+        };
+        assert_eq!(call.status(), CallStatus::Failed);
+        assert_eq!(call.error.as_ref().unwrap().reason, "node_lost");
+    }
+
+    #[test]
+    fn a_node_back_in_time_keeps_its_calls_and_reports_them() {
+        let mut l = running(false);
+        l.disconnected(&session("a", 1), SEC);
+        l.connected(session("a", 2), vec![id(1)], 3 * SEC);
+        assert!(l.tick(10 * SEC).is_empty());
+        assert!(matches!(
+            l.result(&session("a", 2), result(1), 10_500.0),
+            Outcome::Recorded(_)
+        ));
+    }
+
+    #[test]
+    fn a_node_back_without_the_call_has_the_backlog_grace_to_send_it() {
+        let mut l = running(false);
+        l.connected(session("a", 2), vec![], SEC);
+        assert!(l.tick(3 * SEC).is_empty());
+        assert!(matches!(
+            l.result(&session("a", 2), result(1), 3_000.0),
+            Outcome::Recorded(_)
+        ));
+
+        let mut l = running(false);
+        l.connected(session("a", 2), vec![], SEC);
+        let effects = l.tick(3 * SEC + 1);
+        assert_eq!(
+            persisted(&effects)[0].error.as_ref().unwrap().reason,
+            "node_lost"
+        );
+    }
+
+    #[test]
+    fn an_idempotent_call_lost_with_its_node_runs_again_within_its_retries() {
+        let mut l = running(true);
+        let mut t = 0;
+        for attempt in 2..=3 {
+            let node = if attempt % 2 == 0 { "a" } else { "b" };
+            let live = if l.is_live(&session("a", 1)) {
+                session("a", 1)
+            } else {
+                session("b", 1)
+            };
+            l.disconnected(&live, t + SEC);
+            t += 5 * SEC;
+            let effects = l.tick(t);
+            assert!(persisted(&effects).is_empty(), "{effects:?}");
+            assert_eq!(enqueued(&effects), [id(1)]);
+            let queued = l.live_call(&id(1)).unwrap();
+            assert_eq!(queued.status(), CallStatus::Queued);
+            assert_eq!(queued.attempts, attempt);
+            let next = if node == "a" { "b" } else { "a" };
+            l.connected(session(next, 1), vec![], t);
+            let (sent, effects) = l.dispatch(&id(1), &spot(next), Start::Preloaded, t as f64);
+            assert!(sent.is_some());
+            assert!(
+                !effects
+                    .iter()
+                    .any(|e| matches!(e, Effect::RecordRunning { .. })),
+                "a run again is not recorded over the old record"
+            );
+        }
+        l.disconnected(&session("a", 1), t + SEC);
+        let effects = l.tick(t + 5 * SEC);
+        let [call] = persisted(&effects)[..] else {
+            panic!("retries are bounded: {effects:?}")
+        };
+        assert_eq!(call.error.as_ref().unwrap().reason, "node_lost");
+        assert_eq!(call.attempts, 3);
+    }
+
+    fn adopted_call(n: u32, node: &str) -> Call {
+        Call {
+            status: CallStatus::Running as i32,
+            node: node.into(),
+            created_at_ms: 100 * SEC,
+            timings: Some(Timings {
+                queue_ms: 500.0,
+                ..Default::default()
+            }),
+            attempts: 1,
+            ..call(n)
+        }
+    }
+
+    #[test]
+    fn an_adopted_call_keeps_the_deadline_of_its_record() {
+        let mut l = ledger();
+        // Adopted before any agent says hello (the takeover's order).
+        l.adopted(adopted_call(1, "a"), bundle(2_000, false), 110 * SEC);
+        l.connected(session("a", 1), vec![id(1)], 110 * SEC + 10);
+        // Started at 100.5 s; 2 s + 10 s + 30 s (how it started is unknown).
+        let deadline = 100 * SEC + 500 + 42 * SEC;
+        assert!(l.tick(deadline).is_empty());
+        let effects = l.tick(deadline + 1);
+        assert_eq!(persisted(&effects)[0].status(), CallStatus::Timeout);
+    }
+
+    #[test]
+    fn an_adopted_call_is_reported_by_its_nodes_new_session_only() {
+        let mut l = ledger();
+        l.adopted(adopted_call(1, "a"), bundle(60_000, false), 110 * SEC);
+        l.connected(session("b", 5), vec![], 110 * SEC);
+        assert!(matches!(
+            l.result(&session("b", 5), result(1), 110_100.0),
+            Outcome::Refused(Refusal::NotOwner { owner: None })
+        ));
+        l.connected(session("a", 6), vec![id(1)], 110 * SEC);
+        let Outcome::Recorded(effects) = l.result(&session("a", 6), result(1), 110_200.0) else {
+            panic!()
+        };
+        let call = persisted(&effects)[0];
+        assert_eq!(call.status(), CallStatus::Succeeded);
+        assert_eq!(call.timings.as_ref().unwrap().queue_ms, 500.0);
+    }
+
+    #[test]
+    fn an_adopted_call_whose_node_never_returns_is_lost() {
+        let mut l = ledger();
+        l.adopted(adopted_call(1, "a"), bundle(60_000, false), 110 * SEC);
+        assert!(l.tick(113 * SEC).is_empty());
+        let effects = l.tick(113 * SEC + 1);
+        assert_eq!(
+            persisted(&effects)[0].error.as_ref().unwrap().reason,
+            "node_lost"
+        );
+    }
+
+    #[test]
+    fn an_adopted_call_its_node_does_not_list_is_lost_after_the_backlog_grace() {
+        let mut l = ledger();
+        l.adopted(adopted_call(1, "a"), bundle(60_000, false), 110 * SEC);
+        l.connected(session("a", 1), vec![], 110 * SEC);
+        assert!(l.tick(112 * SEC).is_empty());
+        assert_eq!(persisted(&l.tick(112 * SEC + 1)).len(), 1);
+    }
+
+    #[test]
+    fn a_queued_call_its_node_runs_already_is_not_run_twice() {
+        let mut l = ledger();
+        l.submitted(call(1), bundle(2_000, false), 0.0, 0);
+        let effects = l.connected(session("a", 1), vec![id(1)], SEC);
+        assert_eq!(effects, [Effect::Withdraw(id(1))]);
+        assert_eq!(l.live_call(&id(1)).unwrap().status(), CallStatus::Running);
+        assert!(matches!(
+            l.result(&session("a", 1), result(1), 1_500.0),
+            Outcome::Recorded(_)
+        ));
+    }
+
+    #[test]
+    fn a_call_reported_before_the_takeover_requeues_it_runs_once() {
+        // Its node lists it before the requeue hands it over.
+        let mut l = ledger();
+        l.connected(session("a", 1), vec![id(1)], 0);
+        assert!(l
+            .submitted(call(1), bundle(2_000, false), 0.0, SEC)
+            .is_empty());
+        assert_eq!(l.live_call(&id(1)).unwrap().node, "a");
+        assert!(matches!(
+            l.result(&session("a", 1), result(1), 1_500.0),
+            Outcome::Recorded(_)
+        ));
+
+        // Its result arrives before the requeue: recorded unless final,
+        // and the requeue that follows does not run it.
+        let mut l = ledger();
+        l.connected(session("a", 1), vec![id(1)], 0);
+        let Outcome::Recorded(effects) = l.result(&session("a", 1), result(1), 100.0) else {
+            panic!()
+        };
+        assert!(matches!(
+            &effects[..],
+            [Effect::RecordUnlessFinal { from, .. }] if *from == session("a", 1)
+        ));
+        assert!(l
+            .submitted(call(1), bundle(2_000, false), 0.0, SEC)
+            .is_empty());
+        assert!(l.is_empty());
+
+        // Another session than the one that listed it gets nothing.
+        let mut l = ledger();
+        l.connected(session("a", 1), vec![id(1)], 0);
+        l.connected(session("b", 2), vec![], 0);
+        assert_eq!(
+            l.result(&session("b", 2), result(1), 100.0),
+            Outcome::Refused(Refusal::Unknown)
+        );
+    }
+
+    #[test]
+    fn only_the_owner_can_refuse_a_call_back_to_the_queue() {
+        let mut l = running(false);
+        l.connected(session("b", 2), vec![], 0);
+        assert!(l.refused(&session("b", 2), &id(1)).is_err());
+        let effects = l.refused(&session("a", 1), &id(1)).unwrap();
+        assert_eq!(enqueued(&effects), [id(1)]);
+        assert_eq!(l.live_call(&id(1)).unwrap().status(), CallStatus::Queued);
+        assert!(l.refused(&session("a", 1), &id(1)).is_err(), "queued now");
+    }
+
+    #[test]
+    fn memories_fade() {
+        let mut l = running(false);
+        l.result(&session("a", 1), result(1), 1.0);
+        l.connected(session("a", 2), vec![id(2)], 0);
+        l.tick(RECORDED_MEMORY + REPORTED_MEMORY);
+        assert!(l.ended.is_empty() && l.reported.is_empty());
+    }
+
+    #[test]
+    fn call_ids_are_canonical_uuids() {
+        assert!(is_call_id(&id(1)));
+        assert!(is_call_id(&uuid::Uuid::now_v7().to_string()));
+        for bad in [
+            "",
+            "../../../../x",
+            "c1",
+            "0190A1B2-C3D4-7E5F-8A9B-000000000001",
+            "0190a1b2c3d47e5f8a9b000000000001",
+            "{0190a1b2-c3d4-7e5f-8a9b-000000000001}",
+            "urn:uuid:0190a1b2-c3d4-7e5f-8a9b-000000000001",
+        ] {
+            assert!(!is_call_id(bad), "{bad}");
+        }
+    }
+}
