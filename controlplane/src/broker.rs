@@ -13,7 +13,6 @@ use faas_proto::v1::{
     CallStatus, ControlMessage, Function, FunctionBundle, Node, ResultRecorded, Runtime,
     RuntimeBundle, Spot, SpotOperation, SpotReport, Timings,
 };
-use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -1070,17 +1069,19 @@ fn finish(
     (call, logs)
 }
 
-/// Records a final call and its logs in one etcd transaction, retrying
-/// while etcd is unreachable, then tells the waiters.
+/// Records a final call and its logs in one etcd transaction (the result
+/// and logs beside the record, bounded by the store's payload limits),
+/// retrying while etcd is unreachable, then tells the waiters what was
+/// recorded.
 async fn write_final(store: &Store, watch: &CallWatch, call: Call, logs: CallLogs) {
-    let items = vec![
-        (Kind::Call, call.id.clone(), call.encode_to_vec()),
-        (Kind::Logs, call.id.clone(), logs.encode_to_vec()),
-    ];
     let mut delay = Duration::from_millis(100);
+    let mut recorded = call.clone();
     for attempt in 1.. {
-        match store.put_many(items.clone()).await {
-            Ok(()) => break,
+        match store.write_final_call(call.clone(), logs.clone()).await {
+            Ok(stored) => {
+                recorded = stored;
+                break;
+            }
             Err(e) => {
                 warn!(attempt, error = %e, "recording the call's result failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -1088,6 +1089,6 @@ async fn write_final(store: &Store, watch: &CallWatch, call: Call, logs: CallLog
             }
         }
     }
-    info!(status = ?call.status(), "call finished");
-    watch.publish(&call);
+    info!(status = ?recorded.status(), "call finished");
+    watch.publish(&recorded);
 }
