@@ -12,7 +12,6 @@ use faas_proto::v1::{
     control_message, spot_operation, Call, CallError, CallLogs, CallResult, CallStatus,
     ControlMessage, Function, Node, ResultRecorded, Runtime, Spot, SpotOperation, SpotReport,
 };
-use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use tracing::{debug, error, info, info_span, warn, Instrument};
@@ -860,8 +859,12 @@ async fn record_running(store: Store, call: Call, version: i64) {
 /// Whether a store error will fail the same way however often the write is
 /// tried: the request is too large for etcd, or etcd's space is exhausted
 /// (NOSPACE: it takes compaction and an alarm disarm first).
-// TODO(state): switch to `StoreError::is_permanent()` once it lands.
 pub fn is_permanent(error: &StoreError) -> bool {
+    // The store types NOSPACE and too-large requests it recognises; the
+    // text checks catch what reaches it untyped (a raw etcd status).
+    if error.is_permanent() {
+        return true;
+    }
     let StoreError::Etcd(e) = error else {
         return false;
     };
@@ -907,23 +910,27 @@ fn cut_down(mut call: Call, logs: CallLogs, error: &StoreError) -> (Call, CallLo
 /// NOSPACE clears once it is compacted and disarmed).
 const CUT_DOWN_ATTEMPTS: u32 = 10;
 
-/// Records a final call and its logs in one etcd transaction, retrying
-/// while etcd is unreachable, then tells the waiters. A record etcd
-/// refuses for good is replaced by a cut-down FAILED one (see
-/// [`cut_down`]); that one is tried a bounded number of times.
+/// Records a final call and its logs in one etcd transaction (the result
+/// and logs beside the record, bounded by the store's payload limits),
+/// retrying while etcd is unreachable, then tells the waiters what was
+/// recorded. A record etcd refuses for good is replaced by a cut-down
+/// FAILED one (see [`cut_down`]); that one is tried a bounded number of
+/// times.
 async fn write_final(store: &Store, watch: &CallWatch, call: Call, logs: CallLogs) {
     let mut call = call;
     let mut logs = logs;
     let mut cut = false;
     let mut permanent_failures = 0;
     let mut delay = Duration::from_millis(100);
-    for attempt in 1.. {
-        let items = vec![
-            (Kind::Call, call.id.clone(), call.encode_to_vec()),
-            (Kind::Logs, call.id.clone(), logs.encode_to_vec()),
-        ];
-        match store.put_many(items).await {
-            Ok(()) => break,
+    let recorded;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match store.write_final_call(call.clone(), logs.clone()).await {
+            Ok(stored) => {
+                recorded = stored;
+                break;
+            }
             Err(e) if is_permanent(&e) && !cut => {
                 warn!(error = %e, "the call's outcome cannot be stored; recording it failed with its logs cut");
                 (call, logs) = cut_down(call, logs, &e);
@@ -943,8 +950,8 @@ async fn write_final(store: &Store, watch: &CallWatch, call: Call, logs: CallLog
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
-    info!(status = ?call.status(), "call finished");
-    watch.publish(&call);
+    info!(status = ?recorded.status(), "call finished");
+    watch.publish(&recorded);
 }
 
 #[cfg(test)]

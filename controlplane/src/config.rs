@@ -69,6 +69,31 @@ pub struct Flags {
     /// Largest call parameters accepted, bytes [default: 256 KiB].
     #[arg(long)]
     pub max_params_bytes: Option<u64>,
+    /// Largest call result accepted for recording, bytes; a larger one ends
+    /// the call FAILED (reason "platform") [default: 256 KiB].
+    #[arg(long)]
+    pub max_result_bytes: Option<u64>,
+    /// Most log bytes kept per call (the end is kept) [default: 64 KiB].
+    #[arg(long)]
+    pub max_log_bytes: Option<u64>,
+    /// Largest total size of a function's environment (names and values),
+    /// bytes [default: 64 KiB].
+    #[arg(long)]
+    pub max_env_bytes: Option<u64>,
+    /// Calls that may wait queued per function; over it submits are
+    /// refused (RESOURCE_EXHAUSTED) [default: 1000].
+    #[arg(long)]
+    pub max_queued_per_function: Option<u64>,
+    /// Calls that may wait queued in the whole cluster [default: 10000].
+    #[arg(long)]
+    pub max_queued_calls: Option<u64>,
+    /// Submits (and invokes) per second one client address may sustain
+    /// [default: 200].
+    #[arg(long)]
+    pub submit_rate: Option<f64>,
+    /// Submits one client address may send in a burst [default: 400].
+    #[arg(long)]
+    pub submit_burst: Option<f64>,
     /// Default per-call timeout [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub default_timeout: Option<Duration>,
@@ -128,6 +153,13 @@ struct FileConfig {
     max_package_bytes: Option<u64>,
     max_image_bytes: Option<u64>,
     max_params_bytes: Option<u64>,
+    max_result_bytes: Option<u64>,
+    max_log_bytes: Option<u64>,
+    max_env_bytes: Option<u64>,
+    max_queued_per_function: Option<u64>,
+    max_queued_calls: Option<u64>,
+    submit_rate: Option<f64>,
+    submit_burst: Option<f64>,
     #[serde(default, with = "humantime_serde_opt")]
     default_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -177,10 +209,27 @@ pub struct Limits {
     pub max_package_bytes: u64,
     pub max_image_bytes: u64,
     pub max_params_bytes: u64,
+    pub max_result_bytes: u64,
+    pub max_log_bytes: u64,
+    pub max_env_bytes: u64,
     pub default_timeout: Duration,
     pub max_timeout: Duration,
     pub default_memory_bytes: u64,
     pub max_memory_bytes: u64,
+    /// Queue bounds and the submit rate limit (with the limiter's state,
+    /// shared by every clone).
+    pub admission: crate::api::admission::Admission,
+    pub submit_limiter: std::sync::Arc<crate::api::admission::SubmitLimiter>,
+}
+
+impl Limits {
+    /// What a call's final write may carry.
+    pub fn payload_limits(&self) -> crate::store::PayloadLimits {
+        crate::store::PayloadLimits {
+            max_result_bytes: self.max_result_bytes,
+            max_log_bytes: self.max_log_bytes,
+        }
+    }
 }
 
 impl Config {
@@ -206,6 +255,25 @@ impl Config {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:7070".into());
+        let defaults = crate::api::admission::Admission::default();
+        let admission = crate::api::admission::Admission {
+            max_queued_per_function: flags
+                .max_queued_per_function
+                .or(file.max_queued_per_function)
+                .unwrap_or(defaults.max_queued_per_function),
+            max_queued: flags
+                .max_queued_calls
+                .or(file.max_queued_calls)
+                .unwrap_or(defaults.max_queued),
+            submit_rate: flags
+                .submit_rate
+                .or(file.submit_rate)
+                .unwrap_or(defaults.submit_rate),
+            submit_burst: flags
+                .submit_burst
+                .or(file.submit_burst)
+                .unwrap_or(defaults.submit_burst),
+        };
         Ok(Config {
             advertise: flags
                 .advertise
@@ -282,6 +350,23 @@ impl Config {
                     .max_params_bytes
                     .or(file.max_params_bytes)
                     .unwrap_or(256 << 10),
+                max_result_bytes: flags
+                    .max_result_bytes
+                    .or(file.max_result_bytes)
+                    .unwrap_or(256 << 10),
+                max_log_bytes: flags
+                    .max_log_bytes
+                    .or(file.max_log_bytes)
+                    .unwrap_or(64 << 10),
+                max_env_bytes: flags
+                    .max_env_bytes
+                    .or(file.max_env_bytes)
+                    .unwrap_or(64 << 10),
+                admission: admission.clone(),
+                submit_limiter: std::sync::Arc::new(crate::api::admission::SubmitLimiter::new(
+                    admission.submit_rate,
+                    admission.submit_burst,
+                )),
                 default_timeout: flags
                     .default_timeout
                     .or(file.default_timeout)

@@ -18,16 +18,45 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Over an admission bound: the client is told which, and when to try
+    /// again (`retry-after-ms`).
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
-    #[error("state store unavailable: {0}")]
+    #[error("{}", store_message(.0))]
     Store(#[from] StoreError),
     #[error("invalid function package: {0}")]
     Package(#[from] PackageError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+}
+
+/// Metadata entry of a RESOURCE_EXHAUSTED answer: milliseconds to wait
+/// before trying again.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// How long a client is told to wait while etcd's storage is full (the
+/// leader reclaims space within seconds when it can).
+const STORAGE_FULL_RETRY_AFTER_MS: u64 = 5_000;
+
+fn store_message(e: &StoreError) -> String {
+    match e {
+        StoreError::NoSpace | StoreError::TooLarge(_) => e.to_string(),
+        _ => format!("state store unavailable: {e}"),
+    }
+}
+
+fn with_retry_after(mut status: Status, ms: u64) -> Status {
+    if let Ok(value) = tonic::metadata::MetadataValue::try_from(ms.to_string()) {
+        status.metadata_mut().insert(RETRY_AFTER_MS, value);
+    }
+    status
 }
 
 impl From<ApiError> for Status {
@@ -45,6 +74,14 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(_) => Status::already_exists(msg),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
+            ApiError::Overloaded { retry_after, .. } => with_retry_after(
+                Status::resource_exhausted(msg),
+                retry_after.as_millis().max(1) as u64,
+            ),
+            ApiError::Store(StoreError::NoSpace) => {
+                with_retry_after(Status::resource_exhausted(msg), STORAGE_FULL_RETRY_AFTER_MS)
+            }
+            ApiError::Store(StoreError::TooLarge(_)) => Status::resource_exhausted(msg),
             ApiError::Unavailable(_) => {
                 // Raised before anything was recorded or forwarded (no
                 // leader, not the leader): a client may safely send the
@@ -108,6 +145,31 @@ pub fn now_ms_f64() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn full_storage_and_overload_say_so_with_a_retry_hint() {
+        let full: Status = ApiError::Store(StoreError::NoSpace).into();
+        assert_eq!(full.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            full.message().starts_with("cluster storage is full"),
+            "{}",
+            full.message()
+        );
+        assert_eq!(full.metadata().get(RETRY_AFTER_MS).unwrap(), "5000");
+        let busy: Status = ApiError::Overloaded {
+            message: "too many".into(),
+            retry_after: std::time::Duration::from_millis(250),
+        }
+        .into();
+        assert_eq!(busy.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(busy.metadata().get(RETRY_AFTER_MS).unwrap(), "250");
+        let gone: Status = ApiError::Store(StoreError::Etcd(etcd_client::Error::InvalidArgs(
+            "x".into(),
+        )))
+        .into();
+        assert_eq!(gone.code(), tonic::Code::Unavailable);
+        assert!(gone.message().starts_with("state store unavailable"));
+    }
 
     #[test]
     fn names() {

@@ -34,7 +34,7 @@ async fn connect_store(config: &Config) -> anyhow::Result<Store> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         match Store::connect(&config.etcd, &config.key_prefix).await {
-            Ok(store) => return Ok(store),
+            Ok(store) => return Ok(store.with_payload_limits(config.limits.payload_limits())),
             Err(e) if tokio::time::Instant::now() < deadline => {
                 warn!(error = %e, "etcd not reachable yet; retrying");
                 tokio::time::sleep(delay).await;
@@ -117,7 +117,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 // would wait forever.
                 let mut reloaded = false;
                 for attempt in 1..=5 {
-                    match requeue_pending(&store, &handle, &config.registry).await {
+                    match requeue_pending(&store, &handle, &config.registry, &calls).await {
                         Ok(()) => {
                             reloaded = true;
                             break;
@@ -300,8 +300,11 @@ async fn requeue_pending(
     store: &Store,
     broker: &BrokerHandle,
     registry_host: &str,
+    watch: &watch::CallWatch,
 ) -> Result<(), store::StoreError> {
-    let calls: Vec<Call> = store.list(Kind::Call).await?;
+    let calls: Vec<Call> = store.pending_calls().await?;
+    // Admission counts the queued calls from here on.
+    watch.reset_queued(&calls);
     // Everything is read first and handed over at the end: a failed
     // attempt, retried, hands no call over twice.
     let mut adopted = Vec::new();
@@ -356,6 +359,7 @@ async fn requeue_pending(
                 });
                 call.finished_at_ms = error::now_ms();
                 store.put(Kind::Call, &call.id.clone(), &call).await?;
+                watch.unqueue(&call.id);
             }
         }
     }

@@ -1,21 +1,40 @@
 //! Persistence in etcd: every object is a protobuf message under a versioned
 //! key prefix (`<prefix>/<kind>/<name>`), so the stored form is the public
 //! contract itself and needs no second schema.
+//!
+//! A call's params and result do not live in its record but beside it
+//! (`call-params/<id>`, `call-results/<id>`), like its logs: listing N calls
+//! never carries N payloads. Records written before that split carry them
+//! inline; readers accept both forms.
+//!
+//! Every read of a prefix is paged by count, and the page size is adapted
+//! to the size of the values seen, so that no response can exceed the
+//! client's decode limit (etcd's values go up to its request limit, 1.5 MiB
+//! by default: a fixed count of them has no fixed size).
+
+use std::any::Any;
 
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+    AlarmAction, AlarmOptions, AlarmType, Client, CompactionOptions, Compare, CompareOp, EventType,
+    GetOptions, KvClient, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchClient,
     WatchOptions,
 };
+use faas_proto::v1::{Call, CallLogs, CallStatus};
 use prost::Message;
 
 /// The kinds of objects kept in etcd, each under its own key prefix.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Runtime,
     Function,
+    /// A call's record, without its params and result.
     Call,
     /// A call's logs, kept apart so that listing calls stays small.
     Logs,
+    /// A call's params (the JSON text), beside its record.
+    Params,
+    /// A call's result (the JSON text), beside its record.
+    Result,
     /// A node drained by an operator (a `Node` record): it stays drained
     /// across agent reconnects and leader changes until undrained.
     Drain,
@@ -28,20 +47,170 @@ impl Kind {
             Kind::Function => "functions",
             Kind::Call => "calls",
             Kind::Logs => "logs",
+            Kind::Params => "call-params",
+            Kind::Result => "call-results",
             Kind::Drain => "drains",
         }
     }
 }
 
+/// Largest response the store's clients decode. Pages are sized to stay far
+/// below it; a page that still exceeds it is read again in halves.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// What a page of a prefix read aims at, in bytes of values.
+const PAGE_BYTES: usize = 8 << 20;
+/// Most records a page holds, however small.
+const MAX_PAGE: i64 = 1000;
+/// The first page's count, before any value size is known. A prefix of
+/// values near etcd's request limit overflows it: it is then halved.
+const FIRST_PAGE: i64 = 200;
+/// etcd's default `--max-txn-ops`: a transaction holds at most this many
+/// operations.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// How many records the next page asks for, given the largest value of the
+/// last one: about [`PAGE_BYTES`] of them, at least one, at most
+/// [`MAX_PAGE`].
+pub fn next_page_limit(largest_value: usize) -> i64 {
+    ((PAGE_BYTES / largest_value.max(256)) as i64).clamp(1, MAX_PAGE)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
+    Etcd(etcd_client::Error),
     #[error("corrupt record at {key}: {source}")]
     Decode {
         key: String,
         source: prost::DecodeError,
     },
+    /// etcd's space quota is reached (its NOSPACE alarm is raised): no
+    /// write succeeds until the control plane has compacted, defragmented
+    /// and disarmed it.
+    #[error("cluster storage is full (etcd's space quota is reached); the control plane is reclaiming space: retry later")]
+    NoSpace,
+    /// The request is over etcd's request or transaction size limits: it
+    /// can never succeed as it is.
+    #[error("the record is too large for the state store: {0}")]
+    TooLarge(String),
+}
+
+impl StoreError {
+    /// The same request cannot succeed on retry (not before an operator or
+    /// the space reclaimer acts): a caller ends what it was doing instead
+    /// of retrying forever.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StoreError::NoSpace | StoreError::TooLarge(_))
+    }
+}
+
+impl From<etcd_client::Error> for StoreError {
+    fn from(e: etcd_client::Error) -> StoreError {
+        if let etcd_client::Error::GRpcStatus(s) = &e {
+            let message = s.message();
+            if message.contains("database space exceeded") {
+                return StoreError::NoSpace;
+            }
+            // etcd: "request is too large", "too many operations in txn
+            // request"; gRPC: "received message larger than max".
+            if message.contains("request is too large")
+                || message.contains("too many operations")
+                || message.contains("larger than max")
+            {
+                return StoreError::TooLarge(message.to_string());
+            }
+        }
+        StoreError::Etcd(e)
+    }
+}
+
+/// Whether a read failed because its response was over the decode limit.
+fn response_too_large(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.message().contains("decoded message length too large"))
+}
+
+/// The record of a call as stored: without its params and result.
+fn strip_payloads(call: &Call) -> Call {
+    Call {
+        params_json: String::new(),
+        result_json: String::new(),
+        ..call.clone()
+    }
+}
+
+/// Bounds on what a call's final write carries, so that it always fits in
+/// one etcd transaction (1.5 MiB by default).
+#[derive(Clone, Debug)]
+pub struct PayloadLimits {
+    pub max_result_bytes: u64,
+    pub max_log_bytes: u64,
+}
+
+impl Default for PayloadLimits {
+    fn default() -> Self {
+        PayloadLimits {
+            max_result_bytes: 256 << 10,
+            max_log_bytes: 64 << 10,
+        }
+    }
+}
+
+/// Fits a final call and its logs within `limits`: a result over the limit
+/// cannot be stored, so the call ends FAILED with reason `platform`; logs
+/// over it are cut (keeping their end, where errors are) and marked
+/// truncated. Pure: the broker may apply it before publishing.
+pub fn bound_final(call: &mut Call, logs: &mut CallLogs, limits: &PayloadLimits) {
+    let result_len = call.result_json.len() as u64;
+    if result_len > limits.max_result_bytes {
+        call.result_json.clear();
+        call.status = CallStatus::Failed as i32;
+        let log_tail = call.error.take().map(|e| e.log_tail).unwrap_or_default();
+        call.error = Some(faas_proto::v1::CallError {
+            reason: "platform".into(),
+            message: format!(
+                "the result is {result_len} bytes, over the limit of {} bytes",
+                limits.max_result_bytes
+            ),
+            log_tail,
+        });
+    }
+    if logs.logs.len() as u64 > limits.max_log_bytes {
+        let cut = logs.logs.len() - limits.max_log_bytes as usize;
+        logs.logs.drain(..cut);
+        logs.truncated = true;
+        call.logs_truncated = true;
+    }
+    if let Some(error) = call.error.as_mut() {
+        // The tail is for a glance; the logs hold the rest.
+        const MAX_TAIL: usize = 4 << 10;
+        if error.log_tail.len() > MAX_TAIL {
+            let mut start = error.log_tail.len() - MAX_TAIL;
+            while !error.log_tail.is_char_boundary(start) {
+                start += 1;
+            }
+            error.log_tail.drain(..start);
+        }
+        if error.message.len() > MAX_TAIL {
+            let mut end = MAX_TAIL;
+            while !error.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            error.message.truncate(end);
+        }
+    }
+}
+
+/// The end of the key range of every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 #[derive(Clone)]
@@ -50,6 +219,10 @@ pub struct Store {
     /// sending requests to a dead member, so the store moves to the next
     /// member itself when one stops answering.
     clients: std::sync::Arc<Vec<Client>>,
+    /// Their KV and watch clients, with the decode limit raised to
+    /// [`MAX_RESPONSE_BYTES`] (etcd-client's default is 4 MiB).
+    kvs: std::sync::Arc<Vec<KvClient>>,
+    watchers: std::sync::Arc<Vec<WatchClient>>,
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// When the store last moved to another member (ms since `epoch`):
     /// a burst of concurrent failures on one dead member moves once, not
@@ -57,6 +230,10 @@ pub struct Store {
     switched_at_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     epoch: std::time::Instant,
     prefix: String,
+    /// Woken when a write meets etcd's NOSPACE alarm, so that the leader
+    /// reclaims space at once rather than at its next periodic check.
+    nospace: std::sync::Arc<tokio::sync::Notify>,
+    payload_limits: std::sync::Arc<PayloadLimits>,
 }
 
 /// Failures closer together than this move to the next member only once.
@@ -89,19 +266,48 @@ impl Store {
                 ))
             }));
         }
+        let kvs = clients
+            .iter()
+            .map(|c| c.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES))
+            .collect();
+        let watchers = clients
+            .iter()
+            .map(|c| {
+                c.watch_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+            })
+            .collect();
         Ok(Store {
             clients: std::sync::Arc::new(clients),
+            kvs: std::sync::Arc::new(kvs),
+            watchers: std::sync::Arc::new(watchers),
             current: Default::default(),
             switched_at_ms: Default::default(),
             epoch: std::time::Instant::now(),
             prefix: prefix.trim_end_matches('/').to_string(),
+            nospace: Default::default(),
+            payload_limits: Default::default(),
         })
+    }
+
+    /// Sets the bounds [`Store::write_final_call`] applies.
+    pub fn with_payload_limits(mut self, limits: PayloadLimits) -> Store {
+        self.payload_limits = std::sync::Arc::new(limits);
+        self
+    }
+
+    fn member(&self) -> usize {
+        self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len()
     }
 
     /// A client of the etcd member in use.
     pub fn client(&self) -> Client {
-        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
-        self.clients[i].clone()
+        self.clients[self.member()].clone()
+    }
+
+    /// The KV client of the etcd member in use (large responses allowed).
+    fn kv(&self) -> KvClient {
+        self.kvs[self.member()].clone()
     }
 
     /// How many etcd members the store knows.
@@ -139,7 +345,7 @@ impl Store {
 
     /// Passes a result through; on an error that says the member is gone
     /// (transport, unavailable, timeout), the next call goes to the next
-    /// member.
+    /// member. Errors are typed (NOSPACE, too large: see [`StoreError`]).
     pub fn check<T>(&self, result: Result<T, etcd_client::Error>) -> Result<T, StoreError> {
         if let Err(e) = &result {
             let gone = match e {
@@ -154,12 +360,16 @@ impl Store {
                 _ => false,
             };
             if gone && self.next_member() {
-                let member =
-                    self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
-                tracing::warn!(error = %e, member, "etcd member not answering; moving to the next");
+                tracing::warn!(error = %e, member = self.member(), "etcd member not answering; moving to the next");
             }
         }
-        Ok(result?)
+        result.map_err(|e| {
+            let error = StoreError::from(e);
+            if matches!(error, StoreError::NoSpace) {
+                self.nospace.notify_one();
+            }
+            error
+        })
     }
 
     /// The key prefix everything lives under (e.g. `/faas/v1`).
@@ -181,39 +391,63 @@ impl Store {
         name: &str,
     ) -> Result<Option<M>, StoreError> {
         let key = self.key(kind, name);
-        let resp = self.check(self.client().get(key.as_str(), None).await)?;
+        let resp = self.check(self.kv().get(key.as_str(), None).await)?;
         match resp.kvs().first() {
             None => Ok(None),
             Some(kv) => decode(&key, kv.value()).map(Some),
         }
     }
 
-    pub async fn put<M: Message>(
+    /// The operations that write an object: a call's record is written
+    /// without its params and result, and a result it carries goes beside
+    /// it (params are written once, by [`Store::create_call`]).
+    fn put_ops<M: Message + 'static>(&self, kind: Kind, name: &str, value: &M) -> Vec<TxnOp> {
+        let key = self.key(kind, name);
+        match (value as &dyn Any).downcast_ref::<Call>() {
+            Some(call) if kind == Kind::Call => {
+                let mut ops = vec![TxnOp::put(key, strip_payloads(call).encode_to_vec(), None)];
+                if !call.result_json.is_empty() {
+                    ops.push(TxnOp::put(
+                        self.key(Kind::Result, name),
+                        call.result_json.as_bytes(),
+                        None,
+                    ));
+                }
+                ops
+            }
+            _ => vec![TxnOp::put(key, value.encode_to_vec(), None)],
+        }
+    }
+
+    pub async fn put<M: Message + 'static>(
         &self,
         kind: Kind,
         name: &str,
         value: &M,
     ) -> Result<(), StoreError> {
-        self.check(
-            self.client()
-                .put(self.key(kind, name), value.encode_to_vec(), None)
-                .await,
-        )?;
+        let ops = self.put_ops(kind, name, value);
+        self.check(self.kv().txn(Txn::new().and_then(ops)).await)?;
         Ok(())
     }
 
-    /// Writes several objects in one transaction (one Raft commit).
+    /// Writes several objects in one transaction (one Raft commit). Call
+    /// records are split from their result as by [`Store::put`].
     pub async fn put_many(&self, items: Vec<(Kind, String, Vec<u8>)>) -> Result<(), StoreError> {
-        let ops: Vec<TxnOp> = items
-            .into_iter()
-            .map(|(kind, name, value)| TxnOp::put(self.key(kind, &name), value, None))
-            .collect();
-        self.check(self.client().txn(Txn::new().and_then(ops)).await)?;
+        let mut ops = Vec::new();
+        for (kind, name, value) in items {
+            if kind == Kind::Call {
+                let call: Call = decode(&self.key(kind, &name), &value)?;
+                ops.extend(self.put_ops(kind, &name, &call));
+            } else {
+                ops.push(TxnOp::put(self.key(kind, &name), value, None));
+            }
+        }
+        self.check(self.kv().txn(Txn::new().and_then(ops)).await)?;
         Ok(())
     }
 
     /// Creates the object; false if one of that name already exists.
-    pub async fn create<M: Message>(
+    pub async fn create<M: Message + 'static>(
         &self,
         kind: Kind,
         name: &str,
@@ -222,33 +456,160 @@ impl Store {
         let key = self.key(kind, name);
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.as_str(), value.encode_to_vec(), None)]);
-        Ok(self.check(self.client().txn(txn).await)?.succeeded())
+            .and_then(self.put_ops(kind, name, value));
+        Ok(self.check(self.kv().txn(txn).await)?.succeeded())
     }
 
-    /// Writes the object only while `fence` (a key and its create revision:
-    /// the leader's election key) still exists as it was; false otherwise.
-    pub async fn put_fenced<M: Message>(
+    /// Records a new call: its record and, beside it, its params, in one
+    /// transaction; fenced by the leader's election key if given (false:
+    /// this replica no longer leads, and nothing was written).
+    pub async fn create_call(
         &self,
-        kind: Kind,
-        name: &str,
-        value: &M,
-        fence: &crate::leader::LeaderFence,
+        call: &Call,
+        fence: Option<&crate::leader::LeaderFence>,
     ) -> Result<bool, StoreError> {
-        let key = self.key(kind, name);
-        let txn = Txn::new()
-            .when([Compare::create_revision(
+        let mut ops = self.put_ops(Kind::Call, &call.id, call);
+        ops.push(TxnOp::put(
+            self.key(Kind::Params, &call.id),
+            call.params_json.as_bytes(),
+            None,
+        ));
+        let mut txn = Txn::new();
+        if let Some(fence) = fence {
+            txn = txn.when([Compare::create_revision(
                 fence.key.clone(),
                 CompareOp::Equal,
                 fence.revision,
-            )])
-            .and_then([TxnOp::put(key.as_str(), value.encode_to_vec(), None)]);
-        Ok(self.check(self.client().txn(txn).await)?.succeeded())
+            )]);
+        }
+        Ok(self
+            .check(self.kv().txn(txn.and_then(ops)).await)?
+            .succeeded())
+    }
+
+    /// Records a call's final state with its result and logs, each under
+    /// its own key, in one transaction, first fitting them within the
+    /// payload limits ([`bound_final`]). Returns the call as recorded (what
+    /// waiters are to be told). A [`StoreError::is_permanent`] error
+    /// (NOSPACE, too large) means it cannot be written as it is.
+    pub async fn write_final_call(
+        &self,
+        mut call: Call,
+        mut logs: CallLogs,
+    ) -> Result<Call, StoreError> {
+        bound_final(&mut call, &mut logs, &self.payload_limits);
+        let mut ops = self.put_ops(Kind::Call, &call.id, &call);
+        ops.push(TxnOp::put(
+            self.key(Kind::Logs, &call.id),
+            logs.encode_to_vec(),
+            None,
+        ));
+        self.check(self.kv().txn(Txn::new().and_then(ops)).await)?;
+        Ok(call)
+    }
+
+    /// The calls still queued or running, with their params (a new leader
+    /// runs or awaits them). Finished calls are skipped as they are read.
+    pub async fn pending_calls(&self) -> Result<Vec<Call>, StoreError> {
+        let mut pending = Vec::new();
+        self.scan(Kind::Call, Order::Ascending, None, |_, call: Call| {
+            if matches!(call.status(), CallStatus::Queued | CallStatus::Running) {
+                pending.push(call);
+            }
+            true
+        })
+        .await?;
+        // Pending records from before payloads moved beside them carry
+        // their params inline: they are moved beside now, as the record's
+        // next write (RUNNING, final) stores it without them.
+        for call in pending.iter().filter(|c| !c.params_json.is_empty()) {
+            self.check(
+                self.kv()
+                    .put(
+                        self.key(Kind::Params, &call.id),
+                        call.params_json.as_bytes(),
+                        None,
+                    )
+                    .await,
+            )?;
+        }
+        self.fill_params(&mut pending).await?;
+        Ok(pending)
+    }
+
+    /// A call with its params and result, read in one transaction. Records
+    /// written before payloads moved beside them carry them inline.
+    pub async fn get_call(&self, id: &str) -> Result<Option<Call>, StoreError> {
+        let keys = [
+            self.key(Kind::Call, id),
+            self.key(Kind::Params, id),
+            self.key(Kind::Result, id),
+        ];
+        let txn = Txn::new().and_then(
+            keys.iter()
+                .map(|k| TxnOp::get(k.as_str(), None))
+                .collect::<Vec<_>>(),
+        );
+        let resp = self.check(self.kv().txn(txn).await)?;
+        let values: Vec<Option<Vec<u8>>> = resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            })
+            .collect();
+        let Some(Some(record)) = values.first() else {
+            return Ok(None);
+        };
+        let mut call: Call = decode(&keys[0], record)?;
+        let text = |i: usize| {
+            values
+                .get(i)
+                .cloned()
+                .flatten()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        };
+        if call.params_json.is_empty() {
+            call.params_json = text(1).unwrap_or_default();
+        }
+        if call.result_json.is_empty() {
+            call.result_json = text(2).unwrap_or_default();
+        }
+        Ok(Some(call))
+    }
+
+    /// The params of each call, read beside its record (or inline, for old
+    /// records), a few per transaction so that no response is too large.
+    pub async fn fill_params(&self, calls: &mut [Call]) -> Result<(), StoreError> {
+        // Each value is at most etcd's request limit (1.5 MiB by default).
+        const PER_TXN: usize = 16;
+        let mut missing: Vec<&mut Call> = calls
+            .iter_mut()
+            .filter(|c| c.params_json.is_empty())
+            .collect();
+        for chunk in missing.chunks_mut(PER_TXN) {
+            let txn = Txn::new().and_then(
+                chunk
+                    .iter()
+                    .map(|c| TxnOp::get(self.key(Kind::Params, &c.id), None))
+                    .collect::<Vec<_>>(),
+            );
+            let resp = self.check(self.kv().txn(txn).await)?;
+            for (call, r) in chunk.iter_mut().zip(resp.op_responses()) {
+                if let TxnOpResponse::Get(g) = r {
+                    if let Some(kv) = g.kvs().first() {
+                        call.params_json = String::from_utf8_lossy(kv.value()).into_owned();
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes the object only if its key is at `version` (1: written once);
     /// false if it was changed since.
-    pub async fn put_if_version<M: Message>(
+    pub async fn put_if_version<M: Message + 'static>(
         &self,
         kind: Kind,
         name: &str,
@@ -258,96 +619,260 @@ impl Store {
         let key = self.key(kind, name);
         let txn = Txn::new()
             .when([Compare::version(key.as_str(), CompareOp::Equal, version)])
-            .and_then([TxnOp::put(key.as_str(), value.encode_to_vec(), None)]);
-        Ok(self.check(self.client().txn(txn).await)?.succeeded())
+            .and_then(self.put_ops(kind, name, value));
+        Ok(self.check(self.kv().txn(txn).await)?.succeeded())
     }
 
-    /// Up to `limit` objects of a kind in ascending key order (oldest calls
-    /// first), with their names.
-    pub async fn list_ascending<M: Message + Default>(
-        &self,
-        kind: Kind,
-        limit: i64,
-    ) -> Result<Vec<(String, M)>, StoreError> {
-        let dir = self.dir(kind);
-        let opts = GetOptions::new().with_prefix().with_limit(limit);
-        let resp = self.check(self.client().get(dir.as_str(), Some(opts)).await)?;
-        resp.kvs()
-            .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).to_string();
-                let name = key.strip_prefix(&dir).unwrap_or(&key).to_string();
-                decode(&key, kv.value()).map(|m| (name, m))
-            })
-            .collect()
-    }
-
-    /// How many objects of a kind there are.
+    /// How many objects of a kind there are (from etcd's index: no value
+    /// is read).
     pub async fn count(&self, kind: Kind) -> Result<i64, StoreError> {
         let dir = self.dir(kind);
         let opts = GetOptions::new().with_prefix().with_count_only();
         Ok(self
-            .check(self.client().get(dir.as_str(), Some(opts)).await)?
+            .check(self.kv().get(dir.as_str(), Some(opts)).await)?
             .count())
     }
 
-    /// Deletes several objects in one transaction.
+    /// Deletes several objects, in transactions of at most
+    /// [`MAX_TXN_OPS`] operations each.
     pub async fn delete_many(&self, items: &[(Kind, String)]) -> Result<(), StoreError> {
-        let ops: Vec<TxnOp> = items
-            .iter()
-            .map(|(kind, name)| TxnOp::delete(self.key(*kind, name), None))
-            .collect();
-        self.check(self.client().txn(Txn::new().and_then(ops)).await)?;
+        for chunk in items.chunks(MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(kind, name)| TxnOp::delete(self.key(*kind, name), None))
+                .collect();
+            match self.check(self.kv().txn(Txn::new().and_then(ops)).await) {
+                Ok(_) => {}
+                // A full etcd refuses transactions, but not plain deletes:
+                // deleting is how space is reclaimed.
+                Err(StoreError::NoSpace) => {
+                    for (kind, name) in chunk {
+                        self.check(self.kv().delete(self.key(*kind, name), None).await)?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
+    }
+
+    /// Deletes calls with everything beside their records (params, result,
+    /// logs).
+    pub async fn delete_calls(&self, ids: &[String]) -> Result<(), StoreError> {
+        let items: Vec<(Kind, String)> = ids
+            .iter()
+            .flat_map(|id| {
+                [Kind::Call, Kind::Params, Kind::Result, Kind::Logs].map(|k| (k, id.clone()))
+            })
+            .collect();
+        self.delete_many(&items).await
     }
 
     /// Deletes the object; false if it did not exist.
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<bool, StoreError> {
-        let resp = self.check(self.client().delete(self.key(kind, name), None).await)?;
+        let resp = self.check(self.kv().delete(self.key(kind, name), None).await)?;
         Ok(resp.deleted() > 0)
     }
 
-    /// Every object of a kind, in key order.
+    /// Every object of a kind, in key order (read page by page).
     pub async fn list<M: Message + Default>(&self, kind: Kind) -> Result<Vec<M>, StoreError> {
-        let dir = self.dir(kind);
-        let resp = self.check(
-            self.client()
-                .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
-                .await,
-        )?;
-        resp.kvs()
-            .iter()
-            .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
-            .collect()
+        let mut out = Vec::new();
+        self.scan(kind, Order::Ascending, None, |_, m| {
+            out.push(m);
+            true
+        })
+        .await?;
+        Ok(out)
     }
 
-    /// Up to `limit` objects of a kind in descending key order, starting
-    /// strictly below `before` (a name) if given. Returns the objects with
-    /// their names.
-    pub async fn list_descending<M: Message + Default>(
+    /// Objects of a kind with their names, in `order`, starting strictly
+    /// after `after` (a name) if given, handed to `visit` until it returns
+    /// false. Read page by page at one revision (the first page's), which
+    /// is returned.
+    pub async fn scan<M: Message + Default>(
         &self,
         kind: Kind,
-        before: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<(String, M)>, StoreError> {
+        order: Order,
+        after: Option<&str>,
+        mut visit: impl FnMut(String, M) -> bool,
+    ) -> Result<i64, StoreError> {
         let dir = self.dir(kind);
-        let mut opts = GetOptions::new()
-            .with_sort(SortTarget::Key, SortOrder::Descend)
-            .with_limit(limit);
-        opts = match before {
-            Some(name) => opts.with_range(format!("{dir}{name}")),
-            None => opts.with_prefix(),
-        };
-        let resp = self.check(self.client().get(dir.as_str(), Some(opts)).await)?;
-        resp.kvs()
-            .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).to_string();
-                let name = key.strip_prefix(&dir).unwrap_or(&key).to_string();
-                decode(&key, kv.value()).map(|m| (name, m))
-            })
-            .collect()
+        self.scan_raw(kind, order, after, |key, value| {
+            let name = key.strip_prefix(dir.as_str()).unwrap_or(key).to_string();
+            Ok(visit(name, decode(key, value)?))
+        })
+        .await
     }
+
+    async fn scan_raw(
+        &self,
+        kind: Kind,
+        order: Order,
+        after: Option<&str>,
+        mut visit: impl FnMut(&str, &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<i64, StoreError> {
+        let dir = self.dir(kind);
+        let (mut low, mut high) = match (order, after) {
+            (_, None) => (dir.clone().into_bytes(), prefix_end(dir.as_bytes())),
+            (Order::Ascending, Some(name)) => {
+                let mut low = self.key(kind, name).into_bytes();
+                low.push(0);
+                (low, prefix_end(dir.as_bytes()))
+            }
+            (Order::Descending, Some(name)) => {
+                (dir.clone().into_bytes(), self.key(kind, name).into_bytes())
+            }
+        };
+        let mut limit = FIRST_PAGE;
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new().with_range(high.clone()).with_limit(limit);
+            let mut start = low.clone();
+            if order == Order::Descending {
+                options = options.with_sort(SortTarget::Key, SortOrder::Descend);
+                start = self
+                    .descending_window(&dir, &low, &high, limit, revision)
+                    .await?;
+            }
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let resp = match self.kv().get(start, Some(options)).await {
+                Err(e) if response_too_large(&e) && limit > 1 => {
+                    limit = (limit / 2).max(1);
+                    tracing::debug!(
+                        ?kind,
+                        limit,
+                        "page over the decode limit; reading smaller pages"
+                    );
+                    continue;
+                }
+                other => self.check(other)?,
+            };
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let mut largest = 0;
+            for kv in resp.kvs() {
+                largest = largest.max(kv.value().len());
+                let key = String::from_utf8_lossy(kv.key());
+                if !visit(&key, kv.value())? {
+                    return Ok(revision);
+                }
+            }
+            let Some(last) = resp.kvs().last() else {
+                return Ok(revision);
+            };
+            if !resp.more() {
+                return Ok(revision);
+            }
+            match order {
+                Order::Ascending => {
+                    low = last.key().to_vec();
+                    low.push(0);
+                }
+                Order::Descending => high = last.key().to_vec(),
+            }
+            limit = next_page_limit(largest);
+        }
+    }
+}
+
+impl Store {
+    /// Where a descending page of `limit` records below `high` starts. etcd
+    /// sorts a range in descending order by reading all of it (its limit
+    /// applies after the sort): over thousands of calls every page would
+    /// read them all. Call names are UUIDv7, time first, so the range is
+    /// narrowed by time, with counts (from etcd's index, no value read),
+    /// to the last millisecond that still holds more than `limit` records
+    /// below `high`. Names that are not UUIDv7 fall back to the whole range.
+    async fn descending_window(
+        &self,
+        dir: &str,
+        low: &[u8],
+        high: &[u8],
+        limit: i64,
+        revision: i64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let count = |from: Vec<u8>| {
+            let mut options = GetOptions::new()
+                .with_range(high.to_vec())
+                .with_count_only();
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let mut kv = self.kv();
+            async move {
+                self.check(kv.get(from, Some(options)).await)
+                    .map(|r| r.count())
+            }
+        };
+        if count(low.to_vec()).await? <= limit {
+            return Ok(low.to_vec());
+        }
+        let mut options = GetOptions::new()
+            .with_range(high.to_vec())
+            .with_limit(1)
+            .with_keys_only();
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let first = self.check(self.kv().get(low.to_vec(), Some(options)).await)?;
+        let name_time = |key: &[u8]| {
+            std::str::from_utf8(key)
+                .ok()
+                .and_then(|k| k.strip_prefix(dir))
+                .and_then(uuid_time_ms)
+        };
+        let Some(first_ms) = first.kvs().first().and_then(|kv| name_time(kv.key())) else {
+            return Ok(low.to_vec());
+        };
+        let high_ms = match name_time(high) {
+            Some(ms) => ms,
+            // No bound: up to now (a later name, from a clock ahead, only
+            // widens the window).
+            None if high == prefix_end(dir.as_bytes()).as_slice() => {
+                crate::error::now_ms().max(0) as u64 + 1
+            }
+            None => return Ok(low.to_vec()),
+        };
+        // Kept: count(key(lo)) > limit, so the window holds the newest
+        // `limit`; and (but for clocks ahead) count(key(hi)) <= limit.
+        let (mut lo, mut hi) = (first_ms, high_ms.saturating_add(1).max(first_ms + 1));
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if count(time_key(dir, mid)).await? <= limit {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        Ok(time_key(dir, lo))
+    }
+}
+
+/// The creation time (ms) in a UUIDv7 name.
+fn uuid_time_ms(name: &str) -> Option<u64> {
+    let high = name.get(0..8)?;
+    let low = name.get(9..13)?;
+    if name.get(8..9)? != "-" {
+        return None;
+    }
+    let ms = (u64::from_str_radix(high, 16).ok()? << 16) | u64::from_str_radix(low, 16).ok()?;
+    Some(ms)
+}
+
+/// The smallest key of a UUIDv7 name created at `ms` or later.
+fn time_key(dir: &str, ms: u64) -> Vec<u8> {
+    format!("{dir}{:08x}-{:04x}", ms >> 16, ms & 0xffff).into_bytes()
+}
+
+/// The order of a scan, by key (for calls: by time, their ids being
+/// UUIDv7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Ascending,
+    Descending,
 }
 
 /// A change to an object of a watched kind.
@@ -368,12 +893,17 @@ impl Store {
     ) {
         let dir = self.dir(kind);
         loop {
-            let listed = self.check(
-                self.client()
-                    .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
-                    .await,
-            );
-            let resp = match listed {
+            let mut stopped = false;
+            let listed = self
+                .scan(kind, Order::Ascending, None, |_, m| {
+                    stopped = !f(Change::Put(m));
+                    !stopped
+                })
+                .await;
+            if stopped {
+                return;
+            }
+            let revision = match listed {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, kind = ?kind, "listing for a watch failed; retrying");
@@ -381,26 +911,18 @@ impl Store {
                     continue;
                 }
             };
-            let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            for kv in resp.kvs() {
-                if let Ok(m) = decode(&String::from_utf8_lossy(kv.key()), kv.value()) {
-                    if !f(Change::Put(m)) {
-                        return;
-                    }
-                }
-            }
             let options = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(revision + 1);
-            let mut stream =
-                match self.check(self.client().watch(dir.as_str(), Some(options)).await) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, kind = ?kind, "watch failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
+            let mut watcher = self.watchers[self.member()].clone();
+            let mut stream = match self.check(watcher.watch(dir.as_str(), Some(options)).await) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = ?kind, "watch failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
             loop {
                 match stream.message().await {
                     Ok(Some(resp)) if resp.canceled() || resp.compact_revision() > 0 => break,
@@ -430,9 +952,202 @@ impl Store {
     }
 }
 
+/// Reclaiming space when etcd's quota is reached.
+impl Store {
+    /// Resolves when a write met the NOSPACE alarm.
+    pub async fn nospace_seen(&self) {
+        self.nospace.notified().await
+    }
+
+    /// Members with a NOSPACE alarm raised (etcd member ids).
+    pub async fn nospace_alarms(&self) -> Result<Vec<u64>, StoreError> {
+        let resp = self.check(
+            self.client()
+                .alarm(AlarmAction::Get, AlarmType::None, None)
+                .await,
+        )?;
+        Ok(resp
+            .alarms()
+            .iter()
+            .filter(|a| a.alarm() == AlarmType::Nospace)
+            .map(|a| a.member_id())
+            .collect())
+    }
+
+    /// Compacts the history up to the current revision, defragments every
+    /// member (the file only shrinks then), and disarms the NOSPACE alarms.
+    /// If the live data alone still fills the quota, etcd raises the alarm
+    /// again at the next write.
+    pub async fn reclaim_space(&self, alarmed: &[u64]) -> Result<(), StoreError> {
+        let mut kv = self.kv();
+        let revision = self
+            .check(kv.get(self.prefix.as_str(), None).await)?
+            .header()
+            .map(|h| h.revision())
+            .unwrap_or(0);
+        match self.check(
+            kv.compact(revision, Some(CompactionOptions::new().with_physical()))
+                .await,
+        ) {
+            Ok(_) => {}
+            // Compacted to there already (by etcd's auto-compaction).
+            Err(StoreError::Etcd(etcd_client::Error::GRpcStatus(s)))
+                if s.message().contains("compacted") => {}
+            Err(e) => return Err(e),
+        }
+        for (i, client) in self.clients.iter().enumerate() {
+            let mut client = client.clone();
+            if let Err(e) = client.defragment().await {
+                tracing::warn!(member = i, error = %e, "defragmenting an etcd member failed");
+            }
+        }
+        for &member in alarmed {
+            let mut options = AlarmOptions::new();
+            options.with_member(member);
+            self.check(
+                self.client()
+                    .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(options))
+                    .await,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|source| StoreError::Decode {
         key: key.to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_hold_about_the_byte_budget() {
+        // Small records: the count cap.
+        assert_eq!(next_page_limit(100), MAX_PAGE);
+        assert_eq!(next_page_limit(0), MAX_PAGE);
+        // Old call records with 256 KiB params and result inline.
+        let big = next_page_limit(512 << 10);
+        assert_eq!(big, 16);
+        assert!(big as usize * (512 << 10) <= MAX_RESPONSE_BYTES / 4);
+        // Values at etcd's request limit still fit several to a page, and
+        // values beyond the budget one at a time.
+        assert!(next_page_limit(3 << 19) as usize * (3 << 19) <= PAGE_BYTES);
+        assert_eq!(next_page_limit(PAGE_BYTES * 2), 1);
+        // The first page, before any size is known, at the largest value
+        // etcd accepts by default, is within the decode limit once halved
+        // at most twice.
+        assert!((FIRST_PAGE / 4) as usize * (3 << 19) <= MAX_RESPONSE_BYTES);
+    }
+
+    #[test]
+    fn uuid_names_give_their_time() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let ms = uuid_time_ms(&id).expect("v7");
+        let (secs, nanos) = uuid::Uuid::parse_str(&id)
+            .unwrap()
+            .get_timestamp()
+            .unwrap()
+            .to_unix();
+        assert_eq!(ms, secs * 1000 + u64::from(nanos) / 1_000_000);
+        let key = time_key("d/", ms);
+        assert!(key.as_slice() <= format!("d/{id}").as_bytes());
+        assert!(time_key("d/", ms + 1).as_slice() > format!("d/{id}").as_bytes());
+        assert_eq!(uuid_time_ms("not-a-uuid"), None);
+    }
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"/faas/v1/calls/"), b"/faas/v1/calls0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn records_are_stored_without_payloads() {
+        let call = Call {
+            id: "x".into(),
+            params_json: "{\"a\":1}".into(),
+            result_json: "2".into(),
+            status: CallStatus::Succeeded as i32,
+            ..Default::default()
+        };
+        let stored = strip_payloads(&call);
+        assert!(stored.params_json.is_empty() && stored.result_json.is_empty());
+        assert_eq!(stored.status(), CallStatus::Succeeded);
+    }
+
+    #[test]
+    fn final_writes_are_bounded() {
+        let limits = PayloadLimits {
+            max_result_bytes: 10,
+            max_log_bytes: 4,
+        };
+        let mut call = Call {
+            status: CallStatus::Succeeded as i32,
+            result_json: "\"0123456789\"".into(),
+            ..Default::default()
+        };
+        let mut logs = CallLogs {
+            logs: b"abcdefgh".to_vec(),
+            truncated: false,
+        };
+        bound_final(&mut call, &mut logs, &limits);
+        assert_eq!(call.status(), CallStatus::Failed);
+        assert_eq!(
+            call.error.as_ref().map(|e| e.reason.as_str()),
+            Some("platform")
+        );
+        assert!(call.result_json.is_empty());
+        assert_eq!(logs.logs, b"efgh");
+        assert!(logs.truncated && call.logs_truncated);
+        // Within the limits: untouched.
+        let mut ok = Call {
+            status: CallStatus::Succeeded as i32,
+            result_json: "1".into(),
+            ..Default::default()
+        };
+        let mut small = CallLogs::default();
+        bound_final(&mut ok, &mut small, &limits);
+        assert_eq!(
+            (ok.status(), ok.result_json.as_str()),
+            (CallStatus::Succeeded, "1")
+        );
+        assert!(!ok.logs_truncated);
+    }
+
+    #[test]
+    fn errors_that_cannot_succeed_on_retry() {
+        let status = |code, msg: &str| {
+            StoreError::from(etcd_client::Error::GRpcStatus(tonic::Status::new(
+                code, msg,
+            )))
+        };
+        let nospace = status(
+            tonic::Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        );
+        assert!(matches!(nospace, StoreError::NoSpace) && nospace.is_permanent());
+        let large = status(
+            tonic::Code::InvalidArgument,
+            "etcdserver: request is too large",
+        );
+        assert!(matches!(large, StoreError::TooLarge(_)) && large.is_permanent());
+        let ops = status(
+            tonic::Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+        );
+        assert!(ops.is_permanent());
+        assert!(!status(tonic::Code::Unavailable, "etcdserver: leader changed").is_permanent());
+        assert!(!status(tonic::Code::DeadlineExceeded, "context deadline exceeded").is_permanent());
+        assert!(response_too_large(&etcd_client::Error::GRpcStatus(
+            tonic::Status::out_of_range(
+                "Error, decoded message length too large: found 5 bytes, the limit is: 4 bytes"
+            )
+        )));
+    }
 }

@@ -1,5 +1,7 @@
 //! In-process notification of call status changes, so that a synchronous
-//! invoke or a WaitCall learns its call's outcome without polling etcd.
+//! invoke or a WaitCall learns its call's outcome without polling etcd; and,
+//! from the same changes, the leader's count of queued calls (admission
+//! control needs the queue depth on every submit, without reading etcd).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,6 +20,80 @@ pub fn is_final(call: &Call) -> bool {
 pub struct CallWatch {
     // Held only for map operations, never across an await.
     senders: Mutex<HashMap<String, watch::Sender<Call>>>,
+    queued: Mutex<QueuedCalls>,
+}
+
+/// The calls queued on this leader, by function. A call enters when it is
+/// accepted (or handed over at a takeover) and leaves with the first
+/// change the broker publishes (dispatched, or final); a call queued again
+/// (its node was lost) enters again.
+#[derive(Default, Debug)]
+pub struct QueuedCalls {
+    by_call: HashMap<String, String>,
+    by_function: HashMap<String, u64>,
+}
+
+/// A queue bound a new call would exceed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueFull {
+    Function { queued: u64, max: u64 },
+    Cluster { queued: u64, max: u64 },
+}
+
+impl QueuedCalls {
+    pub fn add(&mut self, id: &str, function: &str) {
+        if self
+            .by_call
+            .insert(id.to_string(), function.to_string())
+            .is_none()
+        {
+            *self.by_function.entry(function.to_string()).or_default() += 1;
+        }
+    }
+
+    pub fn remove(&mut self, id: &str) {
+        if let Some(function) = self.by_call.remove(id) {
+            if let Some(n) = self.by_function.get_mut(&function) {
+                *n -= 1;
+                if *n == 0 {
+                    self.by_function.remove(&function);
+                }
+            }
+        }
+    }
+
+    /// Queued calls of `function`, and in all.
+    pub fn depth(&self, function: &str) -> (u64, u64) {
+        (
+            self.by_function.get(function).copied().unwrap_or(0),
+            self.by_call.len() as u64,
+        )
+    }
+
+    /// Adds the call unless a bound would be exceeded.
+    pub fn try_add(
+        &mut self,
+        id: &str,
+        function: &str,
+        max_per_function: u64,
+        max_total: u64,
+    ) -> Result<(), QueueFull> {
+        let (mine, total) = self.depth(function);
+        if mine >= max_per_function {
+            return Err(QueueFull::Function {
+                queued: mine,
+                max: max_per_function,
+            });
+        }
+        if total >= max_total {
+            return Err(QueueFull::Cluster {
+                queued: total,
+                max: max_total,
+            });
+        }
+        self.add(id, function);
+        Ok(())
+    }
 }
 
 impl CallWatch {
@@ -33,6 +109,14 @@ impl CallWatch {
     /// Publishes a new state of a call to its subscribers, if any. A final
     /// state is the last: the channel is then dropped (receivers keep it).
     pub fn publish(&self, call: &Call) {
+        {
+            let mut queued = self.queued.lock().expect("poisoned");
+            if call.status() == CallStatus::Queued {
+                queued.add(&call.id, &call.function);
+            } else {
+                queued.remove(&call.id);
+            }
+        }
         let mut senders = self.senders.lock().expect("poisoned");
         if is_final(call) {
             if let Some(tx) = senders.remove(&call.id) {
@@ -49,5 +133,102 @@ impl CallWatch {
         if senders.get(id).is_some_and(|tx| tx.receiver_count() == 0) {
             senders.remove(id);
         }
+    }
+}
+
+impl CallWatch {
+    /// Counts a new call as queued unless a bound would be exceeded.
+    pub fn try_queue(
+        &self,
+        call: &Call,
+        max_per_function: u64,
+        max_total: u64,
+    ) -> Result<(), QueueFull> {
+        self.queued.lock().expect("poisoned").try_add(
+            &call.id,
+            &call.function,
+            max_per_function,
+            max_total,
+        )
+    }
+
+    /// Stops counting a call as queued (it was not recorded after all).
+    pub fn unqueue(&self, id: &str) {
+        self.queued.lock().expect("poisoned").remove(id);
+    }
+
+    /// Starts counting afresh from the calls a new leader found queued.
+    pub fn reset_queued<'a>(&self, calls: impl IntoIterator<Item = &'a Call>) {
+        let mut queued = self.queued.lock().expect("poisoned");
+        *queued = QueuedCalls::default();
+        for call in calls {
+            if call.status() == CallStatus::Queued {
+                queued.add(&call.id, &call.function);
+            }
+        }
+    }
+
+    /// Queued calls of `function`, and in all.
+    pub fn queue_depth(&self, function: &str) -> (u64, u64) {
+        self.queued.lock().expect("poisoned").depth(function)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: &str, function: &str, status: CallStatus) -> Call {
+        Call {
+            id: id.into(),
+            function: function.into(),
+            status: status as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn queue_bounds_per_function_and_in_all() {
+        let mut q = QueuedCalls::default();
+        assert_eq!(q.try_add("1", "a", 2, 3), Ok(()));
+        assert_eq!(q.try_add("2", "a", 2, 3), Ok(()));
+        assert_eq!(
+            q.try_add("3", "a", 2, 3),
+            Err(QueueFull::Function { queued: 2, max: 2 })
+        );
+        assert_eq!(q.try_add("3", "b", 2, 3), Ok(()));
+        assert_eq!(
+            q.try_add("4", "c", 2, 3),
+            Err(QueueFull::Cluster { queued: 3, max: 3 })
+        );
+        q.remove("1");
+        q.remove("1");
+        assert_eq!(q.depth("a"), (1, 2));
+        // Adding the same call twice counts it once.
+        q.add("2", "a");
+        assert_eq!(q.depth("a"), (1, 2));
+    }
+
+    #[test]
+    fn published_changes_keep_the_count() {
+        let watch = CallWatch::default();
+        let queued = call("1", "f", CallStatus::Queued);
+        assert!(watch.try_queue(&queued, 10, 10).is_ok());
+        assert_eq!(watch.queue_depth("f"), (1, 1));
+        watch.publish(&call("1", "f", CallStatus::Running));
+        assert_eq!(watch.queue_depth("f"), (0, 0));
+        // Queued again after its node was lost, then finished.
+        watch.publish(&call("1", "f", CallStatus::Queued));
+        assert_eq!(watch.queue_depth("f"), (1, 1));
+        watch.publish(&call("1", "f", CallStatus::Succeeded));
+        assert_eq!(watch.queue_depth("f"), (0, 0));
+        // A takeover counts what it found.
+        watch.reset_queued(&[
+            call("2", "f", CallStatus::Queued),
+            call("3", "g", CallStatus::Running),
+        ]);
+        assert_eq!(watch.queue_depth("f"), (1, 1));
+        watch.unqueue("2");
+        assert_eq!(watch.queue_depth("f"), (0, 0));
     }
 }

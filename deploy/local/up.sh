@@ -19,6 +19,7 @@
 #   FAAS_BIN_DIR           take prebuilt binaries from here instead of building
 #   FAAS_LOCAL_LISTEN      control plane address               (127.0.0.1:7070)
 #   FAAS_LOCAL_ETCD_PORT   etcd client port (peer: +1)         (12379)
+#   FAAS_LOCAL_ETCD_QUOTA_BYTES  etcd space quota             (2 GiB)
 #   FAAS_LOCAL_REGISTRY_PORT                                   (15000)
 #   FAAS_LOCAL_NODE        node name                           (the hostname)
 #   FAAS_LOCAL_SPOTS       spots of the agent                  (4)
@@ -41,6 +42,9 @@ FAAS_HOME=${FAAS_HOME:-/var/lib/faas-local}
 listen=${FAAS_LOCAL_LISTEN:-127.0.0.1:7070}
 etcd_port=${FAAS_LOCAL_ETCD_PORT:-12379}
 etcd_peer_port=$((etcd_port + 1))
+# etcd's space quota: past it etcd refuses writes (NOSPACE) until the
+# control plane has compacted, defragmented and disarmed it.
+etcd_quota=${FAAS_LOCAL_ETCD_QUOTA_BYTES:-2147483648}
 registry_port=${FAAS_LOCAL_REGISTRY_PORT:-15000}
 spots=${FAAS_LOCAL_SPOTS:-4}
 runtimes=${FAAS_LOCAL_RUNTIMES:-python3 node}
@@ -126,7 +130,10 @@ if ! faas_running "$run/etcd.pid" etcd; then
         --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
         --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
         --initial-cluster "faas-local=http://127.0.0.1:$etcd_peer_port" \
-        --initial-cluster-state new --logger zap --log-level warn
+        --initial-cluster-state new \
+        --auto-compaction-mode periodic --auto-compaction-retention 1h \
+        --quota-backend-bytes "$etcd_quota" \
+        --logger zap --log-level warn
 fi
 faas_wait etcd "$run/etcd.pid" "$logs/etcd.log" 60 etcd_healthy
 

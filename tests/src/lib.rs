@@ -146,7 +146,13 @@ pub struct StackOptions {
     /// Each agent gets a containerd of its own (`containerd`, `containerd-1`,
     /// ...) instead of one namespace each in a shared containerd.
     pub containerd_per_agent: bool,
+    /// etcd's `--quota-backend-bytes`: a test of a full etcd sets a small
+    /// one [default: 1 GiB].
+    pub etcd_quota_bytes: u64,
 }
+
+/// etcd's space quota in test stacks unless a test asks for another.
+pub const DEFAULT_ETCD_QUOTA_BYTES: u64 = 1 << 30;
 
 impl Default for StackOptions {
     fn default() -> Self {
@@ -159,6 +165,7 @@ impl Default for StackOptions {
             controlplane_args: Vec::new(),
             etcd_members: 1,
             containerd_per_agent: false,
+            etcd_quota_bytes: DEFAULT_ETCD_QUOTA_BYTES,
         }
     }
 }
@@ -371,6 +378,8 @@ pub struct Stack {
     etcd_endpoint: String,
     /// Every etcd member: its name and client/peer ports (kept across restarts).
     etcd_members: Vec<EtcdMember>,
+    /// `--quota-backend-bytes` of every member.
+    etcd_quota_bytes: u64,
     /// Socket of containerd instance `k` (`containerd_sockets[0]` is
     /// `containerd_socket`); agent `i` uses instance [`Stack::agent_containerd`]`(i)`.
     containerd_sockets: Vec<PathBuf>,
@@ -404,6 +413,7 @@ impl Stack {
         };
         let mut stack = Stack::start_infra_with(
             opts.etcd_members.max(1),
+            opts.etcd_quota_bytes,
             if opts.containerd_per_agent {
                 opts.agents.max(1)
             } else {
@@ -449,12 +459,16 @@ impl Stack {
     /// tests of a single component, e.g. the agent's containerd driver. Needs
     /// root, not FAAS_BIN_DIR.
     pub async fn start_infra() -> anyhow::Result<Stack> {
-        Stack::start_infra_with(1, 1).await
+        Stack::start_infra_with(1, DEFAULT_ETCD_QUOTA_BYTES, 1).await
     }
 
     /// [`Stack::start_infra`] with `etcd_members` etcd members and
     /// `containerds` containerd instances.
-    async fn start_infra_with(etcd_members: usize, containerds: usize) -> anyhow::Result<Stack> {
+    async fn start_infra_with(
+        etcd_members: usize,
+        etcd_quota_bytes: u64,
+        containerds: usize,
+    ) -> anyhow::Result<Stack> {
         if !nix::unistd::geteuid().is_root() {
             bail!(
                 "the end-to-end tests need root (containerd, runc, overlay mounts): \
@@ -476,6 +490,7 @@ impl Stack {
             bin_dir: None,
             etcd_endpoint: String::new(),
             etcd_members: Vec::new(),
+            etcd_quota_bytes,
             containerd_sockets: Vec::new(),
             containerd_per_agent: false,
             registry_addr: String::new(),
@@ -589,6 +604,11 @@ impl Stack {
                 .unwrap_or_else(|| "faas-test".into());
             cmd.arg(format!("--initial-cluster-token={token}"));
         }
+        // As every etcd the project starts: history compacted on its own,
+        // and a space quota (whose alarm the control plane clears).
+        cmd.arg("--auto-compaction-mode=revision")
+            .arg("--auto-compaction-retention=10000")
+            .arg(format!("--quota-backend-bytes={}", self.etcd_quota_bytes));
         cmd.arg("--log-level=warn").arg("--logger=zap");
         Daemon::spawn(&member.name, cmd, &self.log_path(&member.name))
     }

@@ -14,11 +14,12 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
+use super::admission::QUEUE_FULL_RETRY_AFTER;
 use super::Api;
 use crate::broker::{CallBundle, Input};
 use crate::error::{now_ms_f64, ApiError};
-use crate::store::Kind;
-use crate::watch::is_final;
+use crate::store::{Kind, Order};
+use crate::watch::{is_final, QueueFull};
 
 /// How often a waiter re-reads etcd in case the outcome was recorded by
 /// another replica (or published before it subscribed).
@@ -81,18 +82,33 @@ impl Api {
             created_at_ms: accepted_at_ms as i64,
             ..Default::default()
         };
-        let recorded = match broker.fence() {
-            Some(fence) => {
-                self.store
-                    .put_fenced(Kind::Call, &call.id, &call, fence)
-                    .await?
-            }
-            None => {
-                self.store.put(Kind::Call, &call.id, &call).await?;
-                true
-            }
-        };
-        if !recorded {
+        // Counted before it is recorded, so that concurrent submits cannot
+        // all pass the same last free place.
+        let admission = &self.limits.admission;
+        if let Err(full) = self.calls.try_queue(
+            &call,
+            admission.max_queued_per_function,
+            admission.max_queued,
+        ) {
+            let message = match full {
+                QueueFull::Function { queued, max } => format!(
+                    "function {:?} has {queued} calls queued, its limit (max_queued_per_function) is {max}: retry later",
+                    call.function
+                ),
+                QueueFull::Cluster { queued, max } => format!(
+                    "the cluster has {queued} calls queued, its limit (max_queued_calls) is {max}: retry later"
+                ),
+            };
+            return Err(ApiError::Overloaded {
+                message,
+                retry_after: QUEUE_FULL_RETRY_AFTER,
+            });
+        }
+        let recorded = self.store.create_call(&call, broker.fence()).await;
+        if !matches!(recorded, Ok(true)) {
+            self.calls.unqueue(&call.id);
+        }
+        if !recorded? {
             return Err(ApiError::Unavailable(
                 "this replica stopped leading while accepting the call; nothing was recorded; retry"
                     .into(),
@@ -113,12 +129,20 @@ impl Api {
         Ok((call, rx))
     }
 
+    /// A call with its params and result (read beside its record).
     async fn get_call(&self, id: &str) -> Result<Call, ApiError> {
-        let stored: Call = self
-            .store
-            .get(Kind::Call, id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("call {id:?} not found")))?;
+        let stored = self.store.get_call(id).await?;
+        self.live_or(id, stored).await
+    }
+
+    /// A call's record only, without its payloads: what polling needs.
+    async fn get_call_status(&self, id: &str) -> Result<Call, ApiError> {
+        let stored = self.store.get(Kind::Call, id).await?;
+        self.live_or(id, stored).await
+    }
+
+    async fn live_or(&self, id: &str, stored: Option<Call>) -> Result<Call, ApiError> {
+        let stored = stored.ok_or_else(|| ApiError::NotFound(format!("call {id:?} not found")))?;
         // etcd records acceptance and outcome; in between, the broker knows
         // better (e.g. that the call is running, and where).
         if !is_final(&stored) {
@@ -153,13 +177,13 @@ impl Api {
                         let current = rx.borrow().clone();
                         if is_final(&current) { return Ok(current); }
                         tokio::time::sleep(WAIT_POLL).await;
-                        let stored = self.get_call(&last.id).await?;
-                        if stored.status != last.status { return Ok(stored); }
+                        let stored = self.get_call_status(&last.id).await?;
+                        if stored.status != last.status { return self.get_call(&last.id).await; }
                     }
                 }
                 _ = tokio::time::sleep(WAIT_POLL) => {
-                    let stored = self.get_call(&last.id).await?;
-                    if is_final(&stored) { return Ok(stored); }
+                    let stored = self.get_call_status(&last.id).await?;
+                    if is_final(&stored) { return self.get_call(&last.id).await; }
                 }
             }
         }
@@ -167,36 +191,65 @@ impl Api {
 
     /// Reads calls newest first, strictly older than `after` if given,
     /// keeping those `keep` accepts, until `wanted` are kept or none are
-    /// left. Returns them, and the name of the last one kept if the scan
-    /// stopped because it had enough (where a next page starts).
+    /// left. Returns them without their params and result (a listing never
+    /// carries payloads; old records had them inline), and the name of the
+    /// last one kept if the scan stopped because it had enough (where a
+    /// next page starts).
     async fn scan_calls(
         &self,
         after: Option<String>,
         wanted: usize,
         keep: impl Fn(&Call) -> bool,
     ) -> Result<(Vec<Call>, Option<String>), ApiError> {
-        const BATCH: usize = 500;
         let mut kept = Vec::new();
-        let mut cursor = after;
-        loop {
-            let batch: Vec<(String, Call)> = self
-                .store
-                .list_descending(Kind::Call, cursor.as_deref(), BATCH as i64)
-                .await?;
-            let exhausted = batch.len() < BATCH;
-            for (name, call) in batch {
-                if keep(&call) {
-                    kept.push(call);
-                    if kept.len() == wanted {
-                        return Ok((kept, Some(name)));
-                    }
-                }
-                cursor = Some(name);
-            }
-            if exhausted {
-                return Ok((kept, None));
-            }
+        let mut last = None;
+        if wanted == 0 {
+            return Ok((kept, None));
         }
+        self.store
+            .scan(
+                Kind::Call,
+                Order::Descending,
+                after.as_deref(),
+                |name, mut call: Call| {
+                    if keep(&call) {
+                        call.params_json = String::new();
+                        call.result_json = String::new();
+                        kept.push(call);
+                        if kept.len() == wanted {
+                            last = Some(name);
+                            return false;
+                        }
+                    }
+                    true
+                },
+            )
+            .await?;
+        Ok((kept, last))
+    }
+
+    /// The submit rate limit, applied by the replica the client reached
+    /// (the leader does not limit what another replica forwarded: that
+    /// replica did, per client, and the leader would see its address).
+    fn admit_client<T>(&self, request: &Request<T>) -> Result<(), ApiError> {
+        if request.metadata().contains_key(super::FORWARDED) {
+            return Ok(());
+        }
+        let Some(peer) = request.remote_addr() else {
+            return Ok(());
+        };
+        self.limits
+            .submit_limiter
+            .check(peer.ip(), std::time::Instant::now())
+            .map_err(|wait| ApiError::Overloaded {
+                message: format!(
+                    "too many submits from {}: the limit is {} per second (submit_rate), bursts of {} (submit_burst)",
+                    peer.ip(),
+                    self.limits.admission.submit_rate,
+                    self.limits.admission.submit_burst
+                ),
+                retry_after: wait,
+            })
     }
 
     async fn wait_final(
@@ -216,6 +269,7 @@ type CallStream = Pin<Box<dyn Stream<Item = Result<Call, Status>> + Send>>;
 #[tonic::async_trait]
 impl CallService for Api {
     async fn invoke(&self, request: Request<InvokeRequest>) -> Result<Response<Call>, Status> {
+        self.admit_client(&request)?;
         if self.broker().is_err() {
             let channel = self.leader.channel().await?;
             return CallServiceClient::new(channel)
@@ -242,6 +296,7 @@ impl CallService for Api {
         &self,
         request: Request<InvokeRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
+        self.admit_client(&request)?;
         if self.broker().is_err() {
             let channel = self.leader.channel().await?;
             return CallServiceClient::new(channel)
@@ -278,9 +333,9 @@ impl CallService for Api {
             let mut rx = api.calls.subscribe(&call);
             // Re-read once: the outcome may have been published before we
             // subscribed.
-            if let Ok(stored) = Api::get_call(&api, &call.id).await {
+            if let Ok(stored) = Api::get_call_status(&api, &call.id).await {
                 if stored.status != call.status {
-                    call = stored;
+                    call = Api::get_call(&api, &call.id).await.unwrap_or(stored);
                     if tx.send(Ok(call.clone())).await.is_err() {
                         return;
                     }
@@ -379,7 +434,7 @@ impl CallService for Api {
         request: Request<GetCallLogsRequest>,
     ) -> Result<Response<CallLogs>, Status> {
         let id = request.into_inner().id;
-        let call = Api::get_call(self, &id).await?;
+        let call = Api::get_call_status(self, &id).await?;
         if !is_final(&call) {
             return Ok(Response::new(CallLogs::default()));
         }

@@ -73,6 +73,7 @@ impl FunctionService for Api {
         for key in spec.env.keys() {
             check_env_name(key)?;
         }
+        super::check_env_bytes(&spec.env, limits.max_env_bytes)?;
         let runtime: Option<Runtime> = self
             .store
             .get(Kind::Runtime, &spec.runtime)

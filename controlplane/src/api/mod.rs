@@ -1,6 +1,7 @@
 //! The public gRPC API (`faas.v1`): validation, persistence, and hand-off of
 //! calls to the broker.
 
+pub mod admission;
 mod calls;
 mod cluster;
 mod functions;
@@ -139,6 +140,21 @@ impl Api {
     }
 }
 
+/// A function's environment is stored in its record and sent with every
+/// call: its total size (names and values) is bounded.
+pub(crate) fn check_env_bytes(
+    env: &std::collections::HashMap<String, String>,
+    max: u64,
+) -> Result<(), ApiError> {
+    let total: u64 = env.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+    if total > max {
+        return Err(ApiError::ResourceExhausted(format!(
+            "the environment is {total} bytes (names and values), over the limit of {max} bytes (max_env_bytes)"
+        )));
+    }
+    Ok(())
+}
+
 /// Reads a client stream made of a header message followed by chunks of
 /// bytes, refusing more than `limit` bytes in total. `check_head` sees the
 /// first bytes (at least 512 or the whole upload if shorter) as soon as
@@ -180,4 +196,19 @@ where
         check_head(&data)?;
     }
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environments_are_bounded_in_total() {
+        let mut env = std::collections::HashMap::new();
+        env.insert("A".to_string(), "x".repeat(9));
+        assert!(check_env_bytes(&env, 10).is_ok());
+        env.insert("B".to_string(), String::new());
+        let e = check_env_bytes(&env, 10).unwrap_err();
+        assert!(matches!(e, ApiError::ResourceExhausted(_)), "{e}");
+    }
 }
