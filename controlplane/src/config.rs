@@ -129,6 +129,9 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     node_lost_after: Option<Duration>,
     idempotent_retries: Option<u32>,
+    /// Package shape limits and deploy concurrency (`[package]` table).
+    #[serde(default)]
+    package: crate::package::PackageSettings,
 }
 
 mod humantime_serde_opt {
@@ -168,6 +171,7 @@ pub struct Limits {
     pub max_timeout: Duration,
     pub default_memory_bytes: u64,
     pub max_memory_bytes: u64,
+    pub package: crate::package::PackageSettings,
 }
 
 impl Config {
@@ -285,6 +289,7 @@ impl Config {
                     .max_memory_bytes
                     .or(file.max_memory_bytes)
                     .unwrap_or(4 << 30),
+                package: file.package,
             },
             leader_ttl_secs: flags.leader_ttl_secs.or(file.leader_ttl_secs).unwrap_or(5),
             calls: crate::broker::CallSettings {
