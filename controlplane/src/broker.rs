@@ -493,13 +493,17 @@ impl BrokerLoop {
                     version: function.version,
                     runtime: function.runtime.clone(),
                 };
-                self.functions.insert(function.name.clone(), function);
+                let replaced = self.functions.insert(function.name.clone(), function);
+                if let Some(old) = replaced {
+                    self.forget_package(&old.package_digest);
+                }
                 self.feed(Event::FunctionRegistered {
                     function: reference,
                 });
             }
             Input::FunctionRemoved(name) => {
-                if self.functions.remove(&name).is_some() {
+                if let Some(old) = self.functions.remove(&name) {
+                    self.forget_package(&old.package_digest);
                     self.feed(Event::FunctionRemoved { name });
                 }
             }
@@ -565,6 +569,23 @@ impl BrokerLoop {
 
     /// Takes a node out of the pool (draining: what runs there finishes) or
     /// back in.
+    /// Tells every agent to drop a package from its cache, unless a
+    /// function still uses it (the same package deployed twice).
+    fn forget_package(&self, digest: &str) {
+        if digest.is_empty() || self.functions.values().any(|f| f.package_digest == digest) {
+            return;
+        }
+        for agent in self.agents.values() {
+            let _ = agent.tx.try_send(Ok(ControlMessage {
+                msg: Some(control_message::Msg::ForgetPackage(
+                    faas_proto::v1::ForgetPackage {
+                        digest: digest.to_string(),
+                    },
+                )),
+            }));
+        }
+    }
+
     fn set_draining(&mut self, node: &str, drain: bool, clear_spots: bool) {
         let Some(agent) = self.agents.get_mut(node) else {
             return;

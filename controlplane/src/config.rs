@@ -174,6 +174,9 @@ struct FileConfig {
     call_deadline_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     call_load_allowance: Option<Duration>,
+    /// Package shape limits and deploy concurrency (`[package]` table).
+    #[serde(default)]
+    package: crate::package::PackageSettings,
 }
 
 mod humantime_serde_opt {
@@ -220,6 +223,7 @@ pub struct Limits {
     /// shared by every clone).
     pub admission: crate::api::admission::Admission,
     pub submit_limiter: std::sync::Arc<crate::api::admission::SubmitLimiter>,
+    pub package: crate::package::PackageSettings,
 }
 
 impl Limits {
@@ -383,6 +387,7 @@ impl Config {
                     .max_memory_bytes
                     .or(file.max_memory_bytes)
                     .unwrap_or(4 << 30),
+                package: file.package,
             },
             leader_ttl_secs: flags.leader_ttl_secs.or(file.leader_ttl_secs).unwrap_or(5),
             calls: crate::broker::CallSettings {

@@ -30,9 +30,23 @@ pub enum RegistryError {
     BadArchive(String),
 }
 
+/// Removing package versions failed: the registry's HTTP API (the
+/// operations oci-client lacks: listing and deleting manifests) answered
+/// something unexpected. Only logged: the function's record is what counts.
+#[derive(Debug, thiserror::Error)]
+#[error("registry {op}: {message}")]
+pub struct CleanupError {
+    op: &'static str,
+    message: String,
+}
+
 #[derive(Clone)]
 pub struct Registry {
     client: oci_client::Client,
+    /// For what oci-client does not offer (deleting manifests).
+    http: reqwest::Client,
+    /// `http://host:port` or `https://host:port`.
+    base: String,
     host: String,
 }
 
@@ -63,6 +77,11 @@ impl Registry {
         });
         Registry {
             client,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .expect("HTTP client"),
+            base: format!("{}://{host}", if insecure { "http" } else { "https" }),
             host: host.to_string(),
         }
     }
@@ -119,6 +138,13 @@ impl Registry {
             "artifactType": PACKAGE_ARTIFACT_TYPE,
             "config": {"mediaType": PACKAGE_CONFIG_MEDIA_TYPE, "digest": config_digest, "size": config.len()},
             "layers": [{"mediaType": PACKAGE_LAYER_MEDIA_TYPE, "digest": digest, "size": size}],
+            // One manifest per version, even for the same package: the
+            // registry deletes manifests (with every tag on them), so a
+            // manifest shared by two versions could not go with the older.
+            "annotations": {
+                "dev.faas.function": function,
+                "dev.faas.function.version": version.to_string(),
+            },
         });
         self.client
             .push_manifest_raw(
@@ -128,6 +154,120 @@ impl Registry {
             )
             .await?;
         Ok((repository, digest))
+    }
+
+    /// Deletes the manifests of a function's package versions: all of them
+    /// (`below` None, the function was removed) or those tagged under
+    /// `v<below>` (a new version replaced them). A manifest that a kept tag
+    /// also points to (an unchanged package deployed again has the same
+    /// manifest) is kept: the registry deletes manifests by digest, with
+    /// every tag on them. Returns how many manifests were deleted.
+    ///
+    /// Blobs are freed only by the registry's offline garbage collection
+    /// (`registry garbage-collect`, see docs/operations.md).
+    pub async fn remove_package_versions(
+        &self,
+        function: &str,
+        below: Option<u64>,
+    ) -> Result<usize, CleanupError> {
+        let repository = format!("faas/functions/{function}");
+        let tags = self.tags(&repository).await?;
+        let (doomed, kept) = split_versions(&tags, below);
+        let mut keep = std::collections::HashSet::new();
+        for tag in &kept {
+            if let Some(digest) = self.manifest_digest(&repository, tag).await? {
+                keep.insert(digest);
+            }
+        }
+        let mut deleted = std::collections::HashSet::new();
+        for tag in &doomed {
+            let Some(digest) = self.manifest_digest(&repository, tag).await? else {
+                continue;
+            };
+            if keep.contains(&digest) || deleted.contains(&digest) {
+                continue;
+            }
+            let url = format!("{}/v2/{repository}/manifests/{digest}", self.base);
+            let response = self
+                .http
+                .delete(&url)
+                .send()
+                .await
+                .map_err(|e| http("delete", e))?;
+            match response.status() {
+                s if s.is_success() => {}
+                // Gone already (a concurrent removal).
+                reqwest::StatusCode::NOT_FOUND => {}
+                s => {
+                    return Err(CleanupError {
+                        op: "delete",
+                        message: format!(
+                            "DELETE {url}: {s} (is storage.delete.enabled set in the registry's configuration?)"
+                        ),
+                    })
+                }
+            }
+            deleted.insert(digest);
+        }
+        Ok(deleted.len())
+    }
+
+    /// A repository's tags; none if the repository does not exist.
+    async fn tags(&self, repository: &str) -> Result<Vec<String>, CleanupError> {
+        #[derive(serde::Deserialize)]
+        struct Tags {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let url = format!("{}/v2/{repository}/tags/list", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| http("list tags", e))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        let response = response
+            .error_for_status()
+            .map_err(|e| http("list tags", e))?;
+        let tags: Tags = response.json().await.map_err(|e| http("list tags", e))?;
+        Ok(tags.tags.unwrap_or_default())
+    }
+
+    /// The digest of the manifest a tag points to, if the tag exists.
+    async fn manifest_digest(
+        &self,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<String>, CleanupError> {
+        let url = format!("{}/v2/{repository}/manifests/{tag}", self.base);
+        let response = self
+            .http
+            .head(&url)
+            .header(
+                reqwest::header::ACCEPT,
+                format!("{OCI_MANIFEST}, {DOCKER_MANIFEST}"),
+            )
+            .send()
+            .await
+            .map_err(|e| http("head manifest", e))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = response
+            .error_for_status()
+            .map_err(|e| http("head manifest", e))?;
+        let digest = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| CleanupError {
+                op: "head manifest",
+                message: format!("{url}: no Docker-Content-Digest header"),
+            })?;
+        Ok(Some(digest.to_string()))
     }
 
     /// Looks up an image already in the platform registry (`repo:tag` or
@@ -192,6 +332,26 @@ impl Registry {
             digest,
         })
     }
+}
+
+fn http(op: &'static str, e: reqwest::Error) -> CleanupError {
+    CleanupError {
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// Splits a function repository's tags into those to delete and those to
+/// keep. Only `v<N>` tags are the platform's; anything else is kept.
+fn split_versions(tags: &[String], below: Option<u64>) -> (Vec<String>, Vec<String>) {
+    tags.iter().cloned().partition(|tag| {
+        let version = tag.strip_prefix('v').and_then(|v| v.parse::<u64>().ok());
+        match (version, below) {
+            (Some(_), None) => true,
+            (Some(v), Some(below)) => v < below,
+            (None, _) => false,
+        }
+    })
 }
 
 struct ArchiveImage {
@@ -353,4 +513,23 @@ fn docker_save_image(files: &HashMap<String, Bytes>) -> Result<ArchiveImage, Reg
         manifest_media_type: OCI_MANIFEST.into(),
         blobs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_to_remove() {
+        let tags: Vec<String> = ["v1", "v2", "v10", "latest", "vx"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (doomed, kept) = split_versions(&tags, Some(10));
+        assert_eq!(doomed, vec!["v1", "v2"]);
+        assert_eq!(kept, vec!["v10", "latest", "vx"]);
+        let (doomed, kept) = split_versions(&tags, None);
+        assert_eq!(doomed, vec!["v1", "v2", "v10"]);
+        assert_eq!(kept, vec!["latest", "vx"]);
+    }
 }

@@ -3,16 +3,47 @@ use faas_proto::v1::{
     deploy_function_request, DeleteFunctionRequest, DeleteFunctionResponse, DeployFunctionRequest,
     Function, GetFunctionRequest, ListFunctionsRequest, ListFunctionsResponse, Runtime,
 };
+use std::sync::OnceLock;
+
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{read_upload, Api};
 use crate::error::{check_name, now_ms, ApiError};
-use crate::package::{normalize, PackageLimits};
+use crate::package::{normalize, PackageError};
 use crate::store::Kind;
 
 pub const DEFAULT_HANDLER: &str = "handler.handler";
+
+/// Metadata entry of a RESOURCE_EXHAUSTED answer: how long to wait before
+/// trying again, in milliseconds.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// How long a deploy refused for lack of a slot is told to wait: about
+/// what checking and storing one package takes.
+const DEPLOY_RETRY_AFTER_MS: u64 = 1000;
+
+/// Deploys this replica checks at once. Each one holds its upload (up to
+/// max_package_bytes) and its normalized package in memory and spools the
+/// unpacked files to disk: the bound keeps a burst of deploys from taking
+/// the control plane's memory and disk. Sized on first use from the
+/// settings (one API per process).
+fn deploy_slots(size: usize) -> &'static Semaphore {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| Semaphore::new(size))
+}
+
+/// A package refused: too big or too many entries is RESOURCE_EXHAUSTED
+/// (the message names the limit), a malformed one INVALID_ARGUMENT.
+fn package_error(e: PackageError) -> ApiError {
+    if e.is_over_limit() {
+        ApiError::ResourceExhausted(format!("invalid function package: {e}"))
+    } else {
+        ApiError::Package(e)
+    }
+}
 
 /// Environment variables the platform sets itself.
 fn check_env_name(key: &str) -> Result<(), ApiError> {
@@ -53,6 +84,18 @@ impl FunctionService for Api {
         };
         check_name("function", &spec.name)?;
         let limits = &self.limits;
+        // Taken before the upload is read: a refused deploy costs nothing.
+        let Ok(_slot) = deploy_slots(limits.package.max_concurrent_deploys()).try_acquire() else {
+            let mut status = Status::from(ApiError::ResourceExhausted(format!(
+                "too many deploys in progress (limit package.max_concurrent_deploys = {}); retry shortly",
+                limits.package.max_concurrent_deploys()
+            )));
+            status.metadata_mut().insert(
+                RETRY_AFTER_MS,
+                tonic::metadata::MetadataValue::from(DEPLOY_RETRY_AFTER_MS),
+            );
+            return Err(status);
+        };
         if spec.memory_bytes != 0
             && !(16 << 20..=limits.max_memory_bytes).contains(&spec.memory_bytes)
         {
@@ -95,16 +138,20 @@ impl FunctionService for Api {
                 _ => None,
             },
             |head| crate::package::check_format(head).map_err(ApiError::from),
-        )
-        .await?;
-        let package_limits = PackageLimits {
-            max_unpacked_bytes: limits.max_package_bytes * 4,
-            max_entries: 20_000,
-        };
+        );
+        let upload_timeout = limits.package.upload_timeout();
+        let upload = tokio::time::timeout(upload_timeout, upload)
+            .await
+            .map_err(|_| {
+                ApiError::DeadlineExceeded(format!(
+                    "the package upload took longer than {upload_timeout:?} (limit package.upload_timeout_secs)"
+                ))
+            })??;
+        let package_limits = limits.package.limits(limits.max_package_bytes);
         let package = tokio::task::spawn_blocking(move || normalize(&upload, package_limits))
             .await
             .map_err(|e| Status::internal(format!("package check panicked: {e}")))?
-            .map_err(ApiError::from)?;
+            .map_err(package_error)?;
         let existing: Option<Function> = self
             .store
             .get(Kind::Function, &spec.name)
@@ -149,6 +196,23 @@ impl FunctionService for Api {
             .await
             .map_err(ApiError::from)?;
         info!(function = %function.name, version, digest = %function.package_digest, "function deployed");
+        if version > 1 {
+            // Earlier versions are no longer served: their manifests go
+            // (calls of them already queued fetch the blob by digest, and
+            // blobs stay until the registry's garbage collection).
+            match self
+                .registry
+                .remove_package_versions(&function.name, Some(version))
+                .await
+            {
+                Ok(n) => {
+                    info!(function = %function.name, removed = n, "older package versions removed from the registry")
+                }
+                Err(e) => {
+                    warn!(function = %function.name, error = %e, "could not remove older package versions from the registry")
+                }
+            }
+        }
         Ok(Response::new(function))
     }
 
@@ -197,6 +261,16 @@ impl FunctionService for Api {
             return Err(ApiError::NotFound(format!("function {name:?} not found")).into());
         }
         info!(function = %name, "function deleted");
+        // The record is gone, which is what the caller asked: a registry
+        // that fails here leaves manifests behind, logged, not an error.
+        match self.registry.remove_package_versions(&name, None).await {
+            Ok(n) => {
+                info!(function = %name, removed = n, "package versions removed from the registry")
+            }
+            Err(e) => {
+                warn!(function = %name, error = %e, "could not remove the package from the registry")
+            }
+        }
         Ok(Response::new(DeleteFunctionResponse {}))
     }
 }
