@@ -1607,9 +1607,29 @@ impl Stack {
     }
 
     /// HTTP status of a GET of `path` on the stack's registry (e.g.
-    /// `/v2/<repository>/manifests/<tag>`).
+    /// `/v2/<repository>/manifests/<tag>`), accepting OCI and Docker
+    /// manifests (without that, the registry answers 404 for an OCI
+    /// manifest that exists).
     pub async fn registry_status(&self, path: &str) -> anyhow::Result<u16> {
-        Ok(http_get(&self.registry_addr, path).await?.0)
+        let addr = &self.registry_addr;
+        let io = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            let head = format!(
+                "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: \
+                 application/vnd.oci.image.manifest.v1+json, \
+                 application/vnd.docker.distribution.manifest.v2+json, */*\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await?;
+            anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
+        };
+        let response = tokio::time::timeout(Duration::from_secs(5), io).await??;
+        response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| anyhow!("bad HTTP response from {addr}"))
     }
 }
 
