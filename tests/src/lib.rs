@@ -1627,3 +1627,130 @@ fn unmount_under(dir: &Path) {
         let _ = nix::mount::umount2(point.as_str(), nix::mount::MntFlags::MNT_DETACH);
     }
 }
+
+impl Stack {
+    /// Process id of agent `i`, while it runs (for watching its memory
+    /// or freezing it).
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.agents.get(i)?.as_ref().map(|d| d.child.id())
+    }
+
+    /// Process id of control-plane replica `i`, while it runs.
+    pub fn controlplane_pid(&self, i: usize) -> Option<u32> {
+        self.controlplanes.get(i)?.as_ref().map(|d| d.child.id())
+    }
+
+    /// HTTP status of a GET of `path` on the stack's registry (e.g.
+    /// `/v2/<repository>/manifests/<tag>`), accepting OCI and Docker
+    /// manifests (without that, the registry answers 404 for an OCI
+    /// manifest that exists).
+    pub async fn registry_status(&self, path: &str) -> anyhow::Result<u16> {
+        let addr = &self.registry_addr;
+        let io = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            let head = format!(
+                "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: \
+                 application/vnd.oci.image.manifest.v1+json, \
+                 application/vnd.docker.distribution.manifest.v2+json, */*\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await?;
+            anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
+        };
+        let response = tokio::time::timeout(Duration::from_secs(5), io).await??;
+        response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| anyhow!("bad HTTP response from {addr}"))
+    }
+}
+
+/// Resident memory of process `pid` (VmRSS), bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb << 10)
+}
+
+/// What a [`RssWatch`] saw.
+#[derive(Debug, Clone, Copy)]
+pub struct RssReport {
+    /// Resident memory when the watch started, bytes.
+    pub baseline: u64,
+    /// Highest resident memory seen, bytes.
+    pub peak: u64,
+    /// The watch killed the process for passing its safety bound.
+    pub killed: bool,
+}
+
+impl RssReport {
+    /// Growth of the peak over the baseline, bytes.
+    pub fn growth(&self) -> u64 {
+        self.peak.saturating_sub(self.baseline)
+    }
+}
+
+/// Samples a process's resident memory every 10 ms on a thread of its own
+/// (an async task could miss a peak while the runtime is busy), keeping the
+/// peak. An attack that makes a daemon allocate without end is stopped
+/// before it takes the machine: past `kill_above` bytes the watch SIGKILLs
+/// the process (a test's own daemon) and says so in its report.
+pub struct RssWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<RssReport>>,
+}
+
+impl RssWatch {
+    pub fn start(pid: u32, kill_above: u64) -> RssWatch {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let baseline = rss_bytes(pid).unwrap_or(0);
+        let thread = std::thread::spawn(move || {
+            let mut report = RssReport {
+                baseline,
+                peak: baseline,
+                killed: false,
+            };
+            while !stopped.load(Ordering::Acquire) {
+                let Some(rss) = rss_bytes(pid) else { break };
+                report.peak = report.peak.max(rss);
+                if rss > kill_above && !report.killed {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    report.killed = true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            report
+        });
+        RssWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; what was seen.
+    pub fn finish(mut self) -> RssReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread
+            .take()
+            .expect("finished once")
+            .join()
+            .expect("the sampler does not panic")
+    }
+}
+
+impl Drop for RssWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
