@@ -979,11 +979,11 @@ mod tests {
         // Timeout 2 s + grace 10 s (function preloaded: no load allowance).
         assert!(l.tick(12 * SEC).is_empty());
         let effects = l.tick(12 * SEC + 1);
-        let [call] = persisted(&effects)[..] else {
+        let [timed_out] = persisted(&effects)[..] else {
             panic!("{effects:?}")
         };
-        assert_eq!(call.status(), CallStatus::Timeout);
-        let error = call.error.as_ref().unwrap();
+        assert_eq!(timed_out.status(), CallStatus::Timeout);
+        let error = timed_out.error.as_ref().unwrap();
         assert_eq!(error.reason, "timeout");
         assert!(
             error.message.contains("node a did not report"),

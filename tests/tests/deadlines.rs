@@ -41,7 +41,7 @@ async fn wait_status(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_whose_agent_stops_answering_ends_by_its_deadline() -> anyhow::Result<()> {
-    let mut stack = Stack::start(StackOptions {
+    let stack = Stack::start(StackOptions {
         runtimes: vec!["python3"],
         // One spot: whether the timed-out call's spot is reused shows.
         spots: 1,
