@@ -536,7 +536,7 @@ async fn submits_over_the_admission_bounds_are_refused_with_a_retry_hint() -> an
     );
     let wait = retry_after_ms(&limited).expect("retry-after-ms");
     assert!(wait > 0 && wait <= 500, "{wait} ms");
-    tokio::time::sleep(Duration::from_millis(wait)).await;
+    tokio::time::sleep(Duration::from_millis(wait + 50)).await;
     let after = submit("missing").await.expect_err("no such function");
     assert_eq!(after.code(), tonic::Code::NotFound, "{after:?}");
     stack.shutdown().await
