@@ -341,7 +341,7 @@ async fn a_thousand_big_calls_list_restart_and_take_over() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_etcd_gives_clear_errors_and_recovers_by_itself() -> anyhow::Result<()> {
-    let mut stack = Stack::start(StackOptions {
+    let stack = Stack::start(StackOptions {
         spots: 2,
         runtimes: vec!["python3"],
         etcd_quota_bytes: 24 << 20,
