@@ -341,7 +341,7 @@ async fn a_thousand_big_calls_list_restart_and_take_over() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_etcd_gives_clear_errors_and_recovers_by_itself() -> anyhow::Result<()> {
-    let mut stack = Stack::start(StackOptions {
+    let stack = Stack::start(StackOptions {
         spots: 2,
         runtimes: vec!["python3"],
         etcd_quota_bytes: 24 << 20,
@@ -536,7 +536,7 @@ async fn submits_over_the_admission_bounds_are_refused_with_a_retry_hint() -> an
     );
     let wait = retry_after_ms(&limited).expect("retry-after-ms");
     assert!(wait > 0 && wait <= 500, "{wait} ms");
-    tokio::time::sleep(Duration::from_millis(wait)).await;
+    tokio::time::sleep(Duration::from_millis(wait + 50)).await;
     let after = submit("missing").await.expect_err("no such function");
     assert_eq!(after.code(), tonic::Code::NotFound, "{after:?}");
     stack.shutdown().await
