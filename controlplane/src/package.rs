@@ -766,7 +766,7 @@ mod tests {
             matches!(err, PackageError::NameTooLong { limit: 64, .. }),
             "{err}"
         );
-        let path = ["p".repeat(60); 4].join("/");
+        let path = vec!["p".repeat(60); 4].join("/");
         let err = normalize(&tar_gz(&[(&path, b"x")]), LIMITS).unwrap_err();
         assert!(
             matches!(err, PackageError::PathTooLong { limit: 200, .. }),
