@@ -91,6 +91,9 @@ struct FileConfig {
     cpu_millis: Option<u32>,
     oci_runtime: Option<String>,
     containerd_runtime: Option<String>,
+    /// Package cache bounds (`[packages]` table, see packages.rs).
+    #[serde(default)]
+    packages: crate::packages::CacheSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -112,6 +115,7 @@ pub struct Config {
     pub cpu_millis: u32,
     pub oci_runtime: String,
     pub containerd_runtime: String,
+    pub packages: crate::packages::CacheLimits,
 }
 
 impl Config {
@@ -198,6 +202,7 @@ impl Config {
                 .containerd_runtime
                 .or(file.containerd_runtime)
                 .unwrap_or_else(|| "io.containerd.runc.v2".into()),
+            packages: file.packages.limits()?,
         })
     }
 }

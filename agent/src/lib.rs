@@ -63,6 +63,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let packages = packages::Packages::new(
         config.state_dir.join("packages"),
         config.insecure_registries.clone(),
+        config.packages,
     )?;
 
     let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
@@ -70,7 +71,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let ctx = Arc::new(spot::SpotContext {
         config: config.clone(),
         driver,
-        packages,
+        packages: packages.clone(),
         outbound: outbound_tx,
         running: running.clone(),
         teardown_retry: std::sync::Mutex::new(Vec::new()),
@@ -106,6 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         running,
         unconfirmed: Default::default(),
         confirm_deadline: None,
+        packages,
     };
     let mut session_task = tokio::spawn(session.run_forever());
     tokio::select! {

@@ -36,6 +36,8 @@ pub struct Session {
     /// Set once the spots are done and every report went out: until then
     /// the agent waits for the last confirmations, across sessions.
     pub confirm_deadline: Option<tokio::time::Instant>,
+    /// The package cache, for the leader's ForgetPackage.
+    pub packages: crate::packages::Packages,
 }
 
 /// Results kept for confirmation at most (a leader that never confirms,
@@ -219,6 +221,9 @@ impl Session {
                             }
                             Some(control_message::Msg::Recorded(recorded)) => {
                                 self.unconfirmed.retain(|r| r.call_id != recorded.call_id);
+                            }
+                            Some(control_message::Msg::ForgetPackage(forget)) => {
+                                self.packages.forget(&forget.digest);
                             }
                             None => {}
                         },

@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tracing::{info_span, warn, Instrument};
 
 use crate::config::Config;
-use crate::packages::{copy_tree, Packages};
+use crate::packages::{copy_tree, PackageLease, Packages};
 
 /// The unprivileged user functions run as.
 pub const FUNCTION_UID: u32 = 65534;
@@ -127,6 +127,9 @@ struct Live {
     /// faas-init's own start time it splits start-up from the run.
     create_began_at_ms: f64,
     function_load_ms: f64,
+    /// Keeps the package mounted from the cache in the cache while the
+    /// container lives.
+    _package: Option<PackageLease>,
 }
 
 /// What a spot holds between operations.
@@ -376,7 +379,7 @@ impl Slot<'_> {
         // (read-only, nothing copied); a runtime-preloaded spot gets its
         // own empty directory, filled when the call arrives.
         let fn_source = match &package {
-            Some(p) => p.clone(),
+            Some(p) => p.path().to_path_buf(),
             None => dir.join("fn"),
         };
         let spec = container_spec(ctx, &id, &dir, &fn_source, image, runtime, memory_bytes);
@@ -420,6 +423,7 @@ impl Slot<'_> {
             image_ms,
             create_began_at_ms,
             function_load_ms,
+            _package: package,
         };
         if function.is_some() {
             // Nothing to wait for: faas-init goes on with the dependencies.
@@ -618,7 +622,7 @@ impl Slot<'_> {
         let dir = live.dir.clone();
         let env = function_env(function, &live.runtime);
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            copy_tree(&package, &dir.join("fn"))?;
+            copy_tree(package.path(), &dir.join("fn"))?;
             write_owned(&dir.join("io/env"), &env_file(&env))
         })
         .await

@@ -527,7 +527,7 @@ async fn call(ctx: &Context, cmd: CallCmd) -> Result<()> {
                 .get_call_logs(ctx.request(GetCallLogsRequest { id }))
                 .await?
                 .into_inner();
-            output::emit_bytes(&logs.logs)?;
+            output::emit_logs(&logs.logs)?;
             if logs.truncated {
                 note("note: the logs were cut at the platform's limit");
             }

@@ -177,27 +177,30 @@ pub fn stats_table(response: &GetCallStatsResponse) -> String {
     for s in rows {
         let total = s.total.unwrap_or_default();
         let queue = s.queue.unwrap_or_default();
-        table.add_row(vec![
-            if s.function.is_empty() {
-                "(all)".to_string()
-            } else {
-                s.function.clone()
-            },
-            if s.policy.is_empty() {
-                "-".to_string()
-            } else {
-                s.policy.clone()
-            },
-            s.calls.to_string(),
-            s.succeeded.to_string(),
-            s.cold.to_string(),
-            s.prewarm_runtime.to_string(),
-            s.prewarm_function.to_string(),
-            float_ms(queue.p50_ms),
-            float_ms(total.mean_ms),
-            float_ms(total.p50_ms),
-            float_ms(total.p99_ms),
-        ]);
+        add_row(
+            &mut table,
+            vec![
+                if s.function.is_empty() {
+                    "(all)".to_string()
+                } else {
+                    s.function.clone()
+                },
+                if s.policy.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.policy.clone()
+                },
+                s.calls.to_string(),
+                s.succeeded.to_string(),
+                s.cold.to_string(),
+                s.prewarm_runtime.to_string(),
+                s.prewarm_function.to_string(),
+                float_ms(queue.p50_ms),
+                float_ms(total.mean_ms),
+                float_ms(total.p50_ms),
+                float_ms(total.p99_ms),
+            ],
+        );
     }
     right_align(&mut table, &[2, 3, 4, 5, 6, 7, 8, 9, 10]);
     format!("{}\npolicy now: {}", render(table), response.policy)
@@ -260,6 +263,17 @@ fn right_align(table: &mut Table, columns: &[usize]) {
             column.set_cell_alignment(CellAlignment::Right);
         }
     }
+}
+
+/// Adds a row, escaping control characters in each cell before the
+/// table measures it (names, handlers, results are not faasctl's text;
+/// escaping after rendering would misalign the columns).
+fn add_row(table: &mut Table, cells: Vec<String>) {
+    table.add_row(
+        cells
+            .into_iter()
+            .map(|cell| crate::output::escape_controls(&cell).into_owned()),
+    );
 }
 
 /// Tables put a space of padding on both sides; trim it so the first
@@ -338,14 +352,17 @@ fn short_digest(digest: &str) -> String {
 pub fn runtimes_table(runtimes: &[Runtime]) -> String {
     let mut table = new_table(&["NAME", "PATH", "RUN", "DEPENDENCIES", "DIGEST", "CREATED"]);
     for rt in runtimes {
-        table.add_row(vec![
-            rt.name.clone(),
-            rt.path.clone(),
-            rt.run.clone(),
-            or_dash(&rt.dependencies).to_string(),
-            short_digest(&rt.image_digest),
-            time_text(rt.created_at_ms),
-        ]);
+        add_row(
+            &mut table,
+            vec![
+                rt.name.clone(),
+                rt.path.clone(),
+                rt.run.clone(),
+                or_dash(&rt.dependencies).to_string(),
+                short_digest(&rt.image_digest),
+                time_text(rt.created_at_ms),
+            ],
+        );
     }
     render(table)
 }
@@ -357,7 +374,7 @@ fn details(rows: Vec<(&str, String)>) -> String {
         .load_preset(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled);
     for (key, value) in rows {
-        table.add_row(vec![format!("{key}:"), value]);
+        add_row(&mut table, vec![format!("{key}:"), value]);
     }
     render(table)
 }
@@ -395,16 +412,19 @@ pub fn functions_table(functions: &[Function]) -> String {
         "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT", "VERSION", "SIZE", "UPDATED",
     ]);
     for f in functions {
-        table.add_row(vec![
-            f.name.clone(),
-            f.runtime.clone(),
-            f.handler.clone(),
-            bytes_text(f.memory_bytes),
-            ms_text(f.timeout_ms),
-            f.version.to_string(),
-            bytes_text(f.package_size),
-            time_text(f.updated_at_ms),
-        ]);
+        add_row(
+            &mut table,
+            vec![
+                f.name.clone(),
+                f.runtime.clone(),
+                f.handler.clone(),
+                bytes_text(f.memory_bytes),
+                ms_text(f.timeout_ms),
+                f.version.to_string(),
+                bytes_text(f.package_size),
+                time_text(f.updated_at_ms),
+            ],
+        );
     }
     right_align(&mut table, &[3, 4, 5, 6]);
     render(table)
@@ -465,15 +485,18 @@ pub fn calls_table(calls: &[Call]) -> String {
             Some(t) => (start_kind_name(t.start_kind), float_ms(t.total_ms)),
             None => ("-".into(), "-".into()),
         };
-        table.add_row(vec![
-            call.id.clone(),
-            call.function.clone(),
-            call_status_name(call.status),
-            start,
-            total,
-            where_text(call),
-            time_text(call.created_at_ms),
-        ]);
+        add_row(
+            &mut table,
+            vec![
+                call.id.clone(),
+                call.function.clone(),
+                call_status_name(call.status),
+                start,
+                total,
+                where_text(call),
+                time_text(call.created_at_ms),
+            ],
+        );
     }
     right_align(&mut table, &[4]);
     render(table)
@@ -561,16 +584,19 @@ pub fn spots_summary(spots: &[Spot]) -> String {
 pub fn nodes_table(response: &ListNodesResponse) -> String {
     let mut table = new_table(&["NODE", "CONNECTED", "SPOTS"]);
     for node in &response.nodes {
-        table.add_row(vec![
-            node.name.clone(),
-            match (node.connected, node.draining) {
-                (true, true) => "yes (draining)",
-                (true, false) => "yes",
-                (false, _) => "no",
-            }
-            .to_string(),
-            spots_summary(&node.spots),
-        ]);
+        add_row(
+            &mut table,
+            vec![
+                node.name.clone(),
+                match (node.connected, node.draining) {
+                    (true, true) => "yes (draining)",
+                    (true, false) => "yes",
+                    (false, _) => "no",
+                }
+                .to_string(),
+                spots_summary(&node.spots),
+            ],
+        );
     }
     let mut text = render(table);
     text.push_str(&format!(
@@ -789,5 +815,32 @@ mod tests {
         assert!(details.contains("status:"), "{details}");
         assert!(details.contains(r#"{"greeting":"hello ana"}"#), "{details}");
         assert!(details.contains("total 13.5"), "{details}");
+    }
+
+    /// Names and results are not faasctl's text: an OSC 52 clipboard write
+    /// or a CSI sequence in them is shown escaped, and the columns stay
+    /// aligned (the cells are escaped before the table measures them).
+    #[test]
+    fn table_cells_are_escaped_before_alignment() {
+        let mut call = sample_call();
+        call.function = "f\u{1b}]52;c;aGk=\u{7}".into();
+        call.node = "n\u{1b}[2J\u{9b}H".into();
+        let table = calls_table(&[call.clone()]);
+        assert!(
+            !table.chars().any(|c| c.is_control() && c != '\n'),
+            "{table}"
+        );
+        assert!(table.contains("f\\x1b]52;c;aGk=\\x07"), "{table}");
+        assert!(table.contains("n\\x1b[2J\\u{9b}H/2"), "{table}");
+        let lines: Vec<_> = table.lines().collect();
+        let status_column = |line: &str| line.find("STATUS").or_else(|| line.find("succeeded"));
+        assert_eq!(status_column(lines[0]), status_column(lines[1]), "{table}");
+
+        call.result_json = "\"\u{1b}]52;c;aGk=\u{7}\"".into();
+        let details = call_details(&call);
+        assert!(
+            !details.chars().any(|c| c.is_control() && c != '\n'),
+            "{details}"
+        );
     }
 }

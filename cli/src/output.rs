@@ -1,7 +1,8 @@
 //! Where results go (stdout) and how failures become exit codes and
 //! messages (stderr). The codes are documented in `faasctl --help`.
 
-use std::io::{self, Write};
+use std::borrow::Cow;
+use std::io::{self, IsTerminal, Write};
 
 use faas_proto::v1::{Call, CallStatus};
 use serde_json::Value;
@@ -98,22 +99,66 @@ pub fn describe_failure(error: &anyhow::Error) -> (u8, Option<String>) {
     (EXIT_UNAVAILABLE, Some(format!("error: {error:#}")))
 }
 
-/// Server text for a terminal: control characters other than newlines and
-/// tabs (an escape sequence echoed from a corrupt upload, say) are replaced.
+/// Whether a character must not reach a terminal as is: C0 and C1
+/// controls and DEL (ESC starts CSI and OSC sequences: cursor moves,
+/// screen clears, OSC 52 clipboard writes; CR and BS overwrite what was
+/// printed; BEL rings), and the invisible bidirectional overrides that make
+/// text read other than it is. Newlines and tabs are layout and stay.
+fn must_escape(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text faasctl did not write (names, messages, results, logs), made safe
+/// for a terminal: every character of [`must_escape`] is shown as an
+/// escape (`\x1b`, `\u{9b}`), so the user sees what was sent instead of
+/// having their terminal act on it.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(must_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if !must_escape(c) {
+            out.push(c);
+        } else if c.is_ascii() {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The same for JSON text: serde_json escapes C0 controls inside strings
+/// but writes DEL, C1 controls and bidirectional overrides raw; they can
+/// only occur inside strings, where `\uXXXX` keeps the JSON valid.
+fn escape_json_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(must_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if must_escape(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Server text for a terminal (kept for callers that format a message
+/// before printing it).
 pub fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() && c != '\n' && c != '\t' {
-                '\u{fffd}'
-            } else {
-                c
-            }
-        })
-        .collect()
+    escape_controls(text).into_owned()
 }
 
 /// Writes one result to stdout. Results are the only thing on stdout.
+/// Always escaped: tables and results quote what functions and users
+/// chose (names, results, error messages).
 pub fn emit(text: &str) -> io::Result<()> {
+    let text = escape_controls(text);
     let mut out = io::stdout().lock();
     out.write_all(text.as_bytes())?;
     if !text.ends_with('\n') {
@@ -122,20 +167,32 @@ pub fn emit(text: &str) -> io::Result<()> {
     out.flush()
 }
 
-pub fn emit_bytes(bytes: &[u8]) -> io::Result<()> {
+/// Writes a call's logs: escaped on a terminal (a function's logs are
+/// its own text), raw bytes when stdout is a pipe or a file, which is
+/// where users take logs to read them with their own tools.
+pub fn emit_logs(bytes: &[u8]) -> io::Result<()> {
     let mut out = io::stdout().lock();
-    out.write_all(bytes)?;
+    if out.is_terminal() {
+        out.write_all(escape_controls(&String::from_utf8_lossy(bytes)).as_bytes())?;
+    } else {
+        out.write_all(bytes)?;
+    }
     out.flush()
 }
 
 pub fn emit_json(value: &Value) -> io::Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
-    emit(&text)
+    let text = escape_json_controls(&text);
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.write_all(b"\n")?;
+    out.flush()
 }
 
-/// A line for the user, not a result: stderr.
+/// A line for the user, not a result: stderr. Escaped: errors and failure
+/// reports quote server text and a function's logs.
 pub fn note(text: &str) {
-    let _ = writeln!(io::stderr().lock(), "{text}");
+    let _ = writeln!(io::stderr().lock(), "{}", escape_controls(text));
 }
 
 pub fn is_final(status: i32) -> bool {
@@ -199,8 +256,60 @@ mod tests {
     fn control_characters_are_not_echoed() {
         assert_eq!(
             printable("bad \u{1b}[2J\r name\n\tok"),
-            "bad \u{fffd}[2J\u{fffd} name\n\tok"
+            "bad \\x1b[2J\\x0d name\n\tok"
         );
+    }
+
+    /// OSC 52 asks the terminal to write the clipboard; CSI sequences move
+    /// the cursor, recolour, clear the screen; C1 CSI (U+009B) is the
+    /// one-character form; BEL ends an OSC; a bidi override reverses text.
+    #[test]
+    fn terminal_sequences_are_escaped() {
+        let osc52 = "result \u{1b}]52;c;ZWNobyBwd25lZA==\u{7} done";
+        assert_eq!(
+            escape_controls(osc52),
+            "result \\x1b]52;c;ZWNobyBwd25lZA==\\x07 done"
+        );
+        let csi = "\u{1b}[2J\u{1b}[H\u{1b}[31mred\u{1b}[0m \u{9b}1A \u{7f}";
+        let escaped = escape_controls(csi);
+        assert_eq!(
+            escaped,
+            "\\x1b[2J\\x1b[H\\x1b[31mred\\x1b[0m \\u{9b}1A \\x7f"
+        );
+        assert!(!escaped.chars().any(|c| c.is_control()));
+        assert_eq!(escape_controls("abc\u{202e}fed"), "abc\\u{202e}fed");
+        // Plain text, newlines and tabs pass untouched (and uncopied).
+        assert!(matches!(escape_controls("a\n\tb é"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn json_stays_valid_once_escaped() {
+        let value = serde_json::json!({"r": "x\u{1b}]52;c;aGk=\u{7}\u{9b}2J\u{202e}"});
+        let text = serde_json::to_string_pretty(&value).unwrap();
+        let escaped = escape_json_controls(&text);
+        assert!(!escaped.chars().any(must_escape), "{escaped}");
+        let back: Value = serde_json::from_str(&escaped).unwrap();
+        assert_eq!(back, value);
+    }
+
+    #[test]
+    fn failure_reports_are_escaped_when_printed() {
+        let call = Call {
+            id: "c1".into(),
+            status: CallStatus::Failed as i32,
+            error: Some(CallError {
+                reason: "error".into(),
+                message: "boom\u{1b}]52;c;aGk=\u{7}".into(),
+                log_tail: "line\r\u{1b}[1Aover\n".into(),
+            }),
+            ..Default::default()
+        };
+        let printed = escape_controls(&failure_report(&call)).into_owned();
+        assert!(
+            !printed.contains('\u{1b}') && !printed.contains('\r'),
+            "{printed}"
+        );
+        assert!(printed.contains("boom\\x1b]52;c;aGk=\\x07"), "{printed}");
     }
 
     #[test]

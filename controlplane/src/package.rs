@@ -233,11 +233,9 @@ impl Collector {
         match self.entries.get(&path) {
             // A directory listed again (or listed after a file below it
             // implied it) carries nothing new; some archivers do this.
-            Some(Entry::Dir { explicit }) if is_dir => {
-                if *explicit {
-                    return Ok(None);
-                }
-            }
+            Some(Entry::Dir { explicit: true }) if is_dir => return Ok(None),
+            // Implied by a file below it so far: now listed too.
+            Some(Entry::Dir { explicit: false }) if is_dir => {}
             Some(Entry::Dir { .. }) => {
                 // A file where a directory is already implied or listed.
                 let child = self
@@ -766,7 +764,7 @@ mod tests {
             matches!(err, PackageError::NameTooLong { limit: 64, .. }),
             "{err}"
         );
-        let path = ["p".repeat(60); 4].join("/");
+        let path = vec!["p".repeat(60); 4].join("/");
         let err = normalize(&tar_gz(&[(&path, b"x")]), LIMITS).unwrap_err();
         assert!(
             matches!(err, PackageError::PathTooLong { limit: 200, .. }),
