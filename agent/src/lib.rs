@@ -3,7 +3,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod collect;
 pub mod config;
+pub mod container;
+pub mod io_files;
 pub mod packages;
 pub mod session;
 pub mod spot;
@@ -55,7 +58,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if spots_dir.exists() {
         // io tmpfs mounts of containers an earlier run left behind.
         for entry in std::fs::read_dir(&spots_dir)?.flatten() {
-            spot::unmount_io(&entry.path());
+            container::unmount_io(&entry.path());
         }
         std::fs::remove_dir_all(&spots_dir)?;
     }
