@@ -165,6 +165,7 @@ pub fn container_spec(
     image: ImageInfo,
     runtime: &RuntimeBundle,
     memory_bytes: u64,
+    owner: Owner,
 ) -> ContainerSpec {
     let mut args = vec![INIT_PATH.to_string()];
     args.extend(init_args(config, runtime).to_argv());
@@ -222,5 +223,7 @@ pub fn container_spec(
             pids: config.pids_limit,
             tmp_bytes: 0,
         },
+        uid: owner.uid,
+        gid: owner.gid,
     }
 }

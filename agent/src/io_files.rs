@@ -175,10 +175,8 @@ pub fn read_log(
     // middle. (A size that lies only makes the loop below read more, up
     // to `max_read`.)
     let tail_from = size.saturating_sub(log.tail_limit() as u64);
-    if tail_from > read {
-        if file.seek(SeekFrom::Start(tail_from)).is_ok() {
-            log.skip(tail_from - read);
-        }
+    if tail_from > read && file.seek(SeekFrom::Start(tail_from)).is_ok() {
+        log.skip(tail_from - read);
     }
     let mut buf = vec![0u8; 64 << 10];
     while read < max_read {

@@ -6,10 +6,12 @@
 pub mod collect;
 pub mod config;
 pub mod container;
+pub mod ids;
 pub mod io_files;
 pub mod packages;
 pub mod session;
 pub mod spot;
+pub mod uids;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +79,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         outbound: outbound_tx,
         running: running.clone(),
         teardown_retry: std::sync::Mutex::new(Vec::new()),
+        uids: uids::UidPool::new(config.uid_base, config.uid_count),
+        preloads_over_budget: Default::default(),
     });
     // Tear-downs that failed while containerd was away are retried.
     let retrier = {

@@ -22,7 +22,8 @@ use faas_driver::{Driver, DriverError, ExitStatus};
 use faas_init_protocol::files;
 use faas_proto::v1::{
     agent_message, spot_operation, AgentMessage, CallAssignment, CallResult, FunctionBundle,
-    RuntimeBundle, Spot, SpotOperation, SpotReport, SpotState, StartKind, Timings,
+    OperationRefused, RuntimeBundle, Spot, SpotOperation, SpotReport, SpotState, StartKind,
+    Timings,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -34,10 +35,10 @@ use crate::config::Config;
 use crate::container::{container_spec, function_env, prepare_dir, unmount_io, write_env, Owner};
 use crate::io_files::{self, Notice, NotifyReader};
 use crate::packages::{copy_tree, Packages};
+use crate::uids::{UidLease, UidPool};
 
-/// The unprivileged user functions run as.
-pub const FUNCTION_UID: u32 = 65534;
-pub const FUNCTION_GID: u32 = 65534;
+/// How often a preloaded container's CPU use is read against its budget.
+const PRELOAD_CPU_CHECK: Duration = Duration::from_millis(500);
 /// Grace given to a killed container to be reaped and flush its stdio.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Longest a preload may take (image pull, dependencies) before it fails.
@@ -52,18 +53,25 @@ pub struct SpotContext {
     /// Calls being run now, told to the leader in every hello.
     pub running: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Containers whose tear-down failed (containerd away): retried until
-    /// they are gone.
-    pub teardown_retry: std::sync::Mutex<Vec<String>>,
+    /// they are gone, their uid held until then.
+    pub teardown_retry: std::sync::Mutex<Vec<(String, Option<UidLease>)>>,
+    /// The host uids containers run as, one each.
+    pub uids: Arc<UidPool>,
+    /// Preloads destroyed for using more CPU than their budget.
+    pub preloads_over_budget: std::sync::atomic::AtomicU64,
 }
 
 impl SpotContext {
     /// Retries the failed tear-downs; returns how many remain.
     pub async fn retry_teardowns(&self) -> usize {
         let ids = std::mem::take(&mut *self.teardown_retry.lock().expect("poisoned"));
-        for id in ids {
+        for (id, uid) in ids {
             if let Err(e) = self.driver.destroy(&id).await {
                 tracing::debug!(container = %id, error = %e, "tear-down still failing");
-                self.teardown_retry.lock().expect("poisoned").push(id);
+                self.teardown_retry
+                    .lock()
+                    .expect("poisoned")
+                    .push((id, uid));
             } else {
                 tracing::info!(container = %id, "delayed tear-down done");
             }
@@ -78,6 +86,16 @@ impl SpotContext {
             msg: Some(agent_message::Msg::Spot(SpotReport {
                 spot: Some(spot),
                 error,
+            })),
+        });
+    }
+
+    /// Tells the leader an operation was not run (its call never started).
+    fn refuse(&self, spot: u32, call_id: String) {
+        let _ = self.outbound.send(AgentMessage {
+            msg: Some(agent_message::Msg::Refused(OperationRefused {
+                spot,
+                call_id,
             })),
         });
     }
@@ -117,6 +135,11 @@ struct Live {
     function: Option<FunctionBundle>,
     /// The io directory (`dir/io`): every entry is opened through it.
     io: Arc<OwnedFd>,
+    /// The host uid the container runs as, its own until its tear-down.
+    uid: UidLease,
+    /// CPU the container had used when it was reported preloaded: its
+    /// budget counts from there (`None`: its cgroup could not be read).
+    ready_cpu: Option<Duration>,
     exit: JoinHandle<Result<ExitStatus, DriverError>>,
     notify: NotifyReader,
     /// Memory limit the container was created with.
@@ -129,6 +152,34 @@ struct Live {
     /// faas-init's own start time it splits start-up from the run.
     create_began_at_ms: f64,
     function_load_ms: f64,
+}
+
+/// What wakes an idle spot (one per wake-up, never stored: its size does
+/// not matter).
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Op(Option<SpotOperation>),
+    /// The held preload used this much CPU since it was ready.
+    OverBudget(Duration),
+}
+
+/// Returns once the preloaded container `live` has used more CPU since it
+/// was ready than the budget allows; never when there is no budget or its
+/// cgroup cannot be read.
+async fn over_budget(ctx: &SpotContext, live: &Live) -> Duration {
+    let budget = ctx.config.preload_cpu_budget;
+    let Some(baseline) = live.ready_cpu.filter(|_| !budget.is_zero()) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(PRELOAD_CPU_CHECK).await;
+        if let Some(now) = ctx.driver.cpu_usage(&live.id).await {
+            let used = now.saturating_sub(baseline);
+            if used > budget {
+                return used;
+            }
+        }
+    }
 }
 
 /// What a spot holds between operations.
@@ -146,21 +197,65 @@ pub async fn run_spot(
 ) {
     let mut held = Held::Nothing;
     let mut seq: u64 = 0;
-    while let Some(op) = ops.recv().await {
+    loop {
+        // A preload waits for its call; its CPU use meanwhile is bounded
+        // (an import-time thread must not spin for free). The check runs
+        // only while nothing else happens: never on a call's path.
+        let next = match &held {
+            Held::Runtime(live) | Held::Function(live) => tokio::select! {
+                op = ops.recv() => Next::Op(op),
+                used = over_budget(&ctx, live) => Next::OverBudget(used),
+            },
+            Held::Nothing => Next::Op(ops.recv().await),
+        };
+        let op = match next {
+            Next::Op(Some(op)) => op,
+            Next::Op(None) => break,
+            Next::OverBudget(used) => {
+                let slot = Slot {
+                    ctx: &ctx,
+                    index,
+                    seq,
+                };
+                let total = ctx
+                    .preloads_over_budget
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                let message = format!(
+                    "the preloaded container used {} ms of CPU while waiting for its call, over its budget of {} ms; destroyed",
+                    used.as_millis(),
+                    ctx.config.preload_cpu_budget.as_millis()
+                );
+                warn!(spot = index, preloads_over_budget = total, "{message}");
+                slot.clear(std::mem::replace(&mut held, Held::Nothing))
+                    .await;
+                slot.report_free(message);
+                continue;
+            }
+        };
         seq += 1;
         use spot_operation::Kind;
         let kind = op.kind();
+        let slot = Slot {
+            ctx: &ctx,
+            index,
+            seq,
+        };
+        // Nothing from the stream reaches a path or a container id before
+        // it is checked: an invalid operation is refused, never run.
+        if let Err(e) = crate::ids::check_operation(&op) {
+            warn!(spot = index, op = ?kind, error = %e, "invalid operation refused");
+            ctx.refuse(index, op.call.map(|c| c.call_id).unwrap_or_default());
+            // The spot still holds what it held.
+            slot.report_held(&held);
+            continue;
+        }
         let call_id = op
             .call
             .as_ref()
             .map(|c| c.call_id.clone())
             .unwrap_or_default();
         let span = info_span!("spot", spot = index, op = ?kind, call_id = %call_id);
-        let slot = Slot {
-            ctx: &ctx,
-            index,
-            seq,
-        };
         held = async {
             match (kind, op.runtime, op.function, op.call) {
                 (Kind::ExecuteNoPreload, Some(rt), Some(f), Some(call)) => {
@@ -263,6 +358,31 @@ impl Slot<'_> {
         self.report(SpotState::Free, "", "", "", error);
     }
 
+    /// Reports again what the spot holds (after a refused operation).
+    fn report_held(&self, held: &Held) {
+        match held {
+            Held::Nothing => self.report_free(String::new()),
+            Held::Runtime(live) => self.report(
+                SpotState::PreloadedRuntime,
+                &live.runtime.name,
+                "",
+                "",
+                String::new(),
+            ),
+            Held::Function(live) => self.report(
+                SpotState::PreloadedFunction,
+                &live.runtime.name,
+                &live
+                    .function
+                    .as_ref()
+                    .map(function_label)
+                    .unwrap_or_default(),
+                "",
+                String::new(),
+            ),
+        }
+    }
+
     fn container_id(&self, call_id: Option<&str>) -> String {
         match call_id {
             Some(id) => format!("call-{id}"),
@@ -305,9 +425,12 @@ impl Slot<'_> {
             None => None,
         };
         let dir = ctx.config.state_dir.join("spots").join(&id);
+        // A host uid of its own: no per-uid kernel limit or file shared
+        // with another container.
+        let uid = ctx.uids.allocate().map_err(|e| e.to_string())?;
         let owner = Owner {
-            uid: FUNCTION_UID,
-            gid: FUNCTION_GID,
+            uid: uid.uid(),
+            gid: uid.gid(),
         };
         let io = {
             let dir = dir.clone();
@@ -350,6 +473,7 @@ impl Slot<'_> {
             image,
             runtime,
             memory_bytes,
+            owner,
         );
         let created = async {
             ctx.driver
@@ -372,7 +496,7 @@ impl Slot<'_> {
                     ctx.teardown_retry
                         .lock()
                         .expect("poisoned")
-                        .push(id.clone());
+                        .push((id.clone(), Some(uid)));
                 }
                 unmount_io(&dir);
                 let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -385,6 +509,8 @@ impl Slot<'_> {
             runtime: runtime.clone(),
             function: function.cloned(),
             io,
+            uid,
+            ready_cpu: None,
             exit,
             notify,
             memory_bytes,
@@ -429,6 +555,7 @@ impl Slot<'_> {
         };
         if function.is_none() {
             // faas-init waits at its load gate from its first instant.
+            live.ready_cpu = self.ctx.driver.cpu_usage(&live.id).await;
             self.report(
                 SpotState::PreloadedRuntime,
                 &runtime.name,
@@ -440,17 +567,15 @@ impl Slot<'_> {
         }
         // The function is loaded once its dependencies ran.
         let ready = tokio::time::timeout(PRELOAD_TIMEOUT, async {
-            loop {
-                tokio::select! {
-                    notice = live.notify.next() => match notice {
-                        Ok(Some(Notice::DepsDone)) => return Ok(()),
-                        Ok(Some(Notice::Done)) => return Err("the container finished during its preload".to_string()),
-                        Ok(None) => return Err("the notify FIFO broke".to_string()),
-                        Err(e) => return Err(format!("the container broke the notify protocol: {e}")),
-                    },
-                    exit = &mut live.exit => {
-                        return Err(format!("the container exited during its preload: {exit:?}"));
-                    }
+            tokio::select! {
+                notice = live.notify.next() => match notice {
+                    Ok(Some(Notice::DepsDone)) => Ok(()),
+                    Ok(Some(Notice::Done)) => Err("the container finished during its preload".to_string()),
+                    Ok(None) => Err("the notify FIFO broke".to_string()),
+                    Err(e) => Err(format!("the container broke the notify protocol: {e}")),
+                },
+                exit = &mut live.exit => {
+                    Err(format!("the container exited during its preload: {exit:?}"))
                 }
             }
         })
@@ -458,6 +583,7 @@ impl Slot<'_> {
         .unwrap_or_else(|_| Err("the preload timed out".into()));
         match ready {
             Ok(()) => {
+                live.ready_cpu = self.ctx.driver.cpu_usage(&live.id).await;
                 self.report(
                     SpotState::PreloadedFunction,
                     &runtime.name,
@@ -818,7 +944,7 @@ async fn destroy(ctx: &SpotContext, live: Live) {
         ctx.teardown_retry
             .lock()
             .expect("poisoned")
-            .push(live.id.clone());
+            .push((live.id.clone(), Some(live.uid)));
     }
     let dir = live.dir.clone();
     let _ = tokio::task::spawn_blocking(move || unmount_io(&dir)).await;
