@@ -71,6 +71,19 @@ pub struct Flags {
     /// [default: io.containerd.runc.v2].
     #[arg(long, env = "FAAS_CONTAINERD_RUNTIME")]
     pub containerd_runtime: Option<String>,
+    /// First host uid of the pool containers run as: each container gets a uid (and the
+    /// same gid) of its own from `uid_base .. uid_base + uid_count`, a range no host
+    /// account may use [default: 200000].
+    #[arg(long)]
+    pub uid_base: Option<u32>,
+    /// Number of uids in the pool; at least twice the spots [default: 65536].
+    #[arg(long)]
+    pub uid_count: Option<u32>,
+    /// CPU a preloaded container may use between being ready and its call, ms of CPU
+    /// time; over it the preload is destroyed and the spot reported free. 0 = no bound
+    /// [default: 1000].
+    #[arg(long)]
+    pub preload_cpu_budget_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +107,9 @@ struct FileConfig {
     /// Package cache bounds (`[packages]` table, see packages.rs).
     #[serde(default)]
     packages: crate::packages::CacheSettings,
+    uid_base: Option<u32>,
+    uid_count: Option<u32>,
+    preload_cpu_budget_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -116,6 +132,10 @@ pub struct Config {
     pub oci_runtime: String,
     pub containerd_runtime: String,
     pub packages: crate::packages::CacheLimits,
+    pub uid_base: u32,
+    pub uid_count: u32,
+    /// CPU a preload may use after it is ready and before its call.
+    pub preload_cpu_budget: std::time::Duration,
 }
 
 impl Config {
@@ -155,6 +175,9 @@ impl Config {
         if spots == 0 || spots > 1024 {
             anyhow::bail!("--spots must be between 1 and 1024");
         }
+        let uid_base = flags.uid_base.or(file.uid_base).unwrap_or(200_000);
+        let uid_count = flags.uid_count.or(file.uid_count).unwrap_or(65_536);
+        check_uid_pool(uid_base, uid_count, spots)?;
         Ok(Config {
             control_plane: flags
                 .control_plane
@@ -203,6 +226,48 @@ impl Config {
                 .or(file.containerd_runtime)
                 .unwrap_or_else(|| "io.containerd.runc.v2".into()),
             packages: file.packages.limits()?,
+            uid_base,
+            uid_count,
+            preload_cpu_budget: std::time::Duration::from_millis(
+                flags
+                    .preload_cpu_budget_ms
+                    .or(file.preload_cpu_budget_ms)
+                    .unwrap_or(1000),
+            ),
         })
+    }
+}
+
+/// The uid pool holds neither root nor the overflow ids (65534, and the
+/// 16-bit and 32-bit -1), fits in a uid_t, and has room for every spot
+/// while tear-downs still hold their uids.
+fn check_uid_pool(base: u32, count: u32, spots: u32) -> anyhow::Result<()> {
+    let end = base
+        .checked_add(count)
+        .filter(|end| *end < u32::MAX)
+        .ok_or_else(|| anyhow::anyhow!("--uid-base + --uid-count must stay below 2^32 - 1"))?;
+    if base < 1000 {
+        anyhow::bail!("--uid-base must be at least 1000 (below are system accounts)");
+    }
+    if (base..end).contains(&65534) || (base..end).contains(&65535) {
+        anyhow::bail!("the uid pool must not hold 65534 (nobody) or 65535");
+    }
+    if count < 2 * spots {
+        anyhow::bail!("--uid-count must be at least twice --spots");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_pools_are_checked() {
+        assert!(check_uid_pool(200_000, 65_536, 4).is_ok());
+        assert!(check_uid_pool(0, 10, 1).is_err());
+        assert!(check_uid_pool(65_000, 1_000, 1).is_err());
+        assert!(check_uid_pool(u32::MAX - 10, 20, 1).is_err());
+        assert!(check_uid_pool(200_000, 7, 4).is_err());
     }
 }

@@ -3,10 +3,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod collect;
 pub mod config;
+pub mod container;
+pub mod ids;
+pub mod io_files;
 pub mod packages;
 pub mod session;
 pub mod spot;
+pub mod uids;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +60,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if spots_dir.exists() {
         // io tmpfs mounts of containers an earlier run left behind.
         for entry in std::fs::read_dir(&spots_dir)?.flatten() {
-            spot::unmount_io(&entry.path());
+            container::unmount_io(&entry.path());
         }
         std::fs::remove_dir_all(&spots_dir)?;
     }
@@ -75,6 +80,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         outbound: outbound_tx,
         running: running.clone(),
         teardown_retry: std::sync::Mutex::new(Vec::new()),
+        uids: uids::UidPool::new(config.uid_base, config.uid_count),
+        preloads_over_budget: Default::default(),
     });
     // Tear-downs that failed while containerd was away are retried.
     let retrier = {

@@ -13,31 +13,32 @@
 //!   what the preload began; the result is returned before the tear-down;
 //! - clear-spot: whatever the spot holds is destroyed.
 
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use faas_driver::{BindMount, ContainerSpec, Driver, DriverError, ExitStatus, ImageInfo, Limits};
+use faas_driver::{Driver, DriverError, ExitStatus};
+use faas_init_protocol::files;
 use faas_proto::v1::{
-    agent_message, spot_operation, AgentMessage, CallAssignment, CallError, CallResult, CallStatus,
-    FunctionBundle, RuntimeBundle, Spot, SpotOperation, SpotReport, SpotState, StartKind, Timings,
+    agent_message, spot_operation, AgentMessage, CallAssignment, CallResult, FunctionBundle,
+    OperationRefused, RuntimeBundle, Spot, SpotOperation, SpotReport, SpotState, StartKind,
+    Timings,
 };
-use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::pipe;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info_span, warn, Instrument};
 
+use crate::collect::{self, build_result, platform_failure, tail_lines, CallFacts, Ended};
 use crate::config::Config;
+use crate::container::{container_spec, function_env, prepare_dir, unmount_io, write_env, Owner};
+use crate::io_files::{self, Notice, NotifyReader};
 use crate::packages::{copy_tree, PackageLease, Packages};
+use crate::uids::{UidLease, UidPool};
 
-/// The unprivileged user functions run as.
-pub const FUNCTION_UID: u32 = 65534;
-pub const FUNCTION_GID: u32 = 65534;
-
-const INIT_PATH: &str = "/faas/bin/faas-init";
-const IO_DIR: &str = "/faas/io";
+/// How often a preloaded container's CPU use is read against its budget.
+const PRELOAD_CPU_CHECK: Duration = Duration::from_millis(500);
 /// Grace given to a killed container to be reaped and flush its stdio.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Longest a preload may take (image pull, dependencies) before it fails.
@@ -52,18 +53,25 @@ pub struct SpotContext {
     /// Calls being run now, told to the leader in every hello.
     pub running: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Containers whose tear-down failed (containerd away): retried until
-    /// they are gone.
-    pub teardown_retry: std::sync::Mutex<Vec<String>>,
+    /// they are gone, their uid held until then.
+    pub teardown_retry: std::sync::Mutex<Vec<(String, Option<UidLease>)>>,
+    /// The host uids containers run as, one each.
+    pub uids: Arc<UidPool>,
+    /// Preloads destroyed for using more CPU than their budget.
+    pub preloads_over_budget: std::sync::atomic::AtomicU64,
 }
 
 impl SpotContext {
     /// Retries the failed tear-downs; returns how many remain.
     pub async fn retry_teardowns(&self) -> usize {
         let ids = std::mem::take(&mut *self.teardown_retry.lock().expect("poisoned"));
-        for id in ids {
+        for (id, uid) in ids {
             if let Err(e) = self.driver.destroy(&id).await {
                 tracing::debug!(container = %id, error = %e, "tear-down still failing");
-                self.teardown_retry.lock().expect("poisoned").push(id);
+                self.teardown_retry
+                    .lock()
+                    .expect("poisoned")
+                    .push((id, uid));
             } else {
                 tracing::info!(container = %id, "delayed tear-down done");
             }
@@ -78,6 +86,16 @@ impl SpotContext {
             msg: Some(agent_message::Msg::Spot(SpotReport {
                 spot: Some(spot),
                 error,
+            })),
+        });
+    }
+
+    /// Tells the leader an operation was not run (its call never started).
+    fn refuse(&self, spot: u32, call_id: String) {
+        let _ = self.outbound.send(AgentMessage {
+            msg: Some(agent_message::Msg::Refused(OperationRefused {
+                spot,
+                call_id,
             })),
         });
     }
@@ -115,8 +133,15 @@ struct Live {
     runtime: RuntimeBundle,
     /// Set when the function is loaded (preload-function, or cold).
     function: Option<FunctionBundle>,
+    /// The io directory (`dir/io`): every entry is opened through it.
+    io: Arc<OwnedFd>,
+    /// The host uid the container runs as, its own until its tear-down.
+    uid: UidLease,
+    /// CPU the container had used when it was reported preloaded: its
+    /// budget counts from there (`None`: its cgroup could not be read).
+    ready_cpu: Option<Duration>,
     exit: JoinHandle<Result<ExitStatus, DriverError>>,
-    notify: tokio::io::Lines<BufReader<pipe::Receiver>>,
+    notify: NotifyReader,
     /// Memory limit the container was created with.
     memory_bytes: u64,
     /// Time spent creating it: image, files, create, start.
@@ -130,6 +155,34 @@ struct Live {
     /// Keeps the package mounted from the cache in the cache while the
     /// container lives.
     _package: Option<PackageLease>,
+}
+
+/// What wakes an idle spot (one per wake-up, never stored: its size does
+/// not matter).
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Op(Option<SpotOperation>),
+    /// The held preload used this much CPU since it was ready.
+    OverBudget(Duration),
+}
+
+/// Returns once the preloaded container `live` has used more CPU since it
+/// was ready than the budget allows; never when there is no budget or its
+/// cgroup cannot be read.
+async fn over_budget(ctx: &SpotContext, live: &Live) -> Duration {
+    let budget = ctx.config.preload_cpu_budget;
+    let Some(baseline) = live.ready_cpu.filter(|_| !budget.is_zero()) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(PRELOAD_CPU_CHECK).await;
+        if let Some(now) = ctx.driver.cpu_usage(&live.id).await {
+            let used = now.saturating_sub(baseline);
+            if used > budget {
+                return used;
+            }
+        }
+    }
 }
 
 /// What a spot holds between operations.
@@ -147,21 +200,65 @@ pub async fn run_spot(
 ) {
     let mut held = Held::Nothing;
     let mut seq: u64 = 0;
-    while let Some(op) = ops.recv().await {
+    loop {
+        // A preload waits for its call; its CPU use meanwhile is bounded
+        // (an import-time thread must not spin for free). The check runs
+        // only while nothing else happens: never on a call's path.
+        let next = match &held {
+            Held::Runtime(live) | Held::Function(live) => tokio::select! {
+                op = ops.recv() => Next::Op(op),
+                used = over_budget(&ctx, live) => Next::OverBudget(used),
+            },
+            Held::Nothing => Next::Op(ops.recv().await),
+        };
+        let op = match next {
+            Next::Op(Some(op)) => op,
+            Next::Op(None) => break,
+            Next::OverBudget(used) => {
+                let slot = Slot {
+                    ctx: &ctx,
+                    index,
+                    seq,
+                };
+                let total = ctx
+                    .preloads_over_budget
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                let message = format!(
+                    "the preloaded container used {} ms of CPU while waiting for its call, over its budget of {} ms; destroyed",
+                    used.as_millis(),
+                    ctx.config.preload_cpu_budget.as_millis()
+                );
+                warn!(spot = index, preloads_over_budget = total, "{message}");
+                slot.clear(std::mem::replace(&mut held, Held::Nothing))
+                    .await;
+                slot.report_free(message);
+                continue;
+            }
+        };
         seq += 1;
         use spot_operation::Kind;
         let kind = op.kind();
+        let slot = Slot {
+            ctx: &ctx,
+            index,
+            seq,
+        };
+        // Nothing from the stream reaches a path or a container id before
+        // it is checked: an invalid operation is refused, never run.
+        if let Err(e) = crate::ids::check_operation(&op) {
+            warn!(spot = index, op = ?kind, error = %e, "invalid operation refused");
+            ctx.refuse(index, op.call.map(|c| c.call_id).unwrap_or_default());
+            // The spot still holds what it held.
+            slot.report_held(&held);
+            continue;
+        }
         let call_id = op
             .call
             .as_ref()
             .map(|c| c.call_id.clone())
             .unwrap_or_default();
         let span = info_span!("spot", spot = index, op = ?kind, call_id = %call_id);
-        let slot = Slot {
-            ctx: &ctx,
-            index,
-            seq,
-        };
         held = async {
             match (kind, op.runtime, op.function, op.call) {
                 (Kind::ExecuteNoPreload, Some(rt), Some(f), Some(call)) => {
@@ -233,47 +330,6 @@ pub async fn run_spot(
     .await;
 }
 
-/// How the run of a call ended.
-enum Ended {
-    /// faas-init reported `done` (the container may still be exiting).
-    Done,
-    /// The container exited (before or without `done`).
-    Exited(ExitStatus),
-    TimedOut,
-    Broken(String),
-}
-
-/// `status.json`, as written by faas-init.
-#[derive(Debug, Default, Deserialize)]
-struct InitStatus {
-    #[serde(default)]
-    started_at_ms: f64,
-    #[serde(default)]
-    deps_ms: f64,
-    deps_exit: Option<i32>,
-    run_ms: Option<f64>,
-    run_exit: Option<i32>,
-    run_signal: Option<i32>,
-    error: Option<String>,
-}
-
-/// `error.json`, as written by a runtime when the handler failed.
-#[derive(Debug, Deserialize)]
-struct RuntimeErrorReport {
-    #[serde(default, rename = "type")]
-    kind: String,
-    #[serde(default)]
-    message: String,
-}
-
-/// The files of a container's private directory and how they are created.
-enum InputKind {
-    /// The call's input as a regular file (a cold start).
-    File(String),
-    /// A FIFO the call's input is written to when it arrives.
-    Fifo,
-}
-
 struct Slot<'a> {
     ctx: &'a SpotContext,
     index: u32,
@@ -305,6 +361,31 @@ impl Slot<'_> {
         self.report(SpotState::Free, "", "", "", error);
     }
 
+    /// Reports again what the spot holds (after a refused operation).
+    fn report_held(&self, held: &Held) {
+        match held {
+            Held::Nothing => self.report_free(String::new()),
+            Held::Runtime(live) => self.report(
+                SpotState::PreloadedRuntime,
+                &live.runtime.name,
+                "",
+                "",
+                String::new(),
+            ),
+            Held::Function(live) => self.report(
+                SpotState::PreloadedFunction,
+                &live.runtime.name,
+                &live
+                    .function
+                    .as_ref()
+                    .map(function_label)
+                    .unwrap_or_default(),
+                "",
+                String::new(),
+            ),
+        }
+    }
+
     fn container_id(&self, call_id: Option<&str>) -> String {
         match call_id {
             Some(id) => format!("call-{id}"),
@@ -326,7 +407,6 @@ impl Slot<'_> {
         id: String,
         runtime: &RuntimeBundle,
         function: Option<&FunctionBundle>,
-        input: InputKind,
     ) -> Result<Live, String> {
         let ctx = self.ctx;
         let t = Instant::now();
@@ -348,18 +428,26 @@ impl Slot<'_> {
             None => None,
         };
         let dir = ctx.config.state_dir.join("spots").join(&id);
-        {
+        // A host uid of its own: no per-uid kernel limit or file shared
+        // with another container.
+        let uid = ctx.uids.allocate().map_err(|e| e.to_string())?;
+        let owner = Owner {
+            uid: uid.uid(),
+            gid: uid.gid(),
+        };
+        let io = {
             let dir = dir.clone();
             let io_bytes = ctx.config.io_tmpfs_bytes();
             // Empty until a function is loaded into a runtime-preloaded spot.
             let env = function
                 .map(|f| function_env(f, runtime))
                 .unwrap_or_default();
-            tokio::task::spawn_blocking(move || prepare_dir(&dir, input, io_bytes, &env))
+            tokio::task::spawn_blocking(move || prepare_dir(&dir, io_bytes, &env, owner))
                 .await
                 .map_err(|e| e.to_string())?
-                .map_err(|e| format!("preparing the container's files: {e}"))?;
-        }
+                .map_err(|e| format!("preparing the container's files: {e}"))?
+        };
+        let io = Arc::new(io);
         let function_load_ms = if function.is_some() {
             ms(t.elapsed())
         } else {
@@ -368,9 +456,7 @@ impl Slot<'_> {
 
         let t = Instant::now();
         let create_began_at_ms = wall_ms();
-        let notify = pipe::OpenOptions::new()
-            .read_write(true)
-            .open_receiver(dir.join("io/notify"))
+        let notify = NotifyReader::open(&*io, files::NOTIFY)
             .map_err(|e| format!("opening the notify FIFO: {e}"))?;
         let memory_bytes = function
             .map(|f| f.memory_bytes)
@@ -382,7 +468,16 @@ impl Slot<'_> {
             Some(p) => p.path().to_path_buf(),
             None => dir.join("fn"),
         };
-        let spec = container_spec(ctx, &id, &dir, &fn_source, image, runtime, memory_bytes);
+        let spec = container_spec(
+            &ctx.config,
+            &id,
+            &dir,
+            &fn_source,
+            image,
+            runtime,
+            memory_bytes,
+            owner,
+        );
         let created = async {
             ctx.driver
                 .create(&spec)
@@ -404,7 +499,7 @@ impl Slot<'_> {
                     ctx.teardown_retry
                         .lock()
                         .expect("poisoned")
-                        .push(id.clone());
+                        .push((id.clone(), Some(uid)));
                 }
                 unmount_io(&dir);
                 let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -416,8 +511,11 @@ impl Slot<'_> {
             dir,
             runtime: runtime.clone(),
             function: function.cloned(),
+            io,
+            uid,
+            ready_cpu: None,
             exit,
-            notify: BufReader::new(notify).lines(),
+            notify,
             memory_bytes,
             runtime_load_ms: image_ms + ms(t.elapsed()),
             image_ms,
@@ -427,9 +525,8 @@ impl Slot<'_> {
         };
         if function.is_some() {
             // Nothing to wait for: faas-init goes on with the dependencies.
-            let gate = live.dir.join("io/load-gate");
             let deadline = Instant::now() + Duration::from_secs(30);
-            if write_fifo(&mut live, &gate, b"go\n", deadline)
+            if write_fifo(&mut live, files::LOAD_GATE, b"go\n", deadline)
                 .await
                 .is_err()
             {
@@ -452,10 +549,7 @@ impl Slot<'_> {
             String::new(),
         );
         let id = self.container_id(None);
-        let mut live = match self
-            .start_container(id, &runtime, function.as_ref(), InputKind::Fifo)
-            .await
-        {
+        let mut live = match self.start_container(id, &runtime, function.as_ref()).await {
             Ok(live) => live,
             Err(e) => {
                 warn!(error = %e, "preload failed");
@@ -465,6 +559,7 @@ impl Slot<'_> {
         };
         if function.is_none() {
             // faas-init waits at its load gate from its first instant.
+            live.ready_cpu = self.ctx.driver.cpu_usage(&live.id).await;
             self.report(
                 SpotState::PreloadedRuntime,
                 &runtime.name,
@@ -476,17 +571,15 @@ impl Slot<'_> {
         }
         // The function is loaded once its dependencies ran.
         let ready = tokio::time::timeout(PRELOAD_TIMEOUT, async {
-            loop {
-                tokio::select! {
-                    line = live.notify.next_line() => match line {
-                        Ok(Some(l)) if l == "deps-done" => return Ok(()),
-                        Ok(Some(l)) if l == "done" => return Err("the container finished during its preload".to_string()),
-                        Ok(Some(_)) => {}
-                        Ok(None) | Err(_) => return Err("the notify FIFO broke".to_string()),
-                    },
-                    exit = &mut live.exit => {
-                        return Err(format!("the container exited during its preload: {exit:?}"));
-                    }
+            tokio::select! {
+                notice = live.notify.next() => match notice {
+                    Ok(Some(Notice::DepsDone)) => Ok(()),
+                    Ok(Some(Notice::Done)) => Err("the container finished during its preload".to_string()),
+                    Ok(None) => Err("the notify FIFO broke".to_string()),
+                    Err(e) => Err(format!("the container broke the notify protocol: {e}")),
+                },
+                exit = &mut live.exit => {
+                    Err(format!("the container exited during its preload: {exit:?}"))
                 }
             }
         })
@@ -494,6 +587,7 @@ impl Slot<'_> {
         .unwrap_or_else(|_| Err("the preload timed out".into()));
         match ready {
             Ok(()) => {
+                live.ready_cpu = self.ctx.driver.cpu_usage(&live.id).await;
                 self.report(
                     SpotState::PreloadedFunction,
                     &runtime.name,
@@ -504,7 +598,13 @@ impl Slot<'_> {
                 Held::Function(live)
             }
             Err(e) => {
-                let tail = tail_lines(&read_logs(&live.dir.join("io/log"), 4096).0, 10, 2048);
+                let io = live.io.clone();
+                let logs = tokio::task::spawn_blocking(move || {
+                    io_files::read_log(&*io, files::LOG, 4096, 16 << 10).unwrap_or_default()
+                })
+                .await
+                .unwrap_or_default();
+                let tail = tail_lines(&logs.bytes, 10, 2048);
                 warn!(error = %e, log_tail = %tail, "function preload failed");
                 destroy(self.ctx, live).await;
                 self.report_free(format!("{e}; log tail: {tail}"));
@@ -521,26 +621,27 @@ impl Slot<'_> {
     ) {
         self.report_running(&runtime, &function, &call);
         let id = self.container_id(Some(&call.call_id));
-        let input = envelope(&call, &function);
         let mut timings = Timings {
             start_kind: StartKind::Cold as i32,
             ..Default::default()
         };
-        match self
-            .start_container(id, &runtime, Some(&function), InputKind::File(input))
-            .await
-        {
+        match self.start_container(id, &runtime, Some(&function)).await {
             Ok(mut live) => {
                 timings.runtime_load_ms = live.runtime_load_ms;
                 timings.function_load_ms = live.function_load_ms;
                 let started = Instant::now();
-                let ended = wait_done(self.ctx, &mut live, &function, started).await;
+                // Through the input FIFO, as for every start kind.
+                let input = envelope(&call, &function);
+                let ended = match write_input(&mut live, &input, &function).await {
+                    Ok(()) => wait_done(self.ctx, &mut live, &function, started).await,
+                    Err(ended) => ended,
+                };
                 self.finish(live, &function, &call, ended, started, timings, false)
                     .await;
             }
             Err(e) => {
                 self.ctx
-                    .send_result(platform_failure(&call, self.index, e, timings));
+                    .send_result(platform_failure(&call.call_id, self.index, e, timings));
                 self.report_free(String::new());
             }
         }
@@ -562,7 +663,7 @@ impl Slot<'_> {
         timings.function_load_ms = ms(t.elapsed());
         if let Err(e) = loaded {
             self.ctx
-                .send_result(platform_failure(&call, self.index, e, timings));
+                .send_result(platform_failure(&call.call_id, self.index, e, timings));
             destroy(self.ctx, live).await;
             self.report_free(String::new());
             return;
@@ -620,10 +721,11 @@ impl Slot<'_> {
             live.memory_bytes = function.memory_bytes;
         }
         let dir = live.dir.clone();
+        let io = live.io.clone();
         let env = function_env(function, &live.runtime);
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             copy_tree(package.path(), &dir.join("fn"))?;
-            write_owned(&dir.join("io/env"), &env_file(&env))
+            write_env(&*io, &env)
         })
         .await
         .map_err(|e| e.to_string())?
@@ -631,8 +733,7 @@ impl Slot<'_> {
         // faas-init opens its end of the gate right after the container
         // started; a call can arrive before that.
         let deadline = Instant::now() + Duration::from_millis(function.timeout_ms.max(1));
-        let gate = live.dir.join("io/load-gate");
-        write_fifo(live, &gate, b"go\n", deadline)
+        write_fifo(live, files::LOAD_GATE, b"go\n", deadline)
             .await
             .map_err(|_| "the runtime-preloaded container did not take its function".to_string())?;
         Ok(())
@@ -667,19 +768,11 @@ impl Slot<'_> {
     ) {
         let mut live = live;
         let waited = ms(started.elapsed());
-        let io_dir = live.dir.join("io");
-        let status: InitStatus =
-            read_json(&io_dir.join("status.json"), 64 << 10).unwrap_or_default();
         // An OOM kill shows as SIGKILL of the run; only the container's exit
         // says whether the memory cgroup did it.
         let mut oom = false;
         match &ended {
             Ended::Exited(exit) => oom = exit.oom_killed,
-            Ended::Done if status.run_signal == Some(9) => {
-                if let Ok(Ok(Ok(exit))) = tokio::time::timeout(KILL_GRACE, &mut live.exit).await {
-                    oom = exit.oom_killed;
-                }
-            }
             Ended::TimedOut => {
                 if let Err(e) = self.ctx.driver.kill(&live.id, 9).await {
                     warn!(error = %e, "killing a timed-out container failed");
@@ -687,6 +780,32 @@ impl Slot<'_> {
                 let _ = tokio::time::timeout(KILL_GRACE, &mut live.exit).await;
             }
             _ => {}
+        }
+        // Bounded reads of files the container could write: off the
+        // async workers, in one hop.
+        let collected = {
+            let io = live.io.clone();
+            let max_result = self.ctx.config.max_result_bytes;
+            let max_log = self.ctx.config.max_log_bytes;
+            tokio::task::spawn_blocking(move || collect::collect(&io, max_result, max_log)).await
+        };
+        let collected = match collected {
+            Ok(collected) => collected,
+            Err(e) => {
+                warn!(error = %e, "collecting the call's files failed");
+                collect::Collected {
+                    status: Default::default(),
+                    logs: Default::default(),
+                    output: Err(collect::OutputError::Missing),
+                    error_report: None,
+                }
+            }
+        };
+        let status = &collected.status;
+        if matches!(ended, Ended::Done) && status.run_signal == Some(9) {
+            if let Ok(Ok(Ok(exit))) = tokio::time::timeout(KILL_GRACE, &mut live.exit).await {
+                oom = exit.oom_killed;
+            }
         }
         if timings.start_kind() == StartKind::Cold && status.started_at_ms > live.create_began_at_ms
         {
@@ -706,26 +825,13 @@ impl Slot<'_> {
         } else {
             status.run_ms.unwrap_or(waited)
         };
-        // faas-init kept them within the bound (with its own marker); the
-        // agent's bound only guards against a log file the function forged.
-        let (logs, logs_truncated) = read_logs(
-            &live.dir.join("io/log"),
-            self.ctx.config.max_log_bytes + 256,
-        );
-        let logs_truncated = logs_truncated || contains(&logs, b" bytes of logs cut by faas ...]");
-        let result = build_result(
-            self.ctx,
-            self.index,
-            call,
-            function,
-            &io_dir,
-            &status,
-            &ended,
-            oom,
-            logs,
-            logs_truncated,
-            timings,
-        );
+        let facts = CallFacts {
+            call_id: &call.call_id,
+            spot: self.index,
+            timeout_ms: function.timeout_ms,
+            memory_bytes: function.memory_bytes,
+        };
+        let result = build_result(&facts, &ended, oom, collected, timings);
         // The result goes out before the tear-down: nobody waits for it.
         self.ctx.send_result(result);
         // faas-init exits right after reporting: a container already
@@ -753,10 +859,15 @@ async fn wait_done(
     let deadline = started + Duration::from_millis(function.timeout_ms.max(1));
     loop {
         tokio::select! {
-            line = live.notify.next_line() => match line {
-                Ok(Some(l)) if l == "done" => return Ended::Done,
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
+            notice = live.notify.next() => match notice {
+                Ok(Some(Notice::Done)) => return Ended::Done,
+                Ok(Some(Notice::DepsDone)) => {}
+                // Nothing faas-init writes: the function wrote into the
+                // FIFO. Its call ends here (the tear-down kills it).
+                Err(e @ (io_files::NotifyError::LineTooLong { .. } | io_files::NotifyError::Unknown(_))) => {
+                    return Ended::Broken(format!("the container broke the notify protocol: {e}"));
+                }
+                Ok(None) | Err(io_files::NotifyError::Io(_)) => {
                     // No more notifications: rely on the exit.
                     return match tokio::time::timeout_at(deadline.into(), &mut live.exit).await {
                         Ok(Ok(Ok(exit))) => Ended::Exited(exit),
@@ -780,24 +891,26 @@ async fn wait_done(
 /// it (after its imports), within the call's timeout.
 async fn write_input(live: &mut Live, input: &str, function: &FunctionBundle) -> Result<(), Ended> {
     let deadline = Instant::now() + Duration::from_millis(function.timeout_ms.max(1));
-    let path = live.dir.join("io/input.json");
-    write_fifo(live, &path, input.as_bytes(), deadline).await
+    write_fifo(live, files::INPUT, input.as_bytes(), deadline).await
 }
 
 /// Writes `data` into a FIFO of the container once its reader has opened
 /// it; gives up at `deadline` or if the container ends first.
 async fn write_fifo(
     live: &mut Live,
-    path: &Path,
+    name: &'static str,
     data: &[u8],
     deadline: Instant,
 ) -> Result<(), Ended> {
+    // The first open usually succeeds (a preloaded runtime waits on its
+    // input); while a cold one starts, the retries back off to 2 ms.
+    let mut pause = Duration::from_micros(250);
     let mut sender = loop {
-        match pipe::OpenOptions::new().open_sender(path) {
-            Ok(s) => break s,
+        match io_files::open_fifo_writer(&*live.io, name) {
+            Ok(Some(s)) => break s,
             // ENXIO: no reader yet (the runtime is still starting).
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => {}
-            Err(e) => return Err(Ended::Broken(format!("opening {}: {e}", path.display()))),
+            Ok(None) => {}
+            Err(e) => return Err(Ended::Broken(format!("opening {name}: {e}"))),
         }
         if Instant::now() >= deadline {
             return Err(Ended::TimedOut);
@@ -805,10 +918,11 @@ async fn write_fifo(
         tokio::select! {
             exit = &mut live.exit => return Err(match exit {
                 Ok(Ok(exit)) => Ended::Exited(exit),
-                other => Ended::Broken(format!("the container ended before reading {}: {other:?}", path.display())),
+                other => Ended::Broken(format!("the container ended before reading {name}: {other:?}")),
             }),
-            _ = tokio::time::sleep(Duration::from_micros(500)) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
+        pause = (pause * 2).min(Duration::from_millis(2));
     };
     let written = tokio::time::timeout_at(deadline.into(), async {
         sender.write_all(data).await?;
@@ -817,7 +931,7 @@ async fn write_fifo(
     .await;
     match written {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Ended::Broken(format!("writing {}: {e}", path.display()))),
+        Ok(Err(e)) => Err(Ended::Broken(format!("writing {name}: {e}"))),
         Err(_) => Err(Ended::TimedOut),
     }
     // Dropping the sender closes it: the reader sees the end of its data.
@@ -834,7 +948,7 @@ async fn destroy(ctx: &SpotContext, live: Live) {
         ctx.teardown_retry
             .lock()
             .expect("poisoned")
-            .push(live.id.clone());
+            .push((live.id.clone(), Some(live.uid)));
     }
     let dir = live.dir.clone();
     let _ = tokio::task::spawn_blocking(move || unmount_io(&dir)).await;
@@ -855,431 +969,4 @@ fn envelope(call: &CallAssignment, function: &FunctionBundle) -> String {
         serde_json::Value::String(call.call_id.clone()),
         call.params_json
     )
-}
-
-/// A failed result with no run behind it (the platform could not start it).
-fn platform_failure(
-    call: &CallAssignment,
-    spot: u32,
-    message: String,
-    timings: Timings,
-) -> CallResult {
-    CallResult {
-        call_id: call.call_id.clone(),
-        spot,
-        status: CallStatus::Failed as i32,
-        error: Some(CallError {
-            reason: "platform".into(),
-            message,
-            log_tail: String::new(),
-        }),
-        timings: Some(timings),
-        ..Default::default()
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn build_result(
-    ctx: &SpotContext,
-    index: u32,
-    call: &CallAssignment,
-    function: &FunctionBundle,
-    io_dir: &Path,
-    status: &InitStatus,
-    ended: &Ended,
-    oom: bool,
-    logs: Vec<u8>,
-    logs_truncated: bool,
-    timings: Timings,
-) -> CallResult {
-    let log_tail = tail_lines(&logs, 20, 4096);
-    let mut result = CallResult {
-        call_id: call.call_id.clone(),
-        spot: index,
-        status: CallStatus::Succeeded as i32,
-        logs,
-        logs_truncated,
-        timings: Some(timings),
-        ..Default::default()
-    };
-    let mut fail = |status: CallStatus, reason: &str, message: String| {
-        result.status = status as i32;
-        result.error = Some(CallError {
-            reason: reason.into(),
-            message,
-            log_tail: log_tail.clone(),
-        });
-    };
-    let exit_code = match ended {
-        Ended::Exited(exit) => Some(exit.code as i32),
-        _ => None,
-    };
-    if let Ended::TimedOut = ended {
-        fail(
-            CallStatus::Timeout,
-            "timeout",
-            format!(
-                "the call ran past its timeout of {} and was killed",
-                humantime::format_duration(Duration::from_millis(function.timeout_ms))
-            ),
-        );
-    } else if let Ended::Broken(message) = ended {
-        fail(CallStatus::Failed, "platform", message.clone());
-    } else if oom {
-        fail(
-            CallStatus::Failed,
-            "oom",
-            format!(
-                "the call ran out of memory (limit {} MiB) and was killed",
-                function.memory_bytes >> 20
-            ),
-        );
-    } else if status.deps_exit.is_some_and(|c| c != 0) {
-        fail(
-            CallStatus::Failed,
-            "dependencies",
-            format!(
-                "the runtime's dependencies command failed (exit {})",
-                status.deps_exit.unwrap_or_default()
-            ),
-        );
-    } else if let Some(error) = &status.error {
-        fail(
-            CallStatus::Failed,
-            "platform",
-            format!("faas-init: {error}"),
-        );
-    } else if status.run_exit != Some(0)
-        || exit_code.is_some_and(|c| c != 0 && status.run_exit.is_none())
-    {
-        let message = match read_json::<RuntimeErrorReport>(&io_dir.join("error.json"), 64 << 10) {
-            Some(e) if !e.message.is_empty() || !e.kind.is_empty() => {
-                if e.kind.is_empty() {
-                    e.message
-                } else {
-                    format!("{}: {}", e.kind, e.message)
-                }
-            }
-            _ => match (status.run_signal, status.run_exit, exit_code) {
-                (Some(sig), _, _) => format!("the function was killed by signal {sig}"),
-                (None, Some(code), _) => format!("the function exited with code {code}"),
-                (None, None, Some(code)) => format!("the container exited with code {code}"),
-                (None, None, None) => "the function ended without a status".to_string(),
-            },
-        };
-        fail(CallStatus::Failed, "error", message);
-    } else {
-        match read_output(&io_dir.join("output.json"), ctx.config.max_result_bytes) {
-            Ok(json) => result.result_json = json,
-            Err((reason, message)) => fail(CallStatus::Failed, reason, message),
-        }
-    }
-    result
-}
-
-/// Makes a container's private directory: `fn/` (empty: filled only for a
-/// runtime-preloaded spot when its call arrives) and `io/`, a tmpfs of
-/// `io_bytes` (so a call's input, output and logs cannot fill the host's
-/// disk) with the notify FIFO, the load gate and the input (a file or a
-/// FIFO), all owned by the function's user.
-fn prepare_dir(dir: &Path, input: InputKind, io_bytes: u64, env: &[String]) -> std::io::Result<()> {
-    if dir.exists() {
-        unmount_io(dir);
-        std::fs::remove_dir_all(dir)?;
-    }
-    std::fs::create_dir_all(dir)?;
-    // Root-owned and read-only in the container, like the package cache.
-    std::fs::create_dir(dir.join("fn"))?;
-    let io = dir.join("io");
-    std::fs::create_dir(&io)?;
-    nix::mount::mount(
-        Some("faas-io"),
-        &io,
-        Some("tmpfs"),
-        nix::mount::MsFlags::MS_NOSUID
-            | nix::mount::MsFlags::MS_NODEV
-            | nix::mount::MsFlags::MS_NOEXEC,
-        Some(format!("size={io_bytes},mode=0700,uid={FUNCTION_UID},gid={FUNCTION_GID}").as_str()),
-    )
-    .map_err(std::io::Error::from)?;
-    let fifo = |name: &str| -> std::io::Result<()> {
-        let path = io.join(name);
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
-        std::os::unix::fs::chown(&path, Some(FUNCTION_UID), Some(FUNCTION_GID))
-    };
-    fifo("notify")?;
-    // Every container gets the same faas-init command line and the same
-    // files, whatever the operation: what a function can see does not
-    // depend on how its container was started.
-    fifo("load-gate")?;
-    write_owned(&io.join("env"), &env_file(env))?;
-    match input {
-        InputKind::File(text) => write_owned(&io.join("input.json"), text.as_bytes())?,
-        InputKind::Fifo => fifo("input.json")?,
-    }
-    Ok(())
-}
-
-/// Detaches the io tmpfs of a container's directory, if mounted.
-pub fn unmount_io(dir: &Path) {
-    let _ = nix::mount::umount2(&dir.join("io"), nix::mount::MntFlags::MNT_DETACH);
-}
-
-/// faas-init's `--env-file`: NUL-separated `KEY=VALUE` entries.
-fn env_file(env: &[String]) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for entry in env {
-        bytes.extend_from_slice(entry.as_bytes());
-        bytes.push(0);
-    }
-    bytes
-}
-
-fn write_owned(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)?;
-    std::os::unix::fs::chown(path, Some(FUNCTION_UID), Some(FUNCTION_GID))
-}
-
-/// The environment a function's commands see (besides the image's).
-fn function_env(function: &FunctionBundle, runtime: &RuntimeBundle) -> Vec<String> {
-    let mut env: Vec<String> = function
-        .env
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    env.sort();
-    env.extend([
-        format!("FAAS_HANDLER={}", function.handler),
-        format!("FAAS_FUNCTION_NAME={}", function.name),
-        format!("FAAS_FUNCTION_VERSION={}", function.version),
-        format!("FAAS_FUNCTION_DIR={}", runtime.path),
-        format!("FAAS_MEMORY_MB={}", function.memory_bytes >> 20),
-        format!("FAAS_TIMEOUT_MS={}", function.timeout_ms),
-    ]);
-    env
-}
-
-#[allow(clippy::too_many_arguments)]
-fn container_spec(
-    ctx: &SpotContext,
-    id: &str,
-    dir: &Path,
-    fn_source: &Path,
-    image: ImageInfo,
-    runtime: &RuntimeBundle,
-    memory_bytes: u64,
-) -> ContainerSpec {
-    let mut args = vec![
-        INIT_PATH.to_string(),
-        "--status".into(),
-        format!("{IO_DIR}/status.json"),
-        "--cwd".into(),
-        runtime.path.clone(),
-        "--notify".into(),
-        format!("{IO_DIR}/notify"),
-        "--log".into(),
-        format!("{IO_DIR}/log"),
-        "--log-limit".into(),
-        ctx.config.max_log_bytes.to_string(),
-    ];
-    // The function's env comes from the env file, read after the load
-    // gate (released at once when the function is known at creation).
-    args.extend([
-        "--load-gate".to_string(),
-        format!("{IO_DIR}/load-gate"),
-        "--env-file".to_string(),
-        format!("{IO_DIR}/env"),
-    ]);
-    if !runtime.dependencies.trim().is_empty() {
-        args.extend(["--deps".to_string(), runtime.dependencies.clone()]);
-    }
-    args.extend(["--run".to_string(), runtime.run.clone()]);
-    // The same for every container: the function's own environment comes
-    // through the env file.
-    let env = vec![
-        format!("FAAS_INPUT={IO_DIR}/input.json"),
-        format!("FAAS_OUTPUT={IO_DIR}/output.json"),
-        format!("FAAS_ERROR={IO_DIR}/error.json"),
-        "HOME=/tmp".to_string(),
-    ];
-    ContainerSpec {
-        id: id.to_string(),
-        image,
-        args,
-        env,
-        cwd: runtime.path.clone(),
-        hostname: "faas".into(),
-        mounts: vec![
-            BindMount {
-                source: ctx.config.init_binary.clone(),
-                destination: INIT_PATH.into(),
-                readonly: true,
-            },
-            // Read-only, like AWS Lambda's /var/task: nothing a call writes
-            // there can reach the next call or fill the host's disk.
-            BindMount {
-                source: fn_source.to_path_buf(),
-                destination: runtime.path.clone(),
-                readonly: true,
-            },
-            BindMount {
-                source: dir.join("io"),
-                destination: IO_DIR.into(),
-                readonly: false,
-            },
-        ],
-        // The commands' output goes through faas-init's bounded log pipe;
-        // the shim's stdio is nobody's to fill.
-        stdio_path: PathBuf::from("/dev/null"),
-        limits: Limits {
-            memory_bytes,
-            cpu_millis: ctx.config.cpu_millis,
-            pids: ctx.config.pids_limit,
-            tmp_bytes: 0,
-        },
-    }
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, limit: u64) -> Option<T> {
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.len() > limit {
-        return None;
-    }
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-/// The function's result: present, within the size limit, valid JSON.
-fn read_output(path: &Path, limit: u64) -> Result<String, (&'static str, String)> {
-    let meta = std::fs::metadata(path).map_err(|_| {
-        (
-            "no_output",
-            "the function exited without writing a result".to_string(),
-        )
-    })?;
-    if meta.len() > limit {
-        return Err((
-            "invalid_output",
-            format!(
-                "the result is {} bytes, over the limit of {limit} bytes",
-                meta.len()
-            ),
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        (
-            "invalid_output",
-            format!("the result is not UTF-8 text: {e}"),
-        )
-    })?;
-    serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| {
-        (
-            "invalid_output",
-            format!("the result is not valid JSON: {e}"),
-        )
-    })?;
-    Ok(text)
-}
-
-/// The call's logs, bounded: the head and the tail around a marker when
-/// they are longer than `limit`.
-fn read_logs(path: &PathBuf, limit: u64) -> (Vec<u8>, bool) {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return (Vec::new(), false);
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if len <= limit {
-        let mut buf = Vec::with_capacity(len as usize);
-        let _ = file.read_to_end(&mut buf);
-        return (buf, false);
-    }
-    let head_len = limit / 4;
-    let tail_len = limit - head_len;
-    let mut head = vec![0; head_len as usize];
-    let _ = file.read_exact(&mut head);
-    let mut tail = Vec::with_capacity(tail_len as usize);
-    let _ = file.seek(SeekFrom::Start(len - tail_len));
-    let _ = file.read_to_end(&mut tail);
-    let mut out = head;
-    out.extend_from_slice(
-        format!(
-            "\n[... {} bytes of logs cut by faas ...]\n",
-            len - head_len - tail_len
-        )
-        .as_bytes(),
-    );
-    out.extend_from_slice(&tail);
-    (out, true)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn tail_lines(logs: &[u8], lines: usize, max_bytes: usize) -> String {
-    let text = String::from_utf8_lossy(logs);
-    let trimmed = text.trim_end();
-    let mut start = trimmed.len();
-    for _ in 0..lines {
-        match trimmed[..start].rfind('\n') {
-            Some(pos) => start = pos,
-            None => {
-                start = 0;
-                break;
-            }
-        }
-    }
-    let tail = trimmed[start..].trim_start_matches('\n');
-    if tail.len() > max_bytes {
-        let mut cut = tail.len() - max_bytes;
-        while !tail.is_char_boundary(cut) {
-            cut += 1;
-        }
-        tail[cut..].to_string()
-    } else {
-        tail.to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tails() {
-        assert_eq!(tail_lines(b"a\nb\nc\n", 2, 100), "b\nc");
-        assert_eq!(tail_lines(b"a\nb\nc", 5, 100), "a\nb\nc");
-        assert_eq!(tail_lines(b"", 5, 100), "");
-        assert_eq!(tail_lines(b"abcdef", 5, 3), "def");
-    }
-
-    #[test]
-    fn logs_are_cut_in_the_middle_with_a_marker() {
-        let dir = std::env::temp_dir().join(format!("faas-logs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("log");
-        std::fs::write(&path, "h".repeat(1000) + &"t".repeat(1000)).unwrap();
-        let (logs, cut) = read_logs(&path, 400);
-        let text = String::from_utf8(logs).unwrap();
-        assert!(cut);
-        assert!(text.starts_with(&"h".repeat(100)));
-        assert!(text.ends_with(&"t".repeat(300)));
-        assert!(text.contains("1600 bytes of logs cut"));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn output_must_be_json() {
-        let dir = std::env::temp_dir().join(format!("faas-out-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("output.json");
-        assert_eq!(read_output(&path, 100).unwrap_err().0, "no_output");
-        std::fs::write(&path, "{\"a\": 1}").unwrap();
-        assert_eq!(read_output(&path, 100).unwrap(), "{\"a\": 1}");
-        std::fs::write(&path, "{nope").unwrap();
-        assert_eq!(read_output(&path, 100).unwrap_err().0, "invalid_output");
-        std::fs::write(&path, "[".to_string() + &"1,".repeat(100) + "1]").unwrap();
-        assert_eq!(read_output(&path, 100).unwrap_err().0, "invalid_output");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

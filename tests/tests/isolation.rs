@@ -32,7 +32,8 @@ use tokio_stream::StreamExt;
 /// across awaits; it has no poisoning, so a failed test does not fail the next.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const UID_NOBODY: u64 = 65534;
+/// The agent's default uid pool: every container runs as its own uid.
+const UID_POOL: std::ops::Range<u64> = 200_000..200_000 + 65_536;
 /// The driver's default /tmp size (faas_driver::DEFAULT_TMP_BYTES).
 const TMP_BYTES: u64 = 64 << 20;
 /// /dev/shm's size in the spec.
@@ -338,7 +339,7 @@ async fn check_persist(stack: &Stack, ids: &mut Vec<String>) -> anyhow::Result<(
         assert_eq!(r["found_processes"], json!([]), "python, call {tag}: {r}");
         // The attack was real: it planted files and its processes ran.
         let planted = r["planted"].as_array().expect("planted");
-        for place in ["/tmp/", "/dev/shm/", "/faas/io/"] {
+        for place in ["/tmp/", "/dev/shm/"] {
             assert!(
                 planted
                     .iter()
@@ -348,8 +349,9 @@ async fn check_persist(stack: &Stack, ids: &mut Vec<String>) -> anyhow::Result<(
         }
         assert_eq!(r["running"].as_array().map(Vec::len), Some(2), "{r}");
         assert_eq!(r["heartbeat"], true, "{r}");
-        // The root, the function directory and the root-owned tmpfs refuse.
-        for place in ["/", "/var/task", "/run", "/dev"] {
+        // The root, the function directory, the root-owned tmpfs and the io
+        // directory (root-owned: its entries cannot be added or replaced) refuse.
+        for place in ["/", "/var/task", "/run", "/dev", "/faas/io"] {
             let refused = r["refused"][place].as_str().unwrap_or("");
             assert!(
                 refused == "Read-only file system" || refused == "Permission denied",
@@ -541,7 +543,10 @@ async fn check_syscalls(stack: &Stack, ids: &mut Vec<String>) -> anyhow::Result<
     );
     assert_eq!(r["hostname"], "faas", "{r}");
     assert_eq!(r["clock_moved"], false, "{r}");
-    assert_eq!(r["uid"], UID_NOBODY, "{r}");
+    assert!(
+        r["uid"].as_u64().is_some_and(|uid| UID_POOL.contains(&uid)),
+        "not a uid of the agent's pool: {r}"
+    );
     for (set, value) in r["caps"].as_object().expect("caps") {
         assert_eq!(value, "0000000000000000", "{set} {r}");
     }
@@ -559,7 +564,9 @@ async fn check_fill(stack: &Stack, ids: &mut Vec<String>) -> anyhow::Result<()> 
     for (dir, bound) in [
         ("/tmp", TMP_BYTES),
         ("/dev/shm", SHM_BYTES),
-        ("/faas/io", IO_BYTES),
+        // The io directory takes no new file; its files the function may
+        // write (here error.json) fill up to the tmpfs's size.
+        ("/faas/io/error.json", IO_BYTES),
     ] {
         assert_eq!(
             str_field(&r[dir], "outcome"),
@@ -580,6 +587,12 @@ async fn check_fill(stack: &Stack, ids: &mut Vec<String>) -> anyhow::Result<()> 
         );
         assert_eq!(r[dir]["bytes"], 0, "{r}");
     }
+    assert_eq!(
+        str_field(&r["/faas/io"], "outcome"),
+        "Permission denied",
+        "/faas/io: {r}"
+    );
+    assert_eq!(r["/faas/io"]["bytes"], 0, "{r}");
     Ok(())
 }
 

@@ -559,6 +559,38 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// CPU time the container's processes used so far, read from its
+    /// cgroup: `cpuacct.usage` on cgroup v1 (hybrid hosts), `usage_usec` of
+    /// `cpu.stat` on v2. `None` when neither can be read.
+    pub async fn cpu_usage(&self, id: &str) -> Option<Duration> {
+        let cgroup = spec::cgroup_path(&self.inner.cfg.namespace, id);
+        let relative = cgroup.trim_start_matches('/').to_string();
+        tokio::task::spawn_blocking(move || read_cpu_usage(Path::new(CGROUP_ROOT), &relative))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// [`Driver::cpu_usage`] under the cgroup mount `root`.
+fn read_cpu_usage(root: &Path, relative: &str) -> Option<Duration> {
+    // The v1 controller is mounted alone or with cpu, depending on the host.
+    for controller in ["cpuacct", "cpu,cpuacct"] {
+        let file = root.join(controller).join(relative).join("cpuacct.usage");
+        if let Ok(text) = std::fs::read_to_string(file) {
+            if let Ok(ns) = text.trim().parse::<u64>() {
+                return Some(Duration::from_nanos(ns));
+            }
+        }
+    }
+    let text = std::fs::read_to_string(root.join(relative).join("cpu.stat")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|n| n.trim().parse().ok())
+        .map(Duration::from_micros)
+}
+
 /// The `oom_kill N` line of a cgroup v1 `memory.oom_control` or a v2
 /// `memory.events` file.
 async fn read_oom_kill_count(file: &PathBuf) -> Option<u64> {
@@ -605,5 +637,36 @@ fn runc_options(binary: &str) -> prost_types::Any {
         value: prost::Message::encode_to_vec(&RuncOptions {
             binary_name: binary.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_usage_reads_v1_then_v2() {
+        let root = std::env::temp_dir().join(format!("faas-cgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let rel = "faas/faas/c1";
+        assert_eq!(read_cpu_usage(&root, rel), None);
+        std::fs::create_dir_all(root.join(rel)).unwrap();
+        std::fs::write(
+            root.join(rel).join("cpu.stat"),
+            "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_cpu_usage(&root, rel),
+            Some(Duration::from_millis(2500))
+        );
+        let v1 = root.join("cpu,cpuacct").join(rel);
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("cpuacct.usage"), "1500000000\n").unwrap();
+        assert_eq!(
+            read_cpu_usage(&root, rel),
+            Some(Duration::from_millis(1500))
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

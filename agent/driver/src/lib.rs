@@ -7,10 +7,10 @@
 //! that uses it exists), tasks get their rootfs mounts explicitly (1.6 does not
 //! fill them in), and the exit is subscribed to before the task starts.
 //!
-//! Containers run as uid/gid [`CONTAINER_UID`]/[`CONTAINER_GID`] (`nobody`),
-//! with no capabilities and a read-only root: host directories bind-mounted
-//! read-write must be owned by (or writable for) that uid. The agent chowns the
-//! per-call directories it creates.
+//! Containers run as the uid/gid their [`ContainerSpec`] names (the agent
+//! gives each container its own, from a pool), with no capabilities and a
+//! read-only root: host directories bind-mounted read-write must be owned by
+//! (or writable for) that uid. The agent chowns the per-call files it creates.
 
 mod container;
 mod error;
@@ -31,11 +31,6 @@ use tonic::Request;
 
 pub use container::{CleanupReport, ExitStatus, ExitWaiter, Inventory};
 pub use error::DriverError;
-
-/// The uid every container process runs as (`nobody`).
-pub const CONTAINER_UID: u32 = 65534;
-/// The gid every container process runs as (`nogroup`).
-pub const CONTAINER_GID: u32 = 65534;
 
 /// Prefix of the leases that protect a container's snapshot: `faas-<id>`.
 const CONTAINER_LEASE_PREFIX: &str = "faas-";
@@ -134,6 +129,10 @@ pub struct ContainerSpec {
     /// regular file).
     pub stdio_path: PathBuf,
     pub limits: Limits,
+    /// Host uid and gid of every process of the container (no user
+    /// namespace), also the owner of its `/tmp`. Not 0.
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// A cheap, cloneable handle on containerd (wraps one tonic channel).

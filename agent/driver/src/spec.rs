@@ -21,7 +21,7 @@ use oci_spec::runtime::{
     Spec, SpecBuilder, UserBuilder,
 };
 
-use crate::{ContainerSpec, DriverError, CONTAINER_GID, CONTAINER_UID, DEFAULT_TMP_BYTES};
+use crate::{ContainerSpec, DriverError, DEFAULT_TMP_BYTES};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// CFS period for the CPU quota: 100 ms, so 1 CPU = 100 000 µs of quota.
@@ -295,8 +295,8 @@ pub(crate) fn seccomp() -> Result<LinuxSeccomp, oci_spec::OciSpecError> {
 }
 
 /// Resource limits of the container's processes. No RLIMIT_NPROC: it counts
-/// every process of the uid on the whole host (all containers share uid
-/// 65534), so the pids cgroup bounds processes instead, per container.
+/// every process of the uid on the whole host, and the pids cgroup bounds
+/// processes per container already (each container has its own uid too).
 fn rlimits() -> Result<Vec<PosixRlimit>, oci_spec::OciSpecError> {
     [
         (PosixRlimitType::RlimitNofile, NOFILE_LIMIT),
@@ -352,6 +352,10 @@ pub(crate) fn build(spec: &ContainerSpec, namespace: &str) -> Result<Spec, Drive
 }
 
 fn build_inner(spec: &ContainerSpec, namespace: &str) -> Result<Spec, String> {
+    if spec.uid == 0 || spec.gid == 0 {
+        // Containers never run as root: the spec has no user namespace.
+        return Err("a container must not run as uid or gid 0".into());
+    }
     let err = |e: oci_spec::OciSpecError| e.to_string();
 
     let mut env = vec![DEFAULT_PATH.to_string()];
@@ -378,8 +382,8 @@ fn build_inner(spec: &ContainerSpec, namespace: &str) -> Result<Spec, String> {
         .terminal(false)
         .user(
             UserBuilder::default()
-                .uid(CONTAINER_UID)
-                .gid(CONTAINER_GID)
+                .uid(spec.uid)
+                .gid(spec.gid)
                 .build()
                 .map_err(err)?,
         )
@@ -400,7 +404,7 @@ fn build_inner(spec: &ContainerSpec, namespace: &str) -> Result<Spec, String> {
     let tmp_size = format!("size={tmp_bytes}");
     // runc gives a tmpfs the mode of the directory it covers (0755 in some
     // images): owning it makes /tmp writable for the process in any case.
-    let tmp_owner = format!("uid={CONTAINER_UID},gid={CONTAINER_GID}");
+    let tmp_owner = format!("uid={},gid={}", spec.uid, spec.gid);
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
@@ -594,6 +598,8 @@ mod tests {
                 pids: 64,
                 tmp_bytes: 0,
             },
+            uid: 200_123,
+            gid: 200_123,
         }
     }
 
@@ -602,7 +608,8 @@ mod tests {
         let spec = build(&sample(), "faas").unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         let process = &json["process"];
-        assert_eq!(process["user"]["uid"], 65534);
+        assert_eq!(process["user"]["uid"], 200_123);
+        assert_eq!(process["user"]["gid"], 200_123);
         assert_eq!(process["noNewPrivileges"], true);
         for set in [
             "bounding",
@@ -636,6 +643,21 @@ mod tests {
             .as_array()
             .unwrap()
             .contains(&serde_json::json!(format!("size={DEFAULT_TMP_BYTES}"))));
+        // /tmp belongs to the container's own uid.
+        assert!(tmp["options"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("uid=200123,gid=200123")));
+    }
+
+    #[test]
+    fn root_is_refused() {
+        let mut spec = sample();
+        spec.uid = 0;
+        assert!(build(&spec, "faas").is_err());
+        let mut spec = sample();
+        spec.gid = 0;
+        assert!(build(&spec, "faas").is_err());
     }
 
     /// The rules of the filter that name `syscall`, as JSON.

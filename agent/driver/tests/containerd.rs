@@ -415,8 +415,13 @@ fn spec(id: &str, image: &ImageInfo, args: &[&str], stdio: &Path) -> ContainerSp
             pids: 64,
             tmp_bytes: 16 << 20,
         },
+        uid: TEST_UID,
+        gid: TEST_UID,
     }
 }
+
+/// The uid the test's containers run as: not a host account, not 65534.
+const TEST_UID: u32 = 200_077;
 
 /// create → start → wait → destroy; returns the exit and the output.
 async fn run(driver: &Driver, spec: &ContainerSpec) -> TestResult<(ExitStatus, String)> {
@@ -570,7 +575,7 @@ async fn scenarios(stack: &mut Stack, driver: &Driver) -> TestResult {
     fs::create_dir_all(&input)?;
     fs::create_dir_all(&output_dir)?;
     fs::write(input.join("marker"), "marker-content\n")?;
-    std::os::unix::fs::chown(&output_dir, Some(65534), Some(65534))?;
+    std::os::unix::fs::chown(&output_dir, Some(TEST_UID), Some(TEST_UID))?;
     fs::set_permissions(&output_dir, fs::Permissions::from_mode(0o755))?;
     let log = work.join("mounts.log");
     fs::write(&log, "")?;
@@ -599,8 +604,8 @@ async fn scenarios(stack: &mut Stack, driver: &Driver) -> TestResult {
     assert_eq!(
         lines[..8],
         [
-            "65534",
-            "65534",
+            "200077",
+            "200077",
             "12",
             "from the second layer",
             "marker-content",

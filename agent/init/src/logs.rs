@@ -3,7 +3,6 @@
 //! a function printing gigabytes costs memory and disk of that bound only,
 //! and the log file is complete the moment the run has ended.
 
-use std::collections::VecDeque;
 use std::io::Write as _;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
@@ -15,63 +14,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-/// Head and tail of a byte stream, within `limit` bytes in all.
-#[derive(Debug)]
-pub struct BoundedLog {
-    head: Vec<u8>,
-    head_limit: usize,
-    tail: VecDeque<u8>,
-    tail_limit: usize,
-    total: u64,
-}
-
-impl BoundedLog {
-    pub fn new(limit: usize) -> BoundedLog {
-        let head_limit = limit / 4;
-        BoundedLog {
-            head: Vec::new(),
-            head_limit,
-            tail: VecDeque::new(),
-            tail_limit: limit - head_limit,
-            total: 0,
-        }
-    }
-
-    pub fn push(&mut self, mut data: &[u8]) {
-        self.total += data.len() as u64;
-        if self.head.len() < self.head_limit {
-            let n = (self.head_limit - self.head.len()).min(data.len());
-            self.head.extend_from_slice(&data[..n]);
-            data = &data[n..];
-        }
-        if data.len() >= self.tail_limit {
-            self.tail.clear();
-            self.tail.extend(&data[data.len() - self.tail_limit..]);
-        } else {
-            let overflow = (self.tail.len() + data.len()).saturating_sub(self.tail_limit);
-            self.tail.drain(..overflow);
-            self.tail.extend(data);
-        }
-    }
-
-    /// The logs as they are kept: the head, a marker where bytes were cut,
-    /// the tail.
-    pub fn render(&self) -> Vec<u8> {
-        let kept = (self.head.len() + self.tail.len()) as u64;
-        let mut out = self.head.clone();
-        if self.total > kept {
-            out.extend_from_slice(
-                format!(
-                    "\n[... {} bytes of logs cut by faas ...]\n",
-                    self.total - kept
-                )
-                .as_bytes(),
-            );
-        }
-        out.extend(self.tail.iter());
-        out
-    }
-}
+pub use faas_init_protocol::BoundedLog;
 
 /// A pipe whose write end the commands get as stdout and stderr, read by a
 /// thread of ours.
@@ -131,6 +74,8 @@ impl LogPump {
         drop(self.write_end.take());
         self.stop.store(true, Ordering::Release);
         let log = self.reader.join().unwrap_or_else(|_| BoundedLog::new(0));
+        // The agent created the file (the io directory is not ours to
+        // create in): truncated and rewritten in place.
         let mut file = std::fs::File::create(path)?;
         file.write_all(&log.render())
     }
@@ -139,24 +84,6 @@ impl LogPump {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keeps_head_and_tail_with_a_marker() {
-        let mut log = BoundedLog::new(8);
-        log.push(b"ab");
-        assert_eq!(log.render(), b"ab");
-        log.push(b"cdefghijklmnop");
-        // head 2 bytes, tail 6 bytes, 8 cut in between
-        assert_eq!(
-            String::from_utf8(log.render()).unwrap(),
-            "ab\n[... 8 bytes of logs cut by faas ...]\nklmnop"
-        );
-        for _ in 0..1000 {
-            log.push(b"xyz");
-        }
-        assert!(log.render().ends_with(b"zxyzxyz"[1..].as_ref()));
-        assert_eq!(log.total, 16 + 3000);
-    }
 
     #[test]
     fn the_pump_collects_what_children_wrote() {

@@ -5,16 +5,15 @@
 //! the agent writes one line to when the call arrives), run the runtime's `run`
 //! command, reap every child (we are PID 1, so double-forked orphans land on
 //! us), forward SIGTERM/SIGINT to the current child, and report timings in
-//! `status.json`, written atomically so the agent never reads half a file.
+//! `status.json` (the protocol lives in the faas-init-protocol crate).
 //!
 //! Kept tiny and std-only apart from `nix`: it is bind-mounted, statically
 //! linked, into arbitrary images and sits on every call's hot path.
 
 mod logs;
 
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Instant;
@@ -25,101 +24,11 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-const USAGE: &str = "usage: faas-init --status PATH --cwd DIR [--load-gate FIFO] [--deps CMD] [--gate FIFO] --run CMD [--notify FIFO]";
+use faas_init_protocol::{notify, parse_env_file, Args, Phase, Status, USAGE};
 
 /// Exit code when faas-init itself cannot start a command (like a shell's
 /// "command not found").
 const EXIT_SPAWN_FAILED: i32 = 127;
-
-#[derive(Debug, PartialEq)]
-struct Args {
-    status: PathBuf,
-    cwd: PathBuf,
-    /// `None` when absent or blank: nothing to run before the gate.
-    deps: Option<String>,
-    run: String,
-    gate: Option<PathBuf>,
-    /// Waited at before the dependencies: a runtime-preloaded spot whose
-    /// function files are not there yet.
-    load_gate: Option<PathBuf>,
-    /// A FIFO held open by the agent: faas-init writes `deps-done` when the
-    /// dependencies finished and `done` after the final status.json, so the
-    /// agent learns both without polling or waiting for the container's exit.
-    notify: Option<PathBuf>,
-    /// Environment added to the dependencies and run commands, read after
-    /// the load gate: NUL-separated `KEY=VALUE` entries (a runtime-preloaded
-    /// spot learns its function only when the call arrives).
-    env_file: Option<PathBuf>,
-    /// Where the commands' stdout and stderr are kept (bounded by
-    /// `log_limit`); without it they go to faas-init's own stdio.
-    log: Option<PathBuf>,
-    log_limit: usize,
-}
-
-/// Accepts `--flag VALUE` and `--flag=VALUE`; every flag at most once.
-fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
-    let mut status = None;
-    let mut cwd = None;
-    let mut deps = None;
-    let mut run = None;
-    let mut gate = None;
-    let mut load_gate = None;
-    let mut notify = None;
-    let mut env_file = None;
-    let mut log = None;
-    let mut log_limit = None;
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline_value) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_string(), Some(value.to_string()))
-            }
-            _ => (arg, None),
-        };
-        let slot = match flag.as_str() {
-            "--status" => &mut status,
-            "--cwd" => &mut cwd,
-            "--deps" => &mut deps,
-            "--run" => &mut run,
-            "--gate" => &mut gate,
-            "--load-gate" => &mut load_gate,
-            "--notify" => &mut notify,
-            "--env-file" => &mut env_file,
-            "--log" => &mut log,
-            "--log-limit" => &mut log_limit,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        };
-        let value = match inline_value {
-            Some(value) => value,
-            None => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
-        };
-        if slot.replace(value).is_some() {
-            return Err(format!("{flag} given twice"));
-        }
-    }
-    let run = run.ok_or("--run is required")?;
-    if run.trim().is_empty() {
-        return Err("--run must not be empty".into());
-    }
-    Ok(Args {
-        status: status.ok_or("--status is required")?.into(),
-        cwd: cwd.ok_or("--cwd is required")?.into(),
-        deps: deps.filter(|deps| !deps.trim().is_empty()),
-        run,
-        gate: gate.map(PathBuf::from),
-        load_gate: load_gate.map(PathBuf::from),
-        notify: notify.map(PathBuf::from),
-        env_file: env_file.map(PathBuf::from),
-        log: log.map(PathBuf::from),
-        log_limit: match log_limit {
-            Some(n) => n
-                .parse()
-                .map_err(|_| format!("--log-limit {n:?} is not a number of bytes"))?,
-            None => 64 << 10,
-        },
-    })
-}
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -152,85 +61,12 @@ impl Ended {
     }
 }
 
-/// The content of status.json.
-#[derive(Debug, Default)]
-struct Status {
-    phase: &'static str,
-    deps_ms: f64,
-    deps_exit: Option<i32>,
-    deps_signal: Option<i32>,
-    run_ms: Option<f64>,
-    run_exit: Option<i32>,
-    run_signal: Option<i32>,
-    /// When faas-init started and when it started the run, epoch ms: the
-    /// agent's clock, so that it can split container start-up from the run
-    /// without overlapping them.
-    started_at_ms: f64,
-    run_started_at_ms: Option<f64>,
-    /// Set only when faas-init itself failed (cannot spawn, bad gate, ...).
-    error: Option<String>,
-}
-
-impl Status {
-    fn to_json(&self) -> String {
-        fn int(value: Option<i32>) -> String {
-            value.map_or_else(|| "null".into(), |v| v.to_string())
-        }
-        fn ms(value: Option<f64>) -> String {
-            value.map_or_else(|| "null".into(), |v| format!("{v:.3}"))
-        }
-        let mut json = format!(
-            "{{\"phase\":\"{}\",\"deps_ms\":{},\"deps_exit\":{},\"deps_signal\":{},\"run_ms\":{},\"run_exit\":{},\"run_signal\":{}",
-            self.phase,
-            ms(Some(self.deps_ms)),
-            int(self.deps_exit),
-            int(self.deps_signal),
-            ms(self.run_ms),
-            int(self.run_exit),
-            int(self.run_signal),
-        );
-        let _ = write!(
-            json,
-            ",\"started_at_ms\":{},\"run_started_at_ms\":{}",
-            ms(Some(self.started_at_ms)),
-            ms(self.run_started_at_ms)
-        );
-        if let Some(error) = &self.error {
-            json.push_str(",\"error\":");
-            json.push_str(&json_string(error));
-        }
-        json.push_str("}\n");
-        json
-    }
-}
-
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// Writes to a temporary sibling then renames: readers see the old file or
-/// the new one, never a torn write.
-fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, content)?;
-    std::fs::rename(&tmp, path)
+/// Writes status.json in place: the io directory is not writable by the
+/// container, so the file the agent created is truncated and rewritten. The
+/// agent reads it only after `done` or the container's exit, never while it
+/// is being written.
+fn write_status(path: &Path, status: &Status) -> std::io::Result<()> {
+    std::fs::write(path, status.to_json())
 }
 
 fn elapsed_ms(since: Instant) -> f64 {
@@ -348,18 +184,6 @@ impl Supervisor {
     }
 }
 
-/// NUL-separated `KEY=VALUE` entries; entries without `=` are skipped.
-fn parse_env_file(bytes: &[u8]) -> Vec<(String, String)> {
-    bytes
-        .split(|b| *b == 0)
-        .filter_map(|entry| {
-            let entry = String::from_utf8_lossy(entry);
-            let (key, value) = entry.split_once('=')?;
-            (!key.is_empty()).then(|| (key.to_string(), value.to_string()))
-        })
-        .collect()
-}
-
 /// `/bin/sh -c SCRIPT` in `cwd`, inheriting stdio and environment, with an
 /// empty signal mask.
 fn spawn_shell(
@@ -412,7 +236,7 @@ fn epoch_ms() -> f64 {
 
 fn supervise(args: &Args) -> i32 {
     let mut status = Status {
-        phase: "done",
+        phase: Phase::Done,
         started_at_ms: epoch_ms(),
         ..Status::default()
     };
@@ -425,10 +249,11 @@ fn supervise(args: &Args) -> i32 {
             .map_err(|error| eprintln!("faas-init: cannot open {}: {error}", path.display()))
             .ok()
     });
-    let tell = |line: &str| {
+    // One write per line (shorter than PIPE_BUF, so never interleaved).
+    let tell = |word: &str| {
         if let Some(mut fifo) = notify.as_ref() {
             use std::io::Write as _;
-            let _ = fifo.write_all(line.as_bytes());
+            let _ = fifo.write_all(format!("{word}\n").as_bytes());
         }
     };
     // Started once signals are blocked, so its thread inherits the mask.
@@ -440,10 +265,10 @@ fn supervise(args: &Args) -> i32 {
                 eprintln!("faas-init: cannot write {}: {error}", path.display());
             }
         }
-        if let Err(error) = write_atomically(&args.status, &status.to_json()) {
+        if let Err(error) = write_status(&args.status, status) {
             eprintln!("faas-init: cannot write {}: {error}", args.status.display());
         }
-        tell("done\n");
+        tell(notify::DONE);
         code
     };
     let mut supervisor = match Supervisor::new() {
@@ -519,16 +344,16 @@ fn supervise(args: &Args) -> i32 {
         }
     }
 
-    tell("deps-done\n");
+    tell(notify::DEPS_DONE);
 
     if let Some(gate) = &args.gate {
-        status.phase = "ready";
-        if let Err(error) = write_atomically(&args.status, &status.to_json()) {
+        status.phase = Phase::Ready;
+        if let Err(error) = write_status(&args.status, &status) {
             // The agent waits for "ready": without it the spot is useless.
             eprintln!("faas-init: cannot write {}: {error}", args.status.display());
             return 1;
         }
-        status.phase = "done";
+        status.phase = Phase::Done;
         match supervisor.wait_gate(gate) {
             Ok(()) => {}
             Err(GateAborted::Signal(signal)) => {
@@ -569,7 +394,7 @@ fn supervise(args: &Args) -> i32 {
 }
 
 fn main() {
-    let args = match parse_args(std::env::args().skip(1)) {
+    let args = match Args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(error) => {
             if !error.is_empty() {
@@ -586,84 +411,6 @@ fn main() {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Args, String> {
-        parse_args(args.iter().map(|arg| arg.to_string()))
-    }
-
-    #[test]
-    fn parses_the_contract_command_line() {
-        let args = parse(&[
-            "--status",
-            "/faas/io/status.json",
-            "--cwd",
-            "/var/task",
-            "--deps",
-            "make deps",
-            "--run=python3 -u /opt/faas/bootstrap.py",
-            "--gate",
-            "/faas/io/gate",
-            "--load-gate",
-            "/faas/io/load",
-            "--notify=/faas/io/notify",
-        ])
-        .unwrap();
-        assert_eq!(
-            args,
-            Args {
-                status: "/faas/io/status.json".into(),
-                cwd: "/var/task".into(),
-                deps: Some("make deps".into()),
-                run: "python3 -u /opt/faas/bootstrap.py".into(),
-                gate: Some("/faas/io/gate".into()),
-                load_gate: Some("/faas/io/load".into()),
-                notify: Some("/faas/io/notify".into()),
-                env_file: None,
-                log: None,
-                log_limit: 64 << 10,
-            }
-        );
-    }
-
-    #[test]
-    fn env_files_are_nul_separated() {
-        let env = parse_env_file(b"A=1\0B=x=y\0\0junk\0C=multi\nline\0");
-        assert_eq!(
-            env,
-            vec![
-                ("A".to_string(), "1".to_string()),
-                ("B".to_string(), "x=y".to_string()),
-                ("C".to_string(), "multi\nline".to_string())
-            ]
-        );
-    }
-
-    #[test]
-    fn blank_deps_means_no_deps() {
-        let args = parse(&["--status", "s", "--cwd", "c", "--deps", "  ", "--run", "r"]).unwrap();
-        assert_eq!(args.deps, None);
-        assert_eq!(args.gate, None);
-    }
-
-    #[test]
-    fn rejects_bad_command_lines() {
-        assert!(parse(&["--status", "s", "--cwd", "c"])
-            .unwrap_err()
-            .contains("--run"));
-        assert!(parse(&["--cwd", "c", "--run", "r"])
-            .unwrap_err()
-            .contains("--status"));
-        assert!(parse(&["--status", "s", "--cwd", "c", "--run", ""]).is_err());
-        assert!(parse(&["--status", "s", "--cwd", "c", "--run"])
-            .unwrap_err()
-            .contains("needs a value"));
-        assert!(
-            parse(&["--status", "s", "--status", "t", "--cwd", "c", "--run", "r"])
-                .unwrap_err()
-                .contains("twice")
-        );
-        assert!(parse(&["--bogus", "x"]).unwrap_err().contains("--bogus"));
-    }
-
     #[test]
     fn exit_codes_follow_the_shell_convention() {
         assert_eq!(Ended::Exited(3).exit_code(), 3);
@@ -673,44 +420,16 @@ mod tests {
     }
 
     #[test]
-    fn status_json_has_every_field() {
-        let status = Status {
-            phase: "done",
-            deps_ms: 1.5,
-            deps_exit: Some(0),
-            run_ms: Some(20.25),
-            run_exit: None,
-            run_signal: Some(9),
-            started_at_ms: 1000.5,
-            ..Status::default()
-        };
-        assert_eq!(
-            status.to_json(),
-            "{\"phase\":\"done\",\"deps_ms\":1.500,\"deps_exit\":0,\"deps_signal\":null,\"run_ms\":20.250,\"run_exit\":null,\"run_signal\":9,\"started_at_ms\":1000.500,\"run_started_at_ms\":null}\n"
-        );
-    }
-
-    #[test]
-    fn status_error_is_escaped() {
-        let status = Status {
-            phase: "done",
-            error: Some("no \"sh\"\n\u{1}".into()),
-            ..Status::default()
-        };
-        assert!(status
-            .to_json()
-            .ends_with(",\"error\":\"no \\\"sh\\\"\\n\\u0001\"}\n"));
-    }
-
-    #[test]
-    fn atomic_write_replaces_the_file() {
+    fn status_is_rewritten_in_place() {
         let dir = std::env::temp_dir().join(format!("faas-init-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("status.json");
-        write_atomically(&path, "one").unwrap();
-        write_atomically(&path, "two").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
-        assert!(!dir.join("status.json.tmp").exists());
+        std::fs::write(&path, "x".repeat(4096)).unwrap();
+        write_status(&path, &Status::default()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            Status::default().to_json()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

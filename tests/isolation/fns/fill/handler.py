@@ -7,7 +7,10 @@ CHUNK = b"\0" * (1 << 20)
 
 
 def fill(directory, limit_bytes):
-    path = os.path.join(directory, "faas-isolation-fill")
+    return fill_file(os.path.join(directory, "faas-isolation-fill"), limit_bytes, remove=True)
+
+
+def fill_file(path, limit_bytes, remove=False):
     written = 0
     try:
         with open(path, "wb") as f:
@@ -19,7 +22,11 @@ def fill(directory, limit_bytes):
     except OSError as err:
         outcome = err.strerror
     try:
-        os.unlink(path)
+        if remove:
+            os.unlink(path)
+        else:
+            # A file the agent created (the io directory takes no new one).
+            open(path, "wb").close()
     except OSError:
         pass
     return {"bytes": written, "outcome": outcome}
@@ -28,4 +35,6 @@ def fill(directory, limit_bytes):
 def handler(event, context):
     limit = int(event.get("limit_mb", 512)) << 20
     here = os.path.dirname(os.path.abspath(__file__))
-    return {d: fill(d, limit) for d in ["/tmp", "/dev/shm", "/faas/io", here, "/"]}
+    filled = {d: fill(d, limit) for d in ["/tmp", "/dev/shm", "/faas/io", here, "/"]}
+    filled["/faas/io/error.json"] = fill_file("/faas/io/error.json", limit)
+    return filled
