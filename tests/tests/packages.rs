@@ -141,7 +141,7 @@ async fn deploy_bombs_and_bad_shapes_are_refused_with_bounded_memory() -> anyhow
     let size = 300u64 << 20;
     let bomb = tar_gz(vec![(
         "zeros.bin".into(),
-        Some((size, Box::new(std::io::repeat(0).take(size)))),
+        Some((size, Box::new(std::io::Read::take(std::io::repeat(0), size)))),
     )]);
     let zip = zip_bomb(300, 1 << 20);
     eprintln!(
