@@ -742,17 +742,17 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_refused() {
-        let deep = vec!["d"; 9].join("/") + "/f.py";
+        let deep = ["d"; 9].join("/") + "/f.py";
         let err = normalize(&tar_gz(&[(&deep, b"x")]), LIMITS).unwrap_err();
         assert!(
             matches!(err, PackageError::TooDeep { limit: 8, .. }),
             "{err}"
         );
         // Directories alone count too (2,100 nested directories, finding 9).
-        let dir = vec!["d"; 9].join("/");
+        let dir = ["d"; 9].join("/");
         let err = normalize(&tar_gz_of(&[(&dir, None), ("f.py", Some(b"x"))]), LIMITS);
         assert!(matches!(err, Err(PackageError::TooDeep { .. })));
-        let ok = vec!["d"; 7].join("/") + "/f.py";
+        let ok = ["d"; 7].join("/") + "/f.py";
         assert!(normalize(&tar_gz(&[(&ok, b"x")]), LIMITS).is_ok());
     }
 

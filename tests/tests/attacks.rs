@@ -1140,7 +1140,9 @@ async fn package_bombs_and_bad_shapes_are_refused_at_deploy() -> anyhow::Result<
         .is_some_and(|p| faas_tests::rss_bytes(p).is_some())
     {
         let deep = format!("{}f.py", "d/".repeat(2100));
-        let shapes: Vec<(&str, Vec<(String, Vec<u8>)>)> = vec![
+        // (what it is, the package's files as (path, content))
+        type Shape<'a> = (&'a str, Vec<(String, Vec<u8>)>);
+        let shapes: Vec<Shape> = vec![
             (
                 "2,100 nested directories",
                 vec![(deep, b"x = 1\n".to_vec())],

@@ -45,7 +45,10 @@ async fn deploy_bytes(
 
 /// A tar.gz of `entries`: (name, Some(content)) a file, (name, None) a
 /// directory. Written as a stream: `content` may be a huge `repeat`.
-fn tar_gz(entries: Vec<(String, Option<(u64, Box<dyn std::io::Read>)>)>) -> Vec<u8> {
+/// A tar entry: its path, and for a file its size and content (None: a directory).
+type TarEntry = (String, Option<(u64, Box<dyn std::io::Read>)>);
+
+fn tar_gz(entries: Vec<TarEntry>) -> Vec<u8> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     let mut t = tar::Builder::new(gz);
     for (name, content) in entries {
@@ -66,7 +69,7 @@ fn tar_gz(entries: Vec<(String, Option<(u64, Box<dyn std::io::Read>)>)>) -> Vec<
     t.into_inner().unwrap().finish().unwrap()
 }
 
-fn file(name: &str, text: &'static str) -> (String, Option<(u64, Box<dyn std::io::Read>)>) {
+fn file(name: &str, text: &'static str) -> TarEntry {
     (
         name.to_string(),
         Some((text.len() as u64, Box::new(text.as_bytes()))),
@@ -141,7 +144,10 @@ async fn deploy_bombs_and_bad_shapes_are_refused_with_bounded_memory() -> anyhow
     let size = 300u64 << 20;
     let bomb = tar_gz(vec![(
         "zeros.bin".into(),
-        Some((size, Box::new(std::io::Read::take(std::io::repeat(0), size)))),
+        Some((
+            size,
+            Box::new(std::io::Read::take(std::io::repeat(0), size)),
+        )),
     )]);
     let zip = zip_bomb(300, 1 << 20);
     eprintln!(
