@@ -149,7 +149,7 @@ cargo_tests() {
     export FAAS_DRIVER_IT=1
     # shellcheck disable=SC2086
     timeout --kill-after=30 "${FAAS_TEST_TIMEOUT:-1500}" \
-        cargo test --release --workspace ${FAAS_TEST_ARGS:-} -- --test-threads="${FAAS_TEST_THREADS:-2}" 2>&1 |
+        cargo test --release --workspace --no-fail-fast ${FAAS_TEST_ARGS:-} -- --test-threads="${FAAS_TEST_THREADS:-2}" 2>&1 |
         tee "$work/cargo-test.log"
 }
 

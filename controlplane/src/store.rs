@@ -63,7 +63,7 @@ const PAGE_BYTES: usize = 8 << 20;
 const MAX_PAGE: i64 = 1000;
 /// The first page's count, before any value size is known. A prefix of
 /// values near etcd's request limit overflows it: it is then halved.
-const FIRST_PAGE: i64 = 200;
+const FIRST_PAGE: i64 = 128;
 /// etcd's default `--max-txn-ops`: a transaction holds at most this many
 /// operations.
 pub const MAX_TXN_OPS: usize = 128;
