@@ -82,6 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         teardown_retry: std::sync::Mutex::new(Vec::new()),
         uids: uids::UidPool::new(config.uid_base, config.uid_count),
         preloads_over_budget: Default::default(),
+        preload_cooldowns: Default::default(),
     });
     // Tear-downs that failed while containerd was away are retried.
     let retrier = {

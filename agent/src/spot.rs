@@ -37,6 +37,9 @@ use crate::io_files::{self, Notice, NotifyReader};
 use crate::packages::{copy_tree, PackageLease, Packages};
 use crate::uids::{UidLease, UidPool};
 
+/// How long preloads of a function are refused after one went over its
+/// CPU budget (its calls still run, cold or on a runtime preload).
+const PRELOAD_COOLDOWN: Duration = Duration::from_secs(60);
 /// How often a preloaded container's CPU use is read against its budget.
 const PRELOAD_CPU_CHECK: Duration = Duration::from_millis(500);
 /// Grace given to a killed container to be reaped and flush its stdio.
@@ -59,6 +62,11 @@ pub struct SpotContext {
     pub uids: Arc<UidPool>,
     /// Preloads destroyed for using more CPU than their budget.
     pub preloads_over_budget: std::sync::atomic::AtomicU64,
+    /// Functions (`name@version`) whose preload went over its CPU budget,
+    /// and until when their preloads are refused: the broker would
+    /// otherwise preload them again at once, and each new preload would
+    /// burn its budget anew.
+    pub preload_cooldowns: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl SpotContext {
@@ -230,6 +238,14 @@ pub async fn run_spot(
                     ctx.config.preload_cpu_budget.as_millis()
                 );
                 warn!(spot = index, preloads_over_budget = total, "{message}");
+                if let Held::Function(live) = &held {
+                    if let Some(f) = &live.function {
+                        let mut cooldowns = ctx.preload_cooldowns.lock().expect("poisoned");
+                        let now = Instant::now();
+                        cooldowns.retain(|_, until| *until > now);
+                        cooldowns.insert(function_label(f), now + PRELOAD_COOLDOWN);
+                    }
+                }
                 slot.clear(std::mem::replace(&mut held, Held::Nothing))
                     .await;
                 slot.report_free(message);
@@ -305,7 +321,24 @@ pub async fn run_spot(
                 }
                 (Kind::PreloadFunction, Some(rt), Some(f), _) => {
                     slot.clear(held).await;
-                    slot.preload(rt, Some(f)).await
+                    let cooling = ctx
+                        .preload_cooldowns
+                        .lock()
+                        .expect("poisoned")
+                        .get(&function_label(&f))
+                        .is_some_and(|until| *until > Instant::now());
+                    if cooling {
+                        let message = format!(
+                            "preload of {} refused: an earlier preload of it went over its CPU budget (preloads resume within {} s)",
+                            function_label(&f),
+                            PRELOAD_COOLDOWN.as_secs()
+                        );
+                        warn!("{message}");
+                        slot.report_free(message);
+                        Held::Nothing
+                    } else {
+                        slot.preload(rt, Some(f)).await
+                    }
                 }
                 (Kind::ClearSpot, _, _, _) => {
                     slot.clear(held).await;

@@ -2,7 +2,7 @@
 //! messages (stderr). The codes are documented in `faasctl --help`.
 
 use std::borrow::Cow;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 
 use faas_proto::v1::{Call, CallStatus};
 use serde_json::Value;
@@ -167,16 +167,12 @@ pub fn emit(text: &str) -> io::Result<()> {
     out.flush()
 }
 
-/// Writes a call's logs: escaped on a terminal (a function's logs are
-/// its own text), raw bytes when stdout is a pipe or a file, which is
-/// where users take logs to read them with their own tools.
+/// Writes a call's logs, control characters escaped (newlines and tabs
+/// kept): a function's logs are its own text, and a pipe often ends in a
+/// terminal too (`| less -R`, `| tail`), so raw bytes are never printed.
 pub fn emit_logs(bytes: &[u8]) -> io::Result<()> {
     let mut out = io::stdout().lock();
-    if out.is_terminal() {
-        out.write_all(escape_controls(&String::from_utf8_lossy(bytes)).as_bytes())?;
-    } else {
-        out.write_all(bytes)?;
-    }
+    out.write_all(escape_controls(&String::from_utf8_lossy(bytes)).as_bytes())?;
     out.flush()
 }
 

@@ -131,12 +131,14 @@ impl Api {
 
     /// A call with its params and result (read beside its record).
     async fn get_call(&self, id: &str) -> Result<Call, ApiError> {
+        check_call_id(id)?;
         let stored = self.store.get_call(id).await?;
         self.live_or(id, stored).await
     }
 
     /// A call's record only, without its payloads: what polling needs.
     async fn get_call_status(&self, id: &str) -> Result<Call, ApiError> {
+        check_call_id(id)?;
         let stored = self.store.get(Kind::Call, id).await?;
         self.live_or(id, stored).await
     }
@@ -444,6 +446,19 @@ impl CallService for Api {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(logs.unwrap_or_default()))
+    }
+}
+
+/// Call ids are UUIDs made by the platform: anything else (a path, a
+/// control character) is refused before it becomes an etcd key.
+fn check_call_id(id: &str) -> Result<(), ApiError> {
+    if crate::ledger::is_call_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument(format!(
+            "{:?} is not a call id (a UUID such as 0192f1a0-0000-7000-8000-000000000000)",
+            id.chars().take(80).collect::<String>()
+        )))
     }
 }
 

@@ -20,6 +20,7 @@ Left out on purpose, each because it legitimately changes between calls:
 import hashlib
 import json
 import os
+import re
 import resource
 import socket
 import stat
@@ -136,6 +137,23 @@ def read(path):
         return err.strerror
 
 
+def own_ids_named(value, ids):
+    """Every container runs under its own host uid/gid (the agent's pool):
+    the number is expected to differ between calls, what it owns is not.
+    Replaces the call's own uid/gid, as numbers or words in text, by a name."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return ids.get(value, value)
+    if isinstance(value, str):
+        return re.sub(r"\b\d+\b", lambda m: ids.get(int(m.group()), m.group()), value)
+    if isinstance(value, (list, tuple)):
+        return [own_ids_named(v, ids) for v in value]
+    if isinstance(value, dict):
+        return {k: own_ids_named(v, ids) for k, v in value.items()}
+    return value
+
+
 def handler(event, context):
     report = {
         "env": sorted(os.environ.items()),
@@ -156,6 +174,7 @@ def handler(event, context):
         "sched_affinity": sorted(os.sched_getaffinity(0)),
         "files": file_tree(),
     }
+    report = own_ids_named(report, {os.getuid(): "<own uid>", os.getgid(): "<own gid>"})
     # The file tree is too large for a result (256 KiB): its hash stands for
     # it, with a hash per top-level directory to tell where two calls differ.
     files = report.pop("files")
