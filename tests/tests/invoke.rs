@@ -183,7 +183,12 @@ async fn bad_input_gets_precise_status_codes_and_loses_nothing() -> anyhow::Resu
         code(invoke(&stack, "hello", "{oops").await),
         Code::InvalidArgument
     );
-    assert_eq!(code(invoke(&stack, "Bad_Name", "{}").await), Code::NotFound);
+    // A name outside the API's rule, or an id that is not a UUID, can name
+    // nothing: refused as invalid before it becomes a key.
+    assert_eq!(
+        code(invoke(&stack, "Bad_Name", "{}").await),
+        Code::InvalidArgument
+    );
     let huge = format!(r#"{{"x":"{}"}}"#, "a".repeat(300 << 10));
     assert_eq!(
         code(invoke(&stack, "hello", &huge).await),
@@ -192,6 +197,14 @@ async fn bad_input_gets_precise_status_codes_and_loses_nothing() -> anyhow::Resu
     let status = calls(&stack)
         .await
         .get_call(GetCallRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = calls(&stack)
+        .await
+        .get_call(GetCallRequest {
+            id: "0192f1a0-0000-7000-8000-000000000000".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);

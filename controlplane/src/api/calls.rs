@@ -32,6 +32,9 @@ impl Api {
         &self,
         request: InvokeRequest,
     ) -> Result<(Call, watch::Receiver<Call>), ApiError> {
+        // A name outside the API's rule can name no function: say so
+        // before it becomes an etcd key.
+        crate::error::check_name("function", &request.function)?;
         let params = if request.params_json.trim().is_empty() {
             "{}".to_string()
         } else {
