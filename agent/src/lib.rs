@@ -6,6 +6,7 @@
 pub mod collect;
 pub mod config;
 pub mod container;
+pub mod extract_jail;
 pub mod ids;
 pub mod io_files;
 pub mod packages;
@@ -69,6 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.state_dir.join("packages"),
         config.insecure_registries.clone(),
         config.packages,
+        extract_jail::Extractor::new(&config.namespace, config.packages.extract),
     )?;
 
     let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();

@@ -5,11 +5,12 @@
 //! control plane: the download is bounded in bytes and time, the archive is
 //! checked again against the same shape rules the control plane applies on
 //! deploy (regular files and directories only, bounded size, entry count,
-//! depth and name lengths), and extraction runs on a blocking thread under
-//! a deadline. The cache itself is bounded in bytes: packages no container
-//! uses are evicted least recently used first, and a package the leader
-//! says is no longer deployed ([`Packages::forget`]) goes as soon as its
-//! last container does.
+//! depth and name lengths), and extraction runs in a child process inside
+//! a cgroup of its own, killed at a deadline (see extract_jail.rs). The
+//! cache itself is bounded in bytes: packages no container uses are
+//! evicted least recently used first, and a package the leader says is no
+//! longer deployed ([`Packages::forget`]) goes as soon as its last
+//! container does.
 //!
 //! Permissions. The cache directory is root's, mode 0700: no other host
 //! user can list it or reach a package through it. The packages inside are
@@ -35,10 +36,12 @@ use std::time::{Duration, Instant};
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::Reference;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{info, warn};
+
+use crate::extract_jail::{Extractor, JailLimits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
@@ -61,11 +64,13 @@ pub enum PackageError {
     },
     #[error("package {digest} refused: {reason}")]
     Refused { digest: String, reason: Refusal },
+    #[error("extracting package {digest}: {what}")]
+    Extractor { digest: String, what: String },
 }
 
 /// Why a package was not extracted: it breaks the shape rules, or takes
 /// too long.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
     #[error("the download is larger than {0} bytes")]
     BlobTooLarge(u64),
@@ -92,7 +97,7 @@ pub enum Refusal {
 /// What an archive may hold; the defaults are the control plane's
 /// defaults, so what one accepts on deploy the other extracts. An agent
 /// must allow at least what its control plane does.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct ShapeLimits {
     pub max_unpacked_bytes: u64,
     pub max_entries: usize,
@@ -126,6 +131,8 @@ pub struct CacheLimits {
     pub fetch_timeout: Duration,
     /// Verification and extraction time allowed [default: 30s].
     pub extract_timeout: Duration,
+    /// What an extraction may take from the node (its cgroup).
+    pub extract: JailLimits,
     pub shape: ShapeLimits,
 }
 
@@ -136,6 +143,7 @@ impl Default for CacheLimits {
             max_blob_bytes: 128 << 20,
             fetch_timeout: Duration::from_secs(60),
             extract_timeout: Duration::from_secs(30),
+            extract: JailLimits::default(),
             shape: ShapeLimits::default(),
         }
     }
@@ -150,6 +158,9 @@ pub struct CacheSettings {
     pub max_blob_bytes: Option<u64>,
     pub fetch_timeout: Option<String>,
     pub extract_timeout: Option<String>,
+    pub extract_memory_bytes: Option<u64>,
+    pub extract_cpu_millis: Option<u64>,
+    pub extract_pids: Option<u64>,
     pub max_unpacked_bytes: Option<u64>,
     pub max_entries: Option<usize>,
     pub max_depth: Option<usize>,
@@ -170,6 +181,11 @@ impl CacheSettings {
             max_blob_bytes: self.max_blob_bytes.unwrap_or(d.max_blob_bytes),
             fetch_timeout: duration(&self.fetch_timeout, d.fetch_timeout, "fetch_timeout")?,
             extract_timeout: duration(&self.extract_timeout, d.extract_timeout, "extract_timeout")?,
+            extract: JailLimits {
+                memory_bytes: self.extract_memory_bytes.unwrap_or(d.extract.memory_bytes),
+                cpu_millis: self.extract_cpu_millis.unwrap_or(d.extract.cpu_millis),
+                pids: self.extract_pids.unwrap_or(d.extract.pids),
+            },
             shape: ShapeLimits {
                 max_unpacked_bytes: self
                     .max_unpacked_bytes
@@ -193,6 +209,7 @@ struct Inner {
     dir: PathBuf,
     client: oci_client::Client,
     limits: CacheLimits,
+    extractor: Extractor,
     // One lock per digest, held only to look up the async lock.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     cache: Mutex<Cache>,
@@ -263,6 +280,7 @@ impl Packages {
         dir: PathBuf,
         insecure_registries: Vec<String>,
         limits: CacheLimits,
+        extractor: Extractor,
     ) -> std::io::Result<Packages> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -308,6 +326,7 @@ impl Packages {
                     ..Default::default()
                 }),
                 limits,
+                extractor,
                 locks: Mutex::new(HashMap::new()),
                 cache: Mutex::new(cache),
                 trash_seq: AtomicU64::new(0),
@@ -446,21 +465,21 @@ impl Packages {
         }
         let extract_dir = inner.dir.join(format!("{hex}.partial"));
         let target = inner.dir.join(hex);
-        let expected = digest.to_string();
-        // Decompression and file creation are blocking work: never on the
-        // async workers. The deadline is checked between entries, and each
-        // entry is bounded in bytes, so the thread ends soon after it.
-        tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + limits.extract_timeout;
-            let result = verify_and_extract(
+        // Decompression and file creation run in a child process inside the
+        // extraction cgroup (see extract_jail.rs), killed at the deadline.
+        let extracted = inner
+            .extractor
+            .extract(
                 &blob_path,
-                &expected,
+                digest,
                 &extract_dir,
-                &limits.shape,
-                deadline,
+                limits.shape,
                 limits.extract_timeout,
             )
-            .and_then(|bytes| {
+            .await;
+        let expected = digest.to_string();
+        tokio::task::spawn_blocking(move || {
+            let result = extracted.and_then(|bytes| {
                 std::fs::rename(&extract_dir, &target).map_err(|source| PackageError::Io {
                     digest: expected.clone(),
                     source,
@@ -602,7 +621,7 @@ const ENTRY_OVERHEAD: u64 = 4096;
 /// entry by entry: only regular files and directories, parents before
 /// children, nothing that exists already, within `shape` and `deadline`.
 /// Returns the bytes the package takes in the cache.
-fn verify_and_extract(
+pub(crate) fn verify_and_extract(
     blob: &Path,
     expected: &str,
     dest: &Path,
@@ -969,7 +988,10 @@ mod tests {
             max_cache_bytes,
             ..CacheLimits::default()
         };
-        (Packages::new(dir, vec![], limits).unwrap(), tmp)
+        (
+            Packages::new(dir, vec![], limits, Extractor::unconfined()).unwrap(),
+            tmp,
+        )
     }
 
     fn hex(c: char) -> String {
@@ -985,7 +1007,13 @@ mod tests {
         std::fs::create_dir_all(dir.join(format!("{}.partial/deep/er", hex('a')))).unwrap();
         std::fs::write(dir.join(format!("{}.tgz.partial", hex('a'))), b"x").unwrap();
         std::fs::create_dir(dir.join(hex('b'))).unwrap();
-        let packages = Packages::new(dir.clone(), vec![], CacheLimits::default()).unwrap();
+        let packages = Packages::new(
+            dir.clone(),
+            vec![],
+            CacheLimits::default(),
+            Extractor::unconfined(),
+        )
+        .unwrap();
         let mut left: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

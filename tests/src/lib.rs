@@ -149,6 +149,8 @@ pub struct StackOptions {
     /// etcd's `--quota-backend-bytes`: a test of a full etcd sets a small
     /// one [default: 1 GiB].
     pub etcd_quota_bytes: u64,
+    /// The agents' configuration file (TOML), given with `--config`.
+    pub agent_config: Option<String>,
 }
 
 /// etcd's space quota in test stacks unless a test asks for another.
@@ -166,6 +168,7 @@ impl Default for StackOptions {
             etcd_members: 1,
             containerd_per_agent: false,
             etcd_quota_bytes: DEFAULT_ETCD_QUOTA_BYTES,
+            agent_config: None,
         }
     }
 }
@@ -386,6 +389,7 @@ pub struct Stack {
     containerd_per_agent: bool,
     registry_addr: String,
     spots: u32,
+    agent_config: Option<String>,
     /// etcd, registry, containerd, control plane: stopped in reverse order.
     daemons: Vec<Daemon>,
     agents: Vec<Option<Daemon>>,
@@ -424,6 +428,7 @@ impl Stack {
         stack.containerd_per_agent = opts.containerd_per_agent;
         stack.bin_dir = Some(bin_dir);
         stack.spots = opts.spots;
+        stack.agent_config = opts.agent_config.clone();
         stack.policy = opts.policy.clone();
         stack.cp_args = opts.controlplane_args.clone();
         for _ in 0..opts.controlplanes.max(1) {
@@ -495,6 +500,7 @@ impl Stack {
             containerd_per_agent: false,
             registry_addr: String::new(),
             spots: StackOptions::default().spots,
+            agent_config: None,
             daemons: Vec::new(),
             agents: Vec::new(),
             controlplanes: Vec::new(),
@@ -996,6 +1002,11 @@ impl Stack {
             .arg("--init-binary")
             .arg(self.bin("faas-init"))
             .env("RUST_LOG", rust_log());
+        if let Some(config) = &self.agent_config {
+            let file = state.join("agent.toml");
+            fs::write(&file, config)?;
+            cmd.arg("--config").arg(file);
+        }
         let daemon = Daemon::spawn(
             &format!("agent-{i}"),
             cmd,

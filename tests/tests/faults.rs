@@ -178,15 +178,29 @@ async fn warm_up(stack: &Stack, url: &str, agents: usize) {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let mut client = CallServiceClient::new(channel(url));
+    // The warm-up pays the first pull and unpack on purpose, which takes
+    // seconds on a loaded machine: not the load's 5 s deadline.
+    let mut client = CallServiceClient::new(
+        Endpoint::from_shared(url.to_string())
+            .expect("url")
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(120))
+            .connect_lazy(),
+    );
     for target in 0..agents {
         for other in (0..agents).filter(|o| *o != target) {
             faasctl(&["node", "drain", &stack.agent_node(other)]);
         }
         for (function, params) in [("hello", "{}"), ("sleeps", r#"{"seconds": 0.1}"#)] {
+            let started = Instant::now();
             let call = invoke_succeeded(&mut client, function, params)
                 .await
                 .expect("warm-up call");
+            eprintln!(
+                "warm-up: {function} on {} in {:?}",
+                call.node,
+                started.elapsed()
+            );
             assert_eq!(call.node, stack.agent_node(target));
         }
         for other in (0..agents).filter(|o| *o != target) {

@@ -9,11 +9,13 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::function_service_client::FunctionServiceClient;
 use faas_proto::v1::{
-    deploy_function_request, DeleteFunctionRequest, DeployFunctionRequest, Function, FunctionSpec,
-    GetFunctionRequest,
+    deploy_function_request, CallStatus, DeleteFunctionRequest, DeployFunctionRequest, Function,
+    FunctionSpec, GetFunctionRequest,
 };
 use faas_tests::{fixture_dir, invoke_succeeded, Stack, StackOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -408,5 +410,137 @@ async fn removed_and_replaced_packages_leave_nothing_behind() -> anyhow::Result<
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "left in the cache: {left:?}");
+    stack.shutdown().await
+}
+
+/// A cgroup v1 file of the agent's extraction cgroup (`controller` is the
+/// hierarchy's name under /sys/fs/cgroup).
+fn extract_cgroup_file(stack: &Stack, controller: &str, file: &str) -> Option<String> {
+    let path = std::path::Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join("faas-agent")
+        .join(stack.agent_namespace(0))
+        .join("package-extract")
+        .join(file);
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn package_extraction_runs_in_a_bounded_cgroup() -> anyhow::Result<()> {
+    // Issue 10: "agent extraction bounded in time, inside a cgroup". A
+    // limit far below the package: its page cache must be reclaimed within
+    // the cgroup, never charged to the agent or the calls.
+    const LIMIT: u64 = 32 << 20;
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        policy: Some("no-preload".into()),
+        // The agent also unpacks less than the control plane accepts: a
+        // refusal has to come back from the extraction process.
+        agent_config: Some(format!(
+            "[packages]\nextract_memory_bytes = {LIMIT}\nmax_unpacked_bytes = {}\n",
+            64 << 20
+        )),
+        ..StackOptions::default()
+    })
+    .await?;
+    if !std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
+        anyhow::bail!("this test reads cgroup v1 hierarchies; none at /sys/fs/cgroup/memory");
+    }
+    // The cgroup exists with its limits from the agent's start.
+    let limit = extract_cgroup_file(&stack, "memory", "memory.limit_in_bytes")
+        .context("no package-extract memory cgroup")?;
+    assert_eq!(limit, LIMIT.to_string());
+    assert_eq!(
+        extract_cgroup_file(&stack, "cpu", "cpu.cfs_quota_us").as_deref(),
+        Some("100000")
+    );
+    assert_eq!(
+        extract_cgroup_file(&stack, "pids", "pids.max").as_deref(),
+        Some("16")
+    );
+    let cpu_before: u64 = extract_cgroup_file(&stack, "cpuacct", "cpuacct.usage")
+        .context("no package-extract cpuacct cgroup")?
+        .parse()?;
+
+    // 40 MiB that gzip cannot shrink, beside a handler.
+    let source = tempfile::tempdir()?;
+    std::fs::copy(
+        fixture_dir("py-hello").join("handler.py"),
+        source.path().join("handler.py"),
+    )?;
+    let mut noise = vec![0u8; 40 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in noise.chunks_mut(8) {
+        // xorshift: incompressible enough, and no dependency for it.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(source.path().join("noise.bin"), &noise)?;
+    stack.deploy("big", "python3", source.path(), &[])?;
+    let mut calls = CallServiceClient::new(stack.channel().await);
+    invoke_succeeded(&mut calls, "big", r#"{"name": "big"}"#).await?;
+
+    // The extraction ran there: it used CPU in the cgroup, its page cache
+    // was charged there and kept under the limit, and nothing is left in it.
+    let cpu_after: u64 = extract_cgroup_file(&stack, "cpuacct", "cpuacct.usage")
+        .context("cpuacct.usage")?
+        .parse()?;
+    let peak: u64 = extract_cgroup_file(&stack, "memory", "memory.max_usage_in_bytes")
+        .context("memory.max_usage_in_bytes")?
+        .parse()?;
+    eprintln!(
+        "extraction of a 40 MiB package: {:.0} ms of CPU in its cgroup, peak memory {} KiB \
+         (limit {} KiB)",
+        (cpu_after - cpu_before) as f64 / 1e6,
+        peak >> 10,
+        LIMIT >> 10
+    );
+    assert!(
+        cpu_after > cpu_before,
+        "no CPU used in the extraction cgroup"
+    );
+    assert!(
+        peak >= 8 << 20,
+        "only {peak} bytes charged to the extraction cgroup"
+    );
+    assert!(peak <= LIMIT, "peak {peak} over the limit {LIMIT}");
+
+    // 100 MiB of zeros (a small download) that this agent will not unpack:
+    // the call fails and says why; nothing is left in the cgroup.
+    let zeros = tempfile::tempdir()?;
+    std::fs::copy(
+        fixture_dir("py-hello").join("handler.py"),
+        zeros.path().join("handler.py"),
+    )?;
+    std::fs::write(zeros.path().join("zeros.bin"), vec![0u8; 100 << 20])?;
+    stack.deploy("zeros", "python3", zeros.path(), &[])?;
+    let call = calls
+        .invoke(faas_proto::v1::InvokeRequest {
+            function: "zeros".into(),
+            params_json: "{}".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(call.status(), CallStatus::Failed, "{call:?}");
+    let message = call
+        .error
+        .as_ref()
+        .map(|e| e.message.as_str())
+        .unwrap_or("");
+    assert!(
+        message.contains("unpacks to more than 67108864 bytes"),
+        "{call:?}"
+    );
+    for controller in ["memory", "cpu", "pids"] {
+        assert_eq!(
+            extract_cgroup_file(&stack, controller, "cgroup.procs").as_deref(),
+            Some(""),
+            "a process left in the {controller} extraction cgroup"
+        );
+    }
     stack.shutdown().await
 }
