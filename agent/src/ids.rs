@@ -23,22 +23,16 @@ pub enum InvalidId {
 /// A call id: a UUID, hyphenated, lowercase (as the control plane makes
 /// them): nothing else reaches a path.
 pub fn check_call_id(id: &str) -> Result<(), InvalidId> {
-    match uuid::Uuid::try_parse(id) {
-        Ok(parsed) if parsed.hyphenated().to_string() == id => Ok(()),
-        _ => Err(InvalidId::CallId(id.to_string())),
+    if faas_proto::rules::is_call_id(id) {
+        Ok(())
+    } else {
+        Err(InvalidId::CallId(id.to_string()))
     }
 }
 
-/// The API's rule for runtime and function names (controlplane's
-/// `check_name`): 1-63 of `[a-z0-9-]`, not starting with '-'.
+/// The API's rule for runtime and function names ([`faas_proto::rules::is_name`]).
 pub fn check_name(kind: &'static str, name: &str) -> Result<(), InvalidId> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
+    if faas_proto::rules::is_name(name) {
         Ok(())
     } else {
         Err(InvalidId::Name {

@@ -150,6 +150,10 @@ struct Live {
     ready_cpu: Option<Duration>,
     exit: JoinHandle<Result<ExitStatus, DriverError>>,
     notify: NotifyReader,
+    /// The input FIFO's write end, opened once the run process waits on
+    /// it (a function-preloaded container: its imports are done). The
+    /// call's input is written there and the end closed.
+    input: Option<tokio::net::unix::pipe::Sender>,
     /// Memory limit the container was created with.
     memory_bytes: u64,
     /// Time spent creating it: image, files, create, start.
@@ -178,19 +182,61 @@ enum Next {
 /// was ready than the budget allows; never when there is no budget or its
 /// cgroup cannot be read.
 async fn over_budget(ctx: &SpotContext, live: &Live) -> Duration {
+    over_budget_of(ctx, &live.id, live.ready_cpu).await
+}
+
+/// [`over_budget`] of the container `id`, counting from `baseline`.
+async fn over_budget_of(ctx: &SpotContext, id: &str, baseline: Option<Duration>) -> Duration {
     let budget = ctx.config.preload_cpu_budget;
-    let Some(baseline) = live.ready_cpu.filter(|_| !budget.is_zero()) else {
+    let Some(baseline) = baseline.filter(|_| !budget.is_zero()) else {
         return std::future::pending().await;
     };
     loop {
         tokio::time::sleep(PRELOAD_CPU_CHECK).await;
-        if let Some(now) = ctx.driver.cpu_usage(&live.id).await {
+        if let Some(now) = ctx.driver.cpu_usage(id).await {
             let used = now.saturating_sub(baseline);
             if used > budget {
                 return used;
             }
         }
     }
+}
+
+impl SpotContext {
+    /// Counts a preload that went over its CPU budget and refuses preloads
+    /// of its function for a while (the broker would preload it again at
+    /// once); the message for the spot's report.
+    fn note_over_budget(
+        &self,
+        index: u32,
+        function: Option<&FunctionBundle>,
+        used: Duration,
+    ) -> String {
+        let total = self
+            .preloads_over_budget
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let message = format!(
+            "the preloaded container used {} ms of CPU while waiting for its call, over its budget of {} ms; destroyed",
+            used.as_millis(),
+            self.config.preload_cpu_budget.as_millis()
+        );
+        warn!(spot = index, preloads_over_budget = total, "{message}");
+        if let Some(f) = function {
+            let mut cooldowns = self.preload_cooldowns.lock().expect("poisoned");
+            let now = Instant::now();
+            cooldowns.retain(|_, until| *until > now);
+            cooldowns.insert(function_label(f), now + PRELOAD_COOLDOWN);
+        }
+        message
+    }
+}
+
+/// Why a function preload did not become ready.
+enum PreloadFailed {
+    Broken(String),
+    /// Over its CPU budget while loading (import-time work).
+    OverBudget(Duration),
 }
 
 /// What a spot holds between operations.
@@ -228,24 +274,11 @@ pub async fn run_spot(
                     index,
                     seq,
                 };
-                let total = ctx
-                    .preloads_over_budget
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    + 1;
-                let message = format!(
-                    "the preloaded container used {} ms of CPU while waiting for its call, over its budget of {} ms; destroyed",
-                    used.as_millis(),
-                    ctx.config.preload_cpu_budget.as_millis()
-                );
-                warn!(spot = index, preloads_over_budget = total, "{message}");
-                if let Held::Function(live) = &held {
-                    if let Some(f) = &live.function {
-                        let mut cooldowns = ctx.preload_cooldowns.lock().expect("poisoned");
-                        let now = Instant::now();
-                        cooldowns.retain(|_, until| *until > now);
-                        cooldowns.insert(function_label(f), now + PRELOAD_COOLDOWN);
-                    }
-                }
+                let function = match &held {
+                    Held::Function(live) => live.function.as_ref(),
+                    _ => None,
+                };
+                let message = ctx.note_over_budget(index, function, used);
                 slot.clear(std::mem::replace(&mut held, Held::Nothing))
                     .await;
                 slot.report_free(message);
@@ -549,6 +582,7 @@ impl Slot<'_> {
             ready_cpu: None,
             exit,
             notify,
+            input: None,
             memory_bytes,
             runtime_load_ms: image_ms + ms(t.elapsed()),
             image_ms,
@@ -602,25 +636,39 @@ impl Slot<'_> {
             );
             return Held::Runtime(live);
         }
-        // The function is loaded once its dependencies ran.
+        // The function is loaded once its dependencies ran and its runtime
+        // waits on its input (its imports are done): only then is the spot
+        // worth a call. Reported earlier, a call placed here would wait for
+        // the imports while another spot may be ready.
+        let id = live.id.clone();
         let ready = tokio::time::timeout(PRELOAD_TIMEOUT, async {
             tokio::select! {
                 notice = live.notify.next() => match notice {
-                    Ok(Some(Notice::DepsDone)) => Ok(()),
-                    Ok(Some(Notice::Done)) => Err("the container finished during its preload".to_string()),
-                    Ok(None) => Err("the notify FIFO broke".to_string()),
-                    Err(e) => Err(format!("the container broke the notify protocol: {e}")),
+                    Ok(Some(Notice::DepsDone)) => {}
+                    Ok(Some(Notice::Done)) => return Err(PreloadFailed::Broken("the container finished during its preload".into())),
+                    Ok(None) => return Err(PreloadFailed::Broken("the notify FIFO broke".into())),
+                    Err(e) => return Err(PreloadFailed::Broken(format!("the container broke the notify protocol: {e}"))),
                 },
                 exit = &mut live.exit => {
-                    Err(format!("the container exited during its preload: {exit:?}"))
+                    return Err(PreloadFailed::Broken(format!("the container exited during its preload: {exit:?}")));
                 }
+            }
+            // The CPU budget counts from here: import-time work included.
+            live.ready_cpu = self.ctx.driver.cpu_usage(&id).await;
+            let baseline = live.ready_cpu;
+            let far = Instant::now() + PRELOAD_TIMEOUT;
+            tokio::select! {
+                opened = open_fifo_when_read(&live.io, &mut live.exit, files::INPUT, far) => {
+                    opened.map_err(|e| PreloadFailed::Broken(format!("the runtime never waited for its input: {e:?}")))
+                }
+                used = over_budget_of(self.ctx, &id, baseline) => Err(PreloadFailed::OverBudget(used)),
             }
         })
         .await
-        .unwrap_or_else(|_| Err("the preload timed out".into()));
+        .unwrap_or_else(|_| Err(PreloadFailed::Broken("the preload timed out".into())));
         match ready {
-            Ok(()) => {
-                live.ready_cpu = self.ctx.driver.cpu_usage(&live.id).await;
+            Ok(input) => {
+                live.input = Some(input);
                 self.report(
                     SpotState::PreloadedFunction,
                     &runtime.name,
@@ -630,7 +678,15 @@ impl Slot<'_> {
                 );
                 Held::Function(live)
             }
-            Err(e) => {
+            Err(PreloadFailed::OverBudget(used)) => {
+                let message = self
+                    .ctx
+                    .note_over_budget(self.index, live.function.as_ref(), used);
+                destroy(self.ctx, live).await;
+                self.report_free(message);
+                Held::Nothing
+            }
+            Err(PreloadFailed::Broken(e)) => {
                 let io = live.io.clone();
                 let logs = tokio::task::spawn_blocking(move || {
                     io_files::read_log(&*io, files::LOG, 4096, 16 << 10).unwrap_or_default()
@@ -801,6 +857,7 @@ impl Slot<'_> {
     ) {
         let mut live = live;
         let waited = ms(started.elapsed());
+        tracing::debug!(waited_ms = waited, "run ended");
         // An OOM kill shows as SIGKILL of the run; only the container's exit
         // says whether the memory cgroup did it.
         let mut oom = false;
@@ -924,7 +981,13 @@ async fn wait_done(
 /// it (after its imports), within the call's timeout.
 async fn write_input(live: &mut Live, input: &str, function: &FunctionBundle) -> Result<(), Ended> {
     let deadline = Instant::now() + Duration::from_millis(function.timeout_ms.max(1));
-    write_fifo(live, files::INPUT, input.as_bytes(), deadline).await
+    match live.input.take() {
+        // A function preload: its runtime waits on it already.
+        Some(sender) => {
+            write_all_then_close(sender, files::INPUT, input.as_bytes(), deadline).await
+        }
+        None => write_fifo(live, files::INPUT, input.as_bytes(), deadline).await,
+    }
 }
 
 /// Writes `data` into a FIFO of the container once its reader has opened
@@ -935,12 +998,29 @@ async fn write_fifo(
     data: &[u8],
     deadline: Instant,
 ) -> Result<(), Ended> {
-    // The first open usually succeeds (a preloaded runtime waits on its
-    // input); while a cold one starts, the retries back off to 2 ms.
+    let sender = open_fifo_when_read(&live.io, &mut live.exit, name, deadline).await?;
+    write_all_then_close(sender, name, data, deadline).await
+}
+
+/// The write end of the FIFO `name` of the io directory, once a reader has
+/// it open (the runtime is starting meanwhile: the retries back off to
+/// 1 ms); gives up at `deadline` or if the container ends first.
+async fn open_fifo_when_read(
+    io: &OwnedFd,
+    exit: &mut JoinHandle<Result<ExitStatus, DriverError>>,
+    name: &'static str,
+    deadline: Instant,
+) -> Result<tokio::net::unix::pipe::Sender, Ended> {
     let mut pause = Duration::from_micros(250);
-    let mut sender = loop {
-        match io_files::open_fifo_writer(&*live.io, name) {
-            Ok(Some(s)) => break s,
+    let began = Instant::now();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match io_files::open_fifo_writer(io, name) {
+            Ok(Some(sender)) => {
+                tracing::debug!(fifo = name, attempts, waited = ?began.elapsed(), "fifo reader there");
+                return Ok(sender);
+            }
             // ENXIO: no reader yet (the runtime is still starting).
             Ok(None) => {}
             Err(e) => return Err(Ended::Broken(format!("opening {name}: {e}"))),
@@ -949,14 +1029,24 @@ async fn write_fifo(
             return Err(Ended::TimedOut);
         }
         tokio::select! {
-            exit = &mut live.exit => return Err(match exit {
+            exit = &mut *exit => return Err(match exit {
                 Ok(Ok(exit)) => Ended::Exited(exit),
                 other => Ended::Broken(format!("the container ended before reading {name}: {other:?}")),
             }),
             _ = tokio::time::sleep(pause) => {}
         }
-        pause = (pause * 2).min(Duration::from_millis(2));
-    };
+        pause = (pause * 2).min(Duration::from_millis(1));
+    }
+}
+
+/// Writes `data` into `sender` within `deadline`, then closes it: the
+/// reader sees the end of its data.
+async fn write_all_then_close(
+    mut sender: tokio::net::unix::pipe::Sender,
+    name: &'static str,
+    data: &[u8],
+    deadline: Instant,
+) -> Result<(), Ended> {
     let written = tokio::time::timeout_at(deadline.into(), async {
         sender.write_all(data).await?;
         sender.flush().await
@@ -967,7 +1057,6 @@ async fn write_fifo(
         Ok(Err(e)) => Err(Ended::Broken(format!("writing {name}: {e}"))),
         Err(_) => Err(Ended::TimedOut),
     }
-    // Dropping the sender closes it: the reader sees the end of its data.
 }
 
 /// How long a finished call's container is given to stop by itself before

@@ -87,6 +87,10 @@ pub struct Flags {
     /// Calls that may wait queued in the whole cluster [default: 10000].
     #[arg(long)]
     pub max_queued_calls: Option<u64>,
+    /// Params bytes all queued calls may hold together (the leader keeps
+    /// them in memory until the calls run) [default: 256 MiB].
+    #[arg(long)]
+    pub max_queued_bytes: Option<u64>,
     /// Submits (and invokes) per second one client address may sustain
     /// [default: 200].
     #[arg(long)]
@@ -158,6 +162,7 @@ struct FileConfig {
     max_env_bytes: Option<u64>,
     max_queued_per_function: Option<u64>,
     max_queued_calls: Option<u64>,
+    max_queued_bytes: Option<u64>,
     submit_rate: Option<f64>,
     submit_burst: Option<f64>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -269,6 +274,10 @@ impl Config {
                 .max_queued_calls
                 .or(file.max_queued_calls)
                 .unwrap_or(defaults.max_queued),
+            max_queued_bytes: flags
+                .max_queued_bytes
+                .or(file.max_queued_bytes)
+                .unwrap_or(defaults.max_queued_bytes),
             submit_rate: flags
                 .submit_rate
                 .or(file.submit_rate)

@@ -112,17 +112,12 @@ impl From<ApiError> for Status {
 
 /// Names of runtimes and functions: 1-63 of [a-z0-9-], not starting with '-'.
 pub fn check_name(kind: &str, name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
+    if faas_proto::rules::is_name(name) {
         Ok(())
     } else {
         Err(ApiError::InvalidArgument(format!(
-            "invalid {kind} name {name:?}: use 1-63 characters of a-z, 0-9 and '-', not starting with '-'"
+            "invalid {kind} name {name:?}: use {}",
+            faas_proto::rules::NAME_RULE
         )))
     }
 }

@@ -725,9 +725,7 @@ impl Ledger {
 /// canonical hyphenated lower-case form. Checked on everything that
 /// reaches the leader from agents and etcd before it becomes a key or goes
 /// out on an agent stream.
-pub fn is_call_id(id: &str) -> bool {
-    uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
-}
+pub use faas_proto::rules::is_call_id;
 
 /// Builds the final call record from the agent's result.
 fn finish(

@@ -29,8 +29,21 @@ pub struct CallWatch {
 /// (its node was lost) enters again.
 #[derive(Default, Debug)]
 pub struct QueuedCalls {
-    by_call: HashMap<String, String>,
+    /// Function and params bytes of each queued call.
+    by_call: HashMap<String, (String, u64)>,
     by_function: HashMap<String, u64>,
+    /// Params bytes of every queued call: the leader's broker holds them
+    /// in memory until the calls run.
+    bytes: u64,
+}
+
+/// The bounds of the queues (admission settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBounds {
+    pub per_function: u64,
+    pub total: u64,
+    /// Params bytes of all queued calls together.
+    pub bytes: u64,
 }
 
 /// A queue bound a new call would exceed.
@@ -38,21 +51,25 @@ pub struct QueuedCalls {
 pub enum QueueFull {
     Function { queued: u64, max: u64 },
     Cluster { queued: u64, max: u64 },
+    Bytes { queued: u64, max: u64 },
 }
 
 impl QueuedCalls {
-    pub fn add(&mut self, id: &str, function: &str) {
-        if self
+    pub fn add(&mut self, id: &str, function: &str, bytes: u64) {
+        match self
             .by_call
-            .insert(id.to_string(), function.to_string())
-            .is_none()
+            .insert(id.to_string(), (function.to_string(), bytes))
         {
-            *self.by_function.entry(function.to_string()).or_default() += 1;
+            None => *self.by_function.entry(function.to_string()).or_default() += 1,
+            // Counted already: only its size may have changed.
+            Some((_, before)) => self.bytes -= before,
         }
+        self.bytes += bytes;
     }
 
     pub fn remove(&mut self, id: &str) {
-        if let Some(function) = self.by_call.remove(id) {
+        if let Some((function, bytes)) = self.by_call.remove(id) {
+            self.bytes -= bytes;
             if let Some(n) = self.by_function.get_mut(&function) {
                 *n -= 1;
                 if *n == 0 {
@@ -70,28 +87,39 @@ impl QueuedCalls {
         )
     }
 
-    /// Adds the call unless a bound would be exceeded.
+    /// Params bytes of all queued calls.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Adds the call (`bytes` of params) unless a bound would be exceeded.
     pub fn try_add(
         &mut self,
         id: &str,
         function: &str,
-        max_per_function: u64,
-        max_total: u64,
+        bytes: u64,
+        bounds: QueueBounds,
     ) -> Result<(), QueueFull> {
         let (mine, total) = self.depth(function);
-        if mine >= max_per_function {
+        if mine >= bounds.per_function {
             return Err(QueueFull::Function {
                 queued: mine,
-                max: max_per_function,
+                max: bounds.per_function,
             });
         }
-        if total >= max_total {
+        if total >= bounds.total {
             return Err(QueueFull::Cluster {
                 queued: total,
-                max: max_total,
+                max: bounds.total,
             });
         }
-        self.add(id, function);
+        if self.bytes.saturating_add(bytes) > bounds.bytes {
+            return Err(QueueFull::Bytes {
+                queued: self.bytes,
+                max: bounds.bytes,
+            });
+        }
+        self.add(id, function, bytes);
         Ok(())
     }
 }
@@ -112,7 +140,7 @@ impl CallWatch {
         {
             let mut queued = self.queued.lock().expect("poisoned");
             if call.status() == CallStatus::Queued {
-                queued.add(&call.id, &call.function);
+                queued.add(&call.id, &call.function, call.params_json.len() as u64);
             } else {
                 queued.remove(&call.id);
             }
@@ -138,17 +166,12 @@ impl CallWatch {
 
 impl CallWatch {
     /// Counts a new call as queued unless a bound would be exceeded.
-    pub fn try_queue(
-        &self,
-        call: &Call,
-        max_per_function: u64,
-        max_total: u64,
-    ) -> Result<(), QueueFull> {
+    pub fn try_queue(&self, call: &Call, bounds: QueueBounds) -> Result<(), QueueFull> {
         self.queued.lock().expect("poisoned").try_add(
             &call.id,
             &call.function,
-            max_per_function,
-            max_total,
+            call.params_json.len() as u64,
+            bounds,
         )
     }
 
@@ -163,7 +186,7 @@ impl CallWatch {
         *queued = QueuedCalls::default();
         for call in calls {
             if call.status() == CallStatus::Queued {
-                queued.add(&call.id, &call.function);
+                queued.add(&call.id, &call.function, call.params_json.len() as u64);
             }
         }
     }
@@ -171,6 +194,11 @@ impl CallWatch {
     /// Queued calls of `function`, and in all.
     pub fn queue_depth(&self, function: &str) -> (u64, u64) {
         self.queued.lock().expect("poisoned").depth(function)
+    }
+
+    /// Params bytes of all queued calls.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued.lock().expect("poisoned").bytes()
     }
 }
 
@@ -190,30 +218,64 @@ mod tests {
     #[test]
     fn queue_bounds_per_function_and_in_all() {
         let mut q = QueuedCalls::default();
-        assert_eq!(q.try_add("1", "a", 2, 3), Ok(()));
-        assert_eq!(q.try_add("2", "a", 2, 3), Ok(()));
+        let bounds = QueueBounds {
+            per_function: 2,
+            total: 3,
+            bytes: 100,
+        };
+        assert_eq!(q.try_add("1", "a", 10, bounds), Ok(()));
+        assert_eq!(q.try_add("2", "a", 10, bounds), Ok(()));
         assert_eq!(
-            q.try_add("3", "a", 2, 3),
+            q.try_add("3", "a", 10, bounds),
             Err(QueueFull::Function { queued: 2, max: 2 })
         );
-        assert_eq!(q.try_add("3", "b", 2, 3), Ok(()));
+        assert_eq!(q.try_add("3", "b", 10, bounds), Ok(()));
         assert_eq!(
-            q.try_add("4", "c", 2, 3),
+            q.try_add("4", "c", 10, bounds),
             Err(QueueFull::Cluster { queued: 3, max: 3 })
         );
         q.remove("1");
         q.remove("1");
         assert_eq!(q.depth("a"), (1, 2));
+        assert_eq!(q.bytes(), 20);
         // Adding the same call twice counts it once.
-        q.add("2", "a");
+        q.add("2", "a", 10);
         assert_eq!(q.depth("a"), (1, 2));
+        assert_eq!(q.bytes(), 20);
+    }
+
+    #[test]
+    fn queued_params_are_bounded_in_bytes() {
+        let mut q = QueuedCalls::default();
+        let bounds = QueueBounds {
+            per_function: 100,
+            total: 100,
+            bytes: 100,
+        };
+        assert_eq!(q.try_add("1", "a", 60, bounds), Ok(()));
+        assert_eq!(
+            q.try_add("2", "a", 41, bounds),
+            Err(QueueFull::Bytes {
+                queued: 60,
+                max: 100
+            })
+        );
+        assert_eq!(q.try_add("2", "a", 40, bounds), Ok(()));
+        q.remove("1");
+        assert_eq!(q.bytes(), 40);
+        assert_eq!(q.try_add("3", "b", 60, bounds), Ok(()));
     }
 
     #[test]
     fn published_changes_keep_the_count() {
         let watch = CallWatch::default();
         let queued = call("1", "f", CallStatus::Queued);
-        assert!(watch.try_queue(&queued, 10, 10).is_ok());
+        let bounds = QueueBounds {
+            per_function: 10,
+            total: 10,
+            bytes: 1 << 20,
+        };
+        assert!(watch.try_queue(&queued, bounds).is_ok());
         assert_eq!(watch.queue_depth("f"), (1, 1));
         watch.publish(&call("1", "f", CallStatus::Running));
         assert_eq!(watch.queue_depth("f"), (0, 0));

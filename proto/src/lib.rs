@@ -11,3 +11,67 @@ pub mod v1 {
 /// down): the client may send the same request again without risking a
 /// duplicate call. Absent on other UNAVAILABLE answers.
 pub const RETRY_SAFE_METADATA: &str = "faas-retry-safe";
+
+/// The identifier rules of the contract, one home for both ends: the
+/// control plane checks them at its API, the agent again before an
+/// identifier touches a host path or a container id.
+pub mod rules {
+    /// Runtime and function names: 1-63 of `[a-z0-9-]`, not starting with
+    /// '-' (a DNS label's alphabet: safe in paths, container ids and keys).
+    pub fn is_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 63
+            && !name.starts_with('-')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    }
+
+    /// What [`is_name`] requires, in words for error messages.
+    pub const NAME_RULE: &str = "1-63 characters of a-z, 0-9 and '-', not starting with '-'";
+
+    /// Call ids: a UUID, hyphenated and lowercase, as the control plane
+    /// makes them.
+    pub fn is_call_id(id: &str) -> bool {
+        uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn names() {
+            for ok in ["a", "hello-2", "0", &"x".repeat(63)] {
+                assert!(is_name(ok), "{ok}");
+            }
+            for bad in [
+                "",
+                "-a",
+                "A",
+                "a_b",
+                "a/b",
+                "..",
+                "a.b",
+                &"x".repeat(64),
+                "é",
+            ] {
+                assert!(!is_name(bad), "{bad}");
+            }
+        }
+
+        #[test]
+        fn call_ids() {
+            assert!(is_call_id(&uuid::Uuid::now_v7().to_string()));
+            for bad in [
+                "",
+                "../etc",
+                "01234567-89ab-cdef-0123-456789ABCDEF",
+                "0123456789abcdef0123456789abcdef",
+                "{01234567-89ab-cdef-0123-456789abcdef}",
+            ] {
+                assert!(!is_call_id(bad), "{bad}");
+            }
+        }
+    }
+}

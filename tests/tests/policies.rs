@@ -153,3 +153,82 @@ async fn adaptive_preloads_the_called_function() -> anyhow::Result<()> {
     )
     .await
 }
+
+/// A function that fails at import, under preload-function: its preloads
+/// never become ready (the runtime exits before it waits for its input),
+/// and each call still gets the function's own error, not a platform
+/// failure; the node keeps serving other functions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_broken_at_import_gets_its_own_error_under_preload_function(
+) -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        spots: 2,
+        runtimes: vec!["python3"],
+        policy: Some("preload-function".into()),
+        ..StackOptions::default()
+    })
+    .await?;
+    let broken = tempfile::tempdir()?;
+    std::fs::write(
+        broken.path().join("handler.py"),
+        "raise RuntimeError('broken at import')\n\ndef handler(event, context):\n    return 1\n",
+    )?;
+    deploy(&stack, "broken", broken.path());
+    let mut client = CallServiceClient::new(stack.channel().await);
+    for _ in 0..3 {
+        let call = client
+            .invoke(faas_proto::v1::InvokeRequest {
+                function: "broken".into(),
+                params_json: "{}".into(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(
+            call.status(),
+            faas_proto::v1::CallStatus::Failed,
+            "{call:?}"
+        );
+        let error = call.error.clone().expect("an error");
+        assert_eq!(error.reason, "error", "{call:?}");
+        assert!(
+            error.message.contains("broken at import"),
+            "the function's own error, not the platform's: {call:?}"
+        );
+    }
+    deploy(&stack, "hello", &fixture_dir("py-hello"));
+    invoke(&stack, "hello").await?;
+    stack.shutdown().await
+}
+
+/// A function-preloaded spot is reported ready only once its runtime waits
+/// for its input (imports done): a call placed on it as soon as it is
+/// reported does not wait for the imports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preloaded_function_is_ready_only_after_its_imports() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        spots: 1,
+        runtimes: vec!["python3"],
+        policy: Some("preload-function".into()),
+        ..StackOptions::default()
+    })
+    .await?;
+    let slow = tempfile::tempdir()?;
+    std::fs::write(
+        slow.path().join("handler.py"),
+        "import time\ntime.sleep(1.5)\n\ndef handler(event, context):\n    return {'ok': True}\n",
+    )?;
+    deploy(&stack, "slow-import", slow.path());
+    // The first call teaches the policy; then the spot preloads it.
+    invoke(&stack, "slow-import").await?;
+    for _ in 0..2 {
+        wait_spots(&stack, SpotState::PreloadedFunction, true).await?;
+        let call = invoke(&stack, "slow-import").await?;
+        let t = call.timings.expect("timings");
+        assert_eq!(t.start_kind(), StartKind::PrewarmFunction, "{t:?}");
+        assert!(
+            t.execution_ms < 750.0,
+            "the call waited for the imports of a spot reported preloaded: {t:?}"
+        );
+    }
+    stack.shutdown().await
+}

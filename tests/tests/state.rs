@@ -541,3 +541,68 @@ async fn submits_over_the_admission_bounds_are_refused_with_a_retry_hint() -> an
     assert_eq!(after.code(), tonic::Code::NotFound, "{after:?}");
     stack.shutdown().await
 }
+
+/// The leader holds queued calls' params in memory until they run: their
+/// bytes together are bounded (10,000 calls of 256 KiB each would be
+/// 2.5 GiB), and a submit over it is refused with a retry hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_params_are_bounded_in_bytes() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        spots: 1,
+        runtimes: vec!["python3"],
+        controlplane_args: ["--max-queued-bytes", "300000"].map(String::from).to_vec(),
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy("sleeps", "python3", &fixture_dir("py-sleep"), &[])?;
+    let mut client = CallServiceClient::new(stack.channel().await);
+    // 100 kB of params each: the first runs, two more wait, the next one
+    // would make the queue hold more than 300,000 bytes.
+    let params = format!(r#"{{"seconds": 5, "pad": "{}"}}"#, "x".repeat(100_000));
+    let request = || InvokeRequest {
+        function: "sleeps".into(),
+        params_json: params.clone(),
+    };
+    let first = client.submit(request()).await?.into_inner().call_id;
+    // It leaves the queue once it runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let call = client
+            .get_call(GetCallRequest { id: first.clone() })
+            .await?
+            .into_inner();
+        if call.status() == CallStatus::Running {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the first call never ran: {call:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.submit(request()).await?;
+    client.submit(request()).await?;
+    let refused = client
+        .submit(request())
+        .await
+        .expect_err("a submit over the queued bytes bound is refused");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("max_queued_bytes"),
+        "{}",
+        refused.message()
+    );
+    assert!(retry_after_ms(&refused).is_some());
+    // Small params still fit.
+    client
+        .submit(InvokeRequest {
+            function: "sleeps".into(),
+            params_json: r#"{"seconds": 0}"#.into(),
+        })
+        .await?;
+    stack.shutdown().await
+}

@@ -16,6 +16,9 @@ pub struct Admission {
     pub max_queued_per_function: u64,
     /// Calls queued in the whole cluster.
     pub max_queued: u64,
+    /// Params bytes of all queued calls together: the leader holds them in
+    /// memory until the calls run.
+    pub max_queued_bytes: u64,
     /// Submits (Submit and Invoke) per second a client may sustain.
     pub submit_rate: f64,
     /// Submits a client may send at once after a quiet period.
@@ -27,8 +30,19 @@ impl Default for Admission {
         Admission {
             max_queued_per_function: 1000,
             max_queued: 10_000,
+            max_queued_bytes: 256 << 20,
             submit_rate: 200.0,
             submit_burst: 400.0,
+        }
+    }
+}
+
+impl Admission {
+    pub fn queue_bounds(&self) -> crate::watch::QueueBounds {
+        crate::watch::QueueBounds {
+            per_function: self.max_queued_per_function,
+            total: self.max_queued,
+            bytes: self.max_queued_bytes,
         }
     }
 }

@@ -88,11 +88,7 @@ impl Api {
         // Counted before it is recorded, so that concurrent submits cannot
         // all pass the same last free place.
         let admission = &self.limits.admission;
-        if let Err(full) = self.calls.try_queue(
-            &call,
-            admission.max_queued_per_function,
-            admission.max_queued,
-        ) {
+        if let Err(full) = self.calls.try_queue(&call, admission.queue_bounds()) {
             let message = match full {
                 QueueFull::Function { queued, max } => format!(
                     "function {:?} has {queued} calls queued, its limit (max_queued_per_function) is {max}: retry later",
@@ -100,6 +96,9 @@ impl Api {
                 ),
                 QueueFull::Cluster { queued, max } => format!(
                     "the cluster has {queued} calls queued, its limit (max_queued_calls) is {max}: retry later"
+                ),
+                QueueFull::Bytes { queued, max } => format!(
+                    "the calls queued in the cluster hold {queued} bytes of params, their limit (max_queued_bytes) is {max}: retry later"
                 ),
             };
             return Err(ApiError::Overloaded {
