@@ -4,8 +4,10 @@
 //! unpack (bytes, entries, depth, names, time), and this module bounds what
 //! unpacking it may take from the node. The work runs in a child process of
 //! this same binary (a cgroup v1 charges memory to a process, never to one
-//! of its threads) placed in `/faas-agent/<namespace>/package-extract` of
-//! every hierarchy: a memory limit (which also bounds the page cache its
+//! of its threads) placed in `/faas-agent/<namespace>.<state>/package-extract`
+//! of every hierarchy (`<state>`: 12 hex digits of the SHA-256 of the
+//! agent's state directory, so that two agents on one host, as in tests,
+//! never share it while a restarted agent finds its own again): a memory limit (which also bounds the page cache its
 //! writes dirty, so one big package cannot push the running calls' memory
 //! out), a CPU quota and a pids limit. The child is killed at the deadline
 //! whatever it is doing, and dies with the agent.
@@ -95,11 +97,12 @@ pub struct Extractor {
 }
 
 impl Extractor {
-    /// Sets up the cgroup of `namespace`'s extractions with `limits`.
-    /// Without one, extractions still run in a child, bounded in time and
-    /// bytes but not in memory or CPU: said once, as a warning.
-    pub fn new(namespace: &str, limits: JailLimits) -> Extractor {
-        let relative = format!("faas-agent/{namespace}/package-extract");
+    /// Sets up the cgroup of the extractions of the agent of `namespace`
+    /// and `state_dir` with `limits`. Without one, extractions still run in
+    /// a child, bounded in time and bytes but not in memory or CPU: said
+    /// once, as a warning.
+    pub fn new(namespace: &str, state_dir: &Path, limits: JailLimits) -> Extractor {
+        let relative = cgroup_relative(namespace, state_dir);
         let cgroups = match set_up(Path::new(CGROUP_ROOT), &relative, limits) {
             Ok(dirs) => {
                 info!(cgroup = %relative, ?limits, "package extraction runs in its own cgroup");
@@ -216,6 +219,17 @@ impl Extractor {
             ))),
         }
     }
+}
+
+/// The extraction cgroup of an agent, relative to each hierarchy's root.
+pub fn cgroup_relative(namespace: &str, state_dir: &Path) -> String {
+    use sha2::Digest as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let digest = sha2::Sha256::digest(state_dir.as_os_str().as_bytes());
+    format!(
+        "faas-agent/{namespace}.{}/package-extract",
+        &hex::encode(digest)[..12]
+    )
 }
 
 /// Creates the cgroup `relative` under `root` with `limits` in every
@@ -370,6 +384,17 @@ mod tests {
         assert_eq!(read("cpu,cpuacct", "cpu.cfs_quota_us"), "50000");
         assert_eq!(read("cpu,cpuacct", "cpu.cfs_period_us"), "100000");
         assert_eq!(read("pids", "pids.max"), "4");
+    }
+
+    #[test]
+    fn each_agent_state_dir_has_its_own_cgroup() {
+        let a = cgroup_relative("faas", Path::new("/var/lib/faas/agent"));
+        assert_eq!(a, cgroup_relative("faas", Path::new("/var/lib/faas/agent")));
+        assert_ne!(
+            a,
+            cgroup_relative("faas", Path::new("/tmp/stack-1/agent-0"))
+        );
+        assert!(a.starts_with("faas-agent/faas.") && a.ends_with("/package-extract"));
     }
 
     #[test]

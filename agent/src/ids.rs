@@ -101,33 +101,23 @@ mod tests {
 
     #[test]
     fn call_ids_are_canonical_uuids() {
+        // The rule itself is tested in faas_proto::rules.
         assert!(check_call_id(ID).is_ok());
-        for bad in [
-            "",
-            "../../../../x",
-            "x",
-            "0190C7C2-5A4B-7C3D-8E9F-0123456789AB",
-            "0190c7c25a4b7c3d8e9f0123456789ab",
-            "{0190c7c2-5a4b-7c3d-8e9f-0123456789ab}",
-            "urn:uuid:0190c7c2-5a4b-7c3d-8e9f-0123456789ab",
-            "0190c7c2-5a4b-7c3d-8e9f-0123456789ab/..",
-            "0190c7c2-5a4b-7c3d-8e9f-0123456789ab\n",
-        ] {
-            assert_eq!(
-                check_call_id(bad),
-                Err(InvalidId::CallId(bad.to_string())),
-                "{bad:?}"
-            );
-        }
+        let bad = "0190c7c2-5a4b-7c3d-8e9f-0123456789ab/..";
+        assert_eq!(check_call_id(bad), Err(InvalidId::CallId(bad.to_string())));
     }
 
     #[test]
     fn names_follow_the_api_rule() {
+        // The rule itself is tested in faas_proto::rules.
         assert!(check_name("function", "hello-2").is_ok());
-        assert!(check_name("function", &"a".repeat(63)).is_ok());
-        for bad in ["", "-a", "A", "a_b", "a/b", "..", "a.b", &"a".repeat(64)] {
-            assert!(check_name("function", bad).is_err(), "{bad:?}");
-        }
+        assert_eq!(
+            check_name("runtime", ".."),
+            Err(InvalidId::Name {
+                kind: "runtime",
+                name: "..".into()
+            })
+        );
     }
 
     #[test]

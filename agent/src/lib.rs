@@ -70,7 +70,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.state_dir.join("packages"),
         config.insecure_registries.clone(),
         config.packages,
-        extract_jail::Extractor::new(&config.namespace, config.packages.extract),
+        extract_jail::Extractor::new(
+            &config.namespace,
+            &config.state_dir,
+            config.packages.extract,
+        ),
     )?;
 
     let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();

@@ -1256,21 +1256,4 @@ mod tests {
         l.tick(RECORDED_MEMORY + REPORTED_MEMORY);
         assert!(l.ended.is_empty() && l.reported.is_empty());
     }
-
-    #[test]
-    fn call_ids_are_canonical_uuids() {
-        assert!(is_call_id(&id(1)));
-        assert!(is_call_id(&uuid::Uuid::now_v7().to_string()));
-        for bad in [
-            "",
-            "../../../../x",
-            "c1",
-            "0190A1B2-C3D4-7E5F-8A9B-000000000001",
-            "0190a1b2c3d47e5f8a9b000000000001",
-            "{0190a1b2-c3d4-7e5f-8a9b-000000000001}",
-            "urn:uuid:0190a1b2-c3d4-7e5f-8a9b-000000000001",
-        ] {
-            assert!(!is_call_id(bad), "{bad}");
-        }
-    }
 }

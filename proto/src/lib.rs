@@ -65,10 +65,14 @@ pub mod rules {
             assert!(is_call_id(&uuid::Uuid::now_v7().to_string()));
             for bad in [
                 "",
-                "../etc",
-                "01234567-89ab-cdef-0123-456789ABCDEF",
-                "0123456789abcdef0123456789abcdef",
-                "{01234567-89ab-cdef-0123-456789abcdef}",
+                "../../../../x",
+                "x",
+                "0190C7C2-5A4B-7C3D-8E9F-0123456789AB",
+                "0190c7c25a4b7c3d8e9f0123456789ab",
+                "{0190c7c2-5a4b-7c3d-8e9f-0123456789ab}",
+                "urn:uuid:0190c7c2-5a4b-7c3d-8e9f-0123456789ab",
+                "0190c7c2-5a4b-7c3d-8e9f-0123456789ab/..",
+                "0190c7c2-5a4b-7c3d-8e9f-0123456789ab\n",
             ] {
                 assert!(!is_call_id(bad), "{bad}");
             }

@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use sha2::Digest as _;
 
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::function_service_client::FunctionServiceClient;
@@ -416,10 +417,14 @@ async fn removed_and_replaced_packages_leave_nothing_behind() -> anyhow::Result<
 /// A cgroup v1 file of the agent's extraction cgroup (`controller` is the
 /// hierarchy's name under /sys/fs/cgroup).
 fn extract_cgroup_file(stack: &Stack, controller: &str, file: &str) -> Option<String> {
+    // The agent's: faas-agent/<namespace>.<12 hex of sha256(state dir)>.
+    let state = stack.agent_state_dir(0);
+    let digest = sha2::Sha256::digest(state.as_os_str().as_encoded_bytes());
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
     let path = std::path::Path::new("/sys/fs/cgroup")
         .join(controller)
         .join("faas-agent")
-        .join(stack.agent_namespace(0))
+        .join(format!("{}.{hex}", stack.agent_namespace(0)))
         .join("package-extract")
         .join(file);
     std::fs::read_to_string(path)
@@ -542,5 +547,63 @@ async fn package_extraction_runs_in_a_bounded_cgroup() -> anyhow::Result<()> {
             "a process left in the {controller} extraction cgroup"
         );
     }
+    stack.shutdown().await
+}
+
+/// One image archive at a time per replica (each is held in memory while
+/// its blobs are pushed): a second registration while one uploads is
+/// refused with a retry hint, and served once the first is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_archive_registrations_take_turns() -> anyhow::Result<()> {
+    use faas_proto::v1::runtime_service_client::RuntimeServiceClient;
+    use faas_proto::v1::{register_runtime_request, RegisterRuntimeRequest, RuntimeSpec};
+    let stack = Stack::start(StackOptions::default()).await?;
+    let spec = |name: &str| RegisterRuntimeRequest {
+        part: Some(register_runtime_request::Part::Spec(RuntimeSpec {
+            name: name.into(),
+            path: "/var/task".into(),
+            dependencies: String::new(),
+            run: "true".into(),
+            image_ref: String::new(),
+            replace: true,
+        })),
+    };
+    // The head of a tar file ("ustar" at 257), and no more yet.
+    let mut head = vec![0u8; 1024];
+    head[257..262].copy_from_slice(b"ustar");
+    let chunk = |data: Vec<u8>| RegisterRuntimeRequest {
+        part: Some(register_runtime_request::Part::Chunk(data)),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(spec("slow")).await?;
+    tx.send(chunk(head.clone())).await?;
+    let mut first_client = RuntimeServiceClient::new(stack.channel().await);
+    let first = tokio::spawn(async move {
+        first_client
+            .register_runtime(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut client = RuntimeServiceClient::new(stack.channel().await);
+    let second = client
+        .register_runtime(futures::stream::iter([spec("other"), chunk(head.clone())]))
+        .await
+        .expect_err("a second archive while one uploads is refused");
+    assert_eq!(second.code(), Code::ResourceExhausted, "{second:?}");
+    assert!(
+        second.metadata().get("retry-after-ms").is_some(),
+        "{second:?}"
+    );
+
+    // The first ends (its archive is not an image: refused as such).
+    drop(tx);
+    let first = first.await?.expect_err("not an image archive");
+    assert_eq!(first.code(), Code::InvalidArgument, "{first:?}");
+    let third = client
+        .register_runtime(futures::stream::iter([spec("other"), chunk(head)]))
+        .await
+        .expect_err("not an image archive");
+    assert_eq!(third.code(), Code::InvalidArgument, "{third:?}");
     stack.shutdown().await
 }

@@ -17,13 +17,9 @@ use crate::store::Kind;
 
 pub const DEFAULT_HANDLER: &str = "handler.handler";
 
-/// Metadata entry of a RESOURCE_EXHAUSTED answer: how long to wait before
-/// trying again, in milliseconds.
-pub const RETRY_AFTER_MS: &str = "retry-after-ms";
-
 /// How long a deploy refused for lack of a slot is told to wait: about
 /// what checking and storing one package takes.
-const DEPLOY_RETRY_AFTER_MS: u64 = 1000;
+const DEPLOY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Deploys this replica checks at once. Each one holds its upload (up to
 /// max_package_bytes) and its normalized package in memory and spools the
@@ -86,15 +82,14 @@ impl FunctionService for Api {
         let limits = &self.limits;
         // Taken before the upload is read: a refused deploy costs nothing.
         let Ok(_slot) = deploy_slots(limits.package.max_concurrent_deploys()).try_acquire() else {
-            let mut status = Status::from(ApiError::ResourceExhausted(format!(
-                "too many deploys in progress (limit package.max_concurrent_deploys = {}); retry shortly",
-                limits.package.max_concurrent_deploys()
-            )));
-            status.metadata_mut().insert(
-                RETRY_AFTER_MS,
-                tonic::metadata::MetadataValue::from(DEPLOY_RETRY_AFTER_MS),
-            );
-            return Err(status);
+            return Err(ApiError::Overloaded {
+                message: format!(
+                    "too many deploys in progress (limit package.max_concurrent_deploys = {}); retry shortly",
+                    limits.package.max_concurrent_deploys()
+                ),
+                retry_after: DEPLOY_RETRY_AFTER,
+            }
+            .into());
         };
         if spec.memory_bytes != 0
             && !(16 << 20..=limits.max_memory_bytes).contains(&spec.memory_bytes)

@@ -11,6 +11,15 @@ use super::{read_upload, Api};
 use crate::error::{check_name, now_ms, ApiError};
 use crate::store::Kind;
 
+/// Image archives this replica takes in at once: an upload is held in
+/// memory (up to max_image_bytes) while its blobs are pushed, so two at a
+/// time would double the worst case. Registrations are rare (an operator's
+/// act); a second one waits its turn.
+static IMAGE_UPLOAD: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// How long a registration refused for a busy upload slot is told to wait.
+const IMAGE_UPLOAD_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[tonic::async_trait]
 impl RuntimeService for Api {
     async fn register_runtime(
@@ -53,6 +62,15 @@ impl RuntimeService for Api {
             ))
             .into());
         }
+        // Taken before the upload is read (a reference needs no upload).
+        let _slot = if spec.image_ref.is_empty() {
+            Some(IMAGE_UPLOAD.try_acquire().map_err(|_| ApiError::Overloaded {
+                message: "another runtime image archive is being registered on this replica; retry shortly".into(),
+                retry_after: IMAGE_UPLOAD_RETRY_AFTER,
+            })?)
+        } else {
+            None
+        };
         let archive = read_upload(
             &mut stream,
             self.limits.max_image_bytes,
