@@ -96,6 +96,21 @@ pub async fn submit_to_any(
     None
 }
 
+/// Invokes `function` with `params_json`; the call, whatever its outcome.
+pub async fn invoke_call(
+    client: &mut faas_proto::v1::call_service_client::CallServiceClient<Channel>,
+    function: &str,
+    params_json: &str,
+) -> anyhow::Result<faas_proto::v1::Call> {
+    Ok(client
+        .invoke(faas_proto::v1::InvokeRequest {
+            function: function.into(),
+            params_json: params_json.into(),
+        })
+        .await?
+        .into_inner())
+}
+
 /// Invokes `function` with `params_json` and asserts the call succeeded;
 /// the call, for further checks.
 pub async fn invoke_succeeded(
@@ -103,13 +118,7 @@ pub async fn invoke_succeeded(
     function: &str,
     params_json: &str,
 ) -> anyhow::Result<faas_proto::v1::Call> {
-    let call = client
-        .invoke(faas_proto::v1::InvokeRequest {
-            function: function.into(),
-            params_json: params_json.into(),
-        })
-        .await?
-        .into_inner();
+    let call = invoke_call(client, function, params_json).await?;
     assert_eq!(
         call.status(),
         faas_proto::v1::CallStatus::Succeeded,

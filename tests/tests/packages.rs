@@ -18,7 +18,7 @@ use faas_proto::v1::{
     deploy_function_request, CallStatus, DeleteFunctionRequest, DeployFunctionRequest, Function,
     FunctionSpec, GetFunctionRequest,
 };
-use faas_tests::{fixture_dir, invoke_succeeded, Stack, StackOptions};
+use faas_tests::{fixture_dir, invoke_call, invoke_succeeded, Stack, StackOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
@@ -523,13 +523,7 @@ async fn package_extraction_runs_in_a_bounded_cgroup() -> anyhow::Result<()> {
     )?;
     std::fs::write(zeros.path().join("zeros.bin"), vec![0u8; 100 << 20])?;
     stack.deploy("zeros", "python3", zeros.path(), &[])?;
-    let call = calls
-        .invoke(faas_proto::v1::InvokeRequest {
-            function: "zeros".into(),
-            params_json: "{}".into(),
-        })
-        .await?
-        .into_inner();
+    let call = invoke_call(&mut calls, "zeros", "{}").await?;
     assert_eq!(call.status(), CallStatus::Failed, "{call:?}");
     let message = call
         .error

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{Call, GetCallStatsRequest, SpotState, StartKind};
-use faas_tests::{fixture_dir, invoke_succeeded, Stack, StackOptions};
+use faas_tests::{fixture_dir, invoke_call, invoke_succeeded, Stack, StackOptions};
 
 fn deploy(stack: &Stack, name: &str, dir: &std::path::Path) {
     stack.deploy(name, "python3", dir, &[]).expect("deploying");
@@ -176,13 +176,7 @@ async fn a_function_broken_at_import_gets_its_own_error_under_preload_function(
     deploy(&stack, "broken", broken.path());
     let mut client = CallServiceClient::new(stack.channel().await);
     for _ in 0..3 {
-        let call = client
-            .invoke(faas_proto::v1::InvokeRequest {
-                function: "broken".into(),
-                params_json: "{}".into(),
-            })
-            .await?
-            .into_inner();
+        let call = invoke_call(&mut client, "broken", "{}").await?;
         assert_eq!(
             call.status(),
             faas_proto::v1::CallStatus::Failed,
