@@ -742,7 +742,7 @@ async fn heavy_attacks_are_contained() -> anyhow::Result<()> {
     );
     assert!(r["forks_refused"].as_u64().unwrap_or(0) > 0, "{r}");
     let served_during = served_during.context("no call served during the bomb")?;
-    eprintln!("fork bomb: hello served in {served_during:?} while it raged");
+    eprintln!("fork bomb: hello served in {served_during:?} while it raged; the bomb's call: {r}");
     assert!(
         served_during < baseline * 4 + Duration::from_secs(2),
         "hello took {served_during:?} during the bomb (baseline {baseline:?})"
