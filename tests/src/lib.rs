@@ -252,10 +252,31 @@ fn find_in_path(program: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    // Port 0 lets the kernel choose; the port is released right away and
-    // reused by the daemon. A collision in between is possible but rare.
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(listener.local_addr()?.port())
+    // Below the kernel's ephemeral range (32768-60999 by default): a port
+    // there may become the source port of any outgoing connection while
+    // its daemon is down, and a killed etcd member restarted on its old
+    // port found it in use. Checked free by binding it; each port is
+    // handed out once per test process (tests run in parallel threads).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let mut given = GIVEN.lock().expect("poisoned");
+    for i in 0..COUNT {
+        let port = (FIRST + (seed.wrapping_add(i.wrapping_mul(7_919))) % COUNT) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port in {FIRST}-{}", FIRST + COUNT - 1)
 }
 
 /// Last `lines` lines of a file, for error messages.
