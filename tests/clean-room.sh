@@ -300,7 +300,6 @@ fi
 port_busy() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null; }
 if port_busy 7070 || port_busy 12379 || port_busy 12380 || port_busy 15000; then
     export FAAS_LOCAL_LISTEN=127.0.0.1:17171 FAAS_LOCAL_ETCD_PORT=22479 FAAS_LOCAL_REGISTRY_PORT=25100
-    export FAAS_ENDPOINT=http://127.0.0.1:17171
     note "default ports busy on the host: using 17171, 22479/22480, 25100"
     for p in 17171 22479 22480 25100; do port_busy $p && fail "port $p is busy too"; done
 fi

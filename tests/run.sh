@@ -162,8 +162,10 @@ smoke_up() {
     if port_in_use 7070 || port_in_use 12379 || port_in_use 15000; then
         echo "default ports busy: the smoke cluster uses 17070, 22379, 25000"
         export FAAS_LOCAL_LISTEN=127.0.0.1:17070 FAAS_LOCAL_ETCD_PORT=22379 FAAS_LOCAL_REGISTRY_PORT=25000
-        export FAAS_ENDPOINT=http://127.0.0.1:17070
     fi
+    # up.sh writes its faasctl context here, not into the user's own file;
+    # the smoke test reaches the cluster through that context.
+    export FAASCTL_CONFIG=$work/faasctl.toml
     up_started=1
     timeout --kill-after=30 "${FAAS_SMOKE_TIMEOUT:-600}" deploy/local/up.sh
 }

@@ -15,13 +15,22 @@ pub struct Flags {
     /// TOML file with any of the settings below (keys: long flag names with underscores).
     #[arg(long, env = "FAAS_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Control-plane endpoints, comma-separated; the agent uses the first that accepts it
-    /// [default: http://127.0.0.1:7070].
+    /// Control-plane endpoints (https URLs), comma-separated; the agent uses the first that
+    /// accepts it [default: https://127.0.0.1:7070].
     #[arg(long, env = "FAAS_CONTROL_PLANE", value_delimiter = ',')]
     pub control_plane: Option<Vec<String>>,
     /// This node's name, unique in the cluster [default: the hostname].
     #[arg(long, env = "FAAS_NODE")]
     pub node: Option<String>,
+    /// A join token (`faasctl node token create`), used once: the node's
+    /// certificate is then kept in <state-dir>/pki [default: none; the
+    /// agent must have joined before].
+    #[arg(long = "join", env = "FAAS_JOIN_TOKEN")]
+    pub join_token: Option<String>,
+    /// The cluster CA's fingerprint (sha256:<hex>), pinned while joining
+    /// [default: none; required with --join].
+    #[arg(long, env = "FAAS_CA_HASH")]
+    pub ca_hash: Option<String>,
     /// Number of spots (containers run at once) [default: 4].
     #[arg(long, env = "FAAS_SPOTS")]
     pub spots: Option<u32>,
@@ -91,6 +100,8 @@ pub struct Flags {
 struct FileConfig {
     control_plane: Option<Vec<String>>,
     node: Option<String>,
+    join_token: Option<String>,
+    ca_hash: Option<String>,
     spots: Option<u32>,
     containerd: Option<PathBuf>,
     namespace: Option<String>,
@@ -116,6 +127,8 @@ struct FileConfig {
 pub struct Config {
     pub control_plane: Vec<String>,
     pub node: String,
+    pub join_token: Option<String>,
+    pub ca_hash: Option<String>,
     pub spots: u32,
     pub containerd: PathBuf,
     pub namespace: String,
@@ -182,8 +195,10 @@ impl Config {
             control_plane: flags
                 .control_plane
                 .or(file.control_plane)
-                .unwrap_or_else(|| vec!["http://127.0.0.1:7070".into()]),
+                .unwrap_or_else(|| vec!["https://127.0.0.1:7070".into()]),
             node: flags.node.or(file.node).unwrap_or(hostname),
+            join_token: flags.join_token.or(file.join_token),
+            ca_hash: flags.ca_hash.or(file.ca_hash),
             spots,
             containerd: flags
                 .containerd

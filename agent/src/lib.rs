@@ -7,6 +7,7 @@ pub mod collect;
 pub mod config;
 pub mod container;
 pub mod extract_jail;
+pub mod identity;
 pub mod ids;
 pub mod io_files;
 pub mod packages;
@@ -53,6 +54,14 @@ async fn connect_driver(config: &Config) -> anyhow::Result<Driver> {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Before anything else: a node that cannot prove who it is has nothing
+    // to do.
+    let identity = identity::Identity::establish(&config).await?;
+    let renewal = tokio::spawn(
+        identity
+            .clone()
+            .keep_renewed(config.control_plane.clone(), config.node.clone()),
+    );
     let driver = connect_driver(&config).await?;
     // Whatever an earlier run of this agent left behind goes first.
     let report = driver.cleanup_namespace().await?;
@@ -122,6 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         unconfirmed: Default::default(),
         confirm_deadline: None,
         packages,
+        identity,
     };
     let mut session_task = tokio::spawn(session.run_forever());
     tokio::select! {
@@ -138,6 +148,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         warn!("spots did not finish within 60 s; leaving their containers to the next start's clean-up");
     }
     retrier.abort();
+    renewal.abort();
     if let Some(ctx) = retry_ctx.upgrade() {
         let _ = tokio::time::timeout(Duration::from_secs(10), ctx.retry_teardowns()).await;
     }

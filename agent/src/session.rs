@@ -38,6 +38,8 @@ pub struct Session {
     pub confirm_deadline: Option<tokio::time::Instant>,
     /// The package cache, for the leader's ForgetPackage.
     pub packages: crate::packages::Packages,
+    /// The node's certificate, with which every session opens.
+    pub identity: crate::identity::Identity,
 }
 
 /// Results kept for confirmation at most (a leader that never confirms,
@@ -86,7 +88,7 @@ impl Session {
         endpoint: &str,
         unsent: &mut Option<AgentMessage>,
     ) -> anyhow::Result<()> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+        let channel = faas_pki::client::endpoint(endpoint, &self.identity.tls())?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))

@@ -25,7 +25,13 @@ Exit codes:
      INTERNAL and any other gRPC error not listed here
   5  conflict: ALREADY_EXISTS, FAILED_PRECONDITION, ABORTED
      (e.g. the runtime exists, or is still used by functions)
-  6  refused by a limit: RESOURCE_EXHAUSTED (package or params too large)";
+  6  refused by a limit: RESOURCE_EXHAUSTED (package or params too large)
+  7  not allowed: UNAUTHENTICATED (no or bad token) or PERMISSION_DENIED
+     (the token's role may not do it)
+
+Credentials: --endpoint, --token/--token-file and --ca-file (or FAAS_ENDPOINT,
+FAAS_TOKEN, FAAS_TOKEN_FILE, FAAS_CA_FILE) override the current context
+(`faasctl context`), which deploy/local/up.sh writes for its cluster.";
 
 #[derive(Debug, Parser)]
 #[command(name = "faasctl", version, about = "The faas command-line tool", long_about = LONG_ABOUT)]
@@ -39,15 +45,28 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Control-plane gRPC endpoint(s); a comma-separated list is tried in
-    /// order and the first that connects is used.
-    #[arg(
-        long,
-        global = true,
-        env = "FAAS_ENDPOINT",
-        default_value = "http://127.0.0.1:7070",
-        value_delimiter = ','
-    )]
+    /// order and the first that connects is used [default: the context's,
+    /// else https://127.0.0.1:7070].
+    #[arg(long, global = true, env = "FAAS_ENDPOINT", value_delimiter = ',')]
     pub endpoint: Vec<String>,
+
+    /// The context to use (see `faasctl context`) [default: the current
+    /// one].
+    #[arg(long, global = true, env = "FAAS_CONTEXT")]
+    pub context: Option<String>,
+
+    /// API token ("<id>.<secret>") [default: the context's].
+    #[arg(long, global = true, env = "FAAS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// File holding the API token [default: the context's].
+    #[arg(long, global = true, env = "FAAS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// The cluster CA's certificate (PEM), to verify the control plane
+    /// [default: the context's].
+    #[arg(long, global = true, env = "FAAS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 
     /// Output format of read commands.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
@@ -83,9 +102,75 @@ pub enum Command {
     /// Inspect calls (invocations).
     #[command(subcommand, visible_alias = "calls")]
     Call(CallCmd),
-    /// Inspect the cluster's nodes and their spots.
+    /// Inspect the cluster's nodes and their spots; join tokens.
     #[command(subcommand, visible_alias = "nodes")]
     Node(NodeCmd),
+    /// API tokens (cluster admin).
+    #[command(subcommand, visible_alias = "tokens")]
+    Token(TokenCmd),
+    /// Named connection settings, kept in ~/.config/faas/config.toml
+    /// (or $FAASCTL_CONFIG).
+    #[command(subcommand, visible_alias = "contexts")]
+    Context(ContextCmd),
+    /// Show the token in use and its role.
+    Whoami,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create an API token; it is printed once.
+    Create {
+        /// admin, developer or invoker.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Lifetime (e.g. 30d); default: no expiry.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// List API tokens (ids and roles, never secrets).
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Revoke an API token by id (the part before the dot).
+    #[command(visible_alias = "delete")]
+    Rm { id: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Admin,
+    Developer,
+    Invoker,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCmd {
+    /// List contexts; the current one is marked.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Make a context the current one.
+    Use { name: String },
+    /// Create or update a context from the global flags given with it
+    /// (--endpoint, --ca-file, --token-file, --token), and make it current.
+    Set { name: String },
+    /// Remove a context.
+    #[command(visible_alias = "delete")]
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeTokenCmd {
+    /// Create a join token and print how a node joins with it.
+    Create {
+        /// How long the token may be used (default 1h, at most 7d).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,6 +344,12 @@ pub enum NodeCmd {
     Drain { name: String },
     /// Take a drained node back into the pool.
     Undrain { name: String },
+    /// Join tokens, with which new nodes join the cluster.
+    #[command(subcommand)]
+    Token(NodeTokenCmd),
+    /// Remove a node: its certificate is revoked and its session ends.
+    #[command(visible_alias = "delete")]
+    Rm { name: String },
 }
 
 /// Parses a memory size: plain bytes, binary suffixes (Ki, Mi, Gi, Ti, as

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use faas_pki::client::{AuthChannel, Bearer, ClientTls};
 use futures::Stream;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::io::AsyncReadExt;
-use tonic::transport::{Channel, Endpoint};
 
 /// Bytes per upload message: well under the 4 MiB default message limit of
 /// gRPC servers, large enough to keep per-message overhead negligible.
@@ -36,18 +36,29 @@ pub enum ConnectError {
     Unreachable { attempts: Vec<String> },
 }
 
-/// "127.0.0.1:7070" → "http://127.0.0.1:7070": users paste host:port.
+/// "127.0.0.1:7070" → "https://127.0.0.1:7070": users paste host:port,
+/// and faas speaks TLS.
 pub fn normalize_endpoint(text: &str) -> String {
     let text = text.trim();
     if text.contains("://") {
         text.to_string()
     } else {
-        format!("http://{text}")
+        format!("https://{text}")
     }
 }
 
+/// What the client proves and trusts.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub tls: ClientTls,
+    pub bearer: Bearer,
+}
+
 /// Connects to the first endpoint of the list that accepts a connection.
-pub async fn connect(endpoints: &[String]) -> Result<Channel, ConnectError> {
+pub async fn connect(
+    endpoints: &[String],
+    credentials: &Credentials,
+) -> Result<AuthChannel, ConnectError> {
     let endpoints: Vec<String> = endpoints
         .iter()
         .map(|e| e.trim())
@@ -59,7 +70,7 @@ pub async fn connect(endpoints: &[String]) -> Result<Channel, ConnectError> {
     }
     let mut attempts = Vec::new();
     for url in endpoints {
-        let endpoint = Endpoint::from_shared(url.clone())
+        let endpoint = faas_pki::client::endpoint(&url, &credentials.tls)
             .map_err(|e| ConnectError::InvalidEndpoint {
                 endpoint: url.clone(),
                 message: e.to_string(),
@@ -67,7 +78,12 @@ pub async fn connect(endpoints: &[String]) -> Result<Channel, ConnectError> {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
+            Ok(channel) => {
+                return Ok(faas_pki::client::authorized(
+                    channel,
+                    credentials.bearer.clone(),
+                ))
+            }
             Err(e) => attempts.push(format!("{url}: {}", error_chain(&e))),
         }
     }
@@ -223,7 +239,7 @@ mod tests {
     fn endpoints_get_a_scheme() {
         assert_eq!(
             normalize_endpoint("127.0.0.1:7070"),
-            "http://127.0.0.1:7070"
+            "https://127.0.0.1:7070"
         );
         assert_eq!(normalize_endpoint(" https://cp:443 "), "https://cp:443");
     }
@@ -272,14 +288,15 @@ mod tests {
     #[tokio::test]
     async fn unreachable_endpoints_are_all_reported() {
         // Port 1 on loopback: nothing listens there, so it is refused at once.
-        let err = connect(&["127.0.0.1:1".into(), "http://127.0.0.1:1".into()])
+        let none = Credentials::default();
+        let err = connect(&["127.0.0.1:1".into(), "http://127.0.0.1:1".into()], &none)
             .await
             .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("http://127.0.0.1:1"), "{text}");
         assert!(matches!(err, ConnectError::Unreachable { ref attempts } if attempts.len() == 2));
         assert!(matches!(
-            connect(&[" ".into()]).await,
+            connect(&[" ".into()], &none).await,
             Err(ConnectError::NoEndpoint)
         ));
     }

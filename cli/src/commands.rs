@@ -4,22 +4,24 @@ use std::io::Read;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use faas_pki::client::AuthChannel as Channel;
 use faas_proto::v1::{
-    call_service_client::CallServiceClient, cluster_service_client::ClusterServiceClient,
-    deploy_function_request, function_service_client::FunctionServiceClient,
-    register_runtime_request, runtime_service_client::RuntimeServiceClient, Call,
-    DeleteFunctionRequest, DeleteRuntimeRequest, DeployFunctionRequest, DrainNodeRequest,
-    FunctionSpec, GetCallLogsRequest, GetCallRequest, GetCallStatsRequest, GetFunctionRequest,
-    GetRuntimeRequest, InvokeRequest, ListCallsRequest, ListFunctionsRequest, ListNodesRequest,
-    ListRuntimesRequest, RegisterRuntimeRequest, RuntimeSpec, WaitCallRequest,
+    access_service_client::AccessServiceClient, call_service_client::CallServiceClient,
+    cluster_service_client::ClusterServiceClient, deploy_function_request,
+    function_service_client::FunctionServiceClient, register_runtime_request,
+    runtime_service_client::RuntimeServiceClient, Call, CreateJoinTokenRequest, CreateTokenRequest,
+    DeleteFunctionRequest, DeleteRuntimeRequest, DeleteTokenRequest, DeployFunctionRequest,
+    DrainNodeRequest, FunctionSpec, GetCallLogsRequest, GetCallRequest, GetCallStatsRequest,
+    GetFunctionRequest, GetRuntimeRequest, InvokeRequest, ListCallsRequest, ListFunctionsRequest,
+    ListNodesRequest, ListRuntimesRequest, ListTokensRequest, RegisterRuntimeRequest,
+    RemoveNodeRequest, Role, RuntimeSpec, WaitCallRequest, WhoAmIRequest,
 };
 use futures::StreamExt;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use crate::args::{
-    duration_to_ms, CallCmd, Command, DeployArgs, FunctionCmd, InvokeArgs, NodeCmd, OutputFormat,
-    RegisterRuntimeArgs, RuntimeCmd,
+    duration_to_ms, CallCmd, Command, DeployArgs, FunctionCmd, InvokeArgs, NodeCmd, NodeTokenCmd,
+    OutputFormat, RegisterRuntimeArgs, RoleArg, RuntimeCmd, TokenCmd,
 };
 use crate::client::{upload_progress, upload_stream, UploadBody, UploadError, MAX_DECODE_BYTES};
 use crate::format;
@@ -32,6 +34,7 @@ const SAFE_RETRY_FOR: Duration = Duration::from_secs(8);
 
 pub struct Context {
     endpoints: Vec<String>,
+    credentials: crate::client::Credentials,
     /// Connected on first use, so local mistakes (a missing source
     /// directory, an unreadable @file) are reported before, and without,
     /// reaching for the network.
@@ -43,11 +46,13 @@ pub struct Context {
 impl Context {
     pub fn new(
         endpoints: Vec<String>,
+        credentials: crate::client::Credentials,
         output: OutputFormat,
         rpc_timeout: Option<Duration>,
     ) -> Self {
         Context {
             endpoints,
+            credentials,
             channel: tokio::sync::OnceCell::new(),
             output,
             rpc_timeout,
@@ -57,7 +62,7 @@ impl Context {
     async fn channel(&self) -> Result<Channel> {
         let channel = self
             .channel
-            .get_or_try_init(|| crate::client::connect(&self.endpoints))
+            .get_or_try_init(|| crate::client::connect(&self.endpoints, &self.credentials))
             .await?;
         Ok(channel.clone())
     }
@@ -112,7 +117,7 @@ impl Context {
                         let n = attempt % rotated.len();
                         rotated.rotate_left(n);
                     }
-                    if let Ok(channel) = crate::client::connect(&rotated).await {
+                    if let Ok(channel) = crate::client::connect(&rotated, &self.credentials).await {
                         calls = CallServiceClient::new(channel)
                             .max_decoding_message_size(MAX_DECODE_BYTES);
                     }
@@ -125,6 +130,10 @@ impl Context {
     async fn calls(&self) -> Result<CallServiceClient<Channel>> {
         Ok(CallServiceClient::new(self.channel().await?)
             .max_decoding_message_size(MAX_DECODE_BYTES))
+    }
+
+    async fn access(&self) -> Result<AccessServiceClient<Channel>> {
+        Ok(AccessServiceClient::new(self.channel().await?))
     }
 
     async fn cluster(&self) -> Result<ClusterServiceClient<Channel>> {
@@ -153,11 +162,57 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
         Command::Function(cmd) => function(ctx, cmd).await,
         Command::Invoke(args) => invoke(ctx, args).await,
         Command::Call(cmd) => call(ctx, cmd).await,
+        Command::Token(cmd) => token(ctx, cmd).await,
+        Command::Whoami => {
+            let me = ctx
+                .access()
+                .await?
+                .who_am_i(ctx.request(WhoAmIRequest {}))
+                .await?
+                .into_inner();
+            let role = role_name(me.role());
+            ctx.show(
+                || json!({"token_id": me.token_id, "role": role}),
+                || format!("token {}  role {role}\n", me.token_id),
+            )
+        }
+        Command::Context(_) => unreachable!("handled before connecting"),
+        Command::Node(NodeCmd::Token(NodeTokenCmd::Create { ttl, description })) => {
+            let reply = ctx
+                .cluster()
+                .await?
+                .create_join_token(ctx.request(CreateJoinTokenRequest {
+                    ttl_ms: ttl.map(duration_to_ms).unwrap_or(0),
+                    description,
+                }))
+                .await?
+                .into_inner();
+            let expires = format::time_text(reply.expires_at_ms);
+            ctx.show(
+                || json!({"token": reply.token, "ca_hash": reply.ca_hash, "expires_at_ms": reply.expires_at_ms}),
+                || {
+                    format!(
+                        "{}\n\njoin a node (valid until {expires}):\n  faas-agent --control-plane <https://this-endpoint> --join {} --ca-hash {}\n",
+                        reply.token, reply.token, reply.ca_hash
+                    )
+                },
+            )
+        }
+        Command::Node(NodeCmd::Rm { name }) => {
+            ctx.cluster()
+                .await?
+                .remove_node(ctx.request(RemoveNodeRequest { name: name.clone() }))
+                .await?;
+            note(&format!(
+                "node {name:?} removed; its certificate is revoked"
+            ));
+            Ok(())
+        }
         Command::Node(cmd @ (NodeCmd::Drain { .. } | NodeCmd::Undrain { .. })) => {
             let (name, undrain) = match cmd {
                 NodeCmd::Drain { name } => (name, false),
                 NodeCmd::Undrain { name } => (name, true),
-                NodeCmd::Ls => unreachable!("matched above"),
+                _ => unreachable!("matched above"),
             };
             let node = ctx
                 .cluster()
@@ -178,6 +233,96 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
                 || format::nodes_json(&reply),
                 || format::nodes_table(&reply),
             )
+        }
+    }
+}
+
+// ------------------------------------------------------------------ tokens
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "admin",
+        Role::Developer => "developer",
+        Role::Invoker => "invoker",
+        Role::Unspecified => "unspecified",
+    }
+}
+
+async fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
+    let mut access = ctx.access().await?;
+    match cmd {
+        TokenCmd::Create {
+            role,
+            description,
+            ttl,
+        } => {
+            let role = match role {
+                RoleArg::Admin => Role::Admin,
+                RoleArg::Developer => Role::Developer,
+                RoleArg::Invoker => Role::Invoker,
+            };
+            let reply = access
+                .create_token(ctx.request(CreateTokenRequest {
+                    role: role as i32,
+                    description,
+                    ttl_ms: ttl.map(duration_to_ms).unwrap_or(0),
+                }))
+                .await?
+                .into_inner();
+            let record = reply.record.unwrap_or_default();
+            ctx.show(
+                || json!({"token": reply.token, "id": record.id, "role": role_name(role), "expires_at_ms": record.expires_at_ms}),
+                || format!("{}\n", reply.token),
+            )
+        }
+        TokenCmd::Ls => {
+            let reply = access
+                .list_tokens(ctx.request(ListTokensRequest {}))
+                .await?
+                .into_inner();
+            ctx.show(
+                || {
+                    Value::Array(
+                        reply
+                            .tokens
+                            .iter()
+                            .map(|t| {
+                                json!({
+                                    "id": t.id,
+                                    "role": role_name(t.role()),
+                                    "description": t.description,
+                                    "created_at_ms": t.created_at_ms,
+                                    "expires_at_ms": t.expires_at_ms,
+                                })
+                            })
+                            .collect(),
+                    )
+                },
+                || {
+                    let mut text = String::from("ID\tROLE\tEXPIRES\tDESCRIPTION\n");
+                    for t in &reply.tokens {
+                        let expires = if t.expires_at_ms == 0 {
+                            "never".to_string()
+                        } else {
+                            format::time_text(t.expires_at_ms)
+                        };
+                        text.push_str(&format!(
+                            "{}\t{}\t{expires}\t{}\n",
+                            t.id,
+                            role_name(t.role()),
+                            t.description
+                        ));
+                    }
+                    text
+                },
+            )
+        }
+        TokenCmd::Rm { id } => {
+            access
+                .delete_token(ctx.request(DeleteTokenRequest { id: id.clone() }))
+                .await?;
+            note(&format!("token {id} revoked"));
+            Ok(())
         }
     }
 }

@@ -638,6 +638,7 @@ mod tests {
             logs_truncated: false,
             policy: String::new(),
             attempts: 1,
+            owner: String::new(),
         }
     }
 

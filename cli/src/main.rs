@@ -5,6 +5,7 @@
 mod args;
 mod client;
 mod commands;
+mod contexts;
 mod format;
 mod output;
 mod pack;
@@ -43,8 +44,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: args::Cli) -> anyhow::Result<()> {
+    if let args::Command::Context(cmd) = cli.command {
+        return contexts::run(cmd, &cli.global);
+    }
+    let (endpoints, credentials) = contexts::resolve(&cli.global)?;
     let context = commands::Context::new(
-        cli.global.endpoint,
+        endpoints,
+        credentials,
         cli.global.output,
         cli.global.rpc_timeout,
     );

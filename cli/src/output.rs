@@ -17,6 +17,7 @@ pub const EXIT_NOT_FOUND: u8 = 3;
 pub const EXIT_UNAVAILABLE: u8 = 4;
 pub const EXIT_CONFLICT: u8 = 5;
 pub const EXIT_LIMIT: u8 = 6;
+pub const EXIT_NOT_ALLOWED: u8 = 7;
 
 /// A problem with what the user gave us, found before any RPC.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,7 @@ pub fn exit_code_for(code: Code) -> u8 {
         Code::NotFound => EXIT_NOT_FOUND,
         Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => EXIT_CONFLICT,
         Code::ResourceExhausted => EXIT_LIMIT,
+        Code::Unauthenticated | Code::PermissionDenied => EXIT_NOT_ALLOWED,
         _ => EXIT_UNAVAILABLE,
     }
 }
@@ -311,6 +313,8 @@ mod tests {
     #[test]
     fn grpc_codes_map_to_exit_codes() {
         assert_eq!(exit_code_for(Code::InvalidArgument), 2);
+        assert_eq!(exit_code_for(Code::Unauthenticated), 7);
+        assert_eq!(exit_code_for(Code::PermissionDenied), 7);
         assert_eq!(exit_code_for(Code::NotFound), 3);
         assert_eq!(exit_code_for(Code::Unavailable), 4);
         assert_eq!(exit_code_for(Code::DeadlineExceeded), 4);

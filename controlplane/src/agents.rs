@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::auth::{Credentials, Principal};
 use crate::broker::{BrokerHandle, Input};
 use crate::ledger::is_call_id;
 
@@ -26,13 +27,17 @@ pub struct AgentSessions {
     /// Set once this replica leads (only the leader runs the broker).
     pub broker: watch::Receiver<Option<BrokerHandle>>,
     next_session: Arc<AtomicU64>,
+    /// Which certificate each node holds: a session ends when its node's
+    /// certificate is revoked.
+    credentials: Credentials,
 }
 
 impl AgentSessions {
-    pub fn new(broker: watch::Receiver<Option<BrokerHandle>>) -> Self {
+    pub fn new(broker: watch::Receiver<Option<BrokerHandle>>, credentials: Credentials) -> Self {
         AgentSessions {
             broker,
             next_session: Arc::new(AtomicU64::new(1)),
+            credentials,
         }
     }
 }
@@ -52,6 +57,17 @@ impl AgentService for AgentSessions {
                 "this control-plane replica is not the leader; connect to the leader",
             ));
         };
+        // The layer let only a node's current certificate through; the node
+        // is who the certificate names.
+        let Principal::Node(certified) = Principal::of(&request) else {
+            return Err(Status::unauthenticated(
+                "an agent session needs a node certificate",
+            ));
+        };
+        let fingerprint = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| faas_pki::fingerprint(c.as_ref())))
+            .unwrap_or_default();
         let mut inbound = request.into_inner();
         let hello = match inbound.next().await {
             Some(Ok(AgentMessage {
@@ -64,9 +80,11 @@ impl AgentService for AgentSessions {
                 ))
             }
         };
-        if let Err(e) = crate::error::check_name("node", &hello.node) {
-            warn!(node = ?hello.node, "agent hello refused: invalid node name");
-            return Err(e.into());
+        if hello.node != certified {
+            warn!(node = ?hello.node, %certified, "agent hello refused: not the node of its certificate");
+            return Err(Status::permission_denied(format!(
+                "this certificate is node {certified:?}'s; a hello may name only that node"
+            )));
         }
         if hello.spots == 0 || hello.spots > MAX_SPOTS {
             return Err(Status::invalid_argument(format!(
@@ -94,10 +112,23 @@ impl AgentService for AgentSessions {
             running_calls,
         });
         let span = info_span!("agent", %node, session);
+        let credentials = self.credentials.clone();
+        let mut nodes_changed = credentials.nodes_changed();
         tokio::spawn(
             async move {
                 info!(version = %hello.version, spots = hello.spots, "session open");
-                while let Some(message) = inbound.next().await {
+                loop {
+                    let message = tokio::select! {
+                        message = inbound.next() => message,
+                        changed = nodes_changed.changed() => {
+                            if changed.is_ok() && credentials.node_accepts(&node, &fingerprint) {
+                                continue;
+                            }
+                            warn!("the node's certificate was revoked; closing its session");
+                            break;
+                        }
+                    };
+                    let Some(message) = message else { break };
                     let input = match message {
                         Ok(AgentMessage {
                             msg: Some(agent_message::Msg::Spot(report)),

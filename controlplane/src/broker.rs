@@ -827,6 +827,17 @@ impl BrokerLoop {
                 };
                 let call_id = result.call_id.clone();
                 match stored {
+                    // A call recorded running on another node is that
+                    // node's to finish: a node that lists it in its hello
+                    // does not get to record its result.
+                    Some(call)
+                        if !crate::watch::is_final(&call)
+                            && !call.node.is_empty()
+                            && call.node != node =>
+                    {
+                        warn!(recorded_on = %call.node, %node, "result for a call recorded on another node; refused");
+                        return;
+                    }
                     Some(call) if !crate::watch::is_final(&call) => {
                         let (call, logs) =
                             crate::ledger::finish_stored(call, &node, result, now_ms_f64());

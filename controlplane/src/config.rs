@@ -21,7 +21,7 @@ pub struct Flags {
     #[arg(long, env = "FAAS_LISTEN")]
     pub listen: Option<String>,
     /// URL other replicas use to reach this one (it forwards to the leader
-    /// what only the leader can do) [default: http://<listen>].
+    /// what only the leader can do) [default: https://<listen>].
     #[arg(long, env = "FAAS_ADVERTISE")]
     pub advertise: Option<String>,
     /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379].
@@ -130,6 +130,24 @@ pub struct Flags {
     /// runtime or function (image pull, package fetch) [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub call_load_allowance: Option<Duration>,
+    /// More names (DNS names or IP addresses) for this replica's TLS
+    /// certificate, comma-separated; always in it: localhost, 127.0.0.1,
+    /// ::1, the hostname and the hosts of --listen and --advertise.
+    #[arg(long, env = "FAAS_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Option<Vec<String>>,
+    /// Write the cluster CA's certificate (PEM, public) to this file at
+    /// start, for clients to trust [default: not written].
+    #[arg(long, env = "FAAS_CA_OUT")]
+    pub ca_out: Option<PathBuf>,
+    /// An admin API token file: its token is registered at start; a missing
+    /// file is created (mode 0600) with a new token. How a new cluster gets
+    /// its first credentials [default: none].
+    #[arg(long, env = "FAAS_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// How long the certificates issued to nodes are valid; agents renew
+    /// them at two thirds of it [default: 7d].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub node_cert_ttl: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +197,11 @@ struct FileConfig {
     call_deadline_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     call_load_allowance: Option<Duration>,
+    tls_san: Option<Vec<String>>,
+    ca_out: Option<PathBuf>,
+    bootstrap_token_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde_opt")]
+    node_cert_ttl: Option<Duration>,
     /// Package shape limits and deploy concurrency (`[package]` table).
     #[serde(default)]
     package: crate::package::PackageSettings,
@@ -210,6 +233,10 @@ pub struct Config {
     pub limits: Limits,
     pub leader_ttl_secs: i64,
     pub calls: crate::broker::CallSettings,
+    pub tls_san: Vec<String>,
+    pub ca_out: Option<PathBuf>,
+    pub bootstrap_token_file: Option<PathBuf>,
+    pub node_cert_ttl: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -291,7 +318,7 @@ impl Config {
             advertise: flags
                 .advertise
                 .or(file.advertise)
-                .unwrap_or_else(|| format!("http://{listen}")),
+                .unwrap_or_else(|| format!("https://{listen}")),
             listen,
             etcd: flags
                 .etcd
@@ -417,6 +444,45 @@ impl Config {
                     .or(file.call_load_allowance)
                     .unwrap_or(crate::ledger::DEFAULT_LOAD_ALLOWANCE),
             },
+            tls_san: flags.tls_san.or(file.tls_san).unwrap_or_default(),
+            ca_out: flags.ca_out.or(file.ca_out),
+            bootstrap_token_file: flags.bootstrap_token_file.or(file.bootstrap_token_file),
+            node_cert_ttl: flags
+                .node_cert_ttl
+                .or(file.node_cert_ttl)
+                .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
         })
+    }
+}
+
+impl Config {
+    /// The names this replica's certificate holds: the configured ones,
+    /// loopback, the hostname and the hosts of the listen and advertise
+    /// addresses.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            names.push(h.trim().to_string());
+        }
+        let host_of = |addr: &str| -> Option<String> {
+            let rest = addr.split_once("://").map(|(_, r)| r).unwrap_or(addr);
+            let authority = rest.split('/').next()?;
+            let host = match authority.strip_prefix('[') {
+                Some(v6) => v6.split(']').next()?.to_string(),
+                None => authority
+                    .rsplit_once(':')
+                    .map(|(h, _)| h)
+                    .unwrap_or(authority)
+                    .to_string(),
+            };
+            (!host.is_empty() && host != "0.0.0.0" && host != "::").then_some(host)
+        };
+        names.extend(host_of(&self.listen));
+        names.extend(host_of(&self.advertise));
+        names.extend(self.tls_san.iter().cloned());
+        names.retain(|n| !n.is_empty());
+        names.sort();
+        names.dedup();
+        names
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod error;
@@ -171,6 +172,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
     };
 
+    // Credentials before anything is served: every request is checked.
+    let ca = auth::credentials::cluster_ca(&store).await?;
+    if let Some(path) = &config.bootstrap_token_file {
+        auth::credentials::bootstrap_token(&store, path).await?;
+    }
+    if let Some(path) = &config.ca_out {
+        write_public_file(path, ca.cert_pem())?;
+    }
+    let credentials = auth::Credentials::load(&store).await?;
+    let names = config.certificate_names();
+    let own_cert = ca.issue_replica(&config.name, &names, REPLICA_CERT_TTL)?;
+    let own_key = own_cert.key_pem.clone().expect("the CA made the key");
+    info!(ca = %ca.fingerprint(), ?names, "TLS certificate issued for this replica");
+    let client_tls = faas_pki::client::ClientTls {
+        ca_pem: Some(ca.cert_pem().to_string()),
+        identity: Some((own_cert.cert_pem.clone(), own_key.clone())),
+    };
+    let server_tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            &own_cert.cert_pem,
+            &own_key,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(ca.cert_pem()))
+        // API clients authenticate with tokens; nodes and replicas with
+        // certificates, which the layer requires where it must.
+        .client_auth_optional(true)
+        .timeout(Duration::from_secs(10));
     let api = api::Api {
         store: store.clone(),
         registry,
@@ -178,9 +206,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         calls,
         broker: broker_rx.clone(),
         replica: config.name.clone().into(),
-        leader: api::LeaderLink::new(store.clone(), config.advertise.clone()),
+        leader: api::LeaderLink::new(store.clone(), config.advertise.clone(), client_tls),
+        credentials: credentials.clone(),
+        pki: Arc::new(api::Pki {
+            ca,
+            node_cert_ttl: config.node_cert_ttl,
+        }),
     };
-    let sessions = agents::AgentSessions::new(broker_rx);
+    let sessions = agents::AgentSessions::new(broker_rx, credentials.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<faas_proto::v1::call_service_server::CallServiceServer<api::Api>>()
@@ -195,7 +228,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(%addr, replica = %config.name, policy = %config.policy, "serving");
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = tonic::transport::Server::builder()
+        .tls_config(server_tls)?
         .tcp_nodelay(true)
+        .layer(auth::AuthLayer::new(credentials))
         .add_service(health_service)
         .add_service(
             runtime_service_server::RuntimeServiceServer::new(api.clone())
@@ -206,7 +241,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .max_decoding_message_size(max_message),
         )
         .add_service(call_service_server::CallServiceServer::new(api.clone()))
-        .add_service(cluster_service_server::ClusterServiceServer::new(api))
+        .add_service(cluster_service_server::ClusterServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(access_service_server::AccessServiceServer::new(api.clone()))
+        .add_service(node_join_service_server::NodeJoinServiceServer::new(api))
         .add_service(
             agent_service_server::AgentServiceServer::new(sessions)
                 .max_decoding_message_size(max_message),
@@ -240,6 +279,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = drain_limit => warn!("requests still open {SHUTDOWN_DRAIN:?} after shutdown began; exiting"),
     }
     Ok(())
+}
+
+/// A replica's certificate is made at each start; it outlives any run.
+const REPLICA_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Writes a file others may read (the CA's certificate), atomically.
+fn write_public_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
 }
 
 /// How long a stopping replica lets open requests finish.

@@ -38,6 +38,14 @@ pub enum Kind {
     /// A node drained by an operator (a `Node` record): it stays drained
     /// across agent reconnects and leader changes until undrained.
     Drain,
+    /// An API token (`ApiToken`, its secret's hash only), under its id.
+    ApiToken,
+    /// A join token (`JoinTokenRecord`), under its id.
+    JoinToken,
+    /// A node that joined (`NodeIdentity`), under its name.
+    NodeIdentity,
+    /// The cluster CA (`ClusterCaRecord`), under "ca".
+    Pki,
 }
 
 impl Kind {
@@ -50,6 +58,10 @@ impl Kind {
             Kind::Params => "call-params",
             Kind::Result => "call-results",
             Kind::Drain => "drains",
+            Kind::ApiToken => "api-tokens",
+            Kind::JoinToken => "join-tokens",
+            Kind::NodeIdentity => "nodes",
+            Kind::Pki => "pki",
         }
     }
 }

@@ -10,6 +10,12 @@
 # faas-controlplane and one faas-agent, registers the python3 and node
 # runtimes, deploys deploy/local/examples/hello-python and invokes it.
 #
+# Everything speaks TLS and asks for credentials: the control plane makes the
+# cluster CA and an admin token (in $FAAS_HOME/pki, root only), the agent
+# joins with a join token, and faasctl gets a context "local" (made current)
+# in ~/.config/faas/config.toml (or $FAASCTL_CONFIG), so that plain
+# `faasctl ...` reaches this cluster as its admin.
+#
 # Idempotent: what is already running is left alone (a faas binary that
 # changed is restarted), runtimes already registered from the same archive are
 # skipped. Stop with deploy/local/down.sh [--purge].
@@ -51,9 +57,10 @@ runtimes=${FAAS_LOCAL_RUNTIMES:-python3 node}
 # Node names follow the API's naming rule: lowercase letters, digits, dashes.
 node=${FAAS_LOCAL_NODE:-$(tr '[:upper:]' '[:lower:]' </proc/sys/kernel/hostname | tr -c 'a-z0-9\n' '-')}
 export RUST_LOG=${RUST_LOG:-info}
-export FAAS_ENDPOINT="http://$listen"
+export FAAS_ENDPOINT="https://$listen"
 
 bin=$FAAS_HOME/bin
+pki=$FAAS_HOME/pki
 run=$FAAS_HOME/run
 logs=$FAAS_HOME/logs
 socket=$run/containerd.sock
@@ -65,6 +72,7 @@ step() { echo "[faas] == $*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (containerd, runc and overlay mounts need it)"
 mkdir -p "$bin" "$run" "$logs"
+install -d -m 0700 "$pki"
 exec {FAAS_LOCK_FD}>"$run/up.lock"
 flock -n "$FAAS_LOCK_FD" || die "another deploy/local/up.sh is running for FAAS_HOME=$FAAS_HOME"
 
@@ -170,12 +178,16 @@ if faas_running "$run/controlplane.pid" faas-controlplane && binary_changed faas
     faas_stop faas-controlplane "$run/controlplane.pid"
 fi
 if ! faas_running "$run/controlplane.pid" faas-controlplane; then
-    args=(--listen "$listen" --etcd "$etcd_url" --registry "$registry_addr" --name "$node")
+    args=(--listen "$listen" --etcd "$etcd_url" --registry "$registry_addr" --name "$node"
+        --bootstrap-token-file "$pki/admin.token" --ca-out "$pki/ca.crt")
     [ -z "${FAAS_LOCAL_POLICY:-}" ] || args+=(--policy "$FAAS_LOCAL_POLICY")
     faas_start faas-controlplane "$run/controlplane.pid" "$logs/controlplane.log" \
         "$bin/faas-controlplane" "${args[@]}"
 fi
 faas_wait faas-controlplane "$run/controlplane.pid" "$logs/controlplane.log" 60 port_open "$listen"
+# This script's own faasctl calls, and the context left for the user.
+export FAAS_CA_FILE=$pki/ca.crt FAAS_TOKEN_FILE=$pki/admin.token
+"$bin/faasctl" context set local >&2 || die "writing the faasctl context"
 
 step "faas-agent, node $node, $spots spots"
 if faas_running "$run/agent.pid" faas-agent && { binary_changed faas-agent || binary_changed faas-init; }; then
@@ -183,12 +195,24 @@ if faas_running "$run/agent.pid" faas-agent && { binary_changed faas-agent || bi
 fi
 if ! faas_running "$run/agent.pid" faas-agent; then
     mkdir -p "$FAAS_HOME/agent"
+    if [ ! -s "$FAAS_HOME/agent/pki/node.crt" ]; then
+        # Not joined yet (or its identity was lost): a short-lived join
+        # token, given through the environment (not the command line, which
+        # every local user can read).
+        "$bin/faasctl" node rm "$node" >/dev/null 2>&1 || true
+        join=$("$bin/faasctl" node token create --ttl 10m --description "deploy/local/up.sh" -o json) ||
+            die "creating a join token"
+        FAAS_JOIN_TOKEN=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' <<<"$join")
+        FAAS_CA_HASH=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["ca_hash"])' <<<"$join")
+        export FAAS_JOIN_TOKEN FAAS_CA_HASH
+    fi
     faas_start faas-agent "$run/agent.pid" "$logs/agent.log" \
-        "$bin/faas-agent" --control-plane "http://$listen" --node "$node" --spots "$spots" \
+        "$bin/faas-agent" --control-plane "https://$listen" --node "$node" --spots "$spots" \
         --containerd "$socket" --namespace faas --state-dir "$FAAS_HOME/agent" \
         --insecure-registry "$registry_addr" --init-binary "$bin/faas-init" \
         --containerd-runtime io.containerd.faas.v1 --oci-runtime "$oci_runtime"
 fi
+unset FAAS_JOIN_TOKEN FAAS_CA_HASH
 faas_wait faas-agent "$run/agent.pid" "$logs/agent.log" 60 node_connected
 
 # --- 4. runtimes and the example -------------------------------------------
@@ -223,6 +247,7 @@ result=$("$bin/faasctl" invoke hello-python --data '{"name":"faas"}') || die "in
 cat <<EOT
 
 faas is up: control plane $FAAS_ENDPOINT, node $node with $spots spots.
+  credentials:   faasctl context "local" (admin token $pki/admin.token, CA $pki/ca.crt)
   example call:  faasctl invoke hello-python --data '{"name":"faas"}'
   result:        $result
   nodes:         faasctl node ls

@@ -9,12 +9,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use crate::Channel;
 use anyhow::{bail, Context};
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::runtime_service_client::RuntimeServiceClient;
 use faas_proto::v1::{Call, GetRuntimeRequest, InvokeRequest, Timings};
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use crate::{repo_root, Stack};
 

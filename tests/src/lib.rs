@@ -55,7 +55,49 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::{Channel, Endpoint};
+
+/// A channel to the control plane that sends the stack's admin token.
+pub type Channel = faas_pki::client::AuthChannel;
+
+/// How a test client reaches a stack: its CA and a token.
+#[derive(Clone)]
+pub struct ClientAuth {
+    pub ca_pem: String,
+    pub token: String,
+}
+
+impl ClientAuth {
+    /// A lazily connected channel to `url` with this token (and no other
+    /// credentials): 1 s to connect (5 s without a request deadline), and
+    /// `timeout` per request.
+    pub fn channel_with(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Channel {
+        let tls = faas_pki::client::ClientTls {
+            ca_pem: Some(self.ca_pem.clone()),
+            identity: None,
+        };
+        let mut endpoint = faas_pki::client::endpoint(url, &tls)
+            .expect("a valid endpoint")
+            .connect_timeout(Duration::from_secs(if timeout.is_some() { 1 } else { 5 }))
+            .tcp_nodelay(true);
+        if let Some(t) = timeout {
+            endpoint = endpoint.timeout(t);
+        }
+        faas_pki::client::authorized(
+            endpoint.connect_lazy(),
+            faas_pki::client::Bearer::new(token).expect("a printable token"),
+        )
+    }
+
+    /// [`ClientAuth::channel_with`] the admin token and a 5 s deadline.
+    pub fn channel(&self, url: &str) -> Channel {
+        self.channel_with(url, Some(&self.token), Some(Duration::from_secs(5)))
+    }
+}
 
 /// How long a daemon may take to become ready before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -71,6 +113,7 @@ const QUIESCE_GRACE: Duration = Duration::from_secs(3);
 /// or None if every replica refused. One short-lived channel per attempt,
 /// with a 5 s deadline.
 pub async fn submit_to_any(
+    auth: &ClientAuth,
     urls: &[String],
     first: usize,
     function: &str,
@@ -78,11 +121,7 @@ pub async fn submit_to_any(
 ) -> Option<String> {
     for attempt in 0..urls.len() {
         let url = &urls[(first + attempt) % urls.len()];
-        let channel = Endpoint::from_shared(url.to_string())
-            .expect("url")
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let channel = auth.channel(url);
         let submitted = faas_proto::v1::call_service_client::CallServiceClient::new(channel)
             .submit(faas_proto::v1::InvokeRequest {
                 function: function.into(),
@@ -399,8 +438,13 @@ struct RuntimeToml {
 
 /// A running faas stack. Dropping it kills every process it started.
 pub struct Stack {
-    /// gRPC endpoint of the control plane, `http://127.0.0.1:<port>`.
+    /// gRPC endpoint of the control plane, `https://127.0.0.1:<port>`.
     pub endpoint: String,
+    /// The cluster CA (PEM) and the bootstrap admin token, read once the
+    /// first replica is up.
+    pub auth: ClientAuth,
+    /// A join token and the CA's fingerprint, given to every agent.
+    join: Option<(String, String)>,
     /// The stack's private containerd socket.
     pub containerd_socket: PathBuf,
     /// containerd namespace of agent 0 (see [`Stack::agent_namespace`]).
@@ -465,10 +509,27 @@ impl Stack {
             stack.cp_addrs.push(format!("127.0.0.1:{}", free_port()?));
             stack.controlplanes.push(None);
         }
-        stack.endpoint = format!("http://{}", stack.cp_addrs[0]);
+        stack.endpoint = format!("https://{}", stack.cp_addrs[0]);
         for i in 0..stack.cp_addrs.len() {
             stack.spawn_controlplane(i).await?;
         }
+        stack.auth = ClientAuth {
+            ca_pem: fs::read_to_string(stack.ca_file())
+                .context("the control plane wrote no CA certificate")?,
+            token: fs::read_to_string(stack.admin_token_file())
+                .context("the control plane wrote no bootstrap token")?
+                .trim()
+                .to_string(),
+        };
+        let join = ClusterServiceClient::new(stack.channel().await)
+            .create_join_token(faas_proto::v1::CreateJoinTokenRequest {
+                ttl_ms: 7 * 24 * 3600 * 1000,
+                description: "test stack".into(),
+            })
+            .await
+            .context("creating a join token")?
+            .into_inner();
+        stack.join = Some((join.token, join.ca_hash));
         for i in 0..opts.agents {
             stack.agents.push(None);
             stack.spawn_agent(i)?;
@@ -519,6 +580,11 @@ impl Stack {
 
         let mut stack = Stack {
             endpoint: String::new(),
+            auth: ClientAuth {
+                ca_pem: String::new(),
+                token: String::new(),
+            },
+            join: None,
             containerd_socket: root.join("containerd/containerd.sock"),
             namespace: "faas".to_string(),
             dir,
@@ -856,7 +922,11 @@ impl Stack {
             .arg("--registry")
             .arg(&self.registry_addr)
             .arg("--name")
-            .arg(format!("cp-{i}"));
+            .arg(format!("cp-{i}"))
+            .arg("--bootstrap-token-file")
+            .arg(self.admin_token_file())
+            .arg("--ca-out")
+            .arg(self.ca_file());
         if self.cp_addrs.len() > 1 {
             cmd.arg("--leader-ttl-secs").arg("2");
         }
@@ -933,14 +1003,29 @@ impl Stack {
     pub fn endpoints(&self) -> String {
         self.cp_addrs
             .iter()
-            .map(|a| format!("http://{a}"))
+            .map(|a| format!("https://{a}"))
             .collect::<Vec<_>>()
             .join(",")
     }
 
     /// The URL of control-plane replica `i`.
     pub fn controlplane_url(&self, i: usize) -> String {
-        format!("http://{}", self.cp_addrs[i])
+        format!("https://{}", self.cp_addrs[i])
+    }
+
+    /// The cluster CA's certificate, as the control plane wrote it.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// The bootstrap admin token's file.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.dir.path().join("admin.token")
+    }
+
+    /// A channel to `url` with the admin token and a 5 s deadline.
+    pub fn channel_to(&self, url: &str) -> Channel {
+        self.auth.channel(url)
     }
 
     /// SIGKILLs control-plane replica `i`.
@@ -974,9 +1059,7 @@ impl Stack {
             if cp.is_none() {
                 continue;
             }
-            let channel = Endpoint::from_shared(self.controlplane_url(i))?
-                .connect_timeout(Duration::from_secs(2))
-                .connect_lazy();
+            let channel = self.channel_to(&self.controlplane_url(i));
             if let Ok(resp) = ClusterServiceClient::new(channel)
                 .list_nodes(ListNodesRequest {})
                 .await
@@ -1032,6 +1115,10 @@ impl Stack {
             .arg("--init-binary")
             .arg(self.bin("faas-init"))
             .env("RUST_LOG", rust_log());
+        if let Some((token, ca_hash)) = &self.join {
+            cmd.env("FAAS_JOIN_TOKEN", token)
+                .env("FAAS_CA_HASH", ca_hash);
+        }
         if let Some(config) = &self.agent_config {
             let file = state.join("agent.toml");
             fs::write(&file, config)?;
@@ -1048,10 +1135,8 @@ impl Stack {
 
     /// A gRPC channel to the control plane (connects lazily).
     pub async fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.endpoint.clone())
-            .expect("the endpoint is a valid URI")
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy()
+        self.auth
+            .channel_with(&self.endpoint, Some(&self.auth.token), None)
     }
 
     /// `faasctl` pointed at this stack.
@@ -1059,7 +1144,11 @@ impl Stack {
         let mut cmd = Command::new(self.bin("faasctl"));
         cmd.arg("--endpoint")
             .arg(self.endpoints())
-            .env("FAAS_ENDPOINT", self.endpoints());
+            .env("FAAS_ENDPOINT", self.endpoints())
+            .env("FAAS_TOKEN", &self.auth.token)
+            .env("FAAS_CA_FILE", self.ca_file())
+            // Never the contexts of whoever runs the tests.
+            .env("FAASCTL_CONFIG", self.dir.path().join("faasctl.toml"));
         cmd
     }
 
@@ -1203,7 +1292,8 @@ impl Stack {
     /// leases left in the agents' namespaces, as `"<kind> <id>"` strings
     /// (namespace appended for agents other than 0).
     pub async fn containerd_leftovers(&self) -> anyhow::Result<Vec<String>> {
-        let mut channels: Vec<Option<Channel>> = vec![None; self.containerd_sockets.len()];
+        let mut channels: Vec<Option<tonic::transport::Channel>> =
+            vec![None; self.containerd_sockets.len()];
         let mut found = Vec::new();
         for i in 0..self.agents.len().max(1) {
             let k = self.agent_containerd(i);

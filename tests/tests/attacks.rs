@@ -69,7 +69,7 @@ async fn stack(policy: &str, spots: u32, agents: usize) -> anyhow::Result<Stack>
     .await
 }
 
-async fn calls(stack: &Stack) -> CallServiceClient<tonic::transport::Channel> {
+async fn calls(stack: &Stack) -> CallServiceClient<faas_tests::Channel> {
     CallServiceClient::new(stack.channel().await)
 }
 

@@ -9,15 +9,6 @@ use std::time::{Duration, Instant};
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{CallStatus, GetCallRequest, InvokeRequest};
 use faas_tests::{fixture_dir, invoke_succeeded, submit_to_any, Stack, StackOptions};
-use tonic::transport::{Channel, Endpoint};
-
-fn channel(url: &str) -> Channel {
-    Endpoint::from_shared(url.to_string())
-        .expect("url")
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(5))
-        .connect_lazy()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_under_load_loses_no_acknowledged_call() -> anyhow::Result<()> {
@@ -42,6 +33,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_call() -> anyhow::R
     // are running when the leader dies), through the follower first.
     let load = tokio::spawn({
         let urls = urls.clone();
+        let auth = stack.auth.clone();
         async move {
             let mut acknowledged = Vec::new();
             let mut refused = 0;
@@ -54,7 +46,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_call() -> anyhow::R
                     ("hello", r#"{"name": "load"}"#)
                 };
                 i += 1;
-                match submit_to_any(&urls, 0, function, params).await {
+                match submit_to_any(&auth, &urls, 0, function, params).await {
                     Some(id) => acknowledged.push((id, Instant::now())),
                     None => refused += 1,
                 }
@@ -93,7 +85,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_call() -> anyhow::R
     );
 
     // Every acknowledged call ends, with its result.
-    let mut client = CallServiceClient::new(channel(&stack.controlplane_url(follower)));
+    let mut client = CallServiceClient::new(stack.channel_to(&stack.controlplane_url(follower)));
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut statuses: HashMap<String, usize> = HashMap::new();
     for (id, _) in &acknowledged {
@@ -126,7 +118,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_call() -> anyhow::R
 
     // The old leader comes back as a follower and serves the API.
     stack.start_controlplane(leader).await?;
-    let mut client = CallServiceClient::new(channel(&stack.controlplane_url(leader)));
+    let mut client = CallServiceClient::new(stack.channel_to(&stack.controlplane_url(leader)));
     invoke_succeeded(&mut client, "hello", r#"{"name":"back"}"#).await?;
     stack.shutdown().await
 }
@@ -416,19 +408,20 @@ async fn the_cluster_survives_an_etcd_outage() -> anyhow::Result<()> {
     .await?;
     stack.deploy("hello", "python3", &fixture_dir("py-hello"), &[])?;
     let url = stack.controlplane_url(0);
-    let invoke = |url: String| async move {
-        let channel = Endpoint::from_shared(url)?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(20))
-            .connect_lazy();
-        Ok::<_, anyhow::Error>(
-            CallServiceClient::new(channel)
-                .invoke(InvokeRequest {
-                    function: "hello".into(),
-                    params_json: "{}".into(),
-                })
-                .await,
-        )
+    let auth = stack.auth.clone();
+    let invoke = |url: String| {
+        let auth = auth.clone();
+        async move {
+            let channel = auth.channel_with(&url, Some(&auth.token), Some(Duration::from_secs(20)));
+            Ok::<_, anyhow::Error>(
+                CallServiceClient::new(channel)
+                    .invoke(InvokeRequest {
+                        function: "hello".into(),
+                        params_json: "{}".into(),
+                    })
+                    .await,
+            )
+        }
     };
     assert_eq!(
         invoke(url.clone()).await??.into_inner().status(),

@@ -15,20 +15,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{Call, CallStatus, GetCallRequest};
-use faas_tests::{fixture_dir, invoke_succeeded, submit_to_any, Stack, StackOptions};
+use faas_tests::{fixture_dir, invoke_succeeded, submit_to_any, ClientAuth, Stack, StackOptions};
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
 
 /// Held by each test for its whole run: the stacks must not overlap.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn channel(url: &str) -> Channel {
-    Endpoint::from_shared(url.to_string())
-        .expect("url")
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(5))
-        .connect_lazy()
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -70,7 +61,7 @@ impl LoadReport {
 /// A call every ~100 ms for `length`, one in three a 0.5 s sleep (so calls
 /// are running when the fault hits), submitted to the replicas in turn; a
 /// replica that refuses is followed by the next one, as a client would.
-fn steady_load(urls: Vec<String>, length: Duration) -> JoinHandle<LoadReport> {
+fn steady_load(auth: ClientAuth, urls: Vec<String>, length: Duration) -> JoinHandle<LoadReport> {
     tokio::spawn(async move {
         let mut acknowledged = Vec::new();
         let mut refused = 0;
@@ -82,7 +73,7 @@ fn steady_load(urls: Vec<String>, length: Duration) -> JoinHandle<LoadReport> {
             } else {
                 ("hello", r#"{"name": "load"}"#)
             };
-            match submit_to_any(&urls, i, function, params).await {
+            match submit_to_any(&auth, &urls, i, function, params).await {
                 Some(id) => acknowledged.push((id, Instant::now())),
                 None => refused += 1,
             }
@@ -107,8 +98,13 @@ fn is_final(call: &Call) -> bool {
 /// Waits until every acknowledged call is final (asking `url`, retrying
 /// through transient errors); fails naming a call stuck after `within`.
 /// Returns the final calls.
-async fn wait_all_final(url: &str, ids: &[(String, Instant)], within: Duration) -> Vec<Call> {
-    let mut client = CallServiceClient::new(channel(url));
+async fn wait_all_final(
+    auth: &ClientAuth,
+    url: &str,
+    ids: &[(String, Instant)],
+    within: Duration,
+) -> Vec<Call> {
+    let mut client = CallServiceClient::new(auth.channel(url));
     let deadline = Instant::now() + within;
     let mut finals = Vec::new();
     for (id, _) in ids {
@@ -180,13 +176,11 @@ async fn warm_up(stack: &Stack, url: &str, agents: usize) {
     };
     // The warm-up pays the first pull and unpack on purpose, which takes
     // seconds on a loaded machine: not the load's 5 s deadline.
-    let mut client = CallServiceClient::new(
-        Endpoint::from_shared(url.to_string())
-            .expect("url")
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(120))
-            .connect_lazy(),
-    );
+    let mut client = CallServiceClient::new(stack.auth.channel_with(
+        url,
+        Some(&stack.auth.token),
+        Some(Duration::from_secs(120)),
+    ));
     for target in 0..agents {
         for other in (0..agents).filter(|o| *o != target) {
             faasctl(&["node", "drain", &stack.agent_node(other)]);
@@ -231,7 +225,7 @@ async fn killing_an_etcd_member_under_load_loses_no_acknowledged_call() -> anyho
     deploy(&stack, &[("hello", "py-hello"), ("sleeps", "py-sleep")]);
     let urls = vec![stack.controlplane_url(0), stack.controlplane_url(1)];
 
-    let load = steady_load(urls.clone(), Duration::from_secs(11));
+    let load = steady_load(stack.auth.clone(), urls.clone(), Duration::from_secs(11));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let victim = stack.etcd_leader_member().await?;
     let killed_at = Instant::now();
@@ -248,7 +242,13 @@ async fn killing_an_etcd_member_under_load_loses_no_acknowledged_call() -> anyho
         .map(|(_, at)| *at - killed_at)
         .min()
         .expect("calls were acknowledged after the kill");
-    let finals = wait_all_final(&urls[0], &report.acknowledged, Duration::from_secs(90)).await;
+    let finals = wait_all_final(
+        &stack.auth,
+        &urls[0],
+        &report.acknowledged,
+        Duration::from_secs(90),
+    )
+    .await;
     let counts = outcomes(&finals);
     eprintln!(
         "etcd member loss (the Raft leader, etcd-{victim}): {} calls acknowledged, {} refused; \
@@ -295,7 +295,7 @@ async fn killing_a_follower_under_load_changes_nothing_for_calls() -> anyhow::Re
         stack.controlplane_url(leader),
     ];
 
-    let load = steady_load(urls, Duration::from_secs(8));
+    let load = steady_load(stack.auth.clone(), urls, Duration::from_secs(8));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let killed_at = Instant::now();
     stack.kill_controlplane(follower);
@@ -303,6 +303,7 @@ async fn killing_a_follower_under_load_changes_nothing_for_calls() -> anyhow::Re
     let leader_after = stack.leader_index().await?;
 
     let finals = wait_all_final(
+        &stack.auth,
         &stack.controlplane_url(leader),
         &report.acknowledged,
         Duration::from_secs(60),
@@ -336,7 +337,7 @@ async fn killing_a_follower_under_load_changes_nothing_for_calls() -> anyhow::Re
 
     // Back as a follower, it serves the API again.
     stack.start_controlplane(follower).await?;
-    let mut client = CallServiceClient::new(channel(&stack.controlplane_url(follower)));
+    let mut client = CallServiceClient::new(stack.channel_to(&stack.controlplane_url(follower)));
     invoke_succeeded(&mut client, "hello", r#"{"name":"back"}"#).await?;
     assert_eq!(stack.leader_index().await?, leader);
     stack.shutdown().await
@@ -366,7 +367,11 @@ async fn restarting_containerd_under_load_leaves_no_call_stuck_and_nothing_behin
     let victim_node = stack.agent_node(0);
     warm_up(&stack, &url, 2).await;
 
-    let load = steady_load(vec![url.clone()], Duration::from_secs(12));
+    let load = steady_load(
+        stack.auth.clone(),
+        vec![url.clone()],
+        Duration::from_secs(12),
+    );
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let restart_ms = now_ms();
     let restarted_at = Instant::now();
@@ -374,7 +379,13 @@ async fn restarting_containerd_under_load_leaves_no_call_stuck_and_nothing_behin
     let containerd_back = restarted_at.elapsed();
     let report = load.await?;
 
-    let finals = wait_all_final(&url, &report.acknowledged, Duration::from_secs(90)).await;
+    let finals = wait_all_final(
+        &stack.auth,
+        &url,
+        &report.acknowledged,
+        Duration::from_secs(90),
+    )
+    .await;
     let counts = outcomes(&finals);
     let on_victim: Vec<&Call> = finals.iter().filter(|c| c.node == victim_node).collect();
     // Latency (accepted to finished) of the quick calls on the victim node,
@@ -460,7 +471,7 @@ async fn restarting_containerd_under_load_leaves_no_call_stuck_and_nothing_behin
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut client = CallServiceClient::new(channel(&url));
+    let mut client = CallServiceClient::new(stack.channel_to(&url));
     for _ in 0..5 {
         let call = invoke_succeeded(&mut client, "hello", "{}").await?;
         assert_eq!(call.node, victim_node);
@@ -486,7 +497,7 @@ async fn a_rolling_restart_under_load_fails_no_call() -> anyhow::Result<()> {
     let urls = vec![stack.controlplane_url(0), stack.controlplane_url(1)];
     warm_up(&stack, &urls[0], 2).await;
 
-    let load = steady_load(urls.clone(), Duration::from_secs(30));
+    let load = steady_load(stack.auth.clone(), urls.clone(), Duration::from_secs(30));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut steps = Vec::new();
     for i in 0..2 {
@@ -510,7 +521,13 @@ async fn a_rolling_restart_under_load_fails_no_call() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let report = load.await?;
-    let finals = wait_all_final(&urls[0], &report.acknowledged, Duration::from_secs(60)).await;
+    let finals = wait_all_final(
+        &stack.auth,
+        &urls[0],
+        &report.acknowledged,
+        Duration::from_secs(60),
+    )
+    .await;
     let counts = outcomes(&finals);
     eprintln!(
         "rolling restart ({}): {} calls acknowledged, {} refused; longest gap between \
@@ -552,12 +569,22 @@ async fn killing_an_agent_under_load_loses_no_idempotent_call() -> anyhow::Resul
     let url = stack.controlplane_url(0);
     warm_up(&stack, &url, 2).await;
 
-    let load = steady_load(vec![url.clone()], Duration::from_secs(10));
+    let load = steady_load(
+        stack.auth.clone(),
+        vec![url.clone()],
+        Duration::from_secs(10),
+    );
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let killed_at_ms = now_ms();
     stack.kill_agent(0).await;
     let report = load.await?;
-    let finals = wait_all_final(&url, &report.acknowledged, Duration::from_secs(60)).await;
+    let finals = wait_all_final(
+        &stack.auth,
+        &url,
+        &report.acknowledged,
+        Duration::from_secs(60),
+    )
+    .await;
     let counts = outcomes(&finals);
     let victim = stack.agent_node(0);
     let rerun: Vec<&Call> = finals.iter().filter(|c| c.attempts > 1).collect();

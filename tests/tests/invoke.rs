@@ -26,7 +26,7 @@ fn deploy(stack: &Stack, name: &str, runtime: &str, fixture: &str, extra: &[&str
         .expect("deploying a fixture");
 }
 
-async fn calls(stack: &Stack) -> CallServiceClient<tonic::transport::Channel> {
+async fn calls(stack: &Stack) -> CallServiceClient<faas_tests::Channel> {
     CallServiceClient::new(stack.channel().await)
 }
 

@@ -66,7 +66,7 @@ fn deploy(stack: &Stack, name: &str, runtime: &str, dir: &Path, extra: &[&str]) 
     );
 }
 
-async fn calls(stack: &Stack) -> CallServiceClient<tonic::transport::Channel> {
+async fn calls(stack: &Stack) -> CallServiceClient<faas_tests::Channel> {
     CallServiceClient::new(stack.channel().await)
 }
 

@@ -98,7 +98,7 @@ fn zip_bomb(entries: usize, each: usize) -> Vec<u8> {
 /// The control plane's pid: the faas-controlplane process listening on
 /// the stack's endpoint.
 fn controlplane_pid(stack: &Stack) -> anyhow::Result<i32> {
-    let listen = stack.endpoint.trim_start_matches("http://");
+    let listen = stack.endpoint.trim_start_matches("https://");
     for entry in std::fs::read_dir("/proc")? {
         let entry = entry?;
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {

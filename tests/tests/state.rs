@@ -11,16 +11,14 @@ use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{
     Call, CallStatus, GetCallRequest, GetCallStatsRequest, InvokeRequest, ListCallsRequest, Timings,
 };
+use faas_tests::Channel;
 use faas_tests::{fixture_dir, Stack, StackOptions};
 use prost::Message;
-use tonic::transport::{Channel, Endpoint};
 
-fn channel(url: &str) -> Channel {
-    Endpoint::from_shared(url.to_string())
-        .expect("url")
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(60))
-        .connect_lazy()
+fn channel(stack: &Stack, url: &str) -> Channel {
+    stack
+        .auth
+        .channel_with(url, Some(&stack.auth.token), Some(Duration::from_secs(60)))
 }
 
 /// A function that returns its params: its result is as big as they are.
@@ -113,7 +111,7 @@ async fn a_thousand_big_calls_list_restart_and_take_over() -> anyhow::Result<()>
     .await?;
     let echo = echo_dir()?;
     stack.deploy("echo", "python3", echo.path(), &[])?;
-    let mut client0 = CallServiceClient::new(channel(&stack.controlplane_url(0)));
+    let mut client0 = CallServiceClient::new(channel(&stack, &stack.controlplane_url(0)));
 
     // New calls: params and result of 200 KiB each, stored beside their
     // small record, returned by GetCall, never by ListCalls.
@@ -283,7 +281,7 @@ async fn a_thousand_big_calls_list_restart_and_take_over() -> anyhow::Result<()>
     let started = Instant::now();
     assert!(stack.stop_controlplane(leader).await, "the leader stops");
     let other = 1 - leader;
-    let mut client_other = CallServiceClient::new(channel(&stack.controlplane_url(other)));
+    let mut client_other = CallServiceClient::new(channel(&stack, &stack.controlplane_url(other)));
     for (id, params) in &queued_ids {
         let call = wait_final(&mut client_other, id, Duration::from_secs(90)).await?;
         assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
@@ -305,7 +303,7 @@ async fn a_thousand_big_calls_list_restart_and_take_over() -> anyhow::Result<()>
     tokio::time::sleep(Duration::from_secs(1)).await;
     stack.kill_controlplane(other);
     let started = Instant::now();
-    let mut client_back = CallServiceClient::new(channel(&stack.controlplane_url(leader)));
+    let mut client_back = CallServiceClient::new(channel(&stack, &stack.controlplane_url(leader)));
     let deadline = Instant::now() + Duration::from_secs(60);
     let call = loop {
         match client_back

@@ -16,6 +16,7 @@ use tracing::{info_span, Instrument};
 
 use super::admission::QUEUE_FULL_RETRY_AFTER;
 use super::Api;
+use crate::auth::Principal;
 use crate::broker::{CallBundle, Input};
 use crate::error::{now_ms_f64, ApiError};
 use crate::store::{Kind, Order};
@@ -31,6 +32,7 @@ impl Api {
     async fn accept(
         &self,
         request: InvokeRequest,
+        owner: &Principal,
     ) -> Result<(Call, watch::Receiver<Call>), ApiError> {
         // A name outside the API's rule can name no function: say so
         // before it becomes an etcd key.
@@ -83,6 +85,7 @@ impl Api {
             params_json: params,
             status: CallStatus::Queued as i32,
             created_at_ms: accepted_at_ms as i64,
+            owner: owner.token_id().to_string(),
             ..Default::default()
         };
         // Counted before it is recorded, so that concurrent submits cannot
@@ -281,11 +284,12 @@ impl CallService for Api {
                 .await
                 .map_err(super::forward_failed);
         }
+        let principal = Principal::of(&request);
         let request = request.into_inner();
         let span =
             info_span!("invoke", function = %request.function, call_id = tracing::field::Empty);
         async move {
-            let (call, rx) = self.accept(request).await?;
+            let (call, rx) = self.accept(request, &principal).await?;
             tracing::Span::current().record("call_id", call.id.as_str());
             let id = call.id.clone();
             let result = self.wait_final(rx, call).await;
@@ -308,14 +312,15 @@ impl CallService for Api {
                 .await
                 .map_err(super::forward_failed);
         }
-        let (call, _rx) = self.accept(request.into_inner()).await?;
+        let principal = Principal::of(&request);
+        let (call, _rx) = self.accept(request.into_inner(), &principal).await?;
         Ok(Response::new(SubmitResponse { call_id: call.id }))
     }
 
     async fn get_call(&self, request: Request<GetCallRequest>) -> Result<Response<Call>, Status> {
-        Ok(Response::new(
-            Api::get_call(self, &request.into_inner().id).await?,
-        ))
+        let principal = Principal::of(&request);
+        let call = Api::get_call(self, &request.into_inner().id).await?;
+        Ok(Response::new(readable_by(&principal, call)?))
     }
 
     type WaitCallStream = CallStream;
@@ -324,8 +329,9 @@ impl CallService for Api {
         &self,
         request: Request<WaitCallRequest>,
     ) -> Result<Response<Self::WaitCallStream>, Status> {
+        let principal = Principal::of(&request);
         let WaitCallRequest { id, timeout_ms } = request.into_inner();
-        let first = Api::get_call(self, &id).await?;
+        let first = readable_by(&principal, Api::get_call(self, &id).await?)?;
         let api = self.clone();
         let deadline = (timeout_ms > 0)
             .then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
@@ -387,6 +393,8 @@ impl CallService for Api {
         &self,
         request: Request<ListCallsRequest>,
     ) -> Result<Response<ListCallsResponse>, Status> {
+        let principal = Principal::of(&request);
+        let owner = principal.call_owner_filter();
         let req = request.into_inner();
         let page_size = match req.page_size {
             0 => 50,
@@ -398,6 +406,7 @@ impl CallService for Api {
             .scan_calls(start, page_size, |call| {
                 (req.function.is_empty() || call.function == req.function)
                     && (status == CallStatus::Unspecified || call.status() == status)
+                    && owner.is_none_or(|o| call.owner == o)
             })
             .await?;
         let next_token = last.unwrap_or_default();
@@ -437,8 +446,9 @@ impl CallService for Api {
         &self,
         request: Request<GetCallLogsRequest>,
     ) -> Result<Response<CallLogs>, Status> {
+        let principal = Principal::of(&request);
         let id = request.into_inner().id;
-        let call = Api::get_call_status(self, &id).await?;
+        let call = readable_by(&principal, Api::get_call_status(self, &id).await?)?;
         if !is_final(&call) {
             return Ok(Response::new(CallLogs::default()));
         }
@@ -448,6 +458,17 @@ impl CallService for Api {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(logs.unwrap_or_default()))
+    }
+}
+
+/// The call, if the principal may read it: an invoker reads only the
+/// calls of its own token; to it, the others do not exist.
+fn readable_by(principal: &Principal, call: Call) -> Result<Call, ApiError> {
+    match principal.call_owner_filter() {
+        Some(owner) if call.owner != owner => {
+            Err(ApiError::NotFound(format!("call {:?} not found", call.id)))
+        }
+        _ => Ok(call),
     }
 }
 

@@ -1,6 +1,9 @@
 use faas_proto::v1::cluster_service_client::ClusterServiceClient;
 use faas_proto::v1::cluster_service_server::ClusterService;
-use faas_proto::v1::{DrainNodeRequest, ListNodesRequest, ListNodesResponse, Node};
+use faas_proto::v1::{
+    CreateJoinTokenRequest, CreateJoinTokenResponse, DrainNodeRequest, ListNodesRequest,
+    ListNodesResponse, Node, RemoveNodeRequest, RemoveNodeResponse,
+};
 use tonic::{Request, Response, Status};
 
 use super::Api;
@@ -71,5 +74,22 @@ impl ClusterService for Api {
                 .map_err(ApiError::from)?;
         }
         Ok(Response::new(node))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        Ok(Response::new(
+            Api::create_join_token(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeResponse>, Status> {
+        Api::remove_node(self, request.into_inner()).await?;
+        Ok(Response::new(RemoveNodeResponse {}))
     }
 }

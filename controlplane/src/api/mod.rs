@@ -1,6 +1,7 @@
 //! The public gRPC API (`faas.v1`): validation, persistence, and hand-off of
 //! calls to the broker.
 
+mod access;
 pub mod admission;
 mod calls;
 mod cluster;
@@ -33,6 +34,16 @@ pub struct Api {
     pub replica: Arc<str>,
     /// How a follower reaches the leader.
     pub leader: LeaderLink,
+    /// API tokens and joined nodes, as every request checks them.
+    pub credentials: crate::auth::Credentials,
+    /// The cluster CA, which signs the nodes' certificates.
+    pub pki: Arc<Pki>,
+}
+
+pub struct Pki {
+    pub ca: faas_pki::ClusterCa,
+    /// How long a node certificate is valid (agents renew at two thirds).
+    pub node_cert_ttl: std::time::Duration,
 }
 
 /// Metadata set on a request a follower forwards, so that a request never
@@ -45,14 +56,18 @@ pub const FORWARDED: &str = "x-faas-forwarded";
 pub struct LeaderLink {
     store: Store,
     own: Arc<str>,
+    /// The cluster CA and this replica's certificate: the leader trusts a
+    /// forwarded request's mark only from a replica.
+    tls: faas_pki::client::ClientTls,
     cached: Arc<tokio::sync::Mutex<Option<(String, tonic::transport::Channel)>>>,
 }
 
 impl LeaderLink {
-    pub fn new(store: Store, own: String) -> LeaderLink {
+    pub fn new(store: Store, own: String, tls: faas_pki::client::ClientTls) -> LeaderLink {
         LeaderLink {
             store,
             own: own.into(),
+            tls,
             cached: Default::default(),
         }
     }
@@ -88,7 +103,7 @@ impl LeaderLink {
                 return Ok(ch.clone());
             }
         }
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        let channel = faas_pki::client::endpoint(&url, &self.tls)
             .map_err(|e| ApiError::Unavailable(format!("leader URL {url:?}: {e}")))?
             .connect_timeout(std::time::Duration::from_secs(3))
             .tcp_nodelay(true)
@@ -124,7 +139,16 @@ pub fn forwarded<T>(request: tonic::Request<T>) -> Result<tonic::Request<T>, Api
             "forwarded to a replica that does not lead either; retry shortly".into(),
         ));
     }
+    // The leader authenticates the client's token itself.
+    let authorization = request
+        .metadata()
+        .get(faas_pki::client::AUTHORIZATION)
+        .cloned();
     let mut out = tonic::Request::new(request.into_inner());
+    if let Some(value) = authorization {
+        out.metadata_mut()
+            .insert(faas_pki::client::AUTHORIZATION, value);
+    }
     out.metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     Ok(out)
