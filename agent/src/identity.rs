@@ -34,13 +34,14 @@ impl Credentials {
         faas_pki::ca::validity_of(&faas_pki::first_cert_der(&self.cert_pem).ok()?)
     }
 
-    /// Past two thirds of its life (or unreadable).
-    fn renewal_due(&self) -> bool {
-        let Some((from, until)) = self.validity() else {
-            return true;
-        };
-        let life = until.duration_since(from).unwrap_or_default();
-        SystemTime::now() >= from + life * 2 / 3
+    /// How long until two thirds of its life have passed (zero: now, or
+    /// unreadable).
+    fn renewal_in(&self) -> Duration {
+        faas_pki::first_cert_der(&self.cert_pem)
+            .ok()
+            .and_then(|der| faas_pki::ca::renewal_time(&der))
+            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+            .unwrap_or(Duration::ZERO)
     }
 }
 
@@ -85,14 +86,23 @@ impl Identity {
     /// Renews the certificate when due; runs forever.
     pub async fn keep_renewed(self, endpoints: Vec<String>, node: String) {
         loop {
-            let due = self.current.read().expect("poisoned").renewal_due();
-            if due {
-                match self.renew(&endpoints, &node).await {
-                    Ok(()) => info!("node certificate renewed"),
-                    Err(e) => warn!(error = %e, "renewing the node certificate failed; retrying"),
+            let wait = self.current.read().expect("poisoned").renewal_in();
+            if !wait.is_zero() {
+                // Checked again at least every minute: the clock may jump.
+                tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
+                continue;
+            }
+            match self.renew(&endpoints, &node).await {
+                Ok(()) => {
+                    info!("node certificate renewed");
+                    // Never a loop of renewals, whatever the lifetime.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "renewing the node certificate failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
                 }
             }
-            tokio::time::sleep(Duration::from_secs(if due { 10 } else { 60 })).await;
         }
     }
 

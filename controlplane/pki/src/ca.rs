@@ -206,6 +206,15 @@ pub fn validity_of(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
     ))
 }
 
+/// When a certificate (DER) should be renewed: at two thirds of the life it
+/// was issued for (its backdating not counted).
+pub fn renewal_time(der: &[u8]) -> Option<SystemTime> {
+    let (from, until) = validity_of(der)?;
+    let issued = from + BACKDATE;
+    let life = until.duration_since(issued).unwrap_or_default();
+    Some(issued + life * 2 / 3)
+}
+
 fn common_name(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -249,6 +258,11 @@ mod tests {
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         assert!(!cert.is_ca());
         assert_eq!(issued.fingerprint, crate::fingerprint(&der));
+        // Renewed at two thirds of the hour, not of the hour and the
+        // backdating.
+        let renew = renewal_time(&der).unwrap();
+        let in_secs = renew.duration_since(SystemTime::now()).unwrap().as_secs();
+        assert!((2390..=2400).contains(&in_secs), "{in_secs}");
     }
 
     #[test]

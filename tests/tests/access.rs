@@ -1,0 +1,620 @@
+//! Who may do what, on the real stack (issue 11): every RPC against every
+//! kind of caller, invokers kept to their own calls, and nodes kept to
+//! their own identity and calls.
+
+use std::time::Duration;
+
+use faas_pki::client::ClientTls;
+use faas_proto::v1::access_service_client::AccessServiceClient;
+use faas_proto::v1::agent_service_client::AgentServiceClient;
+use faas_proto::v1::call_service_client::CallServiceClient;
+use faas_proto::v1::cluster_service_client::ClusterServiceClient;
+use faas_proto::v1::function_service_client::FunctionServiceClient;
+use faas_proto::v1::node_join_service_client::NodeJoinServiceClient;
+use faas_proto::v1::runtime_service_client::RuntimeServiceClient;
+use faas_proto::v1::*;
+use faas_tests::{fixture_dir, Channel, Stack, StackOptions};
+use tonic::Code;
+
+/// Who calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Caller {
+    Nobody,
+    Garbage,
+    Revoked,
+    Expired,
+    Invoker,
+    Developer,
+    Admin,
+}
+
+impl Caller {
+    fn rank(self) -> u8 {
+        match self {
+            Caller::Invoker => 1,
+            Caller::Developer => 2,
+            Caller::Admin => 3,
+            _ => 0,
+        }
+    }
+}
+
+async fn create_token(stack: &Stack, role: Role, ttl_ms: u64) -> anyhow::Result<String> {
+    Ok(AccessServiceClient::new(stack.channel().await)
+        .create_token(CreateTokenRequest {
+            role: role as i32,
+            description: format!("test {role:?}"),
+            ttl_ms,
+        })
+        .await?
+        .into_inner()
+        .token)
+}
+
+/// The status code of one RPC (named by its path) made on `ch`; OK if it
+/// succeeded.
+async fn call_rpc(ch: Channel, method: &str) -> Code {
+    fn code<T>(r: Result<T, tonic::Status>) -> Code {
+        r.err().map(|s| s.code()).unwrap_or(Code::Ok)
+    }
+    match method {
+        "RegisterRuntime" => code(
+            RuntimeServiceClient::new(ch)
+                .register_runtime(tokio_stream::iter(Vec::<RegisterRuntimeRequest>::new()))
+                .await,
+        ),
+        "GetRuntime" => code(
+            RuntimeServiceClient::new(ch)
+                .get_runtime(GetRuntimeRequest::default())
+                .await,
+        ),
+        "ListRuntimes" => code(
+            RuntimeServiceClient::new(ch)
+                .list_runtimes(ListRuntimesRequest::default())
+                .await,
+        ),
+        "DeleteRuntime" => code(
+            RuntimeServiceClient::new(ch)
+                .delete_runtime(DeleteRuntimeRequest::default())
+                .await,
+        ),
+        "DeployFunction" => code(
+            FunctionServiceClient::new(ch)
+                .deploy_function(tokio_stream::iter(Vec::<DeployFunctionRequest>::new()))
+                .await,
+        ),
+        "GetFunction" => code(
+            FunctionServiceClient::new(ch)
+                .get_function(GetFunctionRequest::default())
+                .await,
+        ),
+        "ListFunctions" => code(
+            FunctionServiceClient::new(ch)
+                .list_functions(ListFunctionsRequest::default())
+                .await,
+        ),
+        "DeleteFunction" => code(
+            FunctionServiceClient::new(ch)
+                .delete_function(DeleteFunctionRequest::default())
+                .await,
+        ),
+        "Invoke" => code(
+            CallServiceClient::new(ch)
+                .invoke(InvokeRequest::default())
+                .await,
+        ),
+        "Submit" => code(
+            CallServiceClient::new(ch)
+                .submit(InvokeRequest::default())
+                .await,
+        ),
+        "GetCall" => code(
+            CallServiceClient::new(ch)
+                .get_call(GetCallRequest::default())
+                .await,
+        ),
+        "WaitCall" => code(
+            CallServiceClient::new(ch)
+                .wait_call(WaitCallRequest::default())
+                .await,
+        ),
+        "ListCalls" => code(
+            CallServiceClient::new(ch)
+                .list_calls(ListCallsRequest::default())
+                .await,
+        ),
+        "GetCallLogs" => code(
+            CallServiceClient::new(ch)
+                .get_call_logs(GetCallLogsRequest::default())
+                .await,
+        ),
+        "GetCallStats" => code(
+            CallServiceClient::new(ch)
+                .get_call_stats(GetCallStatsRequest::default())
+                .await,
+        ),
+        "ListNodes" => code(
+            ClusterServiceClient::new(ch)
+                .list_nodes(ListNodesRequest::default())
+                .await,
+        ),
+        "DrainNode" => code(
+            ClusterServiceClient::new(ch)
+                .drain_node(DrainNodeRequest::default())
+                .await,
+        ),
+        "CreateJoinToken" => code(
+            ClusterServiceClient::new(ch)
+                .create_join_token(CreateJoinTokenRequest::default())
+                .await,
+        ),
+        "RemoveNode" => code(
+            ClusterServiceClient::new(ch)
+                .remove_node(RemoveNodeRequest::default())
+                .await,
+        ),
+        "CreateToken" => code(
+            AccessServiceClient::new(ch)
+                .create_token(CreateTokenRequest::default())
+                .await,
+        ),
+        "ListTokens" => code(
+            AccessServiceClient::new(ch)
+                .list_tokens(ListTokensRequest::default())
+                .await,
+        ),
+        "DeleteToken" => code(
+            AccessServiceClient::new(ch)
+                .delete_token(DeleteTokenRequest::default())
+                .await,
+        ),
+        "WhoAmI" => code(
+            AccessServiceClient::new(ch)
+                .who_am_i(WhoAmIRequest::default())
+                .await,
+        ),
+        other => panic!("no such method in the table: {other}"),
+    }
+}
+
+/// Every method of the public API and the least role it needs (1
+/// invoker, 2 developer, 3 admin), as docs/security.md states it.
+const API: &[(&str, u8)] = &[
+    ("RegisterRuntime", 3),
+    ("DeleteRuntime", 3),
+    ("ListNodes", 3),
+    ("DrainNode", 3),
+    ("CreateJoinToken", 3),
+    ("RemoveNode", 3),
+    ("CreateToken", 3),
+    ("ListTokens", 3),
+    ("DeleteToken", 3),
+    ("GetRuntime", 2),
+    ("ListRuntimes", 2),
+    ("DeployFunction", 2),
+    ("GetFunction", 2),
+    ("ListFunctions", 2),
+    ("DeleteFunction", 2),
+    ("GetCallStats", 2),
+    ("Invoke", 1),
+    ("Submit", 1),
+    ("GetCall", 1),
+    ("WaitCall", 1),
+    ("ListCalls", 1),
+    ("GetCallLogs", 1),
+    ("WhoAmI", 1),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_checks_who_calls() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let url = stack.endpoint.clone();
+    let invoker = create_token(&stack, Role::Invoker, 0).await?;
+    let developer = create_token(&stack, Role::Developer, 0).await?;
+    let expired = create_token(&stack, Role::Admin, 1).await?;
+    let revoked = create_token(&stack, Role::Admin, 0).await?;
+    AccessServiceClient::new(stack.channel().await)
+        .delete_token(DeleteTokenRequest {
+            id: revoked.split('.').next().unwrap().into(),
+        })
+        .await?;
+    // A token of the right shape that was never issued.
+    let garbage = format!("{}.{}", "0".repeat(16), "f".repeat(64));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let mut refusals = 0;
+    for caller in [
+        Caller::Nobody,
+        Caller::Garbage,
+        Caller::Revoked,
+        Caller::Expired,
+        Caller::Invoker,
+        Caller::Developer,
+        Caller::Admin,
+    ] {
+        let token = match caller {
+            Caller::Nobody => None,
+            Caller::Garbage => Some(garbage.as_str()),
+            Caller::Revoked => Some(revoked.as_str()),
+            Caller::Expired => Some(expired.as_str()),
+            Caller::Invoker => Some(invoker.as_str()),
+            Caller::Developer => Some(developer.as_str()),
+            Caller::Admin => Some(stack.auth.token.as_str()),
+        };
+        let channel = stack
+            .auth
+            .channel_with(&url, token, Some(Duration::from_secs(10)));
+        for (method, need) in API {
+            let code = call_rpc(channel.clone(), method).await;
+            let expected = if caller.rank() == 0 {
+                Some(Code::Unauthenticated)
+            } else if caller.rank() < *need {
+                Some(Code::PermissionDenied)
+            } else {
+                None
+            };
+            match expected {
+                Some(want) => {
+                    refusals += 1;
+                    assert_eq!(code, want, "{caller:?} calling {method}")
+                }
+                None => assert!(
+                    !matches!(code, Code::Unauthenticated | Code::PermissionDenied),
+                    "{caller:?} calling {method} was refused: {code:?}"
+                ),
+            }
+        }
+    }
+    eprintln!("{refusals} refusals checked over {} methods", API.len());
+
+    // A method outside the API is refused even to an admin.
+    let admin = stack.channel().await;
+    let mut grpc = tonic::client::Grpc::new(admin);
+    grpc.ready().await?;
+    let path = http::uri::PathAndQuery::from_static("/faas.v1.CallService/Nope");
+    let status = grpc
+        .unary::<_, WhoAmIResponse, _>(
+            tonic::Request::new(WhoAmIRequest {}),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("an unknown method");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // faasctl: exit 7 without credentials, and whoami with them.
+    let out = stack
+        .faasctl()
+        .env_remove("FAAS_TOKEN")
+        .args(["fn", "ls"])
+        .output()?;
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = stack.faasctl().args(["whoami", "-o", "json"]).output()?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"admin\""));
+
+    // No secret is stored: etcd holds the admin token's hash, not the token.
+    let mut etcd = etcd_client::Client::connect([stack.etcd_endpoint()], None).await?;
+    let all = etcd
+        .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
+        .await?;
+    let secret = stack.auth.token.split('.').nth(1).unwrap().to_string();
+    for kv in all.kvs() {
+        assert!(
+            !String::from_utf8_lossy(kv.value()).contains(&secret),
+            "{} holds the token's secret",
+            String::from_utf8_lossy(kv.key())
+        );
+    }
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoker_sees_only_its_own_calls() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy("hello", "python3", &fixture_dir("py-hello"), &[])?;
+    let alice = create_token(&stack, Role::Invoker, 0).await?;
+    let bob = create_token(&stack, Role::Invoker, 0).await?;
+    let developer = create_token(&stack, Role::Developer, 0).await?;
+    let as_ = |token: &str| {
+        CallServiceClient::new(stack.auth.channel_with(
+            &stack.endpoint,
+            Some(token),
+            Some(Duration::from_secs(30)),
+        ))
+    };
+    let call = as_(&alice)
+        .invoke(InvokeRequest {
+            function: "hello".into(),
+            params_json: r#"{"name":"alice"}"#.into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+    let id = call.id.clone();
+
+    // Bob: as if the call did not exist.
+    let mut b = as_(&bob);
+    let refused = b
+        .get_call(GetCallRequest { id: id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    let refused = b
+        .wait_call(WaitCallRequest {
+            id: id.clone(),
+            timeout_ms: 1000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    let refused = b
+        .get_call_logs(GetCallLogsRequest { id: id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    let listed = b
+        .list_calls(ListCallsRequest::default())
+        .await?
+        .into_inner();
+    assert!(listed.calls.iter().all(|c| c.id != id), "{listed:?}");
+
+    // Alice and a developer see it.
+    let mut a = as_(&alice);
+    assert!(a
+        .get_call(GetCallRequest { id: id.clone() })
+        .await?
+        .into_inner()
+        .result_json
+        .contains("alice"));
+    let listed = a
+        .list_calls(ListCallsRequest::default())
+        .await?
+        .into_inner();
+    assert!(listed.calls.iter().any(|c| c.id == id), "{listed:?}");
+    let mut d = as_(&developer);
+    assert_eq!(
+        d.get_call(GetCallRequest { id: id.clone() })
+            .await?
+            .into_inner()
+            .owner,
+        call.owner
+    );
+    stack.shutdown().await
+}
+
+/// A node's credentials: a key made here, a certificate from a join.
+async fn join(stack: &Stack, node: &str, token: &str) -> Result<ClientTls, tonic::Status> {
+    let (key_pem, csr_pem) = faas_pki::ca::node_key_and_csr(node).expect("a key");
+    let channel = stack
+        .auth
+        .channel_with(&stack.endpoint, None, Some(Duration::from_secs(10)));
+    let joined = NodeJoinServiceClient::new(channel)
+        .join(JoinRequest {
+            token: token.into(),
+            node: node.into(),
+            csr_pem,
+        })
+        .await?
+        .into_inner();
+    Ok(ClientTls {
+        ca_pem: Some(joined.ca_pem),
+        identity: Some((joined.cert_pem, key_pem)),
+    })
+}
+
+fn node_channel(stack: &Stack, tls: &ClientTls) -> tonic::transport::Channel {
+    faas_pki::client::endpoint(&stack.endpoint, tls)
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy()
+}
+
+/// Opens a session with `hello`; the stream of operations, or the refusal.
+async fn open_session(
+    channel: tonic::transport::Channel,
+    hello: AgentHello,
+    then: Vec<AgentMessage>,
+) -> Result<
+    (
+        tonic::Streaming<ControlMessage>,
+        tokio::sync::mpsc::Sender<AgentMessage>,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(AgentMessage {
+        msg: Some(agent_message::Msg::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    for m in then {
+        tx.send(m).await.unwrap();
+    }
+    let inbound = AgentServiceClient::new(channel)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((inbound, tx))
+}
+
+fn hello(node: &str, running_calls: Vec<String>) -> AgentHello {
+    AgentHello {
+        node: node.into(),
+        spots: 1,
+        version: "rogue".into(),
+        running_calls,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_who_its_certificate_says_and_touches_only_its_calls() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy("sleeps", "python3", &fixture_dir("py-sleep"), &[])?;
+    let join_token = ClusterServiceClient::new(stack.channel().await)
+        .create_join_token(CreateJoinTokenRequest::default())
+        .await?
+        .into_inner()
+        .token;
+
+    // No certificate: no session, whatever token comes with it.
+    let anonymous = stack
+        .auth
+        .channel_with(&stack.endpoint, Some(&stack.auth.token), None);
+    let refused = AgentServiceClient::new(anonymous)
+        .session(tokio_stream::iter(vec![AgentMessage {
+            msg: Some(agent_message::Msg::Hello(hello("node-0", vec![]))),
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    // Joins: a wrong token, then a taken name, are refused.
+    let wrong = format!("{}.{}", &join_token[..16], "0".repeat(64));
+    assert_eq!(
+        join(&stack, "rogue", &wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let taken = join(&stack, "node-0", &join_token).await.unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+
+    // A valid node of its own.
+    let rogue = join(&stack, "rogue", &join_token).await?;
+    let channel = node_channel(&stack, &rogue);
+    // It cannot say it is another node.
+    let refused = open_session(channel.clone(), hello("node-0", vec![]), vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // A call running on node-0.
+    let mut calls = CallServiceClient::new(stack.channel().await);
+    let id = calls
+        .submit(InvokeRequest {
+            function: "sleeps".into(),
+            params_json: r#"{"seconds": 3}"#.into(),
+        })
+        .await?
+        .into_inner()
+        .call_id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = calls
+            .get_call(GetCallRequest { id: id.clone() })
+            .await?
+            .into_inner();
+        if c.status() == CallStatus::Running {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ran: {c:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The rogue claims it in its hello and sends a forged result.
+    let forged = AgentMessage {
+        msg: Some(agent_message::Msg::Result(CallResult {
+            call_id: id.clone(),
+            status: CallStatus::Succeeded as i32,
+            result_json: r#""forged""#.into(),
+            ..Default::default()
+        })),
+    };
+    let (mut ops, _keep) = open_session(
+        channel.clone(),
+        hello("rogue", vec![id.clone()]),
+        vec![forged],
+    )
+    .await?;
+    let done = calls
+        .wait_call(WaitCallRequest {
+            id: id.clone(),
+            timeout_ms: 30_000,
+        })
+        .await?
+        .into_inner();
+    let mut last = None;
+    futures::pin_mut!(done);
+    while let Some(c) = futures::StreamExt::next(&mut done).await {
+        last = Some(c?);
+    }
+    let last = last.expect("a final call");
+    assert_eq!(last.status(), CallStatus::Succeeded, "{last:?}");
+    assert_eq!(last.node, "node-0", "{last:?}");
+    assert!(!last.result_json.contains("forged"), "{last:?}");
+
+    // Removed: its open session ends, and it cannot open another.
+    ClusterServiceClient::new(stack.channel().await)
+        .remove_node(RemoveNodeRequest {
+            name: "rogue".into(),
+        })
+        .await?;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ops.message().await {
+                Ok(Some(_)) => continue,
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the removed node's session stayed open");
+    let refused = open_session(node_channel(&stack, &rogue), hello("rogue", vec![]), vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    // Node-0 still works.
+    assert!(stack
+        .list_nodes()
+        .await?
+        .nodes
+        .iter()
+        .any(|n| n.name == "node-0" && n.connected));
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_node_certificate_is_refused_and_agents_renew_theirs() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        controlplane_args: vec!["--node-cert-ttl".into(), "6s".into()],
+        ..StackOptions::default()
+    })
+    .await?;
+    let join_token = ClusterServiceClient::new(stack.channel().await)
+        .create_join_token(CreateJoinTokenRequest::default())
+        .await?
+        .into_inner()
+        .token;
+    let short = join(&stack, "short", &join_token).await?;
+    open_session(node_channel(&stack, &short), hello("short", vec![]), vec![]).await?;
+    // Past its life (and the 5 minutes it is backdated do not extend it).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let refused = open_session(node_channel(&stack, &short), hello("short", vec![]), vec![]).await;
+    assert!(
+        refused.is_err(),
+        "a session opened with an expired certificate"
+    );
+    eprintln!("expired certificate: {:?}", refused.err());
+
+    // The stack's agent renewed its own in the meantime, at two thirds of
+    // each certificate's life (about every 4 s), not in a loop.
+    let log = std::fs::read_to_string(stack.dir.path().join("logs/agent-0.log"))?;
+    let renewals = log.matches("node certificate renewed").count();
+    eprintln!("renewals by the agent: {renewals}");
+    assert!((1..=4).contains(&renewals), "{renewals} renewals");
+    // Restarted, it connects with the one it keeps.
+    stack.kill_agent(0).await;
+    stack.start_agent(0).await;
+    stack.wait_agents_connected(Duration::from_secs(30)).await?;
+    stack.shutdown().await
+}
