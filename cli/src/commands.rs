@@ -192,8 +192,11 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
                 || json!({"token": reply.token, "ca_hash": reply.ca_hash, "expires_at_ms": reply.expires_at_ms}),
                 || {
                     format!(
-                        "{}\n\njoin a node (valid until {expires}):\n  faas-agent --control-plane <https://this-endpoint> --join {} --ca-hash {}\n",
-                        reply.token, reply.token, reply.ca_hash
+                        "{}\n\njoin a node (valid until {expires}; the token is better given as FAAS_JOIN_TOKEN):\n  faas-agent --control-plane {} --join {} --ca-hash {}\n",
+                        reply.token,
+                        ctx.endpoints.join(","),
+                        reply.token,
+                        reply.ca_hash
                     )
                 },
             )

@@ -72,7 +72,12 @@ step() { echo "[faas] == $*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (containerd, runc and overlay mounts need it)"
 mkdir -p "$bin" "$run" "$logs"
-install -d -m 0700 "$pki"
+# Nothing of the platform is for local users: state, sockets, logs and
+# credentials are root's alone (FAAS_HOME itself stays traversable: faasctl
+# is linked from /usr/local/bin into $bin).
+chmod 0711 "$FAAS_HOME"
+install -d -m 0700 "$pki" "$FAAS_HOME/etcd" "$FAAS_HOME/registry"
+chmod 0700 "$run" "$logs" "$FAAS_HOME/etcd" "$FAAS_HOME/registry"
 exec {FAAS_LOCK_FD}>"$run/up.lock"
 flock -n "$FAAS_LOCK_FD" || die "another deploy/local/up.sh is running for FAAS_HOME=$FAAS_HOME"
 
@@ -147,7 +152,6 @@ faas_wait etcd "$run/etcd.pid" "$logs/etcd.log" 60 etcd_healthy
 
 step "registry on $registry_addr"
 if ! faas_running "$run/registry.pid" docker-registry; then
-    mkdir -p "$FAAS_HOME/registry"
     sed -e "s|@REGISTRY_ROOT@|$FAAS_HOME/registry|g" -e "s|@REGISTRY_ADDR@|$registry_addr|g" \
         "$repo/deploy/config/registry.yml" >"$FAAS_HOME/registry.yml"
     faas_start docker-registry "$run/registry.pid" "$logs/registry.log" \
