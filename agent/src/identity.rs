@@ -112,12 +112,8 @@ impl Identity {
         let mut last = None;
         for url in endpoints {
             let attempt = async {
-                let channel = faas_pki::client::endpoint(url, &tls)?
-                    .connect_timeout(Duration::from_secs(3))
-                    .timeout(Duration::from_secs(10))
-                    .connect()
-                    .await?;
-                let response = NodeJoinServiceClient::new(channel)
+                let response = join_service(url, &tls)
+                    .await?
                     .renew_certificate(RenewCertificateRequest {
                         csr_pem: csr_pem.clone(),
                     })
@@ -157,12 +153,8 @@ async fn join(config: &Config, dir: &Path) -> anyhow::Result<Credentials> {
                 ca_pem: Some(ca_pem),
                 identity: None,
             };
-            let channel = faas_pki::client::endpoint(url, &tls)?
-                .connect_timeout(Duration::from_secs(3))
-                .timeout(Duration::from_secs(10))
-                .connect()
-                .await?;
-            let response = NodeJoinServiceClient::new(channel)
+            let response = join_service(url, &tls)
+                .await?
                 .join(JoinRequest {
                     token: token.clone(),
                     node: config.node.clone(),
@@ -183,6 +175,19 @@ async fn join(config: &Config, dir: &Path) -> anyhow::Result<Credentials> {
         }
     }
     anyhow::bail!("could not join the cluster: {}", failures.join("; "))
+}
+
+/// The join service at `url`, reached with `tls`.
+async fn join_service(
+    url: &str,
+    tls: &ClientTls,
+) -> anyhow::Result<NodeJoinServiceClient<tonic::transport::Channel>> {
+    let channel = faas_pki::client::endpoint(url, tls)?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await?;
+    Ok(NodeJoinServiceClient::new(channel))
 }
 
 fn code_name(code: tonic::Code) -> String {

@@ -70,6 +70,13 @@ pub async fn connect(
     }
     let mut attempts = Vec::new();
     for url in endpoints {
+        if credentials.bearer.is_set() && !url.starts_with("https://") {
+            return Err(ConnectError::InvalidEndpoint {
+                endpoint: url,
+                message: "an API token is never sent over plain http: use an https:// endpoint"
+                    .into(),
+            });
+        }
         let endpoint = faas_pki::client::endpoint(&url, &credentials.tls)
             .map_err(|e| ConnectError::InvalidEndpoint {
                 endpoint: url.clone(),

@@ -192,11 +192,11 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
                 || json!({"token": reply.token, "ca_hash": reply.ca_hash, "expires_at_ms": reply.expires_at_ms}),
                 || {
                     format!(
-                        "{}\n\njoin a node (valid until {expires}; the token is better given as FAAS_JOIN_TOKEN):\n  faas-agent --control-plane {} --join {} --ca-hash {}\n",
+                        "{}\n\njoin nodes with it until {expires} (through the environment: a command line is visible to every local user):\n  FAAS_JOIN_TOKEN={} FAAS_CA_HASH={} faas-agent --control-plane {} --node <name>\n",
                         reply.token,
-                        ctx.endpoints.join(","),
                         reply.token,
-                        reply.ca_hash
+                        reply.ca_hash,
+                        ctx.endpoints.join(",")
                     )
                 },
             )

@@ -288,10 +288,20 @@ const REPLICA_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 fn write_public_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+    // A new file of a name nobody can guess: never one a symlink planted in
+    // the directory points to.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".faas-ca.")
+        .tempfile_in(dir)
+        .map_err(|e| anyhow::anyhow!("writing next to {}: {e}", path.display()))?;
+    use std::io::Write;
+    tmp.write_all(text.as_bytes())?;
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    Ok(())
 }
 
 /// How long a stopping replica lets open requests finish.

@@ -410,6 +410,42 @@ impl Store {
         }
     }
 
+    /// The object and its key's modification revision (for
+    /// [`Store::put_if_mod_revision`]).
+    pub async fn get_revision<M: Message + Default>(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<(M, i64)>, StoreError> {
+        let key = self.key(kind, name);
+        let resp = self.check(self.kv().get(key.as_str(), None).await)?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some((decode(&key, kv.value())?, kv.mod_revision()))),
+        }
+    }
+
+    /// Writes the object only if its key was last modified at `revision`
+    /// (unlike a version, a revision is never reused after a delete and a
+    /// new create); false if it changed or was deleted since.
+    pub async fn put_if_mod_revision<M: Message + 'static>(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: &M,
+        revision: i64,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(kind, name);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then(self.put_ops(kind, name, value));
+        Ok(self.check(self.kv().txn(txn).await)?.succeeded())
+    }
+
     /// The operations that write an object: a call's record is written
     /// without its params and result, and a result it carries goes beside
     /// it (params are written once, by [`Store::create_call`]).

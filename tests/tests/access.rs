@@ -553,6 +553,22 @@ async fn a_node_is_who_its_certificate_says_and_touches_only_its_calls() -> anyh
     assert_eq!(last.node, "node-0", "{last:?}");
     assert!(!last.result_json.contains("forged"), "{last:?}");
 
+    // Renewal: a node renews with its current certificate only (the one
+    // it replaced still holds its open sessions, but renews nothing).
+    let renew = |tls: ClientTls| {
+        let channel = node_channel(&stack, &tls);
+        async move {
+            let (_, csr_pem) = faas_pki::ca::node_key_and_csr("rogue").expect("a key");
+            NodeJoinServiceClient::new(channel)
+                .renew_certificate(RenewCertificateRequest { csr_pem })
+                .await
+        }
+    };
+    let renewed = renew(rogue.clone()).await?.into_inner();
+    assert!(!renewed.cert_pem.is_empty());
+    let stale = renew(rogue.clone()).await.unwrap_err();
+    assert_eq!(stale.code(), Code::Unauthenticated, "{stale:?}");
+
     // Removed: its open session ends, and it cannot open another.
     ClusterServiceClient::new(stack.channel().await)
         .remove_node(RemoveNodeRequest {
@@ -560,12 +576,7 @@ async fn a_node_is_who_its_certificate_says_and_touches_only_its_calls() -> anyh
         })
         .await?;
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match ops.message().await {
-                Ok(Some(_)) => continue,
-                _ => break,
-            }
-        }
+        while let Ok(Some(_)) = ops.message().await {}
     })
     .await;
     assert!(ended.is_ok(), "the removed node's session stayed open");

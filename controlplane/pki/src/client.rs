@@ -32,6 +32,13 @@ impl Bearer {
     }
 }
 
+impl Bearer {
+    /// Whether a token is sent.
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 impl Interceptor for Bearer {
     fn call(
         &mut self,

@@ -206,13 +206,16 @@ impl Api {
     }
 
     /// The certificate for `node`'s key, recorded as the node's current
-    /// one (the one it replaces stays valid until it expires).
+    /// one (the one it replaces stays valid until it expires). `existing`
+    /// is the record being renewed and its revision: the write happens only
+    /// if the record is still that one (a node removed, or removed and
+    /// joined again, meanwhile is not brought back or overwritten).
     async fn certify(
         &self,
         node: &str,
         csr_pem: &str,
         join_token_id: Option<String>,
-        existing: Option<NodeIdentity>,
+        existing: Option<(NodeIdentity, i64)>,
     ) -> Result<JoinResponse, ApiError> {
         if csr_pem.len() > 16 << 10 {
             return Err(ApiError::InvalidArgument(
@@ -225,7 +228,7 @@ impl Api {
             .issue_node(node, csr_pem, self.pki.node_cert_ttl)
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         let not_after_ms = issued.not_after.saturating_mul(1000);
-        let record = match &existing {
+        let record = match existing.as_ref().map(|(old, _)| old) {
             Some(old) => NodeIdentity {
                 cert_sha256: issued.fingerprint.clone(),
                 not_after_ms,
@@ -245,8 +248,16 @@ impl Api {
         let written = match &existing {
             // A name is taken once: a second join under it is refused.
             None => self.store.create(Kind::NodeIdentity, node, &record).await?,
-            Some(_) => {
-                self.store.put(Kind::NodeIdentity, node, &record).await?;
+            Some((_, revision)) => {
+                if !self
+                    .store
+                    .put_if_mod_revision(Kind::NodeIdentity, node, &record, *revision)
+                    .await?
+                {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "node {node:?} was removed or renewed meanwhile; not renewed"
+                    )));
+                }
                 true
             }
         };
@@ -298,9 +309,24 @@ impl NodeJoinService for Api {
                 "renewal needs the node's certificate",
             ));
         };
-        let existing = self.credentials.node(&node).ok_or_else(|| {
-            Status::unauthenticated(format!("node {node:?} was removed: join again"))
-        })?;
+        // Read from etcd, not the cache: the record as it is now; and only
+        // the node's current certificate renews (a replaced one, still
+        // valid for the sessions it opened, does not).
+        let presented = request
+            .peer_certs()
+            .and_then(|c| c.first().map(|d| faas_pki::fingerprint(d.as_ref())))
+            .unwrap_or_default();
+        let existing: (NodeIdentity, i64) = self
+            .store
+            .get_revision(Kind::NodeIdentity, &node)
+            .await
+            .map_err(ApiError::from)?
+            .filter(|(record, _): &(NodeIdentity, i64)| record.cert_sha256 == presented)
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "node {node:?} was removed, or this is not its current certificate: join again"
+                ))
+            })?;
         let response = self
             .certify(&node, &request.into_inner().csr_pem, None, Some(existing))
             .await?;

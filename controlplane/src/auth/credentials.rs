@@ -32,6 +32,9 @@ struct Inner {
     /// Bumped on every change to the nodes: open sessions check that their
     /// certificate is still their node's.
     nodes_changed: watch::Sender<u64>,
+    /// Bumped on every change applied from a watch or a write: a full
+    /// listing taken before a change must not undo it.
+    changes: std::sync::atomic::AtomicU64,
 }
 
 impl Credentials {
@@ -42,6 +45,7 @@ impl Credentials {
                 tokens: Default::default(),
                 nodes: Default::default(),
                 nodes_changed: watch::channel(0).0,
+                changes: Default::default(),
             }),
         }
     }
@@ -85,8 +89,15 @@ impl Credentials {
     }
 
     async fn reload(&self, store: &Store) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let before = self.inner.changes.load(Ordering::SeqCst);
         let tokens: Vec<ApiToken> = store.list(Kind::ApiToken).await?;
         let nodes: Vec<NodeIdentity> = store.list(Kind::NodeIdentity).await?;
+        if self.inner.changes.load(Ordering::SeqCst) != before {
+            // A change came in while listing: the listing may predate it.
+            // The next reload tries again.
+            return Ok(());
+        }
         *self.inner.tokens.write().expect("poisoned") =
             tokens.into_iter().map(|t| (t.id.clone(), t)).collect();
         let nodes: HashMap<String, NodeIdentity> =
@@ -101,6 +112,9 @@ impl Credentials {
 
     pub fn put_token(&self, token: ApiToken) {
         self.inner
+            .changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner
             .tokens
             .write()
             .expect("poisoned")
@@ -108,10 +122,16 @@ impl Credentials {
     }
 
     pub fn remove_token(&self, id: &str) {
+        self.inner
+            .changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.tokens.write().expect("poisoned").remove(id);
     }
 
     pub fn put_node(&self, node: NodeIdentity) {
+        self.inner
+            .changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner
             .nodes
             .write()
@@ -121,6 +141,9 @@ impl Credentials {
     }
 
     pub fn remove_node(&self, name: &str) {
+        self.inner
+            .changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.nodes.write().expect("poisoned").remove(name);
         self.inner.nodes_changed.send_modify(|n| *n += 1);
     }

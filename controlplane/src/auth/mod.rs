@@ -40,15 +40,17 @@ impl Principal {
             .unwrap_or(Principal::Anonymous)
     }
 
-    /// The token id whose calls an invoker may read; None: any call (a
-    /// developer or an admin).
+    /// The token id whose calls the principal may read; None: any call (a
+    /// developer or an admin). Anyone else reads no call: no token id is
+    /// "-".
     pub fn call_owner_filter(&self) -> Option<&str> {
         match self {
             Principal::Token {
-                id,
-                role: Role::Invoker,
-            } => Some(id),
-            _ => None,
+                role: Role::Admin | Role::Developer,
+                ..
+            } => None,
+            Principal::Token { id, .. } => Some(id),
+            _ => Some("-"),
         }
     }
 
