@@ -188,15 +188,6 @@ impl Credentials {
             || (record.previous_cert_sha256 == fingerprint
                 && record.previous_not_after_ms > now_ms())
     }
-
-    pub fn node(&self, name: &str) -> Option<NodeIdentity> {
-        self.inner
-            .nodes
-            .read()
-            .expect("poisoned")
-            .get(name)
-            .cloned()
-    }
 }
 
 /// The cluster CA: the one in etcd, or a new one if this is the first
