@@ -87,7 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )?;
 
     let (outbound_tx, outbound_rx) = mpsc::unbounded_channel();
-    let running = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let running: spot::RunningCalls = Default::default();
     let ctx = Arc::new(spot::SpotContext {
         config: config.clone(),
         driver,

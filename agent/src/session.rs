@@ -28,8 +28,9 @@ pub struct Session {
     /// queues are closed, and the session lives on until every report
     /// (results above all) is sent.
     pub draining: tokio::sync::watch::Receiver<bool>,
-    /// Calls the spots are running (listed in the hello).
-    pub running: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Calls the spots are running, with their dispatch proofs (listed in
+    /// the hello).
+    pub running: crate::spot::RunningCalls,
     /// Results sent but not yet confirmed recorded by the leader, oldest
     /// first: sent again on every new session until confirmed.
     pub unconfirmed: std::collections::VecDeque<CallResult>,
@@ -97,20 +98,20 @@ impl Session {
             .await?;
         let mut client = AgentServiceClient::new(channel).max_decoding_message_size(32 << 20);
         let (tx, rx) = mpsc::channel::<AgentMessage>(256);
-        let mut running_calls: Vec<String> = self
-            .running
-            .lock()
-            .expect("poisoned")
-            .iter()
-            .cloned()
-            .collect();
-        running_calls.extend(self.unconfirmed.iter().map(|r| r.call_id.clone()));
+        let mut dispatch_proofs = self.running.lock().expect("poisoned").clone();
+        dispatch_proofs.extend(
+            self.unconfirmed
+                .iter()
+                .map(|r| (r.call_id.clone(), r.dispatch_proof.clone())),
+        );
+        let running_calls: Vec<String> = dispatch_proofs.keys().cloned().collect();
         tx.send(AgentMessage {
             msg: Some(agent_message::Msg::Hello(AgentHello {
                 node: self.config.node.clone(),
                 spots: self.config.spots,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 running_calls,
+                dispatch_proofs,
             })),
         })
         .await?;

@@ -47,14 +47,18 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Longest a preload may take (image pull, dependencies) before it fails.
 const PRELOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Calls being run, by id, with the dispatch proof each came with.
+pub type RunningCalls = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+
 /// What every spot of the agent shares.
 pub struct SpotContext {
     pub config: Config,
     pub driver: Driver,
     pub packages: Packages,
     pub outbound: mpsc::UnboundedSender<AgentMessage>,
-    /// Calls being run now, told to the leader in every hello.
-    pub running: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Calls being run now, with their dispatch proofs: told to the
+    /// leader in every hello.
+    pub running: RunningCalls,
     /// Containers whose tear-down failed (containerd away): retried until
     /// they are gone, their uid held until then.
     pub teardown_retry: std::sync::Mutex<Vec<(String, Option<UidLease>)>>,
@@ -108,10 +112,14 @@ impl SpotContext {
         });
     }
 
-    fn send_result(&self, result: CallResult) {
+    fn send_result(&self, mut result: CallResult) {
         // Queued for the stream before it stops counting as running: a
-        // hello sent in between lists it, and its result follows.
+        // hello sent in between lists it, and its result follows. The
+        // result keeps the proof for the hellos until it is confirmed.
         let call_id = result.call_id.clone();
+        if let Some(proof) = self.running.lock().expect("poisoned").get(&call_id) {
+            result.dispatch_proof = proof.clone();
+        }
         let _ = self.outbound.send(AgentMessage {
             msg: Some(agent_message::Msg::Result(result)),
         });
@@ -307,6 +315,18 @@ pub async fn run_spot(
             .as_ref()
             .map(|c| c.call_id.clone())
             .unwrap_or_default();
+        let executes = matches!(
+            kind,
+            Kind::ExecuteNoPreload | Kind::ExecRuntimePreloaded | Kind::ExecFunctionPreloaded
+        );
+        if let Some(call) = op.call.as_ref().filter(|_| executes) {
+            // Running from now until its result is sent: every hello
+            // lists it, with its proof.
+            ctx.running
+                .lock()
+                .expect("poisoned")
+                .insert(call.call_id.clone(), call.dispatch_proof.clone());
+        }
         let span = info_span!("spot", spot = index, op = ?kind, call_id = %call_id);
         held = async {
             match (kind, op.runtime, op.function, op.call) {
@@ -380,6 +400,7 @@ pub async fn run_spot(
                 }
                 (kind, ..) => {
                     warn!(?kind, "operation without the bundles it needs; ignored");
+                    ctx.running.lock().expect("poisoned").remove(&call_id);
                     held
                 }
             }

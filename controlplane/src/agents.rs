@@ -1,12 +1,15 @@
 //! The agents' side of the control plane: one bidirectional stream per node
 //! agent (`faas.v1.AgentService/Session`).
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use faas_pki::dispatch::DispatchKey;
 use faas_proto::v1::agent_service_server::AgentService;
 use faas_proto::v1::{agent_message, AgentMessage, ControlMessage};
+use faas_proto::v1::{control_message, SpotOperation};
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,16 +33,35 @@ pub struct AgentSessions {
     /// Which certificate each node holds: a session ends when its node's
     /// certificate is revoked.
     credentials: Credentials,
+    /// Stamps each call handed to a node, and checks the stamps a node
+    /// shows in its hello.
+    dispatch_key: DispatchKey,
 }
 
 impl AgentSessions {
-    pub fn new(broker: watch::Receiver<Option<BrokerHandle>>, credentials: Credentials) -> Self {
+    pub fn new(
+        broker: watch::Receiver<Option<BrokerHandle>>,
+        credentials: Credentials,
+        dispatch_key: DispatchKey,
+    ) -> Self {
         AgentSessions {
             broker,
             next_session: Arc::new(AtomicU64::new(1)),
             credentials,
+            dispatch_key,
         }
     }
+}
+
+/// Stamps the call of an operation with its proof of dispatch to `node`.
+fn stamp(key: &DispatchKey, node: &str, mut message: ControlMessage) -> ControlMessage {
+    if let Some(control_message::Msg::Operation(SpotOperation {
+        call: Some(call), ..
+    })) = message.msg.as_mut()
+    {
+        call.dispatch_proof = key.proof(node, &call.call_id);
+    }
+    message
 }
 
 type ControlStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send>>;
@@ -101,6 +123,18 @@ impl AgentService for AgentSessions {
         if !malformed.is_empty() {
             warn!(node = %hello.node, ?malformed, "hello lists malformed call ids; ignored");
         }
+        // The calls this node shows a proof for: only those may be taken
+        // as running here if still recorded QUEUED.
+        let proven: HashSet<String> = running_calls
+            .iter()
+            .filter(|id| {
+                hello
+                    .dispatch_proofs
+                    .get(*id)
+                    .is_some_and(|proof| self.dispatch_key.verify(&certified, id, proof))
+            })
+            .cloned()
+            .collect();
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let node = hello.node.clone();
         let (tx, rx) = mpsc::channel(AGENT_QUEUE);
@@ -110,6 +144,7 @@ impl AgentService for AgentSessions {
             session,
             tx,
             running_calls,
+            proven,
         });
         let span = info_span!("agent", %node, session);
         let credentials = self.credentials.clone();
@@ -187,6 +222,9 @@ impl AgentService for AgentSessions {
             }
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let key = self.dispatch_key.clone();
+        let outbound =
+            ReceiverStream::new(rx).map(move |message| message.map(|m| stamp(&key, &certified, m)));
+        Ok(Response::new(Box::pin(outbound)))
     }
 }

@@ -41,6 +41,8 @@ pub enum Input {
         tx: AgentSender,
         /// Calls the agent says it is running.
         running_calls: Vec<String>,
+        /// Those of them it proved were handed to it (dispatch proofs).
+        proven: std::collections::HashSet<String>,
     },
     /// A call recorded as running by an earlier leader: its result is
     /// expected from its node.
@@ -387,6 +389,7 @@ impl BrokerLoop {
                 session,
                 tx,
                 running_calls,
+                proven,
             } => {
                 if self.agents.contains_key(&node) {
                     // A new session of the same node replaces the old one.
@@ -396,7 +399,9 @@ impl BrokerLoop {
                     node: node.clone(),
                     id: session,
                 };
-                let effects = self.ledger.connected(session_ref, running_calls, now_ms());
+                let effects = self
+                    .ledger
+                    .connected(session_ref, running_calls, &proven, now_ms());
                 let draining = self.drained.contains(&node);
                 info!(%node, spots, draining, "agent joined");
                 self.agents.insert(

@@ -24,9 +24,21 @@ pub struct Flags {
     /// what only the leader can do) [default: https://<listen>].
     #[arg(long, env = "FAAS_ADVERTISE")]
     pub advertise: Option<String>,
-    /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379].
+    /// etcd endpoints, comma-separated; https:// ones need --etcd-ca
+    /// [default: http://127.0.0.1:2379].
     #[arg(long, env = "FAAS_ETCD", value_delimiter = ',')]
     pub etcd: Option<Vec<String>>,
+    /// CA certificate (PEM) that etcd's members' certificates chain to
+    /// (`faas-controlplane etcd-certs` makes one) [default: none].
+    #[arg(long, env = "FAAS_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) this replica shows etcd, for etcd's
+    /// --client-cert-auth [default: none].
+    #[arg(long, env = "FAAS_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Key (PEM) of --etcd-cert [default: none].
+    #[arg(long, env = "FAAS_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
     /// The OCI registry, host:port [default: 127.0.0.1:5000].
     #[arg(long, env = "FAAS_REGISTRY")]
     pub registry: Option<String>,
@@ -148,6 +160,30 @@ pub struct Flags {
     /// them at two thirds of it [default: 7d].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub node_cert_ttl: Option<Duration>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What else the binary does besides serving (with no subcommand).
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Makes what is missing of etcd's PKI in DIR (its own CA, the members'
+    /// certificate, the control plane's client certificate) and renews
+    /// what is due; prints the files written. Run it before starting etcd.
+    EtcdCerts {
+        /// Where the files go (made 0700; keys 0600).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Names (DNS names or IP addresses) the members' certificate is
+        /// for, comma-separated; always in it: localhost, 127.0.0.1, ::1
+        /// and the hostname.
+        #[arg(long, value_delimiter = ',')]
+        san: Vec<String>,
+    },
+    /// Exits 0 once etcd, reached with this replica's settings (--etcd,
+    /// --etcd-ca, --etcd-cert, --etcd-key), answers with a leader; 1 if it
+    /// does not.
+    EtcdHealth,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +192,9 @@ struct FileConfig {
     listen: Option<String>,
     advertise: Option<String>,
     etcd: Option<Vec<String>>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
     registry: Option<String>,
     registry_insecure: Option<bool>,
     name: Option<String>,
@@ -223,6 +262,8 @@ pub struct Config {
     pub listen: String,
     pub advertise: String,
     pub etcd: Vec<String>,
+    /// TLS towards etcd; set when the endpoints are https://.
+    pub etcd_tls: Option<crate::store::EtcdTls>,
     pub registry: String,
     pub registry_insecure: bool,
     pub name: String,
@@ -265,6 +306,36 @@ impl Limits {
             max_result_bytes: self.max_result_bytes,
             max_log_bytes: self.max_log_bytes,
         }
+    }
+}
+
+/// TLS towards etcd: all endpoints https:// with a CA, or all http://
+/// without one; a client certificate only with TLS.
+fn etcd_tls(
+    endpoints: &[String],
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<Option<crate::store::EtcdTls>> {
+    let https = endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .count();
+    if https != 0 && https != endpoints.len() {
+        anyhow::bail!("etcd endpoints mix https:// and http://: {endpoints:?}");
+    }
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => anyhow::bail!("--etcd-cert and --etcd-key go together"),
+    };
+    match (https > 0, ca) {
+        (true, Some(ca)) => Ok(Some(crate::store::EtcdTls { ca, identity })),
+        (true, None) => anyhow::bail!("https:// etcd endpoints need --etcd-ca"),
+        (false, None) if identity.is_none() => Ok(None),
+        (false, _) => anyhow::bail!(
+            "--etcd-ca/--etcd-cert are for https:// etcd endpoints, and these are http://: {endpoints:?}"
+        ),
     }
 }
 
@@ -314,16 +385,24 @@ impl Config {
                 .or(file.submit_burst)
                 .unwrap_or(defaults.submit_burst),
         };
+        let etcd = flags
+            .etcd
+            .or(file.etcd)
+            .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]);
+        let etcd_tls = etcd_tls(
+            &etcd,
+            flags.etcd_ca.or(file.etcd_ca),
+            flags.etcd_cert.or(file.etcd_cert),
+            flags.etcd_key.or(file.etcd_key),
+        )?;
         Ok(Config {
             advertise: flags
                 .advertise
                 .or(file.advertise)
                 .unwrap_or_else(|| format!("https://{listen}")),
             listen,
-            etcd: flags
-                .etcd
-                .or(file.etcd)
-                .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
+            etcd,
+            etcd_tls,
             registry_insecure: flags
                 .registry_insecure
                 .or(file.registry_insecure)

@@ -96,7 +96,9 @@ impl From<ApiError> for Status {
             }
             ApiError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
             ApiError::Store(StoreError::Decode { .. }) => Status::internal(msg),
-            ApiError::Store(StoreError::Etcd(_)) => Status::unavailable(msg),
+            ApiError::Store(StoreError::Etcd(_)) | ApiError::Store(StoreError::TlsFile(..)) => {
+                Status::unavailable(msg)
+            }
             ApiError::Registry(RegistryError::BadArchive(_))
             | ApiError::Registry(RegistryError::BadReference(..)) => Status::invalid_argument(msg),
             ApiError::Registry(RegistryError::Registry(ref inner)) => {

@@ -24,7 +24,7 @@
 //! - A call runs once: a submit or requeue of a call already held, already
 //!   running on an agent, or already ended here is ignored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -453,6 +453,8 @@ impl Ledger {
                 params_json: call.params_json.clone(),
                 accepted_at_ms: call.created_at_ms,
                 queue_ms,
+                // Stamped on the way out, by the node's session.
+                dispatch_proof: String::new(),
             },
         };
         self.out.push(Effect::Publish(Box::new(call.clone())));
@@ -469,7 +471,16 @@ impl Ledger {
 
     /// An agent said hello: its session replaces any earlier one of its
     /// node and takes over the node's calls; the calls it lists run there.
-    pub fn connected(&mut self, session: Session, running: Vec<String>, now: Ms) -> Vec<Effect> {
+    /// A call not recorded RUNNING on the node (still QUEUED, or not known
+    /// yet) is taken as running there only if `proven` (the node showed
+    /// its dispatch proof): a node cannot claim a call never handed to it.
+    pub fn connected(
+        &mut self,
+        session: Session,
+        running: Vec<String>,
+        proven: &HashSet<String>,
+        now: Ms,
+    ) -> Vec<Effect> {
         let node = session.node.clone();
         self.sessions.insert(node.clone(), session.id);
         for (id, entry) in self.calls.iter_mut() {
@@ -486,12 +497,14 @@ impl Ledger {
         }
         for id in running {
             let Some(mut entry) = self.calls.remove(&id) else {
-                if !self.ended.contains_key(&id) {
+                if !self.ended.contains_key(&id) && proven.contains(&id) {
                     self.reported.insert(id, (session.clone(), now));
                 }
                 continue;
             };
-            if entry.running.is_none() {
+            if entry.running.is_none() && !proven.contains(&id) {
+                tracing::warn!(call_id = %id, %node, "hello claims a queued call without its dispatch proof; ignored");
+            } else if entry.running.is_none() {
                 // Recorded QUEUED: the leader that handed it out died
                 // before recording RUNNING.
                 tracing::info!(call_id = %id, %node, "queued call already running on its node; not run again");
@@ -779,6 +792,12 @@ mod tests {
 
     const SEC: Ms = 1_000;
 
+    /// A legit agent's hello: it holds the proof of every call it lists.
+    fn connect(l: &mut Ledger, s: Session, running: Vec<String>, now: Ms) -> Vec<Effect> {
+        let proven = running.iter().cloned().collect();
+        l.connected(s, running, &proven, now)
+    }
+
     fn id(n: u32) -> String {
         format!("0190a1b2-c3d4-7e5f-8a9b-{n:012x}")
     }
@@ -842,7 +861,7 @@ mod tests {
     /// timeout) dispatched there, function preloaded, at t = 0.
     fn running(idempotent: bool) -> Ledger {
         let mut l = ledger();
-        l.connected(session("a", 1), vec![], 0);
+        connect(&mut l, session("a", 1), vec![], 0);
         l.submitted(call(1), bundle(2_000, idempotent), 0.0, 0);
         let (sent, _) = l.dispatch(&id(1), &spot("a"), Start::Preloaded, 0.0);
         assert!(sent.is_some());
@@ -872,7 +891,7 @@ mod tests {
     #[test]
     fn a_call_is_queued_once_and_dispatched_once() {
         let mut l = ledger();
-        l.connected(session("a", 1), vec![], 0);
+        connect(&mut l, session("a", 1), vec![], 0);
         let first = l.submitted(call(1), bundle(2_000, false), 0.0, 0);
         assert_eq!(enqueued(&first), [id(1)]);
         assert!(l
@@ -920,7 +939,7 @@ mod tests {
         assert_eq!(confirm.as_ref(), Some(&session("a", 1)));
         assert!(l.is_empty());
         // Sent again on a new session (the confirmation was lost).
-        l.connected(session("a", 2), vec![id(1)], 600);
+        connect(&mut l, session("a", 2), vec![id(1)], 600);
         let outcome = l.result(&session("a", 2), result(1), 700.0);
         assert_eq!(
             outcome,
@@ -934,7 +953,7 @@ mod tests {
     #[test]
     fn a_result_from_another_node_or_session_is_refused() {
         let mut l = running(false);
-        l.connected(session("b", 7), vec![], 10);
+        connect(&mut l, session("b", 7), vec![], 10);
         let outcome = l.result(&session("b", 7), result(1), 20.0);
         assert_eq!(
             outcome,
@@ -944,7 +963,7 @@ mod tests {
         );
         // Node a reconnects: its new session owns the call, the old one
         // (a stream that has not ended yet) no longer does.
-        l.connected(session("a", 2), vec![id(1)], 30);
+        connect(&mut l, session("a", 2), vec![id(1)], 30);
         assert!(matches!(
             l.result(&session("a", 1), result(1), 40.0),
             Outcome::Refused(Refusal::NotOwner { .. })
@@ -958,7 +977,7 @@ mod tests {
     #[test]
     fn a_result_for_an_unknown_or_queued_call_is_refused() {
         let mut l = ledger();
-        l.connected(session("a", 1), vec![], 0);
+        connect(&mut l, session("a", 1), vec![], 0);
         assert_eq!(
             l.result(&session("a", 1), result(9), 1.0),
             Outcome::Refused(Refusal::Unknown)
@@ -1001,7 +1020,7 @@ mod tests {
             }])
         );
         // Even much later, on a new session that lists it.
-        l.connected(session("a", 2), vec![id(1)], 1_000 * SEC);
+        connect(&mut l, session("a", 2), vec![id(1)], 1_000 * SEC);
         assert!(matches!(
             l.result(&session("a", 2), result(1), 1_000_000.0),
             Outcome::Late(_)
@@ -1016,7 +1035,7 @@ mod tests {
     #[test]
     fn a_call_that_loads_first_gets_the_load_allowance() {
         let mut l = ledger();
-        l.connected(session("a", 1), vec![], 0);
+        connect(&mut l, session("a", 1), vec![], 0);
         l.submitted(call(1), bundle(2_000, false), 0.0, 0);
         l.dispatch(&id(1), &spot("a"), Start::Loading, 1_000.0);
         assert!(persisted(&l.tick(1_000 + 42 * SEC)).is_empty());
@@ -1028,7 +1047,12 @@ mod tests {
         let mut l = running(false);
         for (i, t) in [3, 6, 9].into_iter().enumerate() {
             l.disconnected(&session("a", i as u64 + 1), t * SEC);
-            l.connected(session("a", i as u64 + 2), vec![id(1)], t * SEC + 100);
+            connect(
+                &mut l,
+                session("a", i as u64 + 2),
+                vec![id(1)],
+                t * SEC + 100,
+            );
             assert!(l.tick(t * SEC + 200).is_empty());
         }
         let effects = l.tick(12 * SEC + 1);
@@ -1052,7 +1076,7 @@ mod tests {
     fn a_node_back_in_time_keeps_its_calls_and_reports_them() {
         let mut l = running(false);
         l.disconnected(&session("a", 1), SEC);
-        l.connected(session("a", 2), vec![id(1)], 3 * SEC);
+        connect(&mut l, session("a", 2), vec![id(1)], 3 * SEC);
         assert!(l.tick(10 * SEC).is_empty());
         assert!(matches!(
             l.result(&session("a", 2), result(1), 10_500.0),
@@ -1063,7 +1087,7 @@ mod tests {
     #[test]
     fn a_node_back_without_the_call_has_the_backlog_grace_to_send_it() {
         let mut l = running(false);
-        l.connected(session("a", 2), vec![], SEC);
+        connect(&mut l, session("a", 2), vec![], SEC);
         assert!(l.tick(3 * SEC).is_empty());
         assert!(matches!(
             l.result(&session("a", 2), result(1), 3_000.0),
@@ -1071,7 +1095,7 @@ mod tests {
         ));
 
         let mut l = running(false);
-        l.connected(session("a", 2), vec![], SEC);
+        connect(&mut l, session("a", 2), vec![], SEC);
         let effects = l.tick(3 * SEC + 1);
         assert_eq!(
             persisted(&effects)[0].error.as_ref().unwrap().reason,
@@ -1099,7 +1123,7 @@ mod tests {
             assert_eq!(queued.status(), CallStatus::Queued);
             assert_eq!(queued.attempts, attempt);
             let next = if node == "a" { "b" } else { "a" };
-            l.connected(session(next, 1), vec![], t);
+            connect(&mut l, session(next, 1), vec![], t);
             let (sent, effects) = l.dispatch(&id(1), &spot(next), Start::Preloaded, t as f64);
             assert!(sent.is_some());
             assert!(
@@ -1137,7 +1161,7 @@ mod tests {
         let mut l = ledger();
         // Adopted before any agent says hello (the takeover's order).
         l.adopted(adopted_call(1, "a"), bundle(2_000, false), 110 * SEC);
-        l.connected(session("a", 1), vec![id(1)], 110 * SEC + 10);
+        connect(&mut l, session("a", 1), vec![id(1)], 110 * SEC + 10);
         // Started at 100.5 s; 2 s + 10 s + 30 s (how it started is unknown).
         let deadline = 100 * SEC + 500 + 42 * SEC;
         assert!(l.tick(deadline).is_empty());
@@ -1149,12 +1173,12 @@ mod tests {
     fn an_adopted_call_is_reported_by_its_nodes_new_session_only() {
         let mut l = ledger();
         l.adopted(adopted_call(1, "a"), bundle(60_000, false), 110 * SEC);
-        l.connected(session("b", 5), vec![], 110 * SEC);
+        connect(&mut l, session("b", 5), vec![], 110 * SEC);
         assert!(matches!(
             l.result(&session("b", 5), result(1), 110_100.0),
             Outcome::Refused(Refusal::NotOwner { owner: None })
         ));
-        l.connected(session("a", 6), vec![id(1)], 110 * SEC);
+        connect(&mut l, session("a", 6), vec![id(1)], 110 * SEC);
         let Outcome::Recorded(effects) = l.result(&session("a", 6), result(1), 110_200.0) else {
             panic!()
         };
@@ -1179,7 +1203,7 @@ mod tests {
     fn an_adopted_call_its_node_does_not_list_is_lost_after_the_backlog_grace() {
         let mut l = ledger();
         l.adopted(adopted_call(1, "a"), bundle(60_000, false), 110 * SEC);
-        l.connected(session("a", 1), vec![], 110 * SEC);
+        connect(&mut l, session("a", 1), vec![], 110 * SEC);
         assert!(l.tick(112 * SEC).is_empty());
         assert_eq!(persisted(&l.tick(112 * SEC + 1)).len(), 1);
     }
@@ -1188,7 +1212,7 @@ mod tests {
     fn a_queued_call_its_node_runs_already_is_not_run_twice() {
         let mut l = ledger();
         l.submitted(call(1), bundle(2_000, false), 0.0, 0);
-        let effects = l.connected(session("a", 1), vec![id(1)], SEC);
+        let effects = connect(&mut l, session("a", 1), vec![id(1)], SEC);
         assert_eq!(effects, [Effect::Withdraw(id(1))]);
         assert_eq!(l.live_call(&id(1)).unwrap().status(), CallStatus::Running);
         assert!(matches!(
@@ -1201,7 +1225,7 @@ mod tests {
     fn a_call_reported_before_the_takeover_requeues_it_runs_once() {
         // Its node lists it before the requeue hands it over.
         let mut l = ledger();
-        l.connected(session("a", 1), vec![id(1)], 0);
+        connect(&mut l, session("a", 1), vec![id(1)], 0);
         assert!(l
             .submitted(call(1), bundle(2_000, false), 0.0, SEC)
             .is_empty());
@@ -1214,7 +1238,7 @@ mod tests {
         // Its result arrives before the requeue: recorded unless final,
         // and the requeue that follows does not run it.
         let mut l = ledger();
-        l.connected(session("a", 1), vec![id(1)], 0);
+        connect(&mut l, session("a", 1), vec![id(1)], 0);
         let Outcome::Recorded(effects) = l.result(&session("a", 1), result(1), 100.0) else {
             panic!()
         };
@@ -1229,8 +1253,8 @@ mod tests {
 
         // Another session than the one that listed it gets nothing.
         let mut l = ledger();
-        l.connected(session("a", 1), vec![id(1)], 0);
-        l.connected(session("b", 2), vec![], 0);
+        connect(&mut l, session("a", 1), vec![id(1)], 0);
+        connect(&mut l, session("b", 2), vec![], 0);
         assert_eq!(
             l.result(&session("b", 2), result(1), 100.0),
             Outcome::Refused(Refusal::Unknown)
@@ -1238,9 +1262,36 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_without_the_dispatch_proof_claims_nothing() {
+        let none = HashSet::new();
+        // A queued call: it stays queued, and the claimant's result for it
+        // is refused.
+        let mut l = ledger();
+        assert_eq!(
+            enqueued(&l.submitted(call(1), bundle(2_000, false), 0.0, 0)),
+            [id(1)]
+        );
+        let effects = l.connected(session("rogue", 1), vec![id(1)], &none, 10);
+        assert!(!effects.iter().any(|e| matches!(e, Effect::Withdraw(_))));
+        assert_eq!(l.live_call(&id(1)).unwrap().status(), CallStatus::Queued);
+        assert_eq!(
+            l.result(&session("rogue", 1), result(1), 20.0),
+            Outcome::Refused(Refusal::NotRunning)
+        );
+        // A call not known yet: the claim is not remembered either.
+        let mut l = ledger();
+        l.connected(session("rogue", 1), vec![id(2)], &none, 0);
+        assert!(l.reported.is_empty());
+        assert_eq!(
+            l.result(&session("rogue", 1), result(2), 10.0),
+            Outcome::Refused(Refusal::Unknown)
+        );
+    }
+
+    #[test]
     fn only_the_owner_can_refuse_a_call_back_to_the_queue() {
         let mut l = running(false);
-        l.connected(session("b", 2), vec![], 0);
+        connect(&mut l, session("b", 2), vec![], 0);
         assert!(l.refused(&session("b", 2), &id(1)).is_err());
         let effects = l.refused(&session("a", 1), &id(1)).unwrap();
         assert_eq!(enqueued(&effects), [id(1)]);
@@ -1252,7 +1303,7 @@ mod tests {
     fn memories_fade() {
         let mut l = running(false);
         l.result(&session("a", 1), result(1), 1.0);
-        l.connected(session("a", 2), vec![id(2)], 0);
+        connect(&mut l, session("a", 2), vec![id(2)], 0);
         l.tick(RECORDED_MEMORY + REPORTED_MEMORY);
         assert!(l.ended.is_empty() && l.reported.is_empty());
     }

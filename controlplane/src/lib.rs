@@ -34,8 +34,9 @@ async fn connect_store(config: &Config) -> anyhow::Result<Store> {
     let mut delay = Duration::from_millis(200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match Store::connect(&config.etcd, &config.key_prefix).await {
+        match Store::connect(&config.etcd, &config.key_prefix, config.etcd_tls.as_ref()).await {
             Ok(store) => return Ok(store.with_payload_limits(config.limits.payload_limits())),
+            Err(e @ store::StoreError::TlsFile(..)) => anyhow::bail!("connecting to etcd: {e}"),
             Err(e) if tokio::time::Instant::now() < deadline => {
                 warn!(error = %e, "etcd not reachable yet; retrying");
                 tokio::time::sleep(delay).await;
@@ -44,6 +45,42 @@ async fn connect_store(config: &Config) -> anyhow::Result<Store> {
             Err(e) => anyhow::bail!("connecting to etcd at {:?}: {e}", config.etcd),
         }
     }
+}
+
+/// `faas-controlplane etcd-certs`: etcd's PKI in `dir`, its members'
+/// certificate for `sans` and the usual local names. Returns the names of
+/// the files written.
+pub fn etcd_certs(dir: &std::path::Path, sans: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim();
+        // A hostname that is no DNS name (rcgen would refuse it) is left out.
+        if !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            names.push(host.to_string());
+        }
+    }
+    for san in sans {
+        if !names.contains(san) {
+            names.push(san.clone());
+        }
+    }
+    let files = faas_pki::etcd::EtcdPkiFiles::new(dir);
+    Ok(faas_pki::etcd::ensure(&files, &names)?)
+}
+
+/// `faas-controlplane etcd-health`: one attempt, no retries (the caller
+/// polls).
+pub async fn etcd_health(config: &Config) -> anyhow::Result<bool> {
+    let store = Store::connect(&config.etcd, &config.key_prefix, config.etcd_tls.as_ref()).await?;
+    Ok(store.has_leader().await?)
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -181,6 +218,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         write_public_file(path, ca.cert_pem())?;
     }
     let credentials = auth::Credentials::load(&store).await?;
+    let dispatch_key = faas_pki::dispatch::DispatchKey::from_ca(&ca);
     let names = config.certificate_names();
     let own_cert = ca.issue_replica(&config.name, &names, REPLICA_CERT_TTL)?;
     let own_key = own_cert.key_pem.clone().expect("the CA made the key");
@@ -213,7 +251,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node_cert_ttl: config.node_cert_ttl,
         }),
     };
-    let sessions = agents::AgentSessions::new(broker_rx, credentials.clone());
+    let sessions = agents::AgentSessions::new(broker_rx, credentials.clone(), dispatch_key);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<faas_proto::v1::call_service_server::CallServiceServer<api::Api>>()

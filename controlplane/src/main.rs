@@ -1,5 +1,5 @@
 use clap::Parser;
-use faas_controlplane::config::{Config, Flags};
+use faas_controlplane::config::{Command, Config, Flags};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -10,6 +10,26 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = Config::resolve(Flags::parse())?;
-    faas_controlplane::run(config).await
+    let mut flags = Flags::parse();
+    match flags.command.take() {
+        None => faas_controlplane::run(Config::resolve(flags)?).await,
+        Some(Command::EtcdCerts { dir, san }) => {
+            let written = faas_controlplane::etcd_certs(&dir, &san)?;
+            for name in written {
+                // The command's output: the files it wrote, one per line.
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{}", dir.join(name).display());
+                }
+            }
+            Ok(())
+        }
+        Some(Command::EtcdHealth) => {
+            if faas_controlplane::etcd_health(&Config::resolve(flags)?).await? {
+                Ok(())
+            } else {
+                anyhow::bail!("etcd answers but knows no leader")
+            }
+        }
+    }
 }

@@ -105,6 +105,9 @@ pub enum StoreError {
     /// can never succeed as it is.
     #[error("the record is too large for the state store: {0}")]
     TooLarge(String),
+    /// A file of the TLS towards etcd cannot be read (only at connect).
+    #[error("reading {0}: {1}")]
+    TlsFile(std::path::PathBuf, std::io::Error),
 }
 
 impl StoreError {
@@ -251,15 +254,45 @@ pub struct Store {
 /// Failures closer together than this move to the next member only once.
 const MEMBER_SWITCH_DAMPING_MS: u64 = 500;
 
+/// Files of the TLS towards etcd: the CA its members chain to, and the
+/// client certificate and key this replica shows (etcd's
+/// --client-cert-auth).
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: std::path::PathBuf,
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl EtcdTls {
+    fn options(&self) -> Result<etcd_client::TlsOptions, StoreError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| StoreError::TlsFile(path.to_path_buf(), e))
+        };
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)?));
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(tls)
+    }
+}
+
 impl Store {
-    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Store, StoreError> {
-        let options = etcd_client::ConnectOptions::new()
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Store, StoreError> {
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(std::time::Duration::from_secs(5))
             .with_timeout(std::time::Duration::from_secs(10))
             .with_keep_alive(
                 std::time::Duration::from_secs(5),
                 std::time::Duration::from_secs(5),
             );
+        if let Some(tls) = tls {
+            options = options.with_tls(tls.options()?);
+        }
         let mut clients = Vec::new();
         let mut last_error = None;
         for endpoint in endpoints {
@@ -1059,6 +1092,25 @@ impl Store {
             )?;
         }
         Ok(())
+    }
+}
+
+impl Store {
+    /// Whether a member this store reaches knows a Raft leader (what
+    /// `faas-controlplane etcd-health` reports).
+    pub async fn has_leader(&self) -> Result<bool, StoreError> {
+        let mut last_error = None;
+        for client in self.clients.iter() {
+            match client.clone().status().await {
+                Ok(status) if status.leader() != 0 => return Ok(true),
+                Ok(_) => {}
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match last_error {
+            Some(e) => Err(e.into()),
+            None => Ok(false),
+        }
     }
 }
 

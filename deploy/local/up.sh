@@ -64,7 +64,8 @@ pki=$FAAS_HOME/pki
 run=$FAAS_HOME/run
 logs=$FAAS_HOME/logs
 socket=$run/containerd.sock
-etcd_url=http://127.0.0.1:$etcd_port
+etcd_url=https://127.0.0.1:$etcd_port
+etcd_pki=$pki/etcd
 registry_addr=127.0.0.1:$registry_port
 
 die() { echo "[faas] ERROR: $*" >&2; exit 1; }
@@ -87,7 +88,9 @@ flock -n "$FAAS_LOCK_FD" || die "another deploy/local/up.sh is running for FAAS_
 http_get() { # host port path -> the raw response
     timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$3" "$1" >&3 && cat <&3' _ "$@"
 }
-etcd_healthy() { http_get 127.0.0.1 "$etcd_port" /health | grep -q '"health":"true"'; }
+# etcd takes only the control plane's certificate, so ask through it.
+etcd_tls=(--etcd-ca "$etcd_pki/ca.crt" --etcd-cert "$etcd_pki/client.crt" --etcd-key "$etcd_pki/client.key")
+etcd_healthy() { RUST_LOG=error "$bin/faas-controlplane" --etcd "$etcd_url" "${etcd_tls[@]}" etcd-health 2>/dev/null; }
 registry_healthy() { http_get 127.0.0.1 "$registry_port" /v2/ | head -n 1 | grep -q ' 200'; }
 containerd_healthy() { [ -S "$socket" ] && ctr --address "$socket" version; }
 # shellcheck disable=SC2016
@@ -136,14 +139,32 @@ binary_changed() { local n; for n in "${changed[@]}"; do [ "$n" = "$1" ] && retu
 
 # --- 2. private etcd, registry, containerd ---------------------------------
 step "etcd on $etcd_url"
+# Mutual TLS with a CA of etcd's own (not the cluster CA, which signs the
+# nodes' certificates): only the control plane's certificate opens etcd,
+# which holds the cluster CA's key and the hashes of every token.
+etcd_certs_written=$("$bin/faas-controlplane" etcd-certs --dir "$etcd_pki") ||
+    die "making etcd's certificates in $etcd_pki"
+if faas_running "$run/etcd.pid" etcd; then
+    # An etcd of an older up.sh (no client certificates) or with certificates
+    # just renewed: restarted on its data.
+    if [ -n "$etcd_certs_written" ] ||
+        ! tr '\0' ' ' <"/proc/$(cat "$run/etcd.pid")/cmdline" | grep -q -- '--client-cert-auth'; then
+        faas_stop faas-controlplane "$run/controlplane.pid"
+        faas_stop etcd "$run/etcd.pid" 30
+    fi
+fi
 if ! faas_running "$run/etcd.pid" etcd; then
     faas_start etcd "$run/etcd.pid" "$logs/etcd.log" etcd \
         --name faas-local --data-dir "$FAAS_HOME/etcd" \
         --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
-        --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
-        --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
-        --initial-cluster "faas-local=http://127.0.0.1:$etcd_peer_port" \
+        --listen-peer-urls "https://127.0.0.1:$etcd_peer_port" \
+        --initial-advertise-peer-urls "https://127.0.0.1:$etcd_peer_port" \
+        --initial-cluster "faas-local=https://127.0.0.1:$etcd_peer_port" \
         --initial-cluster-state new \
+        --cert-file "$etcd_pki/member.crt" --key-file "$etcd_pki/member.key" \
+        --trusted-ca-file "$etcd_pki/ca.crt" --client-cert-auth \
+        --peer-cert-file "$etcd_pki/member.crt" --peer-key-file "$etcd_pki/member.key" \
+        --peer-trusted-ca-file "$etcd_pki/ca.crt" --peer-client-cert-auth \
         --auto-compaction-mode periodic --auto-compaction-retention 1h \
         --quota-backend-bytes "$etcd_quota" \
         --logger zap --log-level warn
@@ -182,7 +203,7 @@ if faas_running "$run/controlplane.pid" faas-controlplane && binary_changed faas
     faas_stop faas-controlplane "$run/controlplane.pid"
 fi
 if ! faas_running "$run/controlplane.pid" faas-controlplane; then
-    args=(--listen "$listen" --etcd "$etcd_url" --registry "$registry_addr" --name "$node"
+    args=(--listen "$listen" --etcd "$etcd_url" "${etcd_tls[@]}" --registry "$registry_addr" --name "$node"
         --bootstrap-token-file "$pki/admin.token" --ca-out "$pki/ca.crt")
     [ -z "${FAAS_LOCAL_POLICY:-}" ] || args+=(--policy "$FAAS_LOCAL_POLICY")
     faas_start faas-controlplane "$run/controlplane.pid" "$logs/controlplane.log" \

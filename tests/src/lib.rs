@@ -613,7 +613,8 @@ impl Stack {
         Ok(stack)
     }
 
-    /// etcd client URL, `http://127.0.0.1:<port>`.
+    /// etcd client URL, `https://127.0.0.1:<port>` (mutual TLS: see
+    /// [`Stack::etcd_client`]).
     pub fn etcd_endpoint(&self) -> &str {
         &self.etcd_endpoint
     }
@@ -634,9 +635,43 @@ impl Stack {
         self.dir.path().join("logs").join(format!("{name}.log"))
     }
 
+    /// etcd's PKI (its own CA, the members' certificate, the control
+    /// plane's client certificate), as `faas-controlplane etcd-certs`
+    /// makes it.
+    pub fn etcd_pki(&self) -> faas_pki::etcd::EtcdPkiFiles {
+        faas_pki::etcd::EtcdPkiFiles::new(self.dir.path().join("etcd-pki"))
+    }
+
+    /// A client of etcd member `i` with the control plane's certificate:
+    /// how a test reads or writes the state behind the control plane's back.
+    pub async fn etcd_client_of(&self, i: usize) -> anyhow::Result<etcd_client::Client> {
+        let pki = self.etcd_pki();
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(fs::read(pki.ca_cert())?))
+            .identity(etcd_client::Identity::from_pem(
+                fs::read(pki.client_cert())?,
+                fs::read(pki.client_key())?,
+            ));
+        let options = etcd_client::ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5));
+        let url = self.etcd_endpoints()[i].clone();
+        Ok(etcd_client::Client::connect([url], Some(options)).await?)
+    }
+
+    /// [`Stack::etcd_client_of`] the first member.
+    pub async fn etcd_client(&self) -> anyhow::Result<etcd_client::Client> {
+        self.etcd_client_of(0).await
+    }
+
     /// Starts `members` etcd members. A single member keeps its historical
     /// name (`faas-test`), data dir (`etcd`) and log (`etcd.log`).
     async fn start_etcd(&mut self, members: usize) -> anyhow::Result<()> {
+        faas_pki::etcd::ensure(
+            &self.etcd_pki(),
+            &["127.0.0.1".to_string(), "localhost".to_string()],
+        )?;
         for i in 0..members {
             let name = if members == 1 {
                 "etcd".to_string()
@@ -678,22 +713,38 @@ impl Stack {
         let initial_cluster = (0..self.etcd_members.len())
             .map(|j| {
                 format!(
-                    "{}=http://127.0.0.1:{}",
+                    "{}=https://127.0.0.1:{}",
                     self.etcd_member_name(j),
                     self.etcd_members[j].peer_port
                 )
             })
             .collect::<Vec<_>>()
             .join(",");
+        let pki = self.etcd_pki();
         let mut cmd = Command::new(find_in_path("etcd")?);
         cmd.arg(format!("--name={}", self.etcd_member_name(i)))
             .arg(format!("--data-dir={}", data.display()))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!("--listen-client-urls=https://127.0.0.1:{client}"))
             .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+                "--advertise-client-urls=https://127.0.0.1:{client}"
             ))
+            .arg(format!("--listen-peer-urls=https://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=https://127.0.0.1:{peer}"
+            ))
+            // As deploy/local/up.sh: mutual TLS on the client and the peer
+            // ports, with etcd's own CA.
+            .arg(format!("--cert-file={}", pki.member_cert().display()))
+            .arg(format!("--key-file={}", pki.member_key().display()))
+            .arg(format!("--trusted-ca-file={}", pki.ca_cert().display()))
+            .arg("--client-cert-auth")
+            .arg(format!("--peer-cert-file={}", pki.member_cert().display()))
+            .arg(format!("--peer-key-file={}", pki.member_key().display()))
+            .arg(format!(
+                "--peer-trusted-ca-file={}",
+                pki.ca_cert().display()
+            ))
+            .arg("--peer-client-cert-auth")
             .arg(format!("--initial-cluster={initial_cluster}"))
             .arg(format!("--initial-cluster-state={cluster_state}"));
         if self.etcd_members.len() > 1 {
@@ -718,26 +769,34 @@ impl Stack {
     /// Waits until member `i` reports healthy (it has a leader).
     async fn wait_etcd_member(&mut self, i: usize) -> anyhow::Result<()> {
         let name = self.etcd_members[i].name.clone();
-        let addr = format!("127.0.0.1:{}", self.etcd_members[i].client_port);
-        let daemon = self
+        // Taken out while the probe borrows the stack, and put back in its
+        // place (daemons stop in reverse order of start).
+        let pos = self
             .daemons
-            .iter_mut()
-            .find(|d| d.name == name)
+            .iter()
+            .position(|d| d.name == name)
             .ok_or_else(|| anyhow!("{name} is not running"))?;
-        wait_until(READY_TIMEOUT, daemon, || async {
-            http_get(&addr, "/health")
-                .await
-                .map(|(status, body)| status == 200 && body.contains("\"health\":\"true\""))
-                .unwrap_or(false)
+        let mut daemon = self.daemons.remove(pos);
+        let ready = wait_until(READY_TIMEOUT, &mut daemon, || async {
+            match self.etcd_client_of(i).await {
+                Ok(mut client) => client
+                    .status()
+                    .await
+                    .map(|status| status.leader() != 0)
+                    .unwrap_or(false),
+                Err(_) => false,
+            }
         })
-        .await
+        .await;
+        self.daemons.insert(pos, daemon);
+        ready
     }
 
-    /// Client URL of every etcd member, `http://127.0.0.1:<port>`.
+    /// Client URL of every etcd member, `https://127.0.0.1:<port>`.
     pub fn etcd_endpoints(&self) -> Vec<String> {
         self.etcd_members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("https://127.0.0.1:{}", m.client_port))
             .collect()
     }
 
@@ -750,7 +809,7 @@ impl Stack {
     }
 
     /// Index of the etcd member that is the Raft leader now, as the live
-    /// members report it (etcd's `/v3/maintenance/status` gateway).
+    /// members report it (etcd's Maintenance/Status).
     pub async fn etcd_leader_member(&self) -> anyhow::Result<usize> {
         let mut ids = Vec::new();
         let mut leader = None;
@@ -758,23 +817,22 @@ impl Stack {
             if !self.daemons.iter().any(|d| d.name == member.name) {
                 continue;
             }
-            let addr = format!("127.0.0.1:{}", member.client_port);
-            let Ok((200, body)) = http_request(&addr, "POST", "/v3/maintenance/status", "{}").await
-            else {
+            let Ok(mut client) = self.etcd_client_of(i).await else {
                 continue;
             };
-            let status: serde_json::Value = serde_json::from_str(&body)?;
-            let member_id = status["header"]["member_id"].as_str().map(str::to_string);
-            ids.push((i, member_id));
-            if let Some(l) = status["leader"].as_str() {
-                leader = Some(l.to_string());
+            let Ok(status) = client.status().await else {
+                continue;
+            };
+            ids.push((i, status.header().map(|h| h.member_id())));
+            if status.leader() != 0 {
+                leader = Some(status.leader());
             }
         }
         let leader = leader.ok_or_else(|| anyhow!("no etcd member reports a leader"))?;
         ids.into_iter()
-            .find(|(_, id)| id.as_deref() == Some(leader.as_str()))
+            .find(|(_, id)| *id == Some(leader))
             .map(|(i, _)| i)
-            .ok_or_else(|| anyhow!("the etcd leader {leader} is not a live member"))
+            .ok_or_else(|| anyhow!("the etcd leader {leader:x} is not a live member"))
     }
 
     /// Restarts etcd member `i` on its data dir and ports (it rejoins the
@@ -919,6 +977,12 @@ impl Stack {
             .arg(&addr)
             .arg("--etcd")
             .arg(self.etcd_endpoints().join(","))
+            .arg("--etcd-ca")
+            .arg(self.etcd_pki().ca_cert())
+            .arg("--etcd-cert")
+            .arg(self.etcd_pki().client_cert())
+            .arg("--etcd-key")
+            .arg(self.etcd_pki().client_key())
             .arg("--registry")
             .arg(&self.registry_addr)
             .arg("--name")
@@ -1640,7 +1704,7 @@ where
     }
 }
 
-/// A minimal HTTP/1.0 GET on loopback (etcd and registry health), returning
+/// A minimal HTTP/1.0 GET on loopback (the registry's health), returning
 /// the status code and the body.
 async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     http_request(addr, "GET", path, "").await

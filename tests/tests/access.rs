@@ -298,7 +298,7 @@ async fn every_rpc_checks_who_calls() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"admin\""));
 
     // No secret is stored: etcd holds the admin token's hash, not the token.
-    let mut etcd = etcd_client::Client::connect([stack.etcd_endpoint()], None).await?;
+    let mut etcd = stack.etcd_client().await?;
     let all = etcd
         .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
         .await?;
@@ -452,6 +452,7 @@ fn hello(node: &str, running_calls: Vec<String>) -> AgentHello {
         spots: 1,
         version: "rogue".into(),
         running_calls,
+        ..Default::default()
     }
 }
 
@@ -627,5 +628,182 @@ async fn an_expired_node_certificate_is_refused_and_agents_renew_theirs() -> any
     stack.kill_agent(0).await;
     stack.start_agent(0).await;
     stack.wait_agents_connected(Duration::from_secs(30)).await?;
+    stack.shutdown().await
+}
+
+/// etcd holds the cluster CA's key and the hashes of every token: only the
+/// control plane's certificate (from etcd's own CA) opens it. Plain TCP, TLS
+/// without a certificate, and a node's certificate from the cluster CA are
+/// all turned away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_admits_only_the_control_planes_certificate() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        agents: 0,
+        ..StackOptions::default()
+    })
+    .await?;
+    let pki = stack.etcd_pki();
+    let url = stack.etcd_endpoint().to_string();
+    let options = |tls: Option<etcd_client::TlsOptions>| {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(3));
+        match tls {
+            Some(tls) => options.with_tls(tls),
+            None => options,
+        }
+    };
+    let etcd_ca = || {
+        etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(
+            std::fs::read(pki.ca_cert()).unwrap(),
+        ))
+    };
+    // Reads the key every replica reads at start (the cluster CA and its
+    // key): Ok(true) if it came back.
+    let read_ca = |url: String, options: etcd_client::ConnectOptions| async move {
+        let mut client = etcd_client::Client::connect([url], Some(options)).await?;
+        let got = client.get("/faas/v1/pki/ca", None).await?;
+        anyhow::Ok(!got.kvs().is_empty())
+    };
+
+    // The control plane's certificate: the control.
+    let ctl = etcd_ca().identity(etcd_client::Identity::from_pem(
+        std::fs::read(pki.client_cert())?,
+        std::fs::read(pki.client_key())?,
+    ));
+    assert!(read_ca(url.clone(), options(Some(ctl))).await?);
+
+    // Plain HTTP/2 on the same port.
+    let plain = url.replace("https://", "http://");
+    assert!(read_ca(plain, options(None)).await.is_err());
+    // TLS, trusting etcd's CA, but no certificate of its own.
+    let anonymous = read_ca(url.clone(), options(Some(etcd_ca()))).await;
+    assert!(anonymous.is_err(), "{anonymous:?}");
+    // A node's certificate (the cluster CA's): a node is no etcd client.
+    let join_token = ClusterServiceClient::new(stack.channel().await)
+        .create_join_token(CreateJoinTokenRequest::default())
+        .await?
+        .into_inner()
+        .token;
+    let node = join(&stack, "rogue", &join_token).await?;
+    let (cert, key) = node.identity.expect("a node certificate");
+    let as_node = etcd_ca().identity(etcd_client::Identity::from_pem(cert, key));
+    let refused = read_ca(url.clone(), options(Some(as_node))).await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // The keys are root's alone.
+    use std::os::unix::fs::PermissionsExt;
+    for path in [
+        pki.dir.clone(),
+        pki.ca_key(),
+        pki.client_key(),
+        pki.member_key(),
+    ] {
+        let mode = std::fs::metadata(&path)?.permissions().mode() & 0o077;
+        assert_eq!(mode, 0, "{} is open to others", path.display());
+    }
+    stack.shutdown().await
+}
+
+/// A node cannot claim a call never handed to it: a queued call listed in
+/// a rogue node's hello (with no proof, or a made-up one) stays queued,
+/// the rogue's forged result for it is refused, and it runs where the
+/// leader places it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_claim_a_queued_call() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        spots: 1,
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy("sleeps", "python3", &fixture_dir("py-sleep"), &[])?;
+    let mut calls = CallServiceClient::new(stack.channel().await);
+    let submitter = calls.clone();
+    let submit = |seconds: f64| {
+        let mut calls = submitter.clone();
+        async move {
+            anyhow::Ok(
+                calls
+                    .submit(InvokeRequest {
+                        function: "sleeps".into(),
+                        params_json: format!(r#"{{"seconds": {seconds}}}"#),
+                    })
+                    .await?
+                    .into_inner()
+                    .call_id,
+            )
+        }
+    };
+    // A rogue node, drained by the admin so that the leader places
+    // nothing on it: whatever it gets, it only claims.
+    let join_token = ClusterServiceClient::new(stack.channel().await)
+        .create_join_token(CreateJoinTokenRequest::default())
+        .await?
+        .into_inner()
+        .token;
+    let rogue = join(&stack, "rogue", &join_token).await?;
+    let (_first, _keep_first) =
+        open_session(node_channel(&stack, &rogue), hello("rogue", vec![]), vec![]).await?;
+    ClusterServiceClient::new(stack.channel().await)
+        .drain_node(DrainNodeRequest {
+            name: "rogue".into(),
+            undrain: false,
+        })
+        .await?;
+
+    // The only spot of node-0 is busy: the second call waits queued.
+    let busy = submit(4.0).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = calls
+            .get_call(GetCallRequest { id: busy.clone() })
+            .await?
+            .into_inner();
+        if c.status() == CallStatus::Running {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ran: {c:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queued = submit(0.1).await?;
+    let c = calls
+        .get_call(GetCallRequest { id: queued.clone() })
+        .await?
+        .into_inner();
+    assert_eq!(c.status(), CallStatus::Queued, "{c:?}");
+
+    // Its next session claims the queued call and sends a result for it.
+    let forged = AgentMessage {
+        msg: Some(agent_message::Msg::Result(CallResult {
+            call_id: queued.clone(),
+            status: CallStatus::Succeeded as i32,
+            result_json: r#""forged""#.into(),
+            dispatch_proof: "00".repeat(32),
+            ..Default::default()
+        })),
+    };
+    let mut claim = hello("rogue", vec![queued.clone()]);
+    claim
+        .dispatch_proofs
+        .insert(queued.clone(), "00".repeat(32));
+    let (_ops, _keep) = open_session(node_channel(&stack, &rogue), claim, vec![forged]).await?;
+
+    let done = calls
+        .wait_call(WaitCallRequest {
+            id: queued.clone(),
+            timeout_ms: 30_000,
+        })
+        .await?
+        .into_inner();
+    let mut last = None;
+    futures::pin_mut!(done);
+    while let Some(c) = futures::StreamExt::next(&mut done).await {
+        last = Some(c?);
+    }
+    let last = last.expect("a final call");
+    assert_eq!(last.status(), CallStatus::Succeeded, "{last:?}");
+    assert_eq!(last.node, "node-0", "{last:?}");
+    assert!(!last.result_json.contains("forged"), "{last:?}");
     stack.shutdown().await
 }

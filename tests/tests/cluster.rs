@@ -52,7 +52,7 @@ async fn two_agents_are_listed_connected_with_their_spots() -> anyhow::Result<()
 async fn infrastructure_starts_and_stops_cleanly() -> anyhow::Result<()> {
     let stack = Stack::start_infra().await?;
     assert!(stack.containerd_socket.exists());
-    assert!(stack.etcd_endpoint().starts_with("http://127.0.0.1:"));
+    assert!(stack.etcd_endpoint().starts_with("https://127.0.0.1:"));
     assert!(stack.registry_addr().starts_with("127.0.0.1:"));
     assert_eq!(stack.containerd_leftovers().await?, Vec::<String>::new());
     leave_and_detect_leftovers(&stack).await?;

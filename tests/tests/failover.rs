@@ -507,3 +507,54 @@ async fn faasctl_invoke_rides_through_a_leader_failover() -> anyhow::Result<()> 
     stack.start_controlplane(leader).await?;
     stack.shutdown().await
 }
+
+/// A call longer than the failover: its node lists it (with its dispatch
+/// proof) in the hello to the new leader, which waits for its result
+/// rather than declaring it lost. Until the agent listed its running
+/// calls, such a call failed `node_lost` two seconds after the reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_running_through_a_failover_keeps_its_result() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        controlplanes: 2,
+        spots: 1,
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy("sleeps", "python3", &fixture_dir("py-sleep"), &[])?;
+    let leader = stack.leader_index().await?;
+    let follower = 1 - leader;
+    let urls = [stack.controlplane_url(follower)];
+    let id = submit_to_any(&stack.auth, &urls, 0, "sleeps", r#"{"seconds": 9}"#)
+        .await
+        .expect("acknowledged");
+    let mut client = CallServiceClient::new(stack.channel_to(&stack.controlplane_url(follower)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let call = client
+            .get_call(GetCallRequest { id: id.clone() })
+            .await?
+            .into_inner();
+        if call.status() == CallStatus::Running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ran: {call:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.kill_controlplane(leader);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let call = loop {
+        let call = client
+            .get_call(GetCallRequest { id: id.clone() })
+            .await?
+            .into_inner();
+        if !matches!(call.status(), CallStatus::Queued | CallStatus::Running) {
+            break call;
+        }
+        assert!(Instant::now() < deadline, "stuck: {call:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+    assert!(call.attempts <= 1, "it ran once: {call:?}");
+    stack.shutdown().await
+}

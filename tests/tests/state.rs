@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{AlarmAction, AlarmType, Client, Txn, TxnOp};
+use etcd_client::{AlarmAction, AlarmType, Txn, TxnOp};
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{
     Call, CallStatus, GetCallRequest, GetCallStatsRequest, InvokeRequest, ListCallsRequest, Timings,
@@ -138,7 +138,7 @@ async fn a_thousand_big_calls_list_restart_and_take_over() -> anyhow::Result<()>
         assert_eq!(result, sent, "the echo's result comes back whole");
         fresh.push(call.id);
     }
-    let mut etcd = Client::connect([stack.etcd_endpoint()], None).await?;
+    let mut etcd = stack.etcd_client().await?;
     for id in &fresh {
         let record = etcd.get(format!("/faas/v1/calls/{id}"), None).await?;
         let size = record.kvs()[0].value().len();
@@ -430,7 +430,7 @@ async fn a_full_etcd_gives_clear_errors_and_recovers_by_itself() -> anyhow::Resu
         "service back {:?} after etcd was full ({errors} refusals meanwhile)",
         full_at.elapsed()
     );
-    let mut etcd = Client::connect([stack.etcd_endpoint()], None).await?;
+    let mut etcd = stack.etcd_client().await?;
     let alarms = etcd.alarm(AlarmAction::Get, AlarmType::None, None).await?;
     assert!(
         alarms.alarms().is_empty(),

@@ -53,10 +53,16 @@ pub struct ClusterCa {
 impl ClusterCa {
     /// A new CA with a new P-256 key.
     pub fn generate() -> Result<ClusterCa, PkiError> {
+        ClusterCa::generate_named("faas cluster CA")
+    }
+
+    /// A new CA named `common_name` (etcd's CA is one of its own: see
+    /// [`crate::etcd`]).
+    pub fn generate_named(common_name: &str) -> Result<ClusterCa, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "faas cluster CA");
+        dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
@@ -117,14 +123,31 @@ impl ClusterCa {
         sans: &[String],
         ttl: Duration,
     ) -> Result<IssuedCert, PkiError> {
+        self.issue_with_key(
+            &format!("{REPLICA_PREFIX}{name}"),
+            sans,
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            ttl,
+        )
+    }
+
+    /// A certificate for `common_name` and `sans` with the given extended
+    /// usages, and its new key. The PEM holds the chain up to this CA.
+    pub fn issue_with_key(
+        &self,
+        common_name_: &str,
+        sans: &[String],
+        usages: &[ExtendedKeyUsagePurpose],
+        ttl: Duration,
+    ) -> Result<IssuedCert, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(sans.to_vec())?;
-        params.distinguished_name = common_name(&format!("{REPLICA_PREFIX}{name}"));
+        params.distinguished_name = common_name(common_name_);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = usages.to_vec();
         let (not_before, not_after) = validity(ttl)?;
         params.not_before = not_before;
         params.not_after = not_after;

@@ -5,6 +5,9 @@
 //!   control-plane replica (server and client: replicas forward to the
 //!   leader with it) and one per node (client only), named by their common
 //!   name (`replica:<name>`, `node:<name>`).
+//! - [`dispatch`]: proofs that a call was handed to a node.
+//! - [`etcd`]: etcd's own CA, its members' certificates and the control
+//!   plane's client certificate.
 //! - [`token`]: API and join tokens (`<id>.<secret>`), stored as a hash of
 //!   the secret only.
 //! - [`client`]: TLS and bearer tokens on the client side.
@@ -15,6 +18,8 @@
 
 pub mod ca;
 pub mod client;
+pub mod dispatch;
+pub mod etcd;
 pub mod pin;
 pub mod token;
 
