@@ -170,6 +170,7 @@ mod tests {
                 ..Default::default()
             }),
             kind: 1,
+            ..Default::default()
         }
     }
 

@@ -342,6 +342,7 @@ impl Packages {
         &self,
         repository: &str,
         digest: &str,
+        registry_token: Option<&str>,
     ) -> Result<PackageLease, PackageError> {
         let hex = hex_of(digest)?.to_string();
         if let Some(lease) = self.inner.lease(&hex) {
@@ -356,7 +357,9 @@ impl Packages {
             return Ok(lease);
         }
         let started = Instant::now();
-        let bytes = self.fetch_and_extract(repository, digest, &hex).await;
+        let bytes = self
+            .fetch_and_extract(repository, digest, &hex, registry_token)
+            .await;
         self.inner.locks.lock().expect("poisoned").remove(&hex);
         let bytes = bytes?;
         let lease = {
@@ -419,6 +422,7 @@ impl Packages {
         repository: &str,
         digest: &str,
         hex: &str,
+        registry_token: Option<&str>,
     ) -> Result<u64, PackageError> {
         let inner = &self.inner;
         let limits = inner.limits;
@@ -437,6 +441,20 @@ impl Packages {
                 written: 0,
                 limit: limits.max_blob_bytes,
             };
+            if let Some(token) = registry_token {
+                // Replaces the token oci-client holds for this repository:
+                // the one the leader handed out with this operation.
+                let auth = oci_client::secrets::RegistryAuth::Bearer(token.to_string());
+                inner
+                    .client
+                    .auth(&reference, &auth, oci_client::RegistryOperation::Pull)
+                    .await
+                    .map_err(|source| PackageError::Fetch {
+                        repository: repository.to_string(),
+                        digest: digest.to_string(),
+                        source,
+                    })?;
+            }
             let pulled = inner.client.pull_blob(&reference, digest, &mut out).await;
             if out.written > limits.max_blob_bytes {
                 return Err(PackageError::Refused {

@@ -281,6 +281,7 @@ pub async fn run_spot(
                     ctx: &ctx,
                     index,
                     seq,
+                    registry_token: None,
                 };
                 let function = match &held {
                     Held::Function(live) => live.function.as_ref(),
@@ -296,10 +297,12 @@ pub async fn run_spot(
         seq += 1;
         use spot_operation::Kind;
         let kind = op.kind();
+        let registry_token = Some(op.registry_token.clone()).filter(|t| !t.is_empty());
         let slot = Slot {
             ctx: &ctx,
             index,
             seq,
+            registry_token: registry_token.as_deref(),
         };
         // Nothing from the stream reaches a path or a container id before
         // it is checked: an invalid operation is refused, never run.
@@ -412,6 +415,7 @@ pub async fn run_spot(
         ctx: &ctx,
         index,
         seq,
+        registry_token: None,
     }
     .clear(held)
     .await;
@@ -421,6 +425,8 @@ struct Slot<'a> {
     ctx: &'a SpotContext,
     index: u32,
     seq: u64,
+    /// The operation's pull-only registry token, if the registry wants one.
+    registry_token: Option<&'a str>,
 }
 
 impl Slot<'_> {
@@ -499,7 +505,7 @@ impl Slot<'_> {
         let t = Instant::now();
         let image = ctx
             .driver
-            .ensure_image(&runtime.image)
+            .ensure_image_with(&runtime.image, self.registry_token)
             .await
             .map_err(|e| format!("loading runtime image: {e}"))?;
         let image_ms = ms(t.elapsed());
@@ -508,7 +514,11 @@ impl Slot<'_> {
         let package = match function {
             Some(f) => Some(
                 ctx.packages
-                    .ensure(&f.package_repository, &f.package_digest)
+                    .ensure(
+                        &f.package_repository,
+                        &f.package_digest,
+                        self.registry_token,
+                    )
                     .await
                     .map_err(|e| format!("loading function package: {e}"))?,
             ),
@@ -819,7 +829,11 @@ impl Slot<'_> {
         let package = self
             .ctx
             .packages
-            .ensure(&function.package_repository, &function.package_digest)
+            .ensure(
+                &function.package_repository,
+                &function.package_digest,
+                self.registry_token,
+            )
             .await
             .map_err(|e| format!("loading function package: {e}"))?;
         if function.memory_bytes != live.memory_bytes {

@@ -1,15 +1,17 @@
 //! The agents' side of the control plane: one bidirectional stream per node
 //! agent (`faas.v1.AgentService/Session`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use faas_pki::dispatch::DispatchKey;
+use faas_pki::registry::{Access, TokenSigner};
 use faas_proto::v1::agent_service_server::AgentService;
+use faas_proto::v1::control_message;
 use faas_proto::v1::{agent_message, AgentMessage, ControlMessage};
-use faas_proto::v1::{control_message, SpotOperation};
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,6 +38,8 @@ pub struct AgentSessions {
     /// Stamps each call handed to a node, and checks the stamps a node
     /// shows in its hello.
     dispatch_key: DispatchKey,
+    /// Mints the nodes' registry tokens (None: anonymous registry).
+    signer: Option<Arc<TokenSigner>>,
 }
 
 impl AgentSessions {
@@ -43,25 +47,92 @@ impl AgentSessions {
         broker: watch::Receiver<Option<BrokerHandle>>,
         credentials: Credentials,
         dispatch_key: DispatchKey,
+        signer: Option<Arc<TokenSigner>>,
     ) -> Self {
         AgentSessions {
             broker,
             next_session: Arc::new(AtomicU64::new(1)),
             credentials,
             dispatch_key,
+            signer,
         }
     }
 }
 
-/// Stamps the call of an operation with its proof of dispatch to `node`.
-fn stamp(key: &DispatchKey, node: &str, mut message: ControlMessage) -> ControlMessage {
-    if let Some(control_message::Msg::Operation(SpotOperation {
-        call: Some(call), ..
-    })) = message.msg.as_mut()
-    {
-        call.dispatch_proof = key.proof(node, &call.call_id);
+/// How long a node's registry token lives, and for how long one is reused
+/// for the same repositories (so that minting stays off most dispatches).
+const NODE_TOKEN_TTL: Duration = Duration::from_secs(600);
+const NODE_TOKEN_REUSE: Duration = Duration::from_secs(300);
+
+/// What the leader adds to each operation on its way to one node: the
+/// call's dispatch proof, and a pull-only registry token for the
+/// operation's runtime image and function package.
+struct Stamper {
+    node: String,
+    dispatch_key: DispatchKey,
+    signer: Option<Arc<TokenSigner>>,
+    /// Tokens minted for this node, by the repositories they open.
+    tokens: HashMap<Vec<String>, (String, Instant)>,
+}
+
+impl Stamper {
+    fn stamp(&mut self, mut message: ControlMessage) -> ControlMessage {
+        let Some(control_message::Msg::Operation(op)) = message.msg.as_mut() else {
+            return message;
+        };
+        if let Some(call) = op.call.as_mut() {
+            call.dispatch_proof = self.dispatch_key.proof(&self.node, &call.call_id);
+        }
+        let mut repositories: Vec<String> = op
+            .runtime
+            .iter()
+            .map(|r| r.image.as_str())
+            .chain(op.function.iter().map(|f| f.package_repository.as_str()))
+            .filter_map(repository_of)
+            .collect();
+        repositories.sort();
+        repositories.dedup();
+        if let Some(token) = self.token(repositories) {
+            op.registry_token = token;
+        }
+        message
     }
-    message
+
+    fn token(&mut self, repositories: Vec<String>) -> Option<String> {
+        let signer = self.signer.as_ref()?;
+        if repositories.is_empty() {
+            return None;
+        }
+        if let Some((token, at)) = self.tokens.get(&repositories) {
+            if at.elapsed() < NODE_TOKEN_REUSE {
+                return Some(token.clone());
+            }
+        }
+        let access: Vec<Access> = repositories.iter().map(Access::pull).collect();
+        match signer.mint(&format!("node:{}", self.node), &access, NODE_TOKEN_TTL) {
+            Ok(token) => {
+                // Bounded: a node sees few distinct runtime/function pairs
+                // within the reuse window.
+                if self.tokens.len() >= 1024 {
+                    self.tokens.clear();
+                }
+                self.tokens
+                    .insert(repositories, (token.clone(), Instant::now()));
+                Some(token)
+            }
+            Err(e) => {
+                warn!(error = %e, "minting a registry token failed; the operation goes without");
+                None
+            }
+        }
+    }
+}
+
+/// The repository of an image or package reference
+/// (`host/repository[:tag][@digest]`); None if it does not parse.
+fn repository_of(reference: &str) -> Option<String> {
+    let parsed: oci_client::Reference = reference.parse().ok()?;
+    Some(parsed.repository().to_string())
 }
 
 type ControlStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send>>;
@@ -222,9 +293,80 @@ impl AgentService for AgentSessions {
             }
             .instrument(span),
         );
-        let key = self.dispatch_key.clone();
+        let mut stamper = Stamper {
+            node: certified,
+            dispatch_key: self.dispatch_key.clone(),
+            signer: self.signer.clone(),
+            tokens: HashMap::new(),
+        };
         let outbound =
-            ReceiverStream::new(rx).map(move |message| message.map(|m| stamp(&key, &certified, m)));
+            ReceiverStream::new(rx).map(move |message| message.map(|m| stamper.stamp(m)));
         Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use faas_proto::v1::{CallAssignment, FunctionBundle, RuntimeBundle, SpotOperation};
+
+    use super::*;
+
+    fn operation(with_bundles: bool) -> ControlMessage {
+        let mut op = SpotOperation {
+            call: Some(CallAssignment {
+                call_id: "c1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        if with_bundles {
+            op.runtime = Some(RuntimeBundle {
+                image: "127.0.0.1:5000/faas/runtimes/python3@sha256:00".into(),
+                ..Default::default()
+            });
+            op.function = Some(FunctionBundle {
+                package_repository: "127.0.0.1:5000/faas/functions/f".into(),
+                ..Default::default()
+            });
+        }
+        ControlMessage {
+            msg: Some(control_message::Msg::Operation(op)),
+        }
+    }
+
+    fn op(message: ControlMessage) -> SpotOperation {
+        match message.msg {
+            Some(control_message::Msg::Operation(op)) => op,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn operations_leave_with_their_proof_and_a_pull_token() {
+        let ca = faas_pki::ClusterCa::generate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        faas_pki::registry::ensure_signer(dir.path()).unwrap();
+        let mut stamper = Stamper {
+            node: "n1".into(),
+            dispatch_key: DispatchKey::from_ca(&ca),
+            signer: Some(Arc::new(TokenSigner::load(dir.path()).unwrap())),
+            tokens: HashMap::new(),
+        };
+        let first = op(stamper.stamp(operation(true)));
+        let proof = &first.call.as_ref().unwrap().dispatch_proof;
+        assert!(DispatchKey::from_ca(&ca).verify("n1", "c1", proof));
+        assert!(!DispatchKey::from_ca(&ca).verify("n2", "c1", proof));
+        assert!(!first.registry_token.is_empty());
+        // Reused for the same repositories, within the reuse window.
+        let second = op(stamper.stamp(operation(true)));
+        assert_eq!(second.registry_token, first.registry_token);
+        // Nothing to pull, no token.
+        assert!(op(stamper.stamp(operation(false)))
+            .registry_token
+            .is_empty());
+        // An anonymous registry: no token.
+        stamper.signer = None;
+        stamper.tokens.clear();
+        assert!(op(stamper.stamp(operation(true))).registry_token.is_empty());
     }
 }

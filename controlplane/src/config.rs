@@ -45,6 +45,12 @@ pub struct Flags {
     /// Speak plain HTTP to the registry [default: true for loopback addresses].
     #[arg(long, env = "FAAS_REGISTRY_INSECURE")]
     pub registry_insecure: Option<bool>,
+    /// Directory with the key that signs registry tokens
+    /// (`faas-controlplane registry-certs` makes it): given, every request
+    /// to the registry carries a token, and nodes get pull-only tokens for
+    /// what they are handed [default: none, anonymous registry].
+    #[arg(long, env = "FAAS_REGISTRY_TOKEN_DIR")]
+    pub registry_token_dir: Option<PathBuf>,
     /// This replica's name in the leader election [default: <hostname>-<pid>].
     #[arg(long, env = "FAAS_NAME")]
     pub name: Option<String>,
@@ -180,6 +186,14 @@ pub enum Command {
         #[arg(long, value_delimiter = ',')]
         san: Vec<String>,
     },
+    /// Makes the key that signs registry tokens in DIR if missing
+    /// (`token-signer.key`, 0600) and its certificate (`token-signer.crt`,
+    /// the registry's `auth.token.rootcertbundle`); prints the files
+    /// written. Copy the directory to every replica (--registry-token-dir).
+    RegistryCerts {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Exits 0 once etcd, reached with this replica's settings (--etcd,
     /// --etcd-ca, --etcd-cert, --etcd-key), answers with a leader; 1 if it
     /// does not.
@@ -197,6 +211,7 @@ struct FileConfig {
     etcd_key: Option<PathBuf>,
     registry: Option<String>,
     registry_insecure: Option<bool>,
+    registry_token_dir: Option<PathBuf>,
     name: Option<String>,
     policy: Option<String>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -266,6 +281,7 @@ pub struct Config {
     pub etcd_tls: Option<crate::store::EtcdTls>,
     pub registry: String,
     pub registry_insecure: bool,
+    pub registry_token_dir: Option<PathBuf>,
     pub name: String,
     pub policy: String,
     pub policy_config: faas_broker::PolicyConfig,
@@ -408,6 +424,7 @@ impl Config {
                 .or(file.registry_insecure)
                 .unwrap_or(loopback),
             registry,
+            registry_token_dir: flags.registry_token_dir.or(file.registry_token_dir),
             name: flags
                 .name
                 .or(file.name)

@@ -94,7 +94,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })?;
     drop(policy);
     let store = connect_store(&config).await?;
-    let registry = registry::Registry::new(&config.registry, config.registry_insecure);
+    let signer = match &config.registry_token_dir {
+        Some(dir) => Some(Arc::new(faas_pki::registry::TokenSigner::load(dir)?)),
+        None => None,
+    };
+    let registry =
+        registry::Registry::new(&config.registry, config.registry_insecure, signer.clone());
     let calls = Arc::new(watch::CallWatch::default());
     let (broker_tx, broker_rx) = tokio_watch::channel::<Option<BrokerHandle>>(None);
     // Set on SIGTERM: a leader resigns (revoking its lease, so that another
@@ -251,7 +256,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node_cert_ttl: config.node_cert_ttl,
         }),
     };
-    let sessions = agents::AgentSessions::new(broker_rx, credentials.clone(), dispatch_key);
+    let sessions = agents::AgentSessions::new(broker_rx, credentials.clone(), dispatch_key, signer);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<faas_proto::v1::call_service_server::CallServiceServer<api::Api>>()

@@ -24,6 +24,16 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::RegistryCerts { dir }) => {
+            let written = faas_pki::registry::ensure_signer(&dir)?;
+            for name in written {
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{}", dir.join(name).display());
+                }
+            }
+            Ok(())
+        }
         Some(Command::EtcdHealth) => {
             if faas_controlplane::etcd_health(&Config::resolve(flags)?).await? {
                 Ok(())

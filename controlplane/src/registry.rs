@@ -5,9 +5,14 @@
 use std::collections::HashMap;
 use std::io::Read;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
+use faas_pki::registry::{Access, TokenSigner};
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::Reference;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Reference, RegistryOperation};
 use sha2::{Digest, Sha256};
 
 /// Media types of a function package artifact.
@@ -28,6 +33,8 @@ pub enum RegistryError {
     BadReference(String, String),
     #[error("invalid image archive: {0}")]
     BadArchive(String),
+    #[error("minting a registry token: {0}")]
+    Token(#[from] faas_pki::PkiError),
 }
 
 /// Removing package versions failed: the registry's HTTP API (the
@@ -42,13 +49,21 @@ pub struct CleanupError {
 
 #[derive(Clone)]
 pub struct Registry {
+    /// For an anonymous registry.
     client: oci_client::Client,
+    protocol: ClientProtocol,
     /// For what oci-client does not offer (deleting manifests).
     http: reqwest::Client,
     /// `http://host:port` or `https://host:port`.
     base: String,
     host: String,
+    /// Signs the tokens the registry asks for; None for a registry that
+    /// takes anonymous requests.
+    signer: Option<Arc<TokenSigner>>,
 }
+
+/// How long the control plane's own tokens live: one deploy's pushes.
+const OWN_TOKEN_TTL: Duration = Duration::from_secs(600);
 
 /// A stored image, pinned by digest.
 pub struct PushedImage {
@@ -64,25 +79,69 @@ pub fn sha256_digest(data: &[u8]) -> String {
 impl Registry {
     /// `host` is `host:port`; loopback registries are spoken to over plain
     /// HTTP, others over HTTPS.
-    pub fn new(host: &str, insecure: bool) -> Registry {
+    pub fn new(host: &str, insecure: bool, signer: Option<Arc<TokenSigner>>) -> Registry {
         let protocol = if insecure {
             ClientProtocol::HttpsExcept(vec![host.to_string()])
         } else {
             ClientProtocol::Https
         };
-        let client = oci_client::Client::new(ClientConfig {
-            protocol,
-            use_monolithic_push: true,
-            ..Default::default()
-        });
         Registry {
-            client,
+            client: oci_client::Client::new(client_config(protocol.clone())),
+            protocol,
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .build()
                 .expect("HTTP client"),
             base: format!("{}://{host}", if insecure { "http" } else { "https" }),
             host: host.to_string(),
+            signer,
+        }
+    }
+
+    /// A token for everything on `repository`, if the registry wants one.
+    fn token(&self, repository: &str) -> Result<Option<String>, faas_pki::PkiError> {
+        self.signer
+            .as_ref()
+            .map(|s| {
+                s.mint(
+                    "faas-controlplane",
+                    &[Access::all(repository)],
+                    OWN_TOKEN_TTL,
+                )
+            })
+            .transpose()
+    }
+
+    /// The oci-client for `reference`'s repository: with a fresh token
+    /// when the registry wants one. A client per operation, because
+    /// oci-client keeps the first credentials it is given per registry,
+    /// and tokens expire.
+    async fn client_for(&self, reference: &Reference) -> Result<oci_client::Client, RegistryError> {
+        let Some(token) = self.token(reference.repository())? else {
+            return Ok(self.client.clone());
+        };
+        let client = oci_client::Client::new(client_config(self.protocol.clone()));
+        let auth = RegistryAuth::Bearer(token);
+        for op in [RegistryOperation::Pull, RegistryOperation::Push] {
+            client.auth(reference, &auth, op).await?;
+        }
+        Ok(client)
+    }
+
+    /// A raw request with the repository's token, if any.
+    fn with_token(
+        &self,
+        request: reqwest::RequestBuilder,
+        repository: &str,
+        op: &'static str,
+    ) -> Result<reqwest::RequestBuilder, CleanupError> {
+        match self.token(repository) {
+            Ok(Some(token)) => Ok(request.bearer_auth(token)),
+            Ok(None) => Ok(request),
+            Err(e) => Err(CleanupError {
+                op,
+                message: e.to_string(),
+            }),
         }
     }
 
@@ -97,18 +156,13 @@ impl Registry {
     }
 
     async fn push_blob_if_missing(
-        &self,
+        client: &oci_client::Client,
         reference: &Reference,
         data: Bytes,
         digest: &str,
     ) -> Result<(), RegistryError> {
-        if !self
-            .client
-            .blob_exists(reference, digest)
-            .await
-            .unwrap_or(false)
-        {
-            self.client.push_blob(reference, data, digest).await?;
+        if !client.blob_exists(reference, digest).await.unwrap_or(false) {
+            client.push_blob(reference, data, digest).await?;
         }
         Ok(())
     }
@@ -126,12 +180,11 @@ impl Registry {
         let reference = self.reference(&repository, &format!("v{version}"))?;
         let digest = sha256_digest(&package);
         let size = package.len();
-        self.push_blob_if_missing(&reference, package, &digest)
-            .await?;
+        let client = self.client_for(&reference).await?;
+        Self::push_blob_if_missing(&client, &reference, package, &digest).await?;
         let config = Bytes::from_static(b"{}");
         let config_digest = sha256_digest(&config);
-        self.push_blob_if_missing(&reference, config.clone(), &config_digest)
-            .await?;
+        Self::push_blob_if_missing(&client, &reference, config.clone(), &config_digest).await?;
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
@@ -146,7 +199,7 @@ impl Registry {
                 "dev.faas.function.version": version.to_string(),
             },
         });
-        self.client
+        client
             .push_manifest_raw(
                 &reference,
                 serde_json::to_vec(&manifest).expect("json"),
@@ -189,8 +242,7 @@ impl Registry {
             }
             let url = format!("{}/v2/{repository}/manifests/{digest}", self.base);
             let response = self
-                .http
-                .delete(&url)
+                .with_token(self.http.delete(&url), &repository, "delete")?
                 .send()
                 .await
                 .map_err(|e| http("delete", e))?;
@@ -221,8 +273,7 @@ impl Registry {
         }
         let url = format!("{}/v2/{repository}/tags/list", self.base);
         let response = self
-            .http
-            .get(&url)
+            .with_token(self.http.get(&url), repository, "list tags")?
             .send()
             .await
             .map_err(|e| http("list tags", e))?;
@@ -244,8 +295,7 @@ impl Registry {
     ) -> Result<Option<String>, CleanupError> {
         let url = format!("{}/v2/{repository}/manifests/{tag}", self.base);
         let response = self
-            .http
-            .head(&url)
+            .with_token(self.http.head(&url), repository, "head manifest")?
             .header(
                 reqwest::header::ACCEPT,
                 format!("{OCI_MANIFEST}, {DOCKER_MANIFEST}"),
@@ -282,8 +332,9 @@ impl Registry {
             RegistryError::BadReference(full.clone(), e.to_string())
         })?;
         let digest = self
-            .client
-            .fetch_manifest_digest(&reference, &oci_client::secrets::RegistryAuth::Anonymous)
+            .client_for(&reference)
+            .await?
+            .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous)
             .await?;
         Ok(PushedImage {
             reference: format!("{}/{}@{digest}", self.host, reference.repository()),
@@ -310,12 +361,12 @@ impl Registry {
         };
         let repository = format!("faas/runtimes/{runtime}");
         let reference = self.reference(&repository, "latest")?;
+        let client = self.client_for(&reference).await?;
         for (digest, data) in &image.blobs {
-            self.push_blob_if_missing(&reference, data.clone(), digest)
-                .await?;
+            Self::push_blob_if_missing(&client, &reference, data.clone(), digest).await?;
         }
         let digest = sha256_digest(&image.manifest);
-        self.client
+        client
             .push_manifest_raw(
                 &reference,
                 image.manifest.clone(),
@@ -331,6 +382,14 @@ impl Registry {
             reference: format!("{}/{repository}@{digest}", self.host),
             digest,
         })
+    }
+}
+
+fn client_config(protocol: ClientProtocol) -> ClientConfig {
+    ClientConfig {
+        protocol,
+        use_monolithic_push: true,
+        ..Default::default()
     }
 }
 

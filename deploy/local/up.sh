@@ -91,7 +91,8 @@ http_get() { # host port path -> the raw response
 # etcd takes only the control plane's certificate, so ask through it.
 etcd_tls=(--etcd-ca "$etcd_pki/ca.crt" --etcd-cert "$etcd_pki/client.crt" --etcd-key "$etcd_pki/client.key")
 etcd_healthy() { RUST_LOG=error "$bin/faas-controlplane" --etcd "$etcd_url" "${etcd_tls[@]}" etcd-health 2>/dev/null; }
-registry_healthy() { http_get 127.0.0.1 "$registry_port" /v2/ | head -n 1 | grep -q ' 200'; }
+# 401: it serves, and asks for a token (nothing gets in without one).
+registry_healthy() { http_get 127.0.0.1 "$registry_port" /v2/ | head -n 1 | grep -q ' 401'; }
 containerd_healthy() { [ -S "$socket" ] && ctr --address "$socket" version; }
 # shellcheck disable=SC2016
 port_open() { timeout 2 bash -c 'exec 3<>"/dev/tcp/${1%:*}/${1##*:}"' _ "$1"; }
@@ -172,9 +173,20 @@ fi
 faas_wait etcd "$run/etcd.pid" "$logs/etcd.log" 60 etcd_healthy
 
 step "registry on $registry_addr"
+# Token authentication: the key the control plane signs registry tokens
+# with, and its certificate for the registry.
+"$bin/faas-controlplane" registry-certs --dir "$pki/registry" >/dev/null ||
+    die "making the registry token signer in $pki/registry"
+sed -e "s|@REGISTRY_ROOT@|$FAAS_HOME/registry|g" -e "s|@REGISTRY_ADDR@|$registry_addr|g" \
+    -e "s|@REGISTRY_TOKEN_CERT@|$pki/registry/token-signer.crt|g" \
+    "$repo/deploy/config/registry.yml" >"$FAAS_HOME/registry.yml.new"
+if ! cmp -s "$FAAS_HOME/registry.yml.new" "$FAAS_HOME/registry.yml" &&
+    faas_running "$run/registry.pid" docker-registry; then
+    # Its configuration changed (an older up.sh's registry took anyone).
+    faas_stop docker-registry "$run/registry.pid" 20
+fi
+mv -f "$FAAS_HOME/registry.yml.new" "$FAAS_HOME/registry.yml"
 if ! faas_running "$run/registry.pid" docker-registry; then
-    sed -e "s|@REGISTRY_ROOT@|$FAAS_HOME/registry|g" -e "s|@REGISTRY_ADDR@|$registry_addr|g" \
-        "$repo/deploy/config/registry.yml" >"$FAAS_HOME/registry.yml"
     faas_start docker-registry "$run/registry.pid" "$logs/registry.log" \
         docker-registry serve "$FAAS_HOME/registry.yml"
 fi
@@ -203,7 +215,8 @@ if faas_running "$run/controlplane.pid" faas-controlplane && binary_changed faas
     faas_stop faas-controlplane "$run/controlplane.pid"
 fi
 if ! faas_running "$run/controlplane.pid" faas-controlplane; then
-    args=(--listen "$listen" --etcd "$etcd_url" "${etcd_tls[@]}" --registry "$registry_addr" --name "$node"
+    args=(--listen "$listen" --etcd "$etcd_url" "${etcd_tls[@]}" --registry "$registry_addr"
+        --registry-token-dir "$pki/registry" --name "$node"
         --bootstrap-token-file "$pki/admin.token" --ca-out "$pki/ca.crt")
     [ -z "${FAAS_LOCAL_POLICY:-}" ] || args+=(--policy "$FAAS_LOCAL_POLICY")
     faas_start faas-controlplane "$run/controlplane.pid" "$logs/controlplane.log" \

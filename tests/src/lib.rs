@@ -855,19 +855,25 @@ impl Stack {
         let template = fs::read_to_string(repo_root().join("deploy/config/registry.yml"))
             .context("reading deploy/config/registry.yml")?;
         let config = self.dir.path().join("registry.yml");
+        // As deploy/local/up.sh: token authentication, with the key the
+        // control planes sign with.
+        faas_pki::registry::ensure_signer(&self.registry_pki())?;
+        let token_cert = faas_pki::registry::SignerFiles::new(self.registry_pki()).cert();
         fs::write(
             &config,
             template
                 .replace("@REGISTRY_ROOT@", &storage.display().to_string())
-                .replace("@REGISTRY_ADDR@", &addr),
+                .replace("@REGISTRY_ADDR@", &addr)
+                .replace("@REGISTRY_TOKEN_CERT@", &token_cert.display().to_string()),
         )?;
         let mut cmd = Command::new(find_in_path("docker-registry")?);
         cmd.arg("serve").arg(&config);
         let mut daemon = Daemon::spawn("registry", cmd, &self.log_path("registry"))?;
         let ready = wait_until(READY_TIMEOUT, &mut daemon, || async {
+            // 401: it serves, and asks for a token.
             http_get(&addr, "/v2/")
                 .await
-                .map(|(status, _)| status == 200)
+                .map(|(status, _)| status == 401)
                 .unwrap_or(false)
         })
         .await;
@@ -875,6 +881,23 @@ impl Stack {
         ready?;
         self.registry_addr = addr;
         Ok(())
+    }
+
+    /// The key that signs registry tokens (and its certificate, the
+    /// registry's root), as `faas-controlplane registry-certs` makes them.
+    pub fn registry_pki(&self) -> PathBuf {
+        self.dir.path().join("registry-pki")
+    }
+
+    /// A token for everything on `repository`, as a control plane mints
+    /// one: how a test reads the registry behind the control plane's back.
+    pub fn registry_token(&self, repository: &str) -> anyhow::Result<String> {
+        let signer = faas_pki::registry::TokenSigner::load(&self.registry_pki())?;
+        Ok(signer.mint(
+            "faas-tests",
+            &[faas_pki::registry::Access::all(repository)],
+            Duration::from_secs(300),
+        )?)
     }
 
     /// Daemon (and log) name of containerd instance `k`.
@@ -985,6 +1008,8 @@ impl Stack {
             .arg(self.etcd_pki().client_key())
             .arg("--registry")
             .arg(&self.registry_addr)
+            .arg("--registry-token-dir")
+            .arg(self.registry_pki())
             .arg("--name")
             .arg(format!("cp-{i}"))
             .arg("--bootstrap-token-file")

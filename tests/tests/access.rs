@@ -807,3 +807,113 @@ async fn a_node_cannot_claim_a_queued_call() -> anyhow::Result<()> {
     assert!(!last.result_json.contains("forged"), "{last:?}");
     stack.shutdown().await
 }
+
+/// A raw HTTP/1.0 request on loopback with an optional bearer token: the
+/// status code.
+async fn registry_status(addr: &str, method: &str, path: &str, token: Option<&str>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("registry");
+    stream
+        .write_all(
+            format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("response");
+    String::from_utf8_lossy(&response)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The registry takes only tokens a control plane signed, for the
+/// repositories and actions they name: anonymous requests, tokens of
+/// another key, a node's pull token on another repository, and a pull
+/// token asked to delete or push are all refused (401), while calls still
+/// pull what they need with the tokens the leader hands their nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_takes_only_the_control_planes_tokens() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy("hello", "python3", &fixture_dir("py-hello"), &[])?;
+    let addr = stack.registry_addr().to_string();
+    let repo = "faas/functions/hello";
+    // Reads (pull): the tag list; the manifest path for a delete.
+    let tags = format!("/v2/{repo}/tags/list");
+    let manifest = format!("/v2/{repo}/manifests/v1");
+    let signer = faas_pki::registry::TokenSigner::load(&stack.registry_pki())?;
+    let ttl = Duration::from_secs(60);
+    let mint = |access: faas_pki::registry::Access| signer.mint("test", &[access], ttl).unwrap();
+    let all = mint(faas_pki::registry::Access::all(repo));
+    let pull = mint(faas_pki::registry::Access::pull(repo));
+    let other = mint(faas_pki::registry::Access::pull("faas/functions/other"));
+    let foreign_dir = tempfile::tempdir()?;
+    faas_pki::registry::ensure_signer(foreign_dir.path())?;
+    let foreign = faas_pki::registry::TokenSigner::load(foreign_dir.path())?.mint(
+        "test",
+        &[faas_pki::registry::Access::all(repo)],
+        ttl,
+    )?;
+
+    // The control: the control plane's kind of token reads.
+    assert_eq!(registry_status(&addr, "GET", &tags, Some(&all)).await, 200);
+    assert_eq!(registry_status(&addr, "GET", &tags, Some(&pull)).await, 200);
+    // Nobody else.
+    for path in ["/v2/_catalog".to_string(), tags.clone(), manifest.clone()] {
+        assert_eq!(
+            registry_status(&addr, "GET", &path, None).await,
+            401,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        registry_status(&addr, "GET", &tags, Some(&foreign)).await,
+        401
+    );
+    assert_eq!(
+        registry_status(&addr, "GET", &tags, Some("garbage")).await,
+        401
+    );
+    assert_eq!(
+        registry_status(&addr, "GET", &tags, Some(&other)).await,
+        401
+    );
+    // A pull token neither pushes nor deletes.
+    let upload = format!("/v2/{repo}/blobs/uploads/");
+    assert_eq!(registry_status(&addr, "POST", &upload, None).await, 401);
+    assert_eq!(
+        registry_status(&addr, "POST", &upload, Some(&pull)).await,
+        401
+    );
+    assert_eq!(
+        registry_status(&addr, "DELETE", &manifest, Some(&pull)).await,
+        401
+    );
+    assert_eq!(
+        registry_status(&addr, "POST", &upload, Some(&all)).await,
+        202
+    );
+
+    // Calls still run: the node pulls with the tokens it is handed.
+    let mut calls = CallServiceClient::new(stack.channel().await);
+    let call = calls
+        .invoke(InvokeRequest {
+            function: "hello".into(),
+            params_json: r#"{"name": "registry"}"#.into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+    stack.shutdown().await
+}

@@ -287,11 +287,15 @@ async fn concurrent_deploys_are_bounded_with_a_retry_hint() -> anyhow::Result<()
     stack.shutdown().await
 }
 
-/// A minimal HTTP/1.0 GET on loopback: status and body.
-async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+/// A minimal HTTP/1.0 GET on loopback, with a bearer token: status and
+/// body.
+async fn http_get(addr: &str, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n")
+                .as_bytes(),
+        )
         .await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
@@ -309,9 +313,11 @@ async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
 
 /// The tags the registry lists for a function's repository.
 async fn registry_tags(stack: &Stack, function: &str) -> anyhow::Result<Vec<String>> {
+    let repository = format!("faas/functions/{function}");
     let (status, body) = http_get(
         stack.registry_addr(),
-        &format!("/v2/faas/functions/{function}/tags/list"),
+        &format!("/v2/{repository}/tags/list"),
+        &stack.registry_token(&repository)?,
     )
     .await?;
     if status == 404 {

@@ -198,6 +198,16 @@ impl Driver {
     /// contacted again, so a tag is resolved once. Pin references by digest.
     /// Concurrent calls for the same reference wait for a single pull.
     pub async fn ensure_image(&self, reference: &str) -> Result<ImageInfo, DriverError> {
+        self.ensure_image_with(reference, None).await
+    }
+
+    /// [`Driver::ensure_image`] from a registry that wants a bearer token
+    /// (`registry_token`, used only if the image must be pulled).
+    pub async fn ensure_image_with(
+        &self,
+        reference: &str,
+        registry_token: Option<&str>,
+    ) -> Result<ImageInfo, DriverError> {
         let parsed: Reference = reference
             .parse()
             .map_err(|e| DriverError::invalid("image reference", format!("{reference:?}: {e}")))?;
@@ -229,7 +239,23 @@ impl Driver {
 
         let info = match self.image_from_store(&name).await? {
             Some(info) => info,
-            None => self.pull_and_unpack(&parsed, &name).await?,
+            None => {
+                if let Some(token) = registry_token {
+                    // Replaces the token oci-client holds for this
+                    // repository with the one given for this pull.
+                    let auth = RegistryAuth::Bearer(token.to_string());
+                    self.inner
+                        .registry
+                        .auth(&parsed, &auth, oci_client::RegistryOperation::Pull)
+                        .await
+                        .map_err(|source| DriverError::Registry {
+                            op: "authorizing",
+                            reference: name.clone(),
+                            source,
+                        })?;
+                }
+                self.pull_and_unpack(&parsed, &name).await?
+            }
         };
         self.inner
             .images

@@ -16,13 +16,13 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::ExtendedKeyUsagePurpose;
 
+use crate::files::{read_optional, write_private, write_public};
 use crate::{ClusterCa, PkiError};
 
 /// Validity of the member and client certificates; [`ensure`] renews them
@@ -199,38 +199,6 @@ fn install(cert: PathBuf, key: PathBuf, issued: &crate::IssuedCert) -> Result<()
     // not match its key, which the next run re-issues (see `pair_due`).
     write_private(&key, key_pem)?;
     write_public(&cert, &issued.cert_pem)
-}
-
-fn read_optional(path: &Path) -> Result<Option<String>, PkiError> {
-    match fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
-    write_atomically(path, text, 0o600)
-}
-
-fn write_public(path: &Path, text: &str) -> Result<(), PkiError> {
-    write_atomically(path, text, 0o644)
-}
-
-/// Written beside and renamed over: a reader sees the old file or the new
-/// one, never half of one.
-fn write_atomically(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 #[cfg(test)]

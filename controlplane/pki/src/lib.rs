@@ -8,6 +8,7 @@
 //! - [`dispatch`]: proofs that a call was handed to a node.
 //! - [`etcd`]: etcd's own CA, its members' certificates and the control
 //!   plane's client certificate.
+//! - [`registry`]: the tokens the OCI registry takes, and their signer.
 //! - [`token`]: API and join tokens (`<id>.<secret>`), stored as a hash of
 //!   the secret only.
 //! - [`client`]: TLS and bearer tokens on the client side.
@@ -20,7 +21,9 @@ pub mod ca;
 pub mod client;
 pub mod dispatch;
 pub mod etcd;
+mod files;
 pub mod pin;
+pub mod registry;
 pub mod token;
 
 pub use ca::{ClusterCa, IssuedCert, PeerIdentity};
