@@ -1864,12 +1864,23 @@ impl Stack {
     /// `/v2/<repository>/manifests/<tag>`), accepting OCI and Docker
     /// manifests (without that, the registry answers 404 for an OCI
     /// manifest that exists).
+    /// The request carries a token for the path's repository, as the
+    /// control plane's requests do.
     pub async fn registry_status(&self, path: &str) -> anyhow::Result<u16> {
         let addr = &self.registry_addr;
+        let repository = path
+            .strip_prefix("/v2/")
+            .and_then(|rest| {
+                ["/manifests/", "/blobs/", "/tags/"]
+                    .iter()
+                    .find_map(|sep| rest.split_once(sep).map(|(repo, _)| repo))
+            })
+            .ok_or_else(|| anyhow!("{path}: not a repository path"))?;
+        let token = self.registry_token(repository)?;
         let io = async {
             let mut stream = tokio::net::TcpStream::connect(addr).await?;
             let head = format!(
-                "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: \
+                "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: \
                  application/vnd.oci.image.manifest.v1+json, \
                  application/vnd.docker.distribution.manifest.v2+json, */*\r\n\r\n"
             );
