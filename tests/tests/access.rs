@@ -446,6 +446,31 @@ async fn open_session(
     Ok((inbound, tx))
 }
 
+/// Waits for call `id` to end, and checks that it ended with its real
+/// result, from node-0, not the one a rogue node forged.
+async fn assert_real_result(
+    calls: &mut CallServiceClient<Channel>,
+    id: &str,
+) -> anyhow::Result<()> {
+    let done = calls
+        .wait_call(WaitCallRequest {
+            id: id.to_string(),
+            timeout_ms: 30_000,
+        })
+        .await?
+        .into_inner();
+    let mut last = None;
+    futures::pin_mut!(done);
+    while let Some(c) = futures::StreamExt::next(&mut done).await {
+        last = Some(c?);
+    }
+    let last = last.expect("a final call");
+    assert_eq!(last.status(), CallStatus::Succeeded, "{last:?}");
+    assert_eq!(last.node, "node-0", "{last:?}");
+    assert!(!last.result_json.contains("forged"), "{last:?}");
+    Ok(())
+}
+
 fn hello(node: &str, running_calls: Vec<String>) -> AgentHello {
     AgentHello {
         node: node.into(),
@@ -537,22 +562,7 @@ async fn a_node_is_who_its_certificate_says_and_touches_only_its_calls() -> anyh
         vec![forged],
     )
     .await?;
-    let done = calls
-        .wait_call(WaitCallRequest {
-            id: id.clone(),
-            timeout_ms: 30_000,
-        })
-        .await?
-        .into_inner();
-    let mut last = None;
-    futures::pin_mut!(done);
-    while let Some(c) = futures::StreamExt::next(&mut done).await {
-        last = Some(c?);
-    }
-    let last = last.expect("a final call");
-    assert_eq!(last.status(), CallStatus::Succeeded, "{last:?}");
-    assert_eq!(last.node, "node-0", "{last:?}");
-    assert!(!last.result_json.contains("forged"), "{last:?}");
+    assert_real_result(&mut calls, &id).await?;
 
     // Renewal: a node renews with its current certificate only (the one
     // it replaced still holds its open sessions, but renews nothing).
@@ -789,22 +799,7 @@ async fn a_node_cannot_claim_a_queued_call() -> anyhow::Result<()> {
         .insert(queued.clone(), "00".repeat(32));
     let (_ops, _keep) = open_session(node_channel(&stack, &rogue), claim, vec![forged]).await?;
 
-    let done = calls
-        .wait_call(WaitCallRequest {
-            id: queued.clone(),
-            timeout_ms: 30_000,
-        })
-        .await?
-        .into_inner();
-    let mut last = None;
-    futures::pin_mut!(done);
-    while let Some(c) = futures::StreamExt::next(&mut done).await {
-        last = Some(c?);
-    }
-    let last = last.expect("a final call");
-    assert_eq!(last.status(), CallStatus::Succeeded, "{last:?}");
-    assert_eq!(last.node, "node-0", "{last:?}");
-    assert!(!last.result_json.contains("forged"), "{last:?}");
+    assert_real_result(&mut calls, &queued).await?;
     stack.shutdown().await
 }
 
