@@ -166,6 +166,30 @@ pub async fn invoke_succeeded(
     Ok(call)
 }
 
+/// Polls call `id` until it is RUNNING (it fails the test after
+/// `timeout`); the call as it was then.
+pub async fn wait_running(
+    client: &mut faas_proto::v1::call_service_client::CallServiceClient<Channel>,
+    id: &str,
+    timeout: Duration,
+) -> anyhow::Result<faas_proto::v1::Call> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let call = client
+            .get_call(faas_proto::v1::GetCallRequest { id: id.to_string() })
+            .await?
+            .into_inner();
+        if call.status() == faas_proto::v1::CallStatus::Running {
+            return Ok(call);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ran: {call:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Lines of each log printed when a test fails.
 const LOG_TAIL_LINES: usize = 40;
 /// The snapshotter faas uses (containerd's default on ext4).

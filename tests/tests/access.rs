@@ -13,7 +13,7 @@ use faas_proto::v1::function_service_client::FunctionServiceClient;
 use faas_proto::v1::node_join_service_client::NodeJoinServiceClient;
 use faas_proto::v1::runtime_service_client::RuntimeServiceClient;
 use faas_proto::v1::*;
-use faas_tests::{fixture_dir, Channel, Stack, StackOptions};
+use faas_tests::{fixture_dir, wait_running, Channel, Stack, StackOptions};
 use tonic::Code;
 
 /// Who calls.
@@ -535,18 +535,7 @@ async fn a_node_is_who_its_certificate_says_and_touches_only_its_calls() -> anyh
         .await?
         .into_inner()
         .call_id;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = calls
-            .get_call(GetCallRequest { id: id.clone() })
-            .await?
-            .into_inner();
-        if c.status() == CallStatus::Running {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never ran: {c:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_running(&mut calls, &id, Duration::from_secs(30)).await?;
     // The rogue claims it in its hello and sends a forged result.
     let forged = AgentMessage {
         msg: Some(agent_message::Msg::Result(CallResult {
@@ -764,18 +753,7 @@ async fn a_node_cannot_claim_a_queued_call() -> anyhow::Result<()> {
 
     // The only spot of node-0 is busy: the second call waits queued.
     let busy = submit(4.0).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = calls
-            .get_call(GetCallRequest { id: busy.clone() })
-            .await?
-            .into_inner();
-        if c.status() == CallStatus::Running {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never ran: {c:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_running(&mut calls, &busy, Duration::from_secs(30)).await?;
     let queued = submit(0.1).await?;
     let c = calls
         .get_call(GetCallRequest { id: queued.clone() })

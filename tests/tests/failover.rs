@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{CallStatus, GetCallRequest, InvokeRequest};
-use faas_tests::{fixture_dir, invoke_succeeded, submit_to_any, Stack, StackOptions};
+use faas_tests::{fixture_dir, invoke_succeeded, submit_to_any, wait_running, Stack, StackOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_under_load_loses_no_acknowledged_call() -> anyhow::Result<()> {
@@ -529,18 +529,7 @@ async fn a_call_running_through_a_failover_keeps_its_result() -> anyhow::Result<
         .await
         .expect("acknowledged");
     let mut client = CallServiceClient::new(stack.channel_to(&stack.controlplane_url(follower)));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let call = client
-            .get_call(GetCallRequest { id: id.clone() })
-            .await?
-            .into_inner();
-        if call.status() == CallStatus::Running {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never ran: {call:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_running(&mut client, &id, Duration::from_secs(30)).await?;
     stack.kill_controlplane(leader);
     let deadline = Instant::now() + Duration::from_secs(60);
     let call = loop {
