@@ -71,8 +71,9 @@ struct Stamper {
     node: String,
     dispatch_key: DispatchKey,
     signer: Option<Arc<TokenSigner>>,
-    /// Tokens minted for this node, by the repositories they open.
-    tokens: HashMap<Vec<String>, (String, Instant)>,
+    /// Tokens minted for this node, by the (image, package) references
+    /// of the operations they were minted for.
+    tokens: HashMap<(String, String), (String, Instant)>,
 }
 
 impl Stamper {
@@ -83,30 +84,42 @@ impl Stamper {
         if let Some(call) = op.call.as_mut() {
             call.dispatch_proof = self.dispatch_key.proof(&self.node, &call.call_id);
         }
-        let mut repositories: Vec<String> = op
-            .runtime
-            .iter()
-            .map(|r| r.image.as_str())
-            .chain(op.function.iter().map(|f| f.package_repository.as_str()))
-            .filter_map(repository_of)
-            .collect();
-        repositories.sort();
-        repositories.dedup();
-        if let Some(token) = self.token(repositories) {
-            op.registry_token = token;
+        if self.signer.is_some() && (op.runtime.is_some() || op.function.is_some()) {
+            // Keyed by the references as sent: parsed only to mint.
+            let references = (
+                op.runtime
+                    .as_ref()
+                    .map(|r| r.image.clone())
+                    .unwrap_or_default(),
+                op.function
+                    .as_ref()
+                    .map(|f| f.package_repository.clone())
+                    .unwrap_or_default(),
+            );
+            if let Some(token) = self.token(references) {
+                op.registry_token = token;
+            }
         }
         message
     }
 
-    fn token(&mut self, repositories: Vec<String>) -> Option<String> {
+    /// A pull token for the repositories of an image and a package
+    /// reference (either may be empty).
+    fn token(&mut self, references: (String, String)) -> Option<String> {
         let signer = self.signer.as_ref()?;
-        if repositories.is_empty() {
-            return None;
-        }
-        if let Some((token, at)) = self.tokens.get(&repositories) {
+        if let Some((token, at)) = self.tokens.get(&references) {
             if at.elapsed() < NODE_TOKEN_REUSE {
                 return Some(token.clone());
             }
+        }
+        let mut repositories: Vec<String> = [references.0.as_str(), references.1.as_str()]
+            .into_iter()
+            .filter_map(repository_of)
+            .collect();
+        repositories.sort();
+        repositories.dedup();
+        if repositories.is_empty() {
+            return None;
         }
         let access: Vec<Access> = repositories.iter().map(Access::pull).collect();
         match signer.mint(&format!("node:{}", self.node), &access, NODE_TOKEN_TTL) {
@@ -117,7 +130,7 @@ impl Stamper {
                     self.tokens.clear();
                 }
                 self.tokens
-                    .insert(repositories, (token.clone(), Instant::now()));
+                    .insert(references, (token.clone(), Instant::now()));
                 Some(token)
             }
             Err(e) => {
