@@ -125,7 +125,15 @@ pub fn function_env(function: &FunctionBundle, runtime: &RuntimeBundle) -> Vec<S
     env.sort();
     env.extend([
         format!("FAAS_HANDLER={}", function.handler),
-        format!("FAAS_FUNCTION_NAME={}", function.name),
+        // The bundle names it by key (`namespace/name` outside "default").
+        format!(
+            "FAAS_FUNCTION_NAME={}",
+            faas_proto::namespaces::split_key(&function.name).1
+        ),
+        format!(
+            "FAAS_NAMESPACE={}",
+            faas_proto::namespaces::split_key(&function.name).0
+        ),
         format!("FAAS_FUNCTION_VERSION={}", function.version),
         format!("FAAS_FUNCTION_DIR={}", runtime.path),
         format!("FAAS_MEMORY_MB={}", function.memory_bytes >> 20),

@@ -85,7 +85,13 @@ pub fn check_operation(op: &SpotOperation) -> Result<(), InvalidId> {
         check_runtime_path(&runtime.path)?;
     }
     if let Some(function) = &op.function {
-        check_name("function", &function.name)?;
+        // A function outside "default" is named `namespace/name`.
+        if !faas_proto::namespaces::is_function_key(&function.name) {
+            return Err(InvalidId::Name {
+                kind: "function",
+                name: function.name.clone(),
+            });
+        }
         check_digest(&function.package_digest)?;
     }
     Ok(())
@@ -198,6 +204,14 @@ mod tests {
                 ..
             })
         ));
+        for key in ["team-a/../x", "a/b/c", "default/f"] {
+            let mut bad = op();
+            bad.function.as_mut().unwrap().name = key.into();
+            assert!(check_operation(&bad).is_err(), "{key}");
+        }
+        let mut namespaced = op();
+        namespaced.function.as_mut().unwrap().name = "team-a/f".into();
+        assert!(check_operation(&namespaced).is_ok());
         let mut bad = op();
         bad.function.as_mut().unwrap().package_digest = "sha256:../../x".into();
         assert!(matches!(check_operation(&bad), Err(InvalidId::Digest(_))));

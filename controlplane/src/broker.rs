@@ -82,6 +82,12 @@ pub enum Input {
     /// A function deployed or updated (from the etcd watch).
     FunctionChanged(Box<Function>),
     FunctionRemoved(String),
+    /// A namespace's bound on calls running at once (0: none), from the
+    /// etcd watch (a deleted namespace: 0).
+    Concurrency {
+        namespace: String,
+        limit: u64,
+    },
     /// Drains a node (true) or takes it back (false); answers the node, or
     /// None if it is not connected.
     Drain {
@@ -489,16 +495,19 @@ impl BrokerLoop {
             }
             Input::FunctionChanged(function) => {
                 let function = *function;
-                let known = self.functions.get(&function.name);
+                // Functions are known by key (namespace and name), as the
+                // store's watch names the deleted ones.
+                let key = function.key();
+                let known = self.functions.get(&key);
                 if known.is_some_and(|f| f.version == function.version) {
                     return;
                 }
                 let reference = FunctionRef {
-                    name: function.name.clone(),
+                    name: key.clone(),
                     version: function.version,
                     runtime: function.runtime.clone(),
                 };
-                let replaced = self.functions.insert(function.name.clone(), function);
+                let replaced = self.functions.insert(key, function);
                 if let Some(old) = replaced {
                     self.forget_package(&old.package_digest);
                 }
@@ -511,6 +520,10 @@ impl BrokerLoop {
                     self.forget_package(&old.package_digest);
                     self.feed(Event::FunctionRemoved { name });
                 }
+            }
+            Input::Concurrency { namespace, limit } => {
+                let effects = self.ledger.set_concurrency(&namespace, limit);
+                self.apply(effects);
             }
             Input::Adopt { call, bundle } => {
                 if !crate::ledger::is_call_id(&call.id) {

@@ -17,6 +17,8 @@ pub enum ApiError {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
     ResourceExhausted(String),
     /// Over an admission bound: the client is told which, and when to try
     /// again (`retry-after-ms`).
@@ -73,6 +75,7 @@ impl From<ApiError> for Status {
             ApiError::InvalidArgument(_) | ApiError::Package(_) => Status::invalid_argument(msg),
             ApiError::AlreadyExists(_) => Status::already_exists(msg),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            ApiError::PermissionDenied(_) => Status::permission_denied(msg),
             ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             ApiError::Overloaded { retry_after, .. } => with_retry_after(
                 Status::resource_exhausted(msg),

@@ -51,6 +51,9 @@ pub struct CallBundle {
 
 impl CallBundle {
     pub fn new(runtime: Runtime, function: Function, registry_host: &str) -> CallBundle {
+        // Known to the broker and the agents by its key: two namespaces'
+        // functions of one name never share a preload.
+        let key = function.key();
         CallBundle {
             idempotent: function.idempotent,
             runtime: RuntimeBundle {
@@ -61,8 +64,8 @@ impl CallBundle {
                 run: runtime.run,
             },
             function: FunctionBundle {
-                package_repository: format!("{registry_host}/faas/functions/{}", function.name),
-                name: function.name,
+                package_repository: format!("{registry_host}/faas/functions/{key}"),
+                name: key,
                 version: function.version,
                 handler: function.handler,
                 package_digest: function.package_digest,
@@ -237,6 +240,61 @@ struct Entry {
     /// Version of the call's etcd record, when known: the RUNNING record is
     /// written over exactly that version (never over a final one).
     record_version: Option<i64>,
+    /// Where the call stands towards its namespace's concurrency bound.
+    gate: Gate,
+}
+
+/// A call against its namespace's `max_concurrent_calls`: counted while the
+/// policy holds it or it runs; held back (QUEUED, the policy unaware) while
+/// the namespace has its bound of counted calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Counted,
+    Held,
+}
+
+/// The per-namespace concurrency bounds, and who waits for a place.
+#[derive(Debug, Default)]
+struct Tenancy {
+    /// Namespaces with a bound (0 is none).
+    limits: HashMap<String, u64>,
+    /// Counted calls per namespace.
+    counted: HashMap<String, u64>,
+    /// Held calls per namespace, oldest first.
+    held: HashMap<String, std::collections::VecDeque<String>>,
+}
+
+impl Tenancy {
+    fn has_room(&self, namespace: &str) -> bool {
+        match self.limits.get(namespace) {
+            Some(&limit) if limit > 0 => {
+                self.counted.get(namespace).copied().unwrap_or(0) < limit
+            }
+            _ => true,
+        }
+    }
+
+    fn count(&mut self, namespace: &str) {
+        *self.counted.entry(namespace.to_string()).or_default() += 1;
+    }
+
+    fn uncount(&mut self, namespace: &str) {
+        if let Some(n) = self.counted.get_mut(namespace) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.counted.remove(namespace);
+            }
+        }
+    }
+
+    fn unhold(&mut self, namespace: &str, id: &str) {
+        if let Some(queue) = self.held.get_mut(namespace) {
+            queue.retain(|h| h != id);
+            if queue.is_empty() {
+                self.held.remove(namespace);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -255,6 +313,7 @@ pub struct Ledger {
     reported: HashMap<String, (Session, Ms)>,
     /// Calls ended here, and on which node they ran.
     ended: HashMap<String, Ended>,
+    tenancy: Tenancy,
     out: Vec<Effect>,
 }
 
@@ -271,8 +330,65 @@ impl Ledger {
             sessions: HashMap::new(),
             reported: HashMap::new(),
             ended: HashMap::new(),
+            tenancy: Tenancy::default(),
             out: Vec::new(),
         }
+    }
+
+    /// Sets a namespace's bound on calls running at once (0: none); calls
+    /// held back for it go to the policy as far as the new bound allows.
+    pub fn set_concurrency(&mut self, namespace: &str, limit: u64) -> Vec<Effect> {
+        if limit == 0 {
+            self.tenancy.limits.remove(namespace);
+        } else {
+            self.tenancy.limits.insert(namespace.to_string(), limit);
+        }
+        self.release(namespace);
+        self.take()
+    }
+
+    /// Hands held calls of `namespace` to the policy while it has room.
+    fn release(&mut self, namespace: &str) {
+        while self.tenancy.has_room(namespace) {
+            let Some(id) = self
+                .tenancy
+                .held
+                .get_mut(namespace)
+                .and_then(|q| q.pop_front())
+            else {
+                break;
+            };
+            let Some(entry) = self.calls.get_mut(&id).filter(|e| e.gate == Gate::Held) else {
+                continue;
+            };
+            entry.gate = Gate::Counted;
+            self.tenancy.count(namespace);
+            self.out.push(Effect::Enqueue {
+                call_id: id,
+                function: entry.bundle.function_ref(),
+            });
+        }
+        if self.tenancy.held.get(namespace).is_some_and(|q| q.is_empty()) {
+            self.tenancy.held.remove(namespace);
+        }
+    }
+
+    /// A call left the ledger for good: its place goes to the next held
+    /// call of its namespace.
+    fn ended_entry(&mut self, entry: &Entry) {
+        let namespace = entry.call.namespace_name().to_string();
+        match entry.gate {
+            Gate::Counted => {
+                self.tenancy.uncount(&namespace);
+                self.release(&namespace);
+            }
+            Gate::Held => self.tenancy.unhold(&namespace, &entry.call.id),
+        }
+    }
+
+    /// Calls of `namespace` held back by its concurrency bound.
+    pub fn held(&self, namespace: &str) -> usize {
+        self.tenancy.held.get(namespace).map_or(0, |q| q.len())
     }
 
     fn take(&mut self) -> Vec<Effect> {
@@ -324,6 +440,7 @@ impl Ledger {
             return Vec::new();
         }
         let id = call.id.clone();
+        let namespace = call.namespace_name().to_string();
         let mut entry = Entry {
             // A new call's record was written once, as QUEUED.
             record_version: (call.attempts == 0).then_some(1),
@@ -331,15 +448,29 @@ impl Ledger {
             bundle,
             accepted_at_ms,
             running: None,
+            gate: Gate::Counted,
         };
         if let Some((session, _)) = self.reported.remove(&id) {
             // Recorded QUEUED, but its agent runs it (a leader died between
             // handing it out and recording that).
             tracing::info!(call_id = %id, node = %session.node, "call already running on its node; not run again");
             self.mark_running(&mut entry, session, now);
+            self.tenancy.count(&namespace);
             self.calls.insert(id, entry);
             return Vec::new();
         }
+        if !self.tenancy.has_room(&namespace) {
+            tracing::debug!(call_id = %id, %namespace, "held back: the namespace runs its bound of calls");
+            entry.gate = Gate::Held;
+            self.tenancy
+                .held
+                .entry(namespace)
+                .or_default()
+                .push_back(id.clone());
+            self.calls.insert(id, entry);
+            return Vec::new();
+        }
+        self.tenancy.count(&namespace);
         let function = entry.bundle.function_ref();
         self.calls.insert(id.clone(), entry);
         self.out.push(Effect::Enqueue {
@@ -380,6 +511,7 @@ impl Ledger {
                 .then_some(now + RESULT_BACKLOG_GRACE),
         };
         let accepted_at_ms = call.created_at_ms as f64;
+        self.tenancy.count(call.namespace_name());
         self.calls.insert(
             call.id.clone(),
             Entry {
@@ -388,6 +520,7 @@ impl Ledger {
                 accepted_at_ms,
                 running: Some(running),
                 record_version: None,
+                gate: Gate::Counted,
             },
         );
         Vec::new()
@@ -509,6 +642,12 @@ impl Ledger {
                 // before recording RUNNING.
                 tracing::info!(call_id = %id, %node, "queued call already running on its node; not run again");
                 self.out.push(Effect::Withdraw(id.clone()));
+                if entry.gate == Gate::Held {
+                    let namespace = entry.call.namespace_name().to_string();
+                    self.tenancy.unhold(&namespace, &id);
+                    self.tenancy.count(&namespace);
+                    entry.gate = Gate::Counted;
+                }
                 self.mark_running(&mut entry, session.clone(), now);
             }
             self.calls.insert(id, entry);
@@ -576,6 +715,7 @@ impl Ledger {
             Err(refusal) => return Outcome::Refused(refusal),
         }
         let entry = self.calls.remove(&id).expect("owner checked");
+        self.ended_entry(&entry);
         let run = entry.running.expect("owner checked");
         let (call, logs) = finish(
             entry.call,
@@ -637,6 +777,7 @@ impl Ledger {
                 continue;
             }
             tracing::warn!(call_id = %id, %node, "call lost with its node");
+            self.ended_entry(&entry);
             let mut call = entry.call;
             call.status = CallStatus::Failed as i32;
             call.error = Some(CallError {
@@ -654,6 +795,7 @@ impl Ledger {
         }
         for id in late {
             let entry = self.calls.remove(&id).expect("listed above");
+            self.ended_entry(&entry);
             let run = entry.running.expect("listed as running");
             let timeout = Duration::from_millis(entry.bundle.function.timeout_ms);
             tracing::warn!(call_id = %id, node = %run.node, "no outcome from the call's node by its deadline; recorded as timed out");
@@ -908,6 +1050,61 @@ mod tests {
         );
         let (again, _) = l.dispatch(&id(1), &spot("a"), Start::Loading, 8.0);
         assert!(again.is_none(), "a running call is not dispatched twice");
+    }
+
+    #[test]
+    fn a_namespace_runs_at_most_its_bound_of_calls_at_once() {
+        let mut l = ledger();
+        connect(&mut l, session("a", 1), vec![], 0);
+        assert!(l.set_concurrency("team-a", 2).is_empty());
+        let in_team = |n| Call {
+            namespace: "team-a".into(),
+            ..call(n)
+        };
+        let mut given = Vec::new();
+        for n in 1..=4 {
+            let effects = l.submitted(in_team(n), bundle(60_000, false), 0.0, 0);
+            given.extend(enqueued(&effects).into_iter().map(String::from));
+        }
+        assert_eq!(given, [id(1), id(2)], "two go to the policy");
+        assert_eq!(l.held("team-a"), 2);
+        // Other namespaces are not held back by team-a's bound.
+        assert_eq!(enqueued(&l.submitted(call(9), bundle(60_000, false), 0.0, 0)), [id(9)]);
+        // Call 1 runs and ends: call 3 takes its place, not before.
+        let (sent, effects) = l.dispatch(&id(1), &spot("a"), Start::Preloaded, 1.0);
+        assert!(sent.is_some());
+        assert!(enqueued(&effects).is_empty());
+        let Outcome::Recorded(effects) = l.result(&session("a", 1), result(1), 5.0) else {
+            panic!("recorded");
+        };
+        assert_eq!(enqueued(&effects), [id(3)]);
+        assert_eq!(l.held("team-a"), 1);
+        // A raised bound lets the rest go at once; no bound, none held.
+        assert_eq!(enqueued(&l.set_concurrency("team-a", 3)), [id(4)]);
+        assert_eq!(l.held("team-a"), 0);
+        l.set_concurrency("team-a", 0);
+        assert_eq!(
+            enqueued(&l.submitted(in_team(5), bundle(60_000, false), 0.0, 0)),
+            [id(5)]
+        );
+    }
+
+    #[test]
+    fn a_held_call_ends_its_namespaces_wait_when_its_node_shows_it_running() {
+        let mut l = ledger();
+        l.set_concurrency("team-a", 1);
+        let in_team = |n| Call {
+            namespace: "team-a".into(),
+            ..call(n)
+        };
+        l.submitted(in_team(1), bundle(60_000, false), 0.0, 0);
+        l.submitted(in_team(2), bundle(60_000, false), 0.0, 0);
+        assert_eq!(l.held("team-a"), 1);
+        // A takeover: call 2 was in fact handed out by the last leader.
+        let proven: HashSet<String> = [id(2)].into();
+        l.connected(session("a", 1), vec![id(2)], &proven, 0);
+        assert_eq!(l.held("team-a"), 0);
+        assert_eq!(l.live_call(&id(2)).unwrap().status(), CallStatus::Running);
     }
 
     #[test]

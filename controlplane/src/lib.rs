@@ -15,6 +15,7 @@ pub mod package;
 pub mod registry;
 pub mod retention;
 pub mod store;
+pub mod tenants;
 pub mod watch;
 
 use std::sync::Arc;
@@ -223,6 +224,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         write_public_file(path, ca.cert_pem())?;
     }
     let credentials = auth::Credentials::load(&store).await?;
+    let tenants = tenants::Tenants::load(&store).await?;
     let dispatch_key = faas_pki::dispatch::DispatchKey::from_ca(&ca);
     let names = config.certificate_names();
     let own_cert = ca.issue_replica(&config.name, &names, REPLICA_CERT_TTL)?;
@@ -255,6 +257,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ca,
             node_cert_ttl: config.node_cert_ttl,
         }),
+        tenants,
     };
     let sessions = agents::AgentSessions::new(broker_rx, credentials.clone(), dispatch_key, signer);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -288,6 +291,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             api.clone(),
         ))
         .add_service(access_service_server::AccessServiceServer::new(api.clone()))
+        .add_service(namespace_service_server::NamespaceServiceServer::new(
+            api.clone(),
+        ))
         .add_service(node_join_service_server::NodeJoinServiceServer::new(api))
         .add_service(
             agent_service_server::AgentServiceServer::new(sessions)
@@ -382,6 +388,22 @@ fn follow_catalog(store: &Store, broker: &BrokerHandle) {
     });
     let (s, b) = (store.clone(), broker.clone());
     tokio::spawn(async move {
+        s.follow::<faas_proto::v1::Namespace>(Kind::Namespace, |change| {
+            b.send(match change {
+                store::Change::Put(n) => Input::Concurrency {
+                    limit: n.quota.map_or(0, |q| q.max_concurrent_calls),
+                    namespace: n.name,
+                },
+                store::Change::Deleted(namespace) => Input::Concurrency {
+                    namespace,
+                    limit: 0,
+                },
+            })
+        })
+        .await
+    });
+    let (s, b) = (store.clone(), broker.clone());
+    tokio::spawn(async move {
         s.follow::<Function>(Kind::Function, |change| {
             b.send(match change {
                 store::Change::Put(f) => Input::FunctionChanged(Box::new(f)),
@@ -420,15 +442,16 @@ async fn requeue_pending(
         .into_iter()
         .filter(|c| matches!(c.status(), CallStatus::Queued | CallStatus::Running))
     {
-        if !catalog.contains_key(&call.function) {
-            let function: Option<Function> = store.get(Kind::Function, &call.function).await?;
+        let key = call.function_key();
+        if !catalog.contains_key(&key) {
+            let function: Option<Function> = store.get(Kind::Function, &key).await?;
             let runtime: Option<Runtime> = match &function {
                 Some(f) => store.get(Kind::Runtime, &f.runtime).await?,
                 None => None,
             };
-            catalog.insert(call.function.clone(), function.zip(runtime));
+            catalog.insert(key.clone(), function.zip(runtime));
         }
-        let current = catalog[&call.function]
+        let current = catalog[&key]
             .as_ref()
             .filter(|(f, _)| f.version == call.function_version)
             .map(|(f, r)| Arc::new(CallBundle::new(r.clone(), f.clone(), registry_host)));

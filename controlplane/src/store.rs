@@ -46,6 +46,8 @@ pub enum Kind {
     NodeIdentity,
     /// The cluster CA (`ClusterCaRecord`), under "ca".
     Pki,
+    /// A namespace (`Namespace`), under its name.
+    Namespace,
 }
 
 impl Kind {
@@ -62,6 +64,7 @@ impl Kind {
             Kind::JoinToken => "join-tokens",
             Kind::NodeIdentity => "nodes",
             Kind::Pki => "pki",
+            Kind::Namespace => "namespaces",
         }
     }
 }

@@ -23,7 +23,8 @@ pub struct CallWatch {
     queued: Mutex<QueuedCalls>,
 }
 
-/// The calls queued on this leader, by function. A call enters when it is
+/// The calls queued on this leader, by function (its key, see
+/// `faas_proto::namespaces`) and by namespace. A call enters when it is
 /// accepted (or handed over at a takeover) and leaves with the first
 /// change the broker publishes (dispatched, or final); a call queued again
 /// (its node was lost) enters again.
@@ -32,6 +33,7 @@ pub struct QueuedCalls {
     /// Function and params bytes of each queued call.
     by_call: HashMap<String, (String, u64)>,
     by_function: HashMap<String, u64>,
+    by_namespace: HashMap<String, u64>,
     /// Params bytes of every queued call: the leader's broker holds them
     /// in memory until the calls run.
     bytes: u64,
@@ -41,6 +43,8 @@ pub struct QueuedCalls {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueBounds {
     pub per_function: u64,
+    /// The namespace's quota (max_queued_calls); 0: none.
+    pub per_namespace: u64,
     pub total: u64,
     /// Params bytes of all queued calls together.
     pub bytes: u64,
@@ -50,6 +54,7 @@ pub struct QueueBounds {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueFull {
     Function { queued: u64, max: u64 },
+    Namespace { queued: u64, max: u64 },
     Cluster { queued: u64, max: u64 },
     Bytes { queued: u64, max: u64 },
 }
@@ -60,7 +65,11 @@ impl QueuedCalls {
             .by_call
             .insert(id.to_string(), (function.to_string(), bytes))
         {
-            None => *self.by_function.entry(function.to_string()).or_default() += 1,
+            None => {
+                *self.by_function.entry(function.to_string()).or_default() += 1;
+                let namespace = faas_proto::namespaces::split_key(function).0;
+                *self.by_namespace.entry(namespace.to_string()).or_default() += 1;
+            }
             // Counted already: only its size may have changed.
             Some((_, before)) => self.bytes -= before,
         }
@@ -70,10 +79,16 @@ impl QueuedCalls {
     pub fn remove(&mut self, id: &str) {
         if let Some((function, bytes)) = self.by_call.remove(id) {
             self.bytes -= bytes;
-            if let Some(n) = self.by_function.get_mut(&function) {
-                *n -= 1;
-                if *n == 0 {
-                    self.by_function.remove(&function);
+            let namespace = faas_proto::namespaces::split_key(&function).0;
+            for (map, key) in [
+                (&mut self.by_function, function.as_str()),
+                (&mut self.by_namespace, namespace),
+            ] {
+                if let Some(n) = map.get_mut(key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        map.remove(key);
+                    }
                 }
             }
         }
@@ -85,6 +100,11 @@ impl QueuedCalls {
             self.by_function.get(function).copied().unwrap_or(0),
             self.by_call.len() as u64,
         )
+    }
+
+    /// Queued calls of a namespace.
+    pub fn namespace_depth(&self, namespace: &str) -> u64 {
+        self.by_namespace.get(namespace).copied().unwrap_or(0)
     }
 
     /// Params bytes of all queued calls.
@@ -105,6 +125,14 @@ impl QueuedCalls {
             return Err(QueueFull::Function {
                 queued: mine,
                 max: bounds.per_function,
+            });
+        }
+        let namespace = faas_proto::namespaces::split_key(function).0;
+        let ours = self.namespace_depth(namespace);
+        if bounds.per_namespace > 0 && ours >= bounds.per_namespace {
+            return Err(QueueFull::Namespace {
+                queued: ours,
+                max: bounds.per_namespace,
             });
         }
         if total >= bounds.total {
@@ -140,7 +168,7 @@ impl CallWatch {
         {
             let mut queued = self.queued.lock().expect("poisoned");
             if call.status() == CallStatus::Queued {
-                queued.add(&call.id, &call.function, call.params_json.len() as u64);
+                queued.add(&call.id, &call.function_key(), call.params_json.len() as u64);
             } else {
                 queued.remove(&call.id);
             }
@@ -169,7 +197,7 @@ impl CallWatch {
     pub fn try_queue(&self, call: &Call, bounds: QueueBounds) -> Result<(), QueueFull> {
         self.queued.lock().expect("poisoned").try_add(
             &call.id,
-            &call.function,
+            &call.function_key(),
             call.params_json.len() as u64,
             bounds,
         )
@@ -186,7 +214,7 @@ impl CallWatch {
         *queued = QueuedCalls::default();
         for call in calls {
             if call.status() == CallStatus::Queued {
-                queued.add(&call.id, &call.function, call.params_json.len() as u64);
+                queued.add(&call.id, &call.function_key(), call.params_json.len() as u64);
             }
         }
     }
@@ -220,6 +248,7 @@ mod tests {
         let mut q = QueuedCalls::default();
         let bounds = QueueBounds {
             per_function: 2,
+            per_namespace: 0,
             total: 3,
             bytes: 100,
         };
@@ -245,10 +274,36 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_has_its_own_queue_bound() {
+        let mut q = QueuedCalls::default();
+        let bounds = QueueBounds {
+            per_function: 100,
+            per_namespace: 2,
+            total: 100,
+            bytes: 1000,
+        };
+        assert_eq!(q.try_add("1", "team-a/f", 1, bounds), Ok(()));
+        assert_eq!(q.try_add("2", "team-a/g", 1, bounds), Ok(()));
+        assert_eq!(
+            q.try_add("3", "team-a/f", 1, bounds),
+            Err(QueueFull::Namespace { queued: 2, max: 2 })
+        );
+        // Same function name, other namespaces: their own counts.
+        assert_eq!(q.try_add("3", "team-b/f", 1, bounds), Ok(()));
+        assert_eq!(q.try_add("4", "f", 1, bounds), Ok(()));
+        assert_eq!(q.depth("f"), (1, 4));
+        assert_eq!(q.namespace_depth("default"), 1);
+        q.remove("1");
+        assert_eq!(q.namespace_depth("team-a"), 1);
+        assert_eq!(q.try_add("5", "team-a/f", 1, bounds), Ok(()));
+    }
+
+    #[test]
     fn queued_params_are_bounded_in_bytes() {
         let mut q = QueuedCalls::default();
         let bounds = QueueBounds {
             per_function: 100,
+            per_namespace: 0,
             total: 100,
             bytes: 100,
         };
@@ -272,6 +327,7 @@ mod tests {
         let queued = call("1", "f", CallStatus::Queued);
         let bounds = QueueBounds {
             per_function: 10,
+            per_namespace: 0,
             total: 10,
             bytes: 1 << 20,
         };

@@ -12,6 +12,91 @@ pub mod v1 {
 /// duplicate call. Absent on other UNAVAILABLE answers.
 pub const RETRY_SAFE_METADATA: &str = "faas-retry-safe";
 
+/// Namespaces (tenants): the rules that name a function across them.
+///
+/// A function is known inside the platform (etcd key, registry repository,
+/// the broker's catalog, the agent's bundle) by its *key*: its bare name in
+/// the "default" namespace, as before namespaces existed (so older records
+/// need no migration), and `namespace/name` elsewhere. Names cannot hold
+/// '/', so no two functions share a key.
+pub mod namespaces {
+    /// The namespace of requests and records that name none.
+    pub const DEFAULT: &str = "default";
+    /// In list requests: every namespace the caller may read.
+    pub const ALL: &str = "*";
+
+    /// `namespace`, or "default" when empty.
+    pub fn or_default(namespace: &str) -> &str {
+        if namespace.is_empty() {
+            DEFAULT
+        } else {
+            namespace
+        }
+    }
+
+    /// The key of function `name` in `namespace`.
+    pub fn function_key(namespace: &str, name: &str) -> String {
+        match or_default(namespace) {
+            DEFAULT => name.to_string(),
+            ns => format!("{ns}/{name}"),
+        }
+    }
+
+    /// (namespace, name) of a function key.
+    pub fn split_key(key: &str) -> (&str, &str) {
+        key.split_once('/').unwrap_or((DEFAULT, key))
+    }
+
+    /// A function key whose parts follow the name rule.
+    pub fn is_function_key(key: &str) -> bool {
+        match key.split_once('/') {
+            Some((ns, name)) => ns != DEFAULT && super::rules::is_name(ns) && super::rules::is_name(name),
+            None => super::rules::is_name(key),
+        }
+    }
+
+    impl super::v1::Function {
+        /// The function's key (see the module's documentation).
+        pub fn key(&self) -> String {
+            function_key(&self.namespace, &self.name)
+        }
+
+        pub fn namespace_name(&self) -> &str {
+            or_default(&self.namespace)
+        }
+    }
+
+    impl super::v1::Call {
+        /// The key of the call's function.
+        pub fn function_key(&self) -> String {
+            function_key(&self.namespace, &self.function)
+        }
+
+        pub fn namespace_name(&self) -> &str {
+            or_default(&self.namespace)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn keys() {
+            assert_eq!(function_key("", "hello"), "hello");
+            assert_eq!(function_key("default", "hello"), "hello");
+            assert_eq!(function_key("team-a", "hello"), "team-a/hello");
+            assert_eq!(split_key("team-a/hello"), ("team-a", "hello"));
+            assert_eq!(split_key("hello"), ("default", "hello"));
+            assert!(is_function_key("hello"));
+            assert!(is_function_key("team-a/hello"));
+            for bad in ["default/hello", "a/b/c", "../x", "a/", "/a", "A/b", ""] {
+                assert!(!is_function_key(bad), "{bad}");
+            }
+        }
+    }
+}
+
 /// The identifier rules of the contract, one home for both ends: the
 /// control plane checks them at its API, the agent again before an
 /// identifier touches a host path or a container id.

@@ -27,6 +27,8 @@ const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most API tokens a cluster keeps (each is checked from memory).
 const MAX_TOKENS: usize = 10_000;
 const MAX_DESCRIPTION: usize = 256;
+/// Most namespaces one token names.
+const MAX_TOKEN_NAMESPACES: usize = 64;
 
 fn check_description(text: &str) -> Result<(), ApiError> {
     if text.len() > MAX_DESCRIPTION || text.chars().any(|c| c.is_control()) {
@@ -60,6 +62,21 @@ impl AccessService for Api {
             .into());
         }
         check_description(&req.description)?;
+        let mut namespaces = req.namespaces;
+        namespaces.sort();
+        namespaces.dedup();
+        if namespaces.len() > MAX_TOKEN_NAMESPACES {
+            return Err(ApiError::InvalidArgument(format!(
+                "a token acts in at most {MAX_TOKEN_NAMESPACES} namespaces (or \"*\": all)"
+            ))
+            .into());
+        }
+        for ns in &namespaces {
+            if ns != faas_proto::namespaces::ALL {
+                crate::error::check_name("namespace", ns)?;
+                self.check_namespace_exists(ns)?;
+            }
+        }
         let count = self
             .store
             .count(Kind::ApiToken)
@@ -79,6 +96,7 @@ impl AccessService for Api {
             created_at_ms: now_ms(),
             expires_at_ms: expiry(req.ttl_ms),
             secret_sha256: token.secret_hash(),
+            namespaces,
         };
         if !self
             .store
@@ -144,9 +162,14 @@ impl AccessService for Api {
         request: Request<WhoAmIRequest>,
     ) -> Result<Response<WhoAmIResponse>, Status> {
         match Principal::of(&request) {
-            Principal::Token { id, role } => Ok(Response::new(WhoAmIResponse {
+            Principal::Token { id, role, scope } => Ok(Response::new(WhoAmIResponse {
                 token_id: id,
                 role: role as i32,
+                namespaces: if role == Role::Admin {
+                    vec![faas_proto::namespaces::ALL.to_string()]
+                } else {
+                    scope.names().to_vec()
+                },
             })),
             _ => Err(Status::unauthenticated("no API token")),
         }

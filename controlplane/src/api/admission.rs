@@ -1,5 +1,5 @@
 //! Admission control: how fast one client may submit calls (a token bucket
-//! per client address; per tenant once tenants exist), and how many calls
+//! per client address; each namespace's own rate is in `tenants.rs`), and how many calls
 //! may wait in the queues (see `QueuedCalls` in `watch.rs`). Over a bound
 //! a submit is refused with RESOURCE_EXHAUSTED and a `retry-after-ms` hint,
 //! before anything is written to etcd.
@@ -41,6 +41,7 @@ impl Admission {
     pub fn queue_bounds(&self) -> crate::watch::QueueBounds {
         crate::watch::QueueBounds {
             per_function: self.max_queued_per_function,
+            per_namespace: 0,
             total: self.max_queued,
             bytes: self.max_queued_bytes,
         }

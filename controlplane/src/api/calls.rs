@@ -37,6 +37,8 @@ impl Api {
         // A name outside the API's rule can name no function: say so
         // before it becomes an etcd key.
         crate::error::check_name("function", &request.function)?;
+        let namespace = owner.check_namespace(&request.namespace)?.to_string();
+        self.check_namespace_exists(&namespace)?;
         let params = if request.params_json.trim().is_empty() {
             "{}".to_string()
         } else {
@@ -55,12 +57,31 @@ impl Api {
             )));
         }
         let broker = self.broker()?;
+        // On the leader, which every submit reaches: the rate holds over
+        // the whole cluster.
+        if let Err((wait, quota)) = self
+            .tenants
+            .admit_submit(&namespace, std::time::Instant::now())
+        {
+            return Err(ApiError::Overloaded {
+                message: format!(
+                    "too many submits in namespace {namespace:?}: its quota is {} per second (submit_rate), bursts of {} (submit_burst)",
+                    quota.submit_rate,
+                    crate::tenants::burst_of(&quota)
+                ),
+                retry_after: wait,
+            });
+        }
+        let key = faas_proto::namespaces::function_key(&namespace, &request.function);
         let function: Function = self
             .store
-            .get(Kind::Function, &request.function)
+            .get(Kind::Function, &key)
             .await?
             .ok_or_else(|| {
-                ApiError::NotFound(format!("function {:?} not found", request.function))
+                ApiError::NotFound(format!(
+                    "function {:?} not found in namespace {namespace:?}",
+                    request.function
+                ))
             })?;
         let runtime: Runtime = self
             .store
@@ -86,16 +107,24 @@ impl Api {
             status: CallStatus::Queued as i32,
             created_at_ms: accepted_at_ms as i64,
             owner: owner.token_id().to_string(),
+            namespace: namespace.clone(),
             ..Default::default()
         };
         // Counted before it is recorded, so that concurrent submits cannot
         // all pass the same last free place.
         let admission = &self.limits.admission;
-        if let Err(full) = self.calls.try_queue(&call, admission.queue_bounds()) {
+        let bounds = crate::watch::QueueBounds {
+            per_namespace: self.tenants.quota(&namespace).max_queued_calls,
+            ..admission.queue_bounds()
+        };
+        if let Err(full) = self.calls.try_queue(&call, bounds) {
             let message = match full {
                 QueueFull::Function { queued, max } => format!(
                     "function {:?} has {queued} calls queued, its limit (max_queued_per_function) is {max}: retry later",
                     call.function
+                ),
+                QueueFull::Namespace { queued, max } => format!(
+                    "namespace {namespace:?} has {queued} calls queued, its quota (max_queued_calls) is {max}: retry later"
                 ),
                 QueueFull::Cluster { queued, max } => format!(
                     "the cluster has {queued} calls queued, its limit (max_queued_calls) is {max}: retry later"
@@ -396,6 +425,7 @@ impl CallService for Api {
         let principal = Principal::of(&request);
         let owner = principal.call_owner_filter();
         let req = request.into_inner();
+        let scope = principal.list_scope(&req.namespace)?;
         let page_size = match req.page_size {
             0 => 50,
             n => n.min(1000),
@@ -405,6 +435,7 @@ impl CallService for Api {
         let (calls, last) = self
             .scan_calls(start, page_size, |call| {
                 (req.function.is_empty() || call.function == req.function)
+                    && principal.lists(&scope, &call.namespace)
                     && (status == CallStatus::Unspecified || call.status() == status)
                     && owner.is_none_or(|o| call.owner == o)
             })
@@ -420,14 +451,18 @@ impl CallService for Api {
         &self,
         request: Request<GetCallStatsRequest>,
     ) -> Result<Response<GetCallStatsResponse>, Status> {
+        let principal = Principal::of(&request);
         let req = request.into_inner();
+        let scope = principal.list_scope(&req.namespace)?;
         let wanted = match req.last {
             0 => 1000,
             n => n.min(10_000),
         } as usize;
         let (finished, _) = self
             .scan_calls(None, wanted, |call| {
-                is_final(call) && (req.function.is_empty() || call.function == req.function)
+                is_final(call)
+                    && principal.lists(&scope, &call.namespace)
+                    && (req.function.is_empty() || call.function == req.function)
             })
             .await?;
         let (groups, overall) = super::stats::aggregate(&finished);
@@ -461,9 +496,13 @@ impl CallService for Api {
     }
 }
 
-/// The call, if the principal may read it: an invoker reads only the
-/// calls of its own token; to it, the others do not exist.
+/// The call, if the principal may read it: only in the namespaces it acts
+/// in, and an invoker only the calls of its own token; to it, the others
+/// do not exist.
 fn readable_by(principal: &Principal, call: Call) -> Result<Call, ApiError> {
+    if !principal.acts_in(call.namespace_name()) {
+        return Err(ApiError::NotFound(format!("call {:?} not found", call.id)));
+    }
     match principal.call_owner_filter() {
         Some(owner) if call.owner != owner => {
             Err(ApiError::NotFound(format!("call {:?} not found", call.id)))

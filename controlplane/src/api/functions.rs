@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use super::{read_upload, Api};
+use crate::auth::Principal;
 use crate::error::{check_name, now_ms, ApiError};
 use crate::package::{normalize, PackageError};
 use crate::store::Kind;
@@ -59,12 +60,47 @@ fn check_env_name(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+impl Api {
+    /// NOT_FOUND unless the namespace exists.
+    pub(super) fn check_namespace_exists(&self, namespace: &str) -> Result<(), ApiError> {
+        if self.tenants.exists(namespace) {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound(format!(
+                "namespace {namespace:?} does not exist (an admin creates it: faasctl namespace create {namespace})"
+            )))
+        }
+    }
+
+    /// RESOURCE_EXHAUSTED if the namespace holds as many functions as its
+    /// quota allows. Two deploys of new functions at once may both pass
+    /// the last place: the bound is checked, not reserved.
+    async fn check_function_quota(&self, namespace: &str) -> Result<(), ApiError> {
+        let max = self.tenants.quota(namespace).max_functions;
+        if max == 0 {
+            return Ok(());
+        }
+        let functions: Vec<Function> = self.store.list(Kind::Function).await?;
+        let held = functions
+            .iter()
+            .filter(|f| f.namespace_name() == namespace)
+            .count() as u64;
+        if held >= max {
+            return Err(ApiError::ResourceExhausted(format!(
+                "namespace {namespace:?} holds {held} functions, its quota (max_functions) is {max}: delete one, or ask an admin to raise it"
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl FunctionService for Api {
     async fn deploy_function(
         &self,
         request: Request<Streaming<DeployFunctionRequest>>,
     ) -> Result<Response<Function>, Status> {
+        let principal = Principal::of(&request);
         let mut stream = request.into_inner();
         let spec = match stream.next().await {
             Some(Ok(DeployFunctionRequest {
@@ -79,6 +115,9 @@ impl FunctionService for Api {
             }
         };
         check_name("function", &spec.name)?;
+        let namespace = principal.check_namespace(&spec.namespace)?.to_string();
+        self.check_namespace_exists(&namespace)?;
+        let key = faas_proto::namespaces::function_key(&namespace, &spec.name);
         let limits = &self.limits;
         // Taken before the upload is read: a refused deploy costs nothing.
         let Ok(_slot) = deploy_slots(limits.package.max_concurrent_deploys()).try_acquire() else {
@@ -149,14 +188,17 @@ impl FunctionService for Api {
             .map_err(package_error)?;
         let existing: Option<Function> = self
             .store
-            .get(Kind::Function, &spec.name)
+            .get(Kind::Function, &key)
             .await
             .map_err(ApiError::from)?;
+        if existing.is_none() {
+            self.check_function_quota(&namespace).await?;
+        }
         let version = existing.as_ref().map(|f| f.version + 1).unwrap_or(1);
         let package_size = package.len() as u64;
         let (_repository, digest) = self
             .registry
-            .push_package(&spec.name, version, package.into())
+            .push_package(&key, version, package.into())
             .await
             .map_err(ApiError::from)?;
         let now = now_ms();
@@ -185,26 +227,27 @@ impl FunctionService for Api {
             version,
             created_at_ms: existing.as_ref().map(|f| f.created_at_ms).unwrap_or(now),
             updated_at_ms: now,
+            namespace,
         };
         self.store
-            .put(Kind::Function, &function.name, &function)
+            .put(Kind::Function, &key, &function)
             .await
             .map_err(ApiError::from)?;
-        info!(function = %function.name, version, digest = %function.package_digest, "function deployed");
+        info!(function = %key, version, digest = %function.package_digest, "function deployed");
         if version > 1 {
             // Earlier versions are no longer served: their manifests go
             // (calls of them already queued fetch the blob by digest, and
             // blobs stay until the registry's garbage collection).
             match self
                 .registry
-                .remove_package_versions(&function.name, Some(version))
+                .remove_package_versions(&key, Some(version))
                 .await
             {
                 Ok(n) => {
-                    info!(function = %function.name, removed = n, "older package versions removed from the registry")
+                    info!(function = %key, removed = n, "older package versions removed from the registry")
                 }
                 Err(e) => {
-                    warn!(function = %function.name, error = %e, "could not remove older package versions from the registry")
+                    warn!(function = %key, error = %e, "could not remove older package versions from the registry")
                 }
             }
         }
@@ -215,30 +258,38 @@ impl FunctionService for Api {
         &self,
         request: Request<GetFunctionRequest>,
     ) -> Result<Response<Function>, Status> {
-        let name = request.into_inner().name;
+        let principal = Principal::of(&request);
+        let GetFunctionRequest { name, namespace } = request.into_inner();
+        let namespace = principal.check_namespace(&namespace)?;
+        let key = faas_proto::namespaces::function_key(namespace, &name);
         let function: Option<Function> = self
             .store
-            .get(Kind::Function, &name)
+            .get(Kind::Function, &key)
             .await
             .map_err(ApiError::from)?;
-        function
-            .map(Response::new)
-            .ok_or_else(|| ApiError::NotFound(format!("function {name:?} not found")).into())
+        function.map(Response::new).ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "function {name:?} not found in namespace {namespace:?}"
+            ))
+            .into()
+        })
     }
 
     async fn list_functions(
         &self,
         request: Request<ListFunctionsRequest>,
     ) -> Result<Response<ListFunctionsResponse>, Status> {
-        let runtime = request.into_inner().runtime;
+        let principal = Principal::of(&request);
+        let ListFunctionsRequest { runtime, namespace } = request.into_inner();
+        let scope = principal.list_scope(&namespace)?;
         let mut functions: Vec<Function> = self
             .store
             .list(Kind::Function)
             .await
             .map_err(ApiError::from)?;
-        if !runtime.is_empty() {
-            functions.retain(|f| f.runtime == runtime);
-        }
+        functions.retain(|f| {
+            principal.lists(&scope, &f.namespace) && (runtime.is_empty() || f.runtime == runtime)
+        });
         Ok(Response::new(ListFunctionsResponse { functions }))
     }
 
@@ -246,24 +297,30 @@ impl FunctionService for Api {
         &self,
         request: Request<DeleteFunctionRequest>,
     ) -> Result<Response<DeleteFunctionResponse>, Status> {
-        let name = request.into_inner().name;
+        let principal = Principal::of(&request);
+        let DeleteFunctionRequest { name, namespace } = request.into_inner();
+        let namespace = principal.check_namespace(&namespace)?;
+        let key = faas_proto::namespaces::function_key(namespace, &name);
         if !self
             .store
-            .delete(Kind::Function, &name)
+            .delete(Kind::Function, &key)
             .await
             .map_err(ApiError::from)?
         {
-            return Err(ApiError::NotFound(format!("function {name:?} not found")).into());
+            return Err(ApiError::NotFound(format!(
+                "function {name:?} not found in namespace {namespace:?}"
+            ))
+            .into());
         }
-        info!(function = %name, "function deleted");
+        info!(function = %key, "function deleted");
         // The record is gone, which is what the caller asked: a registry
         // that fails here leaves manifests behind, logged, not an error.
-        match self.registry.remove_package_versions(&name, None).await {
+        match self.registry.remove_package_versions(&key, None).await {
             Ok(n) => {
-                info!(function = %name, removed = n, "package versions removed from the registry")
+                info!(function = %key, removed = n, "package versions removed from the registry")
             }
             Err(e) => {
-                warn!(function = %name, error = %e, "could not remove the package from the registry")
+                warn!(function = %key, error = %e, "could not remove the package from the registry")
             }
         }
         Ok(Response::new(DeleteFunctionResponse {}))

@@ -6,6 +6,7 @@ pub mod admission;
 mod calls;
 mod cluster;
 mod functions;
+mod namespaces;
 mod runtimes;
 mod stats;
 
@@ -38,6 +39,8 @@ pub struct Api {
     pub credentials: crate::auth::Credentials,
     /// The cluster CA, which signs the nodes' certificates.
     pub pki: Arc<Pki>,
+    /// Namespaces and their quotas, as every request checks them.
+    pub tenants: crate::tenants::Tenants,
 }
 
 pub struct Pki {

@@ -152,8 +152,8 @@ impl Credentials {
         self.inner.nodes_changed.subscribe()
     }
 
-    /// The role of a valid token.
-    pub fn check_token(&self, token: &Token) -> Result<Role, Status> {
+    /// The role and namespaces of a valid token.
+    pub fn check_token(&self, token: &Token) -> Result<(Role, super::Scope), Status> {
         let tokens = self.inner.tokens.read().expect("poisoned");
         let refused =
             || Status::unauthenticated("the API token is not valid (unknown, revoked or expired)");
@@ -164,7 +164,7 @@ impl Credentials {
         if record.expires_at_ms != 0 && record.expires_at_ms <= now_ms() {
             return Err(refused());
         }
-        Ok(record.role())
+        Ok((record.role(), super::Scope::of(&record.namespaces)))
     }
 
     /// Whether `cert_der` is the certificate `node` holds now (or the one
@@ -244,6 +244,7 @@ pub async fn bootstrap_token(store: &Store, path: &Path) -> anyhow::Result<()> {
         created_at_ms: now_ms(),
         expires_at_ms: 0,
         secret_sha256: token.secret_hash(),
+        namespaces: Vec::new(),
     };
     if !store.create(Kind::ApiToken, &token.id, &record).await? {
         let stored: Option<ApiToken> = store.get(Kind::ApiToken, &token.id).await?;

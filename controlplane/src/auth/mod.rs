@@ -13,6 +13,8 @@ use std::task::{Context, Poll};
 
 use faas_pki::PeerIdentity;
 use faas_proto::v1::Role;
+
+use crate::error::ApiError;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
@@ -21,8 +23,13 @@ pub use credentials::Credentials;
 /// Who sent a request, once proved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Principal {
-    /// An API token, by id.
-    Token { id: String, role: Role },
+    /// An API token, by id, with the namespaces it acts in (see
+    /// [`Scope`]).
+    Token {
+        id: String,
+        role: Role,
+        scope: Scope,
+    },
     /// A node, by the certificate it presented (checked against its
     /// current record).
     Node(String),
@@ -59,6 +66,84 @@ impl Principal {
             Principal::Token { id, .. } => id,
             _ => "",
         }
+    }
+
+    /// Whether the principal acts in `namespace` (an admin acts in all).
+    pub fn acts_in(&self, namespace: &str) -> bool {
+        match self {
+            Principal::Token {
+                role: Role::Admin, ..
+            } => true,
+            Principal::Token { scope, .. } => scope.contains(namespace),
+            _ => false,
+        }
+    }
+
+    /// `namespace` (empty: "default") if the principal acts in it; else
+    /// PERMISSION_DENIED naming the namespaces it does act in.
+    pub fn check_namespace<'a>(&self, namespace: &'a str) -> Result<&'a str, ApiError> {
+        let namespace = faas_proto::namespaces::or_default(namespace);
+        if self.acts_in(namespace) {
+            return Ok(namespace);
+        }
+        let scope = match self {
+            Principal::Token { scope, .. } => scope.to_string(),
+            _ => "none".into(),
+        };
+        Err(ApiError::PermissionDenied(format!(
+            "this token does not act in namespace {namespace:?} (its namespaces: {scope})"
+        )))
+    }
+
+    /// Which namespaces a listing for `requested` covers: None for every
+    /// namespace the principal acts in ("*"), or one namespace (checked).
+    pub fn list_scope(&self, requested: &str) -> Result<Option<String>, ApiError> {
+        if requested == faas_proto::namespaces::ALL {
+            return Ok(None);
+        }
+        self.check_namespace(requested).map(|ns| Some(ns.to_string()))
+    }
+
+    /// Whether a record of `namespace` belongs in a listing of `scope`
+    /// (see [`Principal::list_scope`]).
+    pub fn lists(&self, scope: &Option<String>, namespace: &str) -> bool {
+        let namespace = faas_proto::namespaces::or_default(namespace);
+        match scope {
+            Some(ns) => ns == namespace,
+            None => self.acts_in(namespace),
+        }
+    }
+}
+
+/// The namespaces a developer or invoker token acts in: those listed, all
+/// of them for "*", "default" for an empty list (tokens made before
+/// namespaces).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope(std::sync::Arc<[String]>);
+
+impl Scope {
+    pub fn of(namespaces: &[String]) -> Scope {
+        if namespaces.is_empty() {
+            Scope(vec![faas_proto::namespaces::DEFAULT.to_string()].into())
+        } else {
+            Scope(namespaces.into())
+        }
+    }
+
+    pub fn contains(&self, namespace: &str) -> bool {
+        self.0
+            .iter()
+            .any(|n| n == faas_proto::namespaces::ALL || n == namespace)
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
     }
 }
 
@@ -101,6 +186,11 @@ pub fn access_of(path: &str) -> Option<Access> {
         ) => AtLeast(Admin),
         ("faas.v1.AccessService", "CreateToken" | "ListTokens" | "DeleteToken") => AtLeast(Admin),
         ("faas.v1.AccessService", "WhoAmI") => AtLeast(Invoker),
+        (
+            "faas.v1.NamespaceService",
+            "CreateNamespace" | "UpdateNamespace" | "DeleteNamespace",
+        ) => AtLeast(Admin),
+        ("faas.v1.NamespaceService", "GetNamespace" | "ListNamespaces") => AtLeast(Invoker),
         _ => return None,
     })
 }
@@ -147,7 +237,7 @@ pub fn authorize(
         },
         Access::AtLeast(need) => {
             let token = bearer_token(headers)?;
-            let role = credentials.check_token(&token)?;
+            let (role, scope) = credentials.check_token(&token)?;
             if !role_allows(role, need) {
                 return Err(Status::permission_denied(format!(
                     "{path} needs the {} role or above; this token is {}",
@@ -159,6 +249,7 @@ pub fn authorize(
                 Principal::Token {
                     id: token.id.clone(),
                     role,
+                    scope,
                 },
                 from_replica,
             ))
@@ -299,6 +390,11 @@ mod tests {
             "/faas.v1.AccessService/ListTokens",
             "/faas.v1.AccessService/DeleteToken",
             "/faas.v1.AccessService/WhoAmI",
+            "/faas.v1.NamespaceService/CreateNamespace",
+            "/faas.v1.NamespaceService/UpdateNamespace",
+            "/faas.v1.NamespaceService/GetNamespace",
+            "/faas.v1.NamespaceService/ListNamespaces",
+            "/faas.v1.NamespaceService/DeleteNamespace",
             "/faas.v1.AgentService/Session",
             "/faas.v1.NodeJoinService/Join",
             "/faas.v1.NodeJoinService/RenewCertificate",
@@ -308,6 +404,38 @@ mod tests {
         }
         assert_eq!(access_of("/faas.v1.CallService/Nope"), None);
         assert_eq!(access_of("garbage"), None);
+    }
+
+    #[test]
+    fn a_token_acts_only_in_its_namespaces() {
+        let token = |role, namespaces: &[&str]| Principal::Token {
+            id: "t".into(),
+            role,
+            scope: Scope::of(&namespaces.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        };
+        let dev = token(Role::Developer, &["team-a"]);
+        assert!(dev.acts_in("team-a"));
+        assert!(!dev.acts_in("team-b"));
+        assert!(!dev.acts_in("default"));
+        assert!(matches!(
+            dev.check_namespace("team-b"),
+            Err(ApiError::PermissionDenied(_))
+        ));
+        assert!(dev.check_namespace("").is_err(), "empty is default");
+        // Tokens made before namespaces act in "default".
+        let old = token(Role::Invoker, &[]);
+        assert_eq!(old.check_namespace("").unwrap(), "default");
+        assert!(!old.acts_in("team-a"));
+        let all = token(Role::Invoker, &["*"]);
+        assert!(all.acts_in("team-a") && all.acts_in("default"));
+        assert!(token(Role::Admin, &["team-a"]).acts_in("team-z"));
+        assert!(!Principal::Anonymous.acts_in("default"));
+        // Listings: one namespace, or every namespace it acts in.
+        assert_eq!(dev.list_scope("*").unwrap(), None);
+        assert!(dev.lists(&None, "team-a") && !dev.lists(&None, "default"));
+        assert!(dev.list_scope("default").is_err());
+        let one = dev.list_scope("team-a").unwrap();
+        assert!(dev.lists(&one, "team-a") && !dev.lists(&one, "team-b"));
     }
 
     #[test]
