@@ -68,6 +68,11 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "FAAS_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 
+    /// Namespace of the functions and calls a command acts on [default:
+    /// the context's, else "default"].
+    #[arg(short = 'n', long, global = true, env = "FAAS_NAMESPACE")]
+    pub namespace: Option<String>,
+
     /// Output format of read commands.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -108,6 +113,10 @@ pub enum Command {
     /// API tokens (cluster admin).
     #[command(subcommand, visible_alias = "tokens")]
     Token(TokenCmd),
+    /// Namespaces (tenants) and their quotas; creating and changing them
+    /// is for cluster admins.
+    #[command(subcommand, visible_alias = "namespaces", visible_alias = "ns")]
+    Namespace(NamespaceCmd),
     /// Named connection settings, kept in ~/.config/faas/config.toml
     /// (or $FAASCTL_CONFIG).
     #[command(subcommand, visible_alias = "contexts")]
@@ -129,6 +138,10 @@ pub enum TokenCmd {
         /// Lifetime (e.g. 30d); default: no expiry.
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
+        /// Namespaces a developer or invoker token acts in, comma-separated
+        /// ("*": all) [default: "default" only]. Admin tokens act in all.
+        #[arg(long, value_delimiter = ',')]
+        namespaces: Vec<String>,
     },
     /// List API tokens (ids and roles, never secrets).
     #[command(visible_alias = "list")]
@@ -136,6 +149,52 @@ pub enum TokenCmd {
     /// Revoke an API token by id (the part before the dot).
     #[command(visible_alias = "delete")]
     Rm { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCmd {
+    /// Create a namespace, with a quota if given.
+    Create {
+        name: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+    /// Change a namespace's quota: the bounds given replace the current
+    /// ones (0 lifts a bound), the others stay.
+    Set {
+        name: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+    /// Show one namespace and its quota.
+    Get { name: String },
+    /// List the namespaces (those the token acts in).
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Delete a namespace (refused while it holds functions).
+    #[command(visible_alias = "delete")]
+    Rm { name: String },
+}
+
+/// A namespace's quota; 0 (or not given at create) means no bound of its
+/// own (the cluster's bounds still hold).
+#[derive(Debug, Args, Default, Clone)]
+pub struct QuotaArgs {
+    /// Functions the namespace may hold.
+    #[arg(long)]
+    pub max_functions: Option<u64>,
+    /// Calls accepted and not yet running.
+    #[arg(long)]
+    pub max_queued: Option<u64>,
+    /// Calls running at once; more wait queued.
+    #[arg(long)]
+    pub max_concurrent: Option<u64>,
+    /// Submits (invokes) per second over the whole cluster.
+    #[arg(long)]
+    pub submit_rate: Option<f64>,
+    /// Submits at once after a quiet period [default: twice the rate].
+    #[arg(long)]
+    pub submit_burst: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -153,7 +212,8 @@ pub enum ContextCmd {
     /// Make a context the current one.
     Use { name: String },
     /// Create or update a context from the global flags given with it
-    /// (--endpoint, --ca-file, --token-file, --token), and make it current.
+    /// (--endpoint, --ca-file, --token-file, --token, --namespace), and
+    /// make it current.
     Set { name: String },
     /// Remove a context.
     #[command(visible_alias = "delete")]
@@ -228,6 +288,9 @@ pub enum FunctionCmd {
         /// Only functions on this runtime.
         #[arg(long)]
         runtime: Option<String>,
+        /// Every namespace the token acts in, not only --namespace's.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
     },
     /// Show one function.
     Get { name: String },
@@ -299,6 +362,9 @@ pub enum CallCmd {
         /// At most this many records.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Every namespace the token acts in, not only --namespace's.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
     },
     /// Print a call's logs (its stdout and stderr) as they were written.
     Logs { id: String },
@@ -310,6 +376,9 @@ pub enum CallCmd {
         /// How many of the most recent finished calls to aggregate.
         #[arg(long, default_value_t = 1000)]
         last: u32,
+        /// Every namespace the token acts in, not only --namespace's.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
     },
 }
 

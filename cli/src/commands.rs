@@ -16,12 +16,17 @@ use faas_proto::v1::{
     ListNodesRequest, ListRuntimesRequest, ListTokensRequest, RegisterRuntimeRequest,
     RemoveNodeRequest, Role, RuntimeSpec, WaitCallRequest, WhoAmIRequest,
 };
+use faas_proto::v1::{
+    namespace_service_client::NamespaceServiceClient, CreateNamespaceRequest,
+    DeleteNamespaceRequest, GetNamespaceRequest, ListNamespacesRequest, NamespaceQuota,
+    UpdateNamespaceRequest,
+};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::args::{
-    duration_to_ms, CallCmd, Command, DeployArgs, FunctionCmd, InvokeArgs, NodeCmd, NodeTokenCmd,
-    OutputFormat, RegisterRuntimeArgs, RoleArg, RuntimeCmd, TokenCmd,
+    duration_to_ms, CallCmd, Command, DeployArgs, FunctionCmd, InvokeArgs, NamespaceCmd, NodeCmd,
+    NodeTokenCmd, OutputFormat, QuotaArgs, RegisterRuntimeArgs, RoleArg, RuntimeCmd, TokenCmd,
 };
 use crate::client::{upload_progress, upload_stream, UploadBody, UploadError, MAX_DECODE_BYTES};
 use crate::format;
@@ -41,22 +46,37 @@ pub struct Context {
     channel: tokio::sync::OnceCell<Channel>,
     output: OutputFormat,
     rpc_timeout: Option<Duration>,
+    /// The namespace functions and calls are named in.
+    namespace: String,
 }
 
 impl Context {
     pub fn new(
-        endpoints: Vec<String>,
-        credentials: crate::client::Credentials,
+        resolved: crate::contexts::Resolved,
         output: OutputFormat,
         rpc_timeout: Option<Duration>,
     ) -> Self {
         Context {
-            endpoints,
-            credentials,
+            endpoints: resolved.endpoints,
+            credentials: resolved.credentials,
             channel: tokio::sync::OnceCell::new(),
             output,
             rpc_timeout,
+            namespace: resolved.namespace,
         }
+    }
+
+    /// The namespace of a listing: the context's, or every one ("*").
+    fn list_namespace(&self, all: bool) -> String {
+        if all {
+            faas_proto::namespaces::ALL.to_string()
+        } else {
+            self.namespace.clone()
+        }
+    }
+
+    async fn namespaces(&self) -> Result<NamespaceServiceClient<Channel>> {
+        Ok(NamespaceServiceClient::new(self.channel().await?))
     }
 
     async fn channel(&self) -> Result<Channel> {
@@ -163,6 +183,7 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
         Command::Invoke(args) => invoke(ctx, args).await,
         Command::Call(cmd) => call(ctx, cmd).await,
         Command::Token(cmd) => token(ctx, cmd).await,
+        Command::Namespace(cmd) => namespace(ctx, cmd).await,
         Command::Whoami => {
             let me = ctx
                 .access()
@@ -171,9 +192,15 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
                 .await?
                 .into_inner();
             let role = role_name(me.role());
+            let namespaces = me.namespaces.join(",");
             ctx.show(
-                || json!({"token_id": me.token_id, "role": role}),
-                || format!("token {}  role {role}\n", me.token_id),
+                || json!({"token_id": me.token_id, "role": role, "namespaces": me.namespaces}),
+                || {
+                    format!(
+                        "token {}  role {role}  namespaces {namespaces}\n",
+                        me.token_id
+                    )
+                },
             )
         }
         Command::Context(_) => unreachable!("handled before connecting"),
@@ -258,6 +285,7 @@ async fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
             role,
             description,
             ttl,
+            namespaces,
         } => {
             let role = match role {
                 RoleArg::Admin => Role::Admin,
@@ -269,12 +297,13 @@ async fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
                     role: role as i32,
                     description,
                     ttl_ms: ttl.map(duration_to_ms).unwrap_or(0),
+                    namespaces,
                 }))
                 .await?
                 .into_inner();
             let record = reply.record.unwrap_or_default();
             ctx.show(
-                || json!({"token": reply.token, "id": record.id, "role": role_name(role), "expires_at_ms": record.expires_at_ms}),
+                || json!({"token": reply.token, "id": record.id, "role": role_name(role), "namespaces": record.namespaces, "expires_at_ms": record.expires_at_ms}),
                 || format!("{}\n", reply.token),
             )
         }
@@ -293,6 +322,7 @@ async fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
                                 json!({
                                     "id": t.id,
                                     "role": role_name(t.role()),
+                                    "namespaces": t.namespaces,
                                     "description": t.description,
                                     "created_at_ms": t.created_at_ms,
                                     "expires_at_ms": t.expires_at_ms,
@@ -302,15 +332,20 @@ async fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
                     )
                 },
                 || {
-                    let mut text = String::from("ID\tROLE\tEXPIRES\tDESCRIPTION\n");
+                    let mut text = String::from("ID\tROLE\tNAMESPACES\tEXPIRES\tDESCRIPTION\n");
                     for t in &reply.tokens {
                         let expires = if t.expires_at_ms == 0 {
                             "never".to_string()
                         } else {
                             format::time_text(t.expires_at_ms)
                         };
+                        let namespaces = match (t.role(), t.namespaces.is_empty()) {
+                            (Role::Admin, _) => "*".to_string(),
+                            (_, true) => faas_proto::namespaces::DEFAULT.to_string(),
+                            _ => t.namespaces.join(","),
+                        };
                         text.push_str(&format!(
-                            "{}\t{}\t{expires}\t{}\n",
+                            "{}\t{}\t{namespaces}\t{expires}\t{}\n",
                             t.id,
                             role_name(t.role()),
                             t.description
@@ -450,14 +485,106 @@ fn take_read_error(slot: &UploadError) -> Result<(), BadInput> {
     }
 }
 
+// -------------------------------------------------------------- namespaces
+
+/// `quota` with the bounds given on the command line put over it.
+pub fn apply_quota(mut quota: NamespaceQuota, args: &QuotaArgs) -> NamespaceQuota {
+    if let Some(n) = args.max_functions {
+        quota.max_functions = n;
+    }
+    if let Some(n) = args.max_queued {
+        quota.max_queued_calls = n;
+    }
+    if let Some(n) = args.max_concurrent {
+        quota.max_concurrent_calls = n;
+    }
+    if let Some(r) = args.submit_rate {
+        quota.submit_rate = r;
+    }
+    if let Some(b) = args.submit_burst {
+        quota.submit_burst = b;
+    }
+    quota
+}
+
+async fn namespace(ctx: &Context, cmd: NamespaceCmd) -> Result<()> {
+    let mut client = ctx.namespaces().await?;
+    match cmd {
+        NamespaceCmd::Create { name, quota } => {
+            let ns = client
+                .create_namespace(ctx.request(CreateNamespaceRequest {
+                    name,
+                    quota: Some(apply_quota(NamespaceQuota::default(), &quota)),
+                }))
+                .await?
+                .into_inner();
+            ctx.show(
+                || format::namespace_json(&ns),
+                || format::namespace_details(&ns),
+            )
+        }
+        NamespaceCmd::Set { name, quota } => {
+            let current = client
+                .get_namespace(ctx.request(GetNamespaceRequest { name: name.clone() }))
+                .await?
+                .into_inner();
+            let ns = client
+                .update_namespace(ctx.request(UpdateNamespaceRequest {
+                    name,
+                    quota: Some(apply_quota(current.quota.unwrap_or_default(), &quota)),
+                }))
+                .await?
+                .into_inner();
+            ctx.show(
+                || format::namespace_json(&ns),
+                || format::namespace_details(&ns),
+            )
+        }
+        NamespaceCmd::Get { name } => {
+            let ns = client
+                .get_namespace(ctx.request(GetNamespaceRequest { name }))
+                .await?
+                .into_inner();
+            ctx.show(
+                || format::namespace_json(&ns),
+                || format::namespace_details(&ns),
+            )
+        }
+        NamespaceCmd::Ls => {
+            let list = client
+                .list_namespaces(ctx.request(ListNamespacesRequest {}))
+                .await?
+                .into_inner()
+                .namespaces;
+            ctx.show(
+                || Value::Array(list.iter().map(format::namespace_json).collect()),
+                || format::namespaces_table(&list),
+            )
+        }
+        NamespaceCmd::Rm { name } => {
+            client
+                .delete_namespace(ctx.request(DeleteNamespaceRequest { name: name.clone() }))
+                .await?;
+            ctx.show(
+                || json!({ "deleted": name }),
+                || format!("namespace \"{name}\" deleted"),
+            )
+        }
+    }
+}
+
 // --------------------------------------------------------------- functions
 
 async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
     match cmd {
         FunctionCmd::Deploy(args) => deploy(ctx, args).await,
-        FunctionCmd::Ls { runtime } => {
+        FunctionCmd::Ls {
+            runtime,
+            all_namespaces,
+        } => {
             let request = ListFunctionsRequest {
                 runtime: runtime.unwrap_or_default(),
+                namespace: ctx.list_namespace(all_namespaces),
             };
             let functions = ctx
                 .functions()
@@ -468,14 +595,17 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
                 .functions;
             ctx.show(
                 || Value::Array(functions.iter().map(format::function_json).collect()),
-                || format::functions_table(&functions),
+                || format::functions_table(&functions, all_namespaces),
             )
         }
         FunctionCmd::Get { name } => {
             let f = ctx
                 .functions()
                 .await?
-                .get_function(ctx.request(GetFunctionRequest { name }))
+                .get_function(ctx.request(GetFunctionRequest {
+                    name,
+                    namespace: ctx.namespace.clone(),
+                }))
                 .await?
                 .into_inner();
             ctx.show(
@@ -486,7 +616,10 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
         FunctionCmd::Rm { name } => {
             ctx.functions()
                 .await?
-                .delete_function(ctx.request(DeleteFunctionRequest { name: name.clone() }))
+                .delete_function(ctx.request(DeleteFunctionRequest {
+                    name: name.clone(),
+                    namespace: ctx.namespace.clone(),
+                }))
                 .await?;
             ctx.show(
                 || json!({ "deleted": name }),
@@ -496,8 +629,9 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
     }
 }
 
-pub fn function_spec(args: &DeployArgs) -> FunctionSpec {
+pub fn function_spec(args: &DeployArgs, namespace: &str) -> FunctionSpec {
     FunctionSpec {
+        namespace: namespace.to_string(),
         name: args.name.clone(),
         runtime: args.runtime.clone(),
         handler: args.handler.clone().unwrap_or_default(),
@@ -541,7 +675,10 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     };
     let progress = upload_progress(body.size(), &format!("uploading {}", args.name));
     let first = DeployFunctionRequest {
-        part: Some(deploy_function_request::Part::Spec(function_spec(&args))),
+        part: Some(deploy_function_request::Part::Spec(function_spec(
+            &args,
+            &ctx.namespace,
+        ))),
     };
     let read_error = UploadError::default();
     let stream = upload_stream(
@@ -601,6 +738,7 @@ async fn invoke(ctx: &Context, args: InvokeArgs) -> Result<()> {
     let request = InvokeRequest {
         function: args.function,
         params_json,
+        namespace: ctx.namespace.clone(),
     };
     if args.asynchronous {
         let id = ctx
@@ -646,20 +784,28 @@ async fn call(ctx: &Context, cmd: CallCmd) -> Result<()> {
             function,
             status,
             limit,
+            all_namespaces,
         } => {
-            let calls = list_calls(ctx, function.unwrap_or_default(), status, limit).await?;
+            let namespace = ctx.list_namespace(all_namespaces);
+            let calls =
+                list_calls(ctx, function.unwrap_or_default(), namespace, status, limit).await?;
             ctx.show(
                 || Value::Array(calls.iter().map(format::call_json).collect()),
-                || format::calls_table(&calls),
+                || format::calls_table(&calls, all_namespaces),
             )
         }
-        CallCmd::Stats { function, last } => {
+        CallCmd::Stats {
+            function,
+            last,
+            all_namespaces,
+        } => {
             let stats = ctx
                 .calls()
                 .await?
                 .get_call_stats(ctx.request(GetCallStatsRequest {
                     function: function.unwrap_or_default(),
                     last,
+                    namespace: ctx.list_namespace(all_namespaces),
                 }))
                 .await?
                 .into_inner();
@@ -719,6 +865,7 @@ async fn wait_call(ctx: &Context, id: String, timeout: Option<Duration>) -> Resu
 async fn list_calls(
     ctx: &Context,
     function: String,
+    namespace: String,
     status: Option<crate::args::StatusFilter>,
     limit: u32,
 ) -> Result<Vec<Call>> {
@@ -736,6 +883,7 @@ async fn list_calls(
             status: status.map(|s| s.to_proto() as i32).unwrap_or(0),
             page_size: wanted,
             page_token: std::mem::take(&mut page_token),
+            namespace: namespace.clone(),
         };
         let page = ctx
             .calls()
@@ -814,7 +962,8 @@ mod tests {
         let Command::Function(FunctionCmd::Deploy(args)) = cli.command else {
             panic!()
         };
-        let spec = function_spec(&args);
+        let spec = function_spec(&args, "team-a");
+        assert_eq!(spec.namespace, "team-a");
         assert_eq!(spec.timeout_ms, 2000);
         assert_eq!(spec.memory_bytes, 128 << 20);
         assert_eq!(spec.handler, "");

@@ -9,6 +9,7 @@
 //! endpoint = "https://127.0.0.1:7070"
 //! ca_file = "/var/lib/faas-local/pki/ca.crt"
 //! token_file = "/var/lib/faas-local/admin.token"   # or: token = "<id>.<secret>"
+//! namespace = "team-a"                             # optional; default "default"
 //! ```
 
 use std::collections::BTreeMap;
@@ -42,6 +43,9 @@ pub struct ContextEntry {
     /// The API token itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The namespace commands act on (default: "default").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 pub fn config_path() -> PathBuf {
@@ -102,9 +106,15 @@ impl ConfigFile {
     }
 }
 
-/// Where to connect and with what: flags (and their env) over the
-/// context.
-pub fn resolve(global: &GlobalArgs) -> Result<(Vec<String>, crate::client::Credentials)> {
+/// Where to connect, with what, and in which namespace: flags (and their
+/// env) over the context.
+pub struct Resolved {
+    pub endpoints: Vec<String>,
+    pub credentials: crate::client::Credentials,
+    pub namespace: String,
+}
+
+pub fn resolve(global: &GlobalArgs) -> Result<Resolved> {
     let file = ConfigFile::load(&config_path())?;
     let chosen = file
         .select(global.context.as_deref())?
@@ -133,9 +143,14 @@ pub fn resolve(global: &GlobalArgs) -> Result<(Vec<String>, crate::client::Crede
                 .with_context(|| format!("reading the CA certificate {}", path.display()))
         })
         .transpose()?;
-    Ok((
+    let namespace = global
+        .namespace
+        .clone()
+        .or(chosen.namespace)
+        .unwrap_or_else(|| faas_proto::namespaces::DEFAULT.to_string());
+    Ok(Resolved {
         endpoints,
-        crate::client::Credentials {
+        credentials: crate::client::Credentials {
             tls: faas_pki::client::ClientTls {
                 ca_pem,
                 identity: None,
@@ -143,7 +158,8 @@ pub fn resolve(global: &GlobalArgs) -> Result<(Vec<String>, crate::client::Crede
             bearer: faas_pki::client::Bearer::new(token.as_deref())
                 .map_err(|e| crate::output::BadInput(e.to_string()))?,
         },
-    ))
+        namespace,
+    })
 }
 
 const DEFAULT_ENDPOINT: &str = "https://127.0.0.1:7070";
@@ -173,6 +189,7 @@ pub fn run(cmd: ContextCmd, global: &GlobalArgs) -> Result<()> {
                             "ca_file": e.ca_file,
                             "token_file": e.token_file,
                             "has_token": e.token.is_some(),
+                            "namespace": e.namespace,
                         })
                     })
                     .collect();
@@ -221,6 +238,9 @@ pub fn run(cmd: ContextCmd, global: &GlobalArgs) -> Result<()> {
                 entry.token = Some(t.clone());
                 entry.token_file = None;
             }
+            if let Some(ns) = &global.namespace {
+                entry.namespace = Some(ns.clone());
+            }
             file.current_context = Some(name.clone());
             file.save(&path)?;
             crate::output::note(&format!(
@@ -260,6 +280,7 @@ mod tests {
             ca_file: Some("/ca.crt".into()),
             token_file: None,
             token: Some("t".into()),
+            namespace: Some("team-a".into()),
         };
         file.contexts.insert("prod".into(), entry.clone());
         file.current_context = Some("prod".into());

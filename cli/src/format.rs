@@ -11,8 +11,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use faas_proto::v1::{
-    Call, CallStats, CallStatus, Function, GetCallStatsResponse, ListNodesResponse, Node,
-    PhaseStats, Runtime, Spot, SpotState, StartKind, Timings,
+    Call, CallStats, CallStatus, Function, GetCallStatsResponse, ListNodesResponse, Namespace,
+    Node, PhaseStats, Runtime, Spot, SpotState, StartKind, Timings,
 };
 use serde_json::{json, Value};
 
@@ -70,6 +70,7 @@ pub fn function_json(function: &Function) -> Value {
     let env: BTreeMap<_, _> = function.env.iter().collect();
     json!({
         "name": function.name,
+        "namespace": function.namespace_name(),
         "runtime": function.runtime,
         "handler": function.handler,
         "memory_bytes": function.memory_bytes,
@@ -105,6 +106,7 @@ pub fn call_json(call: &Call) -> Value {
     json!({
         "id": call.id,
         "function": call.function,
+        "namespace": call.namespace_name(),
         "function_version": call.function_version,
         "status": call_status_name(call.status),
         "params": embedded_json(&call.params_json),
@@ -407,26 +409,103 @@ pub fn runtime_registered(rt: &Runtime) -> String {
     format!("runtime \"{}\" registered: {}", rt.name, rt.image)
 }
 
-pub fn functions_table(functions: &[Function]) -> String {
-    let mut table = new_table(&[
+/// With `namespaces`, a first column names each function's namespace
+/// (a listing of every namespace).
+pub fn functions_table(functions: &[Function], namespaces: bool) -> String {
+    let mut header = vec![
         "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT", "VERSION", "SIZE", "UPDATED",
-    ]);
+    ];
+    if namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    let mut table = new_table(&header);
     for f in functions {
+        let mut row = vec![
+            f.name.clone(),
+            f.runtime.clone(),
+            f.handler.clone(),
+            bytes_text(f.memory_bytes),
+            ms_text(f.timeout_ms),
+            f.version.to_string(),
+            bytes_text(f.package_size),
+            time_text(f.updated_at_ms),
+        ];
+        if namespaces {
+            row.insert(0, f.namespace_name().to_string());
+        }
+        add_row(&mut table, row);
+    }
+    let shift = usize::from(namespaces);
+    right_align(&mut table, &[3 + shift, 4 + shift, 5 + shift, 6 + shift]);
+    render(table)
+}
+
+fn quota_text(n: u64) -> String {
+    if n == 0 {
+        "-".into()
+    } else {
+        n.to_string()
+    }
+}
+
+fn rate_text(ns: &Namespace) -> String {
+    let quota = ns.quota.unwrap_or_default();
+    if quota.submit_rate <= 0.0 {
+        return "-".into();
+    }
+    let burst = if quota.submit_burst > 0.0 {
+        quota.submit_burst
+    } else {
+        (quota.submit_rate * 2.0).max(1.0)
+    };
+    format!("{}/s (burst {burst})", quota.submit_rate)
+}
+
+pub fn namespace_json(ns: &Namespace) -> Value {
+    let quota = ns.quota.unwrap_or_default();
+    json!({
+        "name": ns.name,
+        "quota": {
+            "max_functions": quota.max_functions,
+            "max_queued_calls": quota.max_queued_calls,
+            "max_concurrent_calls": quota.max_concurrent_calls,
+            "submit_rate": quota.submit_rate,
+            "submit_burst": quota.submit_burst,
+        },
+        "created_at_ms": ns.created_at_ms,
+        "updated_at_ms": ns.updated_at_ms,
+    })
+}
+
+pub fn namespace_details(ns: &Namespace) -> String {
+    let quota = ns.quota.unwrap_or_default();
+    details(vec![
+        ("name", ns.name.clone()),
+        ("max functions", quota_text(quota.max_functions)),
+        ("max queued calls", quota_text(quota.max_queued_calls)),
+        (
+            "max concurrent calls",
+            quota_text(quota.max_concurrent_calls),
+        ),
+        ("submit rate", rate_text(ns)),
+    ])
+}
+
+pub fn namespaces_table(list: &[Namespace]) -> String {
+    let mut table = new_table(&["NAME", "FUNCTIONS", "QUEUED", "CONCURRENT", "SUBMIT RATE"]);
+    for ns in list {
+        let quota = ns.quota.unwrap_or_default();
         add_row(
             &mut table,
             vec![
-                f.name.clone(),
-                f.runtime.clone(),
-                f.handler.clone(),
-                bytes_text(f.memory_bytes),
-                ms_text(f.timeout_ms),
-                f.version.to_string(),
-                bytes_text(f.package_size),
-                time_text(f.updated_at_ms),
+                ns.name.clone(),
+                quota_text(quota.max_functions),
+                quota_text(quota.max_queued_calls),
+                quota_text(quota.max_concurrent_calls),
+                rate_text(ns),
             ],
         );
     }
-    right_align(&mut table, &[3, 4, 5, 6]);
     render(table)
 }
 
@@ -470,7 +549,8 @@ fn where_text(call: &Call) -> String {
     }
 }
 
-pub fn calls_table(calls: &[Call]) -> String {
+/// With `namespaces`, the function column names its namespace too.
+pub fn calls_table(calls: &[Call], namespaces: bool) -> String {
     let mut table = new_table(&[
         "ID",
         "FUNCTION",
@@ -489,7 +569,11 @@ pub fn calls_table(calls: &[Call]) -> String {
             &mut table,
             vec![
                 call.id.clone(),
-                call.function.clone(),
+                if namespaces {
+                    format!("{}/{}", call.namespace_name(), call.function)
+                } else {
+                    call.function.clone()
+                },
                 call_status_name(call.status),
                 start,
                 total,
@@ -639,6 +723,7 @@ mod tests {
             policy: String::new(),
             attempts: 1,
             owner: String::new(),
+            namespace: String::new(),
         }
     }
 
@@ -803,7 +888,7 @@ mod tests {
     #[test]
     fn tables_are_aligned_without_margins() {
         let calls = vec![sample_call()];
-        let table = calls_table(&calls);
+        let table = calls_table(&calls, false);
         let lines: Vec<_> = table.lines().collect();
         assert_eq!(lines.len(), 2, "{table}");
         assert!(lines[0].starts_with("ID"), "{table}");
@@ -826,7 +911,7 @@ mod tests {
         let mut call = sample_call();
         call.function = "f\u{1b}]52;c;aGk=\u{7}".into();
         call.node = "n\u{1b}[2J\u{9b}H".into();
-        let table = calls_table(&[call.clone()]);
+        let table = calls_table(&[call.clone()], false);
         assert!(
             !table.chars().any(|c| c.is_control() && c != '\n'),
             "{table}"

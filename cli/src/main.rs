@@ -47,13 +47,8 @@ async fn run(cli: args::Cli) -> anyhow::Result<()> {
     if let args::Command::Context(cmd) = cli.command {
         return contexts::run(cmd, &cli.global);
     }
-    let (endpoints, credentials) = contexts::resolve(&cli.global)?;
-    let context = commands::Context::new(
-        endpoints,
-        credentials,
-        cli.global.output,
-        cli.global.rpc_timeout,
-    );
+    let resolved = contexts::resolve(&cli.global)?;
+    let context = commands::Context::new(resolved, cli.global.output, cli.global.rpc_timeout);
     commands::run(&context, cli.command).await
 }
 

@@ -267,9 +267,7 @@ struct Tenancy {
 impl Tenancy {
     fn has_room(&self, namespace: &str) -> bool {
         match self.limits.get(namespace) {
-            Some(&limit) if limit > 0 => {
-                self.counted.get(namespace).copied().unwrap_or(0) < limit
-            }
+            Some(&limit) if limit > 0 => self.counted.get(namespace).copied().unwrap_or(0) < limit,
             _ => true,
         }
     }
@@ -368,7 +366,12 @@ impl Ledger {
                 function: entry.bundle.function_ref(),
             });
         }
-        if self.tenancy.held.get(namespace).is_some_and(|q| q.is_empty()) {
+        if self
+            .tenancy
+            .held
+            .get(namespace)
+            .is_some_and(|q| q.is_empty())
+        {
             self.tenancy.held.remove(namespace);
         }
     }
@@ -1069,7 +1072,10 @@ mod tests {
         assert_eq!(given, [id(1), id(2)], "two go to the policy");
         assert_eq!(l.held("team-a"), 2);
         // Other namespaces are not held back by team-a's bound.
-        assert_eq!(enqueued(&l.submitted(call(9), bundle(60_000, false), 0.0, 0)), [id(9)]);
+        assert_eq!(
+            enqueued(&l.submitted(call(9), bundle(60_000, false), 0.0, 0)),
+            [id(9)]
+        );
         // Call 1 runs and ends: call 3 takes its place, not before.
         let (sent, effects) = l.dispatch(&id(1), &spot("a"), Start::Preloaded, 1.0);
         assert!(sent.is_some());

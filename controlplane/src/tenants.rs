@@ -97,7 +97,11 @@ impl Tenants {
         self.inner
             .changes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.namespaces.write().expect("poisoned").remove(name);
+        self.inner
+            .namespaces
+            .write()
+            .expect("poisoned")
+            .remove(name);
         self.inner.buckets.lock().expect("poisoned").remove(name);
     }
 
@@ -154,11 +158,7 @@ impl Tenants {
     /// Takes a submit from the namespace's bucket, or says how long to
     /// wait (with the quota, for the message). A namespace without a rate
     /// always passes.
-    pub fn admit_submit(
-        &self,
-        name: &str,
-        now: Instant,
-    ) -> Result<(), (Duration, NamespaceQuota)> {
+    pub fn admit_submit(&self, name: &str, now: Instant) -> Result<(), (Duration, NamespaceQuota)> {
         let quota = self.quota(name);
         if quota.submit_rate <= 0.0 {
             return Ok(());

@@ -168,7 +168,11 @@ impl CallWatch {
         {
             let mut queued = self.queued.lock().expect("poisoned");
             if call.status() == CallStatus::Queued {
-                queued.add(&call.id, &call.function_key(), call.params_json.len() as u64);
+                queued.add(
+                    &call.id,
+                    &call.function_key(),
+                    call.params_json.len() as u64,
+                );
             } else {
                 queued.remove(&call.id);
             }
@@ -214,7 +218,11 @@ impl CallWatch {
         *queued = QueuedCalls::default();
         for call in calls {
             if call.status() == CallStatus::Queued {
-                queued.add(&call.id, &call.function_key(), call.params_json.len() as u64);
+                queued.add(
+                    &call.id,
+                    &call.function_key(),
+                    call.params_json.len() as u64,
+                );
             }
         }
     }

@@ -50,7 +50,9 @@ pub mod namespaces {
     /// A function key whose parts follow the name rule.
     pub fn is_function_key(key: &str) -> bool {
         match key.split_once('/') {
-            Some((ns, name)) => ns != DEFAULT && super::rules::is_name(ns) && super::rules::is_name(name),
+            Some((ns, name)) => {
+                ns != DEFAULT && super::rules::is_name(ns) && super::rules::is_name(name)
+            }
             None => super::rules::is_name(key),
         }
     }

@@ -192,6 +192,7 @@ pub async fn invoke_timed(
     let mut request = tonic::Request::new(InvokeRequest {
         function: function.into(),
         params_json: params_json.into(),
+        ..Default::default()
     });
     request.set_timeout(timeout);
     let started = Instant::now();

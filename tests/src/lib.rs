@@ -126,6 +126,7 @@ pub async fn submit_to_any(
             .submit(faas_proto::v1::InvokeRequest {
                 function: function.into(),
                 params_json: params_json.into(),
+                ..Default::default()
             })
             .await;
         if let Ok(r) = submitted {
@@ -145,6 +146,7 @@ pub async fn invoke_call(
         .invoke(faas_proto::v1::InvokeRequest {
             function: function.into(),
             params_json: params_json.into(),
+            ..Default::default()
         })
         .await?
         .into_inner())

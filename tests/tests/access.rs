@@ -45,6 +45,7 @@ async fn create_token(stack: &Stack, role: Role, ttl_ms: u64) -> anyhow::Result<
             role: role as i32,
             description: format!("test {role:?}"),
             ttl_ms,
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -335,6 +336,7 @@ async fn an_invoker_sees_only_its_own_calls() -> anyhow::Result<()> {
         .invoke(InvokeRequest {
             function: "hello".into(),
             params_json: r#"{"name":"alice"}"#.into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -531,6 +533,7 @@ async fn a_node_is_who_its_certificate_says_and_touches_only_its_calls() -> anyh
         .submit(InvokeRequest {
             function: "sleeps".into(),
             params_json: r#"{"seconds": 3}"#.into(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -727,6 +730,7 @@ async fn a_node_cannot_claim_a_queued_call() -> anyhow::Result<()> {
                     .submit(InvokeRequest {
                         function: "sleeps".into(),
                         params_json: format!(r#"{{"seconds": {seconds}}}"#),
+                        ..Default::default()
                     })
                     .await?
                     .into_inner()
@@ -884,6 +888,7 @@ async fn the_registry_takes_only_the_control_planes_tokens() -> anyhow::Result<(
         .invoke(InvokeRequest {
             function: "hello".into(),
             params_json: r#"{"name": "registry"}"#.into(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -79,6 +79,7 @@ async fn submit(stack: &Stack, function: &str, params: &Value) -> anyhow::Result
         .submit(InvokeRequest {
             function: function.into(),
             params_json: params.to_string(),
+            ..Default::default()
         })
         .await
         .with_context(|| format!("submitting a call of {function}"))?
@@ -949,6 +950,7 @@ async fn ids_that_are_paths_are_refused() -> anyhow::Result<()> {
             .submit(InvokeRequest {
                 function: name.into(),
                 params_json: "{}".into(),
+                ..Default::default()
             })
             .await;
         check_invalid(&mut problems, "Submit", name, got.map(|_| ()));
@@ -1243,6 +1245,7 @@ async fn removed_functions_leave_nothing_behind() -> anyhow::Result<()> {
     let function = FunctionServiceClient::new(stack.channel().await)
         .get_function(GetFunctionRequest {
             name: "leftover".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -1276,6 +1279,7 @@ async fn removed_functions_leave_nothing_behind() -> anyhow::Result<()> {
     FunctionServiceClient::new(stack.channel().await)
         .delete_function(DeleteFunctionRequest {
             name: "leftover".into(),
+            ..Default::default()
         })
         .await?;
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -70,6 +70,7 @@ async fn a_call_whose_agent_stops_answering_ends_by_its_deadline() -> anyhow::Re
         .submit(InvokeRequest {
             function: "sleeps".into(),
             params_json: r#"{"seconds":30}"#.into(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -114,6 +115,7 @@ async fn a_call_whose_agent_stops_answering_ends_by_its_deadline() -> anyhow::Re
         .submit(InvokeRequest {
             function: "hello".into(),
             params_json: "{}".into(),
+            ..Default::default()
         })
         .await?
         .into_inner()

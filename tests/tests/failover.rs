@@ -293,6 +293,7 @@ async fn kill_the_node_of_a_running_call(
                 .submit(InvokeRequest {
                     function: function.into(),
                     params_json: r#"{"seconds": 3}"#.into(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner()
@@ -418,6 +419,7 @@ async fn the_cluster_survives_an_etcd_outage() -> anyhow::Result<()> {
                     .invoke(InvokeRequest {
                         function: "hello".into(),
                         params_json: "{}".into(),
+                        ..Default::default()
                     })
                     .await,
             )

@@ -36,6 +36,7 @@ async fn invoke(stack: &Stack, function: &str, params: &str) -> Result<Call, ton
         .invoke(InvokeRequest {
             function: function.into(),
             params_json: params.into(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())
@@ -100,6 +101,7 @@ async fn python_and_node_functions_run_sync_and_async_with_logs_and_timings() ->
             .submit(InvokeRequest {
                 function: function.into(),
                 params_json: r#"{"name":"async"}"#.into(),
+                ..Default::default()
             })
             .await?
             .into_inner()
@@ -135,6 +137,7 @@ async fn python_and_node_functions_run_sync_and_async_with_logs_and_timings() ->
             status: CallStatus::Succeeded as i32,
             page_size: 10,
             page_token: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -359,6 +362,7 @@ async fn each_call_runs_in_its_own_container_which_is_destroyed_after() -> anyho
             .submit(InvokeRequest {
                 function: "sleeps".into(),
                 params_json: r#"{"seconds":1.5}"#.into(),
+                ..Default::default()
             })
             .await?
             .into_inner()

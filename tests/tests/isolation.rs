@@ -76,6 +76,7 @@ async fn invoke(stack: &Stack, function: &str, params: Value) -> anyhow::Result<
         .invoke(InvokeRequest {
             function: function.into(),
             params_json: params.to_string(),
+            ..Default::default()
         })
         .await
         .with_context(|| format!("invoking {function}"))?
@@ -88,6 +89,7 @@ async fn submit(stack: &Stack, function: &str, params: Value) -> anyhow::Result<
         .submit(InvokeRequest {
             function: function.into(),
             params_json: params.to_string(),
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -224,6 +224,7 @@ async fn deploy_bombs_and_bad_shapes_are_refused_with_bounded_memory() -> anyhow
     let get = FunctionServiceClient::new(stack.channel().await)
         .get_function(GetFunctionRequest {
             name: "bomb".into(),
+            ..Default::default()
         })
         .await;
     assert_eq!(get.unwrap_err().code(), Code::NotFound);
@@ -365,7 +366,10 @@ async fn removed_and_replaced_packages_leave_nothing_behind() -> anyhow::Result<
         let stack = &stack;
         async move {
             FunctionServiceClient::new(stack.channel().await)
-                .get_function(GetFunctionRequest { name })
+                .get_function(GetFunctionRequest {
+                    name,
+                    ..Default::default()
+                })
                 .await
                 .map(|r| r.into_inner())
         }
@@ -406,7 +410,10 @@ async fn removed_and_replaced_packages_leave_nothing_behind() -> anyhow::Result<
 
     // fn rm: nothing of the function remains in the registry or the cache.
     FunctionServiceClient::new(stack.channel().await)
-        .delete_function(DeleteFunctionRequest { name: "pkg".into() })
+        .delete_function(DeleteFunctionRequest {
+            name: "pkg".into(),
+            ..Default::default()
+        })
         .await?;
     assert!(registry_tags(&stack, "pkg").await?.is_empty());
     eventually("the removed function's package leaves the cache", || {

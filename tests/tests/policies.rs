@@ -105,6 +105,7 @@ async fn run_policy(
         .get_call_stats(GetCallStatsRequest {
             function: "versioned".into(),
             last: 100,
+            ..Default::default()
         })
         .await?
         .into_inner();

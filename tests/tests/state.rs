@@ -122,6 +122,7 @@ async fn a_thousand_big_calls_list_restart_and_take_over() -> anyhow::Result<()>
             .invoke(InvokeRequest {
                 function: "echo".into(),
                 params_json: params.clone(),
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -253,6 +254,7 @@ async fn a_thousand_big_calls_list_restart_and_take_over() -> anyhow::Result<()>
         .get_call_stats(GetCallStatsRequest {
             function: String::new(),
             last: 10_000,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -310,6 +312,7 @@ async fn a_thousand_big_calls_list_restart_and_take_over() -> anyhow::Result<()>
             .invoke(InvokeRequest {
                 function: "echo".into(),
                 params_json: big_params(PAYLOAD, "after-restart"),
+                ..Default::default()
             })
             .await
         {
@@ -375,6 +378,7 @@ async fn a_full_etcd_gives_clear_errors_and_recovers_by_itself() -> anyhow::Resu
             .invoke(InvokeRequest {
                 function: "sink".into(),
                 params_json: params.clone(),
+                ..Default::default()
             })
             .await
         {
@@ -405,6 +409,7 @@ async fn a_full_etcd_gives_clear_errors_and_recovers_by_itself() -> anyhow::Resu
             .invoke(InvokeRequest {
                 function: "sink".into(),
                 params_json: r#"{"pad": "back"}"#.into(),
+                ..Default::default()
             })
             .await
         {
@@ -471,6 +476,7 @@ async fn submits_over_the_admission_bounds_are_refused_with_a_retry_hint() -> an
                 .submit(InvokeRequest {
                     function: function.into(),
                     params_json: r#"{"seconds": 4}"#.into(),
+                    ..Default::default()
                 })
                 .await
         }
@@ -560,6 +566,7 @@ async fn queued_params_are_bounded_in_bytes() -> anyhow::Result<()> {
     let request = || InvokeRequest {
         function: "sleeps".into(),
         params_json: params.clone(),
+        ..Default::default()
     };
     let first = client.submit(request()).await?.into_inner().call_id;
     // It leaves the queue once it runs.
@@ -600,6 +607,7 @@ async fn queued_params_are_bounded_in_bytes() -> anyhow::Result<()> {
         .submit(InvokeRequest {
             function: "sleeps".into(),
             params_json: r#"{"seconds": 0}"#.into(),
+            ..Default::default()
         })
         .await?;
     stack.shutdown().await

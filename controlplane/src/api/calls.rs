@@ -73,16 +73,12 @@ impl Api {
             });
         }
         let key = faas_proto::namespaces::function_key(&namespace, &request.function);
-        let function: Function = self
-            .store
-            .get(Kind::Function, &key)
-            .await?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "function {:?} not found in namespace {namespace:?}",
-                    request.function
-                ))
-            })?;
+        let function: Function = self.store.get(Kind::Function, &key).await?.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "function {:?} not found in namespace {namespace:?}",
+                request.function
+            ))
+        })?;
         let runtime: Runtime = self
             .store
             .get(Kind::Runtime, &function.runtime)

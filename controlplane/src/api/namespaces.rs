@@ -5,8 +5,8 @@ use faas_proto::namespaces::{ALL, DEFAULT};
 use faas_proto::v1::namespace_service_server::NamespaceService;
 use faas_proto::v1::{
     CreateNamespaceRequest, DeleteNamespaceRequest, DeleteNamespaceResponse, Function,
-    GetNamespaceRequest, ListNamespacesRequest, ListNamespacesResponse, Namespace,
-    NamespaceQuota, UpdateNamespaceRequest,
+    GetNamespaceRequest, ListNamespacesRequest, ListNamespacesResponse, Namespace, NamespaceQuota,
+    UpdateNamespaceRequest,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;

@@ -101,7 +101,8 @@ impl Principal {
         if requested == faas_proto::namespaces::ALL {
             return Ok(None);
         }
-        self.check_namespace(requested).map(|ns| Some(ns.to_string()))
+        self.check_namespace(requested)
+            .map(|ns| Some(ns.to_string()))
     }
 
     /// Whether a record of `namespace` belongs in a listing of `scope`
@@ -186,10 +187,9 @@ pub fn access_of(path: &str) -> Option<Access> {
         ) => AtLeast(Admin),
         ("faas.v1.AccessService", "CreateToken" | "ListTokens" | "DeleteToken") => AtLeast(Admin),
         ("faas.v1.AccessService", "WhoAmI") => AtLeast(Invoker),
-        (
-            "faas.v1.NamespaceService",
-            "CreateNamespace" | "UpdateNamespace" | "DeleteNamespace",
-        ) => AtLeast(Admin),
+        ("faas.v1.NamespaceService", "CreateNamespace" | "UpdateNamespace" | "DeleteNamespace") => {
+            AtLeast(Admin)
+        }
         ("faas.v1.NamespaceService", "GetNamespace" | "ListNamespaces") => AtLeast(Invoker),
         _ => return None,
     })
