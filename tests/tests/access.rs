@@ -10,6 +10,7 @@ use faas_proto::v1::agent_service_client::AgentServiceClient;
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::cluster_service_client::ClusterServiceClient;
 use faas_proto::v1::function_service_client::FunctionServiceClient;
+use faas_proto::v1::namespace_service_client::NamespaceServiceClient;
 use faas_proto::v1::node_join_service_client::NodeJoinServiceClient;
 use faas_proto::v1::runtime_service_client::RuntimeServiceClient;
 use faas_proto::v1::*;
@@ -174,6 +175,31 @@ async fn call_rpc(ch: Channel, method: &str) -> Code {
                 .who_am_i(WhoAmIRequest::default())
                 .await,
         ),
+        "CreateNamespace" => code(
+            NamespaceServiceClient::new(ch)
+                .create_namespace(CreateNamespaceRequest::default())
+                .await,
+        ),
+        "UpdateNamespace" => code(
+            NamespaceServiceClient::new(ch)
+                .update_namespace(UpdateNamespaceRequest::default())
+                .await,
+        ),
+        "DeleteNamespace" => code(
+            NamespaceServiceClient::new(ch)
+                .delete_namespace(DeleteNamespaceRequest::default())
+                .await,
+        ),
+        "GetNamespace" => code(
+            NamespaceServiceClient::new(ch)
+                .get_namespace(GetNamespaceRequest::default())
+                .await,
+        ),
+        "ListNamespaces" => code(
+            NamespaceServiceClient::new(ch)
+                .list_namespaces(ListNamespacesRequest::default())
+                .await,
+        ),
         other => panic!("no such method in the table: {other}"),
     }
 }
@@ -190,6 +216,9 @@ const API: &[(&str, u8)] = &[
     ("CreateToken", 3),
     ("ListTokens", 3),
     ("DeleteToken", 3),
+    ("CreateNamespace", 3),
+    ("UpdateNamespace", 3),
+    ("DeleteNamespace", 3),
     ("GetRuntime", 2),
     ("ListRuntimes", 2),
     ("DeployFunction", 2),
@@ -204,6 +233,8 @@ const API: &[(&str, u8)] = &[
     ("ListCalls", 1),
     ("GetCallLogs", 1),
     ("WhoAmI", 1),
+    ("GetNamespace", 1),
+    ("ListNamespaces", 1),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
