@@ -32,7 +32,10 @@ use tracing::{info_span, warn, Instrument};
 
 use crate::collect::{self, build_result, platform_failure, tail_lines, CallFacts, Ended};
 use crate::config::Config;
-use crate::container::{container_spec, function_env, prepare_dir, unmount_io, write_env, Owner};
+use crate::container::{
+    container_spec, function_env, grow_io, prepare_dir, secrets_bytes, unmount_io, write_env,
+    write_secrets, Owner,
+};
 use crate::io_files::{self, Notice, NotifyReader};
 use crate::packages::{copy_tree, PackageLease, Packages};
 use crate::uids::{UidLease, UidPool};
@@ -502,6 +505,11 @@ impl Slot<'_> {
         function: Option<&FunctionBundle>,
     ) -> Result<Live, String> {
         let ctx = self.ctx;
+        // Empty until a function is loaded into a runtime-preloaded spot.
+        let env = match function {
+            Some(f) => function_env(f, runtime).map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
         let t = Instant::now();
         let image = ctx
             .driver
@@ -534,12 +542,10 @@ impl Slot<'_> {
         };
         let io = {
             let dir = dir.clone();
-            let io_bytes = ctx.config.io_tmpfs_bytes();
-            // Empty until a function is loaded into a runtime-preloaded spot.
-            let env = function
-                .map(|f| function_env(f, runtime))
-                .unwrap_or_default();
-            tokio::task::spawn_blocking(move || prepare_dir(&dir, io_bytes, &env, owner))
+            // A runtime-preloaded spot's grows when its call arrives.
+            let secrets = function.map(|f| f.secrets.clone()).unwrap_or_default();
+            let io_bytes = ctx.config.io_tmpfs_bytes() + secrets_bytes(&secrets);
+            tokio::task::spawn_blocking(move || prepare_dir(&dir, io_bytes, &env, &secrets, owner))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("preparing the container's files: {e}"))?
@@ -826,6 +832,7 @@ impl Slot<'_> {
         live: &mut Live,
         function: &FunctionBundle,
     ) -> Result<(), String> {
+        let env = function_env(function, &live.runtime).map_err(|e| e.to_string())?;
         let package = self
             .ctx
             .packages
@@ -846,10 +853,25 @@ impl Slot<'_> {
         }
         let dir = live.dir.clone();
         let io = live.io.clone();
-        let env = function_env(function, &live.runtime);
+        let secrets = function.secrets.clone();
+        let io_bytes = self.ctx.config.io_tmpfs_bytes() + secrets_bytes(&secrets);
+        let owner = Owner {
+            uid: live.uid.uid(),
+            gid: live.uid.gid(),
+        };
+        // All in place before the load gate opens: the function sees its
+        // files, env and secrets from its first instant, as when it is
+        // known at the container's creation.
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             copy_tree(package.path(), &dir.join("fn"))?;
-            write_env(&*io, &env)
+            write_env(&*io, &env)?;
+            if !secrets.is_empty() {
+                // The secrets get room of their own: the call's output and
+                // logs keep theirs.
+                grow_io(&dir, io_bytes)?;
+                write_secrets(&*io, &secrets, owner)?;
+            }
+            Ok(())
         })
         .await
         .map_err(|e| e.to_string())?

@@ -113,6 +113,10 @@ pub enum Command {
     /// API tokens (cluster admin).
     #[command(subcommand, visible_alias = "tokens")]
     Token(TokenCmd),
+    /// Secrets of a namespace, given to the functions that reference them
+    /// (`fn deploy --secret`); values are never shown.
+    #[command(subcommand, visible_alias = "secrets")]
+    Secret(SecretCmd),
     /// Namespaces (tenants) and their quotas; creating and changing them
     /// is for cluster admins.
     #[command(subcommand, visible_alias = "namespaces", visible_alias = "ns")]
@@ -149,6 +153,42 @@ pub enum TokenCmd {
     /// Revoke an API token by id (the part before the dot).
     #[command(visible_alias = "delete")]
     Rm { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCmd {
+    /// Create a secret (in --namespace); with --replace, rotate one: every
+    /// function using it gets a new version, and the next call the new
+    /// value.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["from_file", "from_literal", "from_stdin"])))]
+    Create {
+        name: String,
+        /// Read the value from this file (as is, bytes).
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// The value itself (visible in the shell's history and to local
+        /// users while faasctl runs: prefer --from-file or --from-stdin).
+        #[arg(long)]
+        from_literal: Option<String>,
+        /// Read the value from stdin.
+        #[arg(long)]
+        from_stdin: bool,
+        /// Replace an existing secret of the name.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List secrets (names, sizes, versions; never values).
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Every namespace the token acts in.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// Show one secret's name, size and version.
+    Get { name: String },
+    /// Delete a secret (refused while functions use it).
+    #[command(visible_alias = "delete")]
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -324,6 +364,22 @@ pub struct DeployArgs {
     /// again elsewhere instead of failing with node_lost.
     #[arg(long)]
     pub idempotent: bool,
+    /// A secret of the namespace each call receives as the file
+    /// /faas/secrets/NAME, and with NAME:VAR also as the environment
+    /// variable VAR (repeatable).
+    #[arg(long = "secret", value_parser = parse_secret_ref)]
+    pub secrets: Vec<(String, String)>,
+}
+
+/// Parses `NAME` or `NAME:ENV_VAR`.
+pub fn parse_secret_ref(text: &str) -> Result<(String, String), String> {
+    let (name, env) = text.split_once(':').unwrap_or((text, ""));
+    if name.is_empty() {
+        return Err(format!(
+            "invalid --secret {text:?}: expected NAME or NAME:ENV_VAR"
+        ));
+    }
+    Ok((name.to_string(), env.to_string()))
 }
 
 #[derive(Debug, Args)]

@@ -21,12 +21,17 @@ use faas_proto::v1::{
     DeleteNamespaceRequest, GetNamespaceRequest, ListNamespacesRequest, NamespaceQuota,
     UpdateNamespaceRequest,
 };
+use faas_proto::v1::{
+    secret_service_client::SecretServiceClient, DeleteSecretRequest, GetSecretRequest,
+    ListSecretsRequest, PutSecretRequest, SecretRef,
+};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::args::{
     duration_to_ms, CallCmd, Command, DeployArgs, FunctionCmd, InvokeArgs, NamespaceCmd, NodeCmd,
-    NodeTokenCmd, OutputFormat, QuotaArgs, RegisterRuntimeArgs, RoleArg, RuntimeCmd, TokenCmd,
+    NodeTokenCmd, OutputFormat, QuotaArgs, RegisterRuntimeArgs, RoleArg, RuntimeCmd, SecretCmd,
+    TokenCmd,
 };
 use crate::client::{upload_progress, upload_stream, UploadBody, UploadError, MAX_DECODE_BYTES};
 use crate::format;
@@ -73,6 +78,10 @@ impl Context {
         } else {
             self.namespace.clone()
         }
+    }
+
+    async fn secrets(&self) -> Result<SecretServiceClient<Channel>> {
+        Ok(SecretServiceClient::new(self.channel().await?))
     }
 
     async fn namespaces(&self) -> Result<NamespaceServiceClient<Channel>> {
@@ -184,6 +193,7 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
         Command::Call(cmd) => call(ctx, cmd).await,
         Command::Token(cmd) => token(ctx, cmd).await,
         Command::Namespace(cmd) => namespace(ctx, cmd).await,
+        Command::Secret(cmd) => secret(ctx, cmd).await,
         Command::Whoami => {
             let me = ctx
                 .access()
@@ -485,6 +495,90 @@ fn take_read_error(slot: &UploadError) -> Result<(), BadInput> {
     }
 }
 
+// ----------------------------------------------------------------- secrets
+
+async fn secret(ctx: &Context, cmd: SecretCmd) -> Result<()> {
+    let mut client = ctx.secrets().await?;
+    match cmd {
+        SecretCmd::Create {
+            name,
+            from_file,
+            from_literal,
+            from_stdin,
+            replace,
+        } => {
+            let value = match (from_file, from_literal) {
+                (Some(path), _) => std::fs::read(&path).map_err(|e| {
+                    BadInput(format!(
+                        "cannot read the secret from {}: {e}",
+                        path.display()
+                    ))
+                })?,
+                (None, Some(text)) => text.into_bytes(),
+                (None, None) => {
+                    debug_assert!(from_stdin);
+                    let mut bytes = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut bytes)
+                        .map_err(|e| BadInput(format!("cannot read the secret from stdin: {e}")))?;
+                    bytes
+                }
+            };
+            let secret = client
+                .put_secret(ctx.request(PutSecretRequest {
+                    name,
+                    namespace: ctx.namespace.clone(),
+                    value,
+                    replace,
+                }))
+                .await?
+                .into_inner();
+            ctx.show(
+                || format::secret_json(&secret),
+                || format::secret_details(&secret),
+            )
+        }
+        SecretCmd::Ls { all_namespaces } => {
+            let list = client
+                .list_secrets(ctx.request(ListSecretsRequest {
+                    namespace: ctx.list_namespace(all_namespaces),
+                }))
+                .await?
+                .into_inner()
+                .secrets;
+            ctx.show(
+                || Value::Array(list.iter().map(format::secret_json).collect()),
+                || format::secrets_table(&list),
+            )
+        }
+        SecretCmd::Get { name } => {
+            let secret = client
+                .get_secret(ctx.request(GetSecretRequest {
+                    name,
+                    namespace: ctx.namespace.clone(),
+                }))
+                .await?
+                .into_inner();
+            ctx.show(
+                || format::secret_json(&secret),
+                || format::secret_details(&secret),
+            )
+        }
+        SecretCmd::Rm { name } => {
+            client
+                .delete_secret(ctx.request(DeleteSecretRequest {
+                    name: name.clone(),
+                    namespace: ctx.namespace.clone(),
+                }))
+                .await?;
+            ctx.show(
+                || json!({ "deleted": name }),
+                || format!("secret \"{name}\" deleted"),
+            )
+        }
+    }
+}
+
 // -------------------------------------------------------------- namespaces
 
 /// `quota` with the bounds given on the command line put over it.
@@ -639,6 +733,15 @@ pub fn function_spec(args: &DeployArgs, namespace: &str) -> FunctionSpec {
         timeout_ms: args.timeout.map(duration_to_ms).unwrap_or(0),
         env: args.env.iter().cloned().collect(),
         idempotent: args.idempotent,
+        secrets: args
+            .secrets
+            .iter()
+            .map(|(name, env)| SecretRef {
+                name: name.clone(),
+                env: env.clone(),
+                version: 0,
+            })
+            .collect(),
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use faas_proto::v1::{
     Call, CallStats, CallStatus, Function, GetCallStatsResponse, ListNodesResponse, Namespace,
-    Node, PhaseStats, Runtime, Spot, SpotState, StartKind, Timings,
+    Node, PhaseStats, Runtime, Secret, Spot, SpotState, StartKind, Timings,
 };
 use serde_json::{json, Value};
 
@@ -77,6 +77,11 @@ pub fn function_json(function: &Function) -> Value {
         "timeout_ms": function.timeout_ms,
         "idempotent": function.idempotent,
         "env": env,
+        "secrets": function
+            .secrets
+            .iter()
+            .map(|s| json!({"name": s.name, "env": s.env, "version": s.version}))
+            .collect::<Vec<_>>(),
         "package_digest": function.package_digest,
         "package_size": function.package_size,
         "version": function.version,
@@ -440,6 +445,62 @@ pub fn functions_table(functions: &[Function], namespaces: bool) -> String {
     render(table)
 }
 
+/// A function's secrets as `name` or `name:VAR` (names only, never values).
+fn secrets_text(f: &Function) -> String {
+    if f.secrets.is_empty() {
+        return "-".into();
+    }
+    f.secrets
+        .iter()
+        .map(|s| {
+            if s.env.is_empty() {
+                s.name.clone()
+            } else {
+                format!("{}:{}", s.name, s.env)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn secret_json(s: &Secret) -> Value {
+    json!({
+        "name": s.name,
+        "namespace": s.namespace,
+        "size": s.size,
+        "version": s.version,
+        "created_at_ms": s.created_at_ms,
+        "updated_at_ms": s.updated_at_ms,
+    })
+}
+
+pub fn secret_details(s: &Secret) -> String {
+    details(vec![
+        ("name", s.name.clone()),
+        ("namespace", s.namespace.clone()),
+        ("size", bytes_text(s.size)),
+        ("version", s.version.to_string()),
+        ("updated", time_text(s.updated_at_ms)),
+    ])
+}
+
+pub fn secrets_table(list: &[Secret]) -> String {
+    let mut table = new_table(&["NAMESPACE", "NAME", "SIZE", "VERSION", "UPDATED"]);
+    for s in list {
+        add_row(
+            &mut table,
+            vec![
+                s.namespace.clone(),
+                s.name.clone(),
+                bytes_text(s.size),
+                s.version.to_string(),
+                time_text(s.updated_at_ms),
+            ],
+        );
+    }
+    render(table)
+}
+
 fn quota_text(n: u64) -> String {
     if n == 0 {
         "-".into()
@@ -527,6 +588,7 @@ pub fn function_details(f: &Function) -> String {
         ("timeout", ms_text(f.timeout_ms)),
         ("idempotent", if f.idempotent { "yes" } else { "no" }.into()),
         ("env", env_text),
+        ("secrets", secrets_text(f)),
         ("version", f.version.to_string()),
         (
             "package",

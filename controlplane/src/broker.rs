@@ -217,6 +217,8 @@ struct BrokerLoop {
     /// Nodes an operator drained (recorded in etcd): they take no work
     /// whenever they connect.
     drained: std::collections::HashSet<String>,
+    /// Secret values for the bundles of function preloads.
+    secrets: crate::secrets::Secrets,
 }
 
 /// Starts the broker loop with the given policy.
@@ -227,6 +229,7 @@ pub fn spawn(
     registry_host: String,
     settings: CallSettings,
     fence: Option<LeaderFence>,
+    secrets: crate::secrets::Secrets,
 ) -> BrokerHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let connected_agents = Arc::new(AtomicUsize::new(0));
@@ -250,6 +253,7 @@ pub fn spawn(
         connected_agents,
         epoch: Instant::now(),
         drained: Default::default(),
+        secrets,
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -731,7 +735,7 @@ impl BrokerLoop {
                 .get(name)
                 .map(|r| {
                     let f = Function::default();
-                    CallBundle::new(r.clone(), f, &self.registry_host).runtime
+                    CallBundle::new(r.clone(), f, &self.registry_host, Vec::new()).runtime
                 })
                 .map(|rt| (Some(rt), None)),
             (_, Some(fref)) => match (
@@ -739,8 +743,21 @@ impl BrokerLoop {
                 self.runtimes.get(&fref.runtime),
             ) {
                 (Some(f), Some(r)) if f.version == fref.version => {
-                    let bundle = CallBundle::new(r.clone(), f.clone(), &self.registry_host);
-                    Some((Some(bundle.runtime), Some(bundle.function)))
+                    // From the secrets held here: a copy behind the
+                    // function's references (or a secret gone) skips the
+                    // preload; calls still get theirs at acceptance.
+                    match self.secrets.resolve_held(f) {
+                        Ok(Some(values)) => {
+                            let bundle =
+                                CallBundle::new(r.clone(), f.clone(), &self.registry_host, values);
+                            Some((Some(bundle.runtime), Some(bundle.function)))
+                        }
+                        Ok(None) => None,
+                        Err(e) => {
+                            warn!(%spot, error = %e, "preload without its secrets; skipped");
+                            None
+                        }
+                    }
                 }
                 _ => None,
             },

@@ -51,6 +51,11 @@ pub struct Flags {
     /// what they are handed [default: none, anonymous registry].
     #[arg(long, env = "FAAS_REGISTRY_TOKEN_DIR")]
     pub registry_token_dir: Option<PathBuf>,
+    /// The key-encryption key of secrets (64 hex digits, mode 0600;
+    /// `faas-controlplane secrets-key --file F` makes one). Every replica
+    /// needs the same one [default: none: the cluster keeps no secrets].
+    #[arg(long, env = "FAAS_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
     /// This replica's name in the leader election [default: <hostname>-<pid>].
     #[arg(long, env = "FAAS_NAME")]
     pub name: Option<String>,
@@ -198,6 +203,13 @@ pub enum Command {
     /// --etcd-ca, --etcd-cert, --etcd-key), answers with a leader; 1 if it
     /// does not.
     EtcdHealth,
+    /// Makes the key-encryption key of secrets in FILE if it is missing
+    /// (32 random bytes as hex, 0600); prints its id. Copy it to every
+    /// replica (--secrets-key-file); a lost key loses every secret.
+    SecretsKey {
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,6 +224,7 @@ struct FileConfig {
     registry: Option<String>,
     registry_insecure: Option<bool>,
     registry_token_dir: Option<PathBuf>,
+    secrets_key_file: Option<PathBuf>,
     name: Option<String>,
     policy: Option<String>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -282,6 +295,7 @@ pub struct Config {
     pub registry: String,
     pub registry_insecure: bool,
     pub registry_token_dir: Option<PathBuf>,
+    pub secrets_key_file: Option<PathBuf>,
     pub name: String,
     pub policy: String,
     pub policy_config: faas_broker::PolicyConfig,
@@ -425,6 +439,7 @@ impl Config {
                 .unwrap_or(loopback),
             registry,
             registry_token_dir: flags.registry_token_dir.or(file.registry_token_dir),
+            secrets_key_file: flags.secrets_key_file.or(file.secrets_key_file),
             name: flags
                 .name
                 .or(file.name)

@@ -37,6 +37,23 @@ pub enum ApiError {
     Package(#[from] PackageError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// Something of the platform's own is broken (a secret that does not
+    /// open with this replica's key): not the client's to fix.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<crate::secrets::SecretError> for ApiError {
+    fn from(e: crate::secrets::SecretError) -> ApiError {
+        use crate::secrets::SecretError;
+        match e {
+            SecretError::NoKey | SecretError::Missing(_) => {
+                ApiError::FailedPrecondition(e.to_string())
+            }
+            SecretError::Store(s) => ApiError::Store(s),
+            SecretError::Seal { .. } => ApiError::Internal(e.to_string()),
+        }
+    }
 }
 
 /// Metadata entry of a RESOURCE_EXHAUSTED answer: milliseconds to wait
@@ -98,6 +115,7 @@ impl From<ApiError> for Status {
                 status
             }
             ApiError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
+            ApiError::Internal(_) => Status::internal(msg),
             ApiError::Store(StoreError::Decode { .. }) => Status::internal(msg),
             ApiError::Store(StoreError::Etcd(_)) | ApiError::Store(StoreError::TlsFile(..)) => {
                 Status::unavailable(msg)

@@ -50,7 +50,14 @@ pub struct CallBundle {
 }
 
 impl CallBundle {
-    pub fn new(runtime: Runtime, function: Function, registry_host: &str) -> CallBundle {
+    /// `secrets`: the values of the function's secrets (see
+    /// `crate::secrets`), in its references' order.
+    pub fn new(
+        runtime: Runtime,
+        function: Function,
+        registry_host: &str,
+        secrets: Vec<faas_proto::v1::SecretValue>,
+    ) -> CallBundle {
         // Known to the broker and the agents by its key: two namespaces'
         // functions of one name never share a preload.
         let key = function.key();
@@ -72,6 +79,7 @@ impl CallBundle {
                 memory_bytes: function.memory_bytes,
                 timeout_ms: function.timeout_ms,
                 env: function.env,
+                secrets,
             },
         }
     }

@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod package;
 pub mod registry;
 pub mod retention;
+pub mod secrets;
 pub mod store;
 pub mod tenants;
 pub mod watch;
@@ -101,6 +102,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let registry =
         registry::Registry::new(&config.registry, config.registry_insecure, signer.clone());
+    let secrets_key: Option<Arc<dyn faas_pki::sealing::KeyProvider>> =
+        match &config.secrets_key_file {
+            Some(path) => Some(Arc::new(faas_pki::sealing::FileKey::load(path)?)),
+            None => None,
+        };
+    let secrets = secrets::Secrets::load(&store, secrets_key).await?;
     let calls = Arc::new(watch::CallWatch::default());
     let (broker_tx, broker_rx) = tokio_watch::channel::<Option<BrokerHandle>>(None);
     // Set on SIGTERM: a leader resigns (revoking its lease, so that another
@@ -113,6 +120,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let store = store.clone();
         let calls = calls.clone();
         let config = config.clone();
+        let secrets = secrets.clone();
         tokio::spawn(async move {
             let election = format!("{}/election", store.prefix());
             loop {
@@ -154,6 +162,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     config.registry.clone(),
                     config.calls.clone(),
                     leadership.fence.clone(),
+                    secrets.clone(),
                 );
                 follow_catalog(&store, &handle);
                 let sweeper = tokio::spawn(retention::run(store.clone(), config.retention.clone()));
@@ -161,7 +170,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 // would wait forever.
                 let mut reloaded = false;
                 for attempt in 1..=5 {
-                    match requeue_pending(&store, &handle, &config.registry, &calls).await {
+                    match requeue_pending(&store, &handle, &config.registry, &calls, &secrets).await
+                    {
                         Ok(()) => {
                             reloaded = true;
                             break;
@@ -258,6 +268,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node_cert_ttl: config.node_cert_ttl,
         }),
         tenants,
+        secrets,
     };
     let sessions = agents::AgentSessions::new(broker_rx, credentials.clone(), dispatch_key, signer);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -294,6 +305,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(namespace_service_server::NamespaceServiceServer::new(
             api.clone(),
         ))
+        .add_service(secret_service_server::SecretServiceServer::new(api.clone()))
         .add_service(node_join_service_server::NodeJoinServiceServer::new(api))
         .add_service(
             agent_service_server::AgentServiceServer::new(sessions)
@@ -428,6 +440,7 @@ async fn requeue_pending(
     broker: &BrokerHandle,
     registry_host: &str,
     watch: &watch::CallWatch,
+    secrets: &secrets::Secrets,
 ) -> Result<(), store::StoreError> {
     let calls: Vec<Call> = store.pending_calls().await?;
     // Admission counts the queued calls from here on.
@@ -438,6 +451,11 @@ async fn requeue_pending(
     let mut queued = Vec::new();
     let mut catalog: std::collections::HashMap<String, Option<(Function, Runtime)>> =
         Default::default();
+    // The secret values of each function version, or why there are none.
+    let mut resolved: std::collections::HashMap<
+        String,
+        Result<Vec<faas_proto::v1::SecretValue>, String>,
+    > = Default::default();
     for mut call in calls
         .into_iter()
         .filter(|c| matches!(c.status(), CallStatus::Queued | CallStatus::Running))
@@ -453,8 +471,27 @@ async fn requeue_pending(
         }
         let current = catalog[&key]
             .as_ref()
-            .filter(|(f, _)| f.version == call.function_version)
-            .map(|(f, r)| Arc::new(CallBundle::new(r.clone(), f.clone(), registry_host)));
+            .filter(|(f, _)| f.version == call.function_version);
+        if let Some((f, _)) = current {
+            if !resolved.contains_key(&key) {
+                let values = match secrets.resolve(store, f).await {
+                    Ok(values) => Ok(values),
+                    Err(secrets::SecretError::Store(e)) => return Err(e),
+                    Err(e) => Err(e.to_string()),
+                };
+                resolved.insert(key.clone(), values);
+            }
+        }
+        let secret_error = current.and_then(|_| resolved[&key].as_ref().err().cloned());
+        let current = current.and_then(|(f, r)| {
+            let values = resolved[&key].as_ref().ok()?.clone();
+            Some(Arc::new(CallBundle::new(
+                r.clone(),
+                f.clone(),
+                registry_host,
+                values,
+            )))
+        });
         if call.status() == CallStatus::Running {
             // It ran under an earlier leader: wait for its result from its
             // node rather than run it again. Without the function's current
@@ -464,6 +501,7 @@ async fn requeue_pending(
                     Runtime::default(),
                     Function::default(),
                     registry_host,
+                    Vec::new(),
                 ))
             });
             adopted.push(Input::Adopt { call, bundle });
@@ -482,7 +520,9 @@ async fn requeue_pending(
                 call.status = CallStatus::Failed as i32;
                 call.error = Some(CallError {
                     reason: "platform".into(),
-                    message: "the function was changed or removed before the call could run".into(),
+                    message: secret_error.unwrap_or_else(|| {
+                        "the function was changed or removed before the call could run".into()
+                    }),
                     log_tail: String::new(),
                 });
                 call.finished_at_ms = error::now_ms();

@@ -34,6 +34,15 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::SecretsKey { file }) => {
+            let key = faas_pki::sealing::FileKey::ensure(&file)?;
+            use faas_pki::sealing::KeyProvider;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{} key {}", file.display(), key.key_id());
+            }
+            Ok(())
+        }
         Some(Command::EtcdHealth) => {
             if faas_controlplane::etcd_health(&Config::resolve(flags)?).await? {
                 Ok(())

@@ -48,6 +48,9 @@ pub enum Kind {
     Pki,
     /// A namespace (`Namespace`), under its name.
     Namespace,
+    /// A secret (`SecretRecord`, sealed), under its key (`namespace/name`,
+    /// bare in "default").
+    Secret,
 }
 
 impl Kind {
@@ -65,6 +68,7 @@ impl Kind {
             Kind::NodeIdentity => "nodes",
             Kind::Pki => "pki",
             Kind::Namespace => "namespaces",
+            Kind::Secret => "secrets",
         }
     }
 }

@@ -215,8 +215,11 @@ if faas_running "$run/controlplane.pid" faas-controlplane && binary_changed faas
     faas_stop faas-controlplane "$run/controlplane.pid"
 fi
 if ! faas_running "$run/controlplane.pid" faas-controlplane; then
+    # The key that seals secrets in etcd; it never enters etcd itself.
+    "$bin/faas-controlplane" secrets-key --file "$pki/secrets.key" >/dev/null ||
+        die "making the secrets key $pki/secrets.key"
     args=(--listen "$listen" --etcd "$etcd_url" "${etcd_tls[@]}" --registry "$registry_addr"
-        --registry-token-dir "$pki/registry" --name "$node"
+        --registry-token-dir "$pki/registry" --secrets-key-file "$pki/secrets.key" --name "$node"
         --bootstrap-token-file "$pki/admin.token" --ca-out "$pki/ca.crt")
     [ -z "${FAAS_LOCAL_POLICY:-}" ] || args+=(--policy "$FAAS_LOCAL_POLICY")
     faas_start faas-controlplane "$run/controlplane.pid" "$logs/controlplane.log" \

@@ -6,6 +6,51 @@ pub mod v1 {
     tonic::include_proto!("faas.v1");
 }
 
+/// Secret values are never printed, whatever prints the messages that
+/// carry them.
+impl std::fmt::Debug for v1::SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValue")
+            .field("name", &self.name)
+            .field("value", &format_args!("<{} bytes>", self.value.len()))
+            .field("env", &self.env)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for v1::PutSecretRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutSecretRequest")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("value", &format_args!("<{} bytes>", self.value.len()))
+            .field("replace", &self.replace)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    #[test]
+    fn secret_values_are_not_printed() {
+        let v = super::v1::SecretValue {
+            name: "db".into(),
+            value: b"hunter2".to_vec(),
+            env: "DB".into(),
+        };
+        let bundle = super::v1::FunctionBundle {
+            secrets: vec![v],
+            ..Default::default()
+        };
+        let text = format!("{bundle:?}");
+        assert!(text.contains("db") && text.contains("<7 bytes>"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("104, 117"),
+            "{text}"
+        );
+    }
+}
+
 /// Metadata key the control plane sets on an UNAVAILABLE answer given
 /// before anything was recorded (no leader right now, a replica stepping
 /// down): the client may send the same request again without risking a

@@ -915,6 +915,14 @@ impl Stack {
         self.dir.path().join("registry-pki")
     }
 
+    /// The key-encryption key of secrets, made once per stack (every
+    /// replica gets the same), as `faas-controlplane secrets-key` makes it.
+    pub fn secrets_key(&self) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join("secrets.key");
+        faas_pki::sealing::FileKey::ensure(&path)?;
+        Ok(path)
+    }
+
     /// A token for everything on `repository`, as a control plane mints
     /// one: how a test reads the registry behind the control plane's back.
     pub fn registry_token(&self, repository: &str) -> anyhow::Result<String> {
@@ -1036,6 +1044,8 @@ impl Stack {
             .arg(&self.registry_addr)
             .arg("--registry-token-dir")
             .arg(self.registry_pki())
+            .arg("--secrets-key-file")
+            .arg(self.secrets_key()?)
             .arg("--name")
             .arg(format!("cp-{i}"))
             .arg("--bootstrap-token-file")

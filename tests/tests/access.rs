@@ -13,6 +13,7 @@ use faas_proto::v1::function_service_client::FunctionServiceClient;
 use faas_proto::v1::namespace_service_client::NamespaceServiceClient;
 use faas_proto::v1::node_join_service_client::NodeJoinServiceClient;
 use faas_proto::v1::runtime_service_client::RuntimeServiceClient;
+use faas_proto::v1::secret_service_client::SecretServiceClient;
 use faas_proto::v1::*;
 use faas_tests::{fixture_dir, wait_running, Channel, Stack, StackOptions};
 use tonic::Code;
@@ -195,6 +196,26 @@ async fn call_rpc(ch: Channel, method: &str) -> Code {
                 .get_namespace(GetNamespaceRequest::default())
                 .await,
         ),
+        "PutSecret" => code(
+            SecretServiceClient::new(ch)
+                .put_secret(PutSecretRequest::default())
+                .await,
+        ),
+        "GetSecret" => code(
+            SecretServiceClient::new(ch)
+                .get_secret(GetSecretRequest::default())
+                .await,
+        ),
+        "ListSecrets" => code(
+            SecretServiceClient::new(ch)
+                .list_secrets(ListSecretsRequest::default())
+                .await,
+        ),
+        "DeleteSecret" => code(
+            SecretServiceClient::new(ch)
+                .delete_secret(DeleteSecretRequest::default())
+                .await,
+        ),
         "ListNamespaces" => code(
             NamespaceServiceClient::new(ch)
                 .list_namespaces(ListNamespacesRequest::default())
@@ -226,6 +247,10 @@ const API: &[(&str, u8)] = &[
     ("ListFunctions", 2),
     ("DeleteFunction", 2),
     ("GetCallStats", 2),
+    ("PutSecret", 2),
+    ("GetSecret", 2),
+    ("ListSecrets", 2),
+    ("DeleteSecret", 2),
     ("Invoke", 1),
     ("Submit", 1),
     ("GetCall", 1),

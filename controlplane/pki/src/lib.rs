@@ -24,6 +24,7 @@ pub mod etcd;
 mod files;
 pub mod pin;
 pub mod registry;
+pub mod sealing;
 pub mod token;
 
 pub use ca::{ClusterCa, IssuedCert, PeerIdentity};

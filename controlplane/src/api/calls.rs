@@ -89,6 +89,9 @@ impl Api {
                     function.name, function.runtime
                 ))
             })?;
+        // Opened here, on the leader, from the copy it holds (etcd only if
+        // that copy is behind the function's references).
+        let secret_values = self.secrets.resolve(&self.store, &function).await?;
         if !broker.has_agents().await {
             return Err(ApiError::FailedPrecondition(
                 "no agent is connected and taking work: no node can run the call (start faas-agent, or undrain a node)".into(),
@@ -144,7 +147,12 @@ impl Api {
                     .into(),
             ));
         }
-        let bundle = Arc::new(CallBundle::new(runtime, function, self.registry.host()));
+        let bundle = Arc::new(CallBundle::new(
+            runtime,
+            function,
+            self.registry.host(),
+            secret_values,
+        ));
         let rx = self.calls.subscribe(&call);
         if !broker.send(Input::CallArrived {
             call: call.clone(),

@@ -1,7 +1,7 @@
 use faas_proto::v1::function_service_server::FunctionService;
 use faas_proto::v1::{
     deploy_function_request, DeleteFunctionRequest, DeleteFunctionResponse, DeployFunctionRequest,
-    Function, GetFunctionRequest, ListFunctionsRequest, ListFunctionsResponse, Runtime,
+    Function, GetFunctionRequest, ListFunctionsRequest, ListFunctionsResponse, Runtime, SecretRef,
 };
 use std::sync::OnceLock;
 
@@ -72,6 +72,54 @@ impl Api {
         }
     }
 
+    /// The secrets a deploy references, checked (names, env variables that
+    /// collide with none of the function's own, each secret existing in
+    /// the namespace), each with the secret's current version.
+    async fn check_secret_refs(
+        &self,
+        namespace: &str,
+        mut refs: Vec<SecretRef>,
+        env: &std::collections::HashMap<String, String>,
+    ) -> Result<Vec<SecretRef>, ApiError> {
+        use crate::secrets::MAX_SECRETS_PER_FUNCTION;
+        if refs.len() > MAX_SECRETS_PER_FUNCTION {
+            return Err(ApiError::InvalidArgument(format!(
+                "a function references at most {MAX_SECRETS_PER_FUNCTION} secrets"
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut envs = std::collections::HashSet::new();
+        for reference in &mut refs {
+            check_name("secret", &reference.name)?;
+            if !names.insert(reference.name.clone()) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "secret {:?} is referenced twice",
+                    reference.name
+                )));
+            }
+            if !reference.env.is_empty() {
+                check_env_name(&reference.env)?;
+                if env.contains_key(&reference.env) || !envs.insert(reference.env.clone()) {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "environment variable {:?} is set twice (by --env or another secret)",
+                        reference.env
+                    )));
+                }
+            }
+            let key = crate::secrets::secret_key(namespace, &reference.name);
+            let stored: Option<faas_proto::v1::SecretRecord> =
+                self.store.get(Kind::Secret, &key).await?;
+            let Some(meta) = stored.and_then(|r| r.meta) else {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "secret {:?} does not exist in namespace {namespace:?} (faasctl secret create)",
+                    reference.name
+                )));
+            };
+            reference.version = meta.version;
+        }
+        Ok(refs)
+    }
+
     /// RESOURCE_EXHAUSTED if the namespace holds as many functions as its
     /// quota allows. Two deploys of new functions at once may both pass
     /// the last place: the bound is checked, not reserved.
@@ -102,7 +150,7 @@ impl FunctionService for Api {
     ) -> Result<Response<Function>, Status> {
         let principal = Principal::of(&request);
         let mut stream = request.into_inner();
-        let spec = match stream.next().await {
+        let mut spec = match stream.next().await {
             Some(Ok(DeployFunctionRequest {
                 part: Some(deploy_function_request::Part::Spec(spec)),
             })) => spec,
@@ -151,6 +199,9 @@ impl FunctionService for Api {
             check_env_name(key)?;
         }
         super::check_env_bytes(&spec.env, limits.max_env_bytes)?;
+        let secrets = self
+            .check_secret_refs(&namespace, std::mem::take(&mut spec.secrets), &spec.env)
+            .await?;
         let runtime: Option<Runtime> = self
             .store
             .get(Kind::Runtime, &spec.runtime)
@@ -228,6 +279,7 @@ impl FunctionService for Api {
             created_at_ms: existing.as_ref().map(|f| f.created_at_ms).unwrap_or(now),
             updated_at_ms: now,
             namespace,
+            secrets,
         };
         self.store
             .put(Kind::Function, &key, &function)

@@ -8,6 +8,7 @@ mod cluster;
 mod functions;
 mod namespaces;
 mod runtimes;
+mod secrets;
 mod stats;
 
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct Api {
     pub pki: Arc<Pki>,
     /// Namespaces and their quotas, as every request checks them.
     pub tenants: crate::tenants::Tenants,
+    /// Secrets, sealed; opened for the calls that need them.
+    pub secrets: crate::secrets::Secrets,
 }
 
 pub struct Pki {

@@ -179,6 +179,21 @@ impl NamespaceService for Api {
             ))
             .into());
         }
+        let secrets: Vec<faas_proto::v1::SecretRecord> = self
+            .store
+            .list(Kind::Secret)
+            .await
+            .map_err(ApiError::from)?;
+        let held = secrets
+            .iter()
+            .filter(|r| r.meta.as_ref().is_some_and(|m| m.namespace == name))
+            .count();
+        if held > 0 {
+            return Err(ApiError::FailedPrecondition(format!(
+                "namespace {name:?} holds {held} secrets: delete them first (faasctl secret ls -n {name})"
+            ))
+            .into());
+        }
         if !self
             .store
             .delete(Kind::Namespace, &name)

@@ -191,6 +191,9 @@ pub fn access_of(path: &str) -> Option<Access> {
             AtLeast(Admin)
         }
         ("faas.v1.NamespaceService", "GetNamespace" | "ListNamespaces") => AtLeast(Invoker),
+        ("faas.v1.SecretService", "PutSecret" | "GetSecret" | "ListSecrets" | "DeleteSecret") => {
+            AtLeast(Developer)
+        }
         _ => return None,
     })
 }
@@ -395,6 +398,10 @@ mod tests {
             "/faas.v1.NamespaceService/GetNamespace",
             "/faas.v1.NamespaceService/ListNamespaces",
             "/faas.v1.NamespaceService/DeleteNamespace",
+            "/faas.v1.SecretService/PutSecret",
+            "/faas.v1.SecretService/GetSecret",
+            "/faas.v1.SecretService/ListSecrets",
+            "/faas.v1.SecretService/DeleteSecret",
             "/faas.v1.AgentService/Session",
             "/faas.v1.NodeJoinService/Join",
             "/faas.v1.NodeJoinService/RenewCertificate",
