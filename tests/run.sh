@@ -16,7 +16,8 @@
 #
 # Settings (environment):
 #   FAAS_TEST_THREADS   parallel tests in cargo test          (2)
-#   FAAS_TEST_TIMEOUT   seconds allowed for cargo test        (1500)
+#   FAAS_TEST_TIMEOUT   seconds allowed for cargo test, its build
+#                       of the test binaries included         (1800)
 #   FAAS_SMOKE_TIMEOUT  seconds allowed for the smoke test    (600)
 #   FAAS_TEST_ARGS      extra arguments for cargo test, e.g. "-p faas-tests"
 set -uo pipefail
@@ -148,7 +149,7 @@ build_runtimes() {
 cargo_tests() {
     export FAAS_DRIVER_IT=1
     # shellcheck disable=SC2086
-    timeout --kill-after=30 "${FAAS_TEST_TIMEOUT:-1500}" \
+    timeout --kill-after=30 "${FAAS_TEST_TIMEOUT:-1800}" \
         cargo test --release --workspace --no-fail-fast ${FAAS_TEST_ARGS:-} -- --test-threads="${FAAS_TEST_THREADS:-2}" 2>&1 |
         tee "$work/cargo-test.log"
 }

@@ -437,6 +437,9 @@ async fn check_snoop(stack: &Stack, ids: &mut Vec<String>) -> anyhow::Result<()>
         "log",
         "notify",
         "output.json",
+        // The call's own secrets (root-owned, bound read-only at
+        // /faas/secrets): empty for a function without any.
+        "secrets",
         "status.json",
         "status.json.tmp",
     ];
