@@ -247,6 +247,18 @@ impl Default for StackOptions {
     }
 }
 
+/// The stdout of a command that must have succeeded (`what` it was, its
+/// exit code and stderr in the panic otherwise).
+pub fn stdout_of(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1275,6 +1287,16 @@ impl Stack {
             // Never the contexts of whoever runs the tests.
             .env("FAASCTL_CONFIG", self.dir.path().join("faasctl.toml"));
         cmd
+    }
+
+    /// `faasctl` pointed at this stack as the holder of `token`, run to
+    /// its end.
+    pub fn faasctl_as(&self, token: &str, args: &[&str]) -> std::process::Output {
+        self.faasctl()
+            .env("FAAS_TOKEN", token)
+            .args(args)
+            .output()
+            .expect("faasctl runs")
     }
 
     /// `ClusterService.ListNodes`.

@@ -4,34 +4,14 @@
 //! API, the CLI or the logs, and rotated for the next call, preloaded or
 //! not.
 
-use std::process::Output;
 use std::time::Duration;
 
-use faas_tests::{fixture_dir, Stack, StackOptions};
-
-fn ctl(stack: &Stack, token: &str, args: &[&str]) -> Output {
-    stack
-        .faasctl()
-        .env("FAAS_TOKEN", token)
-        .args(args)
-        .output()
-        .expect("faasctl runs")
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use faas_tests::{fixture_dir, stdout_of, Stack, StackOptions};
 
 /// The `db` secret as a call of `reader` in `namespace` sees it.
 fn read_secret(stack: &Stack, token: &str, namespace: &str) -> serde_json::Value {
-    let out = ok(
-        ctl(stack, token, &["-n", namespace, "invoke", "reader"]),
+    let out = stdout_of(
+        stack.faasctl_as(token, &["-n", namespace, "invoke", "reader"]),
         "invoke reader",
     );
     serde_json::from_str(&out).expect("a JSON result")
@@ -64,15 +44,14 @@ async fn secrets_under(policy: &str) -> anyhow::Result<()> {
     .await?;
     let admin = stack.auth.token.clone();
     for ns in ["team-a", "team-b"] {
-        ok(
-            ctl(&stack, &admin, &["namespace", "create", ns]),
+        stdout_of(
+            stack.faasctl_as(&admin, &["namespace", "create", ns]),
             "ns create",
         );
     }
     let token = |ns: &str| {
-        ok(
-            ctl(
-                &stack,
+        stdout_of(
+            stack.faasctl_as(
                 &admin,
                 &["token", "create", "--role", "developer", "--namespaces", ns],
             ),
@@ -87,8 +66,7 @@ async fn secrets_under(policy: &str) -> anyhow::Result<()> {
 
     // A function cannot reference a secret that does not exist.
     let deploy = |token: &str, ns: &str| {
-        ctl(
-            &stack,
+        stack.faasctl_as(
             token,
             &[
                 "-n",
@@ -107,9 +85,8 @@ async fn secrets_under(policy: &str) -> anyhow::Result<()> {
     let out = deploy(&dev_a, "team-a");
     assert_eq!(out.status.code(), Some(5), "{out:?}");
 
-    ok(
-        ctl(
-            &stack,
+    stdout_of(
+        stack.faasctl_as(
             &dev_a,
             &[
                 "-n",
@@ -124,8 +101,7 @@ async fn secrets_under(policy: &str) -> anyhow::Result<()> {
         "secret create",
     );
     // The same name again needs --replace.
-    let out = ctl(
-        &stack,
+    let out = stack.faasctl_as(
         &dev_a,
         &[
             "-n",
@@ -141,9 +117,8 @@ async fn secrets_under(policy: &str) -> anyhow::Result<()> {
     // Another team's secret of the same name is its own.
     let value_file = stack.dir.path().join("other-value");
     std::fs::write(&value_file, OTHER)?;
-    ok(
-        ctl(
-            &stack,
+    stdout_of(
+        stack.faasctl_as(
             &dev_b,
             &[
                 "-n",
@@ -157,8 +132,8 @@ async fn secrets_under(policy: &str) -> anyhow::Result<()> {
         ),
         "team-b secret",
     );
-    ok(deploy(&dev_a, "team-a"), "deploy team-a");
-    ok(deploy(&dev_b, "team-b"), "deploy team-b");
+    stdout_of(deploy(&dev_a, "team-a"), "deploy team-a");
+    stdout_of(deploy(&dev_b, "team-b"), "deploy team-b");
 
     // The call sees its own namespace's value: a file only it may read,
     // read-only, in a directory it cannot add to; and the env variable.
@@ -178,9 +153,8 @@ async fn secrets_under(policy: &str) -> anyhow::Result<()> {
 
     // Rotation: the next call gets the new value, wherever it starts; the
     // function has a new version.
-    ok(
-        ctl(
-            &stack,
+    stdout_of(
+        stack.faasctl_as(
             &dev_a,
             &[
                 "-n",
@@ -202,9 +176,8 @@ async fn secrets_under(policy: &str) -> anyhow::Result<()> {
         assert_eq!(seen["env"], SECOND, "round {round}: {seen}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let got = ok(
-        ctl(
-            &stack,
+    let got = stdout_of(
+        stack.faasctl_as(
             &dev_a,
             &["-n", "team-a", "fn", "get", "reader", "-o", "json"],
         ),
@@ -222,23 +195,22 @@ async fn secrets_under(policy: &str) -> anyhow::Result<()> {
         vec!["secret", "ls", "-A", "-o", "json"],
         vec!["-n", "team-a", "call", "ls", "-o", "json"],
     ] {
-        shown.push_str(&ok(ctl(&stack, &admin, &args), "read"));
+        shown.push_str(&stdout_of(stack.faasctl_as(&admin, &args), "read"));
     }
-    let calls: serde_json::Value = serde_json::from_str(&ok(
-        ctl(
-            &stack,
-            &admin,
-            &["-n", "team-a", "call", "ls", "-o", "json"],
-        ),
+    let calls: serde_json::Value = serde_json::from_str(&stdout_of(
+        stack.faasctl_as(&admin, &["-n", "team-a", "call", "ls", "-o", "json"]),
         "call ls",
     ))?;
     for call in calls.as_array().unwrap() {
         let id = call["id"].as_str().unwrap();
-        shown.push_str(&ok(
-            ctl(&stack, &admin, &["call", "get", id, "-o", "json"]),
+        shown.push_str(&stdout_of(
+            stack.faasctl_as(&admin, &["call", "get", id, "-o", "json"]),
             "call get",
         ));
-        shown.push_str(&ok(ctl(&stack, &admin, &["call", "logs", id]), "logs"));
+        shown.push_str(&stdout_of(
+            stack.faasctl_as(&admin, &["call", "logs", id]),
+            "logs",
+        ));
     }
     // The policy's preloads served calls: the secrets reached preloaded
     // spots, not only cold ones.
@@ -304,18 +276,18 @@ async fn secrets_under(policy: &str) -> anyhow::Result<()> {
 
     // Namespaces keep their secrets: team-b neither lists nor removes
     // team-a's; a secret in use is not removed.
-    let out = ctl(&stack, &dev_b, &["-n", "team-a", "secret", "ls"]);
+    let out = stack.faasctl_as(&dev_b, &["-n", "team-a", "secret", "ls"]);
     assert_eq!(out.status.code(), Some(7), "{out:?}");
-    let out = ctl(&stack, &dev_b, &["-n", "team-a", "secret", "rm", "db"]);
+    let out = stack.faasctl_as(&dev_b, &["-n", "team-a", "secret", "rm", "db"]);
     assert_eq!(out.status.code(), Some(7), "{out:?}");
-    let out = ctl(&stack, &dev_a, &["-n", "team-a", "secret", "rm", "db"]);
+    let out = stack.faasctl_as(&dev_a, &["-n", "team-a", "secret", "rm", "db"]);
     assert_eq!(out.status.code(), Some(5), "{out:?}");
-    ok(
-        ctl(&stack, &dev_a, &["-n", "team-a", "fn", "rm", "reader"]),
+    stdout_of(
+        stack.faasctl_as(&dev_a, &["-n", "team-a", "fn", "rm", "reader"]),
         "fn rm",
     );
-    ok(
-        ctl(&stack, &dev_a, &["-n", "team-a", "secret", "rm", "db"]),
+    stdout_of(
+        stack.faasctl_as(&dev_a, &["-n", "team-a", "secret", "rm", "db"]),
         "secret rm",
     );
     stack.shutdown().await

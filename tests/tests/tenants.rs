@@ -7,28 +7,8 @@ use std::time::Duration;
 
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::*;
-use faas_tests::{fixture_dir, wait_running, Stack, StackOptions};
+use faas_tests::{fixture_dir, stdout_of, wait_running, Stack, StackOptions};
 use tonic::Code;
-
-/// faasctl as the holder of `token`.
-fn ctl(stack: &Stack, token: &str, args: &[&str]) -> Output {
-    stack
-        .faasctl()
-        .env("FAAS_TOKEN", token)
-        .args(args)
-        .output()
-        .expect("faasctl runs")
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn exit_code(out: &Output) -> Option<i32> {
     out.status.code()
@@ -41,7 +21,7 @@ fn token(stack: &Stack, role: &str, namespaces: &str) -> String {
     if !namespaces.is_empty() {
         args.extend(["--namespaces", namespaces]);
     }
-    ok(ctl(stack, &admin, &args), "token create")
+    stdout_of(stack.faasctl_as(&admin, &args), "token create")
         .trim()
         .to_string()
 }
@@ -74,11 +54,13 @@ async fn namespaces_keep_tenants_apart() -> anyhow::Result<()> {
     .await?;
     let admin = stack.auth.token.clone();
     for ns in ["team-a", "team-b"] {
-        ok(ctl(&stack, &admin, &["namespace", "create", ns]), "create");
+        stdout_of(
+            stack.faasctl_as(&admin, &["namespace", "create", ns]),
+            "create",
+        );
     }
     // A token for a namespace that does not exist is refused.
-    let out = ctl(
-        &stack,
+    let out = stack.faasctl_as(
         &admin,
         &[
             "token",
@@ -97,14 +79,13 @@ async fn namespaces_keep_tenants_apart() -> anyhow::Result<()> {
     let sleep = fixture_dir("py-sleep");
     let (hello, sleep) = (hello.to_str().unwrap(), sleep.to_str().unwrap());
     let deploy = |token: &str, ns: &str, dir: &str| {
-        ctl(
-            &stack,
+        stack.faasctl_as(
             token,
             &["-n", ns, "fn", "deploy", "svc", "--runtime", "python3", dir],
         )
     };
-    ok(deploy(&dev_a, "team-a", hello), "deploy team-a/svc");
-    ok(deploy(&dev_b, "team-b", sleep), "deploy team-b/svc");
+    stdout_of(deploy(&dev_a, "team-a", hello), "deploy team-a/svc");
+    stdout_of(deploy(&dev_b, "team-b", sleep), "deploy team-b/svc");
 
     // Each developer acts only in its namespace: deploy, read, delete and
     // invoke elsewhere are refused (exit 7), and a listing of every
@@ -120,11 +101,11 @@ async fn namespaces_keep_tenants_apart() -> anyhow::Result<()> {
         vec!["-n", "team-b", "invoke", "svc"],
         vec!["-n", "team-b", "call", "ls"],
     ] {
-        let out = ctl(&stack, &dev_a, &args);
+        let out = stack.faasctl_as(&dev_a, &args);
         assert_eq!(exit_code(&out), Some(7), "{args:?}: {out:?}");
     }
-    let listed = ok(
-        ctl(&stack, &dev_a, &["fn", "ls", "-A", "-o", "json"]),
+    let listed = stdout_of(
+        stack.faasctl_as(&dev_a, &["fn", "ls", "-A", "-o", "json"]),
         "ls -A",
     );
     let listed: serde_json::Value = serde_json::from_str(&listed)?;
@@ -135,15 +116,15 @@ async fn namespaces_keep_tenants_apart() -> anyhow::Result<()> {
         .map(|f| f["namespace"].as_str().unwrap())
         .collect();
     assert_eq!(namespaces, ["team-a"], "{listed}");
-    let all = ok(ctl(&stack, &admin, &["fn", "ls", "-A"]), "admin ls -A");
+    let all = stdout_of(stack.faasctl_as(&admin, &["fn", "ls", "-A"]), "admin ls -A");
     assert!(all.contains("team-a") && all.contains("team-b"), "{all}");
-    let ns_list = ok(ctl(&stack, &dev_b, &["namespace", "ls"]), "ns ls");
+    let ns_list = stdout_of(stack.faasctl_as(&dev_b, &["namespace", "ls"]), "ns ls");
     assert!(
         ns_list.contains("team-b") && !ns_list.contains("team-a"),
         "{ns_list}"
     );
     // Namespaces are an admin's to make.
-    let out = ctl(&stack, &dev_a, &["namespace", "create", "mine"]);
+    let out = stack.faasctl_as(&dev_a, &["namespace", "create", "mine"]);
     assert_eq!(exit_code(&out), Some(7), "{out:?}");
 
     // Same name, each its own code, preloaded or not.
@@ -226,14 +207,17 @@ async fn namespaces_keep_tenants_apart() -> anyhow::Result<()> {
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 
     // A namespace holding functions is not deleted; empty, it is.
-    let out = ctl(&stack, &admin, &["namespace", "rm", "team-b"]);
+    let out = stack.faasctl_as(&admin, &["namespace", "rm", "team-b"]);
     assert_eq!(exit_code(&out), Some(5), "{out:?}");
-    ok(
-        ctl(&stack, &dev_b, &["-n", "team-b", "fn", "rm", "svc"]),
+    stdout_of(
+        stack.faasctl_as(&dev_b, &["-n", "team-b", "fn", "rm", "svc"]),
         "rm",
     );
-    ok(ctl(&stack, &admin, &["namespace", "rm", "team-b"]), "ns rm");
-    let out = ctl(&stack, &admin, &["-n", "team-b", "fn", "ls"]);
+    stdout_of(
+        stack.faasctl_as(&admin, &["namespace", "rm", "team-b"]),
+        "ns rm",
+    );
+    let out = stack.faasctl_as(&admin, &["-n", "team-b", "fn", "ls"]);
     assert_eq!(
         exit_code(&out),
         Some(0),
@@ -311,10 +295,9 @@ async fn namespace_quotas_hold() -> anyhow::Result<()> {
     let setup = |ns: &str, quota: &[&str]| {
         let mut args = vec!["namespace", "create", ns];
         args.extend(quota);
-        ok(ctl(&stack, &admin, &args), "namespace create");
-        ok(
-            ctl(
-                &stack,
+        stdout_of(stack.faasctl_as(&admin, &args), "namespace create");
+        stdout_of(
+            stack.faasctl_as(
                 &admin,
                 &[
                     "-n",
@@ -338,8 +321,7 @@ async fn namespace_quotas_hold() -> anyhow::Result<()> {
 
     // max_functions: a second function is refused (exit 6); a new version
     // of the first is not a new function.
-    let out = ctl(
-        &stack,
+    let out = stack.faasctl_as(
         &admin,
         &[
             "-n",
@@ -354,9 +336,8 @@ async fn namespace_quotas_hold() -> anyhow::Result<()> {
     );
     assert_eq!(exit_code(&out), Some(6), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_functions"));
-    ok(
-        ctl(
-            &stack,
+    stdout_of(
+        stack.faasctl_as(
             &admin,
             &[
                 "-n",
@@ -428,17 +409,13 @@ async fn namespace_quotas_hold() -> anyhow::Result<()> {
         .expect("a retry hint");
     assert!((1000..=2000).contains(&wait_ms), "{wait_ms}");
     // The namespace's quota is shown, and a raised one applies at once.
-    let shown = ok(
-        ctl(&stack, &admin, &["namespace", "get", "rate", "-o", "json"]),
+    let shown = stdout_of(
+        stack.faasctl_as(&admin, &["namespace", "get", "rate", "-o", "json"]),
         "get",
     );
     assert!(shown.contains("\"submit_rate\": 0.5"), "{shown}");
-    ok(
-        ctl(
-            &stack,
-            &admin,
-            &["namespace", "set", "rate", "--submit-rate", "0"],
-        ),
+    stdout_of(
+        stack.faasctl_as(&admin, &["namespace", "set", "rate", "--submit-rate", "0"]),
         "set",
     );
     client
