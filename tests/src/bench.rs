@@ -121,10 +121,31 @@ pub async fn floor_same_image(stack: &Stack, runtime: &str, runs: usize) -> anyh
         .into_inner()
         .image;
     let sock = stack.containerd_socket.display().to_string();
+    // The registry takes only the control plane's tokens: ctr pulls with
+    // one for the image's repository, set as a header in a hosts
+    // directory of the stack's own.
+    let (host, path) = image.split_once('/').context("an image reference")?;
+    let repository = path.split(['@', ':']).next().unwrap_or(path);
+    let token = stack.registry_token(repository)?;
+    let hosts = stack.dir.path().join("floor-hosts");
+    std::fs::create_dir_all(hosts.join(host))?;
+    std::fs::write(
+        hosts.join(host).join("hosts.toml"),
+        format!(
+            "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  [host.\"http://{host}\".header]\n    Authorization = \"Bearer {token}\"\n"
+        ),
+    )?;
     ctr(
         &sock,
         NAMESPACE,
-        &["images", "pull", "--plain-http", &image],
+        &[
+            "images",
+            "pull",
+            "--plain-http",
+            "--hosts-dir",
+            &hosts.display().to_string(),
+            &image,
+        ],
     )?;
     let python = "import json; print(json.dumps({'greeting': 'hello bench'}))";
     let mut samples = Vec::new();
