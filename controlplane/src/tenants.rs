@@ -140,36 +140,29 @@ impl Tenants {
         all
     }
 
-    pub fn exists(&self, name: &str) -> bool {
-        name == DEFAULT
-            || self
-                .inner
-                .namespaces
-                .read()
-                .expect("poisoned")
-                .contains_key(name)
-    }
-
     /// The namespace's quota (all zero, no bound, if it has none).
     pub fn quota(&self, name: &str) -> NamespaceQuota {
         self.get(name).and_then(|n| n.quota).unwrap_or_default()
     }
 
-    /// Takes a submit from the namespace's bucket, or says how long to
-    /// wait (with the quota, for the message). A namespace without a rate
-    /// always passes.
-    pub fn admit_submit(&self, name: &str, now: Instant) -> Result<(), (Duration, NamespaceQuota)> {
-        let quota = self.quota(name);
+    /// Takes a submit from the namespace's bucket (its `quota` as the
+    /// caller read it), or says how long to wait. A namespace without a
+    /// rate always passes.
+    pub fn admit_submit(
+        &self,
+        name: &str,
+        quota: &NamespaceQuota,
+        now: Instant,
+    ) -> Result<(), Duration> {
         if quota.submit_rate <= 0.0 {
             return Ok(());
         }
-        let burst = burst_of(&quota);
+        let burst = burst_of(quota);
         let mut buckets = self.inner.buckets.lock().expect("poisoned");
         buckets
             .entry(name.to_string())
             .or_insert_with(|| Bucket::full(burst, now))
             .take(now, quota.submit_rate, burst)
-            .map_err(|wait| (wait, quota))
     }
 }
 
@@ -188,18 +181,18 @@ mod tests {
     #[test]
     fn default_exists_without_a_record() {
         let t = Tenants::default();
-        assert!(t.exists("default"));
-        assert!(!t.exists("team-a"));
+        assert!(t.get("default").is_some());
+        assert!(t.get("team-a").is_none());
         assert_eq!(t.quota("default"), NamespaceQuota::default());
         assert_eq!(t.list().len(), 1);
         t.put(namespace("team-a", NamespaceQuota::default()));
-        assert!(t.exists("team-a"));
+        assert!(t.get("team-a").is_some());
         assert_eq!(
             t.list().iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
             ["default", "team-a"]
         );
         t.remove("team-a");
-        assert!(!t.exists("team-a"));
+        assert!(t.get("team-a").is_none());
     }
 
     #[test]
@@ -214,15 +207,18 @@ mod tests {
                 ..Default::default()
             },
         ));
-        assert!(t.admit_submit("slow", now).is_ok());
-        assert!(t.admit_submit("slow", now).is_ok());
-        let (wait, quota) = t.admit_submit("slow", now).unwrap_err();
+        let slow = t.quota("slow");
+        assert!(t.admit_submit("slow", &slow, now).is_ok());
+        assert!(t.admit_submit("slow", &slow, now).is_ok());
+        let wait = t.admit_submit("slow", &slow, now).unwrap_err();
         assert_eq!(wait, Duration::from_secs(1));
-        assert_eq!(quota.submit_rate, 1.0);
         // No rate: no bound.
+        let default = t.quota("default");
         for _ in 0..1000 {
-            assert!(t.admit_submit("default", now).is_ok());
+            assert!(t.admit_submit("default", &default, now).is_ok());
         }
-        assert!(t.admit_submit("slow", now + Duration::from_secs(1)).is_ok());
+        assert!(t
+            .admit_submit("slow", &slow, now + Duration::from_secs(1))
+            .is_ok());
     }
 }

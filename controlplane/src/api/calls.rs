@@ -38,7 +38,8 @@ impl Api {
         // before it becomes an etcd key.
         crate::error::check_name("function", &request.function)?;
         let namespace = owner.check_namespace(&request.namespace)?.to_string();
-        self.check_namespace_exists(&namespace)?;
+        // Read once: existence, submit rate and queue bound.
+        let quota = self.namespace_quota(&namespace)?;
         let params = if request.params_json.trim().is_empty() {
             "{}".to_string()
         } else {
@@ -59,9 +60,9 @@ impl Api {
         let broker = self.broker()?;
         // On the leader, which every submit reaches: the rate holds over
         // the whole cluster.
-        if let Err((wait, quota)) = self
+        if let Err(wait) = self
             .tenants
-            .admit_submit(&namespace, std::time::Instant::now())
+            .admit_submit(&namespace, &quota, std::time::Instant::now())
         {
             return Err(ApiError::Overloaded {
                 message: format!(
@@ -113,7 +114,7 @@ impl Api {
         // all pass the same last free place.
         let admission = &self.limits.admission;
         let bounds = crate::watch::QueueBounds {
-            per_namespace: self.tenants.quota(&namespace).max_queued_calls,
+            per_namespace: quota.max_queued_calls,
             ..admission.queue_bounds()
         };
         if let Err(full) = self.calls.try_queue(&call, bounds) {

@@ -61,15 +61,23 @@ fn check_env_name(key: &str) -> Result<(), ApiError> {
 }
 
 impl Api {
+    /// The namespace's quota (all zero: no bound of its own); NOT_FOUND
+    /// unless the namespace exists. One lookup, for the submit path.
+    pub(super) fn namespace_quota(
+        &self,
+        namespace: &str,
+    ) -> Result<faas_proto::v1::NamespaceQuota, ApiError> {
+        match self.tenants.get(namespace) {
+            Some(ns) => Ok(ns.quota.unwrap_or_default()),
+            None => Err(ApiError::NotFound(format!(
+                "namespace {namespace:?} does not exist (an admin creates it: faasctl namespace create {namespace})"
+            ))),
+        }
+    }
+
     /// NOT_FOUND unless the namespace exists.
     pub(super) fn check_namespace_exists(&self, namespace: &str) -> Result<(), ApiError> {
-        if self.tenants.exists(namespace) {
-            Ok(())
-        } else {
-            Err(ApiError::NotFound(format!(
-                "namespace {namespace:?} does not exist (an admin creates it: faasctl namespace create {namespace})"
-            )))
-        }
+        self.namespace_quota(namespace).map(|_| ())
     }
 
     /// The secrets a deploy references, checked (names, env variables that
