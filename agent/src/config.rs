@@ -46,13 +46,17 @@ pub struct Flags {
     /// The static faas-init binary mounted into containers [default: faas-init next to this executable].
     #[arg(long, env = "FAAS_INIT_BINARY")]
     pub init_binary: Option<PathBuf>,
-    /// Registries (host:port) spoken to over plain HTTP; repeatable [default: 127.0.0.1:5000].
+    /// Registries (host:port) spoken to over plain HTTP; repeatable [default: none].
     #[arg(
         long = "insecure-registry",
         env = "FAAS_INSECURE_REGISTRIES",
         value_delimiter = ','
     )]
     pub insecure_registries: Option<Vec<String>>,
+    /// A CA (PEM file) to trust for the registry's TLS, instead of the one
+    /// the control plane hands over at join [default: the control plane's].
+    #[arg(long, env = "FAAS_REGISTRY_CA")]
+    pub registry_ca: Option<PathBuf>,
     /// Logs kept per call, bytes; the rest is cut with a marker [default: 65536].
     #[arg(long)]
     pub max_log_bytes: Option<u64>,
@@ -108,6 +112,7 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     init_binary: Option<PathBuf>,
     insecure_registries: Option<Vec<String>>,
+    registry_ca: Option<PathBuf>,
     max_log_bytes: Option<u64>,
     max_result_bytes: Option<u64>,
     preload_memory_bytes: Option<u64>,
@@ -135,6 +140,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub init_binary: PathBuf,
     pub insecure_registries: Vec<String>,
+    pub registry_ca: Option<PathBuf>,
     pub max_log_bytes: u64,
     pub max_result_bytes: u64,
     /// Largest input (call params and envelope) the io tmpfs must hold.
@@ -216,7 +222,8 @@ impl Config {
             insecure_registries: flags
                 .insecure_registries
                 .or(file.insecure_registries)
-                .unwrap_or_else(|| vec!["127.0.0.1:5000".into()]),
+                .unwrap_or_default(),
+            registry_ca: flags.registry_ca.or(file.registry_ca),
             max_log_bytes: flags
                 .max_log_bytes
                 .or(file.max_log_bytes)

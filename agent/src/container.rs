@@ -521,6 +521,7 @@ mod tests {
             state_dir: "/var/lib/faas".into(),
             init_binary: "/usr/lib/faas/faas-init".into(),
             insecure_registries: vec![],
+            registry_ca: None,
             max_log_bytes: 1 << 20,
             max_result_bytes: 1 << 20,
             max_input_bytes: 1 << 20,

@@ -20,6 +20,10 @@ pub struct Credentials {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// The registry's CA as the control plane last gave it: None if this
+    /// node never received one (it joined before the control plane sent
+    /// them), empty if the registry needs none.
+    pub registry_ca_pem: Option<String>,
 }
 
 impl Credentials {
@@ -58,6 +62,16 @@ impl Identity {
         self.current.read().expect("poisoned").tls()
     }
 
+    /// The CA to trust for the registry's TLS, if it has one of its own.
+    pub fn registry_ca(&self) -> Option<String> {
+        self.current
+            .read()
+            .expect("poisoned")
+            .registry_ca_pem
+            .clone()
+            .filter(|pem| !pem.trim().is_empty())
+    }
+
     /// Loads the kept identity, or joins the cluster.
     pub async fn establish(config: &Config) -> anyhow::Result<Identity> {
         let dir = config.state_dir.join("pki");
@@ -77,10 +91,25 @@ impl Identity {
                 join(config, &dir).await?
             }
         };
-        Ok(Identity {
+        let identity = Identity {
             current: Arc::new(RwLock::new(credentials)),
             dir,
-        })
+        };
+        if identity
+            .current
+            .read()
+            .expect("poisoned")
+            .registry_ca_pem
+            .is_none()
+        {
+            // Kept from before the control plane handed out the registry's
+            // CA: a renewal brings it. Pulls from a registry behind a CA of
+            // its own fail until it does, with a clear TLS error.
+            if let Err(e) = identity.renew(&config.control_plane, &config.node).await {
+                warn!(error = %e, "fetching the registry's CA with a renewal failed");
+            }
+        }
+        Ok(identity)
     }
 
     /// Renews the certificate when due; runs forever.
@@ -220,6 +249,8 @@ fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
 const CA: &str = "ca.crt";
 const CERT: &str = "node.crt";
 const KEY: &str = "node.key";
+/// Empty when the registry needs no CA of its own.
+const REGISTRY_CA: &str = "registry-ca.crt";
 
 fn load(dir: &Path, node: &str) -> anyhow::Result<Option<Credentials>> {
     let read = |name: &str| std::fs::read_to_string(dir.join(name));
@@ -238,6 +269,7 @@ fn load(dir: &Path, node: &str) -> anyhow::Result<Option<Credentials>> {
         ca_pem,
         cert_pem,
         key_pem,
+        registry_ca_pem: read(REGISTRY_CA).ok(),
     }))
 }
 
@@ -246,10 +278,12 @@ fn keep(dir: &Path, response: JoinResponse, key_pem: String) -> anyhow::Result<C
     write_private(&dir.join(KEY), &key_pem)?;
     write_private(&dir.join(CA), &response.ca_pem)?;
     write_private(&dir.join(CERT), &response.cert_pem)?;
+    write_private(&dir.join(REGISTRY_CA), &response.registry_ca_pem)?;
     Ok(Credentials {
         ca_pem: response.ca_pem,
         cert_pem: response.cert_pem,
         key_pem,
+        registry_ca_pem: Some(response.registry_ca_pem),
     })
 }
 

@@ -31,8 +31,9 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn connect_driver(config: &Config) -> anyhow::Result<Driver> {
+async fn connect_driver(config: &Config, registry_roots: &[String]) -> anyhow::Result<Driver> {
     let driver_config = DriverConfig {
+        registry_roots: registry_roots.to_vec(),
         socket: config.containerd.clone(),
         namespace: config.namespace.clone(),
         insecure_registries: config.insecure_registries.clone(),
@@ -62,7 +63,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .clone()
             .keep_renewed(config.control_plane.clone(), config.node.clone()),
     );
-    let driver = connect_driver(&config).await?;
+    // The registry's CA: the operator's, or the one the control plane
+    // handed over with the node's certificate.
+    let registry_roots: Vec<String> = match &config.registry_ca {
+        Some(path) => vec![std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading the registry CA {}: {e}", path.display()))?],
+        None => identity.registry_ca().into_iter().collect(),
+    };
+    let driver = connect_driver(&config, &registry_roots).await?;
     // Whatever an earlier run of this agent left behind goes first.
     let report = driver.cleanup_namespace().await?;
     info!(?report, "cleaned the namespace");
@@ -78,6 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let packages = packages::Packages::new(
         config.state_dir.join("packages"),
         config.insecure_registries.clone(),
+        &registry_roots,
         config.packages,
         extract_jail::Extractor::new(
             &config.namespace,

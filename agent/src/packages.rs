@@ -279,6 +279,7 @@ impl Packages {
     pub fn new(
         dir: PathBuf,
         insecure_registries: Vec<String>,
+        registry_roots: &[String],
         limits: CacheLimits,
         extractor: Extractor,
     ) -> std::io::Result<Packages> {
@@ -323,6 +324,7 @@ impl Packages {
                 dir,
                 client: oci_client::Client::new(ClientConfig {
                     protocol: ClientProtocol::HttpsExcept(insecure_registries),
+                    extra_root_certificates: faas_driver::pem_roots(registry_roots),
                     ..Default::default()
                 }),
                 limits,
@@ -1007,7 +1009,7 @@ mod tests {
             ..CacheLimits::default()
         };
         (
-            Packages::new(dir, vec![], limits, Extractor::unconfined()).unwrap(),
+            Packages::new(dir, vec![], &[], limits, Extractor::unconfined()).unwrap(),
             tmp,
         )
     }
@@ -1028,6 +1030,7 @@ mod tests {
         let packages = Packages::new(
             dir.clone(),
             vec![],
+            &[],
             CacheLimits::default(),
             Extractor::unconfined(),
         )

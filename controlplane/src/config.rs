@@ -42,9 +42,16 @@ pub struct Flags {
     /// The OCI registry, host:port [default: 127.0.0.1:5000].
     #[arg(long, env = "FAAS_REGISTRY")]
     pub registry: Option<String>,
-    /// Speak plain HTTP to the registry [default: true for loopback addresses].
+    /// Speak plain HTTP to the registry [default: true for loopback
+    /// addresses when no registry CA is known].
     #[arg(long, env = "FAAS_REGISTRY_INSECURE")]
     pub registry_insecure: Option<bool>,
+    /// The CA (PEM file) that signs the registry's TLS certificate: trusted
+    /// here and handed to joining nodes [default: tls-ca.crt of
+    /// --registry-token-dir when it is there, as `faas-controlplane
+    /// registry-certs --san` makes it].
+    #[arg(long, env = "FAAS_REGISTRY_CA")]
+    pub registry_ca: Option<PathBuf>,
     /// Directory with the key that signs registry tokens
     /// (`faas-controlplane registry-certs` makes it): given, every request
     /// to the registry carries a token, and nodes get pull-only tokens for
@@ -198,6 +205,12 @@ pub enum Command {
     RegistryCerts {
         #[arg(long)]
         dir: PathBuf,
+        /// Also make the registry's TLS: a CA of its own (`tls-ca.crt`)
+        /// and a server certificate (`tls.crt`, `tls.key`) for these names
+        /// and addresses (repeat it); re-issued when one is added or two
+        /// thirds of its year have passed.
+        #[arg(long = "san")]
+        sans: Vec<String>,
     },
     /// Exits 0 once etcd, reached with this replica's settings (--etcd,
     /// --etcd-ca, --etcd-cert, --etcd-key), answers with a leader; 1 if it
@@ -223,6 +236,7 @@ struct FileConfig {
     etcd_key: Option<PathBuf>,
     registry: Option<String>,
     registry_insecure: Option<bool>,
+    registry_ca: Option<PathBuf>,
     registry_token_dir: Option<PathBuf>,
     secrets_key_file: Option<PathBuf>,
     name: Option<String>,
@@ -294,6 +308,8 @@ pub struct Config {
     pub etcd_tls: Option<crate::store::EtcdTls>,
     pub registry: String,
     pub registry_insecure: bool,
+    /// The registry's TLS CA, when it has one of its own.
+    pub registry_ca: Option<PathBuf>,
     pub registry_token_dir: Option<PathBuf>,
     pub secrets_key_file: Option<PathBuf>,
     pub name: String,
@@ -385,6 +401,13 @@ impl Config {
             .or(file.registry)
             .unwrap_or_else(|| "127.0.0.1:5000".into());
         let loopback = registry.starts_with("127.") || registry.starts_with("localhost");
+        let registry_token_dir = flags.registry_token_dir.or(file.registry_token_dir);
+        let registry_ca = flags.registry_ca.or(file.registry_ca).or_else(|| {
+            registry_token_dir
+                .as_ref()
+                .map(|dir| faas_pki::registry::RegistryFiles::new(dir).tls_ca())
+                .filter(|ca| ca.exists())
+        });
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "controlplane".into());
@@ -436,9 +459,10 @@ impl Config {
             registry_insecure: flags
                 .registry_insecure
                 .or(file.registry_insecure)
-                .unwrap_or(loopback),
+                .unwrap_or(loopback && registry_ca.is_none()),
             registry,
-            registry_token_dir: flags.registry_token_dir.or(file.registry_token_dir),
+            registry_ca,
+            registry_token_dir,
             secrets_key_file: flags.secrets_key_file.or(file.secrets_key_file),
             name: flags
                 .name

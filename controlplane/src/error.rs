@@ -122,7 +122,8 @@ impl From<ApiError> for Status {
             }
             ApiError::Registry(RegistryError::BadArchive(_))
             | ApiError::Registry(RegistryError::BadReference(..)) => Status::invalid_argument(msg),
-            ApiError::Registry(RegistryError::Token(_)) => Status::internal(msg),
+            ApiError::Registry(RegistryError::Token(_))
+            | ApiError::Registry(RegistryError::BadCa(_)) => Status::internal(msg),
             ApiError::Registry(RegistryError::Registry(ref inner)) => {
                 if inner.to_string().contains("not found") || inner.to_string().contains("404") {
                     Status::not_found(msg)

@@ -100,8 +100,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(dir) => Some(Arc::new(faas_pki::registry::TokenSigner::load(dir)?)),
         None => None,
     };
-    let registry =
-        registry::Registry::new(&config.registry, config.registry_insecure, signer.clone());
+    let registry_ca_pem = match &config.registry_ca {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading the registry CA {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let registry = registry::Registry::new(
+        &config.registry,
+        config.registry_insecure,
+        signer.clone(),
+        registry_ca_pem.as_deref(),
+    )?;
     let secrets_key: Option<Arc<dyn faas_pki::sealing::KeyProvider>> =
         match &config.secrets_key_file {
             Some(path) => Some(Arc::new(faas_pki::sealing::FileKey::load(path)?)),
@@ -266,6 +277,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pki: Arc::new(api::Pki {
             ca,
             node_cert_ttl: config.node_cert_ttl,
+            registry_ca_pem,
         }),
         tenants,
         secrets,

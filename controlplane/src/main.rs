@@ -24,8 +24,11 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::RegistryCerts { dir }) => {
-            let written = faas_pki::registry::ensure_signer(&dir)?;
+        Some(Command::RegistryCerts { dir, sans }) => {
+            let mut written = faas_pki::registry::ensure_signer(&dir)?;
+            if !sans.is_empty() {
+                written.extend(faas_pki::registry::ensure_tls(&dir, &sans)?);
+            }
             for name in written {
                 #[allow(clippy::print_stdout)]
                 {

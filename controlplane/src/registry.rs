@@ -33,6 +33,8 @@ pub enum RegistryError {
     BadReference(String, String),
     #[error("invalid image archive: {0}")]
     BadArchive(String),
+    #[error("the registry's CA: {0}")]
+    BadCa(String),
     #[error("minting a registry token: {0}")]
     Token(#[from] faas_pki::PkiError),
 }
@@ -52,6 +54,9 @@ pub struct Registry {
     /// For an anonymous registry.
     client: oci_client::Client,
     protocol: ClientProtocol,
+    /// Checked against the registry's certificate, beside the system's
+    /// roots.
+    roots: Vec<oci_client::client::Certificate>,
     /// For what oci-client does not offer (deleting manifests).
     http: reqwest::Client,
     /// `http://host:port` or `https://host:port`.
@@ -77,25 +82,42 @@ pub fn sha256_digest(data: &[u8]) -> String {
 }
 
 impl Registry {
-    /// `host` is `host:port`; loopback registries are spoken to over plain
-    /// HTTP, others over HTTPS.
-    pub fn new(host: &str, insecure: bool, signer: Option<Arc<TokenSigner>>) -> Registry {
+    /// `host` is `host:port`, spoken to over plain HTTP if `insecure`,
+    /// else over HTTPS trusting `ca_pem` (the registry's own CA) beside the
+    /// system's roots.
+    pub fn new(
+        host: &str,
+        insecure: bool,
+        signer: Option<Arc<TokenSigner>>,
+        ca_pem: Option<&str>,
+    ) -> Result<Registry, RegistryError> {
         let protocol = if insecure {
             ClientProtocol::HttpsExcept(vec![host.to_string()])
         } else {
             ClientProtocol::Https
         };
-        Registry {
-            client: oci_client::Client::new(client_config(protocol.clone())),
+        let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        let mut roots = Vec::new();
+        if let Some(pem) = ca_pem {
+            let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+                .map_err(|e| RegistryError::BadCa(e.to_string()))?;
+            http = http.tls_certs_merge([cert]);
+            roots.push(oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: pem.as_bytes().to_vec(),
+            });
+        }
+        Ok(Registry {
+            client: oci_client::Client::new(client_config(protocol.clone(), &roots)),
+            roots,
             protocol,
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
+            http: http
                 .build()
-                .expect("HTTP client"),
+                .map_err(|e| RegistryError::BadCa(e.to_string()))?,
             base: format!("{}://{host}", if insecure { "http" } else { "https" }),
             host: host.to_string(),
             signer,
-        }
+        })
     }
 
     /// A token for everything on `repository`, if the registry wants one.
@@ -120,7 +142,7 @@ impl Registry {
         let Some(token) = self.token(reference.repository())? else {
             return Ok(self.client.clone());
         };
-        let client = oci_client::Client::new(client_config(self.protocol.clone()));
+        let client = oci_client::Client::new(client_config(self.protocol.clone(), &self.roots));
         let auth = RegistryAuth::Bearer(token);
         for op in [RegistryOperation::Pull, RegistryOperation::Push] {
             client.auth(reference, &auth, op).await?;
@@ -385,10 +407,14 @@ impl Registry {
     }
 }
 
-fn client_config(protocol: ClientProtocol) -> ClientConfig {
+fn client_config(
+    protocol: ClientProtocol,
+    roots: &[oci_client::client::Certificate],
+) -> ClientConfig {
     ClientConfig {
         protocol,
         use_monolithic_push: true,
+        extra_root_certificates: roots.to_vec(),
         ..Default::default()
     }
 }

@@ -85,14 +85,24 @@ flock -n "$FAAS_LOCK_FD" || die "another deploy/local/up.sh is running for FAAS_
 # --- plain checks used as readiness probes ---------------------------------
 # The scripts given to bash -c expand their own arguments.
 # shellcheck disable=SC2016
-http_get() { # host port path -> the raw response
-    timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$3" "$1" >&3 && cat <&3' _ "$@"
-}
 # etcd takes only the control plane's certificate, so ask through it.
 etcd_tls=(--etcd-ca "$etcd_pki/ca.crt" --etcd-cert "$etcd_pki/client.crt" --etcd-key "$etcd_pki/client.key")
 etcd_healthy() { RUST_LOG=error "$bin/faas-controlplane" --etcd "$etcd_url" "${etcd_tls[@]}" etcd-health 2>/dev/null; }
-# 401: it serves, and asks for a token (nothing gets in without one).
-registry_healthy() { http_get 127.0.0.1 "$registry_port" /v2/ | head -n 1 | grep -q ' 401'; }
+# 401: it serves over TLS (checked against its own CA), and asks for a
+# token (nothing gets in without one).
+registry_healthy() {
+    python3 - "$registry_port" "$pki/registry/tls-ca.crt" <<'PY'
+import ssl, sys, urllib.error, urllib.request
+context = ssl.create_default_context(cafile=sys.argv[2])
+try:
+    urllib.request.urlopen(f"https://127.0.0.1:{sys.argv[1]}/v2/", context=context, timeout=3)
+except urllib.error.HTTPError as e:
+    sys.exit(0 if e.code == 401 else 1)
+except Exception:
+    sys.exit(1)
+sys.exit(1)
+PY
+}
 containerd_healthy() { [ -S "$socket" ] && ctr --address "$socket" version; }
 # shellcheck disable=SC2016
 port_open() { timeout 2 bash -c 'exec 3<>"/dev/tcp/${1%:*}/${1##*:}"' _ "$1"; }
@@ -174,16 +184,29 @@ faas_wait etcd "$run/etcd.pid" "$logs/etcd.log" 60 etcd_healthy
 
 step "registry on $registry_addr"
 # Token authentication: the key the control plane signs registry tokens
-# with, and its certificate for the registry.
-"$bin/faas-controlplane" registry-certs --dir "$pki/registry" >/dev/null ||
-    die "making the registry token signer in $pki/registry"
+# with, and its certificate for the registry. TLS: a CA of the registry's
+# own and its server certificate, re-issued when due.
+registry_written=$("$bin/faas-controlplane" registry-certs --dir "$pki/registry" --san 127.0.0.1) ||
+    die "making the registry's token signer and TLS in $pki/registry"
 sed -e "s|@REGISTRY_ROOT@|$FAAS_HOME/registry|g" -e "s|@REGISTRY_ADDR@|$registry_addr|g" \
     -e "s|@REGISTRY_TOKEN_CERT@|$pki/registry/token-signer.crt|g" \
+    -e "s|@REGISTRY_TLS_CERT@|$pki/registry/tls.crt|g" \
+    -e "s|@REGISTRY_TLS_KEY@|$pki/registry/tls.key|g" \
     "$repo/deploy/config/registry.yml" >"$FAAS_HOME/registry.yml.new"
-if ! cmp -s "$FAAS_HOME/registry.yml.new" "$FAAS_HOME/registry.yml" &&
+if { ! cmp -s "$FAAS_HOME/registry.yml.new" "$FAAS_HOME/registry.yml" ||
+    grep -q 'tls' <<<"$registry_written"; } &&
     faas_running "$run/registry.pid" docker-registry; then
-    # Its configuration changed (an older up.sh's registry took anyone).
+    # Its configuration changed (an older up.sh's registry took anyone, or
+    # spoke plain HTTP), or its certificate was re-issued (read at start).
     faas_stop docker-registry "$run/registry.pid" 20
+fi
+if grep -q 'tls-ca' <<<"$registry_written"; then
+    # A new registry CA: the control plane and the agent read it at start.
+    ! faas_running "$run/controlplane.pid" faas-controlplane ||
+        faas_stop faas-controlplane "$run/controlplane.pid"
+    ! faas_running "$run/agent.pid" faas-agent || faas_stop faas-agent "$run/agent.pid" 60
+    # The agent keeps the CA it was handed; without it, it asks again.
+    rm -f "$FAAS_HOME/agent/pki/registry-ca.crt"
 fi
 mv -f "$FAAS_HOME/registry.yml.new" "$FAAS_HOME/registry.yml"
 if ! faas_running "$run/registry.pid" docker-registry; then
@@ -250,7 +273,7 @@ if ! faas_running "$run/agent.pid" faas-agent; then
     faas_start faas-agent "$run/agent.pid" "$logs/agent.log" \
         "$bin/faas-agent" --control-plane "https://$listen" --node "$node" --spots "$spots" \
         --containerd "$socket" --namespace faas --state-dir "$FAAS_HOME/agent" \
-        --insecure-registry "$registry_addr" --init-binary "$bin/faas-init" \
+        --init-binary "$bin/faas-init" \
         --containerd-runtime io.containerd.faas.v1 --oci-runtime "$oci_runtime"
 fi
 unset FAAS_JOIN_TOKEN FAAS_CA_HASH

@@ -121,9 +121,9 @@ pub async fn floor_same_image(stack: &Stack, runtime: &str, runs: usize) -> anyh
         .into_inner()
         .image;
     let sock = stack.containerd_socket.display().to_string();
-    // The registry takes only the control plane's tokens: ctr pulls with
-    // one for the image's repository, set as a header in a hosts
-    // directory of the stack's own.
+    // The registry takes only the control plane's tokens, over TLS of its
+    // own CA: ctr pulls with a token for the image's repository, set as a
+    // header in a hosts directory of the stack's own, with the CA.
     let (host, path) = image.split_once('/').context("an image reference")?;
     let repository = path.split(['@', ':']).next().unwrap_or(path);
     let token = stack.registry_token(repository)?;
@@ -132,7 +132,10 @@ pub async fn floor_same_image(stack: &Stack, runtime: &str, runs: usize) -> anyh
     std::fs::write(
         hosts.join(host).join("hosts.toml"),
         format!(
-            "server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  [host.\"http://{host}\".header]\n    Authorization = \"Bearer {token}\"\n"
+            "server = \"https://{host}\"\n\n[host.\"https://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{ca}\"\n  [host.\"https://{host}\".header]\n    Authorization = \"Bearer {token}\"\n",
+            ca = faas_pki::registry::RegistryFiles::new(stack.registry_pki())
+                .tls_ca()
+                .display()
         ),
     )?;
     ctr(
@@ -141,7 +144,6 @@ pub async fn floor_same_image(stack: &Stack, runtime: &str, runs: usize) -> anyh
         &[
             "images",
             "pull",
-            "--plain-http",
             "--hosts-dir",
             &hosts.display().to_string(),
             &image,

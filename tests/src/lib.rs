@@ -893,23 +893,29 @@ impl Stack {
         let template = fs::read_to_string(repo_root().join("deploy/config/registry.yml"))
             .context("reading deploy/config/registry.yml")?;
         let config = self.dir.path().join("registry.yml");
-        // As deploy/local/up.sh: token authentication, with the key the
-        // control planes sign with.
+        // As deploy/local/up.sh: TLS with a CA of its own, and token
+        // authentication with the key the control planes sign with.
         faas_pki::registry::ensure_signer(&self.registry_pki())?;
-        let token_cert = faas_pki::registry::SignerFiles::new(self.registry_pki()).cert();
+        faas_pki::registry::ensure_tls(&self.registry_pki(), &["127.0.0.1".to_string()])?;
+        let files = faas_pki::registry::RegistryFiles::new(self.registry_pki());
+        let path = |p: PathBuf| p.display().to_string();
         fs::write(
             &config,
             template
                 .replace("@REGISTRY_ROOT@", &storage.display().to_string())
                 .replace("@REGISTRY_ADDR@", &addr)
-                .replace("@REGISTRY_TOKEN_CERT@", &token_cert.display().to_string()),
+                .replace("@REGISTRY_TOKEN_CERT@", &path(files.cert()))
+                .replace("@REGISTRY_TLS_CERT@", &path(files.tls_cert()))
+                .replace("@REGISTRY_TLS_KEY@", &path(files.tls_key())),
         )?;
+        self.registry_addr = addr.clone();
         let mut cmd = Command::new(find_in_path("docker-registry")?);
         cmd.arg("serve").arg(&config);
         let mut daemon = Daemon::spawn("registry", cmd, &self.log_path("registry"))?;
+        let this = &*self;
         let ready = wait_until(READY_TIMEOUT, &mut daemon, || async {
-            // 401: it serves, and asks for a token.
-            http_get(&addr, "/v2/")
+            // 401: it serves, over TLS, and asks for a token.
+            this.registry_request("GET", "/v2/", None, &[])
                 .await
                 .map(|(status, _)| status == 401)
                 .unwrap_or(false)
@@ -917,8 +923,54 @@ impl Stack {
         .await;
         self.daemons.push(daemon);
         ready?;
-        self.registry_addr = addr;
         Ok(())
+    }
+
+    /// An HTTP/1.0 request to the stack's registry over TLS (checked
+    /// against the registry's CA), with a bearer token if given and extra
+    /// `(name, value)` headers: the status code and the body.
+    pub async fn registry_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, String)> {
+        let addr = &self.registry_addr;
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("registry address {addr:?}"))?;
+        let ca = fs::read_to_string(
+            faas_pki::registry::RegistryFiles::new(self.registry_pki()).tls_ca(),
+        )?;
+        let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n");
+        if let Some(token) = token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let io = async {
+            let mut stream = faas_pki::client::connect_tls(host, port.parse()?, &ca).await?;
+            stream.write_all(head.as_bytes()).await?;
+            let mut response = Vec::new();
+            // A TLS server may end an HTTP/1.0 response without
+            // close_notify: what arrived counts.
+            let _ = stream.read_to_end(&mut response).await;
+            anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
+        };
+        let response = tokio::time::timeout(Duration::from_secs(5), io).await??;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| anyhow!("bad HTTP response from the registry at {addr}"))?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or("");
+        Ok((status, body.to_string()))
     }
 
     /// The key that signs registry tokens (and its certificate, the
@@ -1247,8 +1299,6 @@ impl Stack {
             .arg(self.agent_namespace(i))
             .arg("--state-dir")
             .arg(&state)
-            .arg("--insecure-registry")
-            .arg(&self.registry_addr)
             .arg("--init-binary")
             .arg(self.bin("faas-init"))
             .env("RUST_LOG", rust_log());
@@ -1787,49 +1837,6 @@ where
     }
 }
 
-/// A minimal HTTP/1.0 GET on loopback (the registry's health), returning
-/// the status code and the body.
-async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    http_request(addr, "GET", path, "").await
-}
-
-/// A minimal HTTP/1.0 request on loopback with a JSON body (etcd's gRPC
-/// gateway), returning the status code and the body.
-async fn http_request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> anyhow::Result<(u16, String)> {
-    let io = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let head = if body.is_empty() {
-            format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
-        } else {
-            format!(
-                "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-        };
-        stream.write_all(head.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
-    };
-    let response = tokio::time::timeout(Duration::from_secs(2), io).await??;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| anyhow!("bad HTTP response from {addr}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or("");
-    Ok((status, body.to_string()))
-}
-
 /// Parent pid of every process, from /proc.
 fn process_parents() -> Vec<(i32, i32)> {
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -1925,7 +1932,6 @@ impl Stack {
     /// The request carries a token for the path's repository, as the
     /// control plane's requests do.
     pub async fn registry_status(&self, path: &str) -> anyhow::Result<u16> {
-        let addr = &self.registry_addr;
         let repository = path
             .strip_prefix("/v2/")
             .and_then(|rest| {
@@ -1935,24 +1941,12 @@ impl Stack {
             })
             .ok_or_else(|| anyhow!("{path}: not a repository path"))?;
         let token = self.registry_token(repository)?;
-        let io = async {
-            let mut stream = tokio::net::TcpStream::connect(addr).await?;
-            let head = format!(
-                "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: \
-                 application/vnd.oci.image.manifest.v1+json, \
-                 application/vnd.docker.distribution.manifest.v2+json, */*\r\n\r\n"
-            );
-            stream.write_all(head.as_bytes()).await?;
-            let mut response = Vec::new();
-            stream.read_to_end(&mut response).await?;
-            anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
-        };
-        let response = tokio::time::timeout(Duration::from_secs(5), io).await??;
-        response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| anyhow!("bad HTTP response from {addr}"))
+        let accept = "application/vnd.oci.image.manifest.v1+json, \
+                      application/vnd.docker.distribution.manifest.v2+json, */*";
+        let (status, _) = self
+            .registry_request("GET", path, Some(&token), &[("Accept", accept)])
+            .await?;
+        Ok(status)
     }
 }
 

@@ -841,29 +841,13 @@ async fn a_node_cannot_claim_a_queued_call() -> anyhow::Result<()> {
     stack.shutdown().await
 }
 
-/// A raw HTTP/1.0 request on loopback with an optional bearer token: the
-/// status code.
-async fn registry_status(addr: &str, method: &str, path: &str, token: Option<&str>) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let mut stream = tokio::net::TcpStream::connect(addr)
+/// The status of a request to the registry, over its TLS, with an
+/// optional bearer token.
+async fn registry_status(stack: &Stack, method: &str, path: &str, token: Option<&str>) -> u16 {
+    stack
+        .registry_request(method, path, token, &[])
         .await
-        .expect("registry");
-    stream
-        .write_all(
-            format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("request");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("response");
-    String::from_utf8_lossy(&response)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
+        .map(|(status, _)| status)
         .unwrap_or(0)
 }
 
@@ -880,7 +864,6 @@ async fn the_registry_takes_only_the_control_planes_tokens() -> anyhow::Result<(
     })
     .await?;
     stack.deploy("hello", "python3", &fixture_dir("py-hello"), &[])?;
-    let addr = stack.registry_addr().to_string();
     let repo = "faas/functions/hello";
     // Reads (pull): the tag list; the manifest path for a delete.
     let tags = format!("/v2/{repo}/tags/list");
@@ -900,45 +883,95 @@ async fn the_registry_takes_only_the_control_planes_tokens() -> anyhow::Result<(
     )?;
 
     // The control: the control plane's kind of token reads.
-    assert_eq!(registry_status(&addr, "GET", &tags, Some(&all)).await, 200);
-    assert_eq!(registry_status(&addr, "GET", &tags, Some(&pull)).await, 200);
+    assert_eq!(registry_status(&stack, "GET", &tags, Some(&all)).await, 200);
+    assert_eq!(
+        registry_status(&stack, "GET", &tags, Some(&pull)).await,
+        200
+    );
     // Nobody else.
     for path in ["/v2/_catalog".to_string(), tags.clone(), manifest.clone()] {
         assert_eq!(
-            registry_status(&addr, "GET", &path, None).await,
+            registry_status(&stack, "GET", &path, None).await,
             401,
             "{path}"
         );
     }
     assert_eq!(
-        registry_status(&addr, "GET", &tags, Some(&foreign)).await,
+        registry_status(&stack, "GET", &tags, Some(&foreign)).await,
         401
     );
     assert_eq!(
-        registry_status(&addr, "GET", &tags, Some("garbage")).await,
+        registry_status(&stack, "GET", &tags, Some("garbage")).await,
         401
     );
     assert_eq!(
-        registry_status(&addr, "GET", &tags, Some(&other)).await,
+        registry_status(&stack, "GET", &tags, Some(&other)).await,
         401
     );
     // A pull token neither pushes nor deletes.
     let upload = format!("/v2/{repo}/blobs/uploads/");
-    assert_eq!(registry_status(&addr, "POST", &upload, None).await, 401);
+    assert_eq!(registry_status(&stack, "POST", &upload, None).await, 401);
     assert_eq!(
-        registry_status(&addr, "POST", &upload, Some(&pull)).await,
+        registry_status(&stack, "POST", &upload, Some(&pull)).await,
         401
     );
     assert_eq!(
-        registry_status(&addr, "DELETE", &manifest, Some(&pull)).await,
+        registry_status(&stack, "DELETE", &manifest, Some(&pull)).await,
         401
     );
     assert_eq!(
-        registry_status(&addr, "POST", &upload, Some(&all)).await,
+        registry_status(&stack, "POST", &upload, Some(&all)).await,
         202
     );
 
-    // Calls still run: the node pulls with the tokens it is handed.
+    // Tokens travel only inside TLS: a plain-HTTP request gets no HTTP
+    // answer from the registry (Go's "client sent an HTTP request to an
+    // HTTPS server" 400), never a 401 or a 200.
+    let plain = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = stack.registry_addr();
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(
+                format!(
+                    "GET {tags} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {all}\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await?;
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).into_owned()
+    };
+    assert!(
+        plain.starts_with("HTTP/1.0 400") && plain.contains("HTTPS"),
+        "plain HTTP answered {plain:?}"
+    );
+    // The registry's certificate is of its own CA: a client that trusts
+    // the cluster CA (which signs every node) does not take it, so a
+    // node's key cannot stand in for the registry.
+    let (host, port) = stack.registry_addr().rsplit_once(':').unwrap();
+    let cluster_ca = std::fs::read_to_string(stack.ca_file())?;
+    assert!(
+        faas_pki::client::connect_tls(host, port.parse()?, &cluster_ca)
+            .await
+            .is_err()
+    );
+    // The node was handed the registry's CA with its certificate, and
+    // keeps it private.
+    let kept = stack.agent_state_dir(0).join("pki/registry-ca.crt");
+    let registry_ca = std::fs::read_to_string(
+        faas_pki::registry::RegistryFiles::new(stack.registry_pki()).tls_ca(),
+    )?;
+    assert_eq!(std::fs::read_to_string(&kept)?, registry_ca);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kept)?.permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Calls still run: the node pulls over TLS with the CA it was handed
+    // and the tokens it is handed.
     let mut calls = CallServiceClient::new(stack.channel().await);
     let call = calls
         .invoke(InvokeRequest {

@@ -19,7 +19,6 @@ use faas_proto::v1::{
     FunctionSpec, GetFunctionRequest,
 };
 use faas_tests::{fixture_dir, invoke_call, invoke_succeeded, Stack, StackOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 /// Deploys `package` (any bytes) through the API, in 1 MiB chunks.
@@ -288,39 +287,18 @@ async fn concurrent_deploys_are_bounded_with_a_retry_hint() -> anyhow::Result<()
     stack.shutdown().await
 }
 
-/// A minimal HTTP/1.0 GET on loopback, with a bearer token: status and
-/// body.
-async fn http_get(addr: &str, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or("");
-    Ok((status, body.to_string()))
-}
-
 /// The tags the registry lists for a function's repository.
 async fn registry_tags(stack: &Stack, function: &str) -> anyhow::Result<Vec<String>> {
     let repository = format!("faas/functions/{function}");
-    let (status, body) = http_get(
-        stack.registry_addr(),
-        &format!("/v2/{repository}/tags/list"),
-        &stack.registry_token(&repository)?,
-    )
-    .await?;
+    let token = stack.registry_token(&repository)?;
+    let (status, body) = stack
+        .registry_request(
+            "GET",
+            &format!("/v2/{repository}/tags/list"),
+            Some(&token),
+            &[],
+        )
+        .await?;
     if status == 404 {
         return Ok(Vec::new());
     }

@@ -54,6 +54,19 @@ pub struct DriverConfig {
     pub oci_runtime: Option<String>,
     /// Registries (`host:port`) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// CAs (PEM) trusted for registries' TLS beside the system's roots:
+    /// the registry's own CA, which nodes receive when they join.
+    pub registry_roots: Vec<String>,
+}
+
+/// PEM CAs as oci-client takes them.
+pub fn pem_roots(pems: &[String]) -> Vec<oci_client::client::Certificate> {
+    pems.iter()
+        .map(|pem| oci_client::client::Certificate {
+            encoding: oci_client::client::CertificateEncoding::Pem,
+            data: pem.as_bytes().to_vec(),
+        })
+        .collect()
 }
 
 impl Default for DriverConfig {
@@ -65,6 +78,7 @@ impl Default for DriverConfig {
             runtime: "io.containerd.runc.v2".into(),
             oci_runtime: None,
             insecure_registries: Vec::new(),
+            registry_roots: Vec::new(),
         }
     }
 }
@@ -180,6 +194,7 @@ impl Driver {
             protocol: oci_client::client::ClientProtocol::HttpsExcept(
                 cfg.insecure_registries.clone(),
             ),
+            extra_root_certificates: pem_roots(&cfg.registry_roots),
             ..Default::default()
         });
         Ok(Driver {

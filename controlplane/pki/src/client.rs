@@ -87,3 +87,35 @@ pub fn endpoint(url: &str, tls: &ClientTls) -> Result<Endpoint, PkiError> {
 pub fn authorized(channel: Channel, bearer: Bearer) -> AuthChannel {
     InterceptedService::new(channel, bearer)
 }
+
+/// A TLS connection to `host:port` whose certificate `ca_pem` signed (and
+/// names `host`): how a test or a tool speaks HTTPS to the registry with
+/// nothing more than the registry's own CA.
+pub async fn connect_tls(
+    host: &str,
+    port: u16,
+    ca_pem: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| PkiError::Pem(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| PkiError::Tls(format!("CA: {e}")))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| PkiError::Tls(format!("server name {host:?}: {e}")))?;
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| PkiError::Tls(format!("{host}:{port}: {e}")))
+}

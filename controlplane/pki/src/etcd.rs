@@ -14,16 +14,14 @@
 //! [`ensure`] makes what is missing and renews what is due, so a deploy
 //! script can run it at every start. Keys are 0600 and the directory 0700.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use rcgen::ExtendedKeyUsagePurpose;
 
-use crate::files::{read_optional, write_private, write_public};
-use crate::{ClusterCa, PkiError};
+use crate::{private_ca, PkiError};
 
 /// Validity of the member and client certificates; [`ensure`] renews them
 /// at two thirds of it.
@@ -73,137 +71,47 @@ pub fn ensure(files: &EtcdPkiFiles, member_sans: &[String]) -> Result<Vec<String
         .create(&files.dir)?;
     fs::set_permissions(&files.dir, fs::Permissions::from_mode(0o700))?;
     let mut written = Vec::new();
-    let ca = match (
-        read_optional(&files.ca_cert())?,
-        read_optional(&files.ca_key())?,
-    ) {
-        (Some(cert), Some(key)) => ClusterCa::from_pem(&cert, &key)?,
-        (None, None) => {
-            let ca = ClusterCa::generate_named("faas etcd CA")?;
-            write_private(&files.ca_key(), &ca.key_pem())?;
-            write_public(&files.ca_cert(), ca.cert_pem())?;
-            written.push("ca.crt".to_string());
-            ca
-        }
-        _ => {
-            return Err(PkiError::Pem(format!(
-                "{} holds only one of ca.crt and ca.key",
-                files.dir.display()
-            )))
-        }
-    };
-    let sans: BTreeSet<String> = member_sans.iter().cloned().collect();
-    let member_due = match pair_due(&files.member_cert(), &files.member_key(), &ca)? {
-        Some(der) => !sans.is_subset(&sans_of(&der)),
-        None => true,
-    };
-    if member_due {
-        let issued = ca.issue_with_key(
-            "faas etcd member",
-            member_sans,
-            &[
+    let ca = private_ca::ensure_ca(
+        &files.ca_cert(),
+        &files.ca_key(),
+        "faas etcd CA",
+        &mut written,
+    )?;
+    private_ca::ensure_leaf(
+        &ca,
+        private_ca::Leaf {
+            cert: files.member_cert(),
+            key: files.member_key(),
+            common_name: "faas etcd member",
+            sans: member_sans,
+            usages: &[
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
-            LEAF_VALIDITY,
-        )?;
-        install(files.member_cert(), files.member_key(), &issued)?;
-        written.push("member.crt".to_string());
-    }
-    let client_due = pair_due(&files.client_cert(), &files.client_key(), &ca)?.is_none();
-    if client_due {
-        let issued = ca.issue_with_key(
-            CLIENT_COMMON_NAME,
-            &[],
-            &[ExtendedKeyUsagePurpose::ClientAuth],
-            LEAF_VALIDITY,
-        )?;
-        install(files.client_cert(), files.client_key(), &issued)?;
-        written.push("client.crt".to_string());
-    }
+            validity: LEAF_VALIDITY,
+        },
+        &mut written,
+    )?;
+    private_ca::ensure_leaf(
+        &ca,
+        private_ca::Leaf {
+            cert: files.client_cert(),
+            key: files.client_key(),
+            common_name: CLIENT_COMMON_NAME,
+            sans: &[],
+            usages: &[ExtendedKeyUsagePurpose::ClientAuth],
+            validity: LEAF_VALIDITY,
+        },
+        &mut written,
+    )?;
     Ok(written)
-}
-
-/// The DER of the certificate at `cert` if it can stay; None if it must
-/// be (re-)issued: missing, unreadable, past its renewal time, not issued
-/// by `ca` (the CA was replaced) or not for the key at `key`.
-fn pair_due(cert: &Path, key: &Path, ca: &ClusterCa) -> Result<Option<Vec<u8>>, PkiError> {
-    let (Some(cert_pem), Some(key_pem)) = (read_optional(cert)?, read_optional(key)?) else {
-        return Ok(None);
-    };
-    let Ok(der) = crate::first_cert_der(&cert_pem) else {
-        return Ok(None);
-    };
-    let renew = crate::ca::renewal_time(&der).unwrap_or(SystemTime::UNIX_EPOCH);
-    let fresh = renew > SystemTime::now() && issued_by(&der, ca) && for_key(&der, &key_pem);
-    Ok(fresh.then_some(der))
-}
-
-fn for_key(der: &[u8], key_pem: &str) -> bool {
-    let Ok(key) = rcgen::KeyPair::from_pem(key_pem) else {
-        return false;
-    };
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return false;
-    };
-    rcgen::PublicKeyData::der_bytes(&key) == cert.public_key().subject_public_key.data.as_ref()
-}
-
-fn issued_by(der: &[u8], ca: &ClusterCa) -> bool {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return false;
-    };
-    let Ok(ca_der) = crate::first_cert_der(ca.cert_pem()) else {
-        return false;
-    };
-    let Ok((_, ca_cert)) = x509_parser::parse_x509_certificate(&ca_der) else {
-        return false;
-    };
-    cert.verify_signature(Some(ca_cert.public_key())).is_ok()
-}
-
-/// DNS names and IP addresses a certificate is for.
-fn sans_of(der: &[u8]) -> BTreeSet<String> {
-    use x509_parser::extensions::GeneralName;
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return BTreeSet::new();
-    };
-    let Ok(Some(ext)) = cert.subject_alternative_name() else {
-        return BTreeSet::new();
-    };
-    ext.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::DNSName(dns) => Some(dns.to_string()),
-            GeneralName::IPAddress(bytes) => match bytes.len() {
-                4 => <[u8; 4]>::try_from(*bytes)
-                    .ok()
-                    .map(|b| std::net::IpAddr::from(b).to_string()),
-                16 => <[u8; 16]>::try_from(*bytes)
-                    .ok()
-                    .map(|b| std::net::IpAddr::from(b).to_string()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
-}
-
-fn install(cert: PathBuf, key: PathBuf, issued: &crate::IssuedCert) -> Result<(), PkiError> {
-    let key_pem = issued
-        .key_pem
-        .as_deref()
-        .ok_or_else(|| PkiError::Pem("issued without a key".into()))?;
-    // Two renames: a crash between them leaves a certificate that does
-    // not match its key, which the next run re-issues (see `pair_due`).
-    write_private(&key, key_pem)?;
-    write_public(&cert, &issued.cert_pem)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::private_ca::{issued_by, sans_of};
+    use crate::ClusterCa;
 
     #[test]
     fn ensure_makes_everything_once_and_reissues_for_a_new_name() {

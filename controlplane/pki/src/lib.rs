@@ -23,6 +23,7 @@ pub mod dispatch;
 pub mod etcd;
 mod files;
 pub mod pin;
+mod private_ca;
 pub mod registry;
 pub mod sealing;
 pub mod token;

@@ -79,7 +79,7 @@ impl TokenSigner {
 
     /// Reads `token-signer.crt` and `token-signer.key` from `dir`.
     pub fn load(dir: &Path) -> Result<TokenSigner, PkiError> {
-        let files = SignerFiles::new(dir);
+        let files = RegistryFiles::new(dir);
         let read = |p: PathBuf| {
             fs::read_to_string(&p)
                 .map_err(|e| PkiError::Pem(format!("reading {}: {e}", p.display())))
@@ -146,14 +146,15 @@ impl std::fmt::Debug for TokenSigner {
     }
 }
 
-/// The files of the token signer in a directory.
-pub struct SignerFiles {
+/// The files of the registry's PKI directory: the token signer, and the
+/// registry's TLS (a CA of its own and the server certificate it signs).
+pub struct RegistryFiles {
     dir: PathBuf,
 }
 
-impl SignerFiles {
-    pub fn new(dir: impl Into<PathBuf>) -> SignerFiles {
-        SignerFiles { dir: dir.into() }
+impl RegistryFiles {
+    pub fn new(dir: impl Into<PathBuf>) -> RegistryFiles {
+        RegistryFiles { dir: dir.into() }
     }
     /// The registry's `rootcertbundle`.
     pub fn cert(&self) -> PathBuf {
@@ -162,17 +163,75 @@ impl SignerFiles {
     pub fn key(&self) -> PathBuf {
         self.dir.join("token-signer.key")
     }
+    /// What the registry's clients trust: the control plane, and the
+    /// agents, which receive it when they join.
+    pub fn tls_ca(&self) -> PathBuf {
+        self.dir.join("tls-ca.crt")
+    }
+    pub fn tls_ca_key(&self) -> PathBuf {
+        self.dir.join("tls-ca.key")
+    }
+    /// The registry's `http.tls.certificate`.
+    pub fn tls_cert(&self) -> PathBuf {
+        self.dir.join("tls.crt")
+    }
+    /// The registry's `http.tls.key`.
+    pub fn tls_key(&self) -> PathBuf {
+        self.dir.join("tls.key")
+    }
 }
 
-/// Makes the signer's key and certificate in `dir` if missing; returns the
-/// names of the files written.
-pub fn ensure_signer(dir: &Path) -> Result<Vec<String>, PkiError> {
+/// Validity of the registry's server certificate; [`ensure_tls`] renews it
+/// at two thirds of it (the registry reads it at start: restart it after).
+pub const TLS_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Makes the registry's TLS CA and its server certificate for `sans` (the
+/// names and addresses clients reach it by) where missing or due; returns
+/// the names of the files written.
+pub fn ensure_tls(dir: &Path, sans: &[String]) -> Result<Vec<String>, PkiError> {
+    if sans.is_empty() {
+        return Err(PkiError::BadRequest(
+            "the registry's certificate needs at least one name or address".into(),
+        ));
+    }
+    private_dir(dir)?;
+    let files = RegistryFiles::new(dir);
+    let mut written = Vec::new();
+    let ca = crate::private_ca::ensure_ca(
+        &files.tls_ca(),
+        &files.tls_ca_key(),
+        "faas registry CA",
+        &mut written,
+    )?;
+    crate::private_ca::ensure_leaf(
+        &ca,
+        crate::private_ca::Leaf {
+            cert: files.tls_cert(),
+            key: files.tls_key(),
+            common_name: "faas registry",
+            sans,
+            usages: &[rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+            validity: TLS_VALIDITY,
+        },
+        &mut written,
+    )?;
+    Ok(written)
+}
+
+fn private_dir(dir: &Path) -> Result<(), PkiError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-    let files = SignerFiles::new(dir);
+    Ok(())
+}
+
+/// Makes the signer's key and certificate in `dir` if missing; returns the
+/// names of the files written.
+pub fn ensure_signer(dir: &Path) -> Result<Vec<String>, PkiError> {
+    private_dir(dir)?;
+    let files = RegistryFiles::new(dir);
     match (files.cert().exists(), files.key().exists()) {
         (true, true) => {
             // Checked now rather than at the first deploy.
@@ -208,6 +267,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_registry_gets_a_server_certificate_of_its_own_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let sans = vec!["127.0.0.1".to_string()];
+        assert_eq!(
+            ensure_tls(dir.path(), &sans).unwrap(),
+            ["tls-ca.crt", "tls.crt"]
+        );
+        assert!(ensure_tls(dir.path(), &sans).unwrap().is_empty());
+        let files = RegistryFiles::new(dir.path());
+        let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(files.tls_key()), 0o600);
+        assert_eq!(mode(files.tls_ca_key()), 0o600);
+        let ca = crate::ClusterCa::from_pem(
+            &fs::read_to_string(files.tls_ca()).unwrap(),
+            &fs::read_to_string(files.tls_ca_key()).unwrap(),
+        )
+        .unwrap();
+        let der = crate::first_cert_der(&fs::read_to_string(files.tls_cert()).unwrap()).unwrap();
+        assert!(crate::private_ca::issued_by(&der, &ca));
+        assert!(!crate::private_ca::issued_by(
+            &der,
+            &crate::ClusterCa::generate().unwrap()
+        ));
+        // A new address: only the server certificate is re-issued.
+        let more = vec!["127.0.0.1".to_string(), "10.1.2.3".to_string()];
+        assert_eq!(ensure_tls(dir.path(), &more).unwrap(), ["tls.crt"]);
+        assert!(ensure_tls(dir.path(), &[]).is_err());
+    }
+
+    #[test]
     fn a_token_carries_its_claims_and_a_valid_signature() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(ensure_signer(dir.path()).unwrap(), ["token-signer.crt"]);
@@ -230,7 +319,7 @@ mod tests {
         assert_eq!(claims["access"][0]["actions"], serde_json::json!(["pull"]));
 
         // The signature checks with the certificate's public key.
-        let cert_pem = fs::read_to_string(SignerFiles::new(dir.path()).cert()).unwrap();
+        let cert_pem = fs::read_to_string(RegistryFiles::new(dir.path()).cert()).unwrap();
         let der = crate::first_cert_der(&cert_pem).unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         let public = aws_lc_rs::signature::UnparsedPublicKey::new(

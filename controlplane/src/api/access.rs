@@ -294,6 +294,7 @@ impl Api {
             cert_pem: issued.cert_pem,
             ca_pem: self.pki.ca.cert_pem().to_string(),
             not_after_ms,
+            registry_ca_pem: self.pki.registry_ca_pem.clone().unwrap_or_default(),
         })
     }
 }

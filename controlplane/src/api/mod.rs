@@ -50,6 +50,8 @@ pub struct Pki {
     pub ca: faas_pki::ClusterCa,
     /// How long a node certificate is valid (agents renew at two thirds).
     pub node_cert_ttl: std::time::Duration,
+    /// Handed to nodes with their certificate (see `JoinResponse`).
+    pub registry_ca_pem: Option<String>,
 }
 
 /// Metadata set on a request a follower forwards, so that a request never
