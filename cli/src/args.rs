@@ -270,7 +270,17 @@ pub enum NodeTokenCmd {
         /// What the token is for.
         #[arg(long, default_value = "")]
         description: String,
+        /// How many nodes may join with it (at most 1000).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
     },
+    /// List the join tokens still valid (ids, never secrets).
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Revoke a join token by id (the part before the dot); nodes that
+    /// joined with it stay.
+    #[command(visible_alias = "delete")]
+    Rm { id: String },
 }
 
 #[derive(Debug, Subcommand)]

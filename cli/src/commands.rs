@@ -10,11 +10,12 @@ use faas_proto::v1::{
     cluster_service_client::ClusterServiceClient, deploy_function_request,
     function_service_client::FunctionServiceClient, register_runtime_request,
     runtime_service_client::RuntimeServiceClient, Call, CreateJoinTokenRequest, CreateTokenRequest,
-    DeleteFunctionRequest, DeleteRuntimeRequest, DeleteTokenRequest, DeployFunctionRequest,
-    DrainNodeRequest, FunctionSpec, GetCallLogsRequest, GetCallRequest, GetCallStatsRequest,
-    GetFunctionRequest, GetRuntimeRequest, InvokeRequest, ListCallsRequest, ListFunctionsRequest,
-    ListNodesRequest, ListRuntimesRequest, ListTokensRequest, RegisterRuntimeRequest,
-    RemoveNodeRequest, Role, RuntimeSpec, WaitCallRequest, WhoAmIRequest,
+    DeleteFunctionRequest, DeleteJoinTokenRequest, DeleteRuntimeRequest, DeleteTokenRequest,
+    DeployFunctionRequest, DrainNodeRequest, FunctionSpec, GetCallLogsRequest, GetCallRequest,
+    GetCallStatsRequest, GetFunctionRequest, GetRuntimeRequest, InvokeRequest, ListCallsRequest,
+    ListFunctionsRequest, ListJoinTokensRequest, ListNodesRequest, ListRuntimesRequest,
+    ListTokensRequest, RegisterRuntimeRequest, RemoveNodeRequest, Role, RuntimeSpec,
+    WaitCallRequest, WhoAmIRequest,
 };
 use faas_proto::v1::{
     namespace_service_client::NamespaceServiceClient, CreateNamespaceRequest,
@@ -214,13 +215,69 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
             )
         }
         Command::Context(_) => unreachable!("handled before connecting"),
-        Command::Node(NodeCmd::Token(NodeTokenCmd::Create { ttl, description })) => {
+        Command::Node(NodeCmd::Token(NodeTokenCmd::Ls)) => {
+            let reply = ctx
+                .cluster()
+                .await?
+                .list_join_tokens(ctx.request(ListJoinTokensRequest {}))
+                .await?
+                .into_inner();
+            ctx.show(
+                || {
+                    Value::Array(
+                        reply
+                            .tokens
+                            .iter()
+                            .map(|t| {
+                                json!({
+                                    "id": t.id,
+                                    "description": t.description,
+                                    "created_at_ms": t.created_at_ms,
+                                    "expires_at_ms": t.expires_at_ms,
+                                    "uses_left": t.uses_left,
+                                })
+                            })
+                            .collect(),
+                    )
+                },
+                || {
+                    let mut text = String::from("ID\tUSES LEFT\tEXPIRES\tDESCRIPTION\n");
+                    for t in &reply.tokens {
+                        let uses = match t.uses_left {
+                            0 => "unbounded".to_string(),
+                            n => n.to_string(),
+                        };
+                        text.push_str(&format!(
+                            "{}\t{uses}\t{}\t{}\n",
+                            t.id,
+                            format::time_text(t.expires_at_ms),
+                            t.description
+                        ));
+                    }
+                    text
+                },
+            )
+        }
+        Command::Node(NodeCmd::Token(NodeTokenCmd::Rm { id })) => {
+            ctx.cluster()
+                .await?
+                .delete_join_token(ctx.request(DeleteJoinTokenRequest { id: id.clone() }))
+                .await?;
+            note(&format!("join token {id} revoked"));
+            Ok(())
+        }
+        Command::Node(NodeCmd::Token(NodeTokenCmd::Create {
+            ttl,
+            description,
+            uses,
+        })) => {
             let reply = ctx
                 .cluster()
                 .await?
                 .create_join_token(ctx.request(CreateJoinTokenRequest {
                     ttl_ms: ttl.map(duration_to_ms).unwrap_or(0),
                     description,
+                    uses,
                 }))
                 .await?
                 .into_inner();
@@ -229,7 +286,7 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
                 || json!({"token": reply.token, "ca_hash": reply.ca_hash, "expires_at_ms": reply.expires_at_ms}),
                 || {
                     format!(
-                        "{}\n\njoin nodes with it until {expires} (through the environment: a command line is visible to every local user):\n  FAAS_JOIN_TOKEN={} FAAS_CA_HASH={} faas-agent --control-plane {} --node <name>\n",
+                        "{}\n\njoin {uses} node(s) with it until {expires} (through the environment: a command line is visible to every local user):\n  FAAS_JOIN_TOKEN={} FAAS_CA_HASH={} faas-agent --control-plane {} --node <name>\n",
                         reply.token,
                         reply.token,
                         reply.ca_hash,

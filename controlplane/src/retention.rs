@@ -75,6 +75,23 @@ pub async fn sweep(store: &Store, retention: &Retention) -> Result<u64, crate::s
     }
 }
 
+/// Deletes expired join tokens (they join nothing, and would pile up);
+/// returns how many.
+pub async fn sweep_join_tokens(store: &Store) -> Result<u64, crate::store::StoreError> {
+    let now_ms = crate::error::now_ms();
+    let expired: Vec<(Kind, String)> = store
+        .list::<faas_proto::v1::JoinTokenRecord>(Kind::JoinToken)
+        .await?
+        .into_iter()
+        .filter(|t| t.expires_at_ms <= now_ms)
+        .map(|t| (Kind::JoinToken, t.id))
+        .collect();
+    if !expired.is_empty() {
+        store.delete_many(&expired).await?;
+    }
+    Ok(expired.len() as u64)
+}
+
 /// How often the leader checks etcd for a NOSPACE alarm (besides being
 /// told at once when a write meets it).
 const ALARM_CHECK: Duration = Duration::from_secs(10);
@@ -108,6 +125,11 @@ pub async fn run(store: Store, retention: Retention) {
                 Ok(0) => {}
                 Ok(n) => info!(deleted = n, "old calls removed"),
                 Err(e) => warn!(error = %e, "call retention sweep failed"),
+            }
+            match sweep_join_tokens(&store).await {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "expired join tokens removed"),
+                Err(e) => warn!(error = %e, "join token sweep failed"),
             }
             continue;
         }

@@ -756,6 +756,25 @@ impl Store {
         self.delete_many(&items).await
     }
 
+    /// Deletes the object only if its key was last modified at
+    /// `revision`; false if it changed or was deleted since.
+    pub async fn delete_if_mod_revision(
+        &self,
+        kind: Kind,
+        name: &str,
+        revision: i64,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(kind, name);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        Ok(self.check(self.kv().txn(txn).await)?.succeeded())
+    }
+
     /// Deletes the object; false if it did not exist.
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<bool, StoreError> {
         let resp = self.check(self.kv().delete(self.key(kind, name), None).await)?;

@@ -563,6 +563,8 @@ impl Stack {
             .create_join_token(faas_proto::v1::CreateJoinTokenRequest {
                 ttl_ms: 7 * 24 * 3600 * 1000,
                 description: "test stack".into(),
+                // Every agent of the stack, and those tests add.
+                uses: 1000,
             })
             .await
             .context("creating a join token")?

@@ -151,6 +151,16 @@ async fn call_rpc(ch: Channel, method: &str) -> Code {
                 .create_join_token(CreateJoinTokenRequest::default())
                 .await,
         ),
+        "ListJoinTokens" => code(
+            ClusterServiceClient::new(ch)
+                .list_join_tokens(ListJoinTokensRequest::default())
+                .await,
+        ),
+        "DeleteJoinToken" => code(
+            ClusterServiceClient::new(ch)
+                .delete_join_token(DeleteJoinTokenRequest::default())
+                .await,
+        ),
         "RemoveNode" => code(
             ClusterServiceClient::new(ch)
                 .remove_node(RemoveNodeRequest::default())
@@ -233,6 +243,8 @@ const API: &[(&str, u8)] = &[
     ("ListNodes", 3),
     ("DrainNode", 3),
     ("CreateJoinToken", 3),
+    ("ListJoinTokens", 3),
+    ("DeleteJoinToken", 3),
     ("RemoveNode", 3),
     ("CreateToken", 3),
     ("ListTokens", 3),
@@ -982,5 +994,121 @@ async fn the_registry_takes_only_the_control_planes_tokens() -> anyhow::Result<(
         .await?
         .into_inner();
     assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+    stack.shutdown().await
+}
+
+/// A join token joins as many nodes as it was made for (one unless told),
+/// no more, even when the joins race; an admin lists and revokes tokens;
+/// expired tokens are swept from etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tokens_are_bounded_revocable_and_swept() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        agents: 1,
+        controlplane_args: vec!["--call-retention-every".into(), "1s".into()],
+        ..StackOptions::default()
+    })
+    .await?;
+    let mut cluster = ClusterServiceClient::new(stack.channel().await);
+    let create = |uses: u32, ttl_ms: u64| CreateJoinTokenRequest {
+        uses,
+        ttl_ms,
+        description: format!("{uses} uses"),
+    };
+
+    // The default: one node.
+    let single = cluster
+        .create_join_token(create(0, 0))
+        .await?
+        .into_inner()
+        .token;
+    join(&stack, "first", &single).await?;
+    let again = join(&stack, "second", &single).await.unwrap_err();
+    assert_eq!(again.code(), Code::Unauthenticated, "{again:?}");
+
+    // Three uses, five joins at once: exactly three get in.
+    let three = cluster
+        .create_join_token(create(3, 0))
+        .await?
+        .into_inner()
+        .token;
+    let id = three.split('.').next().unwrap().to_string();
+    let listed = cluster
+        .list_join_tokens(ListJoinTokensRequest {})
+        .await?
+        .into_inner()
+        .tokens;
+    let entry = listed.iter().find(|t| t.id == id).expect("listed");
+    assert_eq!(entry.uses_left, 3);
+    let joins = futures::future::join_all((0..5).map(|i| {
+        let (stack, three) = (&stack, three.clone());
+        async move { join(stack, &format!("racer-{i}"), &three).await }
+    }))
+    .await;
+    let joined = joins.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(joined, 3, "{joins:?}");
+    for refused in joins.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    }
+    // Used up: gone from the list.
+    let listed = cluster
+        .list_join_tokens(ListJoinTokensRequest {})
+        .await?
+        .into_inner()
+        .tokens;
+    assert!(listed.iter().all(|t| t.id != id), "{listed:?}");
+
+    // A failed join (a taken name) gives its use back.
+    let spare = cluster
+        .create_join_token(create(1, 0))
+        .await?
+        .into_inner()
+        .token;
+    let taken = join(&stack, "first", &spare).await.unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+    join(&stack, "third", &spare).await?;
+
+    // Revoked: it joins nobody; revoking twice is NOT_FOUND.
+    let revoked = cluster
+        .create_join_token(create(5, 0))
+        .await?
+        .into_inner()
+        .token;
+    let revoked_id = revoked.split('.').next().unwrap().to_string();
+    cluster
+        .delete_join_token(DeleteJoinTokenRequest {
+            id: revoked_id.clone(),
+        })
+        .await?;
+    let refused = join(&stack, "fourth", &revoked).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let missing = cluster
+        .delete_join_token(DeleteJoinTokenRequest { id: revoked_id })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    // Too many uses: a clear error.
+    let bad = cluster
+        .create_join_token(create(100_000, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+
+    // Expired: swept from etcd by the leader.
+    let brief = cluster
+        .create_join_token(create(1, 1000))
+        .await?
+        .into_inner()
+        .token;
+    let key = format!("/faas/v1/join-tokens/{}", brief.split('.').next().unwrap());
+    let mut etcd = stack.etcd_client().await?;
+    assert_eq!(etcd.get(key.as_str(), None).await?.kvs().len(), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !etcd.get(key.as_str(), None).await?.kvs().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an expired join token stayed in etcd"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     stack.shutdown().await
 }

@@ -10,8 +10,8 @@ use faas_proto::v1::node_join_service_server::NodeJoinService;
 use faas_proto::v1::{
     ApiToken, CreateJoinTokenRequest, CreateJoinTokenResponse, CreateTokenRequest,
     CreateTokenResponse, DeleteTokenRequest, DeleteTokenResponse, JoinRequest, JoinResponse,
-    JoinTokenRecord, ListTokensRequest, ListTokensResponse, NodeIdentity, RemoveNodeRequest,
-    RenewCertificateRequest, Role, WhoAmIRequest, WhoAmIResponse,
+    JoinToken, JoinTokenRecord, ListJoinTokensResponse, ListTokensRequest, ListTokensResponse,
+    NodeIdentity, RemoveNodeRequest, RenewCertificateRequest, Role, WhoAmIRequest, WhoAmIResponse,
 };
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -24,6 +24,8 @@ use crate::store::Kind;
 /// Default and longest validity of a join token.
 const JOIN_TOKEN_TTL: Duration = Duration::from_secs(3600);
 const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The most nodes one join token may join.
+const MAX_JOIN_TOKEN_USES: u32 = 1000;
 /// Most API tokens a cluster keeps (each is checked from memory).
 const MAX_TOKENS: usize = 10_000;
 const MAX_DESCRIPTION: usize = 256;
@@ -192,6 +194,15 @@ impl Api {
                 humantime::format_duration(MAX_JOIN_TOKEN_TTL)
             )));
         }
+        let uses = match req.uses {
+            0 => 1,
+            n if n > MAX_JOIN_TOKEN_USES => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "a join token joins at most {MAX_JOIN_TOKEN_USES} nodes"
+                )))
+            }
+            n => n,
+        };
         let token = Token::generate();
         let record = JoinTokenRecord {
             id: token.id.clone(),
@@ -199,6 +210,7 @@ impl Api {
             expires_at_ms: now_ms() + ttl.as_millis() as i64,
             description: req.description,
             created_at_ms: now_ms(),
+            uses_left: uses,
         };
         if !self
             .store
@@ -207,12 +219,127 @@ impl Api {
         {
             return Err(ApiError::Unavailable("token id collision; retry".into()));
         }
-        info!(token_id = %record.id, ttl = %humantime::format_duration(ttl), "join token created");
+        info!(token_id = %record.id, ttl = %humantime::format_duration(ttl), uses, "join token created");
         Ok(CreateJoinTokenResponse {
             token: token.reveal(),
             ca_hash: self.pki.ca.fingerprint(),
             expires_at_ms: record.expires_at_ms,
         })
+    }
+
+    pub(super) async fn list_join_tokens(&self) -> Result<ListJoinTokensResponse, ApiError> {
+        let now = now_ms();
+        let tokens = self
+            .store
+            .list::<JoinTokenRecord>(Kind::JoinToken)
+            .await?
+            .into_iter()
+            .filter(|t| t.expires_at_ms > now)
+            .map(|t| JoinToken {
+                id: t.id,
+                description: t.description,
+                created_at_ms: t.created_at_ms,
+                expires_at_ms: t.expires_at_ms,
+                uses_left: t.uses_left,
+            })
+            .collect();
+        Ok(ListJoinTokensResponse { tokens })
+    }
+
+    pub(super) async fn delete_join_token(&self, id: &str) -> Result<(), ApiError> {
+        crate::error::check_name("join token id", id)?;
+        if !self.store.delete(Kind::JoinToken, id).await? {
+            return Err(ApiError::NotFound(format!("no join token {id:?}")));
+        }
+        info!(token_id = %id, "join token revoked");
+        Ok(())
+    }
+
+    /// Takes one use of a join token (deleting it with its last one) and
+    /// returns the record as it was, or None if it cannot join: unknown, wrong secret, expired or used up.
+    /// Taken before the node is certified, so that concurrent joins never
+    /// exceed the bound; [`Api::return_join_use`] gives it back if the
+    /// join then fails.
+    async fn take_join_use(&self, token: &Token) -> Result<Option<JoinTokenRecord>, ApiError> {
+        for _ in 0..16 {
+            let Some((record, revision)) = self
+                .store
+                .get_revision::<JoinTokenRecord>(Kind::JoinToken, &token.id)
+                .await?
+            else {
+                return Ok(None);
+            };
+            if !token.matches(&record.secret_sha256) || record.expires_at_ms <= now_ms() {
+                return Ok(None);
+            }
+            let taken = match record.uses_left {
+                // No bound (a record from before bounds).
+                0 => true,
+                1 => {
+                    self.store
+                        .delete_if_mod_revision(Kind::JoinToken, &token.id, revision)
+                        .await?
+                }
+                n => {
+                    let less = JoinTokenRecord {
+                        uses_left: n - 1,
+                        ..record.clone()
+                    };
+                    self.store
+                        .put_if_mod_revision(Kind::JoinToken, &token.id, &less, revision)
+                        .await?
+                }
+            };
+            if taken {
+                return Ok(Some(record));
+            }
+        }
+        Err(ApiError::Unavailable(
+            "the join token is in use by other joins; retry".into(),
+        ))
+    }
+
+    /// Gives back a use taken by a join that then failed (a taken name, a
+    /// bad request). Best effort: a token revoked or swept meanwhile stays
+    /// gone.
+    async fn return_join_use(&self, token: &Token, record: JoinTokenRecord) {
+        if record.uses_left == 0 {
+            return;
+        }
+        for _ in 0..16 {
+            let result = match self
+                .store
+                .get_revision::<JoinTokenRecord>(Kind::JoinToken, &token.id)
+                .await
+            {
+                Ok(Some((now, revision))) => {
+                    let back = JoinTokenRecord {
+                        uses_left: now.uses_left + 1,
+                        ..now
+                    };
+                    self.store
+                        .put_if_mod_revision(Kind::JoinToken, &token.id, &back, revision)
+                        .await
+                }
+                // Its last use was taken: the record comes back as it was.
+                Ok(None) => {
+                    let back = JoinTokenRecord {
+                        uses_left: 1,
+                        ..record.clone()
+                    };
+                    self.store.create(Kind::JoinToken, &token.id, &back).await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(true) => return,
+                Ok(false) => continue,
+                Err(e) => {
+                    warn!(token_id = %token.id, error = %e, "giving a join token's use back failed");
+                    return;
+                }
+            }
+        }
     }
 
     pub(super) async fn remove_node(&self, req: RemoveNodeRequest) -> Result<(), ApiError> {
@@ -307,19 +434,20 @@ impl NodeJoinService for Api {
             || Status::unauthenticated("the join token is not valid (unknown or expired)");
         let token = Token::parse(&req.token).map_err(|_| refused())?;
         crate::error::check_name("node", &req.node)?;
-        let record: JoinTokenRecord = self
-            .store
-            .get(Kind::JoinToken, &token.id)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(refused)?;
-        if !token.matches(&record.secret_sha256) || record.expires_at_ms <= now_ms() {
-            warn!(node = %req.node, token_id = %token.id, "join refused: bad or expired token");
+        let Some(record) = self.take_join_use(&token).await? else {
+            warn!(node = %req.node, token_id = %token.id, "join refused: bad, expired or used-up token");
             return Err(refused());
-        }
-        let response = self
+        };
+        let response = match self
             .certify(&req.node, &req.csr_pem, Some(token.id.clone()), None)
-            .await?;
+            .await
+        {
+            Ok(response) => response,
+            Err(e) => {
+                self.return_join_use(&token, record).await;
+                return Err(e.into());
+            }
+        };
         info!(node = %req.node, token_id = %token.id, "node joined");
         Ok(Response::new(response))
     }

@@ -1,8 +1,9 @@
 use faas_proto::v1::cluster_service_client::ClusterServiceClient;
 use faas_proto::v1::cluster_service_server::ClusterService;
 use faas_proto::v1::{
-    CreateJoinTokenRequest, CreateJoinTokenResponse, DrainNodeRequest, ListNodesRequest,
-    ListNodesResponse, Node, RemoveNodeRequest, RemoveNodeResponse,
+    CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteJoinTokenRequest,
+    DeleteJoinTokenResponse, DrainNodeRequest, ListJoinTokensRequest, ListJoinTokensResponse,
+    ListNodesRequest, ListNodesResponse, Node, RemoveNodeRequest, RemoveNodeResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -83,6 +84,21 @@ impl ClusterService for Api {
         Ok(Response::new(
             Api::create_join_token(self, request.into_inner()).await?,
         ))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        _request: Request<ListJoinTokensRequest>,
+    ) -> Result<Response<ListJoinTokensResponse>, Status> {
+        Ok(Response::new(Api::list_join_tokens(self).await?))
+    }
+
+    async fn delete_join_token(
+        &self,
+        request: Request<DeleteJoinTokenRequest>,
+    ) -> Result<Response<DeleteJoinTokenResponse>, Status> {
+        Api::delete_join_token(self, &request.into_inner().id).await?;
+        Ok(Response::new(DeleteJoinTokenResponse {}))
     }
 
     async fn remove_node(

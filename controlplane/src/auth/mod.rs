@@ -183,7 +183,8 @@ pub fn access_of(path: &str) -> Option<Access> {
         ("faas.v1.CallService", "GetCallStats") => AtLeast(Developer),
         (
             "faas.v1.ClusterService",
-            "ListNodes" | "DrainNode" | "CreateJoinToken" | "RemoveNode",
+            "ListNodes" | "DrainNode" | "CreateJoinToken" | "ListJoinTokens" | "DeleteJoinToken"
+            | "RemoveNode",
         ) => AtLeast(Admin),
         ("faas.v1.AccessService", "CreateToken" | "ListTokens" | "DeleteToken") => AtLeast(Admin),
         ("faas.v1.AccessService", "WhoAmI") => AtLeast(Invoker),
@@ -388,6 +389,8 @@ mod tests {
             "/faas.v1.ClusterService/ListNodes",
             "/faas.v1.ClusterService/DrainNode",
             "/faas.v1.ClusterService/CreateJoinToken",
+            "/faas.v1.ClusterService/ListJoinTokens",
+            "/faas.v1.ClusterService/DeleteJoinToken",
             "/faas.v1.ClusterService/RemoveNode",
             "/faas.v1.AccessService/CreateToken",
             "/faas.v1.AccessService/ListTokens",
