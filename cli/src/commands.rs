@@ -202,7 +202,7 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
                 .who_am_i(ctx.request(WhoAmIRequest {}))
                 .await?
                 .into_inner();
-            let role = role_name(me.role());
+            let role = me.role().short_name();
             let namespaces = me.namespaces.join(",");
             ctx.show(
                 || json!({"token_id": me.token_id, "role": role, "namespaces": me.namespaces}),
@@ -336,15 +336,6 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
 
 // ------------------------------------------------------------------ tokens
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Admin => "admin",
-        Role::Developer => "developer",
-        Role::Invoker => "invoker",
-        Role::Unspecified => "unspecified",
-    }
-}
-
 async fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
     let mut access = ctx.access().await?;
     match cmd {
@@ -370,7 +361,7 @@ async fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
                 .into_inner();
             let record = reply.record.unwrap_or_default();
             ctx.show(
-                || json!({"token": reply.token, "id": record.id, "role": role_name(role), "namespaces": record.namespaces, "expires_at_ms": record.expires_at_ms}),
+                || json!({"token": reply.token, "id": record.id, "role": role.short_name(), "namespaces": record.namespaces, "expires_at_ms": record.expires_at_ms}),
                 || format!("{}\n", reply.token),
             )
         }
@@ -388,7 +379,7 @@ async fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
                             .map(|t| {
                                 json!({
                                     "id": t.id,
-                                    "role": role_name(t.role()),
+                                    "role": t.role().short_name(),
                                     "namespaces": t.namespaces,
                                     "description": t.description,
                                     "created_at_ms": t.created_at_ms,
@@ -414,7 +405,7 @@ async fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
                         text.push_str(&format!(
                             "{}\t{}\t{namespaces}\t{expires}\t{}\n",
                             t.id,
-                            role_name(t.role()),
+                            t.role().short_name(),
                             t.description
                         ));
                     }

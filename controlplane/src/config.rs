@@ -408,9 +408,7 @@ impl Config {
                 .map(|dir| faas_pki::registry::RegistryFiles::new(dir).tls_ca())
                 .filter(|ca| ca.exists())
         });
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "controlplane".into());
+        let hostname = hostname().unwrap_or_else(|| "controlplane".into());
         let listen = flags
             .listen
             .or(file.listen)
@@ -590,15 +588,19 @@ impl Config {
     }
 }
 
+/// This machine's hostname, if it has one.
+pub(crate) fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim().to_string()).filter(|n| !n.is_empty())
+}
+
 impl Config {
     /// The names this replica's certificate holds: the configured ones,
     /// loopback, the hostname and the hosts of the listen and advertise
     /// addresses.
     pub fn certificate_names(&self) -> Vec<String> {
         let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-            names.push(h.trim().to_string());
-        }
+        names.extend(hostname());
         let host_of = |addr: &str| -> Option<String> {
             let rest = addr.split_once("://").map(|(_, r)| r).unwrap_or(addr);
             let authority = rest.split('/').next()?;

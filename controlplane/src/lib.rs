@@ -58,15 +58,13 @@ pub fn etcd_certs(dir: &std::path::Path, sans: &[String]) -> anyhow::Result<Vec<
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
-    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        let host = host.trim();
+    if let Some(host) = config::hostname() {
         // A hostname that is no DNS name (rcgen would refuse it) is left out.
-        if !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        if host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         {
-            names.push(host.to_string());
+            names.push(host);
         }
     }
     for san in sans {

@@ -475,6 +475,19 @@ impl Store {
         value: &M,
         revision: i64,
     ) -> Result<bool, StoreError> {
+        self.if_mod_revision(kind, name, revision, self.put_ops(kind, name, value))
+            .await
+    }
+
+    /// Runs `ops` only if the object's key was last modified at
+    /// `revision`; false if it changed or was deleted since.
+    async fn if_mod_revision(
+        &self,
+        kind: Kind,
+        name: &str,
+        revision: i64,
+        ops: Vec<TxnOp>,
+    ) -> Result<bool, StoreError> {
         let key = self.key(kind, name);
         let txn = Txn::new()
             .when([Compare::mod_revision(
@@ -482,7 +495,7 @@ impl Store {
                 CompareOp::Equal,
                 revision,
             )])
-            .and_then(self.put_ops(kind, name, value));
+            .and_then(ops);
         Ok(self.check(self.kv().txn(txn).await)?.succeeded())
     }
 
@@ -764,15 +777,8 @@ impl Store {
         name: &str,
         revision: i64,
     ) -> Result<bool, StoreError> {
-        let key = self.key(kind, name);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                revision,
-            )])
-            .and_then([TxnOp::delete(key.as_str(), None)]);
-        Ok(self.check(self.kv().txn(txn).await)?.succeeded())
+        let delete = vec![TxnOp::delete(self.key(kind, name), None)];
+        self.if_mod_revision(kind, name, revision, delete).await
     }
 
     /// Deletes the object; false if it did not exist.

@@ -8,6 +8,19 @@ pub mod v1 {
 
 /// Secret values are never printed, whatever prints the messages that
 /// carry them.
+impl v1::Role {
+    /// The role as users write it (`faasctl token create --role`, error
+    /// messages): "admin", "developer", "invoker".
+    pub fn short_name(self) -> &'static str {
+        match self {
+            v1::Role::Admin => "admin",
+            v1::Role::Developer => "developer",
+            v1::Role::Invoker => "invoker",
+            v1::Role::Unspecified => "unspecified",
+        }
+    }
+}
+
 impl std::fmt::Debug for v1::SecretValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretValue")

@@ -2,8 +2,9 @@
 //!
 //! Mirrors containerd's default Linux spec (`oci.WithDefaultSpec`: mounts,
 //! masked and read-only paths, deny-all device cgroup) and then takes away
-//! more: no capabilities at all, `no_new_privileges`, uid/gid `nobody`, a
-//! read-only root with a bounded tmpfs on `/tmp`, a new network namespace
+//! more: no capabilities at all, `no_new_privileges`, the uid/gid the agent
+//! hands out (one per container, never root), a read-only root with a
+//! bounded tmpfs on `/tmp`, a new network namespace
 //! with only loopback, a seccomp filter denying what a function never needs
 //! (see [`seccomp`]), no core dumps, and memory/swap/pids/cpu limits.
 //! docs/isolation.md explains the threat model these choices answer.

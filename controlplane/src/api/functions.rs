@@ -60,6 +60,17 @@ fn check_env_name(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A variable reaches the call as a C string, through a NUL-separated
+/// env file: a NUL would cut the value and start another variable.
+fn check_env_value(key: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::InvalidArgument(format!(
+            "environment variable {key:?}: its value holds a NUL byte"
+        )));
+    }
+    Ok(())
+}
+
 impl Api {
     /// The namespace's quota (all zero: no bound of its own); NOT_FOUND
     /// unless the namespace exists. One lookup, for the submit path.
@@ -203,8 +214,9 @@ impl FunctionService for Api {
             ))
             .into());
         }
-        for key in spec.env.keys() {
+        for (key, value) in &spec.env {
             check_env_name(key)?;
+            check_env_value(key, value)?;
         }
         super::check_env_bytes(&spec.env, limits.max_env_bytes)?;
         let secrets = self
@@ -397,5 +409,7 @@ mod tests {
         assert!(check_env_name("FAAS_INPUT").is_err());
         assert!(check_env_name("1X").is_err());
         assert!(check_env_name("A=B").is_err());
+        assert!(check_env_value("A", "plain value, with = and newlines\n").is_ok());
+        assert!(check_env_value("A", "cut\0OTHER=injected").is_err());
     }
 }

@@ -245,8 +245,8 @@ pub fn authorize(
             if !role_allows(role, need) {
                 return Err(Status::permission_denied(format!(
                     "{path} needs the {} role or above; this token is {}",
-                    role_name(need),
-                    role_name(role)
+                    need.short_name(),
+                    role.short_name()
                 )));
             }
             Ok((
@@ -258,15 +258,6 @@ pub fn authorize(
                 from_replica,
             ))
         }
-    }
-}
-
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Admin => "admin",
-        Role::Developer => "developer",
-        Role::Invoker => "invoker",
-        Role::Unspecified => "unspecified",
     }
 }
 
