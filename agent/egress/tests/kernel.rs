@@ -9,11 +9,17 @@ use std::process::{Command, Stdio};
 use faas_egress::rules::{call_elements, CallNet, Plan, Reach};
 use faas_egress::PortRange;
 
-/// Runs `script` (nft commands, then a listing) in one new network
-/// namespace; returns the listing.
+/// Runs `script` (one nft transaction) in a new network namespace, then
+/// lists faas's tables there (a listing inside the transaction would show
+/// the state before it); returns the listing.
 fn nft_in_fresh_netns(script: &str) -> String {
     let mut child = Command::new("unshare")
-        .args(["--net", "nft", "-f", "-"])
+        .args([
+            "--net",
+            "sh",
+            "-c",
+            "nft -f - && nft list table inet faas && nft list table bridge faas",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -70,7 +76,7 @@ fn the_kernel_takes_the_ruleset_and_a_calls_elements() {
     // Loaded twice (a restarted agent replaces its tables), then the
     // elements of two calls added and one call's deleted.
     let script = format!(
-        "{ruleset}{ruleset}{add}{open}{delete}list table inet faas\nlist table bridge faas\n",
+        "{ruleset}{ruleset}{add}{open}{delete}",
         ruleset = plan.ruleset(),
         add = elements.add,
         open = open.add,
