@@ -323,6 +323,7 @@ pub fn container_spec(
     runtime: &RuntimeBundle,
     memory_bytes: u64,
     owner: Owner,
+    network: Option<&crate::egress::CallNetwork>,
 ) -> ContainerSpec {
     let mut args = vec![INIT_PATH.to_string()];
     args.extend(init_args(config, runtime).to_argv());
@@ -378,7 +379,16 @@ pub fn container_spec(
                 destination: SECRETS_DIR.into(),
                 readonly: true,
             },
-        ],
+        ]
+        .into_iter()
+        // With egress: the resolvers the call may ask, and nothing else
+        // of the host's resolver configuration.
+        .chain(network.map(|n| BindMount {
+            source: n.resolv_conf.clone(),
+            destination: "/etc/resolv.conf".into(),
+            readonly: true,
+        }))
+        .collect(),
         // The commands' output goes through faas-init's bounded log pipe;
         // the shim's stdio is nobody's to fill.
         stdio_path: PathBuf::from("/dev/null"),
@@ -390,6 +400,7 @@ pub fn container_spec(
         },
         uid: owner.uid,
         gid: owner.gid,
+        network_namespace: network.map(|n| n.netns.clone()),
     }
 }
 
@@ -559,6 +570,7 @@ mod tests {
                 uid: 200_001,
                 gid: 200_001,
             },
+            None,
         );
         let secrets: Vec<&BindMount> = spec
             .mounts

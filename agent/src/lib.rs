@@ -6,6 +6,7 @@
 pub mod collect;
 pub mod config;
 pub mod container;
+pub mod egress;
 pub mod extract_jail;
 pub mod identity;
 pub mod ids;
@@ -83,6 +84,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&spots_dir)?;
     }
     std::fs::create_dir_all(&spots_dir)?;
+    // Network namespaces of calls with egress an earlier run left.
+    egress::cleanup_leftovers().await;
     let packages = packages::Packages::new(
         config.state_dir.join("packages"),
         config.insecure_registries.clone(),
@@ -105,6 +108,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         running: running.clone(),
         teardown_retry: std::sync::Mutex::new(Vec::new()),
         uids: uids::UidPool::new(config.uid_base, config.uid_count),
+        egress: Default::default(),
         preloads_over_budget: Default::default(),
         preload_cooldowns: Default::default(),
     });

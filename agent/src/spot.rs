@@ -67,6 +67,8 @@ pub struct SpotContext {
     pub teardown_retry: std::sync::Mutex<Vec<(String, Option<UidLease>)>>,
     /// The host uids containers run as, one each.
     pub uids: Arc<UidPool>,
+    /// Networks of calls with egress.
+    pub egress: crate::egress::Egress,
     /// Preloads destroyed for using more CPU than their budget.
     pub preloads_over_budget: std::sync::atomic::AtomicU64,
     /// Functions (`name@version`) whose preload went over its CPU budget,
@@ -178,6 +180,8 @@ struct Live {
     /// Keeps the package mounted from the cache in the cache while the
     /// container lives.
     _package: Option<PackageLease>,
+    /// The call's own network namespace, for a function with egress.
+    network: Option<crate::egress::CallNetwork>,
 }
 
 /// What wakes an idle spot (one per wake-up, never stored: its size does
@@ -342,8 +346,13 @@ pub async fn run_spot(
                     Held::Nothing
                 }
                 (Kind::ExecRuntimePreloaded, Some(rt), Some(f), Some(call)) => match held {
+                    // A preloaded container's network namespace is fixed
+                    // when it is created: a function with egress needs one
+                    // of its own.
                     Held::Runtime(live)
-                        if live.runtime.image == rt.image && live.runtime.name == rt.name =>
+                        if live.runtime.image == rt.image
+                            && live.runtime.name == rt.name
+                            && !crate::egress::wants_egress(f.network.as_ref()) =>
                     {
                         slot.execute_on_runtime(live, f, call).await;
                         Held::Nothing
@@ -571,6 +580,21 @@ impl Slot<'_> {
             Some(p) => p.path().to_path_buf(),
             None => dir.join("fn"),
         };
+        // A function with egress gets a network namespace of its own,
+        // plugged in before the container joins it.
+        let network = match function.and_then(|f| f.network.as_ref()) {
+            Some(policy) if crate::egress::wants_egress(Some(policy)) => {
+                match ctx.egress.attach(&id, policy, &dir).await {
+                    Ok(network) => Some(network),
+                    Err(e) => {
+                        unmount_io(&dir);
+                        let _ = tokio::fs::remove_dir_all(&dir).await;
+                        return Err(format!("setting up the call's network: {e}"));
+                    }
+                }
+            }
+            _ => None,
+        };
         let spec = container_spec(
             &ctx.config,
             &id,
@@ -580,6 +604,7 @@ impl Slot<'_> {
             runtime,
             memory_bytes,
             owner,
+            network.as_ref(),
         );
         let created = async {
             ctx.driver
@@ -604,6 +629,9 @@ impl Slot<'_> {
                         .expect("poisoned")
                         .push((id.clone(), Some(uid)));
                 }
+                if let Some(network) = network {
+                    ctx.egress.detach(network).await;
+                }
                 unmount_io(&dir);
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 return Err(e);
@@ -626,6 +654,7 @@ impl Slot<'_> {
             create_began_at_ms,
             function_load_ms,
             _package: package,
+            network,
         };
         if function.is_some() {
             // Nothing to wait for: faas-init goes on with the dependencies.
@@ -1120,7 +1149,7 @@ async fn write_all_then_close(
 /// its tear-down.
 const EXIT_GRACE: Duration = Duration::from_millis(100);
 
-async fn destroy(ctx: &SpotContext, live: Live) {
+async fn destroy(ctx: &SpotContext, mut live: Live) {
     live.exit.abort();
     if let Err(e) = ctx.driver.destroy(&live.id).await {
         warn!(error = %e, container = %live.id, "destroying a container failed; will retry");
@@ -1128,6 +1157,9 @@ async fn destroy(ctx: &SpotContext, live: Live) {
             .lock()
             .expect("poisoned")
             .push((live.id.clone(), Some(live.uid)));
+    }
+    if let Some(network) = live.network.take() {
+        ctx.egress.detach(network).await;
     }
     let dir = live.dir.clone();
     let _ = tokio::task::spawn_blocking(move || unmount_io(&dir)).await;

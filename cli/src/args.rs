@@ -379,6 +379,21 @@ pub struct DeployArgs {
     /// variable VAR (repeatable).
     #[arg(long = "secret", value_parser = parse_secret_ref)]
     pub secrets: Vec<(String, String)>,
+    /// What each call may reach over the network: none (the default), or
+    /// egress (a route out, DNS, never the node or another call).
+    #[arg(long, value_enum, default_value = "none")]
+    pub network: NetworkArg,
+    /// With --network egress, the only destinations: CIDR:PORT, IP:PORT or
+    /// HOST:PORT, a port or a range (repeatable) [default: any public
+    /// address].
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    None,
+    Egress,
 }
 
 /// Parses `NAME` or `NAME:ENV_VAR`.

@@ -22,6 +22,7 @@ use faas_proto::v1::{
     DeleteNamespaceRequest, GetNamespaceRequest, ListNamespacesRequest, NamespaceQuota,
     UpdateNamespaceRequest,
 };
+use faas_proto::v1::{network_policy, NetworkPolicy};
 use faas_proto::v1::{
     secret_service_client::SecretServiceClient, DeleteSecretRequest, GetSecretRequest,
     ListSecretsRequest, PutSecretRequest, SecretRef,
@@ -30,9 +31,9 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::args::{
-    duration_to_ms, CallCmd, Command, DeployArgs, FunctionCmd, InvokeArgs, NamespaceCmd, NodeCmd,
-    NodeTokenCmd, OutputFormat, QuotaArgs, RegisterRuntimeArgs, RoleArg, RuntimeCmd, SecretCmd,
-    TokenCmd,
+    duration_to_ms, CallCmd, Command, DeployArgs, FunctionCmd, InvokeArgs, NamespaceCmd,
+    NetworkArg, NodeCmd, NodeTokenCmd, OutputFormat, QuotaArgs, RegisterRuntimeArgs, RoleArg,
+    RuntimeCmd, SecretCmd, TokenCmd,
 };
 use crate::client::{upload_progress, upload_stream, UploadBody, UploadError, MAX_DECODE_BYTES};
 use crate::format;
@@ -790,6 +791,17 @@ pub fn function_spec(args: &DeployArgs, namespace: &str) -> FunctionSpec {
                 version: 0,
             })
             .collect(),
+        network: match args.network {
+            NetworkArg::None if args.allow.is_empty() => None,
+            NetworkArg::None => Some(NetworkPolicy {
+                mode: network_policy::Mode::None as i32,
+                allow: args.allow.clone(),
+            }),
+            NetworkArg::Egress => Some(NetworkPolicy {
+                mode: network_policy::Mode::Egress as i32,
+                allow: args.allow.clone(),
+            }),
+        },
     }
 }
 

@@ -82,6 +82,12 @@ pub fn function_json(function: &Function) -> Value {
             .iter()
             .map(|s| json!({"name": s.name, "env": s.env, "version": s.version}))
             .collect::<Vec<_>>(),
+        "network": match &function.network {
+            Some(n) if n.mode() == faas_proto::v1::network_policy::Mode::Egress => {
+                json!({"mode": "egress", "allow": n.allow})
+            }
+            _ => json!({"mode": "none", "allow": []}),
+        },
         "package_digest": function.package_digest,
         "package_size": function.package_size,
         "version": function.version,
@@ -570,6 +576,19 @@ pub fn namespaces_table(list: &[Namespace]) -> String {
     render(table)
 }
 
+fn network_text(f: &Function) -> String {
+    match &f.network {
+        Some(n) if n.mode() == faas_proto::v1::network_policy::Mode::Egress => {
+            if n.allow.is_empty() {
+                "egress (any public address)".into()
+            } else {
+                format!("egress to {}", n.allow.join(" "))
+            }
+        }
+        _ => "none".into(),
+    }
+}
+
 pub fn function_details(f: &Function) -> String {
     let env: BTreeMap<_, _> = f.env.iter().collect();
     let env_text = if env.is_empty() {
@@ -589,6 +608,7 @@ pub fn function_details(f: &Function) -> String {
         ("idempotent", if f.idempotent { "yes" } else { "no" }.into()),
         ("env", env_text),
         ("secrets", secrets_text(f)),
+        ("network", network_text(f)),
         ("version", f.version.to_string()),
         (
             "package",

@@ -80,6 +80,7 @@ impl CallBundle {
                 timeout_ms: function.timeout_ms,
                 env: function.env,
                 secrets,
+                network: function.network,
             },
         }
     }

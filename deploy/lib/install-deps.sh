@@ -9,12 +9,13 @@
 # Debian packages: the real dependencies (containerd, runc, etcd, registry),
 # what the build needs (protoc for the gRPC crates, a C toolchain), and what
 # runtimes/build.sh needs to make the runtime images offline-reproducibly,
-# and nftables, whose ruleset for calls' egress the tests load
-# (agent/egress).
+# and what calls with egress need: the CNI bridge plugin, nftables,
+# iproute2 (ip, bridge).
 FAAS_DEBIAN_PACKAGES=(
     containerd runc crun etcd-server docker-registry
     protobuf-compiler libprotobuf-dev build-essential pkg-config
-    mmdebstrap busybox-static python3 ca-certificates nftables
+    mmdebstrap busybox-static python3 ca-certificates
+    nftables containernetworking-plugins iproute2
 )
 
 faas_log() { echo "[faas] $*" >&2; }

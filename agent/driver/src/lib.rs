@@ -147,6 +147,10 @@ pub struct ContainerSpec {
     /// namespace), also the owner of its `/tmp`. Not 0.
     pub uid: u32,
     pub gid: u32,
+    /// A network namespace prepared for the container (a bind-mounted
+    /// namespace file, e.g. `/run/netns/faas-<id>`); None: a new, empty
+    /// one with only loopback.
+    pub network_namespace: Option<PathBuf>,
 }
 
 /// A cheap, cloneable handle on containerd (wraps one tonic channel).

@@ -522,12 +522,19 @@ fn build_inner(spec: &ContainerSpec, namespace: &str) -> Result<Spec, String> {
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
-        // A new network namespace with nothing in it: no route anywhere.
+        // A new network namespace with nothing in it: no route anywhere;
+        // or, for a call with egress, the one prepared for it.
         LinuxNamespaceType::Network,
         LinuxNamespaceType::Cgroup,
     ]
     .into_iter()
-    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+    .map(|typ| {
+        let mut ns = LinuxNamespaceBuilder::default().typ(typ);
+        if let (LinuxNamespaceType::Network, Some(path)) = (typ, &spec.network_namespace) {
+            ns = ns.path(path.clone());
+        }
+        ns.build()
+    })
     .collect::<Result<Vec<_>, _>>()
     .map_err(err)?;
 
@@ -601,6 +608,7 @@ mod tests {
             },
             uid: 200_123,
             gid: 200_123,
+            network_namespace: None,
         }
     }
 

@@ -417,6 +417,7 @@ fn spec(id: &str, image: &ImageInfo, args: &[&str], stdio: &Path) -> ContainerSp
         },
         uid: TEST_UID,
         gid: TEST_UID,
+        network_namespace: None,
     }
 }
 

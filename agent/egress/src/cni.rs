@@ -36,6 +36,8 @@ pub fn bridge_config(
             "type": "host-local",
             "dataDir": ipam_dir,
             "ranges": [[{ "subnet": subnet.to_string(), "gateway": gateway.to_string() }]],
+            // The call's default route, through the bridge.
+            "routes": [{ "dst": "0.0.0.0/0" }],
         },
     })
     .to_string()
@@ -106,6 +108,7 @@ mod tests {
         assert_eq!(config["mtu"], 1400);
         assert_eq!(config["ipam"]["dataDir"], "/run/faas/cni-ipam");
         assert_eq!(config["ipam"]["ranges"][0][0]["subnet"], "10.231.0.0/16");
+        assert_eq!(config["ipam"]["routes"][0]["dst"], "0.0.0.0/0");
     }
 
     #[test]

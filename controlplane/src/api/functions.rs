@@ -71,6 +71,30 @@ fn check_env_value(key: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A function's network policy, checked as the agent will read it: an
+/// allowlist only with egress, each entry well formed and reachable at
+/// all. Stored as given (entries trimmed), None for no network.
+fn check_network(
+    policy: Option<faas_proto::v1::NetworkPolicy>,
+) -> Result<Option<faas_proto::v1::NetworkPolicy>, ApiError> {
+    use faas_proto::v1::network_policy::Mode;
+    let Some(mut policy) = policy else {
+        return Ok(None);
+    };
+    match policy.mode() {
+        Mode::None if policy.allow.is_empty() => Ok(None),
+        Mode::None => Err(ApiError::InvalidArgument(
+            "an allowlist needs egress (--network egress)".into(),
+        )),
+        Mode::Egress => {
+            faas_egress::allow::parse_all(&policy.allow)
+                .map_err(|e| ApiError::InvalidArgument(format!("--allow {e}")))?;
+            policy.allow = policy.allow.iter().map(|a| a.trim().to_string()).collect();
+            Ok(Some(policy))
+        }
+    }
+}
+
 impl Api {
     /// The namespace's quota (all zero: no bound of its own); NOT_FOUND
     /// unless the namespace exists. One lookup, for the submit path.
@@ -219,6 +243,7 @@ impl FunctionService for Api {
             check_env_value(key, value)?;
         }
         super::check_env_bytes(&spec.env, limits.max_env_bytes)?;
+        let network = check_network(spec.network.take())?;
         let secrets = self
             .check_secret_refs(&namespace, std::mem::take(&mut spec.secrets), &spec.env)
             .await?;
@@ -293,6 +318,7 @@ impl FunctionService for Api {
             },
             env: spec.env,
             idempotent: spec.idempotent,
+            network,
             package_digest: digest,
             package_size,
             version,

@@ -1,0 +1,243 @@
+//! Opt-in egress (`fn deploy --network egress [--allow ...]`) on the real
+//! stack: the call gets out exactly as its allowlist says, never to the
+//! host (whatever the allowlist), never to the node's networks without
+//! an allowlist, and leaves nothing behind. "Outside" is a network
+//! namespace of the test's own, routed from the host (198.51.100.0/24),
+//! with listeners on ports 8080 and 8081.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use faas_proto::v1::call_service_client::CallServiceClient;
+use faas_proto::v1::{Call, CallStatus, InvokeRequest};
+use faas_tests::{repo_root, Stack, StackOptions};
+use serde_json::{json, Value};
+
+const OUTSIDE: &str = "198.51.100.1";
+const HOST_SIDE: &str = "198.51.100.254";
+
+fn sh(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(args[0]).args(&args[1..]).output()?;
+    ensure!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The outside network and its listeners; removed on drop.
+struct Outside {
+    netns: String,
+    veth: String,
+    listeners: Vec<Child>,
+}
+
+impl Outside {
+    fn start() -> anyhow::Result<Outside> {
+        let id = std::process::id();
+        let outside = Outside {
+            netns: format!("ftest-out-{id}"),
+            veth: format!("fto{id}"),
+            listeners: Vec::new(),
+        };
+        let (ns, host_end) = (outside.netns.clone(), outside.veth.clone());
+        let peer = format!("{host_end}p");
+        sh(&["ip", "netns", "add", &ns])?;
+        sh(&[
+            "ip", "link", "add", &host_end, "type", "veth", "peer", "name", &peer,
+        ])?;
+        sh(&["ip", "link", "set", &peer, "netns", &ns])?;
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{HOST_SIDE}/24"),
+            "dev",
+            &host_end,
+        ])?;
+        sh(&["ip", "link", "set", &host_end, "up"])?;
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{OUTSIDE}/24"),
+            "dev",
+            &peer,
+        ])?;
+        sh(&["ip", "-n", &ns, "link", "set", &peer, "up"])?;
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        sh(&["ip", "-n", &ns, "route", "add", "default", "via", HOST_SIDE])?;
+        let mut outside = outside;
+        for port in ["8080", "8081"] {
+            outside
+                .listeners
+                .push(listener(Some(&ns), "0.0.0.0", port)?);
+        }
+        Ok(outside)
+    }
+}
+
+/// A TCP listener that accepts and closes, in `netns` or on the host.
+fn listener(netns: Option<&str>, addr: &str, port: &str) -> anyhow::Result<Child> {
+    let script = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('{addr}', {port}))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n    c.close()\n"
+    );
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "python3", "-c", &script]);
+            c
+        }
+        None => {
+            let mut c = Command::new("python3");
+            c.args(["-c", &script]);
+            c
+        }
+    };
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(child)
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        for l in &mut self.listeners {
+            let _ = l.kill();
+            let _ = l.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+async fn invoke(stack: &Stack, function: &str, params: Value) -> anyhow::Result<Call> {
+    Ok(CallServiceClient::new(stack.channel().await)
+        .invoke(InvokeRequest {
+            function: function.into(),
+            params_json: params.to_string(),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("invoking {function}"))?
+        .into_inner())
+}
+
+fn outcomes(call: &Call) -> Value {
+    assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+    let value: Value = serde_json::from_str(&call.result_json).expect("JSON");
+    value["targets"].clone()
+}
+
+fn faas_netns() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("faas-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_goes_only_where_the_allowlist_says() -> anyhow::Result<()> {
+    let _outside = Outside::start()?;
+    // A service of the host's, on every address.
+    let mut host_service = listener(None, "0.0.0.0", "18099")?;
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    let probe = repo_root().join("tests/isolation/fns/network");
+    stack.deploy(
+        "allowed",
+        "python3",
+        &probe,
+        &[
+            "--network",
+            "egress",
+            "--allow",
+            &format!("{OUTSIDE}:8080"),
+            // The host's own address: allowed on paper, never in fact.
+            "--allow",
+            &format!("{HOST_SIDE}:18099"),
+            "--timeout",
+            "60s",
+        ],
+    )?;
+    stack.deploy(
+        "open",
+        "python3",
+        &probe,
+        &["--network", "egress", "--timeout", "60s"],
+    )?;
+    stack.deploy("closed", "python3", &probe, &["--timeout", "60s"])?;
+    // A bad allowlist is refused at deploy with a clear error.
+    let err = stack
+        .deploy(
+            "bad",
+            "python3",
+            &probe,
+            &["--network", "egress", "--allow", "127.0.0.1:80"],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("never reachable"), "{err}");
+
+    let targets = json!({"targets": [
+        [OUTSIDE, 8080], [OUTSIDE, 8081],
+        [HOST_SIDE, 18099], ["10.231.0.1", 18099], ["127.0.0.1", 18099],
+        ["169.254.169.254", 80],
+    ]});
+    let allowed = outcomes(&invoke(&stack, "allowed", targets.clone()).await?);
+    let open = outcomes(&invoke(&stack, "open", targets.clone()).await?);
+    let closed = outcomes(&invoke(&stack, "closed", targets.clone()).await?);
+    let got = |r: &Value, host: &str, port: u16| {
+        r[format!("{host}:{port}")]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+
+    // The allowlist, exactly.
+    assert_eq!(got(&allowed, OUTSIDE, 8080), "connected", "{allowed}");
+    assert_ne!(got(&allowed, OUTSIDE, 8081), "connected", "{allowed}");
+    // Never the host, whatever the allowlist; never metadata.
+    for r in [&allowed, &open, &closed] {
+        for (host, port) in [
+            (HOST_SIDE, 18099),
+            ("10.231.0.1", 18099),
+            ("127.0.0.1", 18099),
+            ("169.254.169.254", 80),
+        ] {
+            assert_ne!(got(r, host, port), "connected", "{host}:{port} {r}");
+        }
+    }
+    // Without an allowlist: public addresses only, not the node's own
+    // network (198.51.100.0/24 is the host's here).
+    assert_ne!(got(&open, OUTSIDE, 8080), "connected", "{open}");
+    // No network at all by default.
+    assert_ne!(got(&closed, OUTSIDE, 8080), "connected", "{closed}");
+
+    let _ = host_service.kill();
+    // Nothing left once the agent has cleared its spots (a preloaded
+    // function holds its namespace until then): no namespace, no
+    // allowlist element.
+    stack.shutdown().await?;
+    assert!(faas_netns().is_empty(), "{:?}", faas_netns());
+    let sets = Command::new("nft")
+        .args(["list", "set", "inet", "faas", "allow"])
+        .output()?;
+    let sets = String::from_utf8_lossy(&sets.stdout);
+    assert!(!sets.contains("elements"), "{sets}");
+    Ok(())
+}
