@@ -63,10 +63,11 @@ pub struct CallNetwork {
     elements: Option<CallElements>,
 }
 
-/// The node's egress: its plan, made once.
+/// The node's egress: its plan and the CNI configuration that follows
+/// from it, made once.
 #[derive(Default)]
 pub struct Egress {
-    plan: tokio::sync::OnceCell<(Plan, u32)>,
+    plan: tokio::sync::OnceCell<(Plan, String)>,
 }
 
 /// Does this function's policy ask for the network?
@@ -84,7 +85,7 @@ impl Egress {
         dir: &Path,
     ) -> Result<CallNetwork, EgressError> {
         let allow = parse_all(&policy.allow)?;
-        let (plan, mtu) = self.plan().await?;
+        let (plan, config) = self.plan().await?;
         let name = format!("faas-{id}");
         let mut net = CallNetwork {
             netns: Path::new(NETNS_DIR).join(&name),
@@ -95,15 +96,7 @@ impl Egress {
         };
         let attached = async {
             run("ip netns add", "ip", &["netns", "add", &name], None).await?;
-            let config = faas_egress::cni::bridge_config(
-                "faas-egress",
-                &plan.bridge,
-                plan.subnet,
-                plan.gateway(),
-                *mtu,
-                IPAM_DIR,
-            );
-            let result = cni("ADD", &net, &config).await?;
+            let result = cni("ADD", &net, config).await?;
             let call = faas_egress::cni::parse_result(&result, &plan.bridge)?;
             run(
                 "loopback up",
@@ -157,16 +150,8 @@ impl Egress {
                 warn!(error = %e, netns = %net.name, "removing a call's nft elements failed");
             }
         }
-        if let Some((plan, mtu)) = self.plan.get() {
-            let config = faas_egress::cni::bridge_config(
-                "faas-egress",
-                &plan.bridge,
-                plan.subnet,
-                plan.gateway(),
-                *mtu,
-                IPAM_DIR,
-            );
-            if let Err(e) = cni("DEL", &net, &config).await {
+        if let Some((_, config)) = self.plan.get() {
+            if let Err(e) = cni("DEL", &net, config).await {
                 warn!(error = %e, netns = %net.name, "CNI DEL failed");
             }
         }
@@ -176,7 +161,7 @@ impl Egress {
     }
 
     /// The plan, made and its ruleset loaded at the first call.
-    async fn plan(&self) -> Result<&(Plan, u32), EgressError> {
+    async fn plan(&self) -> Result<&(Plan, String), EgressError> {
         self.plan
             .get_or_try_init(|| async {
                 let subnet: Ipv4Net = SUBNET.parse().expect("a constant subnet");
@@ -194,7 +179,15 @@ impl Egress {
                     .await
                     .map_err(|e| step("ip_forward", e))?;
                 info!(subnet = %plan.subnet, dns = ?plan.dns, mtu, "egress ruleset loaded");
-                Ok((plan, mtu))
+                let config = faas_egress::cni::bridge_config(
+                    "faas-egress",
+                    &plan.bridge,
+                    plan.subnet,
+                    plan.gateway(),
+                    mtu,
+                    IPAM_DIR,
+                );
+                Ok((plan, config))
             })
             .await
     }
