@@ -192,6 +192,36 @@ pub async fn wait_running(
     }
 }
 
+/// Polls call `id` until it is final (SUCCEEDED, FAILED or TIMEOUT); an
+/// error if it is not within `within`. Unanswered polls are retried.
+pub async fn wait_final(
+    client: &mut faas_proto::v1::call_service_client::CallServiceClient<Channel>,
+    id: &str,
+    within: Duration,
+) -> anyhow::Result<faas_proto::v1::Call> {
+    use faas_proto::v1::CallStatus;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let polled = client
+            .get_call(faas_proto::v1::GetCallRequest { id: id.into() })
+            .await;
+        if let Ok(call) = polled {
+            let call = call.into_inner();
+            if matches!(
+                call.status(),
+                CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
+            ) {
+                return Ok(call);
+            }
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "call {id} not final in {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Lines of each log printed when a test fails.
 const LOG_TAIL_LINES: usize = 40;
 /// The snapshotter faas uses (containerd's default on ext4).

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{Call, CallStatus, InvokeRequest};
-use faas_tests::{repo_root, Stack, StackOptions};
+use faas_tests::{repo_root, wait_final, wait_running, Stack, StackOptions};
 use serde_json::{json, Value};
 
 const OUTSIDE: &str = "198.51.100.1";
@@ -133,8 +133,77 @@ async fn invoke(stack: &Stack, function: &str, params: Value) -> anyhow::Result<
 
 fn outcomes(call: &Call) -> Value {
     assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
-    let value: Value = serde_json::from_str(&call.result_json).expect("JSON");
-    value["targets"].clone()
+    serde_json::from_str(&call.result_json).expect("JSON")
+}
+
+/// The addresses host-local has handed to calls on this host now.
+fn call_addresses() -> Vec<String> {
+    std::fs::read_dir("/run/faas/cni-ipam/faas-egress")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Two calls with egress, both running: one listens on every address,
+/// the other tries every address the node has given to a call (the
+/// listener's among them, and any preloaded spot's). Nothing gets
+/// through: the bridge forwards no frame from one call's port to
+/// another's. The listener reaching itself shows it was up.
+async fn calls_cannot_reach_each_other(
+    stack: &Stack,
+    probe: &std::path::Path,
+) -> anyhow::Result<()> {
+    stack.deploy(
+        "listener",
+        "python3",
+        probe,
+        &["--network", "egress", "--timeout", "60s"],
+    )?;
+    let mut client = CallServiceClient::new(stack.channel().await);
+    let listener_id = client
+        .submit(InvokeRequest {
+            function: "listener".into(),
+            params_json: json!({"listen": 9000, "seconds": 12}).to_string(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .call_id;
+    wait_running(&mut client, &listener_id, Duration::from_secs(60)).await?;
+    // RUNNING is reported as the handler starts; give it time to bind.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let addresses = call_addresses();
+    ensure!(
+        !addresses.is_empty(),
+        "no call address in host-local's state"
+    );
+    let targets: Vec<Value> = addresses.iter().map(|a| json!([a, 9000])).collect();
+    let prober =
+        outcomes(&invoke(stack, "open", json!({"targets": targets, "timeout": 1.5})).await?);
+    let listener = wait_final(&mut client, &listener_id, Duration::from_secs(60)).await?;
+    assert_eq!(listener.status(), CallStatus::Succeeded, "{listener:?}");
+    let listened: Value = serde_json::from_str(&listener.result_json)?;
+    let address = listened["address"].as_str().unwrap_or("");
+    assert_eq!(listened["itself"], "connected", "{listened}");
+    assert!(
+        addresses.iter().any(|a| a == address),
+        "the listener's address {address} was not tried: {addresses:?}"
+    );
+    assert_eq!(listened["accepted_from"], json!([]), "{listened}");
+    // Dropped on the bridge: no answer at all (a refusal would mean the
+    // packet reached the other call).
+    for (target, outcome) in prober["targets"].as_object().expect("targets") {
+        let outcome = outcome.as_str().unwrap_or("");
+        assert!(
+            ["timeout", "EHOSTUNREACH"].contains(&outcome),
+            "{target}: {outcome} ({prober})"
+        );
+    }
+    Ok(())
 }
 
 fn faas_netns() -> Vec<String> {
@@ -202,7 +271,7 @@ async fn egress_goes_only_where_the_allowlist_says() -> anyhow::Result<()> {
     let open = outcomes(&invoke(&stack, "open", targets.clone()).await?);
     let closed = outcomes(&invoke(&stack, "closed", targets.clone()).await?);
     let got = |r: &Value, host: &str, port: u16| {
-        r[format!("{host}:{port}")]
+        r["targets"][format!("{host}:{port}")]
             .as_str()
             .unwrap_or("")
             .to_string()
@@ -227,6 +296,17 @@ async fn egress_goes_only_where_the_allowlist_says() -> anyhow::Result<()> {
     assert_ne!(got(&open, OUTSIDE, 8080), "connected", "{open}");
     // No network at all by default.
     assert_ne!(got(&closed, OUTSIDE, 8080), "connected", "{closed}");
+
+    // No spoofing from inside: forging an address takes a raw socket.
+    for r in [&allowed, &open] {
+        assert_eq!(
+            r["raw_sockets"],
+            json!({"inet_raw": "EPERM", "packet": "EPERM"}),
+            "{r}"
+        );
+    }
+
+    calls_cannot_reach_each_other(&stack, &probe).await?;
 
     let _ = host_service.kill();
     // Nothing left once the agent has cleared its spots (a preloaded

@@ -12,7 +12,7 @@ use faas_proto::v1::{
     Call, CallStatus, GetCallRequest, GetCallStatsRequest, InvokeRequest, ListCallsRequest, Timings,
 };
 use faas_tests::Channel;
-use faas_tests::{fixture_dir, Stack, StackOptions};
+use faas_tests::{fixture_dir, wait_final, Stack, StackOptions};
 use prost::Message;
 
 fn channel(stack: &Stack, url: &str) -> Channel {
@@ -43,31 +43,6 @@ fn retry_after_ms(status: &tonic::Status) -> Option<u64> {
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-}
-
-/// Waits until a call is final; the call.
-async fn wait_final(
-    client: &mut CallServiceClient<Channel>,
-    id: &str,
-    within: Duration,
-) -> anyhow::Result<Call> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(call) = client.get_call(GetCallRequest { id: id.into() }).await {
-            let call = call.into_inner();
-            if matches!(
-                call.status(),
-                CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
-            ) {
-                return Ok(call);
-            }
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "call {id} not final in {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Lists every call page by page (1000 a page); the calls and the time

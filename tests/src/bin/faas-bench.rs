@@ -7,6 +7,9 @@
 //! Usage (as root, after tests/run.sh built everything, or with FAAS_BIN_DIR
 //! and FAAS_RUNTIME_ARCHIVES set):
 //!   faas-bench [--calls 50] [--floor-runs 20] [--policy no-preload] [--spots 2]
+//!              [--network none|egress]
+//! `--network egress` deploys the function with egress (a network
+//! namespace, CNI bridge and nft elements per call; public addresses only).
 
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ struct Args {
     floor_runs: usize,
     policy: Option<String>,
     spots: u32,
+    network: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -29,6 +33,7 @@ fn parse_args() -> anyhow::Result<Args> {
         floor_runs: 20,
         policy: None,
         spots: 2,
+        network: "none".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -38,9 +43,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--floor-runs" => args.floor_runs = value()?.parse()?,
             "--policy" => args.policy = Some(value()?),
             "--spots" => args.spots = value()?.parse()?,
+            "--network" => args.network = value()?,
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: faas-bench [--calls N] [--floor-runs N] [--policy P] [--spots N]"
+                    "usage: faas-bench [--calls N] [--floor-runs N] [--policy P] [--spots N] \
+                     [--network none|egress]"
                 );
                 std::process::exit(0);
             }
@@ -66,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
         "bench-hello",
         "python3",
         &fixture_dir("py-hello"),
-        &[],
+        &["--network", &args.network],
     )?;
     let mut client = CallServiceClient::new(stack.channel().await);
     let invoke = |client: &mut CallServiceClient<_>| {
@@ -114,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         "policy": nodes.policy,
         "calls": args.calls,
         "spots": args.spots,
+        "network": args.network,
         "faas": faas,
         "floor_ctr_run_rm_same_image": floor_same_image,
         "floor_sh_busybox": busybox_floor,
