@@ -8,6 +8,15 @@
 //! The ruleset is loaded at the first call with egress, not at start: a
 //! node whose functions never ask for the network never touches the
 //! host's firewall.
+//!
+//! Several agents may share a host (the bridge, the subnet, host-local's
+//! state and the tables are the host's): loading the ruleset keeps the
+//! elements other agents' calls hold, and each agent names what it makes
+//! with a tag of its own (`faas-<tag>-<container>`: namespace files and
+//! host-local's records), so that an agent cleaning up after an earlier
+//! run of itself removes only its own. The elements a call adds are
+//! written down first (`<state>/egress/<netns>`), so an agent that died
+//! can take them out at its next start.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -29,6 +38,8 @@ pub const BRIDGE: &str = "faas0";
 /// host-local's state: on /run, so a reboot frees the addresses with the
 /// namespaces that held them.
 pub const IPAM_DIR: &str = "/run/faas/cni-ipam";
+/// The CNI network's name (host-local keeps its addresses under it).
+const CNI_NETWORK: &str = "faas-egress";
 /// Where `ip netns add` puts namespace files.
 const NETNS_DIR: &str = "/run/netns";
 /// Any one step of the setup (a plugin, nft) longer than this fails it.
@@ -59,15 +70,17 @@ pub struct CallNetwork {
     /// The `resolv.conf` bound read-only at /etc/resolv.conf.
     pub resolv_conf: PathBuf,
     name: String,
-    container_id: String,
     elements: Option<CallElements>,
 }
 
 /// The node's egress: its plan and the CNI configuration that follows
 /// from it, made once.
-#[derive(Default)]
 pub struct Egress {
     plan: tokio::sync::OnceCell<(Plan, String)>,
+    /// `faas-<tag>-`: the start of every name this agent gives.
+    prefix: String,
+    /// Where the `delete` of each live call's elements is kept.
+    records: PathBuf,
 }
 
 /// Does this function's policy ask for the network?
@@ -76,6 +89,17 @@ pub fn wants_egress(policy: Option<&NetworkPolicy>) -> bool {
 }
 
 impl Egress {
+    /// The egress of the agent that owns containerd namespace `owner`
+    /// (unique among the agents of a host), keeping its records under
+    /// `state_dir`.
+    pub fn new(owner: &str, state_dir: &Path) -> Egress {
+        Egress {
+            plan: Default::default(),
+            prefix: owner_prefix(owner),
+            records: state_dir.join("egress"),
+        }
+    }
+
     /// Plugs container `id` into the bridge as `policy` allows; files of
     /// its own go in `dir`.
     pub async fn attach(
@@ -86,12 +110,11 @@ impl Egress {
     ) -> Result<CallNetwork, EgressError> {
         let allow = parse_all(&policy.allow)?;
         let (plan, config) = self.plan().await?;
-        let name = format!("faas-{id}");
+        let name = format!("{}{id}", self.prefix);
         let mut net = CallNetwork {
             netns: Path::new(NETNS_DIR).join(&name),
             resolv_conf: dir.join("resolv.conf"),
             name: name.clone(),
-            container_id: id.to_string(),
             elements: None,
         };
         let attached = async {
@@ -119,6 +142,9 @@ impl Egress {
                 Reach::Only(resolve(&allow).await)
             };
             let elements = call_elements(&call, &reach);
+            // Written down before they exist: whatever happens next, the
+            // agent can take them out again.
+            self.record(&name, &elements.delete).await?;
             run(
                 "nft call elements",
                 "nft",
@@ -146,9 +172,17 @@ impl Egress {
     /// Undoes [`Egress::attach`] (each step whatever the others did).
     pub async fn detach(&self, net: CallNetwork) {
         if let Some(elements) = &net.elements {
-            if let Err(e) = run("nft", "nft", &["-f", "-"], Some(&elements.delete)).await {
-                warn!(error = %e, netns = %net.name, "removing a call's nft elements failed");
+            match run("nft", "nft", &["-f", "-"], Some(&elements.delete)).await {
+                Ok(_) => {
+                    let _ = tokio::fs::remove_file(self.records.join(&net.name)).await;
+                }
+                // The record stays: the next start tries again.
+                Err(e) => {
+                    warn!(error = %e, netns = %net.name, "removing a call's nft elements failed")
+                }
             }
+        } else {
+            let _ = tokio::fs::remove_file(self.records.join(&net.name)).await;
         }
         if let Some((_, config)) = self.plan.get() {
             if let Err(e) = cni("DEL", &net, config).await {
@@ -172,7 +206,20 @@ impl Egress {
                     dns: resolvers(),
                     node_networks,
                 };
-                run("nft ruleset", "nft", &["-f", "-"], Some(&plan.ruleset())).await?;
+                if let Err(e) = run("nft ruleset", "nft", &["-f", "-"], Some(&plan.ruleset())).await
+                {
+                    // The tables as they are cannot take this ruleset (a
+                    // set's type changed between versions): replace them,
+                    // and with them every call's elements on this host.
+                    warn!(error = %e, "loading the egress ruleset beside what is there failed; replacing faas's tables");
+                    run(
+                        "nft ruleset (replacing)",
+                        "nft",
+                        &["-f", "-"],
+                        Some(&plan.ruleset_replacing()),
+                    )
+                    .await?;
+                }
                 // The bridge plugin turns it on anyway (isGateway); said
                 // here so that it is not a surprise.
                 tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n")
@@ -180,7 +227,7 @@ impl Egress {
                     .map_err(|e| step("ip_forward", e))?;
                 info!(subnet = %plan.subnet, dns = ?plan.dns, mtu, "egress ruleset loaded");
                 let config = faas_egress::cni::bridge_config(
-                    "faas-egress",
+                    CNI_NETWORK,
                     &plan.bridge,
                     plan.subnet,
                     plan.gateway(),
@@ -283,7 +330,9 @@ async fn cni(command: &str, net: &CallNetwork, config: &str) -> Result<String, E
     let mut child = tokio::process::Command::new(&plugin)
         .env_clear()
         .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", &net.container_id)
+        // The namespace's name, tag included: host-local writes it beside
+        // each address it hands out, which tells whose the address is.
+        .env("CNI_CONTAINERID", &net.name)
         .env("CNI_NETNS", &net.netns)
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", CNI_DIR)
@@ -367,20 +416,87 @@ async fn output(program: &str, args: &[&str]) -> Result<String, EgressError> {
     run(program, program, args, None).await
 }
 
-/// Removes what an earlier run of the agent left: namespaces named
-/// `faas-*` (their containers are gone: the agent cleans its containerd
-/// namespace first) and host-local's addresses.
-pub async fn cleanup_leftovers() {
-    let Ok(mut entries) = tokio::fs::read_dir(NETNS_DIR).await else {
-        return;
-    };
-    while let Ok(Some(entry)) = entries.next_entry().await {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("faas-") {
-            if let Err(e) = run("ip netns del", "ip", &["netns", "del", &name], None).await {
-                warn!(error = %e, netns = %name, "removing a leftover network namespace failed");
+/// `faas-<tag>-`, the tag a digest of the agent's containerd namespace:
+/// fixed length, so no agent's prefix starts another's.
+fn owner_prefix(owner: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(owner.as_bytes());
+    let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("faas-{tag}-")
+}
+
+/// At most this much of a record or a host-local file is read.
+const RECORD_LIMIT: u64 = 64 * 1024;
+
+impl Egress {
+    async fn record(&self, name: &str, delete: &str) -> Result<(), EgressError> {
+        tokio::fs::create_dir_all(&self.records)
+            .await
+            .map_err(|e| step("the egress records directory", e))?;
+        tokio::fs::write(self.records.join(name), delete)
+            .await
+            .map_err(|e| step("recording a call's elements", e))
+    }
+
+    /// Removes what an earlier run of this agent left (its containers are
+    /// gone: the agent cleans its containerd namespace first): the
+    /// elements it recorded, its network namespaces and host-local's
+    /// addresses given to them. Other agents' are left alone.
+    pub async fn cleanup_leftovers(&self) {
+        if let Ok(mut records) = tokio::fs::read_dir(&self.records).await {
+            while let Ok(Some(entry)) = records.next_entry().await {
+                let path = entry.path();
+                // Written by this agent into its own 0700 state
+                // directory; still read with a bound.
+                if let Ok(delete) = read_bounded(&path).await {
+                    // Fails when the elements are gone already (a reboot,
+                    // or a crash between the record and the add).
+                    if let Err(e) = run("nft", "nft", &["-f", "-"], Some(&delete)).await {
+                        info!(error = %e, record = %path.display(), "a leftover call's elements were already gone");
+                    }
+                }
+                let _ = tokio::fs::remove_file(&path).await;
+            }
+        }
+        if let Ok(mut entries) = tokio::fs::read_dir(NETNS_DIR).await {
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&self.prefix) {
+                    if let Err(e) = run("ip netns del", "ip", &["netns", "del", &name], None).await
+                    {
+                        warn!(error = %e, netns = %name, "removing a leftover network namespace failed");
+                    }
+                }
+            }
+        }
+        // host-local keeps one file per address, named by it, holding the
+        // container id it was given (our namespace names).
+        let addresses = Path::new(IPAM_DIR).join(CNI_NETWORK);
+        if let Ok(mut entries) = tokio::fs::read_dir(&addresses).await {
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let path = entry.path();
+                let is_address = entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<Ipv4Addr>().is_ok());
+                if !is_address {
+                    continue;
+                }
+                if read_bounded(&path)
+                    .await
+                    .is_ok_and(|owner| owner.starts_with(&self.prefix))
+                {
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
             }
         }
     }
-    let _ = tokio::fs::remove_dir_all(IPAM_DIR).await;
+}
+
+async fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let mut text = String::new();
+    file.take(RECORD_LIMIT).read_to_string(&mut text).await?;
+    Ok(text)
 }

@@ -84,8 +84,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&spots_dir)?;
     }
     std::fs::create_dir_all(&spots_dir)?;
-    // Network namespaces of calls with egress an earlier run left.
-    egress::cleanup_leftovers().await;
+    // What calls with egress of an earlier run left (this agent's only).
+    let egress = egress::Egress::new(&config.namespace, &config.state_dir);
+    egress.cleanup_leftovers().await;
     let packages = packages::Packages::new(
         config.state_dir.join("packages"),
         config.insecure_registries.clone(),
@@ -108,7 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         running: running.clone(),
         teardown_retry: std::sync::Mutex::new(Vec::new()),
         uids: uids::UidPool::new(config.uid_base, config.uid_count),
-        egress: Default::default(),
+        egress,
         preloads_over_budget: Default::default(),
         preload_cooldowns: Default::default(),
     });

@@ -217,8 +217,13 @@ fn faas_netns() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The tests here share the host's egress (bridge, tables, the outside
+/// network's names): one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_goes_only_where_the_allowlist_says() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let _outside = Outside::start()?;
     // A service of the host's, on every address.
     let mut host_service = listener(None, "0.0.0.0", "18099")?;
@@ -319,5 +324,85 @@ async fn egress_goes_only_where_the_allowlist_says() -> anyhow::Result<()> {
         .output()?;
     let sets = String::from_utf8_lossy(&sets.stdout);
     assert!(!sets.contains("elements"), "{sets}");
+    Ok(())
+}
+
+/// Two agents on one host (as a test stack beside a user's cluster would
+/// be): neither takes away the other's calls' networks, not when it loads
+/// the ruleset at its first call with egress, and not when it starts again
+/// after a crash and cleans up what it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_sharing_a_host_keep_each_others_calls_networks() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _outside = Outside::start()?;
+    let mut stack = Stack::start(StackOptions {
+        agents: 2,
+        spots: 1,
+        runtimes: vec!["python3"],
+        policy: Some("no-preload".into()),
+        ..StackOptions::default()
+    })
+    .await?;
+    let probe = repo_root().join("tests/isolation/fns/network");
+    stack.deploy(
+        "probe",
+        "python3",
+        &probe,
+        &[
+            "--network",
+            "egress",
+            "--allow",
+            &format!("{OUTSIDE}:8080"),
+            "--timeout",
+            "60s",
+        ],
+    )?;
+    let out = json!({"targets": [[OUTSIDE, 8080]]});
+    let mut client = CallServiceClient::new(stack.channel().await);
+    // A call that goes out only after the other agent has done its worst.
+    let mut late = out.clone();
+    late["delay"] = json!(15);
+    let late_id = client
+        .submit(InvokeRequest {
+            function: "probe".into(),
+            params_json: late.to_string(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .call_id;
+    let running = wait_running(&mut client, &late_id, Duration::from_secs(60)).await?;
+    let other = (0..2)
+        .find(|&i| stack.agent_node(i) != running.node)
+        .context("the other agent")?;
+
+    // One spot each, the first busy: these calls go to the other agent.
+    // Its first call with egress loads the ruleset.
+    let first = invoke(&stack, "probe", out.clone()).await?;
+    assert_eq!(first.node, stack.agent_node(other), "{first:?}");
+    assert_eq!(
+        outcomes(&first)["targets"][format!("{OUTSIDE}:8080")],
+        "connected"
+    );
+    // It crashes and starts again: it cleans up after itself, and loads
+    // the ruleset once more at its next call.
+    stack.kill_agent(other).await;
+    stack.start_agent(other).await;
+    let second = invoke(&stack, "probe", out.clone()).await?;
+    assert_eq!(second.node, stack.agent_node(other), "{second:?}");
+    assert_eq!(
+        outcomes(&second)["targets"][format!("{OUTSIDE}:8080")],
+        "connected"
+    );
+
+    // The first agent's call still had its network all along.
+    let late = wait_final(&mut client, &late_id, Duration::from_secs(60)).await?;
+    assert_eq!(
+        outcomes(&late)["targets"][format!("{OUTSIDE}:8080")],
+        "connected",
+        "{late:?}"
+    );
+    stack.shutdown().await?;
+    assert!(faas_netns().is_empty(), "{:?}", faas_netns());
     Ok(())
 }

@@ -1,6 +1,6 @@
-//! The nftables side: two tables of faas's own, loaded once and replaced
-//! atomically (`add table; delete table; table { … }`, so nothing else's
-//! rules, iptables-nft's included, are touched), and the set elements each
+//! The nftables side: two tables of faas's own (nothing else's rules,
+//! iptables-nft's included, are touched), loaded in one atomic transaction
+//! that keeps the elements calls already hold, and the set elements each
 //! call adds and removes. It fails closed: a call's address in neither
 //! `open_calls` nor `allow` is rejected, and a bridge port not in
 //! `call_ports` is dropped.
@@ -60,8 +60,48 @@ impl Plan {
             .expect("a subnet with room for a gateway")
     }
 
-    /// The whole ruleset, one atomic nft transaction.
+    /// The ruleset as one atomic nft transaction that leaves the calls'
+    /// elements in place: the tables, sets and chains are declared if
+    /// missing, the plan's own sets and every chain are emptied and
+    /// filled again. So an agent starting beside another on the same host
+    /// (or restarting while the kernel still holds its old tables) never
+    /// takes away a running call's network.
     pub fn ruleset(&self) -> String {
+        let tables = self.tables();
+        let mut out = String::new();
+        for t in &tables {
+            t.declare(&mut out);
+        }
+        for t in &tables {
+            t.reset(&mut out);
+        }
+        for t in &tables {
+            t.fill(&mut out);
+        }
+        out
+    }
+
+    /// The ruleset replacing faas's tables whole (`add table; delete
+    /// table`, so nothing else's rules, iptables-nft's included, are
+    /// touched): every call's elements go with them. For when
+    /// [`Plan::ruleset`] is refused, as it is when a set's type changed.
+    pub fn ruleset_replacing(&self) -> String {
+        let tables = self.tables();
+        let mut out = String::new();
+        for t in &tables {
+            let _ = writeln!(out, "add table {}", t.family);
+            let _ = writeln!(out, "delete table {}", t.family);
+        }
+        for t in &tables {
+            t.declare(&mut out);
+        }
+        for t in &tables {
+            t.fill(&mut out);
+        }
+        out
+    }
+
+    fn tables(&self) -> [Table; 2] {
         let bridge = &self.bridge;
         let subnet = self.subnet;
         let always: Vec<String> = ALWAYS_DENIED
@@ -75,80 +115,195 @@ impl Plan {
             .chain(self.node_networks.iter().map(Ipv4Net::to_string))
             .collect();
         let dns: Vec<String> = self.dns.iter().map(Ipv4Addr::to_string).collect();
-        let elements = |items: &[String]| {
-            if items.is_empty() {
-                String::new()
-            } else {
-                format!(" elements = {{ {} }};", items.join(", "))
-            }
+        const ADDRESSES: &str = "type ipv4_addr; flags interval; auto-merge;";
+        let inet = Table {
+            family: "inet faas",
+            sets: vec![
+                Set::of_plan("always_deny", ADDRESSES, always),
+                Set::of_plan("nonpublic", ADDRESSES, nonpublic),
+                Set::of_plan("dns", ADDRESSES, dns),
+                Set::of_calls("open_calls", "type ipv4_addr;"),
+                Set::of_calls(
+                    "allow",
+                    "type ipv4_addr . ipv4_addr . inet_service; flags interval;",
+                ),
+            ],
+            chains: vec![
+                Chain {
+                    name: "input",
+                    hook: Some("type filter hook input priority filter; policy accept;"),
+                    rules: vec![format!("iifname \"{bridge}\" jump call_to_host")],
+                },
+                Chain {
+                    name: "call_to_host",
+                    hook: None,
+                    rules: vec![
+                        "ct state established,related accept".into(),
+                        "counter reject with icmpx admin-prohibited".into(),
+                    ],
+                },
+                Chain {
+                    name: "forward",
+                    hook: Some("type filter hook forward priority filter; policy accept;"),
+                    rules: vec![
+                        format!("oifname \"{bridge}\" jump to_calls"),
+                        format!("iifname \"{bridge}\" jump from_calls"),
+                    ],
+                },
+                Chain {
+                    name: "to_calls",
+                    hook: None,
+                    rules: vec![
+                        // Call to call, when br_netfilter shows bridged
+                        // frames to this hook.
+                        format!("iifname \"{bridge}\" counter drop"),
+                        "ct state established,related accept".into(),
+                        "counter drop".into(),
+                    ],
+                },
+                Chain {
+                    name: "from_calls",
+                    hook: None,
+                    rules: vec![
+                        "meta nfproto ipv6 counter drop".into(),
+                        format!("ip saddr != {subnet} counter drop"),
+                        "ip daddr @always_deny counter reject with icmpx admin-prohibited".into(),
+                        "ip daddr @dns meta l4proto { udp, tcp } th dport 53 accept".into(),
+                        "ip saddr @open_calls ip daddr @nonpublic counter reject with icmpx admin-prohibited".into(),
+                        "ip saddr @open_calls accept".into(),
+                        "meta l4proto { tcp, udp } ip saddr . ip daddr . th dport @allow accept".into(),
+                        "counter reject with icmpx admin-prohibited".into(),
+                    ],
+                },
+                Chain {
+                    name: "postrouting",
+                    hook: Some("type nat hook postrouting priority srcnat; policy accept;"),
+                    rules: vec![format!(
+                        "ip saddr {subnet} oifname != \"{bridge}\" masquerade"
+                    )],
+                },
+            ],
         };
-        let mut out = String::new();
-        let _ = write!(
-            out,
-            r#"add table inet faas
-delete table inet faas
-table inet faas {{
-  set always_deny {{ type ipv4_addr; flags interval; auto-merge;{always} }}
-  set nonpublic {{ type ipv4_addr; flags interval; auto-merge;{nonpublic} }}
-  set dns {{ type ipv4_addr; flags interval; auto-merge;{dns} }}
-  set open_calls {{ type ipv4_addr; }}
-  set allow {{ type ipv4_addr . ipv4_addr . inet_service; flags interval; }}
-  chain input {{
-    type filter hook input priority filter; policy accept;
-    iifname "{bridge}" jump call_to_host
-  }}
-  chain call_to_host {{
-    ct state established,related accept
-    counter reject with icmpx admin-prohibited
-  }}
-  chain forward {{
-    type filter hook forward priority filter; policy accept;
-    oifname "{bridge}" jump to_calls
-    iifname "{bridge}" jump from_calls
-  }}
-  chain to_calls {{
-    iifname "{bridge}" counter drop
-    ct state established,related accept
-    counter drop
-  }}
-  chain from_calls {{
-    meta nfproto ipv6 counter drop
-    ip saddr != {subnet} counter drop
-    ip daddr @always_deny counter reject with icmpx admin-prohibited
-    ip daddr @dns meta l4proto {{ udp, tcp }} th dport 53 accept
-    ip saddr @open_calls ip daddr @nonpublic counter reject with icmpx admin-prohibited
-    ip saddr @open_calls accept
-    meta l4proto {{ tcp, udp }} ip saddr . ip daddr . th dport @allow accept
-    counter reject with icmpx admin-prohibited
-  }}
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    ip saddr {subnet} oifname != "{bridge}" masquerade
-  }}
-}}
-add table bridge faas
-delete table bridge faas
-table bridge faas {{
-  set call_ifs {{ type ifname; }}
-  set call_ports {{ type ifname . ether_addr . ipv4_addr; }}
-  chain prerouting {{
-    type filter hook prerouting priority filter; policy accept;
-    iifname != @call_ifs accept
-    ether type ip iifname . ether saddr . ip saddr @call_ports accept
-    ether type arp iifname . ether saddr . arp saddr ip @call_ports iifname . arp saddr ether . arp saddr ip @call_ports accept
-    counter drop
-  }}
-  chain forward {{
-    type filter hook forward priority filter; policy accept;
-    iifname @call_ifs counter drop
-  }}
-}}
-"#,
-            always = elements(&always),
-            nonpublic = elements(&nonpublic),
-            dns = elements(&dns),
-        );
-        out
+        let bridge_table = Table {
+            family: "bridge faas",
+            sets: vec![
+                Set::of_calls("call_ifs", "type ifname;"),
+                Set::of_calls("call_ports", "type ifname . ether_addr . ipv4_addr;"),
+            ],
+            chains: vec![
+                Chain {
+                    name: "prerouting",
+                    hook: Some("type filter hook prerouting priority filter; policy accept;"),
+                    rules: vec![
+                        "iifname != @call_ifs accept".into(),
+                        "ether type ip iifname . ether saddr . ip saddr @call_ports accept".into(),
+                        "ether type arp iifname . ether saddr . arp saddr ip @call_ports \
+                         iifname . arp saddr ether . arp saddr ip @call_ports accept"
+                            .into(),
+                        "counter drop".into(),
+                    ],
+                },
+                Chain {
+                    name: "forward",
+                    hook: Some("type filter hook forward priority filter; policy accept;"),
+                    rules: vec!["iifname @call_ifs counter drop".into()],
+                },
+            ],
+        };
+        [inet, bridge_table]
+    }
+}
+
+/// One of faas's two tables, rendered as nft commands.
+struct Table {
+    family: &'static str,
+    sets: Vec<Set>,
+    chains: Vec<Chain>,
+}
+
+struct Set {
+    name: &'static str,
+    declaration: &'static str,
+    /// The plan's elements; None for a set only calls fill (never
+    /// emptied by a reload).
+    of_plan: Option<Vec<String>>,
+}
+
+impl Set {
+    fn of_plan(name: &'static str, declaration: &'static str, elements: Vec<String>) -> Set {
+        Set {
+            name,
+            declaration,
+            of_plan: Some(elements),
+        }
+    }
+
+    fn of_calls(name: &'static str, declaration: &'static str) -> Set {
+        Set {
+            name,
+            declaration,
+            of_plan: None,
+        }
+    }
+}
+
+struct Chain {
+    name: &'static str,
+    /// A base chain's hook; None for a chain only jumped to.
+    hook: Option<&'static str>,
+    rules: Vec<String>,
+}
+
+impl Table {
+    /// Creates what is missing (an `add` of what exists is a no-op).
+    fn declare(&self, out: &mut String) {
+        let family = self.family;
+        let _ = writeln!(out, "add table {family}");
+        for s in &self.sets {
+            let _ = writeln!(out, "add set {family} {} {{ {} }}", s.name, s.declaration);
+        }
+        for c in &self.chains {
+            match c.hook {
+                Some(hook) => {
+                    let _ = writeln!(out, "add chain {family} {} {{ {hook} }}", c.name);
+                }
+                None => {
+                    let _ = writeln!(out, "add chain {family} {}", c.name);
+                }
+            }
+        }
+    }
+
+    /// Empties the plan's sets and every chain (the calls' sets keep
+    /// their elements).
+    fn reset(&self, out: &mut String) {
+        let family = self.family;
+        for s in self.sets.iter().filter(|s| s.of_plan.is_some()) {
+            let _ = writeln!(out, "flush set {family} {}", s.name);
+        }
+        for c in &self.chains {
+            let _ = writeln!(out, "flush chain {family} {}", c.name);
+        }
+    }
+
+    /// The plan's elements and every rule, in order.
+    fn fill(&self, out: &mut String) {
+        let family = self.family;
+        for s in &self.sets {
+            if let Some(items) = s.of_plan.as_ref().filter(|i| !i.is_empty()) {
+                let _ = writeln!(
+                    out,
+                    "add element {family} {} {{ {} }}",
+                    s.name,
+                    items.join(", ")
+                );
+            }
+        }
+        for c in &self.chains {
+            for rule in &c.rules {
+                let _ = writeln!(out, "add rule {family} {} {rule}", c.name);
+            }
+        }
     }
 }
 
@@ -208,18 +363,21 @@ mod tests {
     fn the_ruleset_holds_the_layout() {
         let text = plan().ruleset();
         assert_eq!(plan().gateway(), "10.231.0.1".parse::<Ipv4Addr>().unwrap());
-        // Only faas's own tables, replaced atomically.
-        assert!(text.starts_with("add table inet faas\ndelete table inet faas\n"));
+        // Only faas's own tables; nothing deleted, nothing else flushed.
+        assert!(text.starts_with("add table inet faas\n"));
+        assert!(!text.contains("delete"));
         assert!(!text.contains("flush ruleset"));
         assert!(text.contains(
-            "elements = { 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/4, 240.0.0.0/4, 10.231.0.0/16 }"
+            "add element inet faas always_deny { 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/4, 240.0.0.0/4, 10.231.0.0/16 }"
         ));
         assert!(text.contains("198.18.0.0/15, 192.0.2.0/24 }"));
+        assert!(text
+            .contains("add set inet faas dns { type ipv4_addr; flags interval; auto-merge; }\n"));
+        assert!(text.contains("add element inet faas dns { 10.255.255.53 }\n"));
+        assert!(text.contains("add rule inet faas input iifname \"faas0\" jump call_to_host\n"));
         assert!(text.contains(
-            "set dns { type ipv4_addr; flags interval; auto-merge; elements = { 10.255.255.53 }; }"
+            "add rule inet faas postrouting ip saddr 10.231.0.0/16 oifname != \"faas0\" masquerade"
         ));
-        assert!(text.contains("iifname \"faas0\" jump call_to_host"));
-        assert!(text.contains("ip saddr 10.231.0.0/16 oifname != \"faas0\" masquerade"));
         // The deny of always-denied networks comes before anything that
         // accepts.
         let deny = text.find("ip daddr @always_deny").unwrap();
@@ -230,13 +388,43 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_empties_the_plans_sets_and_the_chains_but_not_the_calls_sets() {
+        let text = plan().ruleset();
+        for flushed in [
+            "flush set inet faas always_deny",
+            "flush set inet faas nonpublic",
+            "flush set inet faas dns",
+            "flush chain inet faas from_calls",
+            "flush chain bridge faas prerouting",
+        ] {
+            assert!(text.contains(flushed), "{flushed}");
+        }
+        for kept in ["open_calls", "allow", "call_ifs", "call_ports"] {
+            assert!(!text.contains(&format!("flush set inet faas {kept}\n")));
+            assert!(!text.contains(&format!("flush set bridge faas {kept}\n")));
+        }
+        // Declared before anything is flushed or filled.
+        let last_declaration = text.rfind("add chain").unwrap();
+        assert!(last_declaration < text.find("flush").unwrap());
+        // The replacing form deletes the two tables first.
+        let replacing = plan().ruleset_replacing();
+        assert!(replacing.starts_with(
+            "add table inet faas\ndelete table inet faas\nadd table bridge faas\ndelete table bridge faas\n"
+        ));
+        assert!(!replacing.contains("flush"));
+    }
+
+    #[test]
     fn no_resolver_leaves_an_empty_set() {
         let text = Plan {
             dns: vec![],
             ..plan()
         }
         .ruleset();
-        assert!(text.contains("set dns { type ipv4_addr; flags interval; auto-merge; }"));
+        assert!(
+            text.contains("add set inet faas dns { type ipv4_addr; flags interval; auto-merge; }")
+        );
+        assert!(!text.contains("add element inet faas dns"));
     }
 
     #[test]

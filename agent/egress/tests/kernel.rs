@@ -73,10 +73,12 @@ fn the_kernel_takes_the_ruleset_and_a_calls_elements() {
         },
         &Reach::Public,
     );
-    // Loaded twice (a restarted agent replaces its tables), then the
-    // elements of two calls added and one call's deleted.
+    // Loaded, a call's elements added, loaded again (another agent
+    // starting on the host): the call's elements are still there, since
+    // deleting them succeeds (nft refuses to delete a missing element).
+    // A second call's are added; the first call's deleted.
     let script = format!(
-        "{ruleset}{ruleset}{add}{open}{delete}",
+        "{ruleset}{add}{ruleset}{open}{delete}",
         ruleset = plan.ruleset(),
         add = elements.add,
         open = open.add,
@@ -88,6 +90,19 @@ fn the_kernel_takes_the_ruleset_and_a_calls_elements() {
     assert!(!listing.contains("10.231.0.3"), "{listing}");
     assert!(!listing.contains("veth890295f2"), "{listing}");
     assert!(listing.contains("masquerade"), "{listing}");
+    // Each rule once, however many loads.
+    assert_eq!(listing.matches("jump call_to_host").count(), 1, "{listing}");
+    assert_eq!(listing.matches("masquerade").count(), 1, "{listing}");
+
+    // The replacing form takes every call's elements with the tables.
+    let listing = nft_in_fresh_netns(&format!(
+        "{ruleset}{open}{replacing}",
+        ruleset = plan.ruleset(),
+        open = open.add,
+        replacing = plan.ruleset_replacing(),
+    ));
+    assert!(listing.contains("chain from_calls"), "{listing}");
+    assert!(!listing.contains("10.231.0.4"), "{listing}");
 }
 
 fn is_root() -> bool {

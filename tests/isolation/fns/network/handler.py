@@ -79,6 +79,9 @@ def raw_sockets():
 def handler(event, context):
     if "listen" in event:
         return listen(int(event["listen"]), float(event.get("seconds", 5)))
+    # Tries only after `delay` seconds (egress tests change the node
+    # meanwhile).
+    time.sleep(float(event.get("delay", 0)))
     timeout = float(event.get("timeout", 1.0))
     targets = [(h, int(p)) for h, p in event.get("targets", [])]
     with ThreadPoolExecutor(max_workers=8) as pool:
