@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Clean-room check of the README's first command on a pristine Debian 12 root.
 #
-#   clean-room.sh [--full] [--cold] [--rebuild-base] [--keep] [COMMIT]
+#   clean-room.sh [--full] [--cold] [--rebuild-base] [--keep] [--stream] [COMMIT]
 #
 #   COMMIT          commit of this repository to check (default: main's HEAD)
 #   --full          run tests/run.sh instead of up.sh + smoke.sh + down.sh
 #   --cold          empty the persistent caches first (cargo registry, target)
 #   --rebuild-base  make the cached Debian root again
+#   --stream        also print the whole log as it is written (CI: .ci/run),
+#                   not only the step lines
 #   --keep          leave $FAAS_CLEANROOM_DIR/run in place after the run (for
 #                   inspection; mounts and processes are still cleaned up)
 #
@@ -160,13 +162,14 @@ fi
 # ---------------------------------------------------------------------------
 # Outer part: on the host.
 # ---------------------------------------------------------------------------
-full=0 cold=0 rebuild=0 keep=0 commit=
+full=0 cold=0 rebuild=0 keep=0 stream=0 commit=
 for arg in "$@"; do
     case $arg in
     --full) full=1 ;;
     --cold) cold=1 ;;
     --rebuild-base) rebuild=1 ;;
     --keep) keep=1 ;;
+    --stream) stream=1 ;;
     -h | --help) sed -n '2,50p' "$0"; exit 0 ;;
     -*) echo "unknown option $arg" >&2; exit 2 ;;
     *) commit=$arg ;;
@@ -187,7 +190,13 @@ ln -sfn "$logdir" "$top/logs/latest"
 log=$logdir/run.log
 : >"$logdir/steps.tsv"
 exec 3>&1
-exec >>"$log" 2>&1
+if [ "$stream" = 1 ]; then
+    # fd 3 (the step lines) is stdout already: the notes would show twice.
+    exec 3>/dev/null
+    exec > >(tee -a "$log") 2>&1
+else
+    exec >>"$log" 2>&1
+fi
 note() { echo "[clean-room] $*"; echo "[clean-room] $*" >&3; }
 
 ns_pid=
