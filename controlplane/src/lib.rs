@@ -7,6 +7,7 @@ pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod leader;
@@ -279,6 +280,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         tenants,
         secrets,
+        catalog: Default::default(),
     };
     let sessions = agents::AgentSessions::new(broker_rx, credentials.clone(), dispatch_key, signer);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -94,6 +94,17 @@ pub fn next_page_limit(largest_value: usize) -> i64 {
     ((PAGE_BYTES / largest_value.max(256)) as i64).clamp(1, MAX_PAGE)
 }
 
+/// What [`Store::create_call_if_current`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Recorded,
+    /// Nothing recorded: this replica no longer leads.
+    NotLeader,
+    /// Nothing recorded: a record compared changed (or went) since it
+    /// was read.
+    Stale,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("etcd: {0}")]
@@ -437,6 +448,21 @@ impl Store {
         format!("{}/{}/", self.prefix, kind.dir())
     }
 
+    /// A record with the revision it was last changed at (for a later
+    /// compare, see [`Store::create_call_if_current`]).
+    pub async fn get_versioned<M: Message + Default>(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<(M, i64)>, StoreError> {
+        let key = self.key(kind, name);
+        let resp = self.check(self.kv().get(key.as_str(), None).await)?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some((decode(&key, kv.value())?, kv.mod_revision()))),
+        }
+    }
+
     pub async fn get<M: Message + Default>(
         &self,
         kind: Kind,
@@ -501,7 +527,7 @@ impl Store {
 
     /// The operations that write an object: a call's record is written
     /// without its params and result, and a result it carries goes beside
-    /// it (params are written once, by [`Store::create_call`]).
+    /// it (params are written once, by [`Store::create_call_if_current`]).
     fn put_ops<M: Message + 'static>(&self, kind: Kind, name: &str, value: &M) -> Vec<TxnOp> {
         let key = self.key(kind, name);
         match (value as &dyn Any).downcast_ref::<Call>() {
@@ -564,28 +590,60 @@ impl Store {
     /// Records a new call: its record and, beside it, its params, in one
     /// transaction; fenced by the leader's election key if given (false:
     /// this replica no longer leads, and nothing was written).
-    pub async fn create_call(
+    /// Records a new call if this replica still leads (`fence`) and each
+    /// of `current` (kind, name, revision) is still at that revision (a
+    /// record that is gone is at none): one transaction.
+    pub async fn create_call_if_current(
         &self,
         call: &Call,
         fence: Option<&crate::leader::LeaderFence>,
-    ) -> Result<bool, StoreError> {
+        current: &[(Kind, &str, i64)],
+    ) -> Result<Created, StoreError> {
         let mut ops = self.put_ops(Kind::Call, &call.id, call);
         ops.push(TxnOp::put(
             self.key(Kind::Params, &call.id),
             call.params_json.as_bytes(),
             None,
         ));
-        let mut txn = Txn::new();
+        let mut compares: Vec<Compare> = current
+            .iter()
+            .map(|(kind, name, revision)| {
+                Compare::mod_revision(self.key(*kind, name), CompareOp::Equal, *revision)
+            })
+            .collect();
+        let mut otherwise = Vec::new();
         if let Some(fence) = fence {
-            txn = txn.when([Compare::create_revision(
+            compares.push(Compare::create_revision(
                 fence.key.clone(),
                 CompareOp::Equal,
                 fence.revision,
-            )]);
+            ));
+            // Which compare failed: the fence, or a record?
+            otherwise.push(TxnOp::get(fence.key.clone(), None));
         }
-        Ok(self
-            .check(self.kv().txn(txn.and_then(ops)).await)?
-            .succeeded())
+        let resp = self.check(
+            self.kv()
+                .txn(Txn::new().when(compares).and_then(ops).or_else(otherwise))
+                .await,
+        )?;
+        if resp.succeeded() {
+            return Ok(Created::Recorded);
+        }
+        let still_leads = match fence {
+            None => true,
+            Some(fence) => resp.op_responses().into_iter().any(|r| match r {
+                TxnOpResponse::Get(get) => get
+                    .kvs()
+                    .first()
+                    .is_some_and(|kv| kv.create_revision() == fence.revision),
+                _ => false,
+            }),
+        };
+        Ok(if still_leads {
+            Created::Stale
+        } else {
+            Created::NotLeader
+        })
     }
 
     /// Records a call's final state with its result and logs, each under

@@ -1282,6 +1282,17 @@ async fn removed_functions_leave_nothing_behind() -> anyhow::Result<()> {
             ..Default::default()
         })
         .await?;
+    // The leader accepted the earlier call against its own copy of the
+    // function: gone from etcd, it is gone for calls at once.
+    let refused = CallServiceClient::new(stack.channel().await)
+        .invoke(InvokeRequest {
+            function: "leftover".into(),
+            params_json: "{}".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
     let deadline = Instant::now() + Duration::from_secs(15);
     let (mut manifest_status, mut cached) = (0, true);
     while Instant::now() < deadline {

@@ -18,13 +18,18 @@ use super::admission::QUEUE_FULL_RETRY_AFTER;
 use super::Api;
 use crate::auth::Principal;
 use crate::broker::{CallBundle, Input};
+use crate::catalog::Versioned;
 use crate::error::{now_ms_f64, ApiError};
-use crate::store::{Kind, Order};
+use crate::store::{Created, Kind, Order};
 use crate::watch::{is_final, QueueFull};
 
 /// How often a waiter re-reads etcd in case the outcome was recorded by
 /// another replica (or published before it subscribed).
 const WAIT_POLL: Duration = Duration::from_secs(1);
+/// How many times a submit reads a function or runtime that changed under
+/// it before giving up (each read is etcd's latest: a second failure
+/// means a deploy raced it twice).
+const MAX_STALE_ATTEMPTS: u32 = 3;
 
 impl Api {
     /// Validates, records (durably, before acknowledging) and hands a call
@@ -74,80 +79,103 @@ impl Api {
             });
         }
         let key = faas_proto::namespaces::function_key(&namespace, &request.function);
-        let function: Function = self.store.get(Kind::Function, &key).await?.ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "function {:?} not found in namespace {namespace:?}",
-                request.function
-            ))
-        })?;
-        let runtime: Runtime = self
-            .store
-            .get(Kind::Runtime, &function.runtime)
-            .await?
-            .ok_or_else(|| {
-                ApiError::FailedPrecondition(format!(
-                    "function {:?} uses runtime {:?}, which no longer exists",
-                    function.name, function.runtime
-                ))
-            })?;
-        // Opened here, on the leader, from the copy it holds (etcd only if
-        // that copy is behind the function's references).
-        let secret_values = self.secrets.resolve(&self.store, &function).await?;
-        if !broker.has_agents().await {
-            return Err(ApiError::FailedPrecondition(
-                "no agent is connected and taking work: no node can run the call (start faas-agent, or undrain a node)".into(),
-            ));
-        }
-        let accepted_at_ms = now_ms_f64();
-        let call = Call {
-            id: uuid::Uuid::now_v7().to_string(),
-            function: function.name.clone(),
-            function_version: function.version,
-            params_json: params,
-            status: CallStatus::Queued as i32,
-            created_at_ms: accepted_at_ms as i64,
-            owner: owner.token_id().to_string(),
-            namespace: namespace.clone(),
-            ..Default::default()
-        };
-        // Counted before it is recorded, so that concurrent submits cannot
-        // all pass the same last free place.
-        let admission = &self.limits.admission;
-        let bounds = crate::watch::QueueBounds {
-            per_namespace: quota.max_queued_calls,
-            ..admission.queue_bounds()
-        };
-        if let Err(full) = self.calls.try_queue(&call, bounds) {
-            let message = match full {
-                QueueFull::Function { queued, max } => format!(
-                    "function {:?} has {queued} calls queued, its limit (max_queued_per_function) is {max}: retry later",
-                    call.function
-                ),
-                QueueFull::Namespace { queued, max } => format!(
-                    "namespace {namespace:?} has {queued} calls queued, its quota (max_queued_calls) is {max}: retry later"
-                ),
-                QueueFull::Cluster { queued, max } => format!(
-                    "the cluster has {queued} calls queued, its limit (max_queued_calls) is {max}: retry later"
-                ),
-                QueueFull::Bytes { queued, max } => format!(
-                    "the calls queued in the cluster hold {queued} bytes of params, their limit (max_queued_bytes) is {max}: retry later"
-                ),
+        // The function and runtime as this replica holds them; etcd checks
+        // they are current when the call is recorded (see catalog.rs).
+        let mut attempts = 0;
+        let (call, function, runtime, secret_values, accepted_at_ms) = loop {
+            attempts += 1;
+            let (function, runtime) = self
+                .catalog_entries(&namespace, &key, &request.function)
+                .await?;
+            // Opened here, on the leader, from the copy it holds (etcd only
+            // if that copy is behind the function's references).
+            let secret_values = self.secrets.resolve(&self.store, &function.value).await?;
+            if !broker.has_agents().await {
+                return Err(ApiError::FailedPrecondition(
+                    "no agent is connected and taking work: no node can run the call (start faas-agent, or undrain a node)".into(),
+                ));
+            }
+            let accepted_at_ms = now_ms_f64();
+            let call = Call {
+                id: uuid::Uuid::now_v7().to_string(),
+                function: function.value.name.clone(),
+                function_version: function.value.version,
+                params_json: params.clone(),
+                status: CallStatus::Queued as i32,
+                created_at_ms: accepted_at_ms as i64,
+                owner: owner.token_id().to_string(),
+                namespace: namespace.clone(),
+                ..Default::default()
             };
-            return Err(ApiError::Overloaded {
-                message,
-                retry_after: QUEUE_FULL_RETRY_AFTER,
-            });
-        }
-        let recorded = self.store.create_call(&call, broker.fence()).await;
-        if !matches!(recorded, Ok(true)) {
-            self.calls.unqueue(&call.id);
-        }
-        if !recorded? {
-            return Err(ApiError::Unavailable(
-                "this replica stopped leading while accepting the call; nothing was recorded; retry"
-                    .into(),
-            ));
-        }
+            // Counted before it is recorded, so that concurrent submits
+            // cannot all pass the same last free place.
+            let admission = &self.limits.admission;
+            let bounds = crate::watch::QueueBounds {
+                per_namespace: quota.max_queued_calls,
+                ..admission.queue_bounds()
+            };
+            if let Err(full) = self.calls.try_queue(&call, bounds) {
+                let message = match full {
+                    QueueFull::Function { queued, max } => format!(
+                        "function {:?} has {queued} calls queued, its limit (max_queued_per_function) is {max}: retry later",
+                        call.function
+                    ),
+                    QueueFull::Namespace { queued, max } => format!(
+                        "namespace {namespace:?} has {queued} calls queued, its quota (max_queued_calls) is {max}: retry later"
+                    ),
+                    QueueFull::Cluster { queued, max } => format!(
+                        "the cluster has {queued} calls queued, its limit (max_queued_calls) is {max}: retry later"
+                    ),
+                    QueueFull::Bytes { queued, max } => format!(
+                        "the calls queued in the cluster hold {queued} bytes of params, their limit (max_queued_bytes) is {max}: retry later"
+                    ),
+                };
+                return Err(ApiError::Overloaded {
+                    message,
+                    retry_after: QUEUE_FULL_RETRY_AFTER,
+                });
+            }
+            let recorded = self
+                .store
+                .create_call_if_current(
+                    &call,
+                    broker.fence(),
+                    &[
+                        (Kind::Function, &key, function.revision),
+                        (Kind::Runtime, &function.value.runtime, runtime.revision),
+                    ],
+                )
+                .await;
+            if !matches!(recorded, Ok(Created::Recorded)) {
+                self.calls.unqueue(&call.id);
+            }
+            match recorded? {
+                Created::Recorded => {
+                    break (call, function, runtime, secret_values, accepted_at_ms)
+                }
+                Created::NotLeader => {
+                    return Err(ApiError::Unavailable(
+                        "this replica stopped leading while accepting the call; nothing was recorded; retry"
+                            .into(),
+                    ))
+                }
+                // Changed since this replica read it: read again.
+                Created::Stale if attempts < MAX_STALE_ATTEMPTS => {
+                    self.catalog.functions.forget(&key);
+                    self.catalog.runtimes.forget(&function.value.runtime);
+                }
+                Created::Stale => {
+                    return Err(ApiError::Unavailable(format!(
+                        "function {:?} or its runtime changed {attempts} times while the call was being accepted; nothing was recorded; retry",
+                        request.function
+                    )))
+                }
+            }
+        };
+        let (function, runtime) = (
+            Arc::unwrap_or_clone(function.value),
+            Arc::unwrap_or_clone(runtime.value),
+        );
         let bundle = Arc::new(CallBundle::new(
             runtime,
             function,
@@ -166,6 +194,58 @@ impl Api {
             tracing::warn!(call_id = %call.id, "broker stopped after the call was recorded; the next leader runs it");
         }
         Ok((call, rx))
+    }
+
+    /// The function `key` and its runtime: from the catalog, or read from
+    /// etcd (and kept) when the catalog has no copy.
+    async fn catalog_entries(
+        &self,
+        namespace: &str,
+        key: &str,
+        name: &str,
+    ) -> Result<(Versioned<Function>, Versioned<Runtime>), ApiError> {
+        let function = match self.catalog.functions.get(key) {
+            Some(f) => f,
+            None => {
+                let (f, revision) = self
+                    .store
+                    .get_versioned::<Function>(Kind::Function, key)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::NotFound(format!(
+                            "function {name:?} not found in namespace {namespace:?}"
+                        ))
+                    })?;
+                let f = Versioned {
+                    value: Arc::new(f),
+                    revision,
+                };
+                self.catalog.functions.put(key, f.clone());
+                f
+            }
+        };
+        let runtime_name = &function.value.runtime;
+        let runtime = match self.catalog.runtimes.get(runtime_name) {
+            Some(r) => r,
+            None => {
+                let (r, revision) = self
+                    .store
+                    .get_versioned::<Runtime>(Kind::Runtime, runtime_name)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::FailedPrecondition(format!(
+                            "function {name:?} uses runtime {runtime_name:?}, which no longer exists"
+                        ))
+                    })?;
+                let r = Versioned {
+                    value: Arc::new(r),
+                    revision,
+                };
+                self.catalog.runtimes.put(runtime_name, r.clone());
+                r
+            }
+        };
+        Ok((function, runtime))
     }
 
     /// A call with its params and result (read beside its record).

@@ -44,6 +44,8 @@ pub struct Api {
     pub tenants: crate::tenants::Tenants,
     /// Secrets, sealed; opened for the calls that need them.
     pub secrets: crate::secrets::Secrets,
+    /// Functions and runtimes as calls are accepted against them.
+    pub catalog: Arc<crate::catalog::Catalog>,
 }
 
 pub struct Pki {
