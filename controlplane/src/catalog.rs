@@ -28,49 +28,75 @@ impl<T> Clone for Versioned<T> {
     }
 }
 
-/// At most this many records of a kind are kept; past it the cache starts
-/// over (records are read again as calls need them).
+/// At most this many records of a kind, and this many bytes of them
+/// (encoded), are kept; past either the cache starts over (records are
+/// read again as calls need them). A record may be up to etcd's value
+/// limit, so the count alone would not bound the memory.
 const MAX_ENTRIES: usize = 16 * 1024;
+const MAX_BYTES: usize = 64 << 20;
 
 /// One kind's records by key.
 pub struct Cache<T> {
-    entries: RwLock<HashMap<String, Versioned<T>>>,
+    held: RwLock<Held<T>>,
+}
+
+struct Held<T> {
+    entries: HashMap<String, (Versioned<T>, usize)>,
+    bytes: usize,
 }
 
 impl<T> Default for Cache<T> {
     fn default() -> Self {
         Cache {
-            entries: RwLock::new(HashMap::new()),
+            held: RwLock::new(Held {
+                entries: HashMap::new(),
+                bytes: 0,
+            }),
         }
     }
 }
 
-impl<T> Cache<T> {
+impl<T: prost::Message> Cache<T> {
     pub fn get(&self, key: &str) -> Option<Versioned<T>> {
-        self.entries.read().expect("poisoned").get(key).cloned()
+        self.held
+            .read()
+            .expect("poisoned")
+            .entries
+            .get(key)
+            .map(|(v, _)| v.clone())
     }
 
     pub fn put(&self, key: &str, value: Versioned<T>) {
-        let mut entries = self.entries.write().expect("poisoned");
-        if entries.len() >= MAX_ENTRIES && !entries.contains_key(key) {
-            entries.clear();
-        }
+        let size = key.len() + value.value.encoded_len();
+        let mut held = self.held.write().expect("poisoned");
         // A copy read earlier never replaces a newer one.
-        match entries.get(key) {
-            Some(held) if held.revision > value.revision => {}
-            _ => {
-                entries.insert(key.to_string(), value);
+        if let Some((kept, _)) = held.entries.get(key) {
+            if kept.revision > value.revision {
+                return;
             }
         }
+        if let Some((_, old)) = held.entries.remove(key) {
+            held.bytes -= old;
+        }
+        if held.entries.len() >= MAX_ENTRIES || held.bytes + size > MAX_BYTES {
+            held.entries.clear();
+            held.bytes = 0;
+        }
+        held.bytes += size;
+        held.entries.insert(key.to_string(), (value, size));
     }
 
     pub fn forget(&self, key: &str) {
-        self.entries.write().expect("poisoned").remove(key);
+        let mut held = self.held.write().expect("poisoned");
+        if let Some((_, size)) = held.entries.remove(key) {
+            held.bytes -= size;
+        }
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.entries.read().expect("poisoned").len()
+    fn len(&self) -> (usize, usize) {
+        let held = self.held.read().expect("poisoned");
+        (held.entries.len(), held.bytes)
     }
 }
 
@@ -108,12 +134,25 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_is_bounded() {
+    fn the_cache_is_bounded_in_count_and_bytes() {
         let cache = Cache::default();
         for i in 0..MAX_ENTRIES + 10 {
             cache.put(&format!("r{i}"), v("x", 1));
         }
-        assert!(cache.len() <= MAX_ENTRIES);
+        assert!(cache.len().0 <= MAX_ENTRIES);
         assert!(cache.get(&format!("r{}", MAX_ENTRIES + 9)).is_some());
+
+        let cache = Cache::default();
+        let big = "x".repeat(1 << 20);
+        for i in 0..100 {
+            cache.put(&format!("r{i}"), v(&big, 1));
+        }
+        let (entries, bytes) = cache.len();
+        assert!(bytes <= MAX_BYTES, "{bytes}");
+        assert!(entries < 64, "{entries}");
+        assert!(cache.get("r99").is_some());
+        // Forgetting gives the bytes back.
+        cache.forget("r99");
+        assert!(cache.len().1 < bytes);
     }
 }
