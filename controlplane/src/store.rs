@@ -468,12 +468,10 @@ impl Store {
         kind: Kind,
         name: &str,
     ) -> Result<Option<M>, StoreError> {
-        let key = self.key(kind, name);
-        let resp = self.check(self.kv().get(key.as_str(), None).await)?;
-        match resp.kvs().first() {
-            None => Ok(None),
-            Some(kv) => decode(&key, kv.value()).map(Some),
-        }
+        Ok(self
+            .get_versioned(kind, name)
+            .await?
+            .map(|(value, _)| value))
     }
 
     /// The object and its key's modification revision (for

@@ -45,7 +45,7 @@ impl Api {
         let namespace = owner.check_namespace(&request.namespace)?.to_string();
         // Read once: existence, submit rate and queue bound.
         let quota = self.namespace_quota(&namespace)?;
-        let params = if request.params_json.trim().is_empty() {
+        let mut params = if request.params_json.trim().is_empty() {
             "{}".to_string()
         } else {
             request.params_json
@@ -100,7 +100,9 @@ impl Api {
                 id: uuid::Uuid::now_v7().to_string(),
                 function: function.value.name.clone(),
                 function_version: function.value.version,
-                params_json: params.clone(),
+                // Moved, not copied (params may be megabytes); taken back
+                // if the submit has to be tried again.
+                params_json: std::mem::take(&mut params),
                 status: CallStatus::Queued as i32,
                 created_at_ms: accepted_at_ms as i64,
                 owner: owner.token_id().to_string(),
@@ -161,6 +163,7 @@ impl Api {
                 }
                 // Changed since this replica read it: read again.
                 Created::Stale if attempts < MAX_STALE_ATTEMPTS => {
+                    params = call.params_json;
                     self.catalog.functions.forget(&key);
                     self.catalog.runtimes.forget(&function.value.runtime);
                 }
