@@ -24,7 +24,10 @@ pub struct Flags {
     /// what only the leader can do) [default: https://<listen>].
     #[arg(long, env = "FAAS_ADVERTISE")]
     pub advertise: Option<String>,
-    /// etcd endpoints, comma-separated; https:// ones need --etcd-ca
+    /// etcd endpoints, comma-separated; https:// ones need --etcd-ca;
+    /// unix://PATH is a local member's socket (etcd's
+    /// `--listen-client-urls unix://…`), plain gRPC guarded by its
+    /// directory's permissions; list it first, it is tried first
     /// [default: http://127.0.0.1:2379].
     #[arg(long, env = "FAAS_ETCD", value_delimiter = ',')]
     pub etcd: Option<Vec<String>>,
@@ -363,11 +366,13 @@ fn etcd_tls(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
 ) -> anyhow::Result<Option<crate::store::EtcdTls>> {
-    let https = endpoints
+    // A unix socket is local and root's: it needs no TLS, whatever the rest.
+    let network: Vec<&String> = endpoints
         .iter()
-        .filter(|e| e.starts_with("https://"))
-        .count();
-    if https != 0 && https != endpoints.len() {
+        .filter(|e| !e.starts_with(crate::store::UNIX_PREFIX))
+        .collect();
+    let https = network.iter().filter(|e| e.starts_with("https://")).count();
+    if https != 0 && https != network.len() {
         anyhow::bail!("etcd endpoints mix https:// and http://: {endpoints:?}");
     }
     let identity = match (cert, key) {

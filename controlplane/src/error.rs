@@ -117,9 +117,9 @@ impl From<ApiError> for Status {
             ApiError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
             ApiError::Internal(_) => Status::internal(msg),
             ApiError::Store(StoreError::Decode { .. }) => Status::internal(msg),
-            ApiError::Store(StoreError::Etcd(_)) | ApiError::Store(StoreError::TlsFile(..)) => {
-                Status::unavailable(msg)
-            }
+            ApiError::Store(StoreError::Etcd(_))
+            | ApiError::Store(StoreError::TlsFile(..))
+            | ApiError::Store(StoreError::Unreachable { .. }) => Status::unavailable(msg),
             ApiError::Registry(RegistryError::BadArchive(_))
             | ApiError::Registry(RegistryError::BadReference(..)) => Status::invalid_argument(msg),
             ApiError::Registry(RegistryError::Token(_))

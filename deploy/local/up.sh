@@ -65,6 +65,12 @@ run=$FAAS_HOME/run
 logs=$FAAS_HOME/logs
 socket=$run/containerd.sock
 etcd_url=https://127.0.0.1:$etcd_port
+# The control plane beside etcd talks to it on a unix socket (plain gRPC,
+# about half a millisecond less per write than etcd 3.4's TLS port). etcd
+# names the socket by the URL's host:port, in its working directory: $run,
+# root's alone, is what keeps others out.
+etcd_socket_name=etcd.sock:0
+etcd_socket_url=unix://$run/$etcd_socket_name
 etcd_pki=$pki/etcd
 registry_addr=127.0.0.1:$registry_port
 
@@ -159,15 +165,18 @@ if faas_running "$run/etcd.pid" etcd; then
     # An etcd of an older up.sh (no client certificates) or with certificates
     # just renewed: restarted on its data.
     if [ -n "$etcd_certs_written" ] ||
-        ! tr '\0' ' ' <"/proc/$(cat "$run/etcd.pid")/cmdline" | grep -q -- '--client-cert-auth'; then
+        ! tr '\0' ' ' <"/proc/$(cat "$run/etcd.pid")/cmdline" | grep -q -- '--client-cert-auth' ||
+        ! tr '\0' ' ' <"/proc/$(cat "$run/etcd.pid")/cmdline" | grep -q -- "unix://$etcd_socket_name"; then
         faas_stop faas-controlplane "$run/controlplane.pid"
         faas_stop etcd "$run/etcd.pid" 30
     fi
 fi
 if ! faas_running "$run/etcd.pid" etcd; then
-    faas_start etcd "$run/etcd.pid" "$logs/etcd.log" etcd \
+    # etcd 3.4 does not replace the socket a crashed etcd left: bind fails.
+    rm -f "$run/$etcd_socket_name"
+    faas_start etcd "$run/etcd.pid" "$logs/etcd.log" env --chdir="$run" etcd \
         --name faas-local --data-dir "$FAAS_HOME/etcd" \
-        --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
+        --listen-client-urls "$etcd_url,unix://$etcd_socket_name" --advertise-client-urls "$etcd_url" \
         --listen-peer-urls "https://127.0.0.1:$etcd_peer_port" \
         --initial-advertise-peer-urls "https://127.0.0.1:$etcd_peer_port" \
         --initial-cluster "faas-local=https://127.0.0.1:$etcd_peer_port" \
@@ -241,7 +250,7 @@ if ! faas_running "$run/controlplane.pid" faas-controlplane; then
     # The key that seals secrets in etcd; it never enters etcd itself.
     "$bin/faas-controlplane" secrets-key --file "$pki/secrets.key" >/dev/null ||
         die "making the secrets key $pki/secrets.key"
-    args=(--listen "$listen" --etcd "$etcd_url" "${etcd_tls[@]}" --registry "$registry_addr"
+    args=(--listen "$listen" --etcd "$etcd_socket_url,$etcd_url" "${etcd_tls[@]}" --registry "$registry_addr"
         --registry-token-dir "$pki/registry" --secrets-key-file "$pki/secrets.key" --name "$node"
         --bootstrap-token-file "$pki/admin.token" --ca-out "$pki/ca.crt")
     [ -z "${FAAS_LOCAL_POLICY:-}" ] || args+=(--policy "$FAAS_LOCAL_POLICY")

@@ -227,6 +227,10 @@ const LOG_TAIL_LINES: usize = 40;
 /// The snapshotter faas uses (containerd's default on ext4).
 const SNAPSHOTTER: &str = "overlayfs";
 
+/// Name of an etcd member's unix socket in its working directory (etcd
+/// wants a URL's host:port there, and takes it as the file's name).
+const ETCD_SOCKET_NAME: &str = "etcd.sock:0";
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -791,10 +795,27 @@ impl Stack {
             .collect::<Vec<_>>()
             .join(",");
         let pki = self.etcd_pki();
+        // etcd names a unix socket by its URL's host:port, in its working
+        // directory: a directory of root's alone, as deploy/local/up.sh's.
+        let socket_dir = self.etcd_socket_dir(i);
+        fs::create_dir_all(&socket_dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&socket_dir, fs::Permissions::from_mode(0o700))?;
+        }
+        // etcd 3.4 does not replace the socket of a member killed earlier
+        // in the test: bind would fail.
+        match fs::remove_file(socket_dir.join(ETCD_SOCKET_NAME)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         let mut cmd = Command::new(find_in_path("etcd")?);
-        cmd.arg(format!("--name={}", self.etcd_member_name(i)))
+        cmd.current_dir(&socket_dir)
+            .arg(format!("--name={}", self.etcd_member_name(i)))
             .arg(format!("--data-dir={}", data.display()))
-            .arg(format!("--listen-client-urls=https://127.0.0.1:{client}"))
+            .arg(format!(
+                "--listen-client-urls=https://127.0.0.1:{client},unix://{ETCD_SOCKET_NAME}"
+            ))
             .arg(format!(
                 "--advertise-client-urls=https://127.0.0.1:{client}"
             ))
@@ -860,6 +881,30 @@ impl Stack {
         .await;
         self.daemons.insert(pos, daemon);
         ready
+    }
+
+    /// Directory of etcd member `i`'s unix socket (its working directory).
+    fn etcd_socket_dir(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}-socket", self.etcd_members[i].name))
+    }
+
+    /// etcd member `i`'s unix socket: plain gRPC, root's alone.
+    pub fn etcd_socket(&self, i: usize) -> PathBuf {
+        self.etcd_socket_dir(i).join(ETCD_SOCKET_NAME)
+    }
+
+    /// The endpoints the control planes are given. One member: its unix
+    /// socket first (as deploy/local/up.sh, whose control plane sits beside
+    /// its etcd), then its TLS port. Several: every member's TLS port, as
+    /// on machines of their own.
+    fn controlplane_etcd_endpoints(&self) -> Vec<String> {
+        let mut endpoints = self.etcd_endpoints();
+        if endpoints.len() == 1 {
+            endpoints.insert(0, format!("unix://{}", self.etcd_socket(0).display()));
+        }
+        endpoints
     }
 
     /// Client URL of every etcd member, `https://127.0.0.1:<port>`.
@@ -1129,7 +1174,7 @@ impl Stack {
         cmd.arg("--listen")
             .arg(&addr)
             .arg("--etcd")
-            .arg(self.etcd_endpoints().join(","))
+            .arg(self.controlplane_etcd_endpoints().join(","))
             .arg("--etcd-ca")
             .arg(self.etcd_pki().ca_cert())
             .arg("--etcd-cert")

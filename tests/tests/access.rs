@@ -772,8 +772,60 @@ async fn etcd_admits_only_the_control_planes_certificate() -> anyhow::Result<()>
         let mode = std::fs::metadata(&path)?.permissions().mode() & 0o077;
         assert_eq!(mode, 0, "{} is open to others", path.display());
     }
+
+    // The control plane beside etcd reaches it on its unix socket: plain
+    // gRPC, no certificate; the socket's directory is what keeps others out.
+    let socket = stack.etcd_socket(0);
+    let dir = socket.parent().expect("a socket in a directory");
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o077;
+    assert_eq!(mode, 0, "{} is open to others", dir.display());
+    // As root (the control plane's user) it opens, with no certificate.
+    {
+        let socket = socket.clone();
+        let channel = tonic::transport::Endpoint::from_static("http://etcd.local")
+            .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+                let socket = socket.clone();
+                async move {
+                    tokio::net::UnixStream::connect(socket)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
+            }))
+            .await?;
+        let mut client =
+            etcd_client::Client::from_channel(etcd_client::Channel::Tonic(channel), None).await?;
+        let got = client.get("/faas/v1/pki/ca", None).await?;
+        assert!(!got.kvs().is_empty(), "root reads etcd on its socket");
+    }
+    // Another local user cannot even connect: the control plane's own
+    // etcd probe, run as nobody against the socket, is refused by the
+    // kernel (connect: EACCES), before etcd sees anything.
+    let probe = {
+        use std::os::unix::process::CommandExt;
+        // (std drops root's supplementary groups when it sets the uid.)
+        std::process::Command::new(faas_tests::bin_dir()?.join("faas-controlplane"))
+            .uid(UNPRIVILEGED)
+            .gid(UNPRIVILEGED)
+            .env("RUST_LOG", "error")
+            .arg("--etcd")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("etcd-health")
+            .output()?
+    };
+    let said = String::from_utf8_lossy(&probe.stderr);
+    assert!(
+        !probe.status.success(),
+        "nobody reached etcd's socket: {said}"
+    );
+    assert!(
+        said.contains("Permission denied"),
+        "nobody's probe failed, but not for want of permission: {said}"
+    );
     stack.shutdown().await
 }
+
+/// A local user with no rights of its own (nobody).
+const UNPRIVILEGED: u32 = 65534;
 
 /// A node cannot claim a call never handed to it: a queued call listed in
 /// a rogue node's hello (with no proof, or a made-up one) stays queued,
