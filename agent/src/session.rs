@@ -109,7 +109,7 @@ impl Session {
             msg: Some(agent_message::Msg::Hello(AgentHello {
                 node: self.config.node.clone(),
                 spots: self.config.spots,
-                version: env!("CARGO_PKG_VERSION").to_string(),
+                version: faas_proto::VERSION.to_string(),
                 running_calls,
                 dispatch_proofs,
             })),

@@ -235,6 +235,7 @@ pub fn node_json(node: &Node) -> Value {
         "connected": node.connected,
         "connected_at_ms": node.connected_at_ms,
         "draining": node.draining,
+        "version": node.version,
         "spots": node.spots.iter().map(spot_json).collect::<Vec<_>>(),
     })
 }
@@ -255,6 +256,7 @@ pub fn nodes_json(response: &ListNodesResponse) -> Value {
         "nodes": response.nodes.iter().map(node_json).collect::<Vec<_>>(),
         "policy": response.policy,
         "leader": response.leader,
+        "version": response.replica_version,
     })
 }
 
@@ -748,7 +750,7 @@ pub fn spots_summary(spots: &[Spot]) -> String {
 }
 
 pub fn nodes_table(response: &ListNodesResponse) -> String {
-    let mut table = new_table(&["NODE", "CONNECTED", "SPOTS"]);
+    let mut table = new_table(&["NODE", "CONNECTED", "VERSION", "SPOTS"]);
     for node in &response.nodes {
         add_row(
             &mut table,
@@ -760,15 +762,17 @@ pub fn nodes_table(response: &ListNodesResponse) -> String {
                     (false, _) => "no",
                 }
                 .to_string(),
+                or_dash(&node.version).to_string(),
                 spots_summary(&node.spots),
             ],
         );
     }
     let mut text = render(table);
     text.push_str(&format!(
-        "\npolicy: {}  leader: {}",
+        "\npolicy: {}  leader: {}  version: {}",
         or_dash(&response.policy),
-        or_dash(&response.leader)
+        or_dash(&response.leader),
+        or_dash(&response.replica_version)
     ));
     text
 }
@@ -893,22 +897,33 @@ mod tests {
                 }],
                 connected_at_ms: 1,
                 draining: false,
+                version: "0.1.0+3f2a9c1".into(),
             }],
             policy: "preload-runtime".into(),
             leader: "cp-1".into(),
+            replica_version: "0.1.0+3f2a9c1".into(),
         };
         let value = nodes_json(&response);
         assert_eq!(value["nodes"][0]["spots"][0]["state"], "preloaded_runtime");
         assert_eq!(value["policy"], "preload-runtime");
         assert_eq!(value["leader"], "cp-1");
+        assert_eq!(value["nodes"][0]["version"], "0.1.0+3f2a9c1");
         let table = nodes_table(&response);
         assert!(table.starts_with("NODE"), "{table}");
+        assert!(table.contains("VERSION"), "{table}");
+        assert!(
+            table
+                .lines()
+                .nth(1)
+                .is_some_and(|row| row.contains("0.1.0+3f2a9c1")),
+            "{table}"
+        );
         assert!(
             table.contains("1 spot: 1 preloaded_runtime python3"),
             "{table}"
         );
         assert!(
-            table.contains("policy: preload-runtime  leader: cp-1"),
+            table.contains("policy: preload-runtime  leader: cp-1  version: 0.1.0+3f2a9c1"),
             "{table}"
         );
     }

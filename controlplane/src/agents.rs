@@ -229,6 +229,7 @@ impl AgentService for AgentSessions {
             tx,
             running_calls,
             proven,
+            version: shown_version(&hello.version),
         });
         let span = info_span!("agent", %node, session);
         let credentials = self.credentials.clone();
@@ -318,6 +319,20 @@ impl AgentService for AgentSessions {
     }
 }
 
+/// An agent's version as `faasctl node ls` shows it: what its hello said,
+/// printable characters only and at most [`MAX_VERSION_CHARS`] of them (the
+/// node is authenticated, not trusted to write a sane string).
+fn shown_version(reported: &str) -> String {
+    reported
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(MAX_VERSION_CHARS)
+        .collect()
+}
+
+/// Longest agent version kept (a semver with build metadata fits).
+const MAX_VERSION_CHARS: usize = 64;
+
 #[cfg(test)]
 mod tests {
     use faas_proto::v1::{CallAssignment, FunctionBundle, RuntimeBundle, SpotOperation};
@@ -381,5 +396,12 @@ mod tests {
         stamper.signer = None;
         stamper.tokens.clear();
         assert!(op(stamper.stamp(operation(true))).registry_token.is_empty());
+    }
+
+    #[test]
+    fn a_reported_version_is_shown_printable_and_bounded() {
+        assert_eq!(shown_version("0.1.0+3f2a9c1"), "0.1.0+3f2a9c1");
+        assert_eq!(shown_version("0.1\n\u{1b}[31m.0 x"), "0.1[31m.0x");
+        assert_eq!(shown_version(&"9".repeat(1000)).len(), MAX_VERSION_CHARS);
     }
 }

@@ -43,6 +43,8 @@ pub enum Input {
         running_calls: Vec<String>,
         /// Those of them it proved were handed to it (dispatch proofs).
         proven: std::collections::HashSet<String>,
+        /// The faas version its hello reported.
+        version: String,
     },
     /// A call recorded as running by an earlier leader: its result is
     /// expected from its node.
@@ -198,6 +200,8 @@ struct AgentConn {
     tx: AgentSender,
     spots: Vec<Spot>,
     connected_at_ms: i64,
+    /// The faas version its hello reported.
+    version: String,
 }
 
 struct BrokerLoop {
@@ -400,6 +404,7 @@ impl BrokerLoop {
                 tx,
                 running_calls,
                 proven,
+                version,
             } => {
                 if self.agents.contains_key(&node) {
                     // A new session of the same node replaces the old one.
@@ -428,6 +433,7 @@ impl BrokerLoop {
                             })
                             .collect(),
                         connected_at_ms: now_ms(),
+                        version,
                     },
                 );
                 self.apply(effects);
@@ -651,6 +657,7 @@ impl BrokerLoop {
             spots: a.spots.clone(),
             connected_at_ms: a.connected_at_ms,
             draining: a.draining,
+            version: a.version.clone(),
         })
     }
 

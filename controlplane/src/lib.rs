@@ -10,6 +10,7 @@ pub mod broker;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod format;
 pub mod leader;
 pub mod ledger;
 pub mod package;
@@ -95,6 +96,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })?;
     drop(policy);
     let store = connect_store(&config).await?;
+    // Before anything reads a record: data of a newer layout is refused
+    // (a downgrade would misread it), an older one is migrated.
+    format::ensure(&store).await?;
     let signer = match &config.registry_token_dir {
         Some(dir) => Some(Arc::new(faas_pki::registry::TokenSigner::load(dir)?)),
         None => None,

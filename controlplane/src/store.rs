@@ -51,6 +51,9 @@ pub enum Kind {
     /// A secret (`SecretRecord`, sealed), under its key (`namespace/name`,
     /// bare in "default").
     Secret,
+    /// Facts about the stored data itself (`StoreFormatRecord` under
+    /// "format").
+    Meta,
 }
 
 impl Kind {
@@ -69,6 +72,7 @@ impl Kind {
             Kind::Pki => "pki",
             Kind::Namespace => "namespaces",
             Kind::Secret => "secrets",
+            Kind::Meta => "meta",
         }
     }
 }

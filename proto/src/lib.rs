@@ -70,6 +70,14 @@ mod redaction_tests {
 /// duplicate call. Absent on other UNAVAILABLE answers.
 pub const RETRY_SAFE_METADATA: &str = "faas-retry-safe";
 
+/// The version of faas these binaries belong to: `FAAS_VERSION` at build
+/// time (deploy/release.sh sets the release's, e.g. `0.1.0+3f2a9c1`), else
+/// the crate's. Agents report it in their hello; `faasctl node ls` shows it.
+pub const VERSION: &str = match option_env!("FAAS_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// Namespaces (tenants): the rules that name a function across them.
 ///
 /// A function is known inside the platform (etcd key, registry repository,

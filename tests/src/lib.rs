@@ -705,7 +705,8 @@ impl Stack {
             .join(name)
     }
 
-    fn log_path(&self, name: &str) -> PathBuf {
+    /// The log file of the daemon `name` ("controlplane", "agent-0", "etcd", ...).
+    pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir.path().join("logs").join(format!("{name}.log"))
     }
 

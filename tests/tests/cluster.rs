@@ -25,7 +25,10 @@ async fn two_agents_are_listed_connected_with_their_spots() -> anyhow::Result<()
         let mut indexes: Vec<u32> = node.spots.iter().map(|spot| spot.index).collect();
         indexes.sort();
         assert_eq!(indexes, vec![0, 1, 2], "{name} spot indexes");
+        // The version its agent reported (these binaries are one build).
+        assert_eq!(node.version, faas_proto::VERSION, "{name}: {node:?}");
     }
+    assert_eq!(nodes.replica_version, faas_proto::VERSION);
 
     // The user's view of the same: `faasctl node ls -o json` names both nodes.
     let output = stack
@@ -40,6 +43,17 @@ async fn two_agents_are_listed_connected_with_their_spots() -> anyhow::Result<()
     let listing = String::from_utf8_lossy(&output.stdout);
     for i in 0..2 {
         assert!(listing.contains(&stack.agent_node(i)), "node ls: {listing}");
+    }
+    // And its table has a VERSION column with each node's.
+    let output = stack.faasctl().args(["node", "ls"]).output()?;
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.starts_with("NODE") && table.contains("VERSION"), "{table}");
+    for i in 0..2 {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&stack.agent_node(i)))
+            .unwrap_or_else(|| panic!("no row for node {i}: {table}"));
+        assert!(row.contains(faas_proto::VERSION), "{row}");
     }
 
     stack.shutdown().await

@@ -587,3 +587,96 @@ async fn queued_params_are_bounded_in_bytes() -> anyhow::Result<()> {
         .await?;
     stack.shutdown().await
 }
+
+/// Stored data carries its format. A replica records it at start; data
+/// from before the record (as an older release left it) is taken as format
+/// 1 and served unchanged; data of a newer format than this release reads
+/// (a downgrade past a format change) makes the replica refuse to start,
+/// saying which format and which version wrote it, and leaves it as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_data_carries_its_format_and_a_newer_one_is_refused() -> anyhow::Result<()> {
+    use faas_proto::v1::StoreFormatRecord;
+    let mut stack = Stack::start(StackOptions {
+        spots: 1,
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    let key = "/faas/v1/meta/format";
+    let mut etcd = stack.etcd_client().await?;
+    let read = |got: etcd_client::GetResponse| -> anyhow::Result<Option<StoreFormatRecord>> {
+        got.kvs()
+            .first()
+            .map(|kv| StoreFormatRecord::decode(kv.value()))
+            .transpose()
+            .map_err(Into::into)
+    };
+    let recorded = read(etcd.get(key, None).await?)?.expect("a format recorded at start");
+    assert_eq!(recorded.format, 1);
+    assert!(!recorded.written_by.is_empty());
+
+    let echo = echo_dir()?;
+    stack.deploy("echo", "python3", echo.path(), &[])?;
+    let before = invoke_echo(&stack, "before").await?;
+
+    // As a release from before the record left the data: no record.
+    assert!(stack.stop_controlplane(0).await);
+    etcd.delete(key, None).await?;
+    stack.start_controlplane(0).await?;
+    stack.wait_agents_connected(Duration::from_secs(30)).await?;
+    let again = read(etcd.get(key, None).await?)?.expect("recorded again");
+    assert_eq!(again.format, 1);
+    let mut calls = CallServiceClient::new(stack.channel().await);
+    let old = calls
+        .get_call(GetCallRequest { id: before })
+        .await?
+        .into_inner();
+    assert_eq!(old.status(), CallStatus::Succeeded, "{old:?}");
+    invoke_echo(&stack, "after").await?;
+
+    // A newer format: refused at start, the record left alone.
+    assert!(stack.stop_controlplane(0).await);
+    let newer = StoreFormatRecord {
+        format: 99,
+        written_by: "9.9.9".into(),
+        written_at_ms: 1,
+    };
+    etcd.put(key, newer.encode_to_vec(), None).await?;
+    let refused = stack
+        .start_controlplane(0)
+        .await
+        .expect_err("a replica on data of a newer format refuses to start");
+    assert!(format!("{refused:#}").contains("exited early"), "{refused:#}");
+    let said = std::fs::read_to_string(stack.log_path("controlplane"))?;
+    assert!(
+        said.contains("format 99") && said.contains("9.9.9"),
+        "the refusal names the format and who wrote it: {said}"
+    );
+    assert_eq!(read(etcd.get(key, None).await?)?, Some(newer));
+    // Back on data it reads (the record as this release left it), it
+    // starts, and the agent (holding no call) stops with it.
+    etcd.put(key, again.encode_to_vec(), None).await?;
+    assert!(stack.stop_controlplane(0).await, "it exited already");
+    stack.start_controlplane(0).await?;
+    stack.wait_agents_connected(Duration::from_secs(30)).await?;
+    invoke_echo(&stack, "restored").await?;
+    stack.shutdown().await
+}
+
+/// Invokes "echo" with `{"tag": tag}`: the call's id once it came back
+/// with the tag.
+async fn invoke_echo(stack: &Stack, tag: &str) -> anyhow::Result<String> {
+    let call = CallServiceClient::new(stack.channel().await)
+        .invoke(InvokeRequest {
+            function: "echo".into(),
+            params_json: format!(r#"{{"tag":"{tag}"}}"#),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(
+        call.status() == CallStatus::Succeeded && call.result_json.contains(tag),
+        "{call:?}"
+    );
+    Ok(call.id)
+}

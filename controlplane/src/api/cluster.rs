@@ -29,6 +29,7 @@ impl ClusterService for Api {
         Ok(Response::new(ListNodesResponse {
             nodes,
             policy: broker.policy().to_string(),
+            replica_version: faas_proto::VERSION.to_string(),
             leader: self
                 .leader
                 .url()
