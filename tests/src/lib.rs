@@ -519,6 +519,9 @@ pub struct Stack {
     join: Option<(String, String)>,
     /// The stack's private containerd socket.
     pub containerd_socket: PathBuf,
+    /// The sockets standing for systemd's notify socket, one per
+    /// containerd (see `start_containerd`).
+    systemd_notify: Vec<std::os::unix::net::UnixDatagram>,
     /// containerd namespace of agent 0 (see [`Stack::agent_namespace`]).
     pub namespace: String,
     /// Everything of the stack lives here: data, sockets and `logs/`.
@@ -660,6 +663,7 @@ impl Stack {
             },
             join: None,
             containerd_socket: root.join("containerd/containerd.sock"),
+            systemd_notify: Vec::new(),
             namespace: "faas".to_string(),
             dir,
             bin_dir: None,
@@ -1113,6 +1117,15 @@ impl Stack {
         )?;
         let mut cmd = Command::new(find_in_path("containerd")?);
         cmd.arg("--config").arg(&config);
+        // As under systemd (containerd.service is Type=notify): containerd
+        // and so the shims it starts inherit NOTIFY_SOCKET. A runc started
+        // with it waits in `runc start` for the container to say READY=1,
+        // which a function never does: the shim must not pass it on.
+        let notify = base.join("systemd-notify.sock");
+        let _ = fs::remove_file(&notify);
+        self.systemd_notify
+            .push(std::os::unix::net::UnixDatagram::bind(&notify)?);
+        cmd.env("NOTIFY_SOCKET", &notify);
         if let Ok(bin_dir) = bin_dir() {
             // containerd finds runtime shims (containerd-shim-faas-v1) on its PATH.
             let path = std::env::var_os("PATH").unwrap_or_default();

@@ -47,7 +47,10 @@ async fn two_agents_are_listed_connected_with_their_spots() -> anyhow::Result<()
     // And its table has a VERSION column with each node's.
     let output = stack.faasctl().args(["node", "ls"]).output()?;
     let table = String::from_utf8_lossy(&output.stdout);
-    assert!(table.starts_with("NODE") && table.contains("VERSION"), "{table}");
+    assert!(
+        table.starts_with("NODE") && table.contains("VERSION"),
+        "{table}"
+    );
     for i in 0..2 {
         let row = table
             .lines()

@@ -646,7 +646,10 @@ async fn stored_data_carries_its_format_and_a_newer_one_is_refused() -> anyhow::
         .start_controlplane(0)
         .await
         .expect_err("a replica on data of a newer format refuses to start");
-    assert!(format!("{refused:#}").contains("exited early"), "{refused:#}");
+    assert!(
+        format!("{refused:#}").contains("exited early"),
+        "{refused:#}"
+    );
     let said = std::fs::read_to_string(stack.log_path("controlplane"))?;
     assert!(
         said.contains("format 99") && said.contains("9.9.9"),

@@ -47,6 +47,8 @@ const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 const RUNTIME_FILE: &str = "faas-oci-runtime";
 /// Exit status reported for a container whose shim died (SIGKILL).
 const DEAD_SHIM_STATUS: u32 = 128 + 9;
+/// systemd's readiness socket variable, never passed on to the OCI runtime.
+const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
 fn main() {
     // The `delete` action waits for its own child (the OCI runtime's
@@ -115,6 +117,7 @@ impl shim::Shim for FaasShim {
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "runc".into());
             let status = Command::new(&binary)
+                .env_remove(NOTIFY_SOCKET)
                 .arg("--root")
                 .arg(&root)
                 .args(["delete", "--force", &self.id])
@@ -294,6 +297,10 @@ impl Inner {
         let log = bundle.join("log.json");
         let _ = std::fs::remove_file(&log);
         let child = Command::new(binary)
+            // containerd under systemd (Type=notify) hands its NOTIFY_SOCKET
+            // down; a runc that sees it waits in `start` for the container
+            // to say READY=1, which no function does: every call would hang.
+            .env_remove(NOTIFY_SOCKET)
             .arg("--root")
             .arg(state_root(&self.namespace))
             .arg("--log")
