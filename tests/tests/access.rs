@@ -800,10 +800,22 @@ async fn etcd_admits_only_the_control_planes_certificate() -> anyhow::Result<()>
     // Another local user cannot even connect: the control plane's own
     // etcd probe, run as nobody against the socket, is refused by the
     // kernel (connect: EACCES), before etcd sees anything.
+    // The binary is copied where nobody may run it (the build's directory
+    // may be root's alone, as in CI).
+    let probe_dir = tempfile::Builder::new()
+        .prefix("faas-probe-")
+        .tempdir_in("/dev/shm")?;
+    let probe_bin = probe_dir.path().join("faas-controlplane");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(probe_dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        std::fs::copy(faas_tests::bin_dir()?.join("faas-controlplane"), &probe_bin)?;
+        std::fs::set_permissions(&probe_bin, std::fs::Permissions::from_mode(0o755))?;
+    }
     let probe = {
         use std::os::unix::process::CommandExt;
         // (std drops root's supplementary groups when it sets the uid.)
-        std::process::Command::new(faas_tests::bin_dir()?.join("faas-controlplane"))
+        std::process::Command::new(&probe_bin)
             .uid(UNPRIVILEGED)
             .gid(UNPRIVILEGED)
             .env("RUST_LOG", "error")

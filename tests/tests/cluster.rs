@@ -113,15 +113,22 @@ async fn leave_and_detect_leftovers(stack: &Stack) -> anyhow::Result<()> {
             ns
         ))
         .await?;
+    // Prepared under the lease: an active snapshot nothing references is
+    // containerd's garbage to collect, and a collection that ran before the
+    // listing below made this test fail now and then (seen in CI).
+    let mut prepare = with_namespace!(
+        PrepareSnapshotRequest {
+            snapshotter: "overlayfs".into(),
+            key: "harness-snapshot".into(),
+            ..Default::default()
+        },
+        ns
+    );
+    prepare
+        .metadata_mut()
+        .insert("containerd-lease", "harness-lease".parse()?);
     SnapshotsClient::new(channel.clone())
-        .prepare(with_namespace!(
-            PrepareSnapshotRequest {
-                snapshotter: "overlayfs".into(),
-                key: "harness-snapshot".into(),
-                ..Default::default()
-            },
-            ns
-        ))
+        .prepare(prepare)
         .await?;
     ContainersClient::new(channel.clone())
         .create(with_namespace!(
