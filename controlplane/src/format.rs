@@ -26,12 +26,11 @@ const RECORD: &str = "format";
 /// What a replica does at start, given the recorded format.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
-    /// Nothing recorded (a new cluster, or data from before the record:
-    /// format 1): record this release's format.
-    Record { from: u32 },
     /// Recorded as this release's format: nothing to do.
     Current,
-    /// An older format: migrate step by step from `from`, then record.
+    /// An older format, or nothing recorded (a new cluster, or data from
+    /// before the record: format 1): migrate step by step from `from` (no
+    /// step when it is this release's), then record.
     Migrate { from: u32 },
     /// A newer format than this release reads: refuse to start.
     TooNew { stored: u32 },
@@ -40,7 +39,6 @@ pub enum Plan {
 /// The plan for `stored` (None: no record) under a release of format `ours`.
 pub fn plan(stored: Option<u32>, ours: u32) -> Plan {
     match stored {
-        None if ours == 1 => Plan::Record { from: 1 },
         None => Plan::Migrate { from: 1 },
         Some(stored) if stored == ours => Plan::Current,
         Some(stored) if stored < ours => Plan::Migrate { from: stored },
@@ -80,7 +78,7 @@ pub async fn ensure(store: &Store) -> Result<(), FormatError> {
             ours: STORE_FORMAT,
             ours_version: faas_proto::VERSION,
         }),
-        Plan::Record { from } | Plan::Migrate { from } => {
+        Plan::Migrate { from } => {
             for format in from..STORE_FORMAT {
                 tracing::info!(from = format, to = format + 1, "migrating the stored data");
                 migrate_step(store, format).await?;
@@ -123,7 +121,7 @@ mod tests {
 
     #[test]
     fn plans() {
-        assert_eq!(plan(None, 1), Plan::Record { from: 1 });
+        assert_eq!(plan(None, 1), Plan::Migrate { from: 1 });
         assert_eq!(plan(Some(1), 1), Plan::Current);
         assert_eq!(plan(Some(2), 1), Plan::TooNew { stored: 2 });
         // A later release on data of this one, or from before the record.
