@@ -5,7 +5,7 @@
 #   faas_install_bins ROOT DEST             # copies the binaries into DEST
 # faas_install_bins prints the names of the binaries that changed.
 
-FAAS_BINARIES=(faas-controlplane faas-agent faasctl containerd-shim-faas-v1)
+FAAS_BINARIES=(faas-controlplane faas-agent faasctl containerd-shim-faas-v1 faas-gateway)
 
 faas_build_release() {
     local root=$1 scope=${2:-}
@@ -13,7 +13,7 @@ faas_build_release() {
         (cd "$root" && cargo build --release --workspace --bins)
     else
         (cd "$root" && cargo build --release --bin faas-controlplane --bin faas-agent --bin faasctl \
-            --bin containerd-shim-faas-v1)
+            --bin containerd-shim-faas-v1 --bin faas-gateway)
     fi || return 1
     # faas-init is a static binary with its own build (agent/init/build.sh),
     # which prints its path on the last line.

@@ -1411,6 +1411,42 @@ impl Stack {
         Ok(())
     }
 
+    /// Starts a `faas-gateway` (the HTTP gateway) in front of every
+    /// control-plane replica, on a free loopback port, with `args` added
+    /// (e.g. `["--callback-allow-net", "127.0.0.1/32"]`). Returns its base
+    /// URL, `http://127.0.0.1:<port>`. It is stopped with the stack; its
+    /// log is `gateway-<n>`.
+    pub async fn start_gateway(&mut self, args: &[&str]) -> anyhow::Result<String> {
+        let bin = self.bin("faas-gateway");
+        if !bin.is_file() {
+            bail!("{} is missing: rebuild with tests/run.sh", bin.display());
+        }
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let n = self
+            .daemons
+            .iter()
+            .filter(|d| d.name.starts_with("gateway-"))
+            .count();
+        let name = format!("gateway-{n}");
+        let mut cmd = Command::new(bin);
+        cmd.arg("--listen")
+            .arg(&addr)
+            .arg("--control-plane")
+            .arg(self.endpoints())
+            .arg("--ca-file")
+            .arg(self.ca_file())
+            .args(args)
+            .env("RUST_LOG", rust_log());
+        let mut daemon = Daemon::spawn(&name, cmd, &self.log_path(&name))?;
+        let ready = wait_until(READY_TIMEOUT, &mut daemon, || async {
+            tokio::net::TcpStream::connect(&addr).await.is_ok()
+        })
+        .await;
+        self.daemons.push(daemon);
+        ready?;
+        Ok(format!("http://{addr}"))
+    }
+
     /// A gRPC channel to the control plane (connects lazily).
     pub async fn channel(&self) -> Channel {
         self.auth

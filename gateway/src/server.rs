@@ -1,0 +1,444 @@
+//! The routes and the accept loop.
+//!
+//! - `ANY /function/NAME[.NAMESPACE][/PATH]`: a synchronous call; the
+//!   function's answer is the response.
+//! - `ANY /async-function/NAME[.NAMESPACE][/PATH]`: 202 with `X-Call-Id`
+//!   once the call is durably accepted; with `X-Callback-Url`, the answer
+//!   is POSTed there when the call ends.
+//! - `GET /healthz`, `GET /openapi.json`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::header::{
+    HeaderValue, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use faas_proto::v1::InvokeRequest;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::callback::{Callbacks, Pending};
+use crate::config::Config;
+use crate::event::{self, RequestInfo};
+use crate::response::Reply;
+use crate::upstream::{Token, Upstream};
+
+/// The OpenAPI 3 document of this gateway, served as is.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// The header naming an async call's callback (OpenFaaS's).
+const CALLBACK_URL: &str = "x-callback-url";
+/// The header carrying the call id (sync and async answers).
+const CALL_ID: &str = "x-call-id";
+
+/// The client's address, set on every request by the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+pub struct Gateway {
+    upstream: Upstream,
+    callbacks: Callbacks,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    max_body_bytes: usize,
+    body_timeout: Duration,
+    call_timeout: Duration,
+    scheme: &'static str,
+}
+
+impl Gateway {
+    pub fn new(config: &Config, upstream: Upstream) -> anyhow::Result<Gateway> {
+        Ok(Gateway {
+            callbacks: Callbacks::new(config.callbacks.clone(), upstream.clone())?,
+            upstream,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            max_in_flight: config.max_in_flight,
+            max_body_bytes: config.max_body_bytes,
+            body_timeout: config.body_timeout,
+            call_timeout: config.call_timeout,
+            scheme: if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+        })
+    }
+}
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Reply::json(StatusCode::OK, &json!({"status": "ok"})) }),
+        )
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    OPENAPI,
+                )
+            }),
+        )
+        .fallback(move |request: Request<Body>| {
+            let gateway = gateway.clone();
+            async move { gateway.handle(request).await }
+        })
+}
+
+/// Which kind of call a path asks for.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Mode {
+    Sync,
+    Async,
+}
+
+/// `/function/hello.web/a/b` → (Sync, "hello", "web", "/function/hello.web", "/a/b").
+#[derive(Debug, PartialEq, Eq)]
+struct Route<'a> {
+    mode: Mode,
+    function: &'a str,
+    namespace: &'a str,
+    prefix: &'a str,
+    path: &'a str,
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    let (mode, rest, start) = if let Some(rest) = path.strip_prefix("/function/") {
+        (Mode::Sync, rest, "/function/".len())
+    } else if let Some(rest) = path.strip_prefix("/async-function/") {
+        (Mode::Async, rest, "/async-function/".len())
+    } else {
+        return None;
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    let target = &rest[..end];
+    if target.is_empty() {
+        return None;
+    }
+    let (function, namespace) = target.split_once('.').unwrap_or((target, ""));
+    let sub = &rest[end..];
+    Some(Route {
+        mode,
+        function,
+        namespace,
+        prefix: &path[..start + end],
+        path: if sub.is_empty() { "/" } else { sub },
+    })
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Reply {
+    Reply::error(status, code, message, json!({}))
+}
+
+/// The caller's token from `Authorization: Bearer <token>`, or why there
+/// is none.
+fn bearer(request: &Request<Body>) -> Result<Token, &'static str> {
+    let value = request
+        .headers()
+        .get(AUTHORIZATION)
+        .ok_or("no API token: send it as 'Authorization: Bearer <token>'")?;
+    let text = value
+        .to_str()
+        .map_err(|_| "the Authorization header is not printable ASCII")?;
+    let token = text
+        .strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or("the Authorization header is not 'Bearer <token>'")?;
+    format!("Bearer {token}")
+        .parse::<Token>()
+        .map_err(|_| "the token is not printable ASCII")
+}
+
+fn unauthorized(message: &str) -> Reply {
+    let mut reply = error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message);
+    reply
+        .headers
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    reply
+}
+
+impl Gateway {
+    async fn handle(self: Arc<Self>, request: Request<Body>) -> Response {
+        let Some(_slot) = self.in_flight.clone().try_acquire_owned().ok() else {
+            let mut reply = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                &format!(
+                    "the gateway is serving {} requests, its limit (max_in_flight); retry",
+                    self.max_in_flight
+                ),
+            );
+            reply.headers.insert(RETRY_AFTER, HeaderValue::from(1));
+            return reply.into_response();
+        };
+        let path = request.uri().path().to_string();
+        let Some(route) = route(&path) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                &format!("no route {path:?}: calls go to /function/NAME or /async-function/NAME"),
+            )
+            .into_response();
+        };
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::info_span!(
+            "http",
+            request_id = %request_id,
+            function = %route.function,
+            namespace = %route.namespace,
+            call_id = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let method = request.method().clone();
+        let mut response = self
+            .call(&route, &request_id, request)
+            .instrument(span.clone())
+            .await
+            .into_response();
+        let status = response.status();
+        span.in_scope(|| {
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            if status.is_server_error() {
+                tracing::warn!(%method, status = status.as_u16(), ms, "answered");
+            } else {
+                tracing::debug!(%method, status = status.as_u16(), ms, "answered");
+            }
+        });
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        response
+    }
+
+    async fn call(&self, route: &Route<'_>, request_id: &str, request: Request<Body>) -> Reply {
+        let token = match bearer(&request) {
+            Ok(token) => token,
+            Err(why) => return unauthorized(why),
+        };
+        let callback = match (route.mode, request.headers().get(CALLBACK_URL)) {
+            (Mode::Async, Some(value)) => {
+                let text = match value.to_str() {
+                    Ok(text) => text,
+                    Err(_) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "INVALID_ARGUMENT",
+                            "X-Callback-Url is not printable ASCII",
+                        )
+                    }
+                };
+                match self.callbacks.guard().check_url(text) {
+                    Ok(url) => Some(url),
+                    Err(why) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "INVALID_ARGUMENT",
+                            &format!("X-Callback-Url {text:?} is refused: {why}"),
+                        )
+                    }
+                }
+            }
+            _ => None,
+        };
+        let declared = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return self.too_large();
+        }
+        let peer = request
+            .extensions()
+            .get::<Peer>()
+            .map(|p| p.0.ip().to_string())
+            .unwrap_or_default();
+        let (parts, body) = request.into_parts();
+        let body = match tokio::time::timeout(
+            self.body_timeout,
+            axum::body::to_bytes(body, self.max_body_bytes),
+        )
+        .await
+        {
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "REQUEST_TIMEOUT",
+                    &format!("the body did not arrive within {:?}", self.body_timeout),
+                )
+            }
+            Ok(Err(e)) if is_length_limit(&e) => return self.too_large(),
+            Ok(Err(e)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_ARGUMENT",
+                    &format!("reading the body: {e}"),
+                )
+            }
+            Ok(Ok(body)) => body,
+        };
+        let protocol = format!("{:?}", parts.version);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let info = RequestInfo {
+            method: parts.method.as_str(),
+            path: route.path,
+            query: parts.uri.query().unwrap_or(""),
+            protocol: &protocol,
+            source_ip: peer,
+            request_id,
+            now_ms,
+            prefix: route.prefix,
+            function: route.function,
+            namespace: faas_proto::namespaces::or_default(route.namespace),
+            scheme: self.scheme,
+        };
+        let invoke = InvokeRequest {
+            function: route.function.to_string(),
+            params_json: event::build(&info, &parts.headers, &body),
+            namespace: route.namespace.to_string(),
+        };
+        drop(body);
+        match route.mode {
+            Mode::Sync => match self
+                .upstream
+                .invoke(invoke, &token, self.call_timeout)
+                .await
+            {
+                Ok(call) => {
+                    tracing::Span::current().record("call_id", call.id.as_str());
+                    let mut reply = crate::response::from_call(&call);
+                    set_call_id(&mut reply, &call.id);
+                    reply
+                }
+                Err(status) => crate::status::reply(&status),
+            },
+            Mode::Async => {
+                let permit = match &callback {
+                    None => None,
+                    Some(_) => match self.callbacks.reserve() {
+                        Some(permit) => Some(permit),
+                        None => {
+                            let mut reply = error(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "UNAVAILABLE",
+                                "too many callbacks are waiting for their calls (max_pending_callbacks); retry later",
+                            );
+                            reply.headers.insert(RETRY_AFTER, HeaderValue::from(1));
+                            return reply;
+                        }
+                    },
+                };
+                let submit_timeout = Duration::from_secs(30);
+                match self.upstream.submit(invoke, &token, submit_timeout).await {
+                    Ok(call_id) => {
+                        tracing::Span::current().record("call_id", call_id.as_str());
+                        if let (Some(url), Some(permit)) = (callback, permit) {
+                            self.callbacks.spawn(Pending {
+                                permit,
+                                url,
+                                call_id: call_id.clone(),
+                                function: route.function.to_string(),
+                                token,
+                            });
+                        }
+                        let mut reply =
+                            Reply::json(StatusCode::ACCEPTED, &json!({"call_id": call_id}));
+                        set_call_id(&mut reply, &call_id);
+                        reply
+                    }
+                    Err(status) => crate::status::reply(&status),
+                }
+            }
+        }
+    }
+
+    fn too_large(&self) -> Reply {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            &format!(
+                "the body is over the gateway's limit of {} bytes (max_body_bytes)",
+                self.max_body_bytes
+            ),
+        )
+    }
+}
+
+fn set_call_id(reply: &mut Reply, id: &str) {
+    if let Ok(value) = HeaderValue::from_str(id) {
+        reply.headers.insert(CALL_ID, value);
+    }
+}
+
+/// Whether reading a body failed on its size limit.
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route("/function/hello"),
+            Some(Route {
+                mode: Mode::Sync,
+                function: "hello",
+                namespace: "",
+                prefix: "/function/hello",
+                path: "/",
+            })
+        );
+        assert_eq!(
+            route("/async-function/hello.web/a/b/"),
+            Some(Route {
+                mode: Mode::Async,
+                function: "hello",
+                namespace: "web",
+                prefix: "/async-function/hello.web",
+                path: "/a/b/",
+            })
+        );
+        assert_eq!(route("/function/x/").unwrap().path, "/");
+        assert_eq!(route("/function/"), None);
+        assert_eq!(route("/function"), None);
+        assert_eq!(route("/other/x"), None);
+    }
+
+    #[test]
+    fn the_openapi_document_is_json_and_names_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        for path in [
+            "/function/{name}",
+            "/function/{name}/{path}",
+            "/async-function/{name}",
+            "/async-function/{name}/{path}",
+            "/healthz",
+        ] {
+            assert!(doc["paths"].get(path).is_some(), "{path} missing");
+        }
+    }
+}
