@@ -11,10 +11,14 @@
 #   --address ADDR       the address other machines reach this one at
 #                        [default: the first global IPv4 address]
 # control-plane:
-#   --etcd-cluster N=A,… every etcd member, name=address [default: this one]
+#   --etcd-cluster N=A,… every etcd member, name=address, this one included
+#                        [default: this one]: the names the etcd
+#                        certificates carry and the members the control
+#                        plane reaches
 #   --join-etcd          add this member to the running cluster of the
-#                        others (member add through them), instead of
-#                        forming a new one
+#                        others (member add through them); without it,
+#                        this machine forms a new cluster of one member,
+#                        which the others then join
 #   --pki DIR            the cluster's keys from the first control-plane
 #                        machine (etcd/, registry/, secrets.key); without
 #                        it they are made here (the first machine)
@@ -49,7 +53,7 @@ while [ $# -gt 0 ]; do
     --join) join=$2; shift 2 ;;
     --ca-hash) ca_hash=$2; shift 2 ;;
     --spots) spots=$2; shift 2 ;;
-    -h | --help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -159,8 +163,11 @@ if has_cp; then
     for f in ca.crt member.crt member.key; do
         install -m 0600 -o etcd -g etcd "/etc/faas/pki/etcd/$f" "/etc/faas/etcd-tls/$f"
     done
-    initial=$(for m in "${members[@]}"; do printf '%s=https://%s:2380,' "${m%%=*}" "${m#*=}"; done)
-    initial=${initial%,}
+    # The first machine forms a cluster of its own member; the others join
+    # it one by one (member add), each start then reaching quorum. (Three
+    # members formed together would each wait for the others: an install
+    # that starts etcd and waits for it could not finish on any of them.)
+    initial="$name=https://$address:2380"
     state=new
     if [ "$join_etcd" = 1 ] && [ ! -d /var/lib/etcd/faas/member ]; then
         state=existing

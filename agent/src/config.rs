@@ -8,7 +8,7 @@ use serde::Deserialize;
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "faas-agent",
-    version,
+    version = faas_proto::VERSION,
     about = "The faas node agent: runs spot operations through containerd"
 )]
 pub struct Flags {

@@ -34,7 +34,7 @@ FAAS_TOKEN, FAAS_TOKEN_FILE, FAAS_CA_FILE) override the current context
 (`faasctl context`), which deploy/local/up.sh writes for its cluster.";
 
 #[derive(Debug, Parser)]
-#[command(name = "faasctl", version, about = "The faas command-line tool", long_about = LONG_ABOUT)]
+#[command(name = "faasctl", version = faas_proto::VERSION, about = "The faas command-line tool", long_about = LONG_ABOUT)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,

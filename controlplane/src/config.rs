@@ -10,7 +10,7 @@ use serde::Deserialize;
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "faas-controlplane",
-    version,
+    version = faas_proto::VERSION,
     about = "The faas control plane: public API, etcd state, registry, broker"
 )]
 pub struct Flags {

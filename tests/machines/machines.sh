@@ -1,37 +1,54 @@
 #!/usr/bin/env bash
-# Feasibility prototype: Debian 12 "machines" booted with systemd as PID 1 by
-# systemd-nspawn on one host, on a private bridge, each running containerd
-# with runc or crun. A probe, not product code. Needs root, systemd-container
-# and mmdebstrap on the host. Everything lives under $FAASM_DIR.
+# Debian 12 "machines" booted with systemd as PID 1 by systemd-nspawn on one
+# host, on a private bridge in a network namespace of their own: what
+# tests/machines/cluster.sh installs faas on. Needs root, systemd-container
+# and mmdebstrap on the host (installed if missing). Everything lives under
+# $FAASM_DIR [default: /var/tmp/faas-machines]. Sourced by cluster.sh, or
+# run by hand:
 #
-#   proto.sh template               # mmdebstrap the template root (once)
-#   proto.sh create NAME IP         # overlay copy of the template (IP: 10.77.0.X)
-#   proto.sh start NAME             # boot it in the background
-#   proto.sh wait NAME              # until systemd reports running/degraded
-#   proto.sh exec NAME CMD...       # run CMD inside (nsenter into all namespaces)
-#   proto.sh stop NAME              # orderly poweroff, then cgroup/mount cleanup
-#   proto.sh destroy NAME           # stop + delete its files
-#   proto.sh net-up | net-down      # the private netns "faasm" with bridge br0
-#   proto.sh demo                   # the whole probe: 2 machines, containers, TCP
-#   proto.sh cleanup                # stop everything this script started
+#   machines.sh template              # the machines' root (once): Debian 12
+#                                     # minbase + systemd, with the packages
+#                                     # install.sh wants in apt's cache only
+#                                     # (the machines have no network out)
+#   machines.sh create NAME IP        # overlay copy of the template (IP: 10.77.0.X)
+#   machines.sh start NAME            # boot it in the background
+#   machines.sh wait NAME             # until systemd reports running/degraded
+#   machines.sh exec NAME CMD...      # run CMD inside (nsenter into all namespaces)
+#   machines.sh stop NAME             # orderly poweroff, then cgroup/mount cleanup
+#   machines.sh destroy NAME          # stop + delete its files
+#   machines.sh net-up | net-down     # the private netns "faasm" with bridge br0
+#   machines.sh cleanup               # stop and delete everything it started
 set -euo pipefail
 
-FAASM_DIR=${FAASM_DIR:-/work/machines-proto}
+FAASM_DIR=${FAASM_DIR:-/var/tmp/faas-machines}
 NETNS=faasm
 BRIDGE=br0
 SUBNET=10.77.0
 CG=faasm # our own subtree in every host cgroup hierarchy (v1 + name=systemd + unified)
 TEMPLATE=$FAASM_DIR/template
-IMAGE_TAR=${IMAGE_TAR:-/var/cache/faas/runtimes/python3-9f8d69b64ce65c9455c0.tar}
+# What deploy/install.sh installs, by role: in the template's apt cache
+# (downloaded, not installed), so that the machines install them offline.
+INSTALL_PACKAGES=etcd-server,etcd-client,docker-registry,containerd,runc,crun,containernetworking-plugins,nftables
 
 log() { echo "[faasm] $*" >&2; }
 mdir() { echo "$FAASM_DIR/machines/$1"; }
 
 cmd_template() {
     mkdir -p "$FAASM_DIR"
-    [ -d "$TEMPLATE" ] || mmdebstrap --variant=minbase \
-        --include=systemd,systemd-sysv,dbus,libpam-systemd,iproute2,containerd,runc,crun,ca-certificates,busybox-static \
-        bookworm "$TEMPLATE"
+    if [ ! -x "$TEMPLATE/bin/systemctl" ]; then
+        command -v mmdebstrap >/dev/null ||
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap >/dev/null
+        command -v systemd-nspawn >/dev/null ||
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd-container >/dev/null
+        rm -rf --one-file-system "$TEMPLATE.tmp"
+        # apt's lists and cache are kept (--skip): the packages are there,
+        # not installed; install.sh's apt-get install finds them offline.
+        mmdebstrap --variant=minbase --skip=cleanup/apt \
+            --include=systemd,systemd-sysv,dbus,libpam-systemd,iproute2,ca-certificates \
+            --customize-hook="chroot \"\$1\" apt-get install -y -qq --download-only --no-install-recommends ${INSTALL_PACKAGES//,/ }" \
+            bookworm "$TEMPLATE.tmp"
+        mv "$TEMPLATE.tmp" "$TEMPLATE"
+    fi
     # (idempotent from here on)
     # Extra CAs (HTTPS through the egress proxy), as the clean-room notes say.
     cp /usr/local/share/ca-certificates/*.crt "$TEMPLATE/usr/local/share/ca-certificates/" 2>/dev/null || true
@@ -39,8 +56,6 @@ cmd_template() {
     # Each machine gets its own machine-id at create time (an empty file makes
     # nspawn fail: "Failed to read machine ID from container image").
     rm -f "$TEMPLATE/etc/machine-id" "$TEMPLATE/var/lib/dbus/machine-id"
-    # containerd is started explicitly (boot-time numbers without it).
-    rm -f "$TEMPLATE/etc/systemd/system/multi-user.target.wants/containerd.service"
     mkdir -p "$TEMPLATE/etc/systemd/system/sockets.target.wants"
     ln -sf /lib/systemd/system/systemd-networkd.service "$TEMPLATE/etc/systemd/system/multi-user.target.wants/"
     ln -sf /lib/systemd/system/systemd-networkd.socket "$TEMPLATE/etc/systemd/system/sockets.target.wants/"
@@ -207,27 +222,8 @@ cmd_cleanup() {
     rmdir /run/systemd/nspawn/propagate /run/systemd/nspawn/locks /run/systemd/nspawn 2>/dev/null || true
 }
 
-cmd_demo() {
-    local t0 t1 img=faas/runtimes/python3:9f8d69b64ce65c9455c0
-    cmd_template
-    cmd_net_up
-    t0=$(date +%s%N); cmd_create ma $SUBNET.1; cmd_create mb $SUBNET.2; t1=$(date +%s%N)
-    log "create 2 machines: $(((t1 - t0) / 1000000)) ms"
-    t0=$(date +%s%N); cmd_start ma; cmd_start mb; cmd_wait ma; cmd_wait mb; t1=$(date +%s%N)
-    log "boot 2 machines to running: $(((t1 - t0) / 1000000)) ms"
-    cmd_exec ma systemctl start containerd
-    cmd_exec ma ctr -n faas image import "/var/cache/faas/runtimes/$(basename "$IMAGE_TAR")" >/dev/null
-    cmd_exec ma ctr -n faas run --rm --runtime io.containerd.runc.v2 $img t-runc python3 -c 'print("runc ok")'
-    cmd_exec ma ctr -n faas run --rm --runc-binary /usr/bin/crun $img t-crun python3 -c 'print("crun ok")'
-    cmd_exec mb systemd-run --unit=listen -p Type=simple busybox nc -ll -p 8080 -e /bin/echo hello-from-mb
-    sleep 0.5
-    cmd_exec ma bash -c "exec 3<>/dev/tcp/$SUBNET.2/8080; cat <&3"
-    t0=$(date +%s%N); cmd_stop ma; t1=$(date +%s%N)
-    log "stop ma (containerd running): $(((t1 - t0) / 1000000)) ms"
-    t0=$(date +%s%N); cmd_stop mb; t1=$(date +%s%N)
-    log "stop mb (idle): $(((t1 - t0) / 1000000)) ms"
-    cmd_cleanup
-}
+# Sourced (by cluster.sh): the functions only.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 
 c=${1:-}
 shift || true
@@ -241,7 +237,6 @@ stop) cmd_stop "$@" ;;
 destroy) cmd_destroy "$@" ;;
 net-up) cmd_net_up ;;
 net-down) cmd_net_down ;;
-demo) cmd_demo ;;
 cleanup) cmd_cleanup ;;
-*) sed -n '2,17p' "$0"; exit 2 ;;
+*) sed -n '2,21p' "$0"; exit 2 ;;
 esac
