@@ -54,6 +54,12 @@ pub struct Flags {
     /// Requests served at once; more get 503 [default: 1024].
     #[arg(long)]
     pub max_in_flight: Option<usize>,
+    /// Threads serving requests. 1 keeps every request on one thread, no
+    /// hand-over between threads on its way (the lowest latency, and
+    /// thousands of requests per second); more for more throughput
+    /// [default: 1].
+    #[arg(long, env = "FAAS_GATEWAY_THREADS")]
+    pub threads: Option<usize>,
     /// Time a client has to send its request headers [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub header_timeout: Option<Duration>,
@@ -97,6 +103,7 @@ struct File {
     allow_plain_http: Option<bool>,
     max_body_bytes: Option<usize>,
     max_in_flight: Option<usize>,
+    threads: Option<usize>,
     #[serde(default, with = "duration_opt")]
     header_timeout: Option<Duration>,
     #[serde(default, with = "duration_opt")]
@@ -132,6 +139,7 @@ pub struct Config {
     pub tls: Option<(String, String)>,
     pub max_body_bytes: usize,
     pub max_in_flight: usize,
+    pub threads: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub call_timeout: Duration,
@@ -267,6 +275,7 @@ impl Config {
                 "max_in_flight",
                 flags.max_in_flight.or(file.max_in_flight).unwrap_or(1024),
             )?,
+            threads: positive("threads", flags.threads.or(file.threads).unwrap_or(1))?,
             header_timeout: flags
                 .header_timeout
                 .or(file.header_timeout)
@@ -376,6 +385,7 @@ mod tests {
         assert_eq!(file.allow_plain_http, Some(false));
         assert_eq!(file.max_body_bytes, Some(defaults.max_body_bytes));
         assert_eq!(file.max_in_flight, Some(defaults.max_in_flight));
+        assert_eq!(file.threads, Some(defaults.threads));
         assert_eq!(file.header_timeout, Some(defaults.header_timeout));
         assert_eq!(file.body_timeout, Some(defaults.body_timeout));
         assert_eq!(file.call_timeout, Some(defaults.call_timeout));

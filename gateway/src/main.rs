@@ -2,8 +2,7 @@ use clap::Parser;
 use faas_gateway::config::{Config, Flags};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -11,5 +10,18 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = Config::resolve(Flags::parse())?;
-    faas_gateway::run(config).await
+    // One thread: a request never changes threads between the HTTP
+    // connection and the gRPC channel (each hand-over is a wake-up that
+    // waits for a CPU on a busy machine).
+    let runtime = if config.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(faas_gateway::run(config))
 }

@@ -37,6 +37,8 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 const CALLBACK_URL: &str = "x-callback-url";
 /// The header carrying the call id (sync and async answers).
 const CALL_ID: &str = "x-call-id";
+/// The W3C header that tells a client where the time went.
+const SERVER_TIMING: &str = "server-timing";
 
 /// The client's address, set on every request by the accept loop.
 #[derive(Clone, Copy, Debug)]
@@ -312,19 +314,29 @@ impl Gateway {
         };
         drop(body);
         match route.mode {
-            Mode::Sync => match self
-                .upstream
-                .invoke(invoke, &token, self.call_timeout)
-                .await
-            {
-                Ok(call) => {
-                    tracing::Span::current().record("call_id", call.id.as_str());
-                    let mut reply = crate::response::from_call(&call);
-                    set_call_id(&mut reply, &call.id);
-                    reply
+            Mode::Sync => {
+                let invoked = Instant::now();
+                let answer = self
+                    .upstream
+                    .invoke(invoke, &token, self.call_timeout)
+                    .await;
+                let invoke_ms = invoked.elapsed().as_secs_f64() * 1000.0;
+                let mut reply = match answer {
+                    Ok(call) => {
+                        tracing::Span::current().record("call_id", call.id.as_str());
+                        let mut reply = crate::response::from_call(&call);
+                        set_call_id(&mut reply, &call.id);
+                        reply
+                    }
+                    Err(status) => crate::status::reply(&status),
+                };
+                // How long the control plane took: what the gateway adds
+                // is the client's wall time minus this.
+                if let Ok(value) = HeaderValue::from_str(&format!("invoke;dur={invoke_ms:.2}")) {
+                    reply.headers.append(SERVER_TIMING, value);
                 }
-                Err(status) => crate::status::reply(&status),
-            },
+                reply
+            }
             Mode::Async => {
                 let permit = match &callback {
                     None => None,

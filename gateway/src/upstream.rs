@@ -1,7 +1,16 @@
 //! The control plane, as the gateway reaches it: one long-lived HTTP/2
-//! channel (TLS with the cluster CA) over which every request carries the
-//! caller's own API token, so the API's authorization applies unchanged.
+//! channel per replica (TLS with the cluster CA), over which every request
+//! carries the caller's own API token, so the API's authorization applies
+//! unchanged.
+//!
+//! Requests go to the replica that last answered. They move to the next
+//! one only when they certainly were not acted on: the replica could not
+//! be connected to, or it answered UNAVAILABLE with `faas-retry-safe`
+//! (nothing recorded). Anything else is the answer: a call is never sent
+//! twice.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use faas_proto::v1::call_service_client::CallServiceClient;
@@ -14,25 +23,26 @@ use tonic::{Code, Request, Status};
 /// only avoids refusing large ones (tonic's default is 4 MiB).
 const MAX_DECODE_BYTES: usize = 64 << 20;
 /// How long one replica may take to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A caller's API token, as gRPC metadata (`Bearer <token>`).
 pub type Token = MetadataValue<Ascii>;
 
 #[derive(Clone)]
 pub struct Upstream {
-    channel: Channel,
+    channels: Arc<[Channel]>,
+    /// The replica requests go to first.
+    preferred: Arc<AtomicUsize>,
 }
 
 impl Upstream {
-    /// A lazily connected channel to `endpoints` (spread over them when
-    /// there are several).
+    /// Lazily connected channels to `endpoints`.
     pub fn new(endpoints: &[String], ca_pem: Option<&str>) -> anyhow::Result<Upstream> {
         let tls = faas_pki::client::ClientTls {
             ca_pem: ca_pem.map(str::to_string),
             identity: None,
         };
-        let endpoints = endpoints
+        let channels = endpoints
             .iter()
             .map(|url| {
                 Ok(faas_pki::client::endpoint(url, &tls)?
@@ -40,18 +50,15 @@ impl Upstream {
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(30))
                     .keep_alive_timeout(Duration::from_secs(10))
-                    .keep_alive_while_idle(true))
+                    .keep_alive_while_idle(true)
+                    .connect_lazy())
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let channel = match endpoints.as_slice() {
-            [one] => one.connect_lazy(),
-            _ => Channel::balance_list(endpoints.into_iter()),
-        };
-        Ok(Upstream { channel })
-    }
-
-    fn client(&self) -> CallServiceClient<Channel> {
-        CallServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_DECODE_BYTES)
+        anyhow::ensure!(!channels.is_empty(), "no control-plane replica given");
+        Ok(Upstream {
+            channels: channels.into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
     fn request<T>(message: T, token: &Token, timeout: Duration) -> Request<T> {
@@ -63,26 +70,49 @@ impl Upstream {
         request
     }
 
-    /// Invoke, waiting for the final record; sent again once if the
-    /// replica said nothing was recorded (`faas-retry-safe`).
+    /// `send` to the preferred replica, then to the others while the
+    /// request certainly was not acted on; the replica that answered
+    /// becomes the preferred one.
+    async fn send<T, F, Fut>(&self, send: F) -> Result<T, Status>
+    where
+        F: Fn(CallServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let count = self.channels.len();
+        let first = self.preferred.load(Ordering::Relaxed) % count;
+        let mut answer = Err(Status::unavailable("no control-plane replica"));
+        for k in 0..count {
+            let i = (first + k) % count;
+            let client = CallServiceClient::new(self.channels[i].clone())
+                .max_decoding_message_size(MAX_DECODE_BYTES);
+            answer = send(client).await;
+            match &answer {
+                Err(status) if not_acted_on(status) => {
+                    tracing::debug!(replica = i, error = %status, "trying the next replica");
+                }
+                _ => {
+                    if k > 0 {
+                        self.preferred.store(i, Ordering::Relaxed);
+                    }
+                    return answer;
+                }
+            }
+        }
+        answer
+    }
+
+    /// Invoke, waiting for the final record.
     pub async fn invoke(
         &self,
         message: InvokeRequest,
         token: &Token,
         timeout: Duration,
     ) -> Result<Call, Status> {
-        let first = self
-            .client()
-            .invoke(Self::request(message.clone(), token, timeout))
-            .await;
-        match first {
-            Err(status) if retry_safe(&status) => self
-                .client()
-                .invoke(Self::request(message, token, timeout))
-                .await
-                .map(|r| r.into_inner()),
-            other => other.map(|r| r.into_inner()),
-        }
+        self.send(|mut client| {
+            let request = Self::request(message.clone(), token, timeout);
+            async move { client.invoke(request).await.map(|r| r.into_inner()) }
+        })
+        .await
     }
 
     /// Submit: the call id once the call is durably accepted.
@@ -92,18 +122,11 @@ impl Upstream {
         token: &Token,
         timeout: Duration,
     ) -> Result<String, Status> {
-        let first = self
-            .client()
-            .submit(Self::request(message.clone(), token, timeout))
-            .await;
-        match first {
-            Err(status) if retry_safe(&status) => self
-                .client()
-                .submit(Self::request(message, token, timeout))
-                .await
-                .map(|r| r.into_inner().call_id),
-            other => other.map(|r| r.into_inner().call_id),
-        }
+        self.send(|mut client| {
+            let request = Self::request(message.clone(), token, timeout);
+            async move { client.submit(request).await.map(|r| r.into_inner().call_id) }
+        })
+        .await
     }
 
     /// The call's final record, waiting at most `max_wait`; a stream
@@ -118,15 +141,18 @@ impl Upstream {
         let mut last_error = None;
         while tokio::time::Instant::now() < deadline {
             let left = deadline - tokio::time::Instant::now();
-            let request = Self::request(
-                WaitCallRequest {
-                    id: id.to_string(),
-                    timeout_ms: left.as_millis().max(1) as u64,
-                },
-                token,
-                left + Duration::from_secs(5),
-            );
-            match self.client().wait_call(request).await {
+            let message = WaitCallRequest {
+                id: id.to_string(),
+                timeout_ms: left.as_millis().max(1) as u64,
+            };
+            let opened = self
+                .send(|mut client| {
+                    let request =
+                        Self::request(message.clone(), token, left + Duration::from_secs(5));
+                    async move { client.wait_call(request).await }
+                })
+                .await;
+            match opened {
                 Ok(stream) => {
                     let mut stream = stream.into_inner();
                     let mut last = None;
@@ -167,9 +193,64 @@ fn is_final(call: &Call) -> bool {
     )
 }
 
-fn retry_safe(status: &Status) -> bool {
-    status.code() == Code::Unavailable
-        && status
-            .metadata()
-            .contains_key(faas_proto::RETRY_SAFE_METADATA)
+/// Whether a request that failed with `status` certainly did nothing: the
+/// replica said so (`faas-retry-safe`), or it could not be connected to.
+fn not_acted_on(status: &Status) -> bool {
+    if status.code() != Code::Unavailable {
+        return false;
+    }
+    if status
+        .metadata()
+        .contains_key(faas_proto::RETRY_SAFE_METADATA)
+    {
+        return true;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable
+            ) {
+                return true;
+            }
+        }
+        // tonic's connect timeout.
+        if error.to_string().contains("connect timeout")
+            || error.to_string().contains("tcp connect error")
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_replica_is_skipped_and_counts_as_not_acted_on() {
+        // Port 1 on loopback: refused at once.
+        let upstream = Upstream::new(
+            &["http://127.0.0.1:1".into(), "http://127.0.0.1:1".into()],
+            None,
+        )
+        .unwrap();
+        let token: Token = "Bearer x.y".parse().unwrap();
+        let status = upstream
+            .invoke(InvokeRequest::default(), &token, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(not_acted_on(&status), "{status:?}");
+        let mut safe = Status::unavailable("not leading");
+        safe.metadata_mut()
+            .insert(faas_proto::RETRY_SAFE_METADATA, "1".parse().unwrap());
+        assert!(not_acted_on(&safe));
+        assert!(!not_acted_on(&Status::unavailable("stream reset")));
+        assert!(!not_acted_on(&Status::not_found("x")));
+    }
 }

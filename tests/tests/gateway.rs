@@ -638,3 +638,47 @@ async fn async_calls_answer_202_and_call_back() -> anyhow::Result<()> {
 
     stack.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_moves_to_a_replica_that_answers() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        controlplanes: 2,
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy(FUNCTION, "python3", &fixture_dir("py-http"), &[])?;
+    // Given both replicas, replica 0 first.
+    let gateway = stack.start_gateway(&[]).await?;
+    let http = client();
+    let auth = bearer(&stack.auth.token);
+    let call = || {
+        send(
+            http.post(format!("{gateway}/function/{FUNCTION}/plain"))
+                .header("authorization", &auth),
+        )
+    };
+    let answer = call().await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+
+    // Replica 0 goes away (if it led, the other takes over within a few
+    // seconds): calls through the gateway are served again by replica 1,
+    // although the gateway was talking to replica 0.
+    stack.kill_controlplane(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last;
+    loop {
+        last = call().await;
+        if last.status == 200 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(last.status, 200, "never served again: {}", last.text());
+    // And it stays there: the next calls need no detour.
+    for _ in 0..3 {
+        let answer = call().await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    stack.shutdown().await
+}

@@ -10,6 +10,10 @@
 //!              [--network none|egress]
 //! `--network egress` deploys the function with egress (a network
 //! namespace, CNI bridge and nft elements per call; public addresses only).
+//! `--gateway` also starts faas-gateway and alternates each gRPC invoke with
+//! the same call as `POST /function/NAME` through it (HTTP/1.1, one kept-alive
+//! connection), side by side on the same stack: the gateway's cost is the
+//! difference of the two client-wall series.
 
 use std::time::Duration;
 
@@ -25,6 +29,7 @@ struct Args {
     policy: Option<String>,
     spots: u32,
     network: String,
+    gateway: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -34,6 +39,7 @@ fn parse_args() -> anyhow::Result<Args> {
         policy: None,
         spots: 2,
         network: "none".into(),
+        gateway: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -44,10 +50,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--policy" => args.policy = Some(value()?),
             "--spots" => args.spots = value()?.parse()?,
             "--network" => args.network = value()?,
+            "--gateway" => args.gateway = true,
             "-h" | "--help" => {
                 eprintln!(
                     "usage: faas-bench [--calls N] [--floor-runs N] [--policy P] [--spots N] \
-                     [--network none|egress]"
+                     [--network none|egress] [--gateway]"
                 );
                 std::process::exit(0);
             }
@@ -60,7 +67,7 @@ fn parse_args() -> anyhow::Result<Args> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let stack = Stack::start(StackOptions {
+    let mut stack = Stack::start(StackOptions {
         agents: 1,
         spots: args.spots,
         runtimes: vec!["python3"],
@@ -76,6 +83,18 @@ async fn main() -> anyhow::Result<()> {
         &["--network", &args.network],
     )?;
     let mut client = CallServiceClient::new(stack.channel().await);
+    let gateway = if args.gateway {
+        Some(GatewayClient {
+            url: format!("{}/function/bench-hello", stack.start_gateway(&[]).await?),
+            token: stack.auth.token.clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .no_proxy()
+                .build()?,
+        })
+    } else {
+        None
+    };
     let invoke = |client: &mut CallServiceClient<_>| {
         let mut client = client.clone();
         async move {
@@ -96,19 +115,47 @@ async fn main() -> anyhow::Result<()> {
     // Warm-up: the first call pulls and unpacks the image.
     for _ in 0..3 {
         invoke(&mut client).await?;
+        if let Some(gateway) = &gateway {
+            gateway.call(&mut client).await?;
+        }
     }
     let mut client_ms = Vec::new();
     let mut timings: Vec<Timings> = Vec::new();
-    for _ in 0..args.calls {
-        let (ms, t) = invoke(&mut client).await?;
-        client_ms.push(ms);
-        timings.push(t);
-        // Let the previous container's tear-down finish, as a call every
-        // 0.25 s would.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut http_ms = Vec::new();
+    let mut http_timings: Vec<Timings> = Vec::new();
+    let mut http_added_ms = Vec::new();
+    for i in 0..args.calls {
+        // gRPC first on even rounds, HTTP first on odd ones.
+        for path in [i % 2, 1 - i % 2] {
+            match (path, &gateway) {
+                (0, _) => {
+                    let (ms, t) = invoke(&mut client).await?;
+                    client_ms.push(ms);
+                    timings.push(t);
+                }
+                (_, Some(gateway)) => {
+                    let (ms, t, invoke_ms) = gateway.call(&mut client).await?;
+                    http_ms.push(ms);
+                    http_added_ms.push(ms - invoke_ms);
+                    http_timings.push(t);
+                }
+                (_, None) => continue,
+            }
+            // Let the previous container's tear-down finish, as a call
+            // every 0.25 s would.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let mut faas = phases_json(&timings);
     faas["client_wall"] = Series::new(client_ms).json();
+    let gateway_json = if gateway.is_some() {
+        let mut json = phases_json(&http_timings);
+        json["client_wall"] = Series::new(http_ms).json();
+        json["added_by_gateway"] = Series::new(http_added_ms).json();
+        json
+    } else {
+        serde_json::Value::Null
+    };
 
     // The floor, on the same containerd: the same image through ctr, and
     // the reference floor of ../shared/bench/floor.sh.
@@ -123,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
         "spots": args.spots,
         "network": args.network,
         "faas": faas,
+        "gateway": gateway_json,
         "floor_ctr_run_rm_same_image": floor_same_image,
         "floor_sh_busybox": busybox_floor,
     });
@@ -143,6 +191,20 @@ async fn main() -> anyhow::Result<()> {
         "|---|---|---|---|---|".to_string(),
         row("faas invoke, client wall", &summary["faas"]["client_wall"]),
     ];
+    if gateway.is_some() {
+        table.push(row(
+            "gateway `POST /function/NAME`, client wall",
+            &summary["gateway"]["client_wall"],
+        ));
+        table.push(row(
+            "gateway: client wall − its invoke (Server-Timing)",
+            &summary["gateway"]["added_by_gateway"],
+        ));
+        table.push(row(
+            "gateway: faas phase: total",
+            &summary["gateway"]["total"],
+        ));
+    }
     for p in [
         "total",
         "queue",
@@ -169,4 +231,55 @@ async fn main() -> anyhow::Result<()> {
         println!("{report}");
     }
     Ok(())
+}
+
+/// The same call through faas-gateway, timed on the client.
+struct GatewayClient {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl GatewayClient {
+    /// One `POST /function/bench-hello`: the wall time in ms, the call's
+    /// timings (read afterwards by its X-Call-Id, outside the timed part)
+    /// and how long the gateway's own invoke took (its Server-Timing).
+    async fn call(
+        &self,
+        client: &mut CallServiceClient<faas_tests::Channel>,
+    ) -> anyhow::Result<(f64, Timings, f64)> {
+        let started = std::time::Instant::now();
+        let response = self
+            .http
+            .post(&self.url)
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(r#"{"name":"bench"}"#)
+            .send()
+            .await?;
+        let status = response.status();
+        let id = response
+            .headers()
+            .get("x-call-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let invoke_ms: f64 = response
+            .headers()
+            .get("server-timing")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("invoke;dur="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        let body = response.bytes().await?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if status != 200 || !String::from_utf8_lossy(&body).contains("hello") {
+            bail!("gateway call: {status}: {}", String::from_utf8_lossy(&body));
+        }
+        let call = client
+            .get_call(faas_proto::v1::GetCallRequest { id })
+            .await?
+            .into_inner();
+        Ok((ms, call.timings.unwrap_or_default(), invoke_ms))
+    }
 }
