@@ -1,11 +1,9 @@
-//! Connecting to the control plane and streaming uploads to it.
+//! Streaming uploads to the control plane (connecting is faas-client's).
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use faas_pki::client::{AuthChannel, Bearer, ClientTls};
 use futures::Stream;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::io::AsyncReadExt;
@@ -17,101 +15,6 @@ pub const CHUNK_SIZE: usize = 1 << 20;
 /// Below this size an upload finishes before a progress bar is worth
 /// drawing.
 const PROGRESS_MIN_BYTES: u64 = 4 << 20;
-
-/// How long one endpoint may take to accept the connection before the next
-/// one in the list is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Replies (call records with results, logs) may exceed tonic's 4 MiB
-/// default; the server bounds them, this only avoids refusing them.
-pub const MAX_DECODE_BYTES: usize = 64 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("invalid endpoint {endpoint:?}: {message}")]
-    InvalidEndpoint { endpoint: String, message: String },
-    #[error("no endpoint given")]
-    NoEndpoint,
-    #[error("cannot reach the control plane: {}", .attempts.join("; "))]
-    Unreachable { attempts: Vec<String> },
-}
-
-/// "127.0.0.1:7070" → "https://127.0.0.1:7070": users paste host:port,
-/// and faas speaks TLS.
-pub fn normalize_endpoint(text: &str) -> String {
-    let text = text.trim();
-    if text.contains("://") {
-        text.to_string()
-    } else {
-        format!("https://{text}")
-    }
-}
-
-/// What the client proves and trusts.
-#[derive(Clone, Default)]
-pub struct Credentials {
-    pub tls: ClientTls,
-    pub bearer: Bearer,
-}
-
-/// Connects to the first endpoint of the list that accepts a connection.
-pub async fn connect(
-    endpoints: &[String],
-    credentials: &Credentials,
-) -> Result<AuthChannel, ConnectError> {
-    let endpoints: Vec<String> = endpoints
-        .iter()
-        .map(|e| e.trim())
-        .filter(|e| !e.is_empty())
-        .map(normalize_endpoint)
-        .collect();
-    if endpoints.is_empty() {
-        return Err(ConnectError::NoEndpoint);
-    }
-    let mut attempts = Vec::new();
-    for url in endpoints {
-        if credentials.bearer.is_set() && !url.starts_with("https://") {
-            return Err(ConnectError::InvalidEndpoint {
-                endpoint: url,
-                message: "an API token is never sent over plain http: use an https:// endpoint"
-                    .into(),
-            });
-        }
-        let endpoint = faas_pki::client::endpoint(&url, &credentials.tls)
-            .map_err(|e| ConnectError::InvalidEndpoint {
-                endpoint: url.clone(),
-                message: e.to_string(),
-            })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        match endpoint.connect().await {
-            Ok(channel) => {
-                return Ok(faas_pki::client::authorized(
-                    channel,
-                    credentials.bearer.clone(),
-                ))
-            }
-            Err(e) => attempts.push(format!("{url}: {}", error_chain(&e))),
-        }
-    }
-    Err(ConnectError::Unreachable { attempts })
-}
-
-/// Transport errors hide the useful part ("Connection refused") in their
-/// sources.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![error.to_string()];
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        // hyper and tonic repeat their wrapper's words at each level.
-        if parts.last() != Some(&part) {
-            parts.push(part);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
-}
 
 /// Bytes to upload after the spec message.
 pub enum UploadBody {
@@ -242,15 +145,6 @@ mod tests {
     use super::*;
     use futures::StreamExt;
 
-    #[test]
-    fn endpoints_get_a_scheme() {
-        assert_eq!(
-            normalize_endpoint("127.0.0.1:7070"),
-            "https://127.0.0.1:7070"
-        );
-        assert_eq!(normalize_endpoint(" https://cp:443 "), "https://cp:443");
-    }
-
     async fn collect(body: UploadBody) -> (Vec<Vec<u8>>, UploadError) {
         let slot = UploadError::default();
         let stream = upload_stream(Vec::new(), body, |c| c, ProgressBar::hidden(), slot.clone());
@@ -290,21 +184,5 @@ mod tests {
         let (messages, slot) = collect(body).await;
         assert_eq!(messages.len(), 1, "only the spec went out");
         assert!(slot.lock().unwrap().is_some());
-    }
-
-    #[tokio::test]
-    async fn unreachable_endpoints_are_all_reported() {
-        // Port 1 on loopback: nothing listens there, so it is refused at once.
-        let none = Credentials::default();
-        let err = connect(&["127.0.0.1:1".into(), "http://127.0.0.1:1".into()], &none)
-            .await
-            .unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("http://127.0.0.1:1"), "{text}");
-        assert!(matches!(err, ConnectError::Unreachable { ref attempts } if attempts.len() == 2));
-        assert!(matches!(
-            connect(&[" ".into()], &none).await,
-            Err(ConnectError::NoEndpoint)
-        ));
     }
 }

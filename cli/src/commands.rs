@@ -1,21 +1,18 @@
 //! One function per verb: build the request, make the RPC, print the reply.
 
 use std::io::Read;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use faas_pki::client::AuthChannel as Channel;
+use faas_client::Channel;
 use faas_proto::v1::{
     access_service_client::AccessServiceClient, call_service_client::CallServiceClient,
     cluster_service_client::ClusterServiceClient, deploy_function_request,
     function_service_client::FunctionServiceClient, register_runtime_request,
-    runtime_service_client::RuntimeServiceClient, Call, CreateJoinTokenRequest, CreateTokenRequest,
+    runtime_service_client::RuntimeServiceClient, CreateJoinTokenRequest, CreateTokenRequest,
     DeleteFunctionRequest, DeleteJoinTokenRequest, DeleteRuntimeRequest, DeleteTokenRequest,
-    DeployFunctionRequest, DrainNodeRequest, FunctionSpec, GetCallLogsRequest, GetCallRequest,
-    GetCallStatsRequest, GetFunctionRequest, GetRuntimeRequest, InvokeRequest, ListCallsRequest,
-    ListFunctionsRequest, ListJoinTokensRequest, ListNodesRequest, ListRuntimesRequest,
-    ListTokensRequest, RegisterRuntimeRequest, RemoveNodeRequest, Role, RuntimeSpec,
-    WaitCallRequest, WhoAmIRequest,
+    DeployFunctionRequest, DrainNodeRequest, FunctionSpec, GetCallStatsRequest, GetFunctionRequest,
+    GetRuntimeRequest, ListJoinTokensRequest, ListNodesRequest, ListRuntimesRequest,
+    ListTokensRequest, RegisterRuntimeRequest, RemoveNodeRequest, Role, RuntimeSpec, WhoAmIRequest,
 };
 use faas_proto::v1::{
     namespace_service_client::NamespaceServiceClient, CreateNamespaceRequest,
@@ -27,7 +24,6 @@ use faas_proto::v1::{
     secret_service_client::SecretServiceClient, DeleteSecretRequest, GetSecretRequest,
     ListSecretsRequest, PutSecretRequest, SecretRef,
 };
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::args::{
@@ -35,41 +31,27 @@ use crate::args::{
     NetworkArg, NodeCmd, NodeTokenCmd, OutputFormat, QuotaArgs, RegisterRuntimeArgs, RoleArg,
     RuntimeCmd, SecretCmd, TokenCmd,
 };
-use crate::client::{upload_progress, upload_stream, UploadBody, UploadError, MAX_DECODE_BYTES};
+use crate::client::{upload_progress, upload_stream, UploadBody, UploadError};
 use crate::format;
 use crate::output::{self, emit, emit_json, note, BadInput};
 use crate::pack::{self, Package};
 
-/// How long Invoke and Submit keep trying while the control plane answers
-/// a retry-safe UNAVAILABLE.
-const SAFE_RETRY_FOR: Duration = Duration::from_secs(8);
-
 pub struct Context {
-    endpoints: Vec<String>,
-    credentials: crate::client::Credentials,
-    /// Connected on first use, so local mistakes (a missing source
+    /// Connects on first use, so local mistakes (a missing source
     /// directory, an unreadable @file) are reported before, and without,
     /// reaching for the network.
-    channel: tokio::sync::OnceCell<Channel>,
+    client: faas_client::Client,
     output: OutputFormat,
-    rpc_timeout: Option<Duration>,
     /// The namespace functions and calls are named in.
     namespace: String,
 }
 
 impl Context {
-    pub fn new(
-        resolved: crate::contexts::Resolved,
-        output: OutputFormat,
-        rpc_timeout: Option<Duration>,
-    ) -> Self {
+    pub fn new(client: faas_client::Client, output: OutputFormat) -> Self {
         Context {
-            endpoints: resolved.endpoints,
-            credentials: resolved.credentials,
-            channel: tokio::sync::OnceCell::new(),
+            namespace: client.namespace().to_string(),
+            client,
             output,
-            rpc_timeout,
-            namespace: resolved.namespace,
         }
     }
 
@@ -83,93 +65,35 @@ impl Context {
     }
 
     async fn secrets(&self) -> Result<SecretServiceClient<Channel>> {
-        Ok(SecretServiceClient::new(self.channel().await?))
+        Ok(self.client.secrets().await?)
     }
 
     async fn namespaces(&self) -> Result<NamespaceServiceClient<Channel>> {
-        Ok(NamespaceServiceClient::new(self.channel().await?))
-    }
-
-    async fn channel(&self) -> Result<Channel> {
-        let channel = self
-            .channel
-            .get_or_try_init(|| crate::client::connect(&self.endpoints, &self.credentials))
-            .await?;
-        Ok(channel.clone())
+        Ok(self.client.namespaces().await?)
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        if let Some(timeout) = self.rpc_timeout {
-            request.set_timeout(timeout);
-        }
-        request
+        self.client.request(message)
     }
 
     async fn runtimes(&self) -> Result<RuntimeServiceClient<Channel>> {
-        Ok(RuntimeServiceClient::new(self.channel().await?)
-            .max_decoding_message_size(MAX_DECODE_BYTES))
+        Ok(self.client.runtimes().await?)
     }
 
     async fn functions(&self) -> Result<FunctionServiceClient<Channel>> {
-        Ok(FunctionServiceClient::new(self.channel().await?)
-            .max_decoding_message_size(MAX_DECODE_BYTES))
-    }
-
-    /// Runs a call RPC; while the control plane answers UNAVAILABLE with
-    /// the retry-safe mark (no leader for a moment, a replica stepping
-    /// down: nothing was recorded) it is tried again, on the endpoints in
-    /// turn, for up to SAFE_RETRY_FOR: a leader change or a rolling restart
-    /// is not an error for the user. An UNAVAILABLE without the mark (the
-    /// call may have been recorded) is reported, never resent.
-    async fn retry_when_safe<T, F, Fut>(&self, mut op: F) -> Result<T>
-    where
-        F: FnMut(CallServiceClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let deadline = tokio::time::Instant::now() + SAFE_RETRY_FOR;
-        let mut calls = self.calls().await?;
-        let mut attempt = 0usize;
-        loop {
-            match op(calls.clone()).await {
-                Err(status)
-                    if status.code() == tonic::Code::Unavailable
-                        && status
-                            .metadata()
-                            .contains_key(faas_proto::RETRY_SAFE_METADATA)
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100 * attempt.min(5) as u64)).await;
-                    // The endpoints from the next one on: a replica going
-                    // away is left for another.
-                    let mut rotated = self.endpoints.clone();
-                    if !rotated.is_empty() {
-                        let n = attempt % rotated.len();
-                        rotated.rotate_left(n);
-                    }
-                    if let Ok(channel) = crate::client::connect(&rotated, &self.credentials).await {
-                        calls = CallServiceClient::new(channel)
-                            .max_decoding_message_size(MAX_DECODE_BYTES);
-                    }
-                }
-                other => return Ok(other?.into_inner()),
-            }
-        }
+        Ok(self.client.functions().await?)
     }
 
     async fn calls(&self) -> Result<CallServiceClient<Channel>> {
-        Ok(CallServiceClient::new(self.channel().await?)
-            .max_decoding_message_size(MAX_DECODE_BYTES))
+        Ok(self.client.calls().await?)
     }
 
     async fn access(&self) -> Result<AccessServiceClient<Channel>> {
-        Ok(AccessServiceClient::new(self.channel().await?))
+        Ok(self.client.access().await?)
     }
 
     async fn cluster(&self) -> Result<ClusterServiceClient<Channel>> {
-        Ok(ClusterServiceClient::new(self.channel().await?)
-            .max_decoding_message_size(MAX_DECODE_BYTES))
+        Ok(self.client.cluster().await?)
     }
 
     fn json(&self) -> bool {
@@ -291,7 +215,7 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
                         reply.token,
                         reply.token,
                         reply.ca_hash,
-                        ctx.endpoints.join(",")
+                        ctx.client.endpoints().join(",")
                     )
                 },
             )
@@ -725,17 +649,11 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
             runtime,
             all_namespaces,
         } => {
-            let request = ListFunctionsRequest {
-                runtime: runtime.unwrap_or_default(),
-                namespace: ctx.list_namespace(all_namespaces),
-            };
             let functions = ctx
-                .functions()
-                .await?
-                .list_functions(ctx.request(request))
-                .await?
-                .into_inner()
-                .functions;
+                .client
+                .with_namespace(ctx.list_namespace(all_namespaces))
+                .list_functions(runtime.as_deref())
+                .await?;
             ctx.show(
                 || Value::Array(functions.iter().map(format::function_json).collect()),
                 || format::functions_table(&functions, all_namespaces),
@@ -898,27 +816,11 @@ fn read_stdin() -> std::io::Result<String> {
 
 async fn invoke(ctx: &Context, args: InvokeArgs) -> Result<()> {
     let params_json = read_params(args.data.as_deref(), read_stdin)?;
-    let request = InvokeRequest {
-        function: args.function,
-        params_json,
-        namespace: ctx.namespace.clone(),
-    };
     if args.asynchronous {
-        let id = ctx
-            .retry_when_safe(|mut calls| {
-                let request = ctx.request(request.clone());
-                async move { calls.submit(request).await }
-            })
-            .await?
-            .call_id;
+        let id = ctx.client.submit(&args.function, params_json).await?;
         return ctx.show(|| json!({ "call_id": id }), || id.clone());
     }
-    let call = ctx
-        .retry_when_safe(|mut calls| {
-            let request = ctx.request(request.clone());
-            async move { calls.invoke(request).await }
-        })
-        .await?;
+    let call = ctx.client.invoke(&args.function, params_json).await?;
     if ctx.json() {
         emit_json(&format::call_json(&call))?;
     } else if call.status == faas_proto::v1::CallStatus::Succeeded as i32 {
@@ -930,16 +832,11 @@ async fn invoke(ctx: &Context, args: InvokeArgs) -> Result<()> {
 async fn call(ctx: &Context, cmd: CallCmd) -> Result<()> {
     match cmd {
         CallCmd::Get { id } => {
-            let call = ctx
-                .calls()
-                .await?
-                .get_call(ctx.request(GetCallRequest { id }))
-                .await?
-                .into_inner();
+            let call = ctx.client.get_call(&id).await?;
             ctx.show(|| format::call_json(&call), || format::call_details(&call))
         }
         CallCmd::Wait { id, timeout } => {
-            let call = wait_call(ctx, id, timeout).await?;
+            let call = ctx.client.wait(&id, timeout).await?;
             ctx.show(|| format::call_json(&call), || format::call_details(&call))?;
             output::check_succeeded(&call)
         }
@@ -949,9 +846,16 @@ async fn call(ctx: &Context, cmd: CallCmd) -> Result<()> {
             limit,
             all_namespaces,
         } => {
-            let namespace = ctx.list_namespace(all_namespaces);
-            let calls =
-                list_calls(ctx, function.unwrap_or_default(), namespace, status, limit).await?;
+            let filter = faas_client::CallFilter {
+                function,
+                status: status.map(|s| s.to_proto()),
+                limit,
+            };
+            let calls = ctx
+                .client
+                .with_namespace(ctx.list_namespace(all_namespaces))
+                .list_calls(&filter)
+                .await?;
             ctx.show(
                 || Value::Array(calls.iter().map(format::call_json).collect()),
                 || format::calls_table(&calls, all_namespaces),
@@ -978,12 +882,7 @@ async fn call(ctx: &Context, cmd: CallCmd) -> Result<()> {
             )
         }
         CallCmd::Logs { id } => {
-            let logs = ctx
-                .calls()
-                .await?
-                .get_call_logs(ctx.request(GetCallLogsRequest { id }))
-                .await?
-                .into_inner();
+            let logs = ctx.client.logs(&id).await?;
             output::emit_logs(&logs.logs)?;
             if logs.truncated {
                 note("note: the logs were cut at the platform's limit");
@@ -991,80 +890,6 @@ async fn call(ctx: &Context, cmd: CallCmd) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Follows the WaitCall stream to the final record.
-async fn wait_call(ctx: &Context, id: String, timeout: Option<Duration>) -> Result<Call> {
-    let request = WaitCallRequest {
-        id: id.clone(),
-        timeout_ms: timeout.map(duration_to_ms).unwrap_or(0),
-    };
-    let mut stream = ctx
-        .calls()
-        .await?
-        .wait_call(ctx.request(request))
-        .await?
-        .into_inner();
-    let mut last: Option<Call> = None;
-    while let Some(update) = stream.next().await {
-        let call = update?;
-        let done = output::is_final(call.status);
-        last = Some(call);
-        if done {
-            break;
-        }
-    }
-    match last {
-        Some(call) if output::is_final(call.status) => Ok(call),
-        Some(call) => anyhow::bail!(
-            "the server ended the wait for call {id} while it was {}",
-            format::call_status_name(call.status)
-        ),
-        None => anyhow::bail!("the server ended the wait for call {id} without a record"),
-    }
-}
-
-/// Pages through ListCalls until `limit` records (0: all of them).
-async fn list_calls(
-    ctx: &Context,
-    function: String,
-    namespace: String,
-    status: Option<crate::args::StatusFilter>,
-    limit: u32,
-) -> Result<Vec<Call>> {
-    const MAX_PAGE: u32 = 1000;
-    let mut calls = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let wanted = if limit == 0 {
-            MAX_PAGE
-        } else {
-            (limit - calls.len() as u32).min(MAX_PAGE)
-        };
-        let request = ListCallsRequest {
-            function: function.clone(),
-            status: status.map(|s| s.to_proto() as i32).unwrap_or(0),
-            page_size: wanted,
-            page_token: std::mem::take(&mut page_token),
-            namespace: namespace.clone(),
-        };
-        let page = ctx
-            .calls()
-            .await?
-            .list_calls(ctx.request(request))
-            .await?
-            .into_inner();
-        calls.extend(page.calls);
-        if limit != 0 && calls.len() >= limit as usize {
-            calls.truncate(limit as usize);
-            break;
-        }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
-    Ok(calls)
 }
 
 #[cfg(test)]

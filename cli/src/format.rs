@@ -11,8 +11,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use faas_proto::v1::{
-    Call, CallStats, CallStatus, Function, GetCallStatsResponse, ListNodesResponse, Namespace,
-    Node, PhaseStats, Runtime, Secret, Spot, SpotState, StartKind, Timings,
+    Call, CallStats, Function, GetCallStatsResponse, ListNodesResponse, Namespace, Node,
+    PhaseStats, Runtime, Secret, Spot, SpotState, StartKind, Timings,
 };
 use serde_json::{json, Value};
 
@@ -23,12 +23,7 @@ fn enum_name(full: &str, prefix: &str) -> String {
         .to_ascii_lowercase()
 }
 
-pub fn call_status_name(value: i32) -> String {
-    match CallStatus::try_from(value) {
-        Ok(status) => enum_name(status.as_str_name(), "CALL_STATUS_"),
-        Err(_) => format!("unknown({value})"),
-    }
-}
+pub use faas_client::status_name as call_status_name;
 
 pub fn start_kind_name(value: i32) -> String {
     match StartKind::try_from(value) {
@@ -780,7 +775,7 @@ pub fn nodes_table(response: &ListNodesResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use faas_proto::v1::CallError;
+    use faas_proto::v1::{CallError, CallStatus};
 
     fn sample_call() -> Call {
         Call {

@@ -47,8 +47,8 @@ async fn run(cli: args::Cli) -> anyhow::Result<()> {
     if let args::Command::Context(cmd) = cli.command {
         return contexts::run(cmd, &cli.global);
     }
-    let resolved = contexts::resolve(&cli.global)?;
-    let context = commands::Context::new(resolved, cli.global.output, cli.global.rpc_timeout);
+    let client = contexts::client(&cli.global)?;
+    let context = commands::Context::new(client, cli.global.output);
     commands::run(&context, cli.command).await
 }
 

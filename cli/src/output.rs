@@ -33,29 +33,7 @@ pub struct CallNotSucceeded {
     pub status: String,
 }
 
-/// The gRPC code as written in the proto and in gRPC docs (NOT_FOUND), which
-/// is what users search for; tonic's Display is a sentence.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+pub use faas_client::code_name;
 
 pub fn exit_code_for(code: Code) -> u8 {
     match code {
@@ -191,13 +169,6 @@ pub fn emit_json(value: &Value) -> io::Result<()> {
 /// reports quote server text and a function's logs.
 pub fn note(text: &str) {
     let _ = writeln!(io::stderr().lock(), "{}", escape_controls(text));
-}
-
-pub fn is_final(status: i32) -> bool {
-    matches!(
-        CallStatus::try_from(status),
-        Ok(CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout)
-    )
 }
 
 /// What to print on stderr for a call that did not succeed: the reason and
@@ -387,7 +358,5 @@ mod tests {
     fn result_text_is_pretty_when_json() {
         assert_eq!(pretty_json_text(r#"{"a":1}"#), "{\n  \"a\": 1\n}");
         assert_eq!(pretty_json_text("not json"), "not json");
-        assert!(is_final(CallStatus::Timeout as i32));
-        assert!(!is_final(CallStatus::Running as i32));
     }
 }
