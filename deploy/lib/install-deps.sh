@@ -10,12 +10,15 @@
 # what the build needs (protoc for the gRPC crates, a C toolchain), and what
 # runtimes/build.sh needs to make the runtime images offline-reproducibly,
 # and what calls with egress need: the CNI bridge plugin, nftables,
-# iproute2 (ip, bridge).
+# iproute2 (ip, bridge); and what the Python client library needs to be
+# built, checked against the proto and tested (gRPC and protobuf runtimes,
+# setuptools and wheel, the gRPC Python code generator).
 FAAS_DEBIAN_PACKAGES=(
     containerd runc crun etcd-server docker-registry
     protobuf-compiler libprotobuf-dev build-essential pkg-config
     mmdebstrap busybox-static python3 ca-certificates
     nftables containernetworking-plugins iproute2
+    python3-grpcio python3-protobuf python3-setuptools python3-wheel protobuf-compiler-grpc
 )
 
 faas_log() { echo "[faas] $*" >&2; }
