@@ -24,6 +24,8 @@ use tonic::{Code, Request, Status};
 const MAX_DECODE_BYTES: usize = 64 << 20;
 /// How long one replica may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a replica may take to start answering WaitCall.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A caller's API token, as gRPC metadata (`Bearer <token>`).
 pub type Token = MetadataValue<Ascii>;
@@ -61,19 +63,24 @@ impl Upstream {
         })
     }
 
+    /// A request with the caller's token. Its `grpc-timeout` is a little
+    /// longer than `timeout`, which [`Upstream::send`] enforces, so that
+    /// the gateway's own deadline ends it (tonic would end it as
+    /// CANCELLED).
     fn request<T>(message: T, token: &Token, timeout: Duration) -> Request<T> {
         let mut request = Request::new(message);
         request
             .metadata_mut()
             .insert(faas_pki::client::AUTHORIZATION, token.clone());
-        request.set_timeout(timeout);
+        request.set_timeout(timeout + Duration::from_secs(1));
         request
     }
 
     /// `send` to the preferred replica, then to the others while the
     /// request certainly was not acted on; the replica that answered
-    /// becomes the preferred one.
-    async fn send<T, F, Fut>(&self, send: F) -> Result<T, Status>
+    /// becomes the preferred one. Each attempt gets at most `timeout`
+    /// (enforced here: `grpc-timeout` only asks the server).
+    async fn send<T, F, Fut>(&self, timeout: Duration, send: F) -> Result<T, Status>
     where
         F: Fn(CallServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
@@ -85,7 +92,12 @@ impl Upstream {
             let i = (first + k) % count;
             let client = CallServiceClient::new(self.channels[i].clone())
                 .max_decoding_message_size(MAX_DECODE_BYTES);
-            answer = send(client).await;
+            answer = match tokio::time::timeout(timeout, send(client)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "no answer from the control plane within {timeout:?}"
+                ))),
+            };
             match &answer {
                 Err(status) if not_acted_on(status) => {
                     tracing::debug!(replica = i, error = %status, "trying the next replica");
@@ -108,7 +120,7 @@ impl Upstream {
         token: &Token,
         timeout: Duration,
     ) -> Result<Call, Status> {
-        self.send(|mut client| {
+        self.send(timeout, |mut client| {
             let request = Self::request(message.clone(), token, timeout);
             async move { client.invoke(request).await.map(|r| r.into_inner()) }
         })
@@ -122,7 +134,7 @@ impl Upstream {
         token: &Token,
         timeout: Duration,
     ) -> Result<String, Status> {
-        self.send(|mut client| {
+        self.send(timeout, |mut client| {
             let request = Self::request(message.clone(), token, timeout);
             async move { client.submit(request).await.map(|r| r.into_inner().call_id) }
         })
@@ -146,7 +158,7 @@ impl Upstream {
                 timeout_ms: left.as_millis().max(1) as u64,
             };
             let opened = self
-                .send(|mut client| {
+                .send(OPEN_TIMEOUT, |mut client| {
                     let request =
                         Self::request(message.clone(), token, left + Duration::from_secs(5));
                     async move { client.wait_call(request).await }
@@ -157,7 +169,17 @@ impl Upstream {
                     let mut stream = stream.into_inner();
                     let mut last = None;
                     loop {
-                        match stream.message().await {
+                        let next = tokio::time::timeout_at(
+                            deadline + Duration::from_secs(5),
+                            stream.message(),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Status::deadline_exceeded(format!(
+                                "call {id} did not finish within {max_wait:?}"
+                            )))
+                        });
+                        match next {
                             Ok(Some(call)) => last = Some(call),
                             Ok(None) => break,
                             Err(status) => {

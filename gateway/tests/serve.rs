@@ -123,3 +123,71 @@ impl JsonBody for reqwest::Response {
         serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
     }
 }
+
+/// A "control plane" that accepts connections and never answers.
+async fn black_hole() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_silent_control_plane_costs_call_timeout_and_max_in_flight_holds() {
+    let silent = black_hole().await;
+    let mut config = config(("".into(), "".into()));
+    config.tls = None;
+    config.control_plane = vec![format!("http://{silent}")];
+    config.max_in_flight = 1;
+    config.call_timeout = Duration::from_secs(2);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(faas_gateway::serve(
+        config,
+        listener,
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let first = tokio::spawn({
+        let http = http.clone();
+        let url = format!("{base}/function/hello");
+        async move {
+            http.post(url)
+                .header("authorization", "Bearer a.b")
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The one place is taken by the waiting call.
+    let second = http
+        .post(format!("{base}/function/hello"))
+        .header("authorization", "Bearer a.b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 503);
+    assert_eq!(second.headers()["retry-after"], "1");
+    // The waiting call ends at call_timeout, not never.
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), 504);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    let error: serde_json::Value = first.json_body().await;
+    assert_eq!(error["error"]["code"], "DEADLINE_EXCEEDED", "{error}");
+}
