@@ -208,8 +208,12 @@ impl Gateway {
             .await
             .into_response();
         let status = response.status();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        // From routing to the answer, the control plane's part included.
+        if let Ok(value) = HeaderValue::from_str(&format!("gateway;dur={ms:.2}")) {
+            response.headers_mut().append(SERVER_TIMING, value);
+        }
         span.in_scope(|| {
-            let ms = started.elapsed().as_secs_f64() * 1000.0;
             if status.is_server_error() {
                 tracing::warn!(%method, status = status.as_u16(), ms, "answered");
             } else {
