@@ -304,3 +304,53 @@ fn python_stubs_match_the_proto() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The Node package (clients/node) built with its npm dependencies and its
+/// node:test suite run against the stack. Ignored by default: `npm ci`
+/// needs the npm registry, which the pristine CI root is not given
+/// (`cargo test ... -- --ignored the_node_package` where npm reaches it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs node, npm and the npm registry"]
+async fn the_node_package_passes_its_suite_against_the_stack() -> anyhow::Result<()> {
+    let package = repo_root().join("clients/node");
+    run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&package),
+        "npm ci",
+    )?;
+    run(
+        Command::new("npm")
+            .args(["run", "build"])
+            .current_dir(&package),
+        "npm run build",
+    )?;
+    let stack = stack_with_functions().await?;
+    let config = write_context(&stack)?;
+    let out = Command::new("npm")
+        .arg("test")
+        .current_dir(&package)
+        .env("FAASCTL_CONFIG", &config)
+        .env("FAAS_CLIENT_TEST_CONTEXT", "it")
+        .env("FAAS_CLIENT_TEST_HELLO", "hello")
+        .env("FAAS_CLIENT_TEST_FAIL", "fail")
+        .env("FAAS_CLIENT_TEST_SLEEP", "sleep")
+        .env_remove("FAAS_ENDPOINT")
+        .env_remove("FAAS_TOKEN")
+        .env_remove("FAAS_TOKEN_FILE")
+        .env_remove("FAAS_CA_FILE")
+        .env_remove("FAAS_NAMESPACE")
+        .env_remove("FAAS_CONTEXT")
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the Node suite failed:\n{text}");
+    assert!(
+        text.contains("# skipped 0"),
+        "nothing may be skipped:\n{text}"
+    );
+    assert!(
+        text.contains("# fail 0") && text.contains("ok 5 - errors are precise"),
+        "{text}"
+    );
+    stack.shutdown().await
+}
