@@ -182,6 +182,28 @@ async fn the_rust_client_invokes_waits_lists_and_names_errors() -> anyhow::Resul
     stack.shutdown().await
 }
 
+/// What the libraries' suites are told: the context "it" of `config` and
+/// the functions of [`stack_with_functions`]; nothing of the environment
+/// that would override the context.
+fn suite_env<'a>(cmd: &'a mut Command, config: &Path) -> &'a mut Command {
+    cmd.env("FAASCTL_CONFIG", config)
+        .env("FAAS_CLIENT_TEST_CONTEXT", "it")
+        .env("FAAS_CLIENT_TEST_HELLO", "hello")
+        .env("FAAS_CLIENT_TEST_FAIL", "fail")
+        .env("FAAS_CLIENT_TEST_SLEEP", "sleep");
+    for name in [
+        "FAAS_ENDPOINT",
+        "FAAS_TOKEN",
+        "FAAS_TOKEN_FILE",
+        "FAAS_CA_FILE",
+        "FAAS_NAMESPACE",
+        "FAAS_CONTEXT",
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd
+}
+
 /// The interpreter Debian's python3-grpcio is installed for.
 fn python() -> &'static str {
     if Path::new("/usr/bin/python3").exists() {
@@ -248,26 +270,16 @@ async fn the_python_package_passes_its_suite_against_the_stack() -> anyhow::Resu
     let (site, tests) = install_python_package(scratch.path())?;
     let stack = stack_with_functions().await?;
     let config = write_context(&stack)?;
-    let out = Command::new(python())
+    let mut suite = Command::new(python());
+    suite
         .args(["-m", "unittest", "discover", "-v", "-s"])
         .arg(&tests)
         .current_dir(scratch.path())
         // Only the installed wheel: not the source tree, nor the user's
-        // site-packages or contexts.
+        // site-packages.
         .env("PYTHONPATH", &site)
-        .env("PYTHONNOUSERSITE", "1")
-        .env("FAASCTL_CONFIG", &config)
-        .env("FAAS_CLIENT_TEST_CONTEXT", "it")
-        .env("FAAS_CLIENT_TEST_HELLO", "hello")
-        .env("FAAS_CLIENT_TEST_FAIL", "fail")
-        .env("FAAS_CLIENT_TEST_SLEEP", "sleep")
-        .env_remove("FAAS_ENDPOINT")
-        .env_remove("FAAS_TOKEN")
-        .env_remove("FAAS_TOKEN_FILE")
-        .env_remove("FAAS_CA_FILE")
-        .env_remove("FAAS_NAMESPACE")
-        .env_remove("FAAS_CONTEXT")
-        .output()?;
+        .env("PYTHONNOUSERSITE", "1");
+    let out = suite_env(&mut suite, &config).output()?;
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the Python suite failed:\n{text}");
     assert!(!text.contains("skipped"), "nothing may be skipped:\n{text}");
@@ -327,21 +339,9 @@ async fn the_node_package_passes_its_suite_against_the_stack() -> anyhow::Result
     )?;
     let stack = stack_with_functions().await?;
     let config = write_context(&stack)?;
-    let out = Command::new("npm")
-        .arg("test")
-        .current_dir(&package)
-        .env("FAASCTL_CONFIG", &config)
-        .env("FAAS_CLIENT_TEST_CONTEXT", "it")
-        .env("FAAS_CLIENT_TEST_HELLO", "hello")
-        .env("FAAS_CLIENT_TEST_FAIL", "fail")
-        .env("FAAS_CLIENT_TEST_SLEEP", "sleep")
-        .env_remove("FAAS_ENDPOINT")
-        .env_remove("FAAS_TOKEN")
-        .env_remove("FAAS_TOKEN_FILE")
-        .env_remove("FAAS_CA_FILE")
-        .env_remove("FAAS_NAMESPACE")
-        .env_remove("FAAS_CONTEXT")
-        .output()?;
+    let mut suite = Command::new("npm");
+    suite.arg("test").current_dir(&package);
+    let out = suite_env(&mut suite, &config).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the Node suite failed:\n{text}");
     assert!(
