@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import grpc
 
@@ -104,9 +104,9 @@ _BY_CODE = {
 }
 
 
-def _trailers(error: grpc.RpcError) -> dict[str, str]:
+def _trailers(call: grpc.Call) -> dict[str, str]:
     try:
-        metadata = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+        metadata = call.trailing_metadata() or ()
     except Exception:  # pragma: no cover - a non-call RpcError
         metadata = ()
     return {key: value for key, value in metadata if isinstance(value, str)}
@@ -114,9 +114,12 @@ def _trailers(error: grpc.RpcError) -> dict[str, str]:
 
 def from_rpc_error(error: grpc.RpcError) -> ApiError:
     """The precise error for a failed RPC."""
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    message: str = error.details() or ""  # type: ignore[attr-defined]
-    trailers = _trailers(error)
+    # The errors grpc raises for RPCs are also grpc.Call (code, details,
+    # trailing metadata).
+    call = cast(grpc.Call, error)
+    code: grpc.StatusCode = call.code()
+    message: str = call.details() or ""
+    trailers = _trailers(call)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         retry_after = None
         if RETRY_AFTER_METADATA in trailers:
