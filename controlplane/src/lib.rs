@@ -292,6 +292,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .set_serving::<faas_proto::v1::call_service_server::CallServiceServer<api::Api>>()
         .await;
 
+    // Reflection lists the public services (and health) to any caller with
+    // a token: the schema is the published proto, the agents' is not listed.
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(faas_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        for service in faas_proto::PUBLIC_SERVICES {
+            builder = builder.with_service_name(*service);
+        }
+        builder
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
     use faas_proto::v1::*;
     let addr = config
         .listen
@@ -305,6 +320,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .layer(auth::AuthLayer::new(credentials))
         .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             runtime_service_server::RuntimeServiceServer::new(api.clone())
                 .max_decoding_message_size(max_message),

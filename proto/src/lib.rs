@@ -6,6 +6,22 @@ pub mod v1 {
     tonic::include_proto!("faas.v1");
 }
 
+/// The encoded `FileDescriptorSet` of every `faas.v1` file, served by the
+/// control plane's gRPC reflection (which lists only the public services).
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("faas_descriptor");
+
+/// The services a client may call, as gRPC reflection lists them (the
+/// agents' services are for nodes only and are not listed).
+pub const PUBLIC_SERVICES: &[&str] = &[
+    "faas.v1.RuntimeService",
+    "faas.v1.FunctionService",
+    "faas.v1.CallService",
+    "faas.v1.ClusterService",
+    "faas.v1.AccessService",
+    "faas.v1.NamespaceService",
+    "faas.v1.SecretService",
+];
+
 /// Secret values are never printed, whatever prints the messages that
 /// carry them.
 impl v1::Role {

@@ -1176,3 +1176,116 @@ async fn join_tokens_are_bounded_revocable_and_swept() -> anyhow::Result<()> {
     }
     stack.shutdown().await
 }
+
+/// gRPC server reflection (issue 13: grpcurl lists and calls the API):
+/// the public services to any token holder, not the nodes' services, and
+/// nothing to a caller without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_public_api_to_token_holders() -> anyhow::Result<()> {
+    use prost::Message as _;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    async fn ask(ch: Channel, request: MessageRequest) -> Result<MessageResponse, tonic::Status> {
+        let mut replies = ServerReflectionClient::new(ch)
+            .server_reflection_info(tokio_stream::iter(vec![ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(request),
+            }]))
+            .await?
+            .into_inner();
+        let reply = replies
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::internal("no reply"))?;
+        reply
+            .message_response
+            .ok_or_else(|| tonic::Status::internal("an empty reply"))
+    }
+
+    let stack = Stack::start(StackOptions::default()).await?;
+    let url = stack.endpoint.clone();
+    let invoker = create_token(&stack, Role::Invoker, 0).await?;
+    let channel = stack
+        .auth
+        .channel_with(&url, Some(&invoker), Some(Duration::from_secs(10)));
+
+    let Ok(MessageResponse::ListServicesResponse(list)) =
+        ask(channel.clone(), MessageRequest::ListServices(String::new())).await
+    else {
+        panic!("no service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for public in faas_proto::PUBLIC_SERVICES {
+        assert!(
+            names.iter().any(|n| n == public),
+            "{public} not listed: {names:?}"
+        );
+    }
+    assert!(
+        names.iter().any(|n| n == "grpc.health.v1.Health"),
+        "{names:?}"
+    );
+    for hidden in ["faas.v1.AgentService", "faas.v1.NodeJoinService"] {
+        assert!(
+            !names.iter().any(|n| n == hidden),
+            "{hidden} listed: {names:?}"
+        );
+    }
+
+    // The schema of a service: what grpcurl needs to call it.
+    let Ok(MessageResponse::FileDescriptorResponse(files)) = ask(
+        channel.clone(),
+        MessageRequest::FileContainingSymbol("faas.v1.CallService".into()),
+    )
+    .await
+    else {
+        panic!("no descriptor for faas.v1.CallService");
+    };
+    let methods: Vec<String> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flat_map(|f| f.service)
+        .filter(|s| s.name() == "CallService")
+        .flat_map(|s| s.method)
+        .map(|m| m.name().to_string())
+        .collect();
+    for m in ["Invoke", "Submit", "GetCall", "WaitCall"] {
+        assert!(methods.iter().any(|n| n == m), "{m} missing: {methods:?}");
+    }
+
+    // grpcurl's fallback, v1alpha, answers the same way.
+    let mut alpha =
+        tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(
+            channel.clone(),
+        );
+    let mut replies = alpha
+        .server_reflection_info(tokio_stream::iter(vec![
+            tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(
+                    tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::ListServices(
+                        String::new(),
+                    ),
+                ),
+            },
+        ]))
+        .await?
+        .into_inner();
+    assert!(replies.message().await?.is_some(), "v1alpha gave no reply");
+
+    // No token: nothing, not even the list.
+    let nobody = stack
+        .auth
+        .channel_with(&url, None, Some(Duration::from_secs(10)));
+    let refused = ask(nobody, MessageRequest::ListServices(String::new()))
+        .await
+        .expect_err("reflection without a token");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    stack.shutdown().await
+}

@@ -167,6 +167,12 @@ pub fn access_of(path: &str) -> Option<Access> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     Some(match (service, method) {
         ("grpc.health.v1.Health", "Check" | "Watch") => Public,
+        // The API's schema, to anyone with a token (grpcurl tries v1, then
+        // v1alpha).
+        (
+            "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection",
+            "ServerReflectionInfo",
+        ) => AtLeast(Invoker),
         ("faas.v1.NodeJoinService", "Join") => Public,
         ("faas.v1.NodeJoinService", "RenewCertificate") => Node,
         ("faas.v1.AgentService", "Session") => Node,
@@ -399,6 +405,8 @@ mod tests {
             "/faas.v1.AgentService/Session",
             "/faas.v1.NodeJoinService/Join",
             "/faas.v1.NodeJoinService/RenewCertificate",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         ];
         for m in methods {
             assert!(access_of(m).is_some(), "{m} has no access row");
