@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{CallStatus, GetCallRequest, InvokeRequest};
+use faas_tests::bench::Series;
 use faas_tests::{Channel, ClientAuth};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -481,15 +482,6 @@ fn report(events: &[Event], started: i64, ended: i64, events_file: &str) -> (Str
     acks.sort_unstable();
     finals.sort_unstable();
     refused.sort_unstable();
-    totals.sort_unstable();
-    submit_ms.sort_unstable();
-    let pct = |v: &[u64], p: f64| -> u64 {
-        if v.is_empty() {
-            0
-        } else {
-            v[((v.len() - 1) as f64 * p).round() as usize]
-        }
-    };
     let last_ack = acks.last().copied().unwrap_or(started);
     let mut out = String::new();
     let _ = writeln!(out, "faas-load report");
@@ -510,20 +502,24 @@ fn report(events: &[Event], started: i64, ended: i64, events_file: &str) -> (Str
     for o in &open {
         let _ = writeln!(out, "    open: {o}");
     }
-    let _ = writeln!(
-        out,
-        "  submit latency      p50 {} ms, p99 {} ms, max {} ms",
-        pct(&submit_ms, 0.5),
-        pct(&submit_ms, 0.99),
-        submit_ms.last().copied().unwrap_or(0)
-    );
-    let _ = writeln!(
-        out,
-        "  call total          p50 {} ms, p99 {} ms, max {} ms",
-        pct(&totals, 0.5),
-        pct(&totals, 0.99),
-        totals.last().copied().unwrap_or(0)
-    );
+    for (label, samples) in [("submit latency", &submit_ms), ("call total", &totals)] {
+        let series = Series::new(samples.iter().map(|&ms| ms as f64).collect());
+        // 0 with no samples, as before a call was acknowledged.
+        let q = |p| {
+            if series.is_empty() {
+                0.0
+            } else {
+                series.pct(p)
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  {label:<19} p50 {} ms, p99 {} ms, max {} ms",
+            q(50.0),
+            q(99.0),
+            q(100.0)
+        );
+    }
     let _ = writeln!(
         out,
         "  longest gap         between acks {} ms, between completions {} ms",
