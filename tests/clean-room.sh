@@ -280,7 +280,10 @@ prepare_root() {
         chroot "$runroot" update-ca-certificates &&
         cp /etc/resolv.conf "$runroot/etc/resolv.conf" &&
         echo faas-cleanroom >"$runroot/etc/hostname" &&
-        printf '127.0.1.1\tfaas-cleanroom\n' >>"$runroot/etc/hosts" || return 1
+        # /etc/hosts as Debian's installer writes it (minbase has none: no
+        # name, not even localhost, resolves without it).
+        printf '127.0.0.1\tlocalhost\n127.0.1.1\tfaas-cleanroom\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
+            >"$runroot/etc/hosts" || return 1
     # 4. rustup as its installer leaves a machine: toolchains and proxies
     # (bind-mounted later), ~/.cargo/env, the profile lines.
     mkdir -p "$runroot/root/.rustup" "$runroot/root/.cargo/bin" &&
