@@ -481,7 +481,8 @@ async fn package_extraction_runs_in_a_bounded_cgroup() -> anyhow::Result<()> {
     invoke_succeeded(&mut calls, "big", r#"{"name": "big"}"#).await?;
 
     // The extraction ran there: it used CPU in the cgroup, its page cache
-    // was charged there and kept under the limit, and nothing is left in it.
+    // was charged there and kept well under the limit, and nothing is left
+    // in it.
     let cpu_after: u64 = extract_cgroup_file(&stack, "cpuacct", "cpuacct.usage")
         .context("cpuacct.usage")?
         .parse()?;
@@ -499,11 +500,19 @@ async fn package_extraction_runs_in_a_bounded_cgroup() -> anyhow::Result<()> {
         cpu_after > cpu_before,
         "no CPU used in the extraction cgroup"
     );
+    // The written pages are charged here (more than the process alone),
+    // and the extraction writes them back window by window (4 MiB): the
+    // charge stays far below both the package and the limit. Left to the
+    // kernel's writeback, 40 MiB of dirty pages filled the cgroup and the
+    // extraction was OOM-killed (CI, 2026-12-02).
     assert!(
-        peak >= 8 << 20,
+        peak >= 2 << 20,
         "only {peak} bytes charged to the extraction cgroup"
     );
-    assert!(peak <= LIMIT, "peak {peak} over the limit {LIMIT}");
+    assert!(
+        peak <= LIMIT / 2,
+        "peak {peak}: the extraction's dirty pages were not kept near its writeback window"
+    );
 
     // 100 MiB of zeros (a small download) that this agent will not unpack:
     // the call fails and says why; nothing is left in the cgroup.
