@@ -175,8 +175,19 @@ if has_cp; then
         etcdctl=(etcdctl --endpoints "${others%,}" --cacert /etc/faas/pki/etcd/ca.crt
             --cert /etc/faas/pki/etcd/client.crt --key /etc/faas/pki/etcd/client.key)
         if ! ETCDCTL_API=3 "${etcdctl[@]}" member list | grep -q "https://$address:2380"; then
-            ETCDCTL_API=3 "${etcdctl[@]}" member add "$name" --peer-urls "https://$address:2380" >&2 ||
-                die "etcd member add $name through ${others%,}"
+            # etcd refuses an add until the last member added has been
+            # connected for a while ("unhealthy cluster": its 5 s health
+            # interval), as when the machines are installed one after the
+            # other: try again for a minute.
+            added=0
+            for _ in $(seq 30); do
+                if ETCDCTL_API=3 "${etcdctl[@]}" member add "$name" --peer-urls "https://$address:2380" >&2; then
+                    added=1
+                    break
+                fi
+                sleep 2
+            done
+            [ "$added" = 1 ] || die "etcd member add $name through ${others%,}"
         fi
         # The cluster as it is now (the members that answered), with this one.
         initial=$(ETCDCTL_API=3 "${etcdctl[@]}" member list -w simple |
