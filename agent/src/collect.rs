@@ -32,6 +32,8 @@ pub enum Reason {
     /// The platform could not run the call (or the container broke the
     /// protocol).
     Platform,
+    /// The leader cancelled the call.
+    Cancelled,
 }
 
 impl Reason {
@@ -44,6 +46,7 @@ impl Reason {
             Reason::InvalidOutput => "invalid_output",
             Reason::Dependencies => "dependencies",
             Reason::Platform => "platform",
+            Reason::Cancelled => "cancelled",
         }
     }
 }
@@ -148,6 +151,8 @@ pub enum Ended {
     /// The container exited (before or without `done`).
     Exited(ExitStatus),
     TimedOut,
+    /// The leader cancelled the call.
+    Cancelled,
     /// The platform failed, or the container broke the protocol.
     Broken(String),
 }
@@ -204,6 +209,12 @@ pub fn build_result(
                 "the call ran past its timeout of {} and was killed",
                 humantime::format_duration(Duration::from_millis(call.timeout_ms))
             ),
+        );
+    } else if let Ended::Cancelled = ended {
+        fail(
+            CallStatus::Cancelled,
+            Reason::Cancelled,
+            "the call was cancelled and its container killed".into(),
         );
     } else if let Ended::Broken(message) = ended {
         fail(CallStatus::Failed, Reason::Platform, message.clone());

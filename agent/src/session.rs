@@ -12,7 +12,7 @@ use faas_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 
@@ -98,7 +98,13 @@ impl Session {
             .await?;
         let mut client = AgentServiceClient::new(channel).max_decoding_message_size(32 << 20);
         let (tx, rx) = mpsc::channel::<AgentMessage>(256);
-        let mut dispatch_proofs = self.running.lock().expect("poisoned").clone();
+        let mut dispatch_proofs: std::collections::HashMap<String, String> = self
+            .running
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .map(|(id, running)| (id.clone(), running.proof.clone()))
+            .collect();
         dispatch_proofs.extend(
             self.unconfirmed
                 .iter()
@@ -227,6 +233,16 @@ impl Session {
                             }
                             Some(control_message::Msg::ForgetPackage(forget)) => {
                                 self.packages.forget(&forget.digest);
+                            }
+                            Some(control_message::Msg::Cancel(cancel)) => {
+                                let running = self.running.lock().expect("poisoned").get(&cancel.call_id).cloned();
+                                match running {
+                                    Some(running) => {
+                                        info!(call_id = %cancel.call_id, "call cancelled; killing it");
+                                        running.cancel.notify_one();
+                                    }
+                                    None => debug!(call_id = %cancel.call_id, "cancel of a call not running here; ignored"),
+                                }
                             }
                             None => {}
                         },

@@ -50,8 +50,18 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Longest a preload may take (image pull, dependencies) before it fails.
 const PRELOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Calls being run, by id, with the dispatch proof each came with.
-pub type RunningCalls = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+/// Calls being run, by id.
+pub type RunningCalls = Arc<std::sync::Mutex<std::collections::HashMap<String, RunningCall>>>;
+
+/// A call being run.
+#[derive(Clone, Debug, Default)]
+pub struct RunningCall {
+    /// The dispatch proof it came with (told to the leader in hellos).
+    pub proof: String,
+    /// Fired when the leader cancels the call: its run ends at once (a
+    /// cancel that comes while it loads is kept until the run waits).
+    pub cancel: Arc<tokio::sync::Notify>,
+}
 
 /// What every spot of the agent shares.
 pub struct SpotContext {
@@ -122,8 +132,8 @@ impl SpotContext {
         // hello sent in between lists it, and its result follows. The
         // result keeps the proof for the hellos until it is confirmed.
         let call_id = result.call_id.clone();
-        if let Some(proof) = self.running.lock().expect("poisoned").get(&call_id) {
-            result.dispatch_proof = proof.clone();
+        if let Some(running) = self.running.lock().expect("poisoned").get(&call_id) {
+            result.dispatch_proof = running.proof.clone();
         }
         let _ = self.outbound.send(AgentMessage {
             msg: Some(agent_message::Msg::Result(result)),
@@ -332,10 +342,13 @@ pub async fn run_spot(
         if let Some(call) = op.call.as_ref().filter(|_| executes) {
             // Running from now until its result is sent: every hello
             // lists it, with its proof.
-            ctx.running
-                .lock()
-                .expect("poisoned")
-                .insert(call.call_id.clone(), call.dispatch_proof.clone());
+            ctx.running.lock().expect("poisoned").insert(
+                call.call_id.clone(),
+                RunningCall {
+                    proof: call.dispatch_proof.clone(),
+                    cancel: Default::default(),
+                },
+            );
         }
         let span = info_span!("spot", spot = index, op = ?kind, call_id = %call_id);
         held = async {
@@ -788,7 +801,7 @@ impl Slot<'_> {
                 // Through the input FIFO, as for every start kind.
                 let input = envelope(&call, &function);
                 let ended = match write_input(&mut live, &input, &function).await {
-                    Ok(()) => wait_done(self.ctx, &mut live, &function, started).await,
+                    Ok(()) => wait_done(self.ctx, &mut live, &function, &call, started).await,
                     Err(ended) => ended,
                 };
                 self.finish(live, &function, &call, ended, started, timings, false)
@@ -826,7 +839,7 @@ impl Slot<'_> {
         let started = Instant::now();
         let input = envelope(&call, &function);
         let ended = match write_input(&mut live, &input, &function).await {
-            Ok(()) => wait_done(self.ctx, &mut live, &function, started).await,
+            Ok(()) => wait_done(self.ctx, &mut live, &function, &call, started).await,
             Err(ended) => ended,
         };
         live.function = Some(function.clone());
@@ -847,7 +860,7 @@ impl Slot<'_> {
         let started = Instant::now();
         let input = envelope(&call, &function);
         let ended = match write_input(&mut live, &input, &function).await {
-            Ok(()) => wait_done(self.ctx, &mut live, &function, started).await,
+            Ok(()) => wait_done(self.ctx, &mut live, &function, &call, started).await,
             Err(ended) => ended,
         };
         self.finish(live, &function, &call, ended, started, timings, true)
@@ -949,9 +962,9 @@ impl Slot<'_> {
         let mut oom = false;
         match &ended {
             Ended::Exited(exit) => oom = exit.oom_killed,
-            Ended::TimedOut => {
+            Ended::TimedOut | Ended::Cancelled => {
                 if let Err(e) = self.ctx.driver.kill(&live.id, 9).await {
-                    warn!(error = %e, "killing a timed-out container failed");
+                    warn!(error = %e, ?ended, "killing the call's container failed");
                 }
                 let _ = tokio::time::timeout(KILL_GRACE, &mut live.exit).await;
             }
@@ -996,11 +1009,12 @@ impl Slot<'_> {
         } else {
             status.deps_ms
         };
-        timings.execution_ms = if measure_execution_here || matches!(ended, Ended::TimedOut) {
-            waited
-        } else {
-            status.run_ms.unwrap_or(waited)
-        };
+        timings.execution_ms =
+            if measure_execution_here || matches!(ended, Ended::TimedOut | Ended::Cancelled) {
+                waited
+            } else {
+                status.run_ms.unwrap_or(waited)
+            };
         let facts = CallFacts {
             call_id: &call.call_id,
             spot: self.index,
@@ -1027,12 +1041,20 @@ impl Slot<'_> {
 /// Waits for the end of the run: faas-init's `done`, the container's exit,
 /// or the function's timeout (counted from `started`).
 async fn wait_done(
-    _ctx: &SpotContext,
+    ctx: &SpotContext,
     live: &mut Live,
     function: &FunctionBundle,
+    call: &CallAssignment,
     started: Instant,
 ) -> Ended {
     let deadline = started + Duration::from_millis(function.timeout_ms.max(1));
+    let cancel = ctx
+        .running
+        .lock()
+        .expect("poisoned")
+        .get(&call.call_id)
+        .map(|r| r.cancel.clone())
+        .unwrap_or_default();
     loop {
         tokio::select! {
             notice = live.notify.next() => match notice {
@@ -1059,6 +1081,7 @@ async fn wait_done(
                 Err(e) => Ended::Broken(format!("waiting for the container: {e}")),
             },
             _ = tokio::time::sleep_until(deadline.into()) => return Ended::TimedOut,
+            _ = cancel.notified() => return Ended::Cancelled,
         }
     }
 }

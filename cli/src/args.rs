@@ -449,6 +449,9 @@ pub enum CallCmd {
     },
     /// Print a call's logs (its stdout and stderr) as they were written.
     Logs { id: String },
+    /// Cancel a call: queued, it never runs; running, its container is
+    /// killed. Shows the record (status cancelled); fails if it has ended.
+    Cancel { id: String },
     /// Timing statistics of recent calls, per function and broker policy.
     Stats {
         /// Only calls of this function.
@@ -470,6 +473,7 @@ pub enum StatusFilter {
     Succeeded,
     Failed,
     Timeout,
+    Cancelled,
 }
 
 impl StatusFilter {
@@ -481,6 +485,7 @@ impl StatusFilter {
             StatusFilter::Succeeded => CallStatus::Succeeded,
             StatusFilter::Failed => CallStatus::Failed,
             StatusFilter::Timeout => CallStatus::Timeout,
+            StatusFilter::Cancelled => CallStatus::Cancelled,
         }
     }
 }

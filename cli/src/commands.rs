@@ -835,6 +835,10 @@ async fn call(ctx: &Context, cmd: CallCmd) -> Result<()> {
             let call = ctx.client.get_call(&id).await?;
             ctx.show(|| format::call_json(&call), || format::call_details(&call))
         }
+        CallCmd::Cancel { id } => {
+            let call = ctx.client.cancel(&id).await?;
+            ctx.show(|| format::call_json(&call), || format::call_details(&call))
+        }
         CallCmd::Wait { id, timeout } => {
             let call = ctx.client.wait(&id, timeout).await?;
             ctx.show(|| format::call_json(&call), || format::call_details(&call))?;

@@ -168,6 +168,13 @@ impl CallService for FakeCalls {
         Err(Status::unimplemented("not part of this fake"))
     }
 
+    async fn cancel_call(
+        &self,
+        _: Request<faas_proto::v1::CancelCallRequest>,
+    ) -> Result<Response<Call>, Status> {
+        Err(Status::unimplemented("not used by these tests"))
+    }
+
     async fn get_call_logs(
         &self,
         request: Request<GetCallLogsRequest>,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use faas_broker::{Broker, Event, FunctionRef, Operation, PendingCall, SpotId, SpotState};
 use faas_proto::v1::{
-    control_message, spot_operation, Call, CallError, CallLogs, CallResult, CallStatus,
+    control_message, spot_operation, Call, CallError, CallLogs, CallResult, CallStatus, CancelCall,
     ControlMessage, Function, Node, ResultRecorded, Runtime, Spot, SpotOperation, SpotReport,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -19,7 +19,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use crate::error::{now_ms, now_ms_f64};
 use crate::leader::LeaderFence;
 pub use crate::ledger::{CallBundle, CallSettings};
-use crate::ledger::{Effect, Ledger, Outcome, Session, Start};
+use crate::ledger::{CancelReason, Effect, Ledger, Outcome, Session, Start};
 use crate::store::{Kind, Store, StoreError};
 use crate::watch::CallWatch;
 
@@ -104,6 +104,13 @@ pub enum Input {
     },
     /// The live record of a call the broker holds (queued or running).
     LiveCall(String, oneshot::Sender<Option<Call>>),
+    /// Cancels a call the broker holds; answers its CANCELLED record
+    /// (being written), or None if the broker does not hold it.
+    Cancel {
+        id: String,
+        message: String,
+        reply: oneshot::Sender<Option<Call>>,
+    },
     /// This replica no longer leads: the loop ends, dropping the agents'
     /// streams.
     Stop,
@@ -167,6 +174,19 @@ impl BrokerHandle {
     pub async fn live_call(&self, id: &str) -> Option<Call> {
         let (tx, rx) = oneshot::channel();
         if !self.send(Input::LiveCall(id.to_string(), tx)) {
+            return None;
+        }
+        rx.await.ok().flatten()
+    }
+
+    /// Cancels a call the broker holds (see [`Input::Cancel`]).
+    pub async fn cancel(&self, id: &str, message: String) -> Option<Call> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Input::Cancel {
+            id: id.to_string(),
+            message,
+            reply,
+        }) {
             return None;
         }
         rx.await.ok().flatten()
@@ -361,6 +381,9 @@ impl BrokerLoop {
                 Effect::Confirm { to, call_id } => {
                     confirm_recorded(self.sender_of(&to).as_ref(), call_id);
                 }
+                Effect::Kill { to, call_id } => {
+                    kill_call(self.sender_of(&to).as_ref(), call_id);
+                }
             }
         }
     }
@@ -526,6 +549,9 @@ impl BrokerLoop {
                 });
             }
             Input::FunctionRemoved(name) => {
+                // Its queued calls would run a function that is gone.
+                let effects = self.ledger.function_deleted(&name, now_ms_f64());
+                self.apply(effects);
                 if let Some(old) = self.functions.remove(&name) {
                     self.forget_package(&old.package_digest);
                     self.feed(Event::FunctionRemoved { name });
@@ -582,6 +608,23 @@ impl BrokerLoop {
             }
             Input::LiveCall(id, reply) => {
                 let _ = reply.send(self.ledger.live_call(&id).cloned());
+            }
+            Input::Cancel { id, message, reply } => {
+                let span = info_span!("cancel", call_id = %id);
+                let _enter = span.enter();
+                let Some(effects) =
+                    self.ledger
+                        .cancel(&id, CancelReason::Requested, message, now_ms_f64())
+                else {
+                    let _ = reply.send(None);
+                    return;
+                };
+                let cancelled = effects.iter().find_map(|e| match e {
+                    Effect::Persist { call, .. } => Some((**call).clone()),
+                    _ => None,
+                });
+                self.apply(effects);
+                let _ = reply.send(cancelled);
             }
             Input::Stop => {}
             Input::ListNodes(reply) => {
@@ -901,6 +944,23 @@ fn confirm_recorded(agent: Option<&WeakAgentSender>, call_id: String) {
         let _ = tx.try_send(Ok(ControlMessage {
             msg: Some(control_message::Msg::Recorded(ResultRecorded { call_id })),
         }));
+    }
+}
+
+/// Tells an agent to kill a cancelled call's container. Best effort: an
+/// agent whose stream is full or gone runs it to its end or timeout (a
+/// node back from an outage is told again by the ledger).
+fn kill_call(agent: Option<&WeakAgentSender>, call_id: String) {
+    let sent = agent.and_then(|weak| weak.upgrade()).is_some_and(|tx| {
+        tx.try_send(Ok(ControlMessage {
+            msg: Some(control_message::Msg::Cancel(CancelCall {
+                call_id: call_id.clone(),
+            })),
+        }))
+        .is_ok()
+    });
+    if !sent {
+        warn!(%call_id, "could not tell the agent to kill a cancelled call; it runs to its end");
     }
 }
 

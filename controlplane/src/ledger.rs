@@ -180,6 +180,28 @@ pub enum Effect {
     },
     /// Tell the agent its result is recorded (it stops sending it).
     Confirm { to: Session, call_id: String },
+    /// Tell the agent to kill the call's container: the call is recorded
+    /// CANCELLED (its result will be confirmed, not recorded).
+    Kill { to: Session, call_id: String },
+}
+
+/// Why a call is cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelReason {
+    /// A user asked (CancelCall).
+    Requested,
+    /// Its function was deleted while it waited.
+    FunctionDeleted,
+}
+
+impl CancelReason {
+    /// The record's `error.reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::Requested => "cancelled",
+            CancelReason::FunctionDeleted => "function_deleted",
+        }
+    }
 }
 
 /// Why a result was not taken.
@@ -308,6 +330,9 @@ impl Tenancy {
 struct Ended {
     node: String,
     until: Ms,
+    /// Cancelled while it ran: if its node still lists it (back from
+    /// an outage), it is told again to kill it.
+    cancelled: bool,
 }
 
 pub struct Ledger {
@@ -642,6 +667,18 @@ impl Ledger {
         }
         for id in running {
             let Some(mut entry) = self.calls.remove(&id) else {
+                if self
+                    .ended
+                    .get(&id)
+                    .is_some_and(|e| e.cancelled && e.node == node)
+                {
+                    // Cancelled while its node was away: kill it now.
+                    self.out.push(Effect::Kill {
+                        to: session.clone(),
+                        call_id: id,
+                    });
+                    continue;
+                }
                 if !self.ended.contains_key(&id) && proven.contains(&id) {
                     self.reported.insert(id, (session.clone(), now));
                 }
@@ -844,8 +881,89 @@ impl Ledger {
             Ended {
                 node: node.to_string(),
                 until,
+                cancelled: false,
             },
         );
+    }
+
+    /// Ends a call held here (queued or running) as CANCELLED: recorded at
+    /// once; queued, it leaves the policy's queue; running, its agent is
+    /// told to kill it (its spot stays busy in the policy's view until the
+    /// agent reports it free, and its result is confirmed, not recorded).
+    /// None if the call is not held here (ended, or unknown).
+    pub fn cancel(
+        &mut self,
+        id: &str,
+        reason: CancelReason,
+        message: String,
+        now_precise: f64,
+    ) -> Option<Vec<Effect>> {
+        let now = now_precise as Ms;
+        let entry = self.calls.remove(id)?;
+        self.ended_entry(&entry);
+        let mut call = entry.call;
+        let mut timings = call.timings.take().unwrap_or_default();
+        match entry.running {
+            None => {
+                tracing::info!(call_id = %id, reason = reason.as_str(), "queued call cancelled");
+                self.out.push(Effect::Withdraw(id.to_string()));
+                timings.queue_ms = (now_precise - entry.accepted_at_ms).max(0.0);
+                call.node.clear();
+                // Never ran: nobody may report it.
+                self.remember_ended(id, "", now + RECORDED_MEMORY);
+            }
+            Some(run) => {
+                tracing::info!(call_id = %id, node = %run.node, reason = reason.as_str(), "running call cancelled; killing it");
+                timings.queue_ms = run.queue_ms;
+                // A node away is told when it says hello again.
+                if let Some(owner) = run.owner.filter(|o| self.is_live(o)) {
+                    self.out.push(Effect::Kill {
+                        to: owner,
+                        call_id: id.to_string(),
+                    });
+                }
+                self.remember_ended(id, &run.node, now + ABANDONED_MEMORY);
+                if let Some(ended) = self.ended.get_mut(id) {
+                    ended.cancelled = true;
+                }
+            }
+        }
+        timings.total_ms = (now_precise - entry.accepted_at_ms).max(0.0);
+        call.timings = Some(timings);
+        call.status = CallStatus::Cancelled as i32;
+        call.error = Some(CallError {
+            reason: reason.as_str().into(),
+            message,
+            log_tail: String::new(),
+        });
+        call.finished_at_ms = now;
+        self.out.push(Effect::Persist {
+            call: Box::new(call),
+            logs: CallLogs::default(),
+            confirm: None,
+        });
+        Some(self.take())
+    }
+
+    /// Cancels the queued calls of a function (its key) that was deleted:
+    /// they would run a function that no longer exists. Calls running
+    /// already finish.
+    pub fn function_deleted(&mut self, key: &str, now_precise: f64) -> Vec<Effect> {
+        let queued: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, e)| e.running.is_none() && e.call.function_key() == key)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut effects = Vec::new();
+        for id in queued {
+            let message = format!("function {key} was deleted before the call ran");
+            effects.extend(
+                self.cancel(&id, CancelReason::FunctionDeleted, message, now_precise)
+                    .unwrap_or_default(),
+            );
+        }
+        effects
     }
 
     /// Marks a call as running on `session`'s node (its spot unknown), so
@@ -1062,6 +1180,92 @@ mod tests {
         );
         let (again, _) = l.dispatch(&id(1), &spot("a"), Start::Loading, 8.0);
         assert!(again.is_none(), "a running call is not dispatched twice");
+    }
+
+    #[test]
+    fn a_cancelled_queued_call_never_runs() {
+        let mut l = ledger();
+        connect(&mut l, session("a", 1), vec![], 0);
+        l.submitted(call(1), bundle(2_000, false), 0.0, 0);
+        let effects = l
+            .cancel(&id(1), CancelReason::Requested, "by alice".into(), 40.0)
+            .expect("held here");
+        assert!(matches!(&effects[0], Effect::Withdraw(c) if *c == id(1)));
+        let recorded = persisted(&effects);
+        assert_eq!(recorded[0].status(), CallStatus::Cancelled);
+        let error = recorded[0].error.as_ref().unwrap();
+        assert_eq!(
+            (error.reason.as_str(), error.message.as_str()),
+            ("cancelled", "by alice")
+        );
+        assert_eq!(recorded[0].timings.as_ref().unwrap().queue_ms, 40.0);
+        assert!(!effects.iter().any(|e| matches!(e, Effect::Kill { .. })));
+        // The policy may still hand it out: it does not go.
+        let (sent, _) = l.dispatch(&id(1), &spot("a"), Start::Preloaded, 41.0);
+        assert!(sent.is_none(), "a cancelled call was dispatched");
+        // Nobody may report it; a second cancel finds nothing to cancel.
+        assert!(matches!(
+            l.result(&session("a", 1), result(1), 50.0),
+            Outcome::Refused(Refusal::Unknown)
+        ));
+        assert!(l
+            .cancel(&id(1), CancelReason::Requested, String::new(), 60.0)
+            .is_none());
+    }
+
+    #[test]
+    fn a_cancelled_running_call_is_killed_and_its_late_result_only_confirmed() {
+        let mut l = running(false);
+        let effects = l
+            .cancel(&id(1), CancelReason::Requested, String::new(), 500.0)
+            .expect("held here");
+        assert!(effects.iter().any(
+            |e| matches!(e, Effect::Kill { to, call_id } if *to == session("a", 1) && *call_id == id(1))
+        ));
+        assert_eq!(persisted(&effects)[0].status(), CallStatus::Cancelled);
+        assert!(l.tick(100_000).is_empty(), "no timeout after the cancel");
+        match l.result(&session("a", 1), result(1), 600.0) {
+            Outcome::Late(effects) => {
+                assert!(persisted(&effects).is_empty(), "recorded over the cancel");
+                assert!(matches!(&effects[0], Effect::Confirm { .. }));
+            }
+            other => panic!("expected a late result, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_node_back_with_a_call_cancelled_meanwhile_is_told_to_kill_it() {
+        let mut l = running(false);
+        l.disconnected(&session("a", 1), 100);
+        let effects = l
+            .cancel(&id(1), CancelReason::Requested, String::new(), 200.0)
+            .unwrap();
+        assert!(
+            !effects.iter().any(|e| matches!(e, Effect::Kill { .. })),
+            "no live session to tell"
+        );
+        let effects = l.connected(session("a", 2), vec![id(1)], &HashSet::new(), 300);
+        assert!(effects.iter().any(
+            |e| matches!(e, Effect::Kill { to, call_id } if *to == session("a", 2) && *call_id == id(1))
+        ));
+    }
+
+    #[test]
+    fn deleting_a_function_cancels_its_queued_calls_only() {
+        let mut l = running(false);
+        l.submitted(call(2), bundle(2_000, false), 0.0, 0);
+        let other = Call {
+            function: "g".into(),
+            ..call(3)
+        };
+        l.submitted(other, bundle(2_000, false), 0.0, 0);
+        let effects = l.function_deleted("f", 10.0);
+        let ended = persisted(&effects);
+        assert_eq!(ended.len(), 1, "{effects:?}");
+        assert_eq!(ended[0].id, id(2));
+        assert_eq!(ended[0].error.as_ref().unwrap().reason, "function_deleted");
+        assert_eq!(l.live_call(&id(1)).unwrap().status(), CallStatus::Running);
+        assert_eq!(l.live_call(&id(3)).unwrap().status(), CallStatus::Queued);
     }
 
     #[test]

@@ -10,10 +10,7 @@ use faas_proto::v1::{Call, CallStatus};
 use tokio::sync::watch;
 
 pub fn is_final(call: &Call) -> bool {
-    matches!(
-        call.status(),
-        CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
-    )
+    call.status().is_final()
 }
 
 #[derive(Default)]

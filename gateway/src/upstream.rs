@@ -208,11 +208,7 @@ impl Upstream {
 }
 
 fn is_final(call: &Call) -> bool {
-    use faas_proto::v1::CallStatus;
-    matches!(
-        call.status(),
-        CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
-    )
+    call.status().is_final()
 }
 
 /// Whether a request that failed with `status` certainly did nothing: the

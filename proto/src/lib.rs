@@ -22,6 +22,20 @@ pub const PUBLIC_SERVICES: &[&str] = &[
     "faas.v1.SecretService",
 ];
 
+impl v1::CallStatus {
+    /// Whether a call with this status has ended (its record changes no
+    /// more). One list for every process and client that waits on calls.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            v1::CallStatus::Succeeded
+                | v1::CallStatus::Failed
+                | v1::CallStatus::Timeout
+                | v1::CallStatus::Cancelled
+        )
+    }
+}
+
 /// Secret values are never printed, whatever prints the messages that
 /// carry them.
 impl v1::Role {

@@ -199,7 +199,6 @@ pub async fn wait_final(
     id: &str,
     within: Duration,
 ) -> anyhow::Result<faas_proto::v1::Call> {
-    use faas_proto::v1::CallStatus;
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let polled = client
@@ -207,10 +206,7 @@ pub async fn wait_final(
             .await;
         if let Ok(call) = polled {
             let call = call.into_inner();
-            if matches!(
-                call.status(),
-                CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
-            ) {
+            if call.status().is_final() {
                 return Ok(call);
             }
         }

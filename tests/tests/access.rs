@@ -131,6 +131,11 @@ async fn call_rpc(ch: Channel, method: &str) -> Code {
                 .get_call_logs(GetCallLogsRequest::default())
                 .await,
         ),
+        "CancelCall" => code(
+            CallServiceClient::new(ch)
+                .cancel_call(CancelCallRequest::default())
+                .await,
+        ),
         "GetCallStats" => code(
             CallServiceClient::new(ch)
                 .get_call_stats(GetCallStatsRequest::default())
@@ -269,6 +274,7 @@ const API: &[(&str, u8)] = &[
     ("WaitCall", 1),
     ("ListCalls", 1),
     ("GetCallLogs", 1),
+    ("CancelCall", 1),
     ("WhoAmI", 1),
     ("GetNamespace", 1),
     ("ListNamespaces", 1),

@@ -88,10 +88,7 @@ async fn submit(stack: &Stack, function: &str, params: &Value) -> anyhow::Result
 }
 
 fn is_final(call: &Call) -> bool {
-    matches!(
-        call.status(),
-        CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
-    )
+    call.status().is_final()
 }
 
 /// The call once final; an error if it is not final within `within` (or

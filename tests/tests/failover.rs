@@ -94,10 +94,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_call() -> anyhow::R
                 .get_call(GetCallRequest { id: id.clone() })
                 .await?
                 .into_inner();
-            if matches!(
-                call.status(),
-                CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
-            ) {
+            if call.status().is_final() {
                 break call;
             }
             assert!(Instant::now() < deadline, "call {id} stuck: {call:?}");
@@ -326,10 +323,7 @@ async fn kill_the_node_of_a_running_call(
             // Failed, or handed to another node.
             resolved = Some(killed_at.elapsed());
         }
-        if matches!(
-            c.status(),
-            CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
-        ) {
+        if c.status().is_final() {
             break c;
         }
         assert!(
@@ -344,10 +338,7 @@ async fn kill_the_node_of_a_running_call(
             .get_call(GetCallRequest { id: ids[1].clone() })
             .await?
             .into_inner();
-        if matches!(
-            c.status(),
-            CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
-        ) {
+        if c.status().is_final() {
             break c;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

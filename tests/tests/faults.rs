@@ -89,10 +89,7 @@ fn steady_load(auth: ClientAuth, urls: Vec<String>, length: Duration) -> JoinHan
 }
 
 fn is_final(call: &Call) -> bool {
-    matches!(
-        call.status(),
-        CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
-    )
+    call.status().is_final()
 }
 
 /// Waits until every acknowledged call is final (asking `url`, retrying

@@ -23,7 +23,7 @@ const RETRY_AFTER_METADATA = "retry-after-ms";
 
 // ------------------------------------------------------------------ types
 
-export type CallStatus = "QUEUED" | "RUNNING" | "SUCCEEDED" | "FAILED" | "TIMEOUT" | "UNSPECIFIED";
+export type CallStatus = "QUEUED" | "RUNNING" | "SUCCEEDED" | "FAILED" | "TIMEOUT" | "CANCELLED" | "UNSPECIFIED";
 export type StartKind = "COLD" | "PREWARM_RUNTIME" | "PREWARM_FUNCTION" | "UNSPECIFIED";
 
 export interface Timings {
@@ -78,7 +78,7 @@ export interface FunctionInfo {
 }
 
 export function isFinal(status: CallStatus): boolean {
-  return status === "SUCCEEDED" || status === "FAILED" || status === "TIMEOUT";
+  return status === "SUCCEEDED" || status === "FAILED" || status === "TIMEOUT" || status === "CANCELLED";
 }
 
 // ----------------------------------------------------------------- errors
@@ -483,6 +483,11 @@ export class Client {
   /** The record of call `id` as it is now. */
   async getCall(id: string): Promise<Call> {
     return toCall(await this.unary((await this.stubs()).calls, "GetCall", { id }));
+  }
+
+  /** Cancels call `id`: queued, it never runs; running, its container is killed. Resolves to its record, CANCELLED; a call that has ended is refused (FAILED_PRECONDITION). */
+  async cancel(id: string): Promise<Call> {
+    return toCall(await this.unary((await this.stubs()).calls, "CancelCall", { id }));
   }
 
   /** The logs of call `id` as recorded so far (a running call has none yet). */

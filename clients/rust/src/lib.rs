@@ -40,8 +40,8 @@ use faas_proto::v1::{
     access_service_client::AccessServiceClient, call_service_client::CallServiceClient,
     cluster_service_client::ClusterServiceClient, function_service_client::FunctionServiceClient,
     namespace_service_client::NamespaceServiceClient, runtime_service_client::RuntimeServiceClient,
-    secret_service_client::SecretServiceClient, GetCallLogsRequest, GetCallRequest, InvokeRequest,
-    ListCallsRequest, ListFunctionsRequest, WaitCallRequest,
+    secret_service_client::SecretServiceClient, CancelCallRequest, GetCallLogsRequest,
+    GetCallRequest, InvokeRequest, ListCallsRequest, ListFunctionsRequest, WaitCallRequest,
 };
 use futures::{Stream, StreamExt};
 
@@ -280,6 +280,18 @@ impl Client {
             .into_inner())
     }
 
+    /// Cancels call `id`: queued, it never runs; running, its container is
+    /// killed. Returns its record, CANCELLED. A call that has ended is
+    /// refused with FAILED_PRECONDITION (its record says how it ended).
+    pub async fn cancel(&self, id: &str) -> Result<Call> {
+        Ok(self
+            .calls()
+            .await?
+            .cancel_call(self.request(CancelCallRequest { id: id.to_string() }))
+            .await?
+            .into_inner())
+    }
+
     /// The logs of call `id` (stdout and stderr interleaved, bounded:
     /// `truncated` says they were cut) as recorded so far: a running call
     /// has none yet.
@@ -421,12 +433,10 @@ fn wait_timeout_ms(timeout: Duration) -> u64 {
     }
 }
 
-/// Whether a call in `status` is over (SUCCEEDED, FAILED or TIMEOUT).
+/// Whether a call in `status` is over (SUCCEEDED, FAILED, TIMEOUT or
+/// CANCELLED).
 pub fn is_final(status: CallStatus) -> bool {
-    matches!(
-        status,
-        CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
-    )
+    status.is_final()
 }
 
 /// The status as users read it: "succeeded", "queued", ...; "unknown(N)"

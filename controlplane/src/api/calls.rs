@@ -5,9 +5,9 @@ use std::time::Duration;
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::call_service_server::CallService;
 use faas_proto::v1::{
-    Call, CallLogs, CallStatus, Function, GetCallLogsRequest, GetCallRequest, GetCallStatsRequest,
-    GetCallStatsResponse, InvokeRequest, ListCallsRequest, ListCallsResponse, Runtime,
-    SubmitResponse, WaitCallRequest,
+    Call, CallLogs, CallStatus, CancelCallRequest, Function, GetCallLogsRequest, GetCallRequest,
+    GetCallStatsRequest, GetCallStatsResponse, InvokeRequest, ListCallsRequest, ListCallsResponse,
+    Runtime, SubmitResponse, WaitCallRequest,
 };
 use futures::Stream;
 use tokio::sync::watch;
@@ -30,6 +30,10 @@ const WAIT_POLL: Duration = Duration::from_secs(1);
 /// it before giving up (each read is etcd's latest: a second failure
 /// means a deploy raced it twice).
 const MAX_STALE_ATTEMPTS: u32 = 3;
+/// How long a cancel waits for the CANCELLED record to be stored (etcd
+/// away: the leader keeps writing it; the caller learns it is not stored
+/// yet).
+const CANCEL_RECORD_WAIT: Duration = Duration::from_secs(10);
 
 impl Api {
     /// Validates, records (durably, before acknowledging) and hands a call
@@ -565,6 +569,38 @@ impl CallService for Api {
         }))
     }
 
+    async fn cancel_call(
+        &self,
+        request: Request<CancelCallRequest>,
+    ) -> Result<Response<Call>, Status> {
+        if self.broker().is_err() {
+            let channel = self.leader.channel().await?;
+            return CallServiceClient::new(channel)
+                .cancel_call(super::forwarded(request)?)
+                .await
+                .map_err(super::forward_failed);
+        }
+        let principal = Principal::of(&request);
+        let id = request.into_inner().id;
+        let span = info_span!("cancel_call", call_id = %id);
+        async move {
+            // Whoever may read the call may cancel it; to anyone else it
+            // does not exist.
+            let call = readable_by(&principal, Api::get_call_status(self, &id).await?)?;
+            if is_final(&call) {
+                return Err(has_ended(&call).into());
+            }
+            let mut rx = self.calls.subscribe(&call);
+            let message = format!("cancelled on request (token {})", principal.token_id());
+            let outcome = self.cancel_held(&id, message, &mut rx).await;
+            drop(rx);
+            self.calls.forget_if_unused(&id);
+            Ok(Response::new(outcome?))
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn get_call_logs(
         &self,
         request: Request<GetCallLogsRequest>,
@@ -582,6 +618,69 @@ impl CallService for Api {
             .map_err(ApiError::from)?;
         Ok(Response::new(logs.unwrap_or_default()))
     }
+}
+
+impl Api {
+    /// Has the broker cancel call `id`, then waits until the CANCELLED
+    /// record is stored (published on `rx` after the write).
+    async fn cancel_held(
+        &self,
+        id: &str,
+        message: String,
+        rx: &mut watch::Receiver<Call>,
+    ) -> Result<Call, ApiError> {
+        if self.broker()?.cancel(id, message).await.is_none() {
+            // It ended meanwhile, or this leader does not hold it yet (a
+            // takeover hands recorded calls over after a settle time).
+            let stored = self.get_call_status(id).await?;
+            return Err(if is_final(&stored) {
+                has_ended(&stored)
+            } else {
+                ApiError::Unavailable(format!(
+                    "call {id} is not held by the leader yet (it is taking over); try again"
+                ))
+            });
+        }
+        let recorded = tokio::time::timeout(CANCEL_RECORD_WAIT, async {
+            loop {
+                {
+                    let current = rx.borrow_and_update();
+                    if is_final(&current) {
+                        return Some(current.clone());
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        let recorded = match recorded {
+            Ok(Some(call)) => call,
+            // (The publisher went away: the record says.)
+            Ok(None) => self.get_call(id).await?,
+            Err(_) => {
+                return Err(ApiError::DeadlineExceeded(format!(
+                    "call {id} is cancelled (its run is stopped) but its record is not stored \
+                     yet; the leader keeps writing it"
+                )))
+            }
+        };
+        match recorded.status() {
+            CallStatus::Cancelled => Ok(recorded),
+            _ => Err(has_ended(&recorded)),
+        }
+    }
+}
+
+/// The error of a cancel that came too late.
+fn has_ended(call: &Call) -> ApiError {
+    let status = call.status().as_str_name();
+    ApiError::FailedPrecondition(format!(
+        "call {} has ended already: {}",
+        call.id,
+        status.trim_start_matches("CALL_STATUS_").to_lowercase()
+    ))
 }
 
 /// The call, if the principal may read it: only in the namespaces it acts

@@ -184,7 +184,8 @@ pub fn access_of(path: &str) -> Option<Access> {
         ) => AtLeast(Developer),
         (
             "faas.v1.CallService",
-            "Invoke" | "Submit" | "GetCall" | "WaitCall" | "ListCalls" | "GetCallLogs",
+            "Invoke" | "Submit" | "GetCall" | "WaitCall" | "ListCalls" | "GetCallLogs"
+            | "CancelCall",
         ) => AtLeast(Invoker),
         ("faas.v1.CallService", "GetCallStats") => AtLeast(Developer),
         (
@@ -383,6 +384,7 @@ mod tests {
             "/faas.v1.CallService/ListCalls",
             "/faas.v1.CallService/GetCallLogs",
             "/faas.v1.CallService/GetCallStats",
+            "/faas.v1.CallService/CancelCall",
             "/faas.v1.ClusterService/ListNodes",
             "/faas.v1.ClusterService/DrainNode",
             "/faas.v1.ClusterService/CreateJoinToken",

@@ -257,10 +257,7 @@ impl Client {
 }
 
 fn is_final(s: CallStatus) -> bool {
-    matches!(
-        s,
-        CallStatus::Succeeded | CallStatus::Failed | CallStatus::Timeout
-    )
+    s.is_final()
 }
 
 /// Follows call `id` until it is final or `until`; reports either.

@@ -255,6 +255,14 @@ class Client:
         """The record of call `call_id` as it is now."""
         return Call.from_proto(self._rpc(self._stub().GetCall, api_pb2.GetCallRequest(id=call_id)))
 
+    def cancel(self, call_id: str) -> Call:
+        """Cancels call `call_id`: queued, it never runs; running, its
+        container is killed. Returns its record, CANCELLED; a call that has
+        ended is refused (FailedPrecondition)."""
+        return Call.from_proto(
+            self._rpc(self._stub().CancelCall, api_pb2.CancelCallRequest(id=call_id))
+        )
+
     @overload
     def logs(self, call_id: str, *, follow: Literal[False] = ...) -> Logs: ...
 

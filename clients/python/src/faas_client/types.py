@@ -18,11 +18,17 @@ class CallStatus(enum.IntEnum):
     SUCCEEDED = api_pb2.CALL_STATUS_SUCCEEDED
     FAILED = api_pb2.CALL_STATUS_FAILED
     TIMEOUT = api_pb2.CALL_STATUS_TIMEOUT
+    CANCELLED = api_pb2.CALL_STATUS_CANCELLED
 
     @property
     def final(self) -> bool:
-        """SUCCEEDED, FAILED or TIMEOUT: the call is over."""
-        return self in (CallStatus.SUCCEEDED, CallStatus.FAILED, CallStatus.TIMEOUT)
+        """SUCCEEDED, FAILED, TIMEOUT or CANCELLED: the call is over."""
+        return self in (
+            CallStatus.SUCCEEDED,
+            CallStatus.FAILED,
+            CallStatus.TIMEOUT,
+            CallStatus.CANCELLED,
+        )
 
 
 class StartKind(enum.IntEnum):

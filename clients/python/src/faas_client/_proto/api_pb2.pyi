@@ -4,6 +4,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
+CALL_STATUS_CANCELLED: CallStatus
 CALL_STATUS_FAILED: CallStatus
 CALL_STATUS_QUEUED: CallStatus
 CALL_STATUS_RUNNING: CallStatus
@@ -136,6 +137,12 @@ class CallStats(_message.Message):
     timed_out: int
     total: PhaseStats
     def __init__(self, function: _Optional[str] = ..., policy: _Optional[str] = ..., calls: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., timed_out: _Optional[int] = ..., cold: _Optional[int] = ..., prewarm_runtime: _Optional[int] = ..., prewarm_function: _Optional[int] = ..., queue: _Optional[_Union[PhaseStats, _Mapping]] = ..., runtime_load: _Optional[_Union[PhaseStats, _Mapping]] = ..., function_load: _Optional[_Union[PhaseStats, _Mapping]] = ..., dependencies: _Optional[_Union[PhaseStats, _Mapping]] = ..., execution: _Optional[_Union[PhaseStats, _Mapping]] = ..., result_return: _Optional[_Union[PhaseStats, _Mapping]] = ..., total: _Optional[_Union[PhaseStats, _Mapping]] = ...) -> None: ...
+
+class CancelCallRequest(_message.Message):
+    __slots__ = ["id"]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class CreateJoinTokenRequest(_message.Message):
     __slots__ = ["description", "ttl_ms", "uses"]

@@ -372,6 +372,11 @@ class CallServiceStub(object):
                 request_serializer=faas_dot_v1_dot_api__pb2.GetCallStatsRequest.SerializeToString,
                 response_deserializer=faas_dot_v1_dot_api__pb2.GetCallStatsResponse.FromString,
                 )
+        self.CancelCall = channel.unary_unary(
+                '/faas.v1.CallService/CancelCall',
+                request_serializer=faas_dot_v1_dot_api__pb2.CancelCallRequest.SerializeToString,
+                response_deserializer=faas_dot_v1_dot_api__pb2.Call.FromString,
+                )
 
 
 class CallServiceServicer(object):
@@ -424,6 +429,17 @@ class CallServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelCall(self, request, context):
+        """Ends a call that has not ended: queued, it never runs; running, its
+        container is killed. Returns the record, CANCELLED. FAILED_PRECONDITION
+        if the call has ended already (the record says how); NOT_FOUND if there
+        is no such call the caller may see. Invokers may cancel their own calls,
+        developers any call of their namespaces.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -461,6 +477,11 @@ def add_CallServiceServicer_to_server(servicer, server):
                     servicer.GetCallStats,
                     request_deserializer=faas_dot_v1_dot_api__pb2.GetCallStatsRequest.FromString,
                     response_serializer=faas_dot_v1_dot_api__pb2.GetCallStatsResponse.SerializeToString,
+            ),
+            'CancelCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCall,
+                    request_deserializer=faas_dot_v1_dot_api__pb2.CancelCallRequest.FromString,
+                    response_serializer=faas_dot_v1_dot_api__pb2.Call.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -588,6 +609,23 @@ class CallService(object):
         return grpc.experimental.unary_unary(request, target, '/faas.v1.CallService/GetCallStats',
             faas_dot_v1_dot_api__pb2.GetCallStatsRequest.SerializeToString,
             faas_dot_v1_dot_api__pb2.GetCallStatsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def CancelCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/faas.v1.CallService/CancelCall',
+            faas_dot_v1_dot_api__pb2.CancelCallRequest.SerializeToString,
+            faas_dot_v1_dot_api__pb2.Call.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
