@@ -60,6 +60,16 @@ class StackTest(unittest.TestCase):
         self.assertIn(b"greeting cy", text)
         self.assertTrue(self.client.get_call(call_id).status.final)
 
+    def test_cancel_ends_a_running_call(self) -> None:
+        call_id = self.client.submit(SLEEP, {"seconds": 60})
+        call = self.client.cancel(call_id)
+        self.assertEqual(call.id, call_id)
+        self.assertEqual(call.status, CallStatus.CANCELLED)
+        self.assertTrue(call.status.final)
+        self.assertEqual(call.error.reason, "cancelled")
+        with self.assertRaises(faas_client.FailedPrecondition):
+            self.client.cancel(call_id)
+
     def test_listings(self) -> None:
         call_id = self.client.submit(HELLO, {"name": "di"})
         self.client.wait(call_id)
