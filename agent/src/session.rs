@@ -208,7 +208,15 @@ impl Session {
                         Some(control) => match control.msg {
                             Some(control_message::Msg::Operation(op)) => {
                                 match self.spots.get(op.spot as usize) {
-                                    Some(spot) => { let _ = spot.send(op); }
+                                    Some(spot) => {
+                                        crate::spot::register_running(&self.running, &op);
+                                        if let Err(unsent) = spot.send(op) {
+                                            // The spot's task has ended (the agent is stopping).
+                                            if let Some(call) = unsent.0.call {
+                                                self.running.lock().expect("poisoned").remove(&call.call_id);
+                                            }
+                                        }
+                                    }
                                     None => {
                                         if *self.draining.borrow() {
                                             warn!(spot = op.spot, "draining: operation refused");

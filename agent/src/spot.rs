@@ -63,6 +63,29 @@ pub struct RunningCall {
     pub cancel: Arc<tokio::sync::Notify>,
 }
 
+/// Counts an operation's call as running here, from the moment the
+/// operation arrives until its result is sent: every hello lists it with
+/// its proof, and a cancel that comes while the operation still waits for
+/// its spot (busy finishing a preload) is kept for it rather than lost.
+/// Operations that run no call register nothing.
+pub fn register_running(running: &RunningCalls, op: &SpotOperation) {
+    use spot_operation::Kind;
+    let executes = matches!(
+        op.kind(),
+        Kind::ExecuteNoPreload | Kind::ExecRuntimePreloaded | Kind::ExecFunctionPreloaded
+    );
+    if let Some(call) = op.call.as_ref().filter(|_| executes) {
+        running
+            .lock()
+            .expect("poisoned")
+            .entry(call.call_id.clone())
+            .or_insert_with(|| RunningCall {
+                proof: call.dispatch_proof.clone(),
+                cancel: Default::default(),
+            });
+    }
+}
+
 /// What every spot of the agent shares.
 pub struct SpotContext {
     pub config: Config,
@@ -325,6 +348,9 @@ pub async fn run_spot(
         // it is checked: an invalid operation is refused, never run.
         if let Err(e) = crate::ids::check_operation(&op) {
             warn!(spot = index, op = ?kind, error = %e, "invalid operation refused");
+            if let Some(call) = op.call.as_ref() {
+                ctx.running.lock().expect("poisoned").remove(&call.call_id);
+            }
             ctx.refuse(index, op.call.map(|c| c.call_id).unwrap_or_default());
             // The spot still holds what it held.
             slot.report_held(&held);
@@ -339,16 +365,10 @@ pub async fn run_spot(
             kind,
             Kind::ExecuteNoPreload | Kind::ExecRuntimePreloaded | Kind::ExecFunctionPreloaded
         );
-        if let Some(call) = op.call.as_ref().filter(|_| executes) {
-            // Running from now until its result is sent: every hello
-            // lists it, with its proof.
-            ctx.running.lock().expect("poisoned").insert(
-                call.call_id.clone(),
-                RunningCall {
-                    proof: call.dispatch_proof.clone(),
-                    cancel: Default::default(),
-                },
-            );
+        if executes {
+            // The session registered it when the operation came in; an
+            // operation handed to the spot directly is registered here.
+            register_running(&ctx.running, &op);
         }
         let span = info_span!("spot", spot = index, op = ?kind, call_id = %call_id);
         held = async {

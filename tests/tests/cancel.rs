@@ -215,3 +215,69 @@ async fn only_who_may_read_a_call_may_cancel_it_and_deleting_its_function_ends_i
     cancel(&mut admin, &blocker).await?;
     stack.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_overtakes_its_call_on_the_way_to_its_spot_still_kills_it(
+) -> anyhow::Result<()> {
+    // A call is RUNNING once the leader dispatches it; its operation can
+    // still wait on the agent for its spot to finish a preload. A cancel
+    // sent then must not be lost (found by the Python client's suite: the
+    // call ran its full 60 s and the agent could not stop). Cancelling at
+    // once after submitting, round after round, with spots re-preloading
+    // between calls, hits that window.
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        spots: 2,
+        policy: Some("preload-runtime".into()),
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy("sleep", "python3", &fixture_dir("py-sleep"), &[])?;
+    stack.deploy("hello", "python3", &fixture_dir("py-hello"), &[])?;
+    let mut calls = CallServiceClient::new(stack.auth.channel_with(
+        &stack.endpoint,
+        Some(&stack.auth.token),
+        Some(Duration::from_secs(30)),
+    ));
+    invoke_succeeded(&mut calls, "hello", "{}").await?;
+    let t = Instant::now();
+    for _ in 0..12 {
+        let (a, b) = (
+            submit(&mut calls, "sleep", r#"{"seconds": 60}"#).await?,
+            submit(&mut calls, "sleep", r#"{"seconds": 60}"#).await?,
+        );
+        for id in [&a, &b] {
+            // As soon as it is dispatched: its spot may still be
+            // preloading the runtime for it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let call = calls
+                    .get_call(GetCallRequest { id: id.clone() })
+                    .await?
+                    .into_inner();
+                if call.status() == CallStatus::Running || Instant::now() > deadline {
+                    break;
+                }
+            }
+            let cancelled = cancel(&mut calls, id).await?;
+            assert_eq!(cancelled.status(), CallStatus::Cancelled, "{cancelled:?}");
+        }
+        // Both spots serve again: no cancelled call holds one.
+        let (mut c1, mut c2) = (calls.clone(), calls.clone());
+        let (x, y) = tokio::join!(
+            invoke_succeeded(&mut c1, "hello", "{}"),
+            invoke_succeeded(&mut c2, "hello", "{}"),
+        );
+        x?;
+        y?;
+    }
+    let elapsed = t.elapsed();
+    eprintln!("12 rounds of submit, cancel and two calls took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(50),
+        "cancelled calls kept their spots: 12 rounds took {elapsed:?}"
+    );
+    // The stack's shutdown fails if the agent cannot stop within 15 s: a
+    // lost cancel leaves a 60 s call running.
+    stack.shutdown().await
+}
