@@ -97,6 +97,11 @@ pub struct Flags {
     /// [default: 1000].
     #[arg(long)]
     pub preload_cpu_budget_ms: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no
+    /// authentication: keep it on loopback or a scrape network)
+    /// [default: off].
+    #[arg(long, env = "FAAS_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +131,7 @@ struct FileConfig {
     uid_base: Option<u32>,
     uid_count: Option<u32>,
     preload_cpu_budget_ms: Option<u64>,
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -155,6 +161,7 @@ pub struct Config {
     pub uid_count: u32,
     /// CPU a preload may use after it is ready and before its call.
     pub preload_cpu_budget: std::time::Duration,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -256,6 +263,7 @@ impl Config {
                     .or(file.preload_cpu_budget_ms)
                     .unwrap_or(1000),
             ),
+            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
         })
     }
 }

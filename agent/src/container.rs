@@ -545,6 +545,7 @@ mod tests {
             uid_base: 200_000,
             uid_count: 1000,
             preload_cpu_budget: std::time::Duration::ZERO,
+            metrics_listen: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod extract_jail;
 pub mod identity;
 pub mod ids;
 pub mod io_files;
+pub mod metrics;
 pub mod packages;
 pub mod session;
 pub mod spot;
@@ -71,6 +72,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("reading the registry CA {}: {e}", path.display()))?],
         None => identity.registry_ca().into_iter().collect(),
     };
+    let _metrics_server = match config.metrics_listen {
+        Some(addr) => Some(faas_metrics::serve(addr, metrics::registry()).await?.1),
+        None => None,
+    };
     let driver = connect_driver(&config, &registry_roots).await?;
     // Whatever an earlier run of this agent left behind goes first.
     let report = driver.cleanup_namespace().await?;
@@ -126,6 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut spot_queues = Vec::new();
     let mut spot_tasks = Vec::new();
     for index in 0..config.spots {
+        metrics::spot_reported(index, faas_proto::v1::SpotState::Free);
         let (tx, rx) = mpsc::unbounded_channel();
         spot_queues.push(tx);
         spot_tasks.push(tokio::spawn(spot::run_spot(ctx.clone(), index, rx)));

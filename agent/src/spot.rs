@@ -132,6 +132,7 @@ impl SpotContext {
 
 impl SpotContext {
     fn report(&self, spot: Spot, error: String) {
+        crate::metrics::spot_reported(spot.index, spot.state());
         let _ = self.outbound.send(AgentMessage {
             msg: Some(agent_message::Msg::Spot(SpotReport {
                 spot: Some(spot),
@@ -155,6 +156,10 @@ impl SpotContext {
         // hello sent in between lists it, and its result follows. The
         // result keeps the proof for the hellos until it is confirmed.
         let call_id = result.call_id.clone();
+        crate::metrics::call_ended(
+            result.status(),
+            result.timings.as_ref().map(|t| t.start_kind()),
+        );
         if let Some(running) = self.running.lock().expect("poisoned").get(&call_id) {
             result.dispatch_proof = running.proof.clone();
         }

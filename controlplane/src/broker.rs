@@ -243,6 +243,9 @@ struct BrokerLoop {
     drained: std::collections::HashSet<String>,
     /// Secret values for the bundles of function preloads.
     secrets: crate::secrets::Secrets,
+    /// Spots holding a preload that has not served a call yet, and its
+    /// kind: a call on it is a hit, its clearing or replacement a waste.
+    unused_preloads: HashMap<SpotId, &'static str>,
 }
 
 /// Starts the broker loop with the given policy.
@@ -278,6 +281,7 @@ pub fn spawn(
         epoch: Instant::now(),
         drained: Default::default(),
         secrets,
+        unused_preloads: HashMap::new(),
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -292,6 +296,7 @@ pub fn spawn(
                     let effects = state.ledger.tick(now_ms());
                     state.apply(effects);
                     state.feed(Event::Tick);
+                    state.sample_metrics();
                 }
             }
         }
@@ -334,6 +339,59 @@ fn spot_state(spot: &Spot) -> SpotState {
 }
 
 impl BrokerLoop {
+    /// Queue, spots and nodes for `/metrics`, as this broker sees them.
+    fn sample_metrics(&self) {
+        let m = crate::metrics::metrics();
+        let cluster = self.broker.cluster();
+        m.queued
+            .set((cluster.queue().len() + self.ledger.held_total()) as i64);
+        m.nodes.set(self.agents.len() as i64);
+        let mut counts: HashMap<(&str, &'static str), i64> = HashMap::new();
+        for (id, state) in cluster.spots() {
+            *counts
+                .entry((id.node.as_str(), spot_state_name(state)))
+                .or_default() += 1;
+        }
+        // Nodes and states seen before but gone now read 0, not stale.
+        m.spots.clear();
+        for ((node, state), n) in counts {
+            m.spots
+                .get_or_create(&crate::metrics::SpotLabels {
+                    node: node.to_string(),
+                    state,
+                })
+                .set(n);
+        }
+    }
+
+    /// Counts preloads, their hits and the wasted ones as operations go
+    /// out to `spot`.
+    fn count_preloads(&mut self, spot: &SpotId, kind: spot_operation::Kind) {
+        use crate::metrics::KindLabels;
+        use spot_operation::Kind;
+        let m = crate::metrics::metrics();
+        let loaded = match kind {
+            Kind::PreloadRuntime => Some("runtime"),
+            Kind::PreloadFunction => Some("function"),
+            _ => None,
+        };
+        let previous = self.unused_preloads.remove(spot);
+        match (kind, previous) {
+            (Kind::ExecRuntimePreloaded, Some(kind @ "runtime"))
+            | (Kind::ExecFunctionPreloaded, Some(kind @ "function")) => {
+                m.preload_hits.get_or_create(&KindLabels { kind }).inc();
+            }
+            (_, Some(kind)) => {
+                m.preloads_wasted.get_or_create(&KindLabels { kind }).inc();
+            }
+            (_, None) => {}
+        }
+        if let Some(kind) = loaded {
+            m.preloads.get_or_create(&KindLabels { kind }).inc();
+            self.unused_preloads.insert(spot.clone(), kind);
+        }
+    }
+
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -503,6 +561,20 @@ impl BrokerLoop {
                 }
                 *slot = spot.clone();
                 let state = spot_state(&spot);
+                let id = SpotId {
+                    node: node.clone(),
+                    index: spot.index,
+                };
+                if matches!(state, SpotState::Free) {
+                    // A preload that failed, or that the agent cleared
+                    // (over its memory budget), never served a call.
+                    if let Some(kind) = self.unused_preloads.remove(&id) {
+                        crate::metrics::metrics()
+                            .preloads_wasted
+                            .get_or_create(&crate::metrics::KindLabels { kind })
+                            .inc();
+                    }
+                }
                 self.feed(Event::SpotReported {
                     spot: SpotId {
                         node,
@@ -714,6 +786,7 @@ impl BrokerLoop {
         let Some(agent) = self.agents.remove(node) else {
             return;
         };
+        self.unused_preloads.retain(|spot, _| spot.node != node);
         self.count_usable_agents();
         self.feed(Event::NodeLeft {
             node: node.to_string(),
@@ -838,6 +911,9 @@ impl BrokerLoop {
             msg: Some(control_message::Msg::Operation(message)),
         };
         let sent = agent.tx.try_send(Ok(msg)).is_ok();
+        if sent {
+            self.count_preloads(&spot, kind);
+        }
         // The operation goes out first: publishing and recording follow.
         self.apply(effects);
         if !sent {
@@ -1051,6 +1127,7 @@ const CUT_DOWN_ATTEMPTS: u32 = 10;
 /// FAILED one (see [`cut_down`]); that one is tried a bounded number of
 /// times.
 async fn write_final(store: &Store, watch: &CallWatch, call: Call, logs: CallLogs) {
+    crate::metrics::call_ended(&call);
     let mut call = call;
     let mut logs = logs;
     let mut cut = false;
@@ -1086,6 +1163,18 @@ async fn write_final(store: &Store, watch: &CallWatch, call: Call, logs: CallLog
     }
     info!(status = ?recorded.status(), "call finished");
     watch.publish(&recorded);
+}
+
+/// The state's name in `/metrics`.
+fn spot_state_name(state: &SpotState) -> &'static str {
+    match state {
+        SpotState::Free => "free",
+        SpotState::Preloading { .. } => "preloading",
+        SpotState::PreloadedRuntime { .. } => "preloaded_runtime",
+        SpotState::PreloadedFunction { .. } => "preloaded_function",
+        SpotState::Running { .. } => "running",
+        SpotState::Clearing => "clearing",
+    }
 }
 
 #[cfg(test)]

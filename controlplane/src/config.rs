@@ -181,6 +181,11 @@ pub struct Flags {
     /// them at two thirds of it [default: 7d].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub node_cert_ttl: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no
+    /// authentication: keep it on loopback or a scrape network; labels
+    /// carry namespace, function and node names) [default: off].
+    #[arg(long, env = "FAAS_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -286,6 +291,7 @@ struct FileConfig {
     bootstrap_token_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde_opt")]
     node_cert_ttl: Option<Duration>,
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Package shape limits and deploy concurrency (`[package]` table).
     #[serde(default)]
     package: crate::package::PackageSettings,
@@ -327,6 +333,7 @@ pub struct Config {
     pub ca_out: Option<PathBuf>,
     pub bootstrap_token_file: Option<PathBuf>,
     pub node_cert_ttl: Duration,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -589,6 +596,7 @@ impl Config {
                 .node_cert_ttl
                 .or(file.node_cert_ttl)
                 .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
         })
     }
 }

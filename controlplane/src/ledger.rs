@@ -428,6 +428,11 @@ impl Ledger {
         self.tenancy.held.get(namespace).map_or(0, |q| q.len())
     }
 
+    /// Calls of every namespace held back by their concurrency bounds.
+    pub fn held_total(&self) -> usize {
+        self.tenancy.held.values().map(|q| q.len()).sum()
+    }
+
     fn take(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.out)
     }

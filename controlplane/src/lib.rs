@@ -13,6 +13,7 @@ pub mod error;
 pub mod format;
 pub mod leader;
 pub mod ledger;
+pub mod metrics;
 pub mod package;
 pub mod registry;
 pub mod retention;
@@ -95,6 +96,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         })?;
     drop(policy);
+    // Up before etcd answers: a scrape then shows this replica is not
+    // leading and why its etcd requests fail.
+    let _metrics_server = match config.metrics_listen {
+        Some(addr) => Some(faas_metrics::serve(addr, metrics::registry()).await?.1),
+        None => None,
+    };
     let store = connect_store(&config).await?;
     // Before anything reads a record: data of a newer layout is refused
     // (a downgrade would misread it), an older one is migrated.
@@ -205,6 +212,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     continue;
                 }
                 let _ = broker_tx.send(Some(handle.clone()));
+                metrics::metrics().leader.set(1);
+                metrics::metrics().leader_changes.inc();
                 let stopping = tokio::select! {
                     _ = &mut leadership.lost => false,
                     _ = shutdown.wait_for(|stop| *stop) => true,
@@ -226,6 +235,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     );
                 }
                 let _ = broker_tx.send(None);
+                metrics::metrics().leader.set(0);
                 handle.stop();
                 sweeper.abort();
                 // Revoked if etcd still answers, so that the next election

@@ -524,7 +524,8 @@ impl Store {
         name: &str,
     ) -> Result<Option<(M, i64)>, StoreError> {
         let key = self.key(kind, name);
-        let resp = self.check(self.kv().get(key.as_str(), None).await)?;
+        let resp =
+            self.check(crate::metrics::timed_etcd("get", self.kv().get(key.as_str(), None)).await)?;
         match resp.kvs().first() {
             None => Ok(None),
             Some(kv) => Ok(Some((decode(&key, kv.value())?, kv.mod_revision()))),
@@ -550,7 +551,8 @@ impl Store {
         name: &str,
     ) -> Result<Option<(M, i64)>, StoreError> {
         let key = self.key(kind, name);
-        let resp = self.check(self.kv().get(key.as_str(), None).await)?;
+        let resp =
+            self.check(crate::metrics::timed_etcd("get", self.kv().get(key.as_str(), None)).await)?;
         match resp.kvs().first() {
             None => Ok(None),
             Some(kv) => Ok(Some((decode(&key, kv.value())?, kv.mod_revision()))),
@@ -588,7 +590,9 @@ impl Store {
                 revision,
             )])
             .and_then(ops);
-        Ok(self.check(self.kv().txn(txn).await)?.succeeded())
+        Ok(self
+            .check(crate::metrics::timed_etcd("txn", self.kv().txn(txn)).await)?
+            .succeeded())
     }
 
     /// The operations that write an object: a call's record is written
@@ -619,7 +623,9 @@ impl Store {
         value: &M,
     ) -> Result<(), StoreError> {
         let ops = self.put_ops(kind, name, value);
-        self.check(self.kv().txn(Txn::new().and_then(ops)).await)?;
+        self.check(
+            crate::metrics::timed_etcd("txn", self.kv().txn(Txn::new().and_then(ops))).await,
+        )?;
         Ok(())
     }
 
@@ -635,7 +641,9 @@ impl Store {
                 ops.push(TxnOp::put(self.key(kind, &name), value, None));
             }
         }
-        self.check(self.kv().txn(Txn::new().and_then(ops)).await)?;
+        self.check(
+            crate::metrics::timed_etcd("txn", self.kv().txn(Txn::new().and_then(ops))).await,
+        )?;
         Ok(())
     }
 
@@ -650,7 +658,9 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then(self.put_ops(kind, name, value));
-        Ok(self.check(self.kv().txn(txn).await)?.succeeded())
+        Ok(self
+            .check(crate::metrics::timed_etcd("txn", self.kv().txn(txn)).await)?
+            .succeeded())
     }
 
     /// Records a new call: its record and, beside it, its params, in one
@@ -688,9 +698,12 @@ impl Store {
             otherwise.push(TxnOp::get(fence.key.clone(), None));
         }
         let resp = self.check(
-            self.kv()
-                .txn(Txn::new().when(compares).and_then(ops).or_else(otherwise))
-                .await,
+            crate::metrics::timed_etcd(
+                "txn",
+                self.kv()
+                    .txn(Txn::new().when(compares).and_then(ops).or_else(otherwise)),
+            )
+            .await,
         )?;
         if resp.succeeded() {
             return Ok(Created::Recorded);
@@ -729,7 +742,9 @@ impl Store {
             logs.encode_to_vec(),
             None,
         ));
-        self.check(self.kv().txn(Txn::new().and_then(ops)).await)?;
+        self.check(
+            crate::metrics::timed_etcd("txn", self.kv().txn(Txn::new().and_then(ops))).await,
+        )?;
         Ok(call)
     }
 
@@ -749,13 +764,15 @@ impl Store {
         // next write (RUNNING, final) stores it without them.
         for call in pending.iter().filter(|c| !c.params_json.is_empty()) {
             self.check(
-                self.kv()
-                    .put(
+                crate::metrics::timed_etcd(
+                    "put",
+                    self.kv().put(
                         self.key(Kind::Params, &call.id),
                         call.params_json.as_bytes(),
                         None,
-                    )
-                    .await,
+                    ),
+                )
+                .await,
             )?;
         }
         self.fill_params(&mut pending).await?;
@@ -775,7 +792,7 @@ impl Store {
                 .map(|k| TxnOp::get(k.as_str(), None))
                 .collect::<Vec<_>>(),
         );
-        let resp = self.check(self.kv().txn(txn).await)?;
+        let resp = self.check(crate::metrics::timed_etcd("txn", self.kv().txn(txn)).await)?;
         let values: Vec<Option<Vec<u8>>> = resp
             .op_responses()
             .into_iter()
@@ -820,7 +837,7 @@ impl Store {
                     .map(|c| TxnOp::get(self.key(Kind::Params, &c.id), None))
                     .collect::<Vec<_>>(),
             );
-            let resp = self.check(self.kv().txn(txn).await)?;
+            let resp = self.check(crate::metrics::timed_etcd("txn", self.kv().txn(txn)).await)?;
             for (call, r) in chunk.iter_mut().zip(resp.op_responses()) {
                 if let TxnOpResponse::Get(g) = r {
                     if let Some(kv) = g.kvs().first() {
@@ -845,7 +862,9 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::version(key.as_str(), CompareOp::Equal, version)])
             .and_then(self.put_ops(kind, name, value));
-        Ok(self.check(self.kv().txn(txn).await)?.succeeded())
+        Ok(self
+            .check(crate::metrics::timed_etcd("txn", self.kv().txn(txn)).await)?
+            .succeeded())
     }
 
     /// How many objects of a kind there are (from etcd's index: no value
@@ -854,7 +873,9 @@ impl Store {
         let dir = self.dir(kind);
         let opts = GetOptions::new().with_prefix().with_count_only();
         Ok(self
-            .check(self.kv().get(dir.as_str(), Some(opts)).await)?
+            .check(
+                crate::metrics::timed_etcd("get", self.kv().get(dir.as_str(), Some(opts))).await,
+            )?
             .count())
     }
 
@@ -866,13 +887,21 @@ impl Store {
                 .iter()
                 .map(|(kind, name)| TxnOp::delete(self.key(*kind, name), None))
                 .collect();
-            match self.check(self.kv().txn(Txn::new().and_then(ops)).await) {
+            match self.check(
+                crate::metrics::timed_etcd("txn", self.kv().txn(Txn::new().and_then(ops))).await,
+            ) {
                 Ok(_) => {}
                 // A full etcd refuses transactions, but not plain deletes:
                 // deleting is how space is reclaimed.
                 Err(StoreError::NoSpace) => {
                     for (kind, name) in chunk {
-                        self.check(self.kv().delete(self.key(*kind, name), None).await)?;
+                        self.check(
+                            crate::metrics::timed_etcd(
+                                "delete",
+                                self.kv().delete(self.key(*kind, name), None),
+                            )
+                            .await,
+                        )?;
                     }
                 }
                 Err(e) => return Err(e),
@@ -907,7 +936,10 @@ impl Store {
 
     /// Deletes the object; false if it did not exist.
     pub async fn delete(&self, kind: Kind, name: &str) -> Result<bool, StoreError> {
-        let resp = self.check(self.kv().delete(self.key(kind, name), None).await)?;
+        let resp = self.check(
+            crate::metrics::timed_etcd("delete", self.kv().delete(self.key(kind, name), None))
+                .await,
+        )?;
         Ok(resp.deleted() > 0)
     }
 
@@ -974,7 +1006,9 @@ impl Store {
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let resp = match self.kv().get(start, Some(options)).await {
+            let resp = match crate::metrics::timed_etcd("get", self.kv().get(start, Some(options)))
+                .await
+            {
                 Err(e) if response_too_large(&e) && limit > 1 => {
                     limit = (limit / 2).max(1);
                     tracing::debug!(
@@ -1040,7 +1074,7 @@ impl Store {
             }
             let mut kv = self.kv();
             async move {
-                self.check(kv.get(from, Some(options)).await)
+                self.check(crate::metrics::timed_etcd("get", kv.get(from, Some(options))).await)
                     .map(|r| r.count())
             }
         };
@@ -1054,7 +1088,9 @@ impl Store {
         if revision > 0 {
             options = options.with_revision(revision);
         }
-        let first = self.check(self.kv().get(low.to_vec(), Some(options)).await)?;
+        let first = self.check(
+            crate::metrics::timed_etcd("get", self.kv().get(low.to_vec(), Some(options))).await,
+        )?;
         let name_time = |key: &[u8]| {
             std::str::from_utf8(key)
                 .ok()

@@ -27,6 +27,8 @@
 #   FAAS_LOCAL_ETCD_PORT   etcd client port (peer: +1)         (12379)
 #   FAAS_LOCAL_ETCD_QUOTA_BYTES  etcd space quota             (2 GiB)
 #   FAAS_LOCAL_REGISTRY_PORT                                   (15000)
+#   FAAS_LOCAL_METRICS_PORT  /metrics of the control plane on loopback;
+#                          the agent's is the next port       (19464)
 #   FAAS_LOCAL_NODE        node name                           (the hostname)
 #   FAAS_LOCAL_SPOTS       spots of the agent                  (4)
 #   FAAS_LOCAL_POLICY      broker policy                       (control plane default)
@@ -52,6 +54,7 @@ etcd_peer_port=$((etcd_port + 1))
 # control plane has compacted, defragmented and disarmed it.
 etcd_quota=${FAAS_LOCAL_ETCD_QUOTA_BYTES:-2147483648}
 registry_port=${FAAS_LOCAL_REGISTRY_PORT:-15000}
+metrics_port=${FAAS_LOCAL_METRICS_PORT:-19464}
 spots=${FAAS_LOCAL_SPOTS:-4}
 runtimes=${FAAS_LOCAL_RUNTIMES:-python3 node}
 # Node names follow the API's naming rule: lowercase letters, digits, dashes.
@@ -252,7 +255,8 @@ if ! faas_running "$run/controlplane.pid" faas-controlplane; then
         die "making the secrets key $pki/secrets.key"
     args=(--listen "$listen" --etcd "$etcd_socket_url,$etcd_url" "${etcd_tls[@]}" --registry "$registry_addr"
         --registry-token-dir "$pki/registry" --secrets-key-file "$pki/secrets.key" --name "$node"
-        --bootstrap-token-file "$pki/admin.token" --ca-out "$pki/ca.crt")
+        --bootstrap-token-file "$pki/admin.token" --ca-out "$pki/ca.crt"
+        --metrics-listen "127.0.0.1:$metrics_port")
     [ -z "${FAAS_LOCAL_POLICY:-}" ] || args+=(--policy "$FAAS_LOCAL_POLICY")
     faas_start faas-controlplane "$run/controlplane.pid" "$logs/controlplane.log" \
         "$bin/faas-controlplane" "${args[@]}"
@@ -282,7 +286,7 @@ if ! faas_running "$run/agent.pid" faas-agent; then
     faas_start faas-agent "$run/agent.pid" "$logs/agent.log" \
         "$bin/faas-agent" --control-plane "https://$listen" --node "$node" --spots "$spots" \
         --containerd "$socket" --namespace faas --state-dir "$FAAS_HOME/agent" \
-        --init-binary "$bin/faas-init" \
+        --init-binary "$bin/faas-init" --metrics-listen "127.0.0.1:$((metrics_port + 1))" \
         --containerd-runtime io.containerd.faas.v1 --oci-runtime "$oci_runtime"
 fi
 unset FAAS_JOIN_TOKEN FAAS_CA_HASH

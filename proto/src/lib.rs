@@ -34,6 +34,25 @@ impl v1::CallStatus {
                 | v1::CallStatus::Cancelled
         )
     }
+
+    /// The status as users read it: "succeeded", "cancelled" (the proto
+    /// name without its prefix, lowercase). Used in messages and metrics.
+    pub fn short_name(self) -> String {
+        let full = self.as_str_name();
+        full.strip_prefix("CALL_STATUS_")
+            .unwrap_or(full)
+            .to_ascii_lowercase()
+    }
+}
+
+impl v1::StartKind {
+    /// The start kind as users read it: "cold", "prewarm_runtime".
+    pub fn short_name(self) -> String {
+        let full = self.as_str_name();
+        full.strip_prefix("START_KIND_")
+            .unwrap_or(full)
+            .to_ascii_lowercase()
+    }
 }
 
 /// Secret values are never printed, whatever prints the messages that

@@ -358,6 +358,22 @@ fn find_in_path(program: &str) -> anyhow::Result<PathBuf> {
         })
 }
 
+/// GETs `http://addr/metrics` and parses it.
+async fn scrape(addr: &str) -> anyhow::Result<Vec<faas_metrics::Sample>> {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("scraping {addr}"))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "scraping {addr}: {}",
+        response.status()
+    );
+    Ok(faas_metrics::parse(&response.text().await?))
+}
+
 fn free_port() -> anyhow::Result<u16> {
     // Below the kernel's ephemeral range (32768-60999 by default): a port
     // there may become the source port of any outgoing connection while
@@ -542,6 +558,9 @@ pub struct Stack {
     /// restarts) and policy.
     controlplanes: Vec<Option<Daemon>>,
     cp_addrs: Vec<String>,
+    /// `/metrics` of each replica and each agent (fixed across restarts).
+    cp_metrics: Vec<String>,
+    agent_metrics: Vec<String>,
     policy: Option<String>,
     cp_args: Vec<String>,
     /// Set by [`Stack::shutdown`]: a stack dropped without it belongs to a
@@ -578,6 +597,7 @@ impl Stack {
         stack.cp_args = opts.controlplane_args.clone();
         for _ in 0..opts.controlplanes.max(1) {
             stack.cp_addrs.push(format!("127.0.0.1:{}", free_port()?));
+            stack.cp_metrics.push(format!("127.0.0.1:{}", free_port()?));
             stack.controlplanes.push(None);
         }
         stack.endpoint = format!("https://{}", stack.cp_addrs[0]);
@@ -675,6 +695,8 @@ impl Stack {
             agents: Vec::new(),
             controlplanes: Vec::new(),
             cp_addrs: Vec::new(),
+            cp_metrics: Vec::new(),
+            agent_metrics: Vec::new(),
             policy: None,
             cp_args: Vec::new(),
             shut_down: false,
@@ -1178,6 +1200,19 @@ impl Stack {
         self.start_containerd(k).await
     }
 
+    /// Scrapes `/metrics` of control-plane replica `i`.
+    pub async fn controlplane_metrics(
+        &self,
+        i: usize,
+    ) -> anyhow::Result<Vec<faas_metrics::Sample>> {
+        scrape(&self.cp_metrics[i]).await
+    }
+
+    /// Scrapes `/metrics` of agent `i`.
+    pub async fn agent_metrics(&self, i: usize) -> anyhow::Result<Vec<faas_metrics::Sample>> {
+        scrape(&self.agent_metrics[i]).await
+    }
+
     async fn spawn_controlplane(&mut self, i: usize) -> anyhow::Result<()> {
         let addr = self.cp_addrs[i].clone();
         let mut cmd = Command::new(self.bin("faas-controlplane"));
@@ -1202,7 +1237,9 @@ impl Stack {
             .arg("--bootstrap-token-file")
             .arg(self.admin_token_file())
             .arg("--ca-out")
-            .arg(self.ca_file());
+            .arg(self.ca_file())
+            .arg("--metrics-listen")
+            .arg(&self.cp_metrics[i]);
         if self.cp_addrs.len() > 1 {
             cmd.arg("--leader-ttl-secs").arg("2");
         }
@@ -1373,8 +1410,14 @@ impl Stack {
     fn spawn_agent(&mut self, i: usize) -> anyhow::Result<()> {
         let state = self.agent_state_dir(i);
         fs::create_dir_all(&state)?;
+        while self.agent_metrics.len() <= i {
+            self.agent_metrics
+                .push(format!("127.0.0.1:{}", free_port()?));
+        }
         let mut cmd = Command::new(self.bin("faas-agent"));
-        cmd.arg("--control-plane")
+        cmd.arg("--metrics-listen")
+            .arg(&self.agent_metrics[i])
+            .arg("--control-plane")
             .arg(self.endpoints())
             .arg("--node")
             .arg(self.agent_node(i))

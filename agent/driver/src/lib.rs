@@ -16,6 +16,7 @@ mod container;
 mod error;
 mod image;
 mod spec;
+mod timed;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,11 +27,12 @@ use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{CreateRequest as LeaseCreateRequest, DeleteRequest};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Channel;
 use tonic::Request;
 
 pub use container::{CleanupReport, ExitStatus, ExitWaiter, Inventory};
 pub use error::DriverError;
+use timed::TimedChannel;
+pub use timed::{observe_requests, RequestObserver};
 
 /// Prefix of the leases that protect a container's snapshot: `faas-<id>`.
 const CONTAINER_LEASE_PREFIX: &str = "faas-";
@@ -161,7 +163,7 @@ pub struct Driver {
 
 struct Inner {
     cfg: DriverConfig,
-    channel: Channel,
+    channel: TimedChannel,
     namespace_header: MetadataValue<Ascii>,
     registry: oci_client::Client,
     /// One mutex per image reference: concurrent `ensure_image` calls for the
@@ -204,7 +206,7 @@ impl Driver {
         Ok(Driver {
             inner: Arc::new(Inner {
                 cfg,
-                channel,
+                channel: TimedChannel::new(channel),
                 namespace_header,
                 registry,
                 image_locks: Mutex::new(HashMap::new()),
@@ -218,7 +220,7 @@ impl Driver {
         &self.inner.cfg
     }
 
-    fn channel(&self) -> Channel {
+    fn channel(&self) -> TimedChannel {
         self.inner.channel.clone()
     }
 

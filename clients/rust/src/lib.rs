@@ -443,12 +443,7 @@ pub fn is_final(status: CallStatus) -> bool {
 /// for a value this client does not know.
 pub fn status_name(status: i32) -> String {
     match CallStatus::try_from(status) {
-        Ok(status) => {
-            let full = status.as_str_name();
-            full.strip_prefix("CALL_STATUS_")
-                .unwrap_or(full)
-                .to_ascii_lowercase()
-        }
+        Ok(status) => status.short_name(),
         Err(_) => format!("unknown({status})"),
     }
 }

@@ -675,11 +675,10 @@ impl Api {
 
 /// The error of a cancel that came too late.
 fn has_ended(call: &Call) -> ApiError {
-    let status = call.status().as_str_name();
     ApiError::FailedPrecondition(format!(
         "call {} has ended already: {}",
         call.id,
-        status.trim_start_matches("CALL_STATUS_").to_lowercase()
+        call.status().short_name()
     ))
 }
 
