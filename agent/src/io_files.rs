@@ -106,7 +106,7 @@ fn type_name(t: FileType) -> &'static str {
 
 /// Opens `name` for reading and checks that it is a regular file; returns
 /// it with the size fstat gave.
-fn open_regular(dir: impl AsFd, name: &'static str) -> Result<(File, u64), IoFileError> {
+pub fn open_regular(dir: impl AsFd, name: &'static str) -> Result<(File, u64), IoFileError> {
     let fd = open_beneath(dir, name, OFlags::RDONLY).map_err(|e| IoFileError::io(name, e))?;
     let stat = rustix::fs::fstat(&fd).map_err(|e| IoFileError::io(name, e))?;
     let found = FileType::from_raw_mode(stat.st_mode);

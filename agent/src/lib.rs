@@ -11,6 +11,7 @@ pub mod extract_jail;
 pub mod identity;
 pub mod ids;
 pub mod io_files;
+pub mod live_logs;
 pub mod metrics;
 pub mod packages;
 pub mod session;

@@ -252,6 +252,11 @@ impl Session {
                                     None => debug!(call_id = %cancel.call_id, "cancel of a call not running here; ignored"),
                                 }
                             }
+                            Some(control_message::Msg::FollowLogs(follow)) => {
+                                if let Some(running) = self.running.lock().expect("poisoned").get(&follow.call_id) {
+                                    running.follow.notify_one();
+                                }
+                            }
                             None => {}
                         },
                     }

@@ -61,6 +61,9 @@ pub struct RunningCall {
     /// Fired when the leader cancels the call: its run ends at once (a
     /// cancel that comes while it loads is kept until the run waits).
     pub cancel: Arc<tokio::sync::Notify>,
+    /// Fired when someone follows the call's logs: its run streams them
+    /// (kept likewise until the run waits).
+    pub follow: Arc<tokio::sync::Notify>,
 }
 
 /// Counts an operation's call as running here, from the moment the
@@ -82,6 +85,7 @@ pub fn register_running(running: &RunningCalls, op: &SpotOperation) {
             .or_insert_with(|| RunningCall {
                 proof: call.dispatch_proof.clone(),
                 cancel: Default::default(),
+                follow: Default::default(),
             });
     }
 }
@@ -1073,13 +1077,15 @@ async fn wait_done(
     started: Instant,
 ) -> Ended {
     let deadline = started + Duration::from_millis(function.timeout_ms.max(1));
-    let cancel = ctx
+    let (cancel, follow) = ctx
         .running
         .lock()
         .expect("poisoned")
         .get(&call.call_id)
-        .map(|r| r.cancel.clone())
+        .map(|r| (r.cancel.clone(), r.follow.clone()))
         .unwrap_or_default();
+    // Streams the output while someone follows; stops when this returns.
+    let mut tail: Option<crate::live_logs::Tail> = None;
     loop {
         tokio::select! {
             notice = live.notify.next() => match notice {
@@ -1107,6 +1113,14 @@ async fn wait_done(
             },
             _ = tokio::time::sleep_until(deadline.into()) => return Ended::TimedOut,
             _ = cancel.notified() => return Ended::Cancelled,
+            _ = follow.notified(), if tail.is_none() => {
+                tail = Some(crate::live_logs::follow(
+                    live.io.clone(),
+                    call.call_id.clone(),
+                    ctx.outbound.clone(),
+                    ctx.config.max_log_bytes,
+                ));
+            }
         }
     }
 }

@@ -448,7 +448,13 @@ pub enum CallCmd {
         all_namespaces: bool,
     },
     /// Print a call's logs (its stdout and stderr) as they were written.
-    Logs { id: String },
+    Logs {
+        id: String,
+        /// Follow: print output as the call writes it, until it ends (a
+        /// queued call's once it runs).
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Cancel a call: queued, it never runs; running, its container is
     /// killed. Shows the record (status cancelled); fails if it has ended.
     Cancel { id: String },

@@ -885,7 +885,23 @@ async fn call(ctx: &Context, cmd: CallCmd) -> Result<()> {
                 || format::stats_table(&stats),
             )
         }
-        CallCmd::Logs { id } => {
+        CallCmd::Logs { id, follow: true } => {
+            use futures::StreamExt;
+            let mut pieces = std::pin::pin!(ctx.client.follow_logs(&id));
+            let mut text = output::Utf8Pieces::default();
+            let mut truncated = false;
+            while let Some(piece) = pieces.next().await {
+                let piece = piece?;
+                truncated |= piece.truncated;
+                output::emit_logs(&text.push(&piece.logs))?;
+            }
+            output::emit_logs(&text.finish())?;
+            if truncated {
+                note("note: the logs were cut at the platform's limit");
+            }
+            Ok(())
+        }
+        CallCmd::Logs { id, follow: false } => {
             let logs = ctx.client.logs(&id).await?;
             output::emit_logs(&logs.logs)?;
             if logs.truncated {

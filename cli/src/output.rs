@@ -156,6 +156,34 @@ pub fn emit_logs(bytes: &[u8]) -> io::Result<()> {
     out.flush()
 }
 
+/// Joins log pieces split anywhere (even inside a character) into text
+/// that is printed as soon as it is whole.
+#[derive(Default)]
+pub struct Utf8Pieces {
+    pending: Vec<u8>,
+}
+
+impl Utf8Pieces {
+    /// The bytes up to the last whole character; the rest waits for the
+    /// next piece.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(bytes);
+        let keep = match std::str::from_utf8(&self.pending) {
+            Ok(_) => 0,
+            // Cut inside a character at the end: keep its first bytes.
+            Err(e) if e.error_len().is_none() => self.pending.len() - e.valid_up_to(),
+            Err(_) => 0,
+        };
+        let rest = self.pending.split_off(self.pending.len() - keep);
+        std::mem::replace(&mut self.pending, rest)
+    }
+
+    /// Whatever is left (invalid bytes are shown as replacement marks).
+    pub fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
 pub fn emit_json(value: &Value) -> io::Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
     let text = escape_json_controls(&text);
@@ -220,6 +248,20 @@ pub fn pretty_json_text(text: &str) -> String {
 mod tests {
     use super::*;
     use faas_proto::v1::CallError;
+
+    #[test]
+    fn pieces_cut_inside_a_character_print_it_whole() {
+        let text = "añb€".as_bytes();
+        let mut pieces = Utf8Pieces::default();
+        let mut out = Vec::new();
+        for byte in text {
+            out.extend(pieces.push(&[*byte]));
+        }
+        out.extend(pieces.finish());
+        assert_eq!(out, text);
+        assert_eq!(pieces.push(&text[..2]), b"a");
+        assert_eq!(pieces.push(&text[2..]), &text[1..]);
+    }
 
     #[test]
     fn control_characters_are_not_echoed() {

@@ -175,6 +175,17 @@ impl CallService for FakeCalls {
         Err(Status::unimplemented("not used by these tests"))
     }
 
+    type FollowCallLogsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<faas_proto::v1::CallLogChunk, Status>> + Send>,
+    >;
+
+    async fn follow_call_logs(
+        &self,
+        _: Request<faas_proto::v1::FollowCallLogsRequest>,
+    ) -> Result<Response<Self::FollowCallLogsStream>, Status> {
+        Err(Status::unimplemented("not used by these tests"))
+    }
+
     async fn get_call_logs(
         &self,
         request: Request<GetCallLogsRequest>,

@@ -26,6 +26,8 @@ use crate::ledger::is_call_id;
 const AGENT_QUEUE: usize = 1024;
 /// Most spots one agent may offer.
 const MAX_SPOTS: u32 = 1024;
+/// Largest log chunk an agent may send (it sends at most 64 KiB).
+const MAX_LOG_CHUNK: usize = 256 << 10;
 
 #[derive(Clone)]
 pub struct AgentSessions {
@@ -269,6 +271,19 @@ impl AgentService for AgentSessions {
                             node: node.clone(),
                             session,
                             result: Box::new(result),
+                        },
+                        Ok(AgentMessage {
+                            msg: Some(agent_message::Msg::Log(chunk)),
+                        }) if !is_call_id(&chunk.call_id) || chunk.data.len() > MAX_LOG_CHUNK => {
+                            warn!(call_id = ?chunk.call_id, bytes = chunk.data.len(), "malformed log chunk; dropped");
+                            continue;
+                        }
+                        Ok(AgentMessage {
+                            msg: Some(agent_message::Msg::Log(chunk)),
+                        }) => Input::Log {
+                            node: node.clone(),
+                            session,
+                            chunk,
                         },
                         Ok(AgentMessage {
                             msg: Some(agent_message::Msg::Draining(_)),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use faas_broker::{Broker, Event, FunctionRef, Operation, PendingCall, SpotId, SpotState};
 use faas_proto::v1::{
     control_message, spot_operation, Call, CallError, CallLogs, CallResult, CallStatus, CancelCall,
-    ControlMessage, Function, Node, ResultRecorded, Runtime, Spot, SpotOperation, SpotReport,
+    ControlMessage, FollowLogs, Function, LogChunk, Node, ResultRecorded, Runtime, Spot,
+    SpotOperation, SpotReport,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -111,10 +112,27 @@ pub enum Input {
         message: String,
         reply: oneshot::Sender<Option<Call>>,
     },
+    /// Someone follows a call's logs: answers a receiver of its output
+    /// while it runs (closed when it ends), or None if the broker does
+    /// not hold the call.
+    FollowLogs {
+        id: String,
+        reply: oneshot::Sender<Option<mpsc::Receiver<LogChunk>>>,
+    },
+    /// Output of a followed call from its agent.
+    Log {
+        node: String,
+        session: u64,
+        chunk: LogChunk,
+    },
     /// This replica no longer leads: the loop ends, dropping the agents'
     /// streams.
     Stop,
 }
+
+/// Chunks buffered per follower; a follower further behind misses chunks
+/// (it sees the gap in the offsets) rather than hold the broker up.
+const LOG_FOLLOWER_BUFFER: usize = 64;
 
 /// The handle the API and the agent sessions use to talk to the broker.
 #[derive(Clone)]
@@ -192,6 +210,19 @@ impl BrokerHandle {
         rx.await.ok().flatten()
     }
 
+    /// Follows call `id`'s output; None if the broker does not hold it
+    /// (it ended, or another replica leads).
+    pub async fn follow_logs(&self, id: &str) -> Option<mpsc::Receiver<LogChunk>> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Input::FollowLogs {
+            id: id.to_string(),
+            reply,
+        }) {
+            return None;
+        }
+        rx.await.ok().flatten()
+    }
+
     pub async fn drain(&self, node: &str, drain: bool) -> Option<Node> {
         let (tx, rx) = oneshot::channel();
         if !self.send(Input::Drain {
@@ -246,6 +277,8 @@ struct BrokerLoop {
     /// Spots holding a preload that has not served a call yet, and its
     /// kind: a call on it is a hit, its clearing or replacement a waste.
     unused_preloads: HashMap<SpotId, &'static str>,
+    /// Followers of calls' output, by call id; dropped when the call ends.
+    log_followers: HashMap<String, Vec<mpsc::Sender<LogChunk>>>,
 }
 
 /// Starts the broker loop with the given policy.
@@ -282,6 +315,7 @@ pub fn spawn(
         drained: Default::default(),
         secrets,
         unused_preloads: HashMap::new(),
+        log_followers: HashMap::new(),
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -392,6 +426,17 @@ impl BrokerLoop {
         }
     }
 
+    /// Tells `node` that someone follows call `id`'s output.
+    fn ask_for_logs(&self, node: &str, id: &str) {
+        if let Some(agent) = self.agents.get(node) {
+            let _ = agent.tx.try_send(Ok(ControlMessage {
+                msg: Some(control_message::Msg::FollowLogs(FollowLogs {
+                    call_id: id.to_string(),
+                })),
+            }));
+        }
+    }
+
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -430,6 +475,8 @@ impl BrokerLoop {
                     confirm,
                 } => {
                     let confirm = confirm.and_then(|s| self.sender_of(&s));
+                    // Its followers read the rest from the stored log.
+                    self.log_followers.remove(&call.id);
                     self.persist(*call, logs, confirm);
                 }
                 Effect::RecordUnlessFinal { result, from } => {
@@ -698,6 +745,47 @@ impl BrokerLoop {
                 self.apply(effects);
                 let _ = reply.send(cancelled);
             }
+            Input::FollowLogs { id, reply } => {
+                let Some(call) = self.ledger.live_call(&id) else {
+                    let _ = reply.send(None);
+                    return;
+                };
+                let node = call.node.clone();
+                let (tx, rx) = mpsc::channel(LOG_FOLLOWER_BUFFER);
+                self.log_followers.entry(id.clone()).or_default().push(tx);
+                // Running: its agent starts streaming. Queued: asked when
+                // it is dispatched.
+                if !node.is_empty() {
+                    self.ask_for_logs(&node, &id);
+                }
+                let _ = reply.send(Some(rx));
+            }
+            Input::Log {
+                node,
+                session,
+                chunk,
+            } => {
+                // Only from the live session of the node the call runs on.
+                let from_runner = self.agents.get(&node).is_some_and(|a| a.session == session)
+                    && self
+                        .ledger
+                        .live_call(&chunk.call_id)
+                        .is_some_and(|c| c.node == node);
+                if !from_runner {
+                    debug!(%node, call_id = %chunk.call_id, "log chunk of a call not running there; dropped");
+                    return;
+                }
+                if let Some(followers) = self.log_followers.get_mut(&chunk.call_id) {
+                    followers.retain(|f| match f.try_send(chunk.clone()) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Full(_)) => true,
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    });
+                    if followers.is_empty() {
+                        self.log_followers.remove(&chunk.call_id);
+                    }
+                }
+            }
             Input::Stop => {}
             Input::ListNodes(reply) => {
                 let nodes = self
@@ -913,6 +1001,10 @@ impl BrokerLoop {
         let sent = agent.tx.try_send(Ok(msg)).is_ok();
         if sent {
             self.count_preloads(&spot, kind);
+            // A followed call that was queued: its agent streams it too.
+            if let Some(call) = call.filter(|c| self.log_followers.contains_key(&c.id)) {
+                self.ask_for_logs(&spot.node, &call.id);
+            }
         }
         // The operation goes out first: publishing and recording follow.
         self.apply(effects);

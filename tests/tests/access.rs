@@ -136,6 +136,11 @@ async fn call_rpc(ch: Channel, method: &str) -> Code {
                 .cancel_call(CancelCallRequest::default())
                 .await,
         ),
+        "FollowCallLogs" => code(
+            CallServiceClient::new(ch)
+                .follow_call_logs(FollowCallLogsRequest::default())
+                .await,
+        ),
         "GetCallStats" => code(
             CallServiceClient::new(ch)
                 .get_call_stats(GetCallStatsRequest::default())
@@ -275,6 +280,7 @@ const API: &[(&str, u8)] = &[
     ("ListCalls", 1),
     ("GetCallLogs", 1),
     ("CancelCall", 1),
+    ("FollowCallLogs", 1),
     ("WhoAmI", 1),
     ("GetNamespace", 1),
     ("ListNamespaces", 1),

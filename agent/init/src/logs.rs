@@ -2,6 +2,11 @@
 //! faas-init reads, keeping the head and the tail within a bound, so that
 //! a function printing gigabytes costs memory and disk of that bound only,
 //! and the log file is complete the moment the run has ended.
+//!
+//! While the run goes on, the first `limit` bytes are also appended to the
+//! log file as they arrive, so that the agent can stream them to whoever
+//! follows the call (`faasctl call logs -f`); at the end the file is
+//! rewritten with the kept head and tail.
 
 use std::io::Write as _;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -25,7 +30,9 @@ pub struct LogPump {
 }
 
 impl LogPump {
-    pub fn start(limit: usize) -> nix::Result<LogPump> {
+    /// `live`: the log file, appended to as output arrives (up to `limit`
+    /// bytes) for the agent to follow.
+    pub fn start(limit: usize, mut live: Option<std::fs::File>) -> nix::Result<LogPump> {
         let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         fcntl(read_end.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -33,6 +40,17 @@ impl LogPump {
         let reader = std::thread::spawn(move || {
             let mut log = BoundedLog::new(limit);
             let mut buf = vec![0u8; 64 << 10];
+            let mut live_room = limit;
+            let mut append_live = |data: &[u8]| {
+                if let Some(file) = live.as_mut() {
+                    let n = data.len().min(live_room);
+                    // A failed write (tmpfs full) ends the live copy only.
+                    if n == 0 || file.write_all(&data[..n]).is_err() {
+                        live = None;
+                    }
+                    live_room -= n;
+                }
+            };
             loop {
                 let mut fds = [PollFd::new(read_end.as_fd(), PollFlags::POLLIN)];
                 let _ = poll(&mut fds, PollTimeout::from(5u8));
@@ -41,7 +59,10 @@ impl LogPump {
                 loop {
                     match nix::unistd::read(read_end.as_raw_fd(), &mut buf) {
                         Ok(0) => return log,
-                        Ok(n) => log.push(&buf[..n]),
+                        Ok(n) => {
+                            log.push(&buf[..n]);
+                            append_live(&buf[..n]);
+                        }
                         Err(Errno::EINTR) => continue,
                         Err(Errno::EAGAIN) => break,
                         Err(_) => return log,
@@ -87,7 +108,7 @@ mod tests {
 
     #[test]
     fn the_pump_collects_what_children_wrote() {
-        let pump = LogPump::start(1024).unwrap();
+        let pump = LogPump::start(1024, None).unwrap();
         let w = pump.writer().unwrap();
         let mut file = std::fs::File::from(w);
         file.write_all(b"hello from a child\n").unwrap();
@@ -97,6 +118,34 @@ mod tests {
         let path = dir.join("log");
         pump.finish(&path).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"hello from a child\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn output_reaches_the_live_file_as_it_is_written_up_to_the_bound() {
+        let dir = std::env::temp_dir().join(format!("faas-init-live-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        std::fs::write(&path, b"").unwrap();
+        let live = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let pump = LogPump::start(16, Some(live)).unwrap();
+        let mut child = std::fs::File::from(pump.writer().unwrap());
+        child.write_all(b"first line\n").unwrap();
+        // Before the run ends, the line is in the file already.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read(&path).unwrap() != b"first line\n" {
+            assert!(std::time::Instant::now() < deadline, "never written live");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // Past the bound the live copy stops; the final file keeps head
+        // and tail.
+        child.write_all(b"second line that is long\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(std::fs::read(&path).unwrap().len(), 16);
+        drop(child);
+        pump.finish(&path).unwrap();
+        let end = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+        assert!(end.contains("cut by faas"), "{end}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

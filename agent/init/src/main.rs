@@ -279,7 +279,12 @@ fn supervise(args: &Args) -> i32 {
         }
     };
     if args.log.is_some() {
-        match logs::LogPump::start(args.log_limit) {
+        // The agent made the file; appended to live, rewritten at the end.
+        let live = args
+            .log
+            .as_ref()
+            .and_then(|path| std::fs::OpenOptions::new().append(true).open(path).ok());
+        match logs::LogPump::start(args.log_limit, live) {
             Ok(p) => *pump.borrow_mut() = Some(p),
             Err(error) => {
                 status.error = Some(format!("cannot set up the log pipe: {error}"));

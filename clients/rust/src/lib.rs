@@ -40,10 +40,11 @@ use faas_proto::v1::{
     access_service_client::AccessServiceClient, call_service_client::CallServiceClient,
     cluster_service_client::ClusterServiceClient, function_service_client::FunctionServiceClient,
     namespace_service_client::NamespaceServiceClient, runtime_service_client::RuntimeServiceClient,
-    secret_service_client::SecretServiceClient, CancelCallRequest, GetCallLogsRequest,
-    GetCallRequest, InvokeRequest, ListCallsRequest, ListFunctionsRequest, WaitCallRequest,
+    secret_service_client::SecretServiceClient, CancelCallRequest, FollowCallLogsRequest,
+    GetCallLogsRequest, GetCallRequest, InvokeRequest, ListCallsRequest, ListFunctionsRequest,
+    WaitCallRequest,
 };
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 
 pub use config::{ConfigFile, ContextEntry, Overrides, Settings};
 pub use connect::{connect, normalize_endpoint, Credentials, MAX_DECODE_BYTES};
@@ -304,19 +305,44 @@ impl Client {
             .into_inner())
     }
 
-    /// The logs of call `id` as they come, ending when the call is final.
-    ///
-    /// The API has no log stream yet: this waits for the call's end and
-    /// then yields its whole log as one piece. When a streaming RPC lands,
-    /// the same stream will yield pieces as they are written; callers need
-    /// not change.
+    /// The logs of call `id` as they are written, ending with the call:
+    /// a queued call's once it runs, a running call's from its start,
+    /// and the rest of its final log when it ends (an ended call's whole
+    /// log is one piece). Pieces skipped because this follower fell
+    /// behind are marked in the text. The last piece's `truncated` says
+    /// the final log was cut to its bound.
     pub fn follow_logs(&self, id: &str) -> impl Stream<Item = Result<CallLogs>> + Send + 'static {
         let client = self.clone();
         let id = id.to_string();
         futures::stream::once(async move {
-            client.wait(&id, None).await?;
-            client.logs(&id).await
+            let stream = client
+                .calls()
+                .await?
+                .follow_call_logs(client.request(FollowCallLogsRequest { id }))
+                .await?
+                .into_inner();
+            let mut expected = 0u64;
+            Ok::<_, Error>(stream.map(move |chunk| {
+                let chunk = chunk?;
+                let mut logs = Vec::new();
+                if !chunk.r#final && chunk.offset > expected {
+                    logs.extend_from_slice(
+                        format!(
+                            "\n[... {} bytes not followed ...]\n",
+                            chunk.offset - expected
+                        )
+                        .as_bytes(),
+                    );
+                }
+                expected = chunk.offset + chunk.data.len() as u64;
+                logs.extend_from_slice(&chunk.data);
+                Ok(CallLogs {
+                    logs,
+                    truncated: chunk.truncated,
+                })
+            }))
         })
+        .try_flatten()
     }
 
     /// Calls in the client's namespace, newest first, without params and

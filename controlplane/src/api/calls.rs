@@ -5,9 +5,9 @@ use std::time::Duration;
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::call_service_server::CallService;
 use faas_proto::v1::{
-    Call, CallLogs, CallStatus, CancelCallRequest, Function, GetCallLogsRequest, GetCallRequest,
-    GetCallStatsRequest, GetCallStatsResponse, InvokeRequest, ListCallsRequest, ListCallsResponse,
-    Runtime, SubmitResponse, WaitCallRequest,
+    Call, CallLogChunk, CallLogs, CallStatus, CancelCallRequest, FollowCallLogsRequest, Function,
+    GetCallLogsRequest, GetCallRequest, GetCallStatsRequest, GetCallStatsResponse, InvokeRequest,
+    ListCallsRequest, ListCallsResponse, Runtime, SubmitResponse, WaitCallRequest,
 };
 use futures::Stream;
 use tokio::sync::watch;
@@ -393,6 +393,7 @@ impl Api {
 }
 
 type CallStream = Pin<Box<dyn Stream<Item = Result<Call, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<CallLogChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl CallService for Api {
@@ -569,6 +570,44 @@ impl CallService for Api {
         }))
     }
 
+    type FollowCallLogsStream = LogStream;
+
+    async fn follow_call_logs(
+        &self,
+        request: Request<FollowCallLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        // The agents' streams end at the leader: follow from there.
+        if self.broker().is_err() {
+            use futures::StreamExt;
+            let channel = self.leader.channel().await?;
+            let stream = CallServiceClient::new(channel)
+                .follow_call_logs(super::forwarded(request)?)
+                .await
+                .map_err(super::forward_failed)?
+                .into_inner();
+            return Ok(Response::new(Box::pin(
+                stream.map(|r| r.map_err(super::forward_failed)),
+            )));
+        }
+        let principal = Principal::of(&request);
+        let id = request.into_inner().id;
+        let first = readable_by(&principal, Api::get_call_status(self, &id).await?)?;
+        let api = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let span = info_span!("follow_call_logs", call_id = %id);
+        tokio::spawn(
+            async move {
+                if let Err(e) = api.follow_logs(first, &tx).await {
+                    let _ = tx.send(Err(e.into())).await;
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn cancel_call(
         &self,
         request: Request<CancelCallRequest>,
@@ -621,6 +660,58 @@ impl CallService for Api {
 }
 
 impl Api {
+    /// Streams `call`'s output to `tx` while it runs, then the rest of its
+    /// stored log; returns once the last chunk is sent (or the follower
+    /// left).
+    async fn follow_logs(
+        &self,
+        first: Call,
+        tx: &tokio::sync::mpsc::Sender<Result<CallLogChunk, Status>>,
+    ) -> Result<(), ApiError> {
+        let id = first.id.clone();
+        let mut call = first;
+        let mut offset = 0u64;
+        let mut rx = self.calls.subscribe(&call);
+        let outcome = async {
+            if !is_final(&call) {
+                if let Some(mut chunks) = self.broker()?.follow_logs(&id).await {
+                    while let Some(chunk) = chunks.recv().await {
+                        let end = chunk.offset + chunk.data.len() as u64;
+                        if end <= offset {
+                            // Sent already (the call started over elsewhere).
+                            continue;
+                        }
+                        let skip = offset.saturating_sub(chunk.offset) as usize;
+                        let piece = CallLogChunk {
+                            data: chunk.data[skip..].to_vec(),
+                            offset: chunk.offset + skip as u64,
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(piece)).await.is_err() {
+                            return Ok(());
+                        }
+                        offset = end;
+                    }
+                }
+                while !is_final(&call) {
+                    call = self.next_change(&mut rx, &call).await?;
+                }
+            }
+            let logs: CallLogs = self
+                .store
+                .get(Kind::Logs, &id)
+                .await
+                .map_err(ApiError::from)?
+                .unwrap_or_default();
+            let _ = tx.send(Ok(final_rest(logs, offset))).await;
+            Ok(())
+        }
+        .await;
+        drop(rx);
+        self.calls.forget_if_unused(&id);
+        outcome
+    }
+
     /// Has the broker cancel call `id`, then waits until the CANCELLED
     /// record is stored (published on `rx` after the write).
     async fn cancel_held(
@@ -719,4 +810,36 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(body(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// The last chunk of a followed call: what its stored log adds to the
+/// `streamed` bytes sent live. A log cut to its bound keeps its head (sent
+/// live already) and its tail: the tail follows from the cut marker on.
+fn final_rest(logs: CallLogs, streamed: u64) -> CallLogChunk {
+    let streamed = streamed as usize;
+    let data = if streamed == 0 {
+        logs.logs
+    } else if !logs.truncated && logs.logs.len() >= streamed {
+        logs.logs[streamed..].to_vec()
+    } else {
+        let needle = faas_init_protocol::LOG_CUT_NEEDLE;
+        match logs.logs.windows(needle.len()).position(|w| w == needle) {
+            Some(at) => {
+                let line = logs.logs[..at]
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map_or(0, |i| i + 1);
+                let mut rest = b"\n".to_vec();
+                rest.extend_from_slice(&logs.logs[line..]);
+                rest
+            }
+            None => logs.logs,
+        }
+    };
+    CallLogChunk {
+        data,
+        offset: streamed as u64,
+        r#final: true,
+        truncated: logs.truncated,
+    }
 }

@@ -185,7 +185,7 @@ pub fn access_of(path: &str) -> Option<Access> {
         (
             "faas.v1.CallService",
             "Invoke" | "Submit" | "GetCall" | "WaitCall" | "ListCalls" | "GetCallLogs"
-            | "CancelCall",
+            | "CancelCall" | "FollowCallLogs",
         ) => AtLeast(Invoker),
         ("faas.v1.CallService", "GetCallStats") => AtLeast(Developer),
         (
@@ -385,6 +385,7 @@ mod tests {
             "/faas.v1.CallService/GetCallLogs",
             "/faas.v1.CallService/GetCallStats",
             "/faas.v1.CallService/CancelCall",
+            "/faas.v1.CallService/FollowCallLogs",
             "/faas.v1.ClusterService/ListNodes",
             "/faas.v1.ClusterService/DrainNode",
             "/faas.v1.ClusterService/CreateJoinToken",

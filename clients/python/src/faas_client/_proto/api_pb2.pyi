@@ -94,6 +94,18 @@ class CallError(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ..., message: _Optional[str] = ..., log_tail: _Optional[str] = ...) -> None: ...
 
+class CallLogChunk(_message.Message):
+    __slots__ = ["data", "final", "offset", "truncated"]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    final: bool
+    offset: int
+    truncated: bool
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., final: bool = ..., truncated: bool = ...) -> None: ...
+
 class CallLogs(_message.Message):
     __slots__ = ["logs", "truncated"]
     LOGS_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +283,12 @@ class DrainNodeRequest(_message.Message):
     name: str
     undrain: bool
     def __init__(self, name: _Optional[str] = ..., undrain: bool = ...) -> None: ...
+
+class FollowCallLogsRequest(_message.Message):
+    __slots__ = ["id"]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Function(_message.Message):
     __slots__ = ["created_at_ms", "env", "handler", "idempotent", "memory_bytes", "name", "namespace", "network", "package_digest", "package_size", "runtime", "secrets", "timeout_ms", "updated_at_ms", "version"]

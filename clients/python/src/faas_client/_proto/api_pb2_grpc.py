@@ -377,6 +377,11 @@ class CallServiceStub(object):
                 request_serializer=faas_dot_v1_dot_api__pb2.CancelCallRequest.SerializeToString,
                 response_deserializer=faas_dot_v1_dot_api__pb2.Call.FromString,
                 )
+        self.FollowCallLogs = channel.unary_stream(
+                '/faas.v1.CallService/FollowCallLogs',
+                request_serializer=faas_dot_v1_dot_api__pb2.FollowCallLogsRequest.SerializeToString,
+                response_deserializer=faas_dot_v1_dot_api__pb2.CallLogChunk.FromString,
+                )
 
 
 class CallServiceServicer(object):
@@ -440,6 +445,17 @@ class CallServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FollowCallLogs(self, request, context):
+        """Streams a call's logs as they are written: a queued call's once it
+        runs, a running call's from its start (up to the agent's live bound),
+        and the rest of the final log once it ends; then the stream ends. An
+        ended call's whole log is one final chunk. Readable by whoever may
+        read the call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -482,6 +498,11 @@ def add_CallServiceServicer_to_server(servicer, server):
                     servicer.CancelCall,
                     request_deserializer=faas_dot_v1_dot_api__pb2.CancelCallRequest.FromString,
                     response_serializer=faas_dot_v1_dot_api__pb2.Call.SerializeToString,
+            ),
+            'FollowCallLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.FollowCallLogs,
+                    request_deserializer=faas_dot_v1_dot_api__pb2.FollowCallLogsRequest.FromString,
+                    response_serializer=faas_dot_v1_dot_api__pb2.CallLogChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -626,6 +647,23 @@ class CallService(object):
         return grpc.experimental.unary_unary(request, target, '/faas.v1.CallService/CancelCall',
             faas_dot_v1_dot_api__pb2.CancelCallRequest.SerializeToString,
             faas_dot_v1_dot_api__pb2.Call.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def FollowCallLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/faas.v1.CallService/FollowCallLogs',
+            faas_dot_v1_dot_api__pb2.FollowCallLogsRequest.SerializeToString,
+            faas_dot_v1_dot_api__pb2.CallLogChunk.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
