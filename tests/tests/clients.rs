@@ -27,6 +27,7 @@ async fn stack_with_functions() -> anyhow::Result<Stack> {
         ("hello", "py-hello"),
         ("fail", "py-raise"),
         ("sleep", "py-sleep"),
+        ("ticks", "py-ticks"),
     ] {
         stack.deploy(name, "python3", &fixture_dir(fixture), &[])?;
     }
@@ -128,7 +129,7 @@ async fn the_rust_client_invokes_waits_lists_and_names_errors() -> anyhow::Resul
         .map(|f| f.name)
         .collect();
     names.sort();
-    assert_eq!(names, ["fail", "hello", "sleep"]);
+    assert_eq!(names, ["fail", "hello", "sleep", "ticks"]);
     assert!(client.list_functions(Some("node")).await?.is_empty());
 
     // A failing function is a record, not an error.
@@ -190,7 +191,8 @@ fn suite_env<'a>(cmd: &'a mut Command, config: &Path) -> &'a mut Command {
         .env("FAAS_CLIENT_TEST_CONTEXT", "it")
         .env("FAAS_CLIENT_TEST_HELLO", "hello")
         .env("FAAS_CLIENT_TEST_FAIL", "fail")
-        .env("FAAS_CLIENT_TEST_SLEEP", "sleep");
+        .env("FAAS_CLIENT_TEST_SLEEP", "sleep")
+        .env("FAAS_CLIENT_TEST_TICKS", "ticks");
     for name in [
         "FAAS_ENDPOINT",
         "FAAS_TOKEN",

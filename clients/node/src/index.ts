@@ -498,13 +498,28 @@ export class Client {
   }
 
   /**
-   * The logs of call `id` as they come, ending with the call. The API has no log
-   * stream yet: this waits for the call's end and yields the whole log once; when
-   * a streaming RPC lands it will yield pieces as they are written.
+   * The logs of call `id` as the call writes them (FollowCallLogs), ending with
+   * the call: a queued call's once it runs, then the rest of its final log.
+   * Pieces a slow follower missed are marked in the text.
    */
   async *followLogs(id: string): AsyncIterable<Logs> {
-    await this.wait(id);
-    yield await this.logs(id);
+    const { calls } = await this.stubs();
+    const stream = calls.FollowCallLogs({ id }, this.metadata);
+    let expected = 0;
+    try {
+      for await (const chunk of stream as AsyncIterable<{ data: Buffer; offset: number; final: boolean; truncated: boolean }>) {
+        let data = Buffer.from(chunk.data);
+        const offset = Number(chunk.offset);
+        if (!chunk.final && offset > expected) {
+          data = Buffer.concat([Buffer.from(`\n[... ${offset - expected} bytes not followed ...]\n`), data]);
+        }
+        expected = offset + chunk.data.length;
+        const piece = data;
+        yield { data: piece, truncated: chunk.truncated, text: () => piece.toString("utf8") };
+      }
+    } catch (e) {
+      throw fromServiceError(e as grpc.ServiceError);
+    }
   }
 
   /** Calls, newest first, without params and results (see getCall); pages through ListCalls. */

@@ -2,7 +2,9 @@
 this with FAAS_CLIENT_TEST_CONTEXT (a context of the file FAASCTL_CONFIG
 names), FAAS_CLIENT_TEST_HELLO (a function greeting event["name"] and
 printing "greeting NAME"), FAAS_CLIENT_TEST_FAIL (one that raises "boom:
-WHY") and FAAS_CLIENT_TEST_SLEEP (one that sleeps event["seconds"]).
+WHY"), FAAS_CLIENT_TEST_SLEEP (one that sleeps event["seconds"]) and
+FAAS_CLIENT_TEST_TICKS (one that prints "tick I" event["count"] times,
+every event["every"] seconds).
 Skipped without them."""
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ CONTEXT = ENV.get("FAAS_CLIENT_TEST_CONTEXT")
 HELLO = ENV.get("FAAS_CLIENT_TEST_HELLO", "")
 FAIL = ENV.get("FAAS_CLIENT_TEST_FAIL", "")
 SLEEP = ENV.get("FAAS_CLIENT_TEST_SLEEP", "")
+TICKS = ENV.get("FAAS_CLIENT_TEST_TICKS", "")
 
 
 @unittest.skipUnless(CONTEXT, "no cluster: FAAS_CLIENT_TEST_CONTEXT is not set")
@@ -58,6 +61,18 @@ class StackTest(unittest.TestCase):
         call_id = self.client.submit(HELLO, {"name": "cy"})
         text = b"".join(p.data for p in self.client.logs(call_id, follow=True))
         self.assertIn(b"greeting cy", text)
+        self.assertTrue(self.client.get_call(call_id).status.final)
+
+    def test_follow_shows_lines_before_the_call_ends(self) -> None:
+        call_id = self.client.submit(TICKS, {"count": 8, "every": 0.4})
+        text = b""
+        status_at_first_line = None
+        for piece in self.client.logs(call_id, follow=True):
+            text += piece.data
+            if status_at_first_line is None and text.startswith(b"tick 0\n"):
+                status_at_first_line = self.client.get_call(call_id).status
+        self.assertEqual(status_at_first_line, CallStatus.RUNNING)
+        self.assertEqual(text.decode(), "".join(f"tick {i}\n" for i in range(8)))
         self.assertTrue(self.client.get_call(call_id).status.final)
 
     def test_cancel_ends_a_running_call(self) -> None:

@@ -273,10 +273,10 @@ class Client:
         """The logs of call `call_id` as recorded so far (a running call has
         none yet).
 
-        With `follow=True`, an iterator of log pieces that ends with the
-        call. The API has no log stream yet, so today it waits for the
-        call's end and yields the whole log once; when a streaming RPC
-        lands, the same iterator yields pieces as they are written.
+        With `follow=True`, an iterator of log pieces as the call writes
+        them (FollowCallLogs), ending with the call: a queued call's once it
+        runs, then the rest of its final log. Pieces a slow follower missed
+        are marked in the text.
         """
         if follow:
             return self._follow_logs(call_id)
@@ -284,8 +284,19 @@ class Client:
         return Logs(data=bytes(reply.logs), truncated=reply.truncated)
 
     def _follow_logs(self, call_id: str) -> Iterator[Logs]:
-        self.wait(call_id)
-        yield self.logs(call_id)
+        request = api_pb2.FollowCallLogsRequest(id=call_id)
+        expected = 0
+        try:
+            # As long as the call runs (its own timeout bounds it).
+            for chunk in self._stub().FollowCallLogs(request, metadata=self._metadata):
+                data = bytes(chunk.data)
+                if not chunk.final and chunk.offset > expected:
+                    gap = f"\n[... {chunk.offset - expected} bytes not followed ...]\n"
+                    data = gap.encode() + data
+                expected = chunk.offset + len(chunk.data)
+                yield Logs(data=data, truncated=chunk.truncated)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
 
     def list_calls(
         self,
