@@ -347,6 +347,19 @@ pub enum FunctionCmd {
     /// Delete a function.
     #[command(visible_alias = "delete")]
     Rm { name: String },
+    /// Print the logs of a function's latest calls, each line prefixed with
+    /// the end of its call's id; with -f, follow every call it runs from
+    /// now on (until interrupted).
+    Logs {
+        name: String,
+        /// Follow: stream the output of its running and queued calls, and
+        /// of every call that comes, as it is written.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of its latest ended calls to print first.
+        #[arg(long, default_value_t = 5)]
+        last: u32,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -674,6 +674,7 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
                 || format::function_details(&f),
             )
         }
+        FunctionCmd::Logs { name, follow, last } => function_logs(ctx, &name, follow, last).await,
         FunctionCmd::Rm { name } => {
             ctx.functions()
                 .await?
@@ -688,6 +689,111 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
             )
         }
     }
+}
+
+/// How a call is named in `fn logs` lines: the end of its id (ids begin
+/// with their time, so calls of one moment share a beginning).
+fn call_tag(id: &str) -> &str {
+    &id[id.len().saturating_sub(8)..]
+}
+
+/// `fn logs NAME [-f]`: the latest ended calls' logs, then (following)
+/// the output of every call of the function that runs, line by line.
+async fn function_logs(ctx: &Context, name: &str, follow: bool, last: u32) -> Result<()> {
+    use futures::StreamExt;
+    let recent = ctx
+        .client
+        .list_calls(&faas_client::CallFilter {
+            function: Some(name.to_string()),
+            status: None,
+            limit: 100,
+        })
+        .await?;
+    let mut seen: std::collections::HashSet<String> = Default::default();
+    let mut ended: Vec<_> = recent
+        .iter()
+        .filter(|c| c.status().is_final())
+        .take(last as usize)
+        .collect();
+    ended.reverse();
+    for call in ended {
+        let logs = ctx.client.logs(&call.id).await?;
+        let mut lines = output::Utf8Pieces::default();
+        emit_tagged(call_tag(&call.id), &lines.push(&logs.logs))?;
+        emit_tagged(call_tag(&call.id), &lines.finish())?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    seen.extend(
+        recent
+            .iter()
+            .filter(|c| c.status().is_final())
+            .map(|c| c.id.clone()),
+    );
+    // Followers send whole lines here; one printer keeps them apart.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(256);
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            Some((tag, line)) = rx.recv() => emit_tagged(&tag, &line)?,
+            _ = poll.tick() => {
+                let calls = ctx
+                    .client
+                    .list_calls(&faas_client::CallFilter {
+                        function: Some(name.to_string()),
+                        status: None,
+                        limit: 100,
+                    })
+                    .await?;
+                for call in calls {
+                    if !seen.insert(call.id.clone()) {
+                        continue;
+                    }
+                    let client = ctx.client.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let tag = call_tag(&call.id).to_string();
+                        let mut pieces = std::pin::pin!(client.follow_logs(&call.id));
+                        let mut text = output::Utf8Pieces::default();
+                        let mut line = Vec::new();
+                        while let Some(Ok(piece)) = pieces.next().await {
+                            line.extend(text.push(&piece.logs));
+                            while let Some(end) = line.iter().position(|b| *b == b'\n') {
+                                let rest = line.split_off(end + 1);
+                                let whole = std::mem::replace(&mut line, rest);
+                                if tx.send((tag.clone(), whole)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        line.extend(text.finish());
+                        if !line.is_empty() {
+                            let _ = tx.send((tag, line)).await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Prints `text` with every line prefixed by `tag`.
+fn emit_tagged(tag: &str, text: &[u8]) -> std::io::Result<()> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    let mut out = Vec::new();
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        out.extend_from_slice(tag.as_bytes());
+        out.extend_from_slice(b" | ");
+        out.extend_from_slice(line);
+    }
+    if !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    output::emit_logs(&out)
 }
 
 pub fn function_spec(args: &DeployArgs, namespace: &str) -> FunctionSpec {

@@ -3,6 +3,7 @@
 //! lines before it ends, a queued call's once it runs, every line exactly
 //! once in order, and an ended call's whole log.
 
+use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use faas_client::Client;
@@ -110,5 +111,104 @@ async fn followed_logs_arrive_while_the_call_runs_each_line_once() -> anyhow::Re
         .args(["call", "logs", "0192f1a0-0000-7000-8000-000000000000", "-f"])
         .output()?;
     assert!(!missing.status.success(), "{missing:?}");
+    stack.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fn_logs_follow_shows_every_call_of_the_function_as_it_runs() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        spots: 2,
+        policy: Some("no-preload".into()),
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy("ticks", "python3", &fixture_dir("py-ticks"), &[])?;
+    let mut calls = CallServiceClient::new(stack.channel().await);
+    // One call before: `fn logs` without -f prints its log, tagged.
+    let earlier = calls
+        .invoke(InvokeRequest {
+            function: "ticks".into(),
+            params_json: r#"{"count": 2, "every": 0}"#.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let tag = |id: &str| id[id.len() - 8..].to_string();
+    let out = stack.faasctl().args(["fn", "logs", "ticks"]).output()?;
+    assert!(out.status.success(), "{out:?}");
+    let e = tag(&earlier.id);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{e} | tick 0\n{e} | tick 1\n")
+    );
+
+    // Following: two calls submitted afterwards, their lines as they come.
+    let mut child = stack
+        .faasctl()
+        .args(["fn", "logs", "ticks", "--follow", "--last", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(
+            calls
+                .submit(InvokeRequest {
+                    function: "ticks".into(),
+                    params_json: r#"{"count": 5, "every": 0.4}"#.into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .call_id,
+        );
+    }
+    let mut expected: Vec<String> = ids
+        .iter()
+        .flat_map(|id| (0..5).map(move |i| format!("{} | tick {i}", tag(id))))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
+    let mut while_running = false;
+    while lines.len() < expected.len() && Instant::now() < deadline {
+        if let Ok(line) = line_rx.recv_timeout(Duration::from_millis(200)) {
+            if lines.is_empty() {
+                let first = calls
+                    .get_call(GetCallRequest { id: ids[0].clone() })
+                    .await?
+                    .into_inner();
+                let second = calls
+                    .get_call(GetCallRequest { id: ids[1].clone() })
+                    .await?
+                    .into_inner();
+                while_running =
+                    first.status() == CallStatus::Running || second.status() == CallStatus::Running;
+            }
+            lines.push(line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(while_running, "the first line came after both calls ended");
+    // Each call's lines in order, both calls' lines all there once.
+    for id in &ids {
+        let own: Vec<&String> = lines.iter().filter(|l| l.starts_with(&tag(id))).collect();
+        let want: Vec<String> = (0..5).map(|i| format!("{} | tick {i}", tag(id))).collect();
+        assert_eq!(own, want.iter().collect::<Vec<_>>(), "{lines:?}");
+    }
+    lines.sort();
+    expected.sort();
+    assert_eq!(lines, expected);
     stack.shutdown().await
 }
