@@ -160,10 +160,11 @@ port_in_use() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/de
 smoke_up() {
     export FAAS_HOME=$smoke_home
     # A developer's own cluster may hold the default ports: use others then.
-    if port_in_use 7070 || port_in_use 12379 || port_in_use 15000 || port_in_use 19464 || port_in_use 19465; then
-        echo "default ports busy: the smoke cluster uses 17070, 22379, 25000, 29464"
+    if port_in_use 7070 || port_in_use 12379 || port_in_use 15000 || port_in_use 19464 || port_in_use 19465 ||
+        port_in_use 18080; then
+        echo "default ports busy: the smoke cluster uses 17070, 22379, 25000, 29464, 28080"
         export FAAS_LOCAL_LISTEN=127.0.0.1:17070 FAAS_LOCAL_ETCD_PORT=22379 FAAS_LOCAL_REGISTRY_PORT=25000 \
-            FAAS_LOCAL_METRICS_PORT=29464
+            FAAS_LOCAL_METRICS_PORT=29464 FAAS_LOCAL_GATEWAY=127.0.0.1:28080
     fi
     # up.sh writes its faasctl context here, not into the user's own file;
     # the smoke test reaches the cluster through that context.

@@ -32,6 +32,7 @@ if [ ! -d "$FAAS_HOME" ]; then
     exit 0
 fi
 
+faas_stop faas-gateway "$run/gateway.pid" 30
 faas_stop faas-agent "$run/agent.pid" 60
 faas_stop faas-controlplane "$run/controlplane.pid" 30
 # containerd's shims are not its children and survive it: kill them and the

@@ -27,6 +27,8 @@
 #   FAAS_LOCAL_ETCD_PORT   etcd client port (peer: +1)         (12379)
 #   FAAS_LOCAL_ETCD_QUOTA_BYTES  etcd space quota             (2 GiB)
 #   FAAS_LOCAL_REGISTRY_PORT                                   (15000)
+#   FAAS_LOCAL_GATEWAY     HTTP gateway address (plain HTTP,
+#                          loopback only)                     (127.0.0.1:18080)
 #   FAAS_LOCAL_METRICS_PORT  /metrics of the control plane on loopback;
 #                          the agent's is the next port       (19464)
 #   FAAS_LOCAL_NODE        node name                           (the hostname)
@@ -55,6 +57,7 @@ etcd_peer_port=$((etcd_port + 1))
 etcd_quota=${FAAS_LOCAL_ETCD_QUOTA_BYTES:-2147483648}
 registry_port=${FAAS_LOCAL_REGISTRY_PORT:-15000}
 metrics_port=${FAAS_LOCAL_METRICS_PORT:-19464}
+gateway=${FAAS_LOCAL_GATEWAY:-127.0.0.1:18080}
 spots=${FAAS_LOCAL_SPOTS:-4}
 runtimes=${FAAS_LOCAL_RUNTIMES:-python3 node}
 # Node names follow the API's naming rule: lowercase letters, digits, dashes.
@@ -136,7 +139,7 @@ faas_install_deps
 changed=()
 if [ -n "${FAAS_BIN_DIR:-}" ]; then
     step "binaries from FAAS_BIN_DIR=$FAAS_BIN_DIR"
-    for name in faas-controlplane faas-agent faasctl faas-init containerd-shim-faas-v1; do
+    for name in faas-controlplane faas-agent faasctl faas-init containerd-shim-faas-v1 faas-gateway; do
         [ -x "$FAAS_BIN_DIR/$name" ] || die "FAAS_BIN_DIR has no $name"
         if ! cmp -s "$FAAS_BIN_DIR/$name" "$bin/$name"; then
             cp "$FAAS_BIN_DIR/$name" "$bin/.$name.new" && mv -f "$bin/.$name.new" "$bin/$name"
@@ -292,6 +295,21 @@ fi
 unset FAAS_JOIN_TOKEN FAAS_CA_HASH
 faas_wait faas-agent "$run/agent.pid" "$logs/agent.log" 60 node_connected
 
+step "faas-gateway on http://$gateway"
+if faas_running "$run/gateway.pid" faas-gateway && binary_changed faas-gateway; then
+    faas_stop faas-gateway "$run/gateway.pid"
+fi
+if ! faas_running "$run/gateway.pid" faas-gateway; then
+    # Plain HTTP on loopback only: callers' API tokens travel in its requests.
+    case $gateway in
+    127.* | localhost:* | "[::1]":*) ;;
+    *) die "FAAS_LOCAL_GATEWAY=$gateway is not a loopback address (the local gateway speaks plain HTTP)" ;;
+    esac
+    faas_start faas-gateway "$run/gateway.pid" "$logs/gateway.log" \
+        "$bin/faas-gateway" --listen "$gateway" --control-plane "https://$listen" --ca-file "$pki/ca.crt"
+fi
+faas_wait faas-gateway "$run/gateway.pid" "$logs/gateway.log" 30 port_open "$gateway"
+
 # --- 4. runtimes and the example -------------------------------------------
 step "runtimes: $runtimes"
 # shellcheck disable=SC2086
@@ -328,6 +346,8 @@ faas is up: control plane $FAAS_ENDPOINT, node $node with $spots spots.
   example call:  faasctl invoke hello-python --data '{"name":"faas"}'
   result:        $result
   nodes:         faasctl node ls
+  over HTTP:     curl -H "Authorization: Bearer \$(cat $pki/admin.token)" http://$gateway/function/hello-python
+  metrics:       curl http://127.0.0.1:$metrics_port/metrics (agent: $((metrics_port + 1)))
   logs:          $logs/
   stop:          deploy/local/down.sh [--purge]
 EOT
