@@ -8,13 +8,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use faas_metrics::{latency_buckets, Registry};
+use faas_metrics::{latency_histograms, Histograms, Registry};
 use faas_proto::v1::{CallStatus, SpotState, StartKind};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
@@ -30,12 +29,6 @@ pub struct StateLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: String,
-}
-
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(latency_buckets())
 }
 
 pub struct Metrics {
@@ -54,7 +47,7 @@ pub struct Metrics {
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     calls: Family::default(),
     spots: Family::default(),
-    containerd_requests: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+    containerd_requests: latency_histograms(),
     containerd_errors: Family::default(),
     spot_states: Mutex::default(),
 });

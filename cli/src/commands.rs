@@ -701,14 +701,13 @@ fn call_tag(id: &str) -> &str {
 /// the output of every call of the function that runs, line by line.
 async fn function_logs(ctx: &Context, name: &str, follow: bool, last: u32) -> Result<()> {
     use futures::StreamExt;
-    let recent = ctx
-        .client
-        .list_calls(&faas_client::CallFilter {
-            function: Some(name.to_string()),
-            status: None,
-            limit: 100,
-        })
-        .await?;
+    // Its latest calls, newest first (what `fn logs` looks at each time).
+    let latest = faas_client::CallFilter {
+        function: Some(name.to_string()),
+        status: None,
+        limit: 100,
+    };
+    let recent = ctx.client.list_calls(&latest).await?;
     let mut seen: std::collections::HashSet<String> = Default::default();
     let mut ended: Vec<_> = recent
         .iter()
@@ -739,14 +738,7 @@ async fn function_logs(ctx: &Context, name: &str, follow: bool, last: u32) -> Re
             _ = tokio::signal::ctrl_c() => return Ok(()),
             Some((tag, line)) = rx.recv() => emit_tagged(&tag, &line)?,
             _ = poll.tick() => {
-                let calls = ctx
-                    .client
-                    .list_calls(&faas_client::CallFilter {
-                        function: Some(name.to_string()),
-                        status: None,
-                        limit: 100,
-                    })
-                    .await?;
+                let calls = ctx.client.list_calls(&latest).await?;
                 for call in calls {
                     if !seen.insert(call.id.clone()) {
                         continue;

@@ -11,13 +11,12 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use faas_metrics::{latency_buckets, Registry};
+use faas_metrics::{latency_histograms, Histograms, Registry};
 use faas_proto::v1::{Call, StartKind};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
@@ -47,12 +46,6 @@ pub struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub op: &'static str,
-}
-
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(latency_buckets())
 }
 
 pub struct Metrics {
@@ -85,7 +78,7 @@ pub struct Metrics {
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     calls: Family::default(),
-    phases: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+    phases: latency_histograms(),
     queued: Gauge::default(),
     spots: Family::default(),
     nodes: Gauge::default(),
@@ -94,7 +87,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     preloads_wasted: Family::default(),
     leader: Gauge::default(),
     leader_changes: Counter::default(),
-    etcd_requests: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+    etcd_requests: latency_histograms(),
     etcd_errors: Family::default(),
 });
 

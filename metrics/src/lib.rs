@@ -37,6 +37,25 @@ pub enum MetricsError {
     },
 }
 
+/// A family of latency histograms (one per label set), all with
+/// [`latency_buckets`].
+pub type Histograms<L> = prometheus_client::metrics::family::Family<
+    L,
+    prometheus_client::metrics::histogram::Histogram,
+    fn() -> prometheus_client::metrics::histogram::Histogram,
+>;
+
+/// An empty [`Histograms`] family.
+pub fn latency_histograms<L>() -> Histograms<L>
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    fn histogram() -> prometheus_client::metrics::histogram::Histogram {
+        prometheus_client::metrics::histogram::Histogram::new(latency_buckets())
+    }
+    Histograms::new_with_constructor(histogram)
+}
+
 /// Request latency buckets in seconds: 250 µs to about 65 s, doubling.
 /// One layout for every latency so dashboards can compare them.
 pub fn latency_buckets() -> impl Iterator<Item = f64> {

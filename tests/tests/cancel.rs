@@ -37,24 +37,33 @@ async fn cancel(calls: &mut CallServiceClient<Channel>, id: &str) -> Result<Call
         .map(|r| r.into_inner())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_and_running_calls_are_cancelled_and_their_spot_serves_again() -> anyhow::Result<()>
-{
-    // One spot: a running call keeps the next one queued.
+/// A stack with `sleep` and `hello` deployed, and an admin's call client.
+async fn stack_with(
+    spots: u32,
+    policy: &str,
+) -> anyhow::Result<(Stack, CallServiceClient<Channel>)> {
     let stack = Stack::start(StackOptions {
         runtimes: vec!["python3"],
-        spots: 1,
-        policy: Some("no-preload".into()),
+        spots,
+        policy: Some(policy.into()),
         ..StackOptions::default()
     })
     .await?;
     stack.deploy("sleep", "python3", &fixture_dir("py-sleep"), &[])?;
     stack.deploy("hello", "python3", &fixture_dir("py-hello"), &[])?;
-    let mut calls = CallServiceClient::new(stack.auth.channel_with(
+    let calls = CallServiceClient::new(stack.auth.channel_with(
         &stack.endpoint,
         Some(&stack.auth.token),
         Some(Duration::from_secs(30)),
     ));
+    Ok((stack, calls))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_and_running_calls_are_cancelled_and_their_spot_serves_again() -> anyhow::Result<()>
+{
+    // One spot: a running call keeps the next one queued.
+    let (stack, mut calls) = stack_with(1, "no-preload").await?;
 
     let running = submit(&mut calls, "sleep", r#"{"seconds": 60}"#).await?;
     wait_running(&mut calls, &running, Duration::from_secs(60)).await?;
@@ -139,15 +148,7 @@ async fn queued_and_running_calls_are_cancelled_and_their_spot_serves_again() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_who_may_read_a_call_may_cancel_it_and_deleting_its_function_ends_it(
 ) -> anyhow::Result<()> {
-    let stack = Stack::start(StackOptions {
-        runtimes: vec!["python3"],
-        spots: 1,
-        policy: Some("no-preload".into()),
-        ..StackOptions::default()
-    })
-    .await?;
-    stack.deploy("sleep", "python3", &fixture_dir("py-sleep"), &[])?;
-    stack.deploy("hello", "python3", &fixture_dir("py-hello"), &[])?;
+    let (stack, _) = stack_with(1, "no-preload").await?;
     let token = |role: Role| {
         let stack = &stack;
         async move {
@@ -225,20 +226,7 @@ async fn a_cancel_that_overtakes_its_call_on_the_way_to_its_spot_still_kills_it(
     // call ran its full 60 s and the agent could not stop). Cancelling at
     // once after submitting, round after round, with spots re-preloading
     // between calls, hits that window.
-    let stack = Stack::start(StackOptions {
-        runtimes: vec!["python3"],
-        spots: 2,
-        policy: Some("preload-runtime".into()),
-        ..StackOptions::default()
-    })
-    .await?;
-    stack.deploy("sleep", "python3", &fixture_dir("py-sleep"), &[])?;
-    stack.deploy("hello", "python3", &fixture_dir("py-hello"), &[])?;
-    let mut calls = CallServiceClient::new(stack.auth.channel_with(
-        &stack.endpoint,
-        Some(&stack.auth.token),
-        Some(Duration::from_secs(30)),
-    ));
+    let (stack, mut calls) = stack_with(2, "preload-runtime").await?;
     invoke_succeeded(&mut calls, "hello", "{}").await?;
     let t = Instant::now();
     for _ in 0..12 {
