@@ -221,6 +221,15 @@ async fn faasctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
         .args(args)
         // A dead endpoint first: the list fails over to the next one.
         .env("FAAS_ENDPOINT", format!("127.0.0.1:1,{endpoint}"))
+        // Not the user's own contexts (a cluster of theirs, or one gone).
+        .env(
+            "FAASCTL_CONFIG",
+            std::env::temp_dir().join("faasctl-calls-test-no-such-config.toml"),
+        )
+        .env_remove("FAAS_CONTEXT")
+        .env_remove("FAAS_TOKEN")
+        .env_remove("FAAS_TOKEN_FILE")
+        .env_remove("FAAS_CA_FILE")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
