@@ -50,6 +50,12 @@ faas_kill_matching "docker-registry serve $FAAS_HOME/registry.yml"
 faas_kill_matching "--data-dir $FAAS_HOME/etcd"
 
 if [ $purge -eq 1 ]; then
+    # The faasctl context up.sh wrote would name a token file that is gone.
+    ctl="$FAAS_HOME/bin/faasctl"
+    if [ -x "$ctl" ] && "$ctl" context ls -o json 2>/dev/null |
+        python3 -c 'import json,sys; sys.exit(0 if any(c.get("name") == "local" and (c.get("token_file") or "").startswith(sys.argv[1] + "/") for c in json.load(sys.stdin)) else 1)' "$FAAS_HOME"; then
+        "$ctl" context rm local >/dev/null 2>&1 && echo "[faas] removed faasctl context \"local\"" >&2
+    fi
     faas_unmount_under "$FAAS_HOME"
     if [ "$(readlink /usr/local/bin/faasctl 2>/dev/null)" = "$FAAS_HOME/bin/faasctl" ]; then
         rm -f /usr/local/bin/faasctl
