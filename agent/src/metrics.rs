@@ -124,11 +124,9 @@ pub fn spot_reported(index: u32, state: SpotState) {
     }
     m.spots.clear();
     for (state, n) in counts {
-        let full = state.as_str_name();
-        let name = full.strip_prefix("SPOT_STATE_").unwrap_or(full);
         m.spots
             .get_or_create(&StateLabels {
-                state: name.to_ascii_lowercase(),
+                state: state.short_name(),
             })
             .set(n);
     }

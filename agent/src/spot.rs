@@ -370,15 +370,8 @@ pub async fn run_spot(
             .as_ref()
             .map(|c| c.call_id.clone())
             .unwrap_or_default();
-        let executes = matches!(
-            kind,
-            Kind::ExecuteNoPreload | Kind::ExecRuntimePreloaded | Kind::ExecFunctionPreloaded
-        );
-        if executes {
-            // The session registered it when the operation came in; an
-            // operation handed to the spot directly is registered here.
-            register_running(&ctx.running, &op);
-        }
+        // Its call (if it runs one) counts as running since the session
+        // handed the operation over (`register_running`).
         let span = info_span!("spot", spot = index, op = ?kind, call_id = %call_id);
         held = async {
             match (kind, op.runtime, op.function, op.call) {

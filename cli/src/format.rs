@@ -16,25 +16,18 @@ use faas_proto::v1::{
 };
 use serde_json::{json, Value};
 
-/// `CALL_STATUS_SUCCEEDED` with prefix `CALL_STATUS_` → `succeeded`.
-fn enum_name(full: &str, prefix: &str) -> String {
-    full.strip_prefix(prefix)
-        .unwrap_or(full)
-        .to_ascii_lowercase()
-}
-
 pub use faas_client::status_name as call_status_name;
 
 pub fn start_kind_name(value: i32) -> String {
     match StartKind::try_from(value) {
-        Ok(kind) => enum_name(kind.as_str_name(), "START_KIND_"),
+        Ok(kind) => kind.short_name(),
         Err(_) => format!("unknown({value})"),
     }
 }
 
 pub fn spot_state_name(value: i32) -> String {
     match SpotState::try_from(value) {
-        Ok(state) => enum_name(state.as_str_name(), "SPOT_STATE_"),
+        Ok(state) => state.short_name(),
         Err(_) => format!("unknown({value})"),
     }
 }

@@ -38,21 +38,29 @@ impl v1::CallStatus {
     /// The status as users read it: "succeeded", "cancelled" (the proto
     /// name without its prefix, lowercase). Used in messages and metrics.
     pub fn short_name(self) -> String {
-        let full = self.as_str_name();
-        full.strip_prefix("CALL_STATUS_")
-            .unwrap_or(full)
-            .to_ascii_lowercase()
+        short_name(self.as_str_name(), "CALL_STATUS_")
     }
 }
 
 impl v1::StartKind {
     /// The start kind as users read it: "cold", "prewarm_runtime".
     pub fn short_name(self) -> String {
-        let full = self.as_str_name();
-        full.strip_prefix("START_KIND_")
-            .unwrap_or(full)
-            .to_ascii_lowercase()
+        short_name(self.as_str_name(), "START_KIND_")
     }
+}
+
+impl v1::SpotState {
+    /// The state as users read it: "free", "preloaded_function".
+    pub fn short_name(self) -> String {
+        short_name(self.as_str_name(), "SPOT_STATE_")
+    }
+}
+
+/// `CALL_STATUS_SUCCEEDED` with prefix `CALL_STATUS_` → `succeeded`.
+fn short_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
 }
 
 /// Secret values are never printed, whatever prints the messages that
