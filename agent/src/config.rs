@@ -102,6 +102,12 @@ pub struct Flags {
     /// [default: off].
     #[arg(long, env = "FAAS_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Export call traces over OTLP/gRPC to the collector at
+    /// http://HOST:PORT (plain gRPC: a collector on this machine or a
+    /// private network): one trace per call across control plane and
+    /// agents (docs/tracing.md) [default: off].
+    #[arg(long, env = "FAAS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +138,7 @@ struct FileConfig {
     uid_count: Option<u32>,
     preload_cpu_budget_ms: Option<u64>,
     metrics_listen: Option<std::net::SocketAddr>,
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -162,6 +169,7 @@ pub struct Config {
     /// CPU a preload may use after it is ready and before its call.
     pub preload_cpu_budget: std::time::Duration,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Config {
@@ -264,6 +272,10 @@ impl Config {
                     .unwrap_or(1000),
             ),
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
+            otlp_endpoint: flags
+                .otlp_endpoint
+                .or(file.otlp_endpoint)
+                .filter(|e| !e.is_empty()),
         })
     }
 }

@@ -546,6 +546,7 @@ mod tests {
             uid_count: 1000,
             preload_cpu_budget: std::time::Duration::ZERO,
             metrics_listen: None,
+            otlp_endpoint: None,
         }
     }
 

@@ -1,7 +1,6 @@
 use clap::Parser;
 use faas_agent::config::{Config, Flags};
 use faas_agent::extract_jail;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     // The agent's own package-extraction child (see extract_jail.rs): no
@@ -12,12 +11,7 @@ fn main() -> anyhow::Result<()> {
     {
         std::process::exit(extract_jail::child_main());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    faas_telemetry::init_logging();
     let config = Config::resolve(Flags::parse())?;
     tokio::runtime::Runtime::new()?.block_on(faas_agent::run(config))
 }

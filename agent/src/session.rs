@@ -206,10 +206,10 @@ impl Session {
                     match control? {
                         None => return Ok(()),
                         Some(control) => match control.msg {
-                            Some(control_message::Msg::Operation(op)) => {
+                            Some(control_message::Msg::Operation(mut op)) => {
                                 match self.spots.get(op.spot as usize) {
                                     Some(spot) => {
-                                        crate::spot::register_running(&self.running, &op);
+                                        crate::spot::register_running(&self.running, &mut op);
                                         if let Err(unsent) = spot.send(op) {
                                             // The spot's task has ended (the agent is stopping).
                                             if let Some(call) = unsent.0.call {
@@ -243,11 +243,11 @@ impl Session {
                                 self.packages.forget(&forget.digest);
                             }
                             Some(control_message::Msg::Cancel(cancel)) => {
-                                let running = self.running.lock().expect("poisoned").get(&cancel.call_id).cloned();
-                                match running {
-                                    Some(running) => {
+                                let cancel_notify = self.running.lock().expect("poisoned").get(&cancel.call_id).map(|r| r.cancel.clone());
+                                match cancel_notify {
+                                    Some(notify) => {
                                         info!(call_id = %cancel.call_id, "call cancelled; killing it");
-                                        running.cancel.notify_one();
+                                        notify.notify_one();
                                     }
                                     None => debug!(call_id = %cancel.call_id, "cancel of a call not running here; ignored"),
                                 }

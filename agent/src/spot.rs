@@ -16,7 +16,7 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use faas_driver::{Driver, DriverError, ExitStatus};
 use faas_init_protocol::files;
@@ -54,7 +54,7 @@ const PRELOAD_TIMEOUT: Duration = Duration::from_secs(600);
 pub type RunningCalls = Arc<std::sync::Mutex<std::collections::HashMap<String, RunningCall>>>;
 
 /// A call being run.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct RunningCall {
     /// The dispatch proof it came with (told to the leader in hellos).
     pub proof: String,
@@ -64,6 +64,10 @@ pub struct RunningCall {
     /// Fired when someone follows the call's logs: its run streams them
     /// (kept likewise until the run waits).
     pub follow: Arc<tokio::sync::Notify>,
+    /// The run's span in the call's trace (from the operation's arrival
+    /// to the result), and when it started: the phases are laid out from
+    /// there.
+    pub trace: Option<(faas_telemetry::CallSpan, std::time::SystemTime)>,
 }
 
 /// Counts an operation's call as running here, from the moment the
@@ -71,22 +75,39 @@ pub struct RunningCall {
 /// its proof, and a cancel that comes while the operation still waits for
 /// its spot (busy finishing a preload) is kept for it rather than lost.
 /// Operations that run no call register nothing.
-pub fn register_running(running: &RunningCalls, op: &SpotOperation) {
+///
+/// The call's trace gets the run's span here; the operation then carries
+/// that span's `traceparent`, which the function is handed.
+pub fn register_running(running: &RunningCalls, op: &mut SpotOperation) {
     use spot_operation::Kind;
     let executes = matches!(
         op.kind(),
         Kind::ExecuteNoPreload | Kind::ExecRuntimePreloaded | Kind::ExecFunctionPreloaded
     );
-    if let Some(call) = op.call.as_ref().filter(|_| executes) {
-        running
-            .lock()
-            .expect("poisoned")
-            .entry(call.call_id.clone())
-            .or_insert_with(|| RunningCall {
+    if let Some(call) = op.call.as_mut().filter(|_| executes) {
+        let mut running = running.lock().expect("poisoned");
+        if running.contains_key(&call.call_id) {
+            return;
+        }
+        let parent = faas_telemetry::TraceParent::parse(&call.traceparent);
+        let started = std::time::SystemTime::now();
+        let mut span = faas_telemetry::CallSpan::start_at(
+            "faas.run",
+            faas_telemetry::Kind::Consumer,
+            parent.as_ref(),
+            started,
+        );
+        span.attribute("faas.call_id", call.call_id.clone());
+        call.traceparent = span.traceparent().to_string();
+        running.insert(
+            call.call_id.clone(),
+            RunningCall {
                 proof: call.dispatch_proof.clone(),
                 cancel: Default::default(),
                 follow: Default::default(),
-            });
+                trace: Some((span, started)),
+            },
+        );
     }
 }
 
@@ -164,14 +185,49 @@ impl SpotContext {
             result.status(),
             result.timings.as_ref().map(|t| t.start_kind()),
         );
-        if let Some(running) = self.running.lock().expect("poisoned").get(&call_id) {
+        let mut trace = None;
+        if let Some(running) = self.running.lock().expect("poisoned").get_mut(&call_id) {
             result.dispatch_proof = running.proof.clone();
+            trace = running.trace.take();
+        }
+        if let Some((span, started)) = trace {
+            end_run_span(span, started, &result);
         }
         let _ = self.outbound.send(AgentMessage {
             msg: Some(agent_message::Msg::Result(result)),
         });
         self.running.lock().expect("poisoned").remove(&call_id);
     }
+}
+
+/// Ends a call's run span, with a child span per phase it went through:
+/// their lengths as measured, laid end to end from the run's start.
+fn end_run_span(mut span: faas_telemetry::CallSpan, started: SystemTime, result: &CallResult) {
+    span.attribute("faas.status", result.status().short_name());
+    if let Some(error) = result.error.as_ref() {
+        span.error(format!("{}: {}", error.reason, error.message));
+    }
+    if let Some(t) = result.timings.as_ref() {
+        span.attribute("faas.start", t.start_kind().short_name());
+        if faas_telemetry::enabled() {
+            let parent = span.traceparent();
+            let mut at = started;
+            for (name, ms) in [
+                ("faas.runtime_load", t.runtime_load_ms),
+                ("faas.function_load", t.function_load_ms),
+                ("faas.dependencies", t.dependencies_ms),
+                ("faas.execution", t.execution_ms),
+                ("faas.result_return", t.result_return_ms),
+            ] {
+                if ms > 0.0 {
+                    let end = at + Duration::from_secs_f64(ms / 1000.0);
+                    faas_telemetry::CallSpan::record(name, &parent, at, end, &[]);
+                    at = end;
+                }
+            }
+        }
+    }
+    span.end();
 }
 
 fn wall_ms() -> f64 {
@@ -1230,8 +1286,13 @@ fn envelope(call: &CallAssignment, function: &FunctionBundle) -> String {
     let deadline_ms = crate::now_ms() + function.timeout_ms as i64;
     // The control plane validated the params as JSON: splice them in as
     // they are instead of parsing them again.
+    // The traceparent was set by this agent (the run's span); one the
+    // leader sent that does not parse is left out.
+    let trace = faas_telemetry::TraceParent::parse(&call.traceparent)
+        .map(|t| format!(",\"traceparent\":\"{t}\""))
+        .unwrap_or_default();
     format!(
-        "{{\"call_id\":{},\"deadline_ms\":{deadline_ms},\"event\":{}}}",
+        "{{\"call_id\":{},\"deadline_ms\":{deadline_ms}{trace},\"event\":{}}}",
         serde_json::Value::String(call.call_id.clone()),
         call.params_json
     )

@@ -242,6 +242,9 @@ pub enum RoleArg {
     Admin,
     Developer,
     Invoker,
+    /// Invokes public functions only (the HTTP gateway's token for
+    /// requests without one).
+    PublicInvoker,
 }
 
 #[derive(Debug, Subcommand)]
@@ -401,6 +404,17 @@ pub struct DeployArgs {
     /// address].
     #[arg(long = "allow")]
     pub allow: Vec<String>,
+    /// Who may call it through the HTTP gateway: private (requests with
+    /// an API token) or public (also requests without one, like a Lambda
+    /// function URL with auth NONE).
+    #[arg(long, value_enum, default_value = "private")]
+    pub http: HttpArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HttpArg {
+    Private,
+    Public,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

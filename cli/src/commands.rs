@@ -19,7 +19,7 @@ use faas_proto::v1::{
     DeleteNamespaceRequest, GetNamespaceRequest, ListNamespacesRequest, NamespaceQuota,
     UpdateNamespaceRequest,
 };
-use faas_proto::v1::{network_policy, NetworkPolicy};
+use faas_proto::v1::{network_policy, HttpAccess, NetworkPolicy};
 use faas_proto::v1::{
     secret_service_client::SecretServiceClient, DeleteSecretRequest, GetSecretRequest,
     ListSecretsRequest, PutSecretRequest, SecretRef,
@@ -27,7 +27,7 @@ use faas_proto::v1::{
 use serde_json::{json, Value};
 
 use crate::args::{
-    duration_to_ms, CallCmd, Command, DeployArgs, FunctionCmd, InvokeArgs, NamespaceCmd,
+    duration_to_ms, CallCmd, Command, DeployArgs, FunctionCmd, HttpArg, InvokeArgs, NamespaceCmd,
     NetworkArg, NodeCmd, NodeTokenCmd, OutputFormat, QuotaArgs, RegisterRuntimeArgs, RoleArg,
     RuntimeCmd, SecretCmd, TokenCmd,
 };
@@ -274,6 +274,7 @@ async fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
                 RoleArg::Admin => Role::Admin,
                 RoleArg::Developer => Role::Developer,
                 RoleArg::Invoker => Role::Invoker,
+                RoleArg::PublicInvoker => Role::PublicInvoker,
             };
             let reply = access
                 .create_token(ctx.request(CreateTokenRequest {
@@ -818,6 +819,10 @@ pub fn function_spec(args: &DeployArgs, namespace: &str) -> FunctionSpec {
                 allow: args.allow.clone(),
             }),
         },
+        http: match args.http {
+            HttpArg::Private => HttpAccess::Private,
+            HttpArg::Public => HttpAccess::Public,
+        } as i32,
     }
 }
 

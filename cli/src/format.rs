@@ -76,6 +76,7 @@ pub fn function_json(function: &Function) -> Value {
             }
             _ => json!({"mode": "none", "allow": []}),
         },
+        "http": http_text(function),
         "package_digest": function.package_digest,
         "package_size": function.package_size,
         "version": function.version,
@@ -119,6 +120,7 @@ pub fn call_json(call: &Call) -> Value {
         "logs_truncated": call.logs_truncated,
         "policy": call.policy,
         "attempts": call.attempts,
+        "traceparent": call.traceparent,
     })
 }
 
@@ -566,6 +568,14 @@ pub fn namespaces_table(list: &[Namespace]) -> String {
     render(table)
 }
 
+/// Who may call the function through the HTTP gateway.
+fn http_text(f: &Function) -> &'static str {
+    match f.http() {
+        faas_proto::v1::HttpAccess::Public => "public",
+        _ => "private",
+    }
+}
+
 fn network_text(f: &Function) -> String {
     match &f.network {
         Some(n) if n.mode() == faas_proto::v1::network_policy::Mode::Egress => {
@@ -599,6 +609,7 @@ pub fn function_details(f: &Function) -> String {
         ("env", env_text),
         ("secrets", secrets_text(f)),
         ("network", network_text(f)),
+        ("http", http_text(f).into()),
         ("version", f.version.to_string()),
         (
             "package",
@@ -683,6 +694,10 @@ pub fn call_details(call: &Call) -> String {
         rows.push(("error", format!("{}: {}", error.reason, error.message)));
     }
     rows.push(("node/spot", where_text(call)));
+    // The trace id, to look the call up in a tracing backend.
+    if let Some(trace) = call.traceparent.split('-').nth(1) {
+        rows.push(("trace", trace.to_string()));
+    }
     if let Some(t) = &call.timings {
         rows.push(("start", start_kind_name(t.start_kind)));
         rows.push((
@@ -798,6 +813,7 @@ mod tests {
             attempts: 1,
             owner: String::new(),
             namespace: String::new(),
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
         }
     }
 

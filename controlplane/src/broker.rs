@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use faas_broker::{Broker, Event, FunctionRef, Operation, PendingCall, SpotId, SpotState};
 use faas_proto::v1::{
-    control_message, spot_operation, Call, CallError, CallLogs, CallResult, CallStatus, CancelCall,
-    ControlMessage, FollowLogs, Function, LogChunk, Node, ResultRecorded, Runtime, Spot,
-    SpotOperation, SpotReport,
+    control_message, spot_operation, Call, CallAssignment, CallError, CallLogs, CallResult,
+    CallStatus, CancelCall, ControlMessage, FollowLogs, Function, LogChunk, Node, ResultRecorded,
+    Runtime, Spot, SpotOperation, SpotReport,
 };
+use faas_telemetry::{CallSpan, Kind as SpanKind, TraceParent};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use tracing::{debug, error, info, info_span, warn, Instrument};
@@ -932,6 +933,7 @@ impl BrokerLoop {
                 self.apply(decided);
                 return;
             };
+            record_queue_span(&assignment.call, &spot.node);
             message.runtime = Some(assignment.runtime);
             message.function = Some(assignment.function);
             message.call = Some(assignment.call);
@@ -1047,10 +1049,14 @@ impl BrokerLoop {
         let store = self.store.clone();
         let watch = self.watch.clone();
         let span = info_span!("persist", call_id = %call.id);
+        let trace = record_span_of(&call);
         tokio::spawn(
             async move {
                 let call_id = call.id.clone();
                 write_final(&store, &watch, call, logs).await;
+                if let Some(trace) = trace {
+                    trace.end();
+                }
                 confirm_recorded(confirm.as_ref(), call_id);
             }
             .instrument(span),
@@ -1211,6 +1217,39 @@ fn cut_down(mut call: Call, logs: CallLogs, error: &StoreError) -> (Call, CallLo
 /// How many times a cut-down record refused for good is tried (etcd's
 /// NOSPACE clears once it is compacted and disarmed).
 const CUT_DOWN_ATTEMPTS: u32 = 10;
+
+/// The call's wait in the queue, as a span of its trace (from its
+/// acceptance to its dispatch to `node`).
+fn record_queue_span(call: &CallAssignment, node: &str) {
+    if !faas_telemetry::enabled() {
+        return;
+    }
+    if let Some(parent) = TraceParent::parse(&call.traceparent) {
+        let now = std::time::SystemTime::now();
+        let start = now
+            .checked_sub(Duration::from_secs_f64(call.queue_ms.max(0.0) / 1000.0))
+            .unwrap_or(now);
+        CallSpan::record(
+            "faas.queue",
+            &parent,
+            start,
+            now,
+            &[("faas.call_id", &call.call_id), ("faas.node", node)],
+        );
+    }
+}
+
+/// The span of recording a call's outcome, if its trace is recorded.
+fn record_span_of(call: &Call) -> Option<CallSpan> {
+    if !faas_telemetry::enabled() {
+        return None;
+    }
+    let parent = TraceParent::parse(&call.traceparent)?;
+    let mut span = CallSpan::start("faas.record", SpanKind::Internal, Some(&parent));
+    span.attribute("faas.call_id", call.id.clone());
+    span.attribute("faas.status", call.status().short_name());
+    Some(span)
+}
 
 /// Records a final call and its logs in one etcd transaction (the result
 /// and logs beside the record, bounded by the store's payload limits),

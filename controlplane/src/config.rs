@@ -186,6 +186,12 @@ pub struct Flags {
     /// carry namespace, function and node names) [default: off].
     #[arg(long, env = "FAAS_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Export call traces over OTLP/gRPC to the collector at
+    /// http://HOST:PORT (plain gRPC: a collector on this machine or a
+    /// private network): one trace per call across control plane and
+    /// agents (docs/tracing.md) [default: off].
+    #[arg(long, env = "FAAS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -292,6 +298,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     node_cert_ttl: Option<Duration>,
     metrics_listen: Option<std::net::SocketAddr>,
+    otlp_endpoint: Option<String>,
     /// Package shape limits and deploy concurrency (`[package]` table).
     #[serde(default)]
     package: crate::package::PackageSettings,
@@ -334,6 +341,7 @@ pub struct Config {
     pub bootstrap_token_file: Option<PathBuf>,
     pub node_cert_ttl: Duration,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -597,6 +605,10 @@ impl Config {
                 .or(file.node_cert_ttl)
                 .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
+            otlp_endpoint: flags
+                .otlp_endpoint
+                .or(file.otlp_endpoint)
+                .filter(|e| !e.is_empty()),
         })
     }
 }

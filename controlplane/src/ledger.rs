@@ -630,6 +630,7 @@ impl Ledger {
                 queue_ms,
                 // Stamped on the way out, by the node's session.
                 dispatch_proof: String::new(),
+                traceparent: call.traceparent.clone(),
             },
         };
         self.out.push(Effect::Publish(Box::new(call.clone())));

@@ -102,6 +102,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(addr) => Some(faas_metrics::serve(addr, metrics::registry()).await?.1),
         None => None,
     };
+    // Flushed when `run` returns (a clean stop).
+    let _tracing = match &config.otlp_endpoint {
+        Some(endpoint) => Some(faas_telemetry::Tracing::start(
+            "faas-controlplane",
+            endpoint,
+            vec![
+                ("service.version", faas_proto::VERSION.to_string()),
+                ("service.instance.id", config.name.clone()),
+            ],
+        )?),
+        None => None,
+    };
     let store = connect_store(&config).await?;
     // Before anything reads a record: data of a newer layout is refused
     // (a downgrade would misread it), an older one is migrated.

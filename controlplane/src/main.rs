@@ -1,15 +1,9 @@
 use clap::Parser;
 use faas_controlplane::config::{Command, Config, Flags};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    faas_telemetry::init_logging();
     let mut flags = Flags::parse();
     match flags.command.take() {
         None => faas_controlplane::run(Config::resolve(flags)?).await,

@@ -1,14 +1,8 @@
 use clap::Parser;
 use faas_gateway::config::{Config, Flags};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    faas_telemetry::init_logging();
     let config = Config::resolve(Flags::parse())?;
     // One thread: a request never changes threads between the HTTP
     // connection and the gRPC channel (each hand-over is a wake-up that

@@ -311,6 +311,11 @@ impl Gateway {
             namespace: faas_proto::namespaces::or_default(route.namespace),
             scheme: self.scheme,
         };
+        let trace = parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(faas_telemetry::TraceParent::parse);
         let invoke = InvokeRequest {
             function: route.function.to_string(),
             params_json: event::build(&info, &parts.headers, &body),
@@ -322,7 +327,7 @@ impl Gateway {
                 let invoked = Instant::now();
                 let answer = self
                     .upstream
-                    .invoke(invoke, &token, self.call_timeout)
+                    .invoke(invoke, &token, self.call_timeout, trace.as_ref())
                     .await;
                 let invoke_ms = invoked.elapsed().as_secs_f64() * 1000.0;
                 let mut reply = match answer {
@@ -358,7 +363,11 @@ impl Gateway {
                     },
                 };
                 let submit_timeout = Duration::from_secs(30);
-                match self.upstream.submit(invoke, &token, submit_timeout).await {
+                match self
+                    .upstream
+                    .submit(invoke, &token, submit_timeout, trace.as_ref())
+                    .await
+                {
                     Ok(call_id) => {
                         tracing::Span::current().record("call_id", call_id.as_str());
                         if let (Some(url), Some(permit)) = (callback, permit) {

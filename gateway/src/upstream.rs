@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{Call, InvokeRequest, WaitCallRequest};
+use faas_telemetry::TraceParent;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -67,11 +68,21 @@ impl Upstream {
     /// longer than `timeout`, which [`Upstream::send`] enforces, so that
     /// the gateway's own deadline ends it (tonic would end it as
     /// CANCELLED).
-    fn request<T>(message: T, token: &Token, timeout: Duration) -> Request<T> {
+    fn request<T>(
+        message: T,
+        token: &Token,
+        timeout: Duration,
+        trace: Option<&TraceParent>,
+    ) -> Request<T> {
         let mut request = Request::new(message);
         request
             .metadata_mut()
             .insert(faas_pki::client::AUTHORIZATION, token.clone());
+        // The HTTP client's trace goes on with the call (validated: only
+        // the exact W3C form is passed).
+        if let Some(value) = trace.and_then(|t| t.to_string().parse().ok()) {
+            request.metadata_mut().insert("traceparent", value);
+        }
         request.set_timeout(timeout + Duration::from_secs(1));
         request
     }
@@ -119,9 +130,10 @@ impl Upstream {
         message: InvokeRequest,
         token: &Token,
         timeout: Duration,
+        trace: Option<&TraceParent>,
     ) -> Result<Call, Status> {
         self.send(timeout, |mut client| {
-            let request = Self::request(message.clone(), token, timeout);
+            let request = Self::request(message.clone(), token, timeout, trace);
             async move { client.invoke(request).await.map(|r| r.into_inner()) }
         })
         .await
@@ -133,9 +145,10 @@ impl Upstream {
         message: InvokeRequest,
         token: &Token,
         timeout: Duration,
+        trace: Option<&TraceParent>,
     ) -> Result<String, Status> {
         self.send(timeout, |mut client| {
-            let request = Self::request(message.clone(), token, timeout);
+            let request = Self::request(message.clone(), token, timeout, trace);
             async move { client.submit(request).await.map(|r| r.into_inner().call_id) }
         })
         .await
@@ -160,7 +173,7 @@ impl Upstream {
             let opened = self
                 .send(OPEN_TIMEOUT, |mut client| {
                     let request =
-                        Self::request(message.clone(), token, left + Duration::from_secs(5));
+                        Self::request(message.clone(), token, left + Duration::from_secs(5), None);
                     async move { client.wait_call(request).await }
                 })
                 .await;
@@ -259,7 +272,12 @@ mod tests {
         .unwrap();
         let token: Token = "Bearer x.y".parse().unwrap();
         let status = upstream
-            .invoke(InvokeRequest::default(), &token, Duration::from_secs(5))
+            .invoke(
+                InvokeRequest::default(),
+                &token,
+                Duration::from_secs(5),
+                None,
+            )
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");

@@ -67,12 +67,13 @@ fn short_name(full: &str, prefix: &str) -> String {
 /// carry them.
 impl v1::Role {
     /// The role as users write it (`faasctl token create --role`, error
-    /// messages): "admin", "developer", "invoker".
+    /// messages): "admin", "developer", "invoker", "public-invoker".
     pub fn short_name(self) -> &'static str {
         match self {
             v1::Role::Admin => "admin",
             v1::Role::Developer => "developer",
             v1::Role::Invoker => "invoker",
+            v1::Role::PublicInvoker => "public-invoker",
             v1::Role::Unspecified => "unspecified",
         }
     }

@@ -102,6 +102,20 @@ async function loadHandler(functionDir, setting) {
   return handler;
 }
 
+// The call's trace for the function's own telemetry: W3C's TRACEPARENT
+// (OpenTelemetry SDKs read it) and X-Ray's _X_AMZN_TRACE_ID, as Lambda
+// sets it.
+function setTrace(context, traceparent) {
+  context.traceparent = traceparent;
+  env.TRACEPARENT = traceparent;
+  const parts = traceparent.split('-');
+  if (parts.length === 4 && parts[1].length === 32) {
+    const [, trace, span, flags] = parts;
+    const sampled = parseInt(flags, 16) & 1;
+    env._X_AMZN_TRACE_ID = `Root=1-${trace.slice(0, 8)}-${trace.slice(8)};Parent=${span};Sampled=${sampled}`;
+  }
+}
+
 function makeContext(callId, deadlineMs, settle) {
   const functionName = env.FAAS_FUNCTION_NAME || '';
   const functionVersion = env.FAAS_FUNCTION_VERSION || '$LATEST';
@@ -176,6 +190,9 @@ async function main() {
     }
   };
   const context = makeContext(callId, envelope.deadline_ms || 0, settle);
+  if (typeof envelope.traceparent === 'string' && envelope.traceparent) {
+    setTrace(context, envelope.traceparent);
+  }
 
   const failAsync = (error) => settle(error || new Error('unhandled rejection'));
   process.on('uncaughtException', failAsync);

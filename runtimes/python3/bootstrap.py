@@ -59,6 +59,8 @@ class LambdaContext:
         self.log_stream_name = call_id
         self.identity = None
         self.client_context = None
+        # The call's W3C trace context (also $TRACEPARENT), or None.
+        self.traceparent = None
         self._deadline_ms = deadline_ms
 
     def get_remaining_time_in_millis(self):
@@ -68,6 +70,19 @@ class LambdaContext:
 
     def __repr__(self):
         return f"LambdaContext(aws_request_id={self.aws_request_id!r}, function_name={self.function_name!r})"
+
+
+def _set_trace(env, context, traceparent):
+    """The call's trace for the function's own telemetry: W3C's TRACEPARENT
+    (OpenTelemetry SDKs read it) and X-Ray's _X_AMZN_TRACE_ID, as Lambda
+    sets it."""
+    context.traceparent = traceparent
+    env["TRACEPARENT"] = traceparent
+    parts = traceparent.split("-")
+    if len(parts) == 4 and len(parts[1]) == 32:
+        trace, span = parts[1], parts[2]
+        sampled = int(parts[3], 16) & 1
+        env["_X_AMZN_TRACE_ID"] = f"Root=1-{trace[:8]}-{trace[8:]};Parent={span};Sampled={sampled}"
 
 
 def _load_handler(function_dir, handler_setting):
@@ -192,6 +207,9 @@ def main():
         _fail("Runtime.InvalidInput", f"Cannot read the input {input_path}: {exc}", exc)
 
     context = LambdaContext(call_id, deadline_ms, env)
+    traceparent = envelope.get("traceparent")
+    if isinstance(traceparent, str) and traceparent:
+        _set_trace(env, context, traceparent)
     try:
         result = handler(event, context)
         if hasattr(result, "__await__"):

@@ -6,9 +6,10 @@ use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::call_service_server::CallService;
 use faas_proto::v1::{
     Call, CallLogChunk, CallLogs, CallStatus, CancelCallRequest, FollowCallLogsRequest, Function,
-    GetCallLogsRequest, GetCallRequest, GetCallStatsRequest, GetCallStatsResponse, InvokeRequest,
-    ListCallsRequest, ListCallsResponse, Runtime, SubmitResponse, WaitCallRequest,
+    GetCallLogsRequest, GetCallRequest, GetCallStatsRequest, GetCallStatsResponse, HttpAccess,
+    InvokeRequest, ListCallsRequest, ListCallsResponse, Runtime, SubmitResponse, WaitCallRequest,
 };
+use faas_telemetry::{CallSpan, Kind as SpanKind, TraceParent};
 use futures::Stream;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -42,6 +43,29 @@ impl Api {
         &self,
         request: InvokeRequest,
         owner: &Principal,
+        parent: Option<TraceParent>,
+    ) -> Result<(Call, watch::Receiver<Call>), ApiError> {
+        // The call's trace starts here (or joins the client's): the span
+        // covers validation and the durable record.
+        let mut span = CallSpan::start("faas.submit", SpanKind::Server, parent.as_ref());
+        let accepted = self.record_call(request, owner, span.traceparent()).await;
+        match &accepted {
+            Ok((call, _)) => {
+                span.attribute("faas.call_id", call.id.clone());
+                span.attribute("faas.function", call.function.clone());
+                span.attribute("faas.namespace", call.namespace.clone());
+            }
+            Err(e) => span.error(e.to_string()),
+        }
+        span.end();
+        accepted
+    }
+
+    async fn record_call(
+        &self,
+        request: InvokeRequest,
+        owner: &Principal,
+        trace: TraceParent,
     ) -> Result<(Call, watch::Receiver<Call>), ApiError> {
         // A name outside the API's rule can name no function: say so
         // before it becomes an etcd key.
@@ -91,6 +115,15 @@ impl Api {
             let (function, runtime) = self
                 .catalog_entries(&namespace, &key, &request.function)
                 .await?;
+            // The gateway's token for requests without one reaches public
+            // functions only; to it a private one does not exist (the same
+            // answer as for a missing one: no names learnt by probing).
+            if owner.is_public_invoker() && function.value.http() != HttpAccess::Public {
+                return Err(ApiError::NotFound(format!(
+                    "function {:?} not found in namespace {namespace:?}",
+                    request.function
+                )));
+            }
             // Opened here, on the leader, from the copy it holds (etcd only
             // if that copy is behind the function's references).
             let secret_values = self.secrets.resolve(&self.store, &function.value).await?;
@@ -111,6 +144,7 @@ impl Api {
                 created_at_ms: accepted_at_ms as i64,
                 owner: owner.token_id().to_string(),
                 namespace: namespace.clone(),
+                traceparent: trace.to_string(),
                 ..Default::default()
             };
             // Counted before it is recorded, so that concurrent submits
@@ -407,11 +441,12 @@ impl CallService for Api {
                 .map_err(super::forward_failed);
         }
         let principal = Principal::of(&request);
+        let parent = super::traceparent_of(&request);
         let request = request.into_inner();
         let span =
             info_span!("invoke", function = %request.function, call_id = tracing::field::Empty);
         async move {
-            let (call, rx) = self.accept(request, &principal).await?;
+            let (call, rx) = self.accept(request, &principal, parent).await?;
             tracing::Span::current().record("call_id", call.id.as_str());
             let id = call.id.clone();
             let result = self.wait_final(rx, call).await;
@@ -435,7 +470,10 @@ impl CallService for Api {
                 .map_err(super::forward_failed);
         }
         let principal = Principal::of(&request);
-        let (call, _rx) = self.accept(request.into_inner(), &principal).await?;
+        let parent = super::traceparent_of(&request);
+        let (call, _rx) = self
+            .accept(request.into_inner(), &principal, parent)
+            .await?;
         Ok(Response::new(SubmitResponse { call_id: call.id }))
     }
 

@@ -1,7 +1,8 @@
 use faas_proto::v1::function_service_server::FunctionService;
 use faas_proto::v1::{
     deploy_function_request, DeleteFunctionRequest, DeleteFunctionResponse, DeployFunctionRequest,
-    Function, GetFunctionRequest, ListFunctionsRequest, ListFunctionsResponse, Runtime, SecretRef,
+    Function, GetFunctionRequest, HttpAccess, ListFunctionsRequest, ListFunctionsResponse, Runtime,
+    SecretRef,
 };
 use std::sync::OnceLock;
 
@@ -244,6 +245,17 @@ impl FunctionService for Api {
         }
         super::check_env_bytes(&spec.env, limits.max_env_bytes)?;
         let network = check_network(spec.network.take())?;
+        let http = match HttpAccess::try_from(spec.http) {
+            Ok(HttpAccess::Public) => HttpAccess::Public,
+            Ok(HttpAccess::Private | HttpAccess::Unspecified) => HttpAccess::Private,
+            Err(_) => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "http access {} is not one of private or public",
+                    spec.http
+                ))
+                .into())
+            }
+        };
         let secrets = self
             .check_secret_refs(&namespace, std::mem::take(&mut spec.secrets), &spec.env)
             .await?;
@@ -319,6 +331,7 @@ impl FunctionService for Api {
             env: spec.env,
             idempotent: spec.idempotent,
             network,
+            http: http as i32,
             package_digest: digest,
             package_size,
             version,

@@ -143,6 +143,19 @@ pub fn forward_failed(status: tonic::Status) -> tonic::Status {
 
 /// The request to forward to the leader, marked as forwarded; refused if it
 /// was forwarded to us already.
+/// The W3C trace-context header a client may send with a call.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The client's trace, if it sent a valid `traceparent` (an invalid one is
+/// ignored, as the W3C specification asks: the call starts a trace).
+pub fn traceparent_of<T>(request: &tonic::Request<T>) -> Option<faas_telemetry::TraceParent> {
+    request
+        .metadata()
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(faas_telemetry::TraceParent::parse)
+}
+
 pub fn forwarded<T>(request: tonic::Request<T>) -> Result<tonic::Request<T>, ApiError> {
     if request.metadata().contains_key(FORWARDED) {
         return Err(ApiError::Unavailable(
@@ -154,10 +167,15 @@ pub fn forwarded<T>(request: tonic::Request<T>) -> Result<tonic::Request<T>, Api
         .metadata()
         .get(faas_pki::client::AUTHORIZATION)
         .cloned();
+    // The call's trace goes on with it.
+    let traceparent = request.metadata().get(TRACEPARENT).cloned();
     let mut out = tonic::Request::new(request.into_inner());
     if let Some(value) = authorization {
         out.metadata_mut()
             .insert(faas_pki::client::AUTHORIZATION, value);
+    }
+    if let Some(value) = traceparent {
+        out.metadata_mut().insert(TRACEPARENT, value);
     }
     out.metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));

@@ -61,6 +61,18 @@ impl Principal {
         }
     }
 
+    /// A public-invoker token (the HTTP gateway's, for requests without a
+    /// token of their own): public functions only.
+    pub fn is_public_invoker(&self) -> bool {
+        matches!(
+            self,
+            Principal::Token {
+                role: Role::PublicInvoker,
+                ..
+            }
+        )
+    }
+
     pub fn token_id(&self) -> &str {
         match self {
             Principal::Token { id, .. } => id,
@@ -182,10 +194,11 @@ pub fn access_of(path: &str) -> Option<Access> {
             "faas.v1.FunctionService",
             "DeployFunction" | "GetFunction" | "ListFunctions" | "DeleteFunction",
         ) => AtLeast(Developer),
+        // A public invoker only for public functions (checked on accept).
+        ("faas.v1.CallService", "Invoke" | "Submit") => AtLeast(PublicInvoker),
         (
             "faas.v1.CallService",
-            "Invoke" | "Submit" | "GetCall" | "WaitCall" | "ListCalls" | "GetCallLogs"
-            | "CancelCall" | "FollowCallLogs",
+            "GetCall" | "WaitCall" | "ListCalls" | "GetCallLogs" | "CancelCall" | "FollowCallLogs",
         ) => AtLeast(Invoker),
         ("faas.v1.CallService", "GetCallStats") => AtLeast(Developer),
         (
@@ -209,9 +222,10 @@ pub fn access_of(path: &str) -> Option<Access> {
 /// Whether `have` may do what needs `need`.
 pub fn role_allows(have: Role, need: Role) -> bool {
     let rank = |r: Role| match r {
-        Role::Admin => 3,
-        Role::Developer => 2,
-        Role::Invoker => 1,
+        Role::Admin => 4,
+        Role::Developer => 3,
+        Role::Invoker => 2,
+        Role::PublicInvoker => 1,
         Role::Unspecified => 0,
     };
     rank(have) > 0 && rank(have) >= rank(need)

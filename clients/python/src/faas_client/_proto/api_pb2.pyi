@@ -12,9 +12,13 @@ CALL_STATUS_SUCCEEDED: CallStatus
 CALL_STATUS_TIMEOUT: CallStatus
 CALL_STATUS_UNSPECIFIED: CallStatus
 DESCRIPTOR: _descriptor.FileDescriptor
+HTTP_ACCESS_PRIVATE: HttpAccess
+HTTP_ACCESS_PUBLIC: HttpAccess
+HTTP_ACCESS_UNSPECIFIED: HttpAccess
 ROLE_ADMIN: Role
 ROLE_DEVELOPER: Role
 ROLE_INVOKER: Role
+ROLE_PUBLIC_INVOKER: Role
 ROLE_UNSPECIFIED: Role
 SPOT_STATE_CLEARING: SpotState
 SPOT_STATE_FREE: SpotState
@@ -47,7 +51,7 @@ class ApiToken(_message.Message):
     def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., description: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., secret_sha256: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ["attempts", "created_at_ms", "error", "finished_at_ms", "function", "function_version", "id", "logs_truncated", "namespace", "node", "owner", "params_json", "policy", "result_json", "spot", "status", "timings"]
+    __slots__ = ["attempts", "created_at_ms", "error", "finished_at_ms", "function", "function_version", "id", "logs_truncated", "namespace", "node", "owner", "params_json", "policy", "result_json", "spot", "status", "timings", "traceparent"]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +69,7 @@ class Call(_message.Message):
     SPOT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     attempts: int
     created_at_ms: int
     error: CallError
@@ -82,7 +87,8 @@ class Call(_message.Message):
     spot: int
     status: CallStatus
     timings: Timings
-    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., function_version: _Optional[int] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[CallStatus, str]] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., node: _Optional[str] = ..., spot: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., logs_truncated: bool = ..., policy: _Optional[str] = ..., attempts: _Optional[int] = ..., owner: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., function_version: _Optional[int] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[CallStatus, str]] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., node: _Optional[str] = ..., spot: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., logs_truncated: bool = ..., policy: _Optional[str] = ..., attempts: _Optional[int] = ..., owner: _Optional[str] = ..., namespace: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class CallError(_message.Message):
     __slots__ = ["log_tail", "message", "reason"]
@@ -291,7 +297,7 @@ class FollowCallLogsRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Function(_message.Message):
-    __slots__ = ["created_at_ms", "env", "handler", "idempotent", "memory_bytes", "name", "namespace", "network", "package_digest", "package_size", "runtime", "secrets", "timeout_ms", "updated_at_ms", "version"]
+    __slots__ = ["created_at_ms", "env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "package_digest", "package_size", "runtime", "secrets", "timeout_ms", "updated_at_ms", "version"]
     class EnvEntry(_message.Message):
         __slots__ = ["key", "value"]
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -302,6 +308,7 @@ class Function(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     HANDLER_FIELD_NUMBER: _ClassVar[int]
+    HTTP_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
@@ -317,6 +324,7 @@ class Function(_message.Message):
     created_at_ms: int
     env: _containers.ScalarMap[str, str]
     handler: str
+    http: HttpAccess
     idempotent: bool
     memory_bytes: int
     name: str
@@ -329,10 +337,10 @@ class Function(_message.Message):
     timeout_ms: int
     updated_at_ms: int
     version: int
-    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., version: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., version: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
-    __slots__ = ["env", "handler", "idempotent", "memory_bytes", "name", "namespace", "network", "runtime", "secrets", "timeout_ms"]
+    __slots__ = ["env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "runtime", "secrets", "timeout_ms"]
     class EnvEntry(_message.Message):
         __slots__ = ["key", "value"]
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -342,6 +350,7 @@ class FunctionSpec(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ENV_FIELD_NUMBER: _ClassVar[int]
     HANDLER_FIELD_NUMBER: _ClassVar[int]
+    HTTP_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
@@ -352,6 +361,7 @@ class FunctionSpec(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     env: _containers.ScalarMap[str, str]
     handler: str
+    http: HttpAccess
     idempotent: bool
     memory_bytes: int
     name: str
@@ -360,7 +370,7 @@ class FunctionSpec(_message.Message):
     runtime: str
     secrets: _containers.RepeatedCompositeFieldContainer[SecretRef]
     timeout_ms: int
-    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ...) -> None: ...
 
 class GetCallLogsRequest(_message.Message):
     __slots__ = ["id"]
@@ -775,6 +785,9 @@ class WhoAmIResponse(_message.Message):
     role: Role
     token_id: str
     def __init__(self, token_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., namespaces: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HttpAccess(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []
 
 class CallStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []
