@@ -229,6 +229,20 @@ if has_cp; then
         keep_or_write /etc/faas/controlplane.env 0600
     systemctl enable faas-controlplane >/dev/null 2>&1
     systemctl restart faas-controlplane
+
+    step "faas-gateway (HTTP, 127.0.0.1:8080)"
+    # The cluster CA the replicas' certificates chain to: written by the
+    # control plane at its first start (public, so 0644).
+    state_dir=/var/lib/private/faas-controlplane
+    for _ in $(seq 60); do [ -s "$state_dir/ca.crt" ] && break; sleep 1; done
+    [ -s "$state_dir/ca.crt" ] || die "the control plane wrote no ca.crt (journalctl -u faas-controlplane)"
+    install -d -m 0755 /etc/faas/gateway
+    install -m 0644 "$state_dir/ca.crt" /etc/faas/gateway/ca.crt
+    # Loopback until the operator gives it TLS (tls_cert/tls_key): callers'
+    # tokens travel in its requests.
+    keep_or_write /etc/faas/gateway.toml <"$bundle/config/gateway.toml"
+    systemctl enable faas-gateway >/dev/null 2>&1
+    systemctl restart faas-gateway
 fi
 
 # --- agent -----------------------------------------------------------------------

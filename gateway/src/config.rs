@@ -33,6 +33,13 @@ pub struct Flags {
     /// https:// replicas].
     #[arg(long, env = "FAAS_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// A file holding an API token of role public-invoker
+    /// (`faasctl token create --role public-invoker`): requests without an
+    /// Authorization header are made with it, so they reach the functions
+    /// deployed with `--http public` and nothing else. Without it every
+    /// request needs a token [default: none].
+    #[arg(long, env = "FAAS_GATEWAY_PUBLIC_TOKEN_FILE")]
+    pub public_token_file: Option<PathBuf>,
     /// Certificate chain (PEM) to serve HTTPS with; without it the gateway
     /// speaks plain HTTP, which carries API tokens in the clear [default: none].
     #[arg(long, env = "FAAS_GATEWAY_TLS_CERT", requires = "tls_key")]
@@ -98,6 +105,7 @@ struct File {
     listen: Option<String>,
     control_plane: Option<Vec<String>>,
     ca_file: Option<PathBuf>,
+    public_token_file: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     allow_plain_http: Option<bool>,
@@ -135,6 +143,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub control_plane: Vec<String>,
     pub ca_pem: Option<String>,
+    /// The public-invoker token, as the `authorization` value.
+    pub public_token: Option<crate::upstream::Token>,
     /// Certificate chain and key (PEM) to serve HTTPS with.
     pub tls: Option<(String, String)>,
     pub max_body_bytes: usize,
@@ -221,6 +231,25 @@ impl Config {
                     .into(),
             ));
         }
+        let public_token = match flags.public_token_file.or(file.public_token_file) {
+            None => None,
+            Some(path) => {
+                let text = read(&path)?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "public_token_file {} is empty",
+                        path.display()
+                    )));
+                }
+                Some(format!("Bearer {token}").parse().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "public_token_file {}: the token is not printable ASCII",
+                        path.display()
+                    ))
+                })?)
+            }
+        };
         let tls = match (
             flags.tls_cert.or(file.tls_cert),
             flags.tls_key.or(file.tls_key),
@@ -263,6 +292,7 @@ impl Config {
             listen,
             control_plane,
             ca_pem,
+            public_token,
             tls,
             max_body_bytes: positive(
                 "max_body_bytes",

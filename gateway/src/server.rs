@@ -53,6 +53,8 @@ pub struct Gateway {
     body_timeout: Duration,
     call_timeout: Duration,
     scheme: &'static str,
+    /// For requests without a token (public functions only).
+    public_token: Option<Token>,
 }
 
 impl Gateway {
@@ -65,6 +67,7 @@ impl Gateway {
             max_body_bytes: config.max_body_bytes,
             body_timeout: config.body_timeout,
             call_timeout: config.call_timeout,
+            public_token: config.public_token.clone(),
             scheme: if config.tls.is_some() {
                 "https"
             } else {
@@ -227,10 +230,22 @@ impl Gateway {
     }
 
     async fn call(&self, route: &Route<'_>, request_id: &str, request: Request<Body>) -> Reply {
-        let token = match bearer(&request) {
-            Ok(token) => token,
-            Err(why) => return unauthorized(why),
+        // No Authorization at all: the gateway's public-invoker token, if
+        // it has one (a malformed header is still refused).
+        let (token, anonymous) = match (bearer(&request), &self.public_token) {
+            (Ok(token), _) => (token, false),
+            (Err(_), Some(public)) if !request.headers().contains_key(AUTHORIZATION) => {
+                (public.clone(), true)
+            }
+            (Err(why), _) => return unauthorized(why),
         };
+        // A callback is a request the gateway makes for the caller: only
+        // for callers who proved who they are.
+        if anonymous && request.headers().contains_key(CALLBACK_URL) {
+            return unauthorized(
+                "X-Callback-Url needs an API token (Authorization: Bearer <token>)",
+            );
+        }
         let callback = match (route.mode, request.headers().get(CALLBACK_URL)) {
             (Mode::Async, Some(value)) => {
                 let text = match value.to_str() {

@@ -12,6 +12,7 @@ fn config(tls: (String, String)) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         // Port 1 on loopback: nothing listens, connections are refused.
         control_plane: vec!["http://127.0.0.1:1".into()],
+        public_token: None,
         ca_pem: None,
         tls: Some(tls),
         max_body_bytes: 1000,

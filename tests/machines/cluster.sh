@@ -287,9 +287,25 @@ wait "$load_pid" || load_rc=$?
 load_pid=
 faasctl node ls
 
+# --- the HTTP gateway install.sh set up on a control-plane machine ----------------
+faasctl fn deploy hello --runtime python3 --http public "$repo/tests/fixtures/py-hello" >/dev/null ||
+    die "deploying hello"
+# shellcheck disable=SC2016 # expanded inside the machine
+gateway_answer=$(in_machine cp1 bash -c '
+    token=$(cat /var/lib/private/faas-controlplane/admin.token)
+    exec 3<>/dev/tcp/127.0.0.1/8080
+    printf "POST /function/hello HTTP/1.1\r\nHost: cp1\r\nAuthorization: Bearer %s\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}" "$token" >&3
+    cat <&3' 2>&1) || true
+if grep -q "^HTTP/1.1 200" <<<"$gateway_answer" && grep -q "hello world" <<<"$gateway_answer"; then
+    say "cp1: faas-gateway answered 200 on 127.0.0.1:8080: $(tail -n 1 <<<"$gateway_answer")"
+else
+    echo "$gateway_answer"
+    die "cp1: faas-gateway did not serve the call"
+fi
+
 # --- the units, as systemd sees them --------------------------------------------
 verify_rc=0
-for u in faas-controlplane.service:cp1 faas-agent.service:ag1; do
+for u in faas-controlplane.service:cp1 faas-gateway.service:cp1 faas-agent.service:ag1; do
     m=${u#*:}
     if in_machine "$m" systemd-analyze verify "/etc/systemd/system/${u%:*}" >"$work/verify-$m.log" 2>&1; then
         say "systemd-analyze verify ${u%:*} on $m: clean"

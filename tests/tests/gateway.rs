@@ -682,3 +682,126 @@ async fn a_gateway_moves_to_a_replica_that_answers() -> anyhow::Result<()> {
     }
     stack.shutdown().await
 }
+
+/// Per-function HTTP access (`fn deploy --http public`): with a
+/// public-invoker token configured, the gateway serves requests without a
+/// token for public functions only; a private function answers as a
+/// missing one, callbacks need a token, and the public-invoker token can
+/// do nothing else through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_functions_answer_without_a_token_and_nothing_else_does() -> anyhow::Result<()> {
+    let mut stack = stack(Vec::new()).await?;
+    stack.deploy(
+        "open",
+        "python3",
+        &fixture_dir("py-http"),
+        &["--http", "public"],
+    )?;
+    let admin = stack.auth.token.clone();
+    let shown = stdout_of(
+        stack.faasctl_as(&admin, &["fn", "get", "open", "-o", "json"]),
+        "fn get",
+    );
+    assert_eq!(serde_json::from_str::<Value>(&shown)?["http"], "public");
+    let shown = stdout_of(
+        stack.faasctl_as(&admin, &["fn", "get", FUNCTION, "-o", "json"]),
+        "fn get",
+    );
+    assert_eq!(serde_json::from_str::<Value>(&shown)?["http"], "private");
+    let public = stdout_of(
+        stack.faasctl_as(&admin, &["token", "create", "--role", "public-invoker"]),
+        "token create",
+    )
+    .trim()
+    .to_string();
+    let token_file = stack.dir.path().join("public.token");
+    std::fs::write(&token_file, &public)?;
+    let gateway = stack
+        .start_gateway(&["--public-token-file", token_file.to_str().unwrap()])
+        .await?;
+    let http = client();
+
+    // Without a token: the public function answers, sync and async.
+    let answer = send(
+        http.post(format!("{gateway}/function/open/plain"))
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = send(
+        http.post(format!("{gateway}/async-function/open/plain"))
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    // The private one is as missing as a function that does not exist.
+    let private = send(http.post(format!("{gateway}/function/{FUNCTION}/plain"))).await;
+    let missing = send(http.post(format!("{gateway}/function/nosuch/plain"))).await;
+    assert_eq!(private.status, 404, "{}", private.text());
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    assert_eq!(
+        private.json()["error"]["message"]
+            .as_str()
+            .map(|m| m.replace(FUNCTION, "nosuch")),
+        missing.json()["error"]["message"]
+            .as_str()
+            .map(String::from),
+    );
+    let answer = send(http.post(format!("{gateway}/async-function/{FUNCTION}/plain"))).await;
+    assert_eq!(answer.status, 404, "{}", answer.text());
+    // A callback is made only for a caller with a token; a malformed
+    // header is refused, not taken for no header.
+    let answer = send(
+        http.post(format!("{gateway}/async-function/open/plain"))
+            .header("x-callback-url", "http://127.0.0.1:9/x"),
+    )
+    .await;
+    assert_eq!(answer.status, 401, "{}", answer.text());
+    let answer = send(
+        http.post(format!("{gateway}/function/open/plain"))
+            .header("authorization", "Basic dXNlcjpwdw=="),
+    )
+    .await;
+    assert_eq!(answer.status, 401, "{}", answer.text());
+    // With a token the private function is there as before.
+    let answer = send(
+        http.post(format!("{gateway}/function/{FUNCTION}/plain"))
+            .header("authorization", bearer(&admin)),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(recorded_calls(&stack).await, 1, "only the admin's call ran");
+
+    // The public-invoker token through the API: invoke public functions,
+    // nothing else.
+    let mut calls = CallServiceClient::new(stack.auth.channel_with(
+        &stack.controlplane_url(0),
+        Some(&public),
+        Some(Duration::from_secs(60)),
+    ));
+    let invoke = |function: &str| faas_proto::v1::InvokeRequest {
+        function: function.into(),
+        params_json: r#"{"rawPath": "/plain", "requestContext": {"http": {"method": "POST"}}}"#
+            .into(),
+        ..Default::default()
+    };
+    let call = calls.invoke(invoke("open")).await?.into_inner();
+    assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+    let refused = calls.invoke(invoke(FUNCTION)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    let refused = calls
+        .get_call(GetCallRequest {
+            id: call.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let refused = calls
+        .list_calls(ListCallsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let out = stack.faasctl_as(&public, &["fn", "ls"]);
+    assert!(!out.status.success(), "a public invoker listed functions");
+    Ok(())
+}
