@@ -624,22 +624,50 @@ async fn a_node_is_who_its_certificate_says_and_touches_only_its_calls() -> anyh
         .into_inner()
         .call_id;
     wait_running(&mut calls, &id, Duration::from_secs(30)).await?;
-    // The rogue claims it in its hello and sends a forged result.
-    let forged = AgentMessage {
+    // Someone follows its logs (the leader then relays the chunks of the
+    // node that runs it).
+    let mut follow = calls
+        .follow_call_logs(FollowCallLogsRequest { id: id.clone() })
+        .await?
+        .into_inner();
+    let followed = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Some(chunk)) = follow.message().await {
+            seen.extend_from_slice(&chunk.data);
+            if chunk.r#final {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The rogue claims it in its hello, sends forged output for its
+    // followers and a forged result.
+    let mut forgeries: Vec<AgentMessage> = (0..5)
+        .map(|i| AgentMessage {
+            msg: Some(agent_message::Msg::Log(LogChunk {
+                call_id: id.clone(),
+                offset: i * 16,
+                data: b"forged log line\n".to_vec(),
+            })),
+        })
+        .collect();
+    forgeries.push(AgentMessage {
         msg: Some(agent_message::Msg::Result(CallResult {
             call_id: id.clone(),
             status: CallStatus::Succeeded as i32,
             result_json: r#""forged""#.into(),
             ..Default::default()
         })),
-    };
-    let (mut ops, _keep) = open_session(
-        channel.clone(),
-        hello("rogue", vec![id.clone()]),
-        vec![forged],
-    )
-    .await?;
+    });
+    let (mut ops, _keep) =
+        open_session(channel.clone(), hello("rogue", vec![id.clone()]), forgeries).await?;
     assert_real_result(&mut calls, &id).await?;
+    let followed = tokio::time::timeout(Duration::from_secs(30), followed).await??;
+    assert!(
+        !followed.contains("forged"),
+        "a follower got another node's forged output: {followed:?}"
+    );
 
     // Renewal: a node renews with its current certificate only (the one
     // it replaced still holds its open sessions, but renews nothing).
