@@ -212,3 +212,94 @@ async fn fn_logs_follow_shows_every_call_of_the_function_as_it_runs() -> anyhow:
     assert_eq!(lines, expected);
     stack.shutdown().await
 }
+
+/// The live log file is the container's to write: a function that extends
+/// it past the bound, truncates it, or replaces it with a symlink to a
+/// host file or a FIFO while it is followed gets its followers at most
+/// the bound, never the host's file, and neither the follow nor the agent
+/// hangs. (Measured: "extend" fills the call's own io tmpfs, so its
+/// result cannot be written and the call fails; the io directory is not
+/// the function's to replace entries in, so "symlink" and "fifo" get
+/// EACCES: their checks stand behind that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_tampering_with_its_live_log_gets_no_more_than_its_bound() -> anyhow::Result<()>
+{
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        spots: 1,
+        policy: Some("no-preload".into()),
+        ..StackOptions::default()
+    })
+    .await?;
+    stack.deploy("tamper", "python3", &fixture_dir("py-logtamper"), &[])?;
+    stack.deploy("hello", "python3", &fixture_dir("py-hello"), &[])?;
+    let mut calls = CallServiceClient::new(stack.channel().await);
+    // The agent's log bound (its default) and the control plane's marker
+    // of a cut log: what a follower may get at most, with room for both.
+    let bound = 64 << 10;
+    for mode in ["extend", "truncate", "symlink", "fifo"] {
+        let id = calls
+            .submit(InvokeRequest {
+                function: "tamper".into(),
+                params_json: format!(r#"{{"mode": "{mode}"}}"#),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .call_id;
+        let mut follow = calls
+            .follow_call_logs(FollowCallLogsRequest { id: id.clone() })
+            .await?
+            .into_inner();
+        let followed = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut live = Vec::new();
+            let mut all = Vec::new();
+            while let Some(chunk) = follow.message().await? {
+                all.extend_from_slice(&chunk.data);
+                if chunk.r#final {
+                    break;
+                }
+                live.extend_from_slice(&chunk.data);
+            }
+            anyhow::Ok((live, all))
+        })
+        .await;
+        let (live, all) =
+            followed.unwrap_or_else(|_| panic!("{mode}: the follow did not end within 60 s"))?;
+        let call = wait_final(&mut calls, &id, Duration::from_secs(60)).await?;
+        let text = String::from_utf8_lossy(&all);
+        eprintln!(
+            "{mode}: {:?} {} {:?}; followed {} bytes live, {} in all",
+            call.status(),
+            call.result_json,
+            call.error.as_ref().map(|e| (&e.reason, &e.message)),
+            live.len(),
+            all.len()
+        );
+        assert!(
+            live.len() <= bound,
+            "{mode}: {} bytes streamed live, over the bound of {bound}",
+            live.len()
+        );
+        assert!(
+            all.len() <= 2 * bound + 1024,
+            "{mode}: {} bytes followed in all",
+            all.len()
+        );
+        assert!(
+            !text.contains("root:x:0:0"),
+            "{mode}: a host file was followed"
+        );
+        assert!(text.contains("before"), "{mode}: {text:?}");
+    }
+    // The agent still serves.
+    let call = calls
+        .invoke(InvokeRequest {
+            function: "hello".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+    Ok(())
+}
