@@ -78,17 +78,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     // Flushed when `run` returns (a clean stop).
-    let _tracing = match &config.otlp_endpoint {
-        Some(endpoint) => Some(faas_telemetry::Tracing::start(
-            "faas-agent",
-            endpoint,
-            vec![
-                ("service.version", faas_proto::VERSION.to_string()),
-                ("service.instance.id", config.node.clone()),
-            ],
-        )?),
-        None => None,
-    };
+    let _tracing = faas_telemetry::Tracing::start_if(
+        "faas-agent",
+        config.otlp_endpoint.as_deref(),
+        vec![
+            ("service.version", faas_proto::VERSION.to_string()),
+            ("service.instance.id", config.node.clone()),
+        ],
+    )?;
     let driver = connect_driver(&config, &registry_roots).await?;
     // Whatever an earlier run of this agent left behind goes first.
     let report = driver.cleanup_namespace().await?;

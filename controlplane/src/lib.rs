@@ -103,17 +103,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     // Flushed when `run` returns (a clean stop).
-    let _tracing = match &config.otlp_endpoint {
-        Some(endpoint) => Some(faas_telemetry::Tracing::start(
-            "faas-controlplane",
-            endpoint,
-            vec![
-                ("service.version", faas_proto::VERSION.to_string()),
-                ("service.instance.id", config.name.clone()),
-            ],
-        )?),
-        None => None,
-    };
+    let _tracing = faas_telemetry::Tracing::start_if(
+        "faas-controlplane",
+        config.otlp_endpoint.as_deref(),
+        vec![
+            ("service.version", faas_proto::VERSION.to_string()),
+            ("service.instance.id", config.name.clone()),
+        ],
+    )?;
     let store = connect_store(&config).await?;
     // Before anything reads a record: data of a newer layout is refused
     // (a downgrade would misread it), an older one is migrated.

@@ -104,6 +104,19 @@ impl Tracing {
     }
 }
 
+impl Tracing {
+    /// [`Tracing::start`] if an endpoint is configured; nothing otherwise.
+    pub fn start_if(
+        service: &'static str,
+        endpoint: Option<&str>,
+        attributes: Vec<(&'static str, String)>,
+    ) -> Result<Option<Tracing>, Error> {
+        endpoint
+            .map(|endpoint| Tracing::start(service, endpoint, attributes))
+            .transpose()
+    }
+}
+
 impl Drop for Tracing {
     fn drop(&mut self) {
         let _ = self.provider.shutdown_with_timeout(Duration::from_secs(5));
