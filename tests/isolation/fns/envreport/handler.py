@@ -7,6 +7,8 @@ Left out on purpose, each because it legitimately changes between calls:
 - /proc and /sys file contents (counters, clocks, pids of the host kernel);
   only the shape of /proc/self is reported.
 - /faas/io: the call's own input (call id, deadline), output and logs.
+- the values of TRACEPARENT and _X_AMZN_TRACE_ID: the call's own trace ids
+  (docs/tracing.md). Their presence and form are reported.
 - host paths in /proc/self/mountinfo: the source of each mount and the
   overlay root's lowerdir/upperdir/workdir options name the host's
   directories of this container (its snapshot), which differ per call by
@@ -154,9 +156,26 @@ def own_ids_named(value, ids):
     return value
 
 
+# The per-call trace variables, by form only.
+TRACE_FORMS = {
+    "TRACEPARENT": re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}"),
+    "_X_AMZN_TRACE_ID": re.compile(r"Root=1-[0-9a-f]{8}-[0-9a-f]{24};Parent=[0-9a-f]{16};Sampled=[01]"),
+}
+
+
+def environment():
+    env = []
+    for key, value in sorted(os.environ.items()):
+        form = TRACE_FORMS.get(key)
+        if form is not None:
+            value = f"<{key} of this call>" if form.fullmatch(value) else f"<malformed {key}: {value!r}>"
+        env.append((key, value))
+    return env
+
+
 def handler(event, context):
     report = {
-        "env": sorted(os.environ.items()),
+        "env": environment(),
         "hostname": socket.gethostname(),
         "uname": list(os.uname()),
         "ids": {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "egid": os.getegid(),
