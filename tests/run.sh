@@ -154,6 +154,24 @@ cargo_tests() {
         tee "$work/cargo-test.log"
 }
 
+# The Node client's suite (clients/node) against a stack: npm ci needs the
+# npm registry. Node and npm are tools of this test only, not of the two
+# commands: installed here from Debian, not by install-deps.sh.
+npm_registry_reachable() { timeout 10 bash -c 'exec 3<>/dev/tcp/registry.npmjs.org/443' 2>/dev/null; }
+
+node_client_suite() {
+    if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm >/dev/null ||
+            return 1
+    fi
+    node --version && npm --version || return 1
+    # shellcheck disable=SC2086
+    timeout --kill-after=30 900 \
+        cargo test --release -p faas-tests --test clients ${FAAS_TEST_ARGS:-} -- --ignored the_node_package 2>&1 |
+        tee "$work/node-client.log"
+    return "${PIPESTATUS[0]}"
+}
+
 # shellcheck disable=SC2016
 port_in_use() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null; }
 
@@ -186,6 +204,11 @@ stage "install dependencies" install_deps
 stage "build binaries" build_binaries
 stage "build runtimes" build_runtimes
 stage "cargo test" cargo_tests
+if npm_registry_reachable; then
+    stage "node client suite" node_client_suite
+else
+    skip_stage "node client suite" "the npm registry (registry.npmjs.org:443) is unreachable"
+fi
 stage "deploy/local/up.sh" smoke_up
 smoke_script=$(cd "$repo/.." && pwd)/shared/acceptance/smoke.sh
 if [ -f "$smoke_script" ]; then
