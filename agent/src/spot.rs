@@ -97,7 +97,7 @@ pub fn register_running(running: &RunningCalls, op: &mut SpotOperation) {
             parent.as_ref(),
             started,
         );
-        span.attribute("faas.call_id", call.call_id.clone());
+        span.attribute("faas.call_id", &call.call_id);
         call.traceparent = span.traceparent().to_string();
         running.insert(
             call.call_id.clone(),
@@ -203,27 +203,30 @@ impl SpotContext {
 /// Ends a call's run span, with a child span per phase it went through:
 /// their lengths as measured, laid end to end from the run's start.
 fn end_run_span(mut span: faas_telemetry::CallSpan, started: SystemTime, result: &CallResult) {
-    span.attribute("faas.status", result.status().short_name());
     if let Some(error) = result.error.as_ref() {
-        span.error(format!("{}: {}", error.reason, error.message));
+        span.error(format_args!("{}: {}", error.reason, error.message));
     }
+    // The names are made only for a recorded span.
+    if !faas_telemetry::enabled() {
+        span.end();
+        return;
+    }
+    span.attribute("faas.status", &result.status().short_name());
     if let Some(t) = result.timings.as_ref() {
-        span.attribute("faas.start", t.start_kind().short_name());
-        if faas_telemetry::enabled() {
-            let parent = span.traceparent();
-            let mut at = started;
-            for (name, ms) in [
-                ("faas.runtime_load", t.runtime_load_ms),
-                ("faas.function_load", t.function_load_ms),
-                ("faas.dependencies", t.dependencies_ms),
-                ("faas.execution", t.execution_ms),
-                ("faas.result_return", t.result_return_ms),
-            ] {
-                if ms > 0.0 {
-                    let end = at + Duration::from_secs_f64(ms / 1000.0);
-                    faas_telemetry::CallSpan::record(name, &parent, at, end, &[]);
-                    at = end;
-                }
+        span.attribute("faas.start", &t.start_kind().short_name());
+        let parent = span.traceparent();
+        let mut at = started;
+        for (name, ms) in [
+            ("faas.runtime_load", t.runtime_load_ms),
+            ("faas.function_load", t.function_load_ms),
+            ("faas.dependencies", t.dependencies_ms),
+            ("faas.execution", t.execution_ms),
+            ("faas.result_return", t.result_return_ms),
+        ] {
+            if ms > 0.0 {
+                let end = at + Duration::from_secs_f64(ms / 1000.0);
+                faas_telemetry::CallSpan::record(name, &parent, at, end, &[]);
+                at = end;
             }
         }
     }

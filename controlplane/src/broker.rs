@@ -1246,8 +1246,8 @@ fn record_span_of(call: &Call) -> Option<CallSpan> {
     }
     let parent = TraceParent::parse(&call.traceparent)?;
     let mut span = CallSpan::start("faas.record", SpanKind::Internal, Some(&parent));
-    span.attribute("faas.call_id", call.id.clone());
-    span.attribute("faas.status", call.status().short_name());
+    span.attribute("faas.call_id", &call.id);
+    span.attribute("faas.status", &call.status().short_name());
     Some(span)
 }
 

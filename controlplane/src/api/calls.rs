@@ -51,11 +51,11 @@ impl Api {
         let accepted = self.record_call(request, owner, span.traceparent()).await;
         match &accepted {
             Ok((call, _)) => {
-                span.attribute("faas.call_id", call.id.clone());
-                span.attribute("faas.function", call.function.clone());
-                span.attribute("faas.namespace", call.namespace.clone());
+                span.attribute("faas.call_id", &call.id);
+                span.attribute("faas.function", &call.function);
+                span.attribute("faas.namespace", &call.namespace);
             }
-            Err(e) => span.error(e.to_string()),
+            Err(e) => span.error(e),
         }
         span.end();
         accepted
