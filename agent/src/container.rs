@@ -288,7 +288,51 @@ pub fn function_env(
         format!("FAAS_MEMORY_MB={}", function.memory_bytes >> 20),
         format!("FAAS_TIMEOUT_MS={}", function.timeout_ms),
     ]);
+    lambda_env(&mut env, function, runtime);
     Ok(env)
+}
+
+/// Where code written for AWS Lambda finds its region when the function
+/// sets none: what the AWS SDKs need to build a client (and what SAM's
+/// local invoke uses). faas is in no AWS region; a function that calls AWS
+/// sets its own AWS_REGION.
+pub const DEFAULT_AWS_REGION: &str = "us-east-1";
+
+/// The variables Lambda sets that Lambda code and libraries read
+/// (docs/contract.md lists them). Those a user may choose (region, TZ)
+/// are defaults the function's own env overrides; the rest describe the
+/// function and are always the platform's.
+fn lambda_env(env: &mut Vec<String>, function: &FunctionBundle, runtime: &RuntimeBundle) {
+    let (namespace, name) = faas_proto::namespaces::split_key(&function.name);
+    let set_by_function = |key: &str| function.env.contains_key(key);
+    for (key, value) in [
+        ("AWS_REGION", DEFAULT_AWS_REGION),
+        ("AWS_DEFAULT_REGION", DEFAULT_AWS_REGION),
+        ("TZ", ":UTC"),
+    ] {
+        if !set_by_function(key) {
+            env.push(format!("{key}={value}"));
+        }
+    }
+    let log_group = if namespace == faas_proto::namespaces::DEFAULT {
+        format!("/faas/{name}")
+    } else {
+        format!("/faas/{namespace}/{name}")
+    };
+    for (key, value) in [
+        ("_HANDLER", function.handler.clone()),
+        ("LAMBDA_TASK_ROOT", runtime.path.clone()),
+        ("AWS_LAMBDA_FUNCTION_NAME", name.to_string()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", function.version.to_string()),
+        (
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            (function.memory_bytes >> 20).to_string(),
+        ),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", log_group),
+    ] {
+        // The control plane refuses these names in a function's env.
+        env.push(format!("{key}={value}"));
+    }
 }
 
 /// faas-init's command line, the same for every container of a runtime:
@@ -473,14 +517,40 @@ mod tests {
             env[..4],
             ["A=1", "B=2", "DB_PASSWORD=hunter2", "TOKEN=t=1 \n2"]
         );
-        assert!(env[4..].iter().all(|e| e.starts_with("FAAS_")), "{env:?}");
+        let platform = |e: &String| e.starts_with("FAAS_") || is_lambda_variable(e);
+        assert!(env[4..].iter().all(platform), "{env:?}");
         assert!(env.contains(&"FAAS_FUNCTION_NAME=hello".to_string()));
         assert!(env.contains(&"FAAS_NAMESPACE=team-a".to_string()));
+        assert!(env.contains(&"AWS_LAMBDA_FUNCTION_NAME=hello".to_string()));
+        assert!(env.contains(&"AWS_LAMBDA_LOG_GROUP_NAME=/faas/team-a/hello".to_string()));
+        assert!(env.contains(&format!("AWS_REGION={DEFAULT_AWS_REGION}")));
         // Without secrets: as before.
         let (plain, _) = bundles(vec![]);
         let env = function_env(&plain, &runtime).unwrap();
         assert_eq!(env[..2], ["A=1", "B=2"]);
-        assert!(env[2..].iter().all(|e| e.starts_with("FAAS_")));
+        assert!(env[2..].iter().all(platform));
+    }
+
+    fn is_lambda_variable(entry: &str) -> bool {
+        ["AWS_", "_HANDLER=", "LAMBDA_TASK_ROOT=", "TZ="]
+            .iter()
+            .any(|prefix| entry.starts_with(prefix))
+    }
+
+    #[test]
+    fn the_functions_region_and_tz_win_over_the_defaults() {
+        let (mut function, runtime) = bundles(vec![]);
+        function.env.insert("AWS_REGION".into(), "eu-west-1".into());
+        function.env.insert("TZ".into(), "Europe/Madrid".into());
+        let env = function_env(&function, &runtime).unwrap();
+        let region: Vec<_> = env
+            .iter()
+            .filter(|e| e.starts_with("AWS_REGION="))
+            .collect();
+        assert_eq!(region, ["AWS_REGION=eu-west-1"]);
+        let tz: Vec<_> = env.iter().filter(|e| e.starts_with("TZ=")).collect();
+        assert_eq!(tz, ["TZ=Europe/Madrid"]);
+        assert!(env.contains(&format!("AWS_DEFAULT_REGION={DEFAULT_AWS_REGION}")));
     }
 
     #[test]

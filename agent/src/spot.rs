@@ -1294,8 +1294,16 @@ fn envelope(call: &CallAssignment, function: &FunctionBundle) -> String {
     let trace = faas_telemetry::TraceParent::parse(&call.traceparent)
         .map(|t| format!(",\"traceparent\":\"{t}\""))
         .unwrap_or_default();
+    // The control plane checked the client context to be a JSON object:
+    // spliced in as well. One that does not start like an object (a
+    // leader that skipped the check) is left out.
+    let client_context = if call.client_context.trim_start().starts_with('{') {
+        format!(",\"client_context\":{}", call.client_context)
+    } else {
+        String::new()
+    };
     format!(
-        "{{\"call_id\":{},\"deadline_ms\":{deadline_ms}{trace},\"event\":{}}}",
+        "{{\"call_id\":{},\"deadline_ms\":{deadline_ms}{trace}{client_context},\"event\":{}}}",
         serde_json::Value::String(call.call_id.clone()),
         call.params_json
     )

@@ -320,6 +320,10 @@ pub struct RegisterRuntimeArgs {
     /// Command that installs a function's dependencies when it is loaded.
     #[arg(long)]
     pub dependencies: Option<String>,
+    /// The handler of functions deployed without --handler [default:
+    /// handler.handler].
+    #[arg(long)]
+    pub default_handler: Option<String>,
     /// Image archive to upload (OCI image layout or `docker save` tar).
     #[arg(long)]
     pub archive: Option<PathBuf>,
@@ -445,6 +449,11 @@ pub struct InvokeArgs {
     /// Submit and print the call id instead of waiting for the result.
     #[arg(long = "async")]
     pub asynchronous: bool,
+    /// Lambda's client context, a JSON object the function reads as
+    /// context.client_context (Python) or context.clientContext (Node):
+    /// inline text or @FILE.
+    #[arg(long)]
+    pub client_context: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

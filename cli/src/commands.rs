@@ -409,6 +409,7 @@ pub fn runtime_spec(
         path: pick(&args.path, file.path).ok_or_else(|| missing("path"))?,
         run: pick(&args.run, file.run).ok_or_else(|| missing("run command"))?,
         dependencies: pick(&args.dependencies, file.dependencies).unwrap_or_default(),
+        default_handler: pick(&args.default_handler, file.default_handler).unwrap_or_default(),
         image_ref: args.image_ref.clone().unwrap_or_default(),
         replace: args.replace,
     })
@@ -911,6 +912,16 @@ pub fn read_params(
     }
 }
 
+/// A flag's value given inline or as @FILE.
+fn read_inline_or_file(text: &str) -> Result<String, BadInput> {
+    match text.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| BadInput(format!("cannot read {path}: {e}")))
+        }
+        None => Ok(text.to_string()),
+    }
+}
+
 fn read_stdin() -> std::io::Result<String> {
     let mut text = String::new();
     std::io::stdin().read_to_string(&mut text)?;
@@ -919,11 +930,24 @@ fn read_stdin() -> std::io::Result<String> {
 
 async fn invoke(ctx: &Context, args: InvokeArgs) -> Result<()> {
     let params_json = read_params(args.data.as_deref(), read_stdin)?;
+    let options = faas_client::CallOptions {
+        client_context: args
+            .client_context
+            .as_deref()
+            .map(read_inline_or_file)
+            .transpose()?,
+    };
     if args.asynchronous {
-        let id = ctx.client.submit(&args.function, params_json).await?;
+        let id = ctx
+            .client
+            .submit_with(&args.function, params_json, &options)
+            .await?;
         return ctx.show(|| json!({ "call_id": id }), || id.clone());
     }
-    let call = ctx.client.invoke(&args.function, params_json).await?;
+    let call = ctx
+        .client
+        .invoke_with(&args.function, params_json, &options)
+        .await?;
     if ctx.json() {
         emit_json(&format::call_json(&call))?;
     } else if call.status == faas_proto::v1::CallStatus::Succeeded as i32 {
@@ -1038,6 +1062,7 @@ mod tests {
             path: Some("/var/task".into()),
             dependencies: Some("pip install".into()),
             run: Some("python3 boot.py".into()),
+            default_handler: Some("main.handler".into()),
         };
         let args =
             register_args("faasctl runtime register --file rt.toml --archive a.tar --run other");
@@ -1045,6 +1070,7 @@ mod tests {
         assert_eq!(spec.name, "python3");
         assert_eq!(spec.path, "/var/task");
         assert_eq!(spec.dependencies, "pip install");
+        assert_eq!(spec.default_handler, "main.handler");
         assert_eq!(spec.run, "other", "the flag wins over the file");
         assert_eq!(spec.image_ref, "");
 

@@ -47,6 +47,7 @@ pub fn runtime_json(runtime: &Runtime) -> Value {
         "image": runtime.image,
         "path": runtime.path,
         "dependencies": runtime.dependencies,
+        "default_handler": runtime.default_handler,
         "run": runtime.run,
         "image_digest": runtime.image_digest,
         "created_at_ms": runtime.created_at_ms,
@@ -121,6 +122,7 @@ pub fn call_json(call: &Call) -> Value {
         "policy": call.policy,
         "attempts": call.attempts,
         "traceparent": call.traceparent,
+        "client_context": embedded_json(&call.client_context),
     })
 }
 
@@ -814,6 +816,7 @@ mod tests {
             owner: String::new(),
             namespace: String::new(),
             traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            client_context: String::new(),
         }
     }
 

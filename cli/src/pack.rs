@@ -217,6 +217,8 @@ pub struct RuntimeFile {
     pub path: Option<String>,
     pub dependencies: Option<String>,
     pub run: Option<String>,
+    /// The handler of functions deployed without one.
+    pub default_handler: Option<String>,
 }
 
 pub fn parse_runtime_file(path: &Path, text: &str) -> Result<RuntimeFile, PackError> {

@@ -631,6 +631,7 @@ impl Ledger {
                 // Stamped on the way out, by the node's session.
                 dispatch_proof: String::new(),
                 traceparent: call.traceparent.clone(),
+                client_context: call.client_context.clone(),
             },
         };
         self.out.push(Effect::Publish(Box::new(call.clone())));

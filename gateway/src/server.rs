@@ -331,10 +331,17 @@ impl Gateway {
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(faas_telemetry::TraceParent::parse);
+        // Lambda's Invoke API carries a client context as base64 JSON in
+        // X-Amz-Client-Context; the control plane checks what it decodes to.
+        let client_context = match client_context_of(&parts.headers) {
+            Ok(context) => context,
+            Err(message) => return error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &message),
+        };
         let invoke = InvokeRequest {
             function: route.function.to_string(),
             params_json: event::build(&info, &parts.headers, &body),
             namespace: route.namespace.to_string(),
+            client_context,
         };
         drop(body);
         match route.mode {
@@ -435,9 +442,39 @@ fn is_length_limit(error: &axum::Error) -> bool {
     false
 }
 
+/// The `X-Amz-Client-Context` header decoded (base64 of a JSON object, as
+/// Lambda's Invoke API takes it); empty without the header.
+fn client_context_of(headers: &axum::http::HeaderMap) -> Result<String, String> {
+    use base64::Engine as _;
+    let Some(value) = headers.get("x-amz-client-context") else {
+        return Ok(String::new());
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.as_bytes())
+        .map_err(|e| format!("X-Amz-Client-Context is not base64: {e}"))?;
+    String::from_utf8(bytes).map_err(|_| "X-Amz-Client-Context is not UTF-8 JSON".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_context_header_is_lambdas_base64_json() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(client_context_of(&headers).unwrap(), "");
+        // base64 of {"custom":{"a":1}}
+        headers.insert(
+            "x-amz-client-context",
+            "eyJjdXN0b20iOnsiYSI6MX19".parse().unwrap(),
+        );
+        assert_eq!(
+            client_context_of(&headers).unwrap(),
+            r#"{"custom":{"a":1}}"#
+        );
+        headers.insert("x-amz-client-context", "not base64!".parse().unwrap());
+        assert!(client_context_of(&headers).unwrap_err().contains("base64"));
+    }
 
     #[test]
     fn routes() {

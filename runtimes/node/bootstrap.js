@@ -116,18 +116,20 @@ function setTrace(context, traceparent) {
   }
 }
 
-function makeContext(callId, deadlineMs, settle) {
+function makeContext(callId, deadlineMs, clientContext, settle) {
   const functionName = env.FAAS_FUNCTION_NAME || '';
   const functionVersion = env.FAAS_FUNCTION_VERSION || '$LATEST';
-  return {
+  const context = {
     awsRequestId: callId,
     functionName,
     functionVersion,
     // A string, as in Lambda.
     memoryLimitInMB: env.FAAS_MEMORY_MB || '',
     invokedFunctionArn: `arn:faas:function:${functionName}:${functionVersion}`,
-    logGroupName: `/faas/${functionName}`,
+    logGroupName: env.AWS_LAMBDA_LOG_GROUP_NAME || `/faas/${functionName}`,
     logStreamName: callId,
+    // Lambda's rule for callback-style handlers: the result goes once the
+    // event loop is empty, unless the handler sets this to false.
     callbackWaitsForEmptyEventLoop: true,
     getRemainingTimeInMillis() {
       return deadlineMs ? Math.max(0, Math.floor(deadlineMs - Date.now())) : 0;
@@ -137,6 +139,64 @@ function makeContext(callId, deadlineMs, settle) {
     succeed(result) { settle(null, result); },
     fail(error) { settle(error || new Error('context.fail called')); },
   };
+  // Set only when the caller passed one, as on Lambda.
+  if (clientContext && typeof clientContext === 'object') context.clientContext = clientContext;
+  return context;
+}
+
+// Lambda's global `awslambda`: response streaming. A streaming handler's
+// output is buffered into the call's result, shaped as a function URL
+// response ({statusCode, headers, cookies, body, isBase64Encoded}).
+const STREAMING = Symbol.for('aws.lambda.runtime.handler.streaming');
+const STREAM_METADATA = Symbol('faas.response.metadata');
+
+class HttpResponseStream {
+  // Records the HTTP status and headers the buffered response carries.
+  static from(responseStream, metadata) {
+    responseStream[STREAM_METADATA] = metadata || {};
+    return responseStream;
+  }
+}
+
+globalThis.awslambda = {
+  streamifyResponse(handler) {
+    handler[STREAMING] = true;
+    return handler;
+  },
+  HttpResponseStream,
+};
+
+function makeResponseStream() {
+  const { Writable } = require('stream');
+  const chunks = [];
+  let resolveEnded;
+  const ended = new Promise((resolve) => { resolveEnded = resolve; });
+  const stream = new Writable({
+    write(chunk, encoding, callback) {
+      chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk, encoding));
+      callback();
+    },
+  });
+  stream.on('finish', () => resolveEnded());
+  stream.setContentType = (type) => {
+    const metadata = stream[STREAM_METADATA] || (stream[STREAM_METADATA] = {});
+    metadata.headers = Object.assign({}, metadata.headers, { 'content-type': type });
+  };
+  const result = () => {
+    const body = Buffer.concat(chunks);
+    const metadata = stream[STREAM_METADATA] || {};
+    const text = body.toString('utf8');
+    const isText = Buffer.from(text, 'utf8').equals(body);
+    const response = {
+      statusCode: metadata.statusCode || 200,
+      headers: Object.assign({ 'content-type': 'application/octet-stream' }, metadata.headers),
+      body: isText ? text : body.toString('base64'),
+      isBase64Encoded: !isText,
+    };
+    if (metadata.cookies) response.cookies = metadata.cookies;
+    return response;
+  };
+  return { stream, ended, result };
 }
 
 function writeResult(result) {
@@ -158,6 +218,9 @@ function writeResult(result) {
 async function main() {
   const functionDir = env.FAAS_FUNCTION_DIR || process.cwd();
   const setting = env.FAAS_HANDLER || 'index.handler';
+  if (env.AWS_EXECUTION_ENV === undefined) {
+    env.AWS_EXECUTION_ENV = `AWS_Lambda_nodejs${process.versions.node.split('.')[0]}.x`;
+  }
   if (env.LAMBDA_TASK_ROOT === undefined) env.LAMBDA_TASK_ROOT = functionDir;
   if (env.AWS_LAMBDA_FUNCTION_NAME === undefined) env.AWS_LAMBDA_FUNCTION_NAME = env.FAAS_FUNCTION_NAME || '';
   if (env.AWS_LAMBDA_FUNCTION_VERSION === undefined) env.AWS_LAMBDA_FUNCTION_VERSION = env.FAAS_FUNCTION_VERSION || '$LATEST';
@@ -178,10 +241,17 @@ async function main() {
   const event = envelope.event === undefined ? null : envelope.event;
   const callId = String(envelope.call_id || '');
 
+  // The call's outcome, settled once: written at once for promises and
+  // context.done/succeed/fail; for a callback, once the event loop is
+  // empty (or right away if callbackWaitsForEmptyEventLoop is false), so
+  // code after callback() and the work it left pending still run.
   let settled = false;
   const settle = (error, result) => {
     if (settled) return;
     settled = true;
+    finish(error, result);
+  };
+  const finish = (error, result) => {
     if (error !== null && error !== undefined) {
       const { type, message } = describe(error);
       fail(type, message, error);
@@ -189,7 +259,8 @@ async function main() {
       writeResult(result);
     }
   };
-  const context = makeContext(callId, envelope.deadline_ms || 0, settle);
+  const context = makeContext(callId, envelope.deadline_ms || 0, envelope.client_context, settle);
+  env.AWS_LAMBDA_LOG_STREAM_NAME = callId;
   if (typeof envelope.traceparent === 'string' && envelope.traceparent) {
     setTrace(context, envelope.traceparent);
   }
@@ -198,10 +269,29 @@ async function main() {
   process.on('uncaughtException', failAsync);
   process.on('unhandledRejection', failAsync);
 
+  const callback = (error, result) => {
+    if (settled) return;
+    settled = true;
+    if (context.callbackWaitsForEmptyEventLoop === false) {
+      setImmediate(() => finish(error, result));
+    } else {
+      process.once('beforeExit', () => finish(error, result));
+    }
+  };
+  // A callback-style handler that never calls back ends with null once
+  // nothing is left to run, as on Lambda.
+  process.once('beforeExit', () => settle(null, null));
+
   try {
-    if (handler.length >= 3) {
+    if (handler[STREAMING]) {
+      const response = makeResponseStream();
+      await handler(event, response.stream, context);
+      if (!response.stream.writableEnded) response.stream.end();
+      await response.ended;
+      settle(null, response.result());
+    } else if (handler.length >= 3) {
       // Callback style: handler(event, context, callback).
-      const returned = handler(event, context, (error, result) => settle(error, result));
+      const returned = handler(event, context, callback);
       if (returned && typeof returned.then === 'function') {
         returned.then((result) => settle(null, result), failAsync);
       }

@@ -37,6 +37,104 @@ def _fail(error_type, message, exc=None):
     _exit(1)
 
 
+# The call's id, once known: Lambda's log lines carry it.
+_request_id = ""
+
+
+def _configure_logging(logging):
+    """Lambda's root handler: lines `[LEVEL]\t<UTC time>Z\t<request id>\t<message>`
+    (or JSON objects with AWS_LAMBDA_LOG_FORMAT=JSON) on stdout, the root
+    level from AWS_LAMBDA_LOG_LEVEL (else logging's own WARNING, as on
+    Lambda: `logger.setLevel(logging.INFO)` is what handlers do)."""
+    env = os.environ
+    json_format = env.get("AWS_LAMBDA_LOG_FORMAT", "").upper() == "JSON"
+
+    class _RequestId(logging.Filter):
+        def filter(self, record):
+            record.aws_request_id = _request_id
+            return True
+
+    class _JsonFormatter(logging.Formatter):
+        def format(self, record):
+            import json
+
+            entry = {
+                "timestamp": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+                "level": record.levelname,
+                "message": record.getMessage(),
+                "logger": record.name,
+                "requestId": _request_id,
+            }
+            if record.exc_info:
+                entry["stackTrace"] = self.formatException(record.exc_info).splitlines()
+            return json.dumps(entry, default=str)
+
+    class _Handler(logging.Handler):
+        def emit(self, record):
+            try:
+                line = self.format(record) + "\n"
+                sys.stdout.write(line)
+            except Exception:  # noqa: BLE001 - logging never fails the call
+                self.handleError(record)
+
+    if json_format:
+        formatter = _JsonFormatter()
+    else:
+        formatter = logging.Formatter(
+            "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s",
+            "%Y-%m-%dT%H:%M:%S",
+        )
+    formatter.converter = time.gmtime
+    handler = _Handler()
+    handler.setFormatter(formatter)
+    handler.addFilter(_RequestId())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = env.get("AWS_LAMBDA_LOG_LEVEL", "").upper()
+    if level in ("TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR", "FATAL", "CRITICAL"):
+        root.setLevel({"TRACE": "DEBUG", "WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level))
+
+
+class _ConfigureLoggingOnImport:
+    """A meta path finder that configures `logging` right after its first
+    import. Importing it eagerly costs every call ~3 ms of a ~13 ms start,
+    and most functions never log through it."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "logging":
+            return None
+        sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find else None
+            if spec is not None:
+                break
+        else:
+            return None
+        spec.loader = _LoaderThen(spec.loader, _configure_logging)
+        return spec
+
+
+class _LoaderThen:
+    def __init__(self, loader, then):
+        self._loader = loader
+        self._then = then
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        self._then(module)
+
+
+def _install_logging():
+    if "logging" in sys.modules:
+        _configure_logging(sys.modules["logging"])
+    else:
+        sys.meta_path.insert(0, _ConfigureLoggingOnImport())
+
+
 def _exit(code):
     try:
         sys.stdout.flush()
@@ -45,20 +143,57 @@ def _exit(code):
         os._exit(code)
 
 
+class CognitoIdentity:
+    """Lambda's context.identity: set for calls from its mobile SDK only,
+    so both ids are None (code reads the attributes unguarded)."""
+
+    def __init__(self):
+        self.cognito_identity_id = None
+        self.cognito_identity_pool_id = None
+
+    def __repr__(self):
+        return "CognitoIdentity(cognito_identity_id=None, cognito_identity_pool_id=None)"
+
+
+class Client:
+    """context.client_context.client, from the caller's client context."""
+
+    def __init__(self, client):
+        self.installation_id = client.get("installation_id")
+        self.app_title = client.get("app_title")
+        self.app_version_name = client.get("app_version_name")
+        self.app_version_code = client.get("app_version_code")
+        self.app_package_name = client.get("app_package_name")
+
+
+class ClientContext:
+    """context.client_context: what the caller passed (faasctl invoke
+    --client-context, InvokeRequest.client_context), as Lambda shapes it."""
+
+    def __init__(self, value):
+        client = value.get("client")
+        self.client = Client(client) if isinstance(client, dict) else None
+        self.custom = value.get("custom")
+        self.env = value.get("env")
+
+    def __repr__(self):
+        return f"ClientContext(client={self.client!r}, custom={self.custom!r}, env={self.env!r})"
+
+
 class LambdaContext:
     """The attributes AWS Lambda's Python context offers."""
 
-    def __init__(self, call_id, deadline_ms, env):
+    def __init__(self, call_id, deadline_ms, env, client_context=None):
         self.aws_request_id = call_id
         self.function_name = env.get("FAAS_FUNCTION_NAME", "")
         self.function_version = env.get("FAAS_FUNCTION_VERSION", "$LATEST")
         # A string, as in Lambda (code does int(context.memory_limit_in_mb)).
         self.memory_limit_in_mb = env.get("FAAS_MEMORY_MB", "")
         self.invoked_function_arn = f"arn:faas:function:{self.function_name}:{self.function_version}"
-        self.log_group_name = f"/faas/{self.function_name}"
+        self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME") or f"/faas/{self.function_name}"
         self.log_stream_name = call_id
-        self.identity = None
-        self.client_context = None
+        self.identity = CognitoIdentity()
+        self.client_context = ClientContext(client_context) if isinstance(client_context, dict) else None
         # The call's W3C trace context (also $TRACEPARENT), or None.
         self.traceparent = None
         self._deadline_ms = deadline_ms
@@ -98,7 +233,11 @@ def _load_handler(function_dir, handler_setting):
     # The bootstrap's own directory is not.
     bootstrap_dir = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != bootstrap_dir]
-    sys.path.insert(0, function_dir)
+    # Then the layers' directories, as on Lambda (/opt holds the layers).
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    # (Only those that exist: a missing one would cost a stat per import.)
+    layers = [p for p in (f"/opt/python/lib/{version}/site-packages", "/opt/python") if os.path.isdir(p)]
+    sys.path[0:0] = [function_dir, *layers]
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any import failure fails the call
@@ -184,11 +323,14 @@ def main():
     env = os.environ
     function_dir = env.get("FAAS_FUNCTION_DIR") or os.getcwd()
     handler_setting = env.get("FAAS_HANDLER") or "handler.handler"
-    # Variables some Lambda code and libraries read.
+    # Variables some Lambda code and libraries read (the agent sets the
+    # rest: docs/contract.md).
     env.setdefault("LAMBDA_TASK_ROOT", function_dir)
     env.setdefault("AWS_LAMBDA_FUNCTION_NAME", env.get("FAAS_FUNCTION_NAME", ""))
     env.setdefault("AWS_LAMBDA_FUNCTION_VERSION", env.get("FAAS_FUNCTION_VERSION", "$LATEST"))
     env.setdefault("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", env.get("FAAS_MEMORY_MB", ""))
+    env.setdefault("AWS_EXECUTION_ENV", f"AWS_Lambda_python{sys.version_info[0]}.{sys.version_info[1]}")
+    _install_logging()
 
     handler = _load_handler(function_dir, handler_setting)
     json = _json_codec()
@@ -206,7 +348,10 @@ def main():
     except Exception as exc:  # noqa: BLE001
         _fail("Runtime.InvalidInput", f"Cannot read the input {input_path}: {exc}", exc)
 
-    context = LambdaContext(call_id, deadline_ms, env)
+    global _request_id
+    _request_id = call_id
+    env["AWS_LAMBDA_LOG_STREAM_NAME"] = call_id
+    context = LambdaContext(call_id, deadline_ms, env, envelope.get("client_context"))
     traceparent = envelope.get("traceparent")
     if isinstance(traceparent, str) and traceparent:
         _set_trace(env, context, traceparent)

@@ -518,6 +518,8 @@ struct RuntimeToml {
     #[serde(default)]
     dependencies: String,
     run: String,
+    #[serde(default)]
+    default_handler: String,
 }
 
 /// A running faas stack. Dropping it kills every process it started.
@@ -1603,6 +1605,7 @@ impl Stack {
                 path: definition.path,
                 dependencies: definition.dependencies,
                 run: definition.run,
+                default_handler: definition.default_handler,
                 image_ref: String::new(),
                 replace: true,
             },

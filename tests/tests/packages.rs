@@ -560,6 +560,7 @@ async fn image_archive_registrations_take_turns() -> anyhow::Result<()> {
             run: "true".into(),
             image_ref: String::new(),
             replace: true,
+            ..Default::default()
         })),
     };
     // The head of a tar file ("ustar" at 257), and no more yet.

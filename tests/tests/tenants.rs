@@ -39,6 +39,7 @@ fn in_namespace(namespace: &str, function: &str, params: &str) -> InvokeRequest 
         function: function.into(),
         params_json: params.into(),
         namespace: namespace.into(),
+        ..Default::default()
     }
 }
 

@@ -49,6 +49,14 @@ use futures::{Stream, StreamExt, TryStreamExt};
 pub use config::{ConfigFile, ContextEntry, Overrides, Settings};
 pub use connect::{connect, normalize_endpoint, Credentials, MAX_DECODE_BYTES};
 pub use error::{code_name, Error, Result};
+
+/// What a call may carry besides its params.
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    /// Lambda's client context: a JSON object (at most 3583 bytes) the
+    /// function reads as `context.client_context` / `context.clientContext`.
+    pub client_context: Option<String>,
+}
 /// The API's messages, as the methods return them.
 pub use faas_proto::v1::{Call, CallLogs, CallStatus, Function, StartKind, Timings};
 /// The generated API, for what the small API here does not cover.
@@ -219,7 +227,18 @@ impl Client {
     /// returns the final record. A function that fails is not an error:
     /// the record says FAILED or TIMEOUT, with [`Call::error`].
     pub async fn invoke(&self, function: &str, params_json: impl Into<String>) -> Result<Call> {
-        let request = self.invoke_request(function, params_json.into());
+        self.invoke_with(function, params_json, &CallOptions::default())
+            .await
+    }
+
+    /// [`Client::invoke`] with the call's options (a client context).
+    pub async fn invoke_with(
+        &self,
+        function: &str,
+        params_json: impl Into<String>,
+        options: &CallOptions,
+    ) -> Result<Call> {
+        let request = self.invoke_request(function, params_json.into(), options);
         self.retry_when_safe(|mut calls| {
             let request = self.request(request.clone());
             async move { calls.invoke(request).await }
@@ -229,7 +248,18 @@ impl Client {
 
     /// Records a call of `function` (durably) and returns its id at once.
     pub async fn submit(&self, function: &str, params_json: impl Into<String>) -> Result<String> {
-        let request = self.invoke_request(function, params_json.into());
+        self.submit_with(function, params_json, &CallOptions::default())
+            .await
+    }
+
+    /// [`Client::submit`] with the call's options (a client context).
+    pub async fn submit_with(
+        &self,
+        function: &str,
+        params_json: impl Into<String>,
+        options: &CallOptions,
+    ) -> Result<String> {
+        let request = self.invoke_request(function, params_json.into(), options);
         let reply = self
             .retry_when_safe(|mut calls| {
                 let request = self.request(request.clone());
@@ -396,11 +426,17 @@ impl Client {
             .functions)
     }
 
-    fn invoke_request(&self, function: &str, params_json: String) -> InvokeRequest {
+    fn invoke_request(
+        &self,
+        function: &str,
+        params_json: String,
+        options: &CallOptions,
+    ) -> InvokeRequest {
         InvokeRequest {
             function: function.to_string(),
             params_json,
             namespace: self.namespace.clone(),
+            client_context: options.client_context.clone().unwrap_or_default(),
         }
     }
 

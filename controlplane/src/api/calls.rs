@@ -90,6 +90,7 @@ impl Api {
                 "params are not valid JSON: {e}"
             )));
         }
+        let client_context = check_client_context(request.client_context)?;
         let broker = self.broker()?;
         // On the leader, which every submit reaches: the rate holds over
         // the whole cluster.
@@ -145,6 +146,7 @@ impl Api {
                 owner: owner.token_id().to_string(),
                 namespace: namespace.clone(),
                 traceparent: trace.to_string(),
+                client_context: client_context.clone(),
                 ..Default::default()
             };
             // Counted before it is recorded, so that concurrent submits
@@ -879,5 +881,60 @@ fn final_rest(logs: CallLogs, streamed: u64) -> CallLogChunk {
         offset: streamed as u64,
         r#final: true,
         truncated: logs.truncated,
+    }
+}
+
+/// Lambda's bound on a client context (its base64 form is 3583 bytes).
+const MAX_CLIENT_CONTEXT_BYTES: usize = 3583;
+
+/// A client context is a JSON object of at most
+/// [`MAX_CLIENT_CONTEXT_BYTES`], stored compact (it is spliced into the
+/// function's input as it is).
+fn check_client_context(text: String) -> Result<String, ApiError> {
+    if text.trim().is_empty() {
+        return Ok(String::new());
+    }
+    if text.len() > MAX_CLIENT_CONTEXT_BYTES {
+        return Err(ApiError::InvalidArgument(format!(
+            "the client context is {} bytes, over the limit of {MAX_CLIENT_CONTEXT_BYTES} bytes",
+            text.len()
+        )));
+    }
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(value @ serde_json::Value::Object(_)) => Ok(value.to_string()),
+        Ok(_) => Err(ApiError::InvalidArgument(
+            "the client context must be a JSON object".into(),
+        )),
+        Err(e) => Err(ApiError::InvalidArgument(format!(
+            "the client context is not valid JSON: {e}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod client_context_tests {
+    use super::*;
+
+    #[test]
+    fn a_client_context_is_an_object_within_lambdas_bound() {
+        assert_eq!(check_client_context(String::new()).unwrap(), "");
+        assert_eq!(
+            check_client_context(r#"{ "custom": {"a": 1} }"#.into()).unwrap(),
+            r#"{"custom":{"a":1}}"#
+        );
+        for bad in ["[1]", "\"x\"", "{", "3"] {
+            assert!(
+                matches!(
+                    check_client_context(bad.into()),
+                    Err(ApiError::InvalidArgument(_))
+                ),
+                "{bad}"
+            );
+        }
+        let big = format!(r#"{{"custom":"{}"}}"#, "a".repeat(4000));
+        assert!(matches!(
+            check_client_context(big),
+            Err(ApiError::InvalidArgument(_))
+        ));
     }
 }

@@ -19,6 +19,38 @@ use crate::store::Kind;
 
 pub const DEFAULT_HANDLER: &str = "handler.handler";
 
+/// Longest handler setting accepted (Lambda's bound is 128 characters;
+/// a path to the module can make it longer here).
+const MAX_HANDLER_BYTES: usize = 256;
+
+/// A handler setting travels in the environment file (NUL-separated) and
+/// is printed by `fn get`: bounded, without control characters.
+pub fn check_handler(what: &str, handler: &str) -> Result<(), ApiError> {
+    if handler.len() > MAX_HANDLER_BYTES {
+        return Err(ApiError::InvalidArgument(format!(
+            "{what} is {} bytes, over the limit of {MAX_HANDLER_BYTES}",
+            handler.len()
+        )));
+    }
+    if handler.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ApiError::InvalidArgument(format!(
+            "{what} {handler:?} has whitespace or control characters (expected e.g. module.function)"
+        )));
+    }
+    Ok(())
+}
+
+/// The handler a function deployed without one gets: its runtime's own
+/// default (Node's is `index.handler`, as on Lambda), else
+/// [`DEFAULT_HANDLER`].
+pub fn default_handler_of(runtime: &Runtime) -> &str {
+    if runtime.default_handler.is_empty() {
+        DEFAULT_HANDLER
+    } else {
+        &runtime.default_handler
+    }
+}
+
 /// How long a deploy refused for lack of a slot is told to wait: about
 /// what checking and storing one package takes.
 const DEPLOY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -56,6 +88,24 @@ fn check_env_name(key: &str) -> Result<(), ApiError> {
     if key.starts_with("FAAS_") {
         return Err(ApiError::InvalidArgument(format!(
             "environment variable {key:?}: the FAAS_ prefix is reserved for the platform"
+        )));
+    }
+    // What describes the function to Lambda code, set by the agent (as
+    // Lambda reserves them). AWS_REGION, TZ and the logging settings
+    // (AWS_LAMBDA_LOG_LEVEL, AWS_LAMBDA_LOG_FORMAT) stay the function's.
+    if matches!(
+        key,
+        "_HANDLER"
+            | "LAMBDA_TASK_ROOT"
+            | "AWS_LAMBDA_FUNCTION_NAME"
+            | "AWS_LAMBDA_FUNCTION_VERSION"
+            | "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"
+            | "AWS_LAMBDA_LOG_GROUP_NAME"
+            | "AWS_LAMBDA_LOG_STREAM_NAME"
+            | "AWS_EXECUTION_ENV"
+    ) {
+        return Err(ApiError::InvalidArgument(format!(
+            "environment variable {key:?} is reserved: the platform sets it (see docs/contract.md)"
         )));
     }
     Ok(())
@@ -239,6 +289,7 @@ impl FunctionService for Api {
             ))
             .into());
         }
+        check_handler("handler", &spec.handler)?;
         for (key, value) in &spec.env {
             check_env_name(key)?;
             check_env_value(key, value)?;
@@ -264,13 +315,13 @@ impl FunctionService for Api {
             .get(Kind::Runtime, &spec.runtime)
             .await
             .map_err(ApiError::from)?;
-        if runtime.is_none() {
+        let Some(runtime) = runtime else {
             return Err(ApiError::NotFound(format!(
                 "runtime {:?} not found (see `faasctl runtime ls`)",
                 spec.runtime
             ))
             .into());
-        }
+        };
         let upload = read_upload(
             &mut stream,
             limits.max_package_bytes,
@@ -314,7 +365,7 @@ impl FunctionService for Api {
             name: spec.name.clone(),
             runtime: spec.runtime,
             handler: if spec.handler.is_empty() {
-                DEFAULT_HANDLER.into()
+                default_handler_of(&runtime).into()
             } else {
                 spec.handler
             },
@@ -446,6 +497,10 @@ mod tests {
     fn env_names() {
         assert!(check_env_name("API_KEY").is_ok());
         assert!(check_env_name("FAAS_INPUT").is_err());
+        assert!(check_env_name("AWS_LAMBDA_FUNCTION_NAME").is_err());
+        assert!(check_env_name("_HANDLER").is_err());
+        assert!(check_env_name("AWS_REGION").is_ok());
+        assert!(check_env_name("AWS_LAMBDA_LOG_LEVEL").is_ok());
         assert!(check_env_name("1X").is_err());
         assert!(check_env_name("A=B").is_err());
         assert!(check_env_value("A", "plain value, with = and newlines\n").is_ok());

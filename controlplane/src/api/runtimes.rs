@@ -50,6 +50,7 @@ impl RuntimeService for Api {
         if spec.run.trim().is_empty() {
             return Err(ApiError::InvalidArgument("runtime run command is empty".into()).into());
         }
+        super::functions::check_handler("default handler", &spec.default_handler)?;
         let existing: Option<Runtime> = self
             .store
             .get(Kind::Runtime, &spec.name)
@@ -124,6 +125,7 @@ impl RuntimeService for Api {
             run: spec.run,
             image_digest: image.digest,
             created_at_ms: existing.map(|r| r.created_at_ms).unwrap_or_else(now_ms),
+            default_handler: spec.default_handler,
         };
         self.store
             .put(Kind::Runtime, &runtime.name, &runtime)

@@ -608,20 +608,25 @@ async fn register_bigdep_runtime(stack: &Stack, mb: u64, mibps: u64) -> anyhow::
         .find(|(name, _)| name == "python3")
         .map(|(_, path)| path)
         .ok_or_else(|| anyhow!("FAAS_RUNTIME_ARCHIVES has no python3 archive"))?;
-    // One line of Python (the image has no coreutils); a short read fails
+    // One line of Python (the image had no coreutils); a short read fails
     // the load. Last, so that its exit status is the step's.
     let pace = if mibps == 0 {
         String::new()
     } else {
         format!(", time.sleep(max(0.0, t0 + (i + 1) / {mibps} - time.monotonic()))")
     };
-    let dependencies = format!(
-        "{}; python3 -c 'import hashlib, sys, time; h = hashlib.sha256(); \
+    let read = format!(
+        "python3 -c 'import hashlib, sys, time; h = hashlib.sha256(); \
          f = open(\"dep.bin\", \"rb\"); t0 = time.monotonic(); \
          step = lambda i: ((h.update(b) if len(b := f.read(1 << 20)) == 1 << 20 \
-         else sys.exit(\"dep.bin is short\")){pace}); [step(i) for i in range({mb})]'",
-        python3.dependencies
+         else sys.exit(\"dep.bin is short\")){pace}); [step(i) for i in range({mb})]'"
     );
+    // After the runtime's own step, if it has one.
+    let dependencies = if python3.dependencies.trim().is_empty() {
+        read
+    } else {
+        format!("{}; {read}", python3.dependencies)
+    };
     stack
         .register_runtime_spec(
             RuntimeSpec {
@@ -629,6 +634,7 @@ async fn register_bigdep_runtime(stack: &Stack, mb: u64, mibps: u64) -> anyhow::
                 path: python3.path,
                 dependencies: dependencies.clone(),
                 run: python3.run,
+                default_handler: String::new(),
                 image_ref: String::new(),
                 replace: true,
             },

@@ -8,7 +8,8 @@ Left out on purpose, each because it legitimately changes between calls:
   only the shape of /proc/self is reported.
 - /faas/io: the call's own input (call id, deadline), output and logs.
 - the values of TRACEPARENT and _X_AMZN_TRACE_ID: the call's own trace ids
-  (docs/tracing.md). Their presence and form are reported.
+  (docs/tracing.md), and of AWS_LAMBDA_LOG_STREAM_NAME: the call's id
+  (docs/contract.md). Their presence and form are reported.
 - host paths in /proc/self/mountinfo: the source of each mount and the
   overlay root's lowerdir/upperdir/workdir options name the host's
   directories of this container (its snapshot), which differ per call by
@@ -156,8 +157,9 @@ def own_ids_named(value, ids):
     return value
 
 
-# The per-call trace variables, by form only.
+# The per-call variables, by form only.
 TRACE_FORMS = {
+    "AWS_LAMBDA_LOG_STREAM_NAME": re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"),
     "TRACEPARENT": re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}"),
     "_X_AMZN_TRACE_ID": re.compile(r"Root=1-[0-9a-f]{8}-[0-9a-f]{24};Parent=[0-9a-f]{16};Sampled=[01]"),
 }

@@ -51,8 +51,9 @@ class ApiToken(_message.Message):
     def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., description: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., secret_sha256: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ["attempts", "created_at_ms", "error", "finished_at_ms", "function", "function_version", "id", "logs_truncated", "namespace", "node", "owner", "params_json", "policy", "result_json", "spot", "status", "timings", "traceparent"]
+    __slots__ = ["attempts", "client_context", "created_at_ms", "error", "finished_at_ms", "function", "function_version", "id", "logs_truncated", "namespace", "node", "owner", "params_json", "policy", "result_json", "spot", "status", "timings", "traceparent"]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +72,7 @@ class Call(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     attempts: int
+    client_context: str
     created_at_ms: int
     error: CallError
     finished_at_ms: int
@@ -88,7 +90,7 @@ class Call(_message.Message):
     status: CallStatus
     timings: Timings
     traceparent: str
-    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., function_version: _Optional[int] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[CallStatus, str]] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., node: _Optional[str] = ..., spot: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., logs_truncated: bool = ..., policy: _Optional[str] = ..., attempts: _Optional[int] = ..., owner: _Optional[str] = ..., namespace: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., function_version: _Optional[int] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[CallStatus, str]] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., node: _Optional[str] = ..., spot: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., logs_truncated: bool = ..., policy: _Optional[str] = ..., attempts: _Optional[int] = ..., owner: _Optional[str] = ..., namespace: _Optional[str] = ..., traceparent: _Optional[str] = ..., client_context: _Optional[str] = ...) -> None: ...
 
 class CallError(_message.Message):
     __slots__ = ["log_tail", "message", "reason"]
@@ -433,14 +435,16 @@ class GetSecretRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ["function", "namespace", "params_json"]
+    __slots__ = ["client_context", "function", "namespace", "params_json"]
+    CLIENT_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    client_context: str
     function: str
     namespace: str
     params_json: str
-    def __init__(self, function: _Optional[str] = ..., params_json: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+    def __init__(self, function: _Optional[str] = ..., params_json: _Optional[str] = ..., namespace: _Optional[str] = ..., client_context: _Optional[str] = ...) -> None: ...
 
 class JoinToken(_message.Message):
     __slots__ = ["created_at_ms", "description", "expires_at_ms", "id", "uses_left"]
@@ -657,8 +661,9 @@ class RemoveNodeResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Runtime(_message.Message):
-    __slots__ = ["created_at_ms", "dependencies", "image", "image_digest", "name", "path", "run"]
+    __slots__ = ["created_at_ms", "default_handler", "dependencies", "image", "image_digest", "name", "path", "run"]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_HANDLER_FIELD_NUMBER: _ClassVar[int]
     DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -666,29 +671,32 @@ class Runtime(_message.Message):
     PATH_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     created_at_ms: int
+    default_handler: str
     dependencies: str
     image: str
     image_digest: str
     name: str
     path: str
     run: str
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., path: _Optional[str] = ..., dependencies: _Optional[str] = ..., run: _Optional[str] = ..., image_digest: _Optional[str] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., path: _Optional[str] = ..., dependencies: _Optional[str] = ..., run: _Optional[str] = ..., image_digest: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., default_handler: _Optional[str] = ...) -> None: ...
 
 class RuntimeSpec(_message.Message):
-    __slots__ = ["dependencies", "image_ref", "name", "path", "replace", "run"]
+    __slots__ = ["default_handler", "dependencies", "image_ref", "name", "path", "replace", "run"]
+    DEFAULT_HANDLER_FIELD_NUMBER: _ClassVar[int]
     DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_REF_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    default_handler: str
     dependencies: str
     image_ref: str
     name: str
     path: str
     replace: bool
     run: str
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., dependencies: _Optional[str] = ..., run: _Optional[str] = ..., image_ref: _Optional[str] = ..., replace: bool = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., dependencies: _Optional[str] = ..., run: _Optional[str] = ..., image_ref: _Optional[str] = ..., replace: bool = ..., default_handler: _Optional[str] = ...) -> None: ...
 
 class Secret(_message.Message):
     __slots__ = ["created_at_ms", "name", "namespace", "size", "updated_at_ms", "version"]

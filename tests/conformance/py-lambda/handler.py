@@ -1,0 +1,88 @@
+"""Lambda-style Python handlers, one per behaviour tests/tests/conformance.rs
+checks. Written the way handlers published for AWS Lambda are: module-level
+logger, context attributes, vendored native code, the standard library."""
+
+import logging
+import os
+import subprocess
+import time
+
+logger = logging.getLogger()
+logger.setLevel(logging.INFO)
+
+
+def logs(event, context):
+    """Lambda's root handler formats these lines; print goes as it is."""
+    logger.info("info %s", event.get("word", "x"))
+    logging.getLogger("child").warning("two\nlines")
+    try:
+        raise ValueError("caught")
+    except ValueError:
+        logger.exception("with a traceback")
+    logger.debug("not shown at INFO")
+    print("a print line")
+    return {"ok": True}
+
+
+def timeout_logs(event, context):
+    """Logs, then runs past the function's timeout."""
+    print("printed before the timeout", flush=True)
+    logger.warning("logged before the timeout")
+    time.sleep(event.get("sleep", 30))
+    return {"ok": "never"}
+
+
+VARIABLES = [
+    "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EXECUTION_ENV", "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_VERSION", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME", "_HANDLER", "TZ", "LAMBDA_TASK_ROOT", "LD_LIBRARY_PATH",
+]
+
+
+def context_and_env(event, context):
+    client = context.client_context
+    return {
+        "env": {name: os.environ.get(name) for name in VARIABLES},
+        "aws_request_id": context.aws_request_id,
+        "function_name": context.function_name,
+        "memory_limit_in_mb": context.memory_limit_in_mb,
+        "log_group_name": context.log_group_name,
+        "log_stream_name": context.log_stream_name,
+        "identity": [context.identity.cognito_identity_id, context.identity.cognito_identity_pool_id],
+        "client_context": None if client is None else {
+            "custom": client.custom,
+            "env": client.env,
+            "app_title": client.client.app_title if client.client else None,
+        },
+        "remaining_ms": context.get_remaining_time_in_millis(),
+    }
+
+
+def native(event, context):
+    """A vendored C++ library in lib/ (it links libstdc++), loaded by name
+    through LD_LIBRARY_PATH as a manylinux wheel's would be."""
+    import ctypes
+
+    probe = ctypes.CDLL("libfaasprobe.so")
+    probe.probe_length.restype = ctypes.c_int
+    probe.probe_length.argtypes = [ctypes.c_char_p]
+    return {"length": probe.probe_length(event["text"].encode())}
+
+
+def system(event, context):
+    """The standard library and tools Lambda's image has."""
+    from zoneinfo import ZoneInfo
+    from datetime import datetime
+
+    madrid = datetime(2026, 7, 1, 12, 0, tzinfo=ZoneInfo("Europe/Madrid"))
+    listing = subprocess.run(["ls", "/var/task"], capture_output=True, text=True, check=True).stdout.split()
+    copied = subprocess.run(
+        ["dd", "if=/dev/zero", "of=/tmp/zeros", "bs=1024", "count=8"], capture_output=True, check=True
+    )
+    return {
+        "madrid_offset_s": madrid.utcoffset().total_seconds(),
+        "localtime_zone": time.strftime("%Z", time.localtime()),
+        "ls": listing,
+        "dd_bytes": os.path.getsize("/tmp/zeros"),
+        "dd_rc": copied.returncode,
+    }

@@ -1,0 +1,422 @@
+//! Lambda conformance (issue 14): handlers written the way functions
+//! published for AWS Lambda are (tests/conformance/<runtime>-lambda/), run
+//! on the real stack, one test per behaviour Lambda users rely on. What
+//! still differs from Lambda is listed in docs/contract.md.
+
+use std::path::Path;
+use std::process::Command;
+
+use faas_proto::v1::call_service_client::CallServiceClient;
+use faas_proto::v1::{Call, CallStatus, GetCallLogsRequest, InvokeRequest};
+use faas_tests::{repo_root, Stack, StackOptions};
+use serde_json::{json, Value};
+
+fn conformance_dir(name: &str) -> std::path::PathBuf {
+    repo_root().join("tests/conformance").join(name)
+}
+
+fn deploy(stack: &Stack, name: &str, runtime: &str, dir: &Path, extra: &[&str]) {
+    let out = stack
+        .faasctl()
+        .args(["fn", "deploy", name, "--runtime", runtime])
+        .args(extra)
+        .arg(dir)
+        .output()
+        .expect("running faasctl");
+    assert!(
+        out.status.success(),
+        "faasctl fn deploy {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn invoke_with(stack: &Stack, function: &str, params: Value, client_context: &str) -> Call {
+    CallServiceClient::new(stack.channel().await)
+        .invoke(InvokeRequest {
+            function: function.into(),
+            params_json: params.to_string(),
+            client_context: client_context.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("invoking {function}: {e}"))
+        .into_inner()
+}
+
+async fn invoke(stack: &Stack, function: &str, params: Value) -> Call {
+    invoke_with(stack, function, params, "").await
+}
+
+fn result_of(call: &Call) -> Value {
+    assert_eq!(call.status(), CallStatus::Succeeded, "{call:#?}");
+    serde_json::from_str(&call.result_json).expect("the result is JSON")
+}
+
+async fn logs_of(stack: &Stack, call: &Call) -> String {
+    let logs = CallServiceClient::new(stack.channel().await)
+        .get_call_logs(GetCallLogsRequest {
+            id: call.id.clone(),
+        })
+        .await
+        .expect("GetCallLogs")
+        .into_inner();
+    String::from_utf8_lossy(&logs.logs).into_owned()
+}
+
+async fn python_stack() -> Stack {
+    Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        ..Default::default()
+    })
+    .await
+    .expect("starting the stack")
+}
+
+/// `[LEVEL]\t<UTC time>Z\t<request id>\t<message>`: Lambda's line.
+fn is_lambda_line(line: &str, level: &str, call_id: &str, message: &str) -> bool {
+    let parts: Vec<&str> = line.splitn(4, '\t').collect();
+    parts.len() == 4
+        && parts[0] == format!("[{level}]")
+        && parts[1].len() == "2026-12-03T12:00:00.000Z".len()
+        && parts[1].ends_with('Z')
+        && parts[1].as_bytes()[10] == b'T'
+        && parts[2] == call_id
+        && parts[3] == message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_logging_goes_to_the_call_log_in_lambdas_format() {
+    let stack = python_stack().await;
+    let dir = conformance_dir("py-lambda");
+    deploy(
+        &stack,
+        "logs",
+        "python3",
+        &dir,
+        &["--handler", "handler.logs"],
+    );
+    let call = invoke(&stack, "logs", json!({"word": "hello"})).await;
+    result_of(&call);
+    let logs = logs_of(&stack, &call).await;
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| is_lambda_line(l, "INFO", &call.id, "info hello")),
+        "no Lambda-format INFO line: {logs}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| is_lambda_line(l, "WARNING", &call.id, "two")),
+        "{logs}"
+    );
+    assert!(lines.contains(&"lines"), "a message's second line: {logs}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| is_lambda_line(l, "ERROR", &call.id, "with a traceback")),
+        "{logs}"
+    );
+    assert!(logs.contains("ValueError: caught"), "the traceback: {logs}");
+    assert!(!logs.contains("not shown at INFO"), "{logs}");
+    assert!(lines.contains(&"a print line"), "{logs}");
+
+    // AWS_LAMBDA_LOG_FORMAT=JSON and AWS_LAMBDA_LOG_LEVEL, as Lambda's
+    // logging configuration sets them.
+    deploy(
+        &stack,
+        "logs-json",
+        "python3",
+        &dir,
+        &[
+            "--handler",
+            "handler.logs",
+            "--env",
+            "AWS_LAMBDA_LOG_FORMAT=JSON",
+            "--env",
+            "AWS_LAMBDA_LOG_LEVEL=DEBUG",
+        ],
+    );
+    let call = invoke(&stack, "logs-json", json!({"word": "json"})).await;
+    result_of(&call);
+    let logs = logs_of(&stack, &call).await;
+    let entries: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let info = entries
+        .iter()
+        .find(|e| e["message"] == "info json")
+        .unwrap_or_else(|| panic!("no JSON entry: {logs}"));
+    assert_eq!(info["level"], "INFO");
+    assert_eq!(info["requestId"], call.id.as_str());
+    assert!(info["timestamp"].as_str().unwrap().ends_with('Z'));
+    // The handler's own setLevel(INFO) comes after the bootstrap's DEBUG.
+    assert!(!logs.contains("not shown at INFO"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_a_call_killed_at_its_timeout_are_kept() {
+    let stack = python_stack().await;
+    let dir = conformance_dir("py-lambda");
+    deploy(
+        &stack,
+        "slow",
+        "python3",
+        &dir,
+        &["--handler", "handler.timeout_logs", "--timeout", "2s"],
+    );
+    let call = invoke(&stack, "slow", json!({"sleep": 30})).await;
+    assert_eq!(call.status(), CallStatus::Timeout, "{call:#?}");
+    let logs = logs_of(&stack, &call).await;
+    assert!(logs.contains("printed before the timeout"), "{logs:?}");
+    assert!(
+        logs.lines()
+            .any(|l| is_lambda_line(l, "WARNING", &call.id, "logged before the timeout")),
+        "{logs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_and_environment_are_lambdas() {
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3", "node"],
+        ..Default::default()
+    })
+    .await
+    .expect("starting the stack");
+    let py = conformance_dir("py-lambda");
+    deploy(
+        &stack,
+        "ctx",
+        "python3",
+        &py,
+        &["--handler", "handler.context_and_env", "--memory", "256Mi"],
+    );
+    let client_context =
+        r#"{"custom": {"tenant": "t1"}, "env": {"locale": "es"}, "client": {"app_title": "demo"}}"#;
+    let call = invoke_with(&stack, "ctx", json!({}), client_context).await;
+    let got = result_of(&call);
+    let env = &got["env"];
+    assert_eq!(env["AWS_REGION"], "us-east-1", "{got}");
+    assert_eq!(env["AWS_DEFAULT_REGION"], "us-east-1");
+    assert_eq!(env["AWS_EXECUTION_ENV"], "AWS_Lambda_python3.11");
+    assert_eq!(env["AWS_LAMBDA_FUNCTION_NAME"], "ctx");
+    assert_eq!(env["AWS_LAMBDA_FUNCTION_VERSION"], "1");
+    assert_eq!(env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"], "256");
+    assert_eq!(env["AWS_LAMBDA_LOG_GROUP_NAME"], "/faas/ctx");
+    assert_eq!(env["AWS_LAMBDA_LOG_STREAM_NAME"], call.id.as_str());
+    assert_eq!(env["_HANDLER"], "handler.context_and_env");
+    assert_eq!(env["TZ"], ":UTC");
+    assert_eq!(env["LAMBDA_TASK_ROOT"], "/var/task");
+    assert_eq!(got["aws_request_id"], call.id.as_str());
+    assert_eq!(got["memory_limit_in_mb"], "256");
+    assert_eq!(got["log_group_name"], "/faas/ctx");
+    assert_eq!(got["identity"], json!([null, null]));
+    assert_eq!(
+        got["client_context"],
+        json!({"custom": {"tenant": "t1"}, "env": {"locale": "es"}, "app_title": "demo"})
+    );
+    assert!(got["remaining_ms"].as_u64().unwrap() > 0, "{got}");
+    // The record keeps what the caller passed.
+    let stored: Value = serde_json::from_str(&call.client_context).unwrap();
+    assert_eq!(stored["custom"]["tenant"], "t1");
+    // Without one: None, as on Lambda.
+    let call = invoke(&stack, "ctx", json!({})).await;
+    assert_eq!(result_of(&call)["client_context"], Value::Null);
+
+    // A function's own region and TZ win; the names Lambda reserves are
+    // refused at deploy.
+    deploy(
+        &stack,
+        "ctx-eu",
+        "python3",
+        &py,
+        &[
+            "--handler",
+            "handler.context_and_env",
+            "--env",
+            "AWS_REGION=eu-west-1",
+            "--env",
+            "TZ=Europe/Madrid",
+        ],
+    );
+    let got = result_of(&invoke(&stack, "ctx-eu", json!({})).await);
+    assert_eq!(got["env"]["AWS_REGION"], "eu-west-1");
+    assert_eq!(got["env"]["AWS_DEFAULT_REGION"], "us-east-1");
+    assert_eq!(got["env"]["TZ"], "Europe/Madrid");
+    let refused = stack
+        .faasctl()
+        .args(["fn", "deploy", "bad", "--runtime", "python3"])
+        .args(["--env", "AWS_LAMBDA_FUNCTION_NAME=x"])
+        .arg(&py)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("reserved"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // A client context that is not a JSON object is refused, naming it.
+    let refused = CallServiceClient::new(stack.channel().await)
+        .invoke(InvokeRequest {
+            function: "ctx".into(),
+            params_json: "{}".into(),
+            client_context: "[1, 2]".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("client context"), "{refused}");
+
+    // faasctl passes one too.
+    let out = stack
+        .faasctl()
+        .args([
+            "invoke",
+            "ctx",
+            "--client-context",
+            r#"{"custom":{"via":"faasctl"}}"#,
+        ])
+        .output()
+        .unwrap();
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "faasctl invoke: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(printed["client_context"]["custom"]["via"], "faasctl");
+
+    // Node: the default handler is index.handler, as on Lambda.
+    let node = conformance_dir("node-lambda");
+    deploy(&stack, "node-ctx", "node", &node, &[]);
+    let call = invoke_with(&stack, "node-ctx", json!({}), client_context).await;
+    let got = result_of(&call);
+    assert_eq!(got["env"]["_HANDLER"], "index.handler", "{got}");
+    assert_eq!(got["env"]["AWS_EXECUTION_ENV"], "AWS_Lambda_nodejs18.x");
+    assert_eq!(got["env"]["AWS_REGION"], "us-east-1");
+    assert_eq!(got["env"]["AWS_LAMBDA_LOG_STREAM_NAME"], call.id.as_str());
+    assert_eq!(got["env"]["TZ"], ":UTC");
+    assert_eq!(
+        got["env"]["NODE_PATH"],
+        "/opt/nodejs/node18/node_modules:/opt/nodejs/node_modules"
+    );
+    assert_eq!(got["clientContext"]["custom"]["tenant"], "t1");
+    let fn_get = stack
+        .faasctl()
+        .args(["fn", "get", "node-ctx", "-o", "json"])
+        .output()
+        .unwrap();
+    let function: Value = serde_json::from_slice(&fn_get.stdout).unwrap();
+    assert_eq!(function["handler"], "index.handler");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_callbacks_streaming_and_errors_behave_as_on_lambda() {
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["node"],
+        ..Default::default()
+    })
+    .await
+    .expect("starting the stack");
+    let dir = conformance_dir("node-lambda");
+    for (name, handler) in [
+        ("cb", "index.callback"),
+        ("nowait", "index.noWait"),
+        ("cberr", "index.callbackError"),
+        ("stream", "index.stream"),
+    ] {
+        deploy(&stack, name, "node", &dir, &["--handler", handler]);
+    }
+
+    let call = invoke(&stack, "cb", json!({})).await;
+    // The result object was passed before the timer and the code after
+    // callback() changed it: both ran before it went.
+    assert_eq!(
+        result_of(&call),
+        json!({"seen": ["after callback", "timer"]})
+    );
+    let logs = logs_of(&stack, &call).await;
+    assert!(logs.contains("code after callback ran"), "{logs}");
+    assert!(logs.contains("timer ran before the result went"), "{logs}");
+
+    let call = invoke(&stack, "nowait", json!({})).await;
+    assert_eq!(result_of(&call), json!("sent without waiting"));
+    let total = call.timings.as_ref().unwrap().execution_ms;
+    assert!(total < 2500.0, "did not wait for the 3 s timer: {total} ms");
+    assert!(!logs_of(&stack, &call).await.contains("must not run"));
+
+    let call = invoke(&stack, "cberr", json!({})).await;
+    assert_eq!(call.status(), CallStatus::Failed, "{call:#?}");
+    let error = call.error.unwrap();
+    assert_eq!(error.reason, "error");
+    assert!(error.message.contains("bad input"), "{error:?}");
+
+    let call = invoke(&stack, "stream", json!({})).await;
+    let got = result_of(&call);
+    assert_eq!(got["statusCode"], 201, "{got}");
+    assert_eq!(got["headers"]["x-streamed"], "yes");
+    assert_eq!(got["isBase64Encoded"], false);
+    assert_eq!(got["body"], format!("first {}", json!({"id": call.id})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_libraries_and_the_system_are_lambdas() {
+    // A vendored native library linking libstdc++, built here as a wheel's
+    // would have been: lib/libfaasprobe.so beside the handler.
+    let work = tempfile::tempdir().unwrap();
+    let function = work.path().join("fn");
+    std::fs::create_dir_all(function.join("lib")).unwrap();
+    let source = conformance_dir("py-lambda");
+    std::fs::copy(source.join("handler.py"), function.join("handler.py")).unwrap();
+    let built = Command::new("c++")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(function.join("lib/libfaasprobe.so"))
+        .arg(source.join("probe.cpp"))
+        .output()
+        .expect("running c++ (build-essential, installed by tests/run.sh)");
+    assert!(
+        built.status.success(),
+        "c++: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let needed = Command::new("readelf")
+        .arg("-d")
+        .arg(function.join("lib/libfaasprobe.so"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&needed.stdout).contains("libstdc++.so.6"),
+        "the probe must link libstdc++"
+    );
+
+    let stack = python_stack().await;
+    deploy(
+        &stack,
+        "native",
+        "python3",
+        &function,
+        &["--handler", "handler.native"],
+    );
+    let got = result_of(&invoke(&stack, "native", json!({"text": "héllo"})).await);
+    assert_eq!(got["length"], "héllo".len());
+
+    deploy(
+        &stack,
+        "system",
+        "python3",
+        &function,
+        &["--handler", "handler.system"],
+    );
+    let got = result_of(&invoke(&stack, "system", json!({})).await);
+    assert_eq!(got["madrid_offset_s"], 7200.0, "tzdata: {got}");
+    assert_eq!(got["localtime_zone"], "UTC");
+    assert_eq!(got["ls"], json!(["handler.py", "lib"]));
+    assert_eq!(got["dd_bytes"], 8192);
+}
