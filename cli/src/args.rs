@@ -337,8 +337,12 @@ pub struct RegisterRuntimeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum FunctionCmd {
-    /// Create a function, or update it (new version) if it exists.
+    /// Create a function, or update it (new version) if it exists: on an
+    /// existing function, the settings not given keep their values.
     Deploy(DeployArgs),
+    /// Change a function's configuration without a new upload (a new
+    /// version with the same package); what is not given is kept.
+    Update(UpdateArgs),
     /// List functions.
     #[command(visible_alias = "list")]
     Ls {
@@ -401,8 +405,8 @@ pub struct DeployArgs {
     pub secrets: Vec<(String, String)>,
     /// What each call may reach over the network: none (the default), or
     /// egress (a route out, DNS, never the node or another call).
-    #[arg(long, value_enum, default_value = "none")]
-    pub network: NetworkArg,
+    #[arg(long, value_enum)]
+    pub network: Option<NetworkArg>,
     /// With --network egress, the only destinations: CIDR:PORT, IP:PORT or
     /// HOST:PORT, a port or a range (repeatable) [default: any public
     /// address].
@@ -410,9 +414,36 @@ pub struct DeployArgs {
     pub allow: Vec<String>,
     /// Who may call it through the HTTP gateway: private (requests with
     /// an API token) or public (also requests without one, like a Lambda
-    /// function URL with auth NONE).
-    #[arg(long, value_enum, default_value = "private")]
-    pub http: HttpArg,
+    /// function URL with auth NONE) [default: private].
+    #[arg(long, value_enum)]
+    pub http: Option<HttpArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Function name.
+    pub name: String,
+    /// Handler setting passed to the runtime.
+    #[arg(long)]
+    pub handler: Option<String>,
+    /// Memory limit per call: 128Mi, 1Gi, 512M or bytes.
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Wall-time limit per call: 2s, 500ms, 1m.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Set this environment variable, K=V (repeatable); the others are kept.
+    #[arg(long = "env", short = 'e', value_parser = parse_env_pair)]
+    pub env: Vec<(String, String)>,
+    /// Remove this environment variable (repeatable).
+    #[arg(long = "unset-env", value_name = "NAME")]
+    pub unset_env: Vec<String>,
+    /// Whether a call lost with its node may be run again elsewhere.
+    #[arg(long)]
+    pub idempotent: Option<bool>,
+    /// Who may call it through the HTTP gateway.
+    #[arg(long, value_enum)]
+    pub http: Option<HttpArg>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

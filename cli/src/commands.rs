@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use crate::args::{
     duration_to_ms, CallCmd, Command, DeployArgs, FunctionCmd, HttpArg, InvokeArgs, NamespaceCmd,
     NetworkArg, NodeCmd, NodeTokenCmd, OutputFormat, QuotaArgs, RegisterRuntimeArgs, RoleArg,
-    RuntimeCmd, SecretCmd, TokenCmd,
+    RuntimeCmd, SecretCmd, TokenCmd, UpdateArgs,
 };
 use crate::client::{upload_progress, upload_stream, UploadBody, UploadError};
 use crate::format;
@@ -647,6 +647,7 @@ async fn namespace(ctx: &Context, cmd: NamespaceCmd) -> Result<()> {
 async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
     match cmd {
         FunctionCmd::Deploy(args) => deploy(ctx, args).await,
+        FunctionCmd::Update(args) => update(ctx, args).await,
         FunctionCmd::Ls {
             runtime,
             all_namespaces,
@@ -791,6 +792,20 @@ fn emit_tagged(tag: &str, text: &[u8]) -> std::io::Result<()> {
 }
 
 pub fn function_spec(args: &DeployArgs, namespace: &str) -> FunctionSpec {
+    // Named in the update mask: what this deploy sets. The rest keeps the
+    // function's current values (the platform's defaults for a new one).
+    let mut mask = vec!["package", "runtime"];
+    let given = [
+        ("handler", args.handler.is_some()),
+        ("memory_bytes", args.memory.is_some()),
+        ("timeout_ms", args.timeout.is_some()),
+        ("env", !args.env.is_empty()),
+        ("idempotent", args.idempotent),
+        ("secrets", !args.secrets.is_empty()),
+        ("network", args.network.is_some() || !args.allow.is_empty()),
+        ("http", args.http.is_some()),
+    ];
+    mask.extend(given.iter().filter(|(_, set)| *set).map(|(name, _)| *name));
     FunctionSpec {
         namespace: namespace.to_string(),
         name: args.name.clone(),
@@ -809,7 +824,7 @@ pub fn function_spec(args: &DeployArgs, namespace: &str) -> FunctionSpec {
                 version: 0,
             })
             .collect(),
-        network: match args.network {
+        network: match args.network.unwrap_or(NetworkArg::None) {
             NetworkArg::None if args.allow.is_empty() => None,
             NetworkArg::None => Some(NetworkPolicy {
                 mode: network_policy::Mode::None as i32,
@@ -820,11 +835,78 @@ pub fn function_spec(args: &DeployArgs, namespace: &str) -> FunctionSpec {
                 allow: args.allow.clone(),
             }),
         },
-        http: match args.http {
-            HttpArg::Private => HttpAccess::Private,
-            HttpArg::Public => HttpAccess::Public,
-        } as i32,
+        http: http_access(args.http.unwrap_or(HttpArg::Private)) as i32,
+        update_mask: mask.into_iter().map(String::from).collect(),
     }
+}
+
+fn http_access(arg: HttpArg) -> HttpAccess {
+    match arg {
+        HttpArg::Private => HttpAccess::Private,
+        HttpArg::Public => HttpAccess::Public,
+    }
+}
+
+/// A configuration-only update: the mask names what changes, no package.
+pub fn update_spec(args: &UpdateArgs, namespace: &str) -> Result<FunctionSpec, BadInput> {
+    let mut mask: Vec<String> = [
+        ("handler", args.handler.is_some()),
+        ("memory_bytes", args.memory.is_some()),
+        ("timeout_ms", args.timeout.is_some()),
+        ("idempotent", args.idempotent.is_some()),
+        ("http", args.http.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(name, _)| name.to_string())
+    .collect();
+    for (name, _) in &args.env {
+        mask.push(format!("env.{name}"));
+    }
+    for name in &args.unset_env {
+        if args.env.iter().any(|(set, _)| set == name) {
+            return Err(BadInput(format!("--env and --unset-env both name {name}")));
+        }
+        mask.push(format!("env.{name}"));
+    }
+    if mask.is_empty() {
+        return Err(BadInput(
+            "nothing to update: give --handler, --memory, --timeout, --env, --unset-env, --idempotent or --http".into(),
+        ));
+    }
+    Ok(FunctionSpec {
+        namespace: namespace.to_string(),
+        name: args.name.clone(),
+        handler: args.handler.clone().unwrap_or_default(),
+        memory_bytes: args.memory.unwrap_or(0),
+        timeout_ms: args.timeout.map(duration_to_ms).unwrap_or(0),
+        env: args.env.iter().cloned().collect(),
+        idempotent: args.idempotent.unwrap_or(false),
+        http: args
+            .http
+            .map(http_access)
+            .unwrap_or(HttpAccess::Unspecified) as i32,
+        update_mask: mask,
+        ..Default::default()
+    })
+}
+
+async fn update(ctx: &Context, args: UpdateArgs) -> Result<()> {
+    let spec = update_spec(&args, &ctx.namespace)?;
+    let first = DeployFunctionRequest {
+        part: Some(deploy_function_request::Part::Spec(spec)),
+    };
+    let f = ctx
+        .functions()
+        .await?
+        .deploy_function(ctx.request(tokio_stream::iter([first])))
+        .await
+        .with_context(|| format!("update {}", args.name))?
+        .into_inner();
+    ctx.show(
+        || format::function_json(&f),
+        || format::function_deployed(&f),
+    )
 }
 
 async fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {

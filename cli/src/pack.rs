@@ -130,53 +130,96 @@ pub fn pack_directory(root: &Path) -> Result<(Vec<u8>, usize, Vec<PathBuf>), Pac
     let mut builder = tar::Builder::new(encoder);
     let mut files = 0;
     let mut skipped = Vec::new();
-    add_directory(&mut builder, root, Path::new(""), &mut files, &mut skipped)?;
+    let ignored = ignore_rules(root)?;
+    let walk = Walk {
+        root,
+        ignored: &ignored,
+    };
+    walk.add_directory(&mut builder, Path::new(""), &mut files, &mut skipped)?;
     let encoder = builder.into_inner().map_err(io_error(root))?;
     let bytes = encoder.finish().map_err(io_error(root))?;
     Ok((bytes, files, skipped))
 }
 
-fn add_directory<W: Write>(
-    builder: &mut tar::Builder<W>,
-    root: &Path,
-    relative: &Path,
-    files: &mut usize,
-    skipped: &mut Vec<PathBuf>,
-) -> Result<(), PackError> {
-    let dir = root.join(relative);
-    let mut entries = fs::read_dir(&dir)
-        .map_err(io_error(&dir))?
-        .map(|entry| entry.map(|e| e.file_name()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io_error(&dir))?;
-    // Byte order of names, not the filesystem's order: determinism.
-    entries.sort();
-    for name in entries {
-        let rel = relative.join(&name);
-        let full = root.join(&rel);
-        // symlink_metadata: a symlink is reported as such, not followed.
-        let metadata = fs::symlink_metadata(&full).map_err(io_error(&full))?;
-        let file_type = metadata.file_type();
-        if file_type.is_dir() {
-            let mut header = normalized_header(&metadata, tar::EntryType::Directory);
-            header.set_size(0);
-            builder
-                .append_data(&mut header, &rel, io::empty())
-                .map_err(io_error(&full))?;
-            add_directory(builder, root, &rel, files, skipped)?;
-        } else if file_type.is_file() {
-            let mut header = normalized_header(&metadata, tar::EntryType::Regular);
-            header.set_size(metadata.len());
-            let file = fs::File::open(&full).map_err(io_error(&full))?;
-            builder
-                .append_data(&mut header, &rel, file)
-                .map_err(io_error(&full))?;
-            *files += 1;
-        } else {
-            skipped.push(rel);
+/// Left out of every package unless `.faasignore` brings them back
+/// (`!__pycache__/`): version control, bytecode compiled for the
+/// developer's Python, virtual environments (their symlinks point into the
+/// developer's machine), and the ignore file itself.
+pub const DEFAULT_IGNORED: [&str; 4] = [".git/", "__pycache__/", ".venv/", "/.faasignore"];
+
+/// The default rules, then `.faasignore` at the root (gitignore syntax).
+fn ignore_rules(root: &Path) -> Result<ignore::gitignore::Gitignore, PackError> {
+    let mut builder = ignore::gitignore::GitignoreBuilder::new(root);
+    for rule in DEFAULT_IGNORED {
+        builder.add_line(None, rule).expect("a valid default rule");
+    }
+    let file = root.join(".faasignore");
+    if file.is_file() {
+        if let Some(error) = builder.add(&file) {
+            return Err(PackError::RuntimeFile {
+                path: file,
+                message: error.to_string(),
+            });
         }
     }
-    Ok(())
+    builder.build().map_err(|e| PackError::RuntimeFile {
+        path: file,
+        message: e.to_string(),
+    })
+}
+
+struct Walk<'a> {
+    root: &'a Path,
+    ignored: &'a ignore::gitignore::Gitignore,
+}
+
+impl Walk<'_> {
+    fn add_directory<W: Write>(
+        &self,
+        builder: &mut tar::Builder<W>,
+        relative: &Path,
+        files: &mut usize,
+        skipped: &mut Vec<PathBuf>,
+    ) -> Result<(), PackError> {
+        let root = self.root;
+        let dir = root.join(relative);
+        let mut entries = fs::read_dir(&dir)
+            .map_err(io_error(&dir))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io_error(&dir))?;
+        // Byte order of names, not the filesystem's order: determinism.
+        entries.sort();
+        for name in entries {
+            let rel = relative.join(&name);
+            let full = root.join(&rel);
+            // symlink_metadata: a symlink is reported as such, not followed.
+            let metadata = fs::symlink_metadata(&full).map_err(io_error(&full))?;
+            let file_type = metadata.file_type();
+            if self.ignored.matched(&rel, file_type.is_dir()).is_ignore() {
+                continue;
+            }
+            if file_type.is_dir() {
+                let mut header = normalized_header(&metadata, tar::EntryType::Directory);
+                header.set_size(0);
+                builder
+                    .append_data(&mut header, &rel, io::empty())
+                    .map_err(io_error(&full))?;
+                self.add_directory(builder, &rel, files, skipped)?;
+            } else if file_type.is_file() {
+                let mut header = normalized_header(&metadata, tar::EntryType::Regular);
+                header.set_size(metadata.len());
+                let file = fs::File::open(&full).map_err(io_error(&full))?;
+                builder
+                    .append_data(&mut header, &rel, file)
+                    .map_err(io_error(&full))?;
+                *files += 1;
+            } else {
+                skipped.push(rel);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A header carrying only what matters to a function: its type and whether
@@ -296,6 +339,57 @@ mod tests {
         #[cfg(unix)]
         assert_eq!(skipped, [PathBuf::from("leak")]);
         let _ = skipped;
+    }
+
+    #[test]
+    fn version_control_bytecode_venvs_and_faasignore_matches_stay_out() {
+        let dir = sample_tree();
+        let root = dir.path();
+        for d in [
+            ".git/objects",
+            "__pycache__",
+            "lib/__pycache__",
+            ".venv/bin",
+            "data",
+            "keep",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(root.join(".git/objects/x"), b"x").unwrap();
+        fs::write(root.join("__pycache__/handler.cpython-311.pyc"), b"x").unwrap();
+        fs::write(root.join("lib/__pycache__/a.cpython-311.pyc"), b"x").unwrap();
+        fs::write(root.join(".venv/bin/python"), b"x").unwrap();
+        fs::write(root.join("data/big.csv"), b"x").unwrap();
+        fs::write(root.join("notes.md"), b"x").unwrap();
+        fs::write(root.join("keep/notes.md"), b"x").unwrap();
+        fs::write(
+            root.join(".faasignore"),
+            b"# docs and data\n/notes.md\ndata/\n",
+        )
+        .unwrap();
+        let (bytes, _, _) = pack_directory(root).unwrap();
+        let names: Vec<_> = list_tar_gz(&bytes).into_iter().map(|(n, _, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "handler.py",
+                "keep",
+                "keep/notes.md",
+                "lib",
+                "lib/a.txt",
+                "lib/b.txt",
+                "run.sh"
+            ]
+        );
+        // A rule can bring a default back.
+        fs::write(root.join(".faasignore"), b"!__pycache__/\n").unwrap();
+        let (bytes, _, _) = pack_directory(root).unwrap();
+        let names: Vec<_> = list_tar_gz(&bytes).into_iter().map(|(n, _, _)| n).collect();
+        assert!(
+            names.contains(&"lib/__pycache__/a.cpython-311.pyc".to_string()),
+            "{names:?}"
+        );
+        assert!(!names.iter().any(|n| n.starts_with(".git")), "{names:?}");
     }
 
     #[test]

@@ -201,9 +201,26 @@ impl Registry {
         let repository = format!("faas/functions/{function}");
         let reference = self.reference(&repository, &format!("v{version}"))?;
         let digest = sha256_digest(&package);
-        let size = package.len();
+        let size = package.len() as u64;
         let client = self.client_for(&reference).await?;
         Self::push_blob_if_missing(&client, &reference, package, &digest).await?;
+        self.tag_package(function, version, &digest, size).await?;
+        Ok((repository, digest))
+    }
+
+    /// Gives version `version` of a function its manifest for the package
+    /// blob `digest`, already in the function's repository (a new version
+    /// with the same package: a configuration-only update).
+    pub async fn tag_package(
+        &self,
+        function: &str,
+        version: u64,
+        digest: &str,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        let repository = format!("faas/functions/{function}");
+        let reference = self.reference(&repository, &format!("v{version}"))?;
+        let client = self.client_for(&reference).await?;
         let config = Bytes::from_static(b"{}");
         let config_digest = sha256_digest(&config);
         Self::push_blob_if_missing(&client, &reference, config.clone(), &config_digest).await?;
@@ -228,7 +245,7 @@ impl Registry {
                 OCI_MANIFEST.parse().expect("media type"),
             )
             .await?;
-        Ok((repository, digest))
+        Ok(())
     }
 
     /// Deletes the manifests of a function's package versions: all of them

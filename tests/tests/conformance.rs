@@ -395,6 +395,13 @@ async fn native_libraries_and_the_system_are_lambdas() {
         String::from_utf8_lossy(&needed.stdout).contains("libstdc++.so.6"),
         "the probe must link libstdc++"
     );
+    // What a developer's directory also holds: left out of the package.
+    std::fs::create_dir_all(function.join(".git/objects")).unwrap();
+    std::fs::write(function.join(".git/objects/ab"), b"x").unwrap();
+    std::fs::create_dir_all(function.join("__pycache__")).unwrap();
+    std::fs::write(function.join("__pycache__/handler.cpython-311.pyc"), b"x").unwrap();
+    std::fs::write(function.join("notes.md"), b"x").unwrap();
+    std::fs::write(function.join(".faasignore"), b"*.md\n").unwrap();
 
     let stack = python_stack().await;
     deploy(
@@ -419,4 +426,96 @@ async fn native_libraries_and_the_system_are_lambdas() {
     assert_eq!(got["localtime_zone"], "UTC");
     assert_eq!(got["ls"], json!(["handler.py", "lib"]));
     assert_eq!(got["dd_bytes"], 8192);
+}
+
+fn function_json(stack: &Stack, name: &str) -> Value {
+    let out = stack
+        .faasctl()
+        .args(["fn", "get", name, "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_updates_keep_what_they_are_not_told() {
+    let stack = python_stack().await;
+    let dir = conformance_dir("py-lambda");
+    deploy(
+        &stack,
+        "cfg",
+        "python3",
+        &dir,
+        &[
+            "--handler",
+            "handler.context_and_env",
+            "--memory",
+            "256Mi",
+            "--timeout",
+            "5s",
+            "--env",
+            "A=1",
+            "--env",
+            "B=2",
+        ],
+    );
+    let v1 = function_json(&stack, "cfg");
+
+    // A configuration-only update: a new version, the same package, only
+    // what it names changed.
+    let out = stack
+        .faasctl()
+        .args(["fn", "update", "cfg", "--timeout", "7s", "--env", "C=3"])
+        .args(["--unset-env", "A"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v2 = function_json(&stack, "cfg");
+    assert_eq!(v2["version"], 2, "{v2}");
+    assert_eq!(v2["package_digest"], v1["package_digest"]);
+    assert_eq!(v2["timeout_ms"], 7000);
+    assert_eq!(v2["memory_bytes"], v1["memory_bytes"]);
+    assert_eq!(v2["handler"], "handler.context_and_env");
+    assert_eq!(v2["env"], json!({"B": "2", "C": "3"}));
+    let got = result_of(&invoke(&stack, "cfg", json!({})).await);
+    assert_eq!(got["env"]["AWS_LAMBDA_FUNCTION_VERSION"], "2", "{got}");
+    assert_eq!(got["memory_limit_in_mb"], "256");
+
+    // Deploying new code keeps the configuration it does not name.
+    deploy(&stack, "cfg", "python3", &dir, &[]);
+    let v3 = function_json(&stack, "cfg");
+    assert_eq!(v3["version"], 3);
+    assert_eq!(v3["timeout_ms"], 7000);
+    assert_eq!(v3["env"], json!({"B": "2", "C": "3"}));
+    assert_eq!(v3["handler"], "handler.context_and_env");
+    result_of(&invoke(&stack, "cfg", json!({})).await);
+
+    // Nothing to update, or no such function: refused, nothing changed.
+    let out = stack
+        .faasctl()
+        .args(["fn", "update", "cfg"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = stack
+        .faasctl()
+        .args(["fn", "update", "nosuch", "--memory", "128Mi"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(function_json(&stack, "cfg")["version"], 3);
 }

@@ -40,6 +40,100 @@ pub fn check_handler(what: &str, handler: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The settings an update mask may name (FunctionSpec.update_mask).
+const MASKABLE: [&str; 10] = [
+    "package",
+    "runtime",
+    "handler",
+    "memory_bytes",
+    "timeout_ms",
+    "env",
+    "secrets",
+    "network",
+    "http",
+    "idempotent",
+];
+
+/// Completes `spec` from the function's current version for every setting
+/// its update mask leaves out (the platform's defaults when there is no
+/// current version), so that a deploy or a configuration update changes
+/// only what it names. Returns whether a package follows. An empty mask
+/// keeps the behaviour from before masks: the spec is the whole function.
+pub fn apply_update_mask(
+    spec: &mut faas_proto::v1::FunctionSpec,
+    current: Option<&Function>,
+) -> Result<bool, ApiError> {
+    if spec.update_mask.is_empty() {
+        return Ok(true);
+    }
+    let mut named = std::collections::HashSet::new();
+    let mut env_names = Vec::new();
+    for entry in &spec.update_mask {
+        if let Some(name) = entry.strip_prefix("env.") {
+            check_env_name(name)?;
+            env_names.push(name.to_string());
+        } else if MASKABLE.contains(&entry.as_str()) {
+            named.insert(entry.as_str());
+        } else {
+            return Err(ApiError::InvalidArgument(format!(
+                "update mask entry {entry:?} is not one of {} or env.<NAME>",
+                MASKABLE.join(", ")
+            )));
+        }
+    }
+    let keep = |field: &str| !named.contains(field);
+    let given_env = std::mem::take(&mut spec.env);
+    if let Some(current) = current {
+        if keep("runtime") {
+            spec.runtime = current.runtime.clone();
+        }
+        if keep("handler") {
+            spec.handler = current.handler.clone();
+        }
+        if keep("memory_bytes") {
+            spec.memory_bytes = current.memory_bytes;
+        }
+        if keep("timeout_ms") {
+            spec.timeout_ms = current.timeout_ms;
+        }
+        if keep("idempotent") {
+            spec.idempotent = current.idempotent;
+        }
+        if keep("secrets") {
+            spec.secrets = current.secrets.clone();
+        }
+        if keep("network") {
+            spec.network = current.network.clone();
+        }
+        if keep("http") {
+            spec.http = current.http;
+        }
+        if keep("env") {
+            spec.env = current.env.clone();
+        }
+    } else if keep("package") {
+        return Err(ApiError::NotFound(format!(
+            "function {:?} not found: a configuration-only update needs a deployed function (deploy it with a package first)",
+            spec.name
+        )));
+    } else if keep("runtime") {
+        return Err(ApiError::InvalidArgument(format!(
+            "function {:?} does not exist yet: its first deploy names a runtime",
+            spec.name
+        )));
+    }
+    if !keep("env") {
+        spec.env = given_env.clone();
+    }
+    for name in env_names {
+        match given_env.get(&name) {
+            Some(value) => spec.env.insert(name, value.clone()),
+            None => spec.env.remove(&name),
+        };
+    }
+    Ok(named.contains("package"))
+}
+
 /// The handler a function deployed without one gets: its runtime's own
 /// default (Node's is `index.handler`, as on Lambda), else
 /// [`DEFAULT_HANDLER`].
@@ -272,6 +366,12 @@ impl FunctionService for Api {
             }
             .into());
         };
+        let existing: Option<Function> = self
+            .store
+            .get(Kind::Function, &key)
+            .await
+            .map_err(ApiError::from)?;
+        let with_package = apply_update_mask(&mut spec, existing.as_ref())?;
         if spec.memory_bytes != 0
             && !(16 << 20..=limits.max_memory_bytes).contains(&spec.memory_bytes)
         {
@@ -322,44 +422,66 @@ impl FunctionService for Api {
             ))
             .into());
         };
-        let upload = read_upload(
-            &mut stream,
-            limits.max_package_bytes,
-            "function package",
-            |m| match m.part {
-                Some(deploy_function_request::Part::Chunk(c)) => Some(c),
-                _ => None,
-            },
-            |head| crate::package::check_format(head).map_err(ApiError::from),
-        );
-        let upload_timeout = limits.package.upload_timeout();
-        let upload = tokio::time::timeout(upload_timeout, upload)
-            .await
-            .map_err(|_| {
-                ApiError::DeadlineExceeded(format!(
-                    "the package upload took longer than {upload_timeout:?} (limit package.upload_timeout_secs)"
-                ))
-            })??;
-        let package_limits = limits.package.limits(limits.max_package_bytes);
-        let package = tokio::task::spawn_blocking(move || normalize(&upload, package_limits))
-            .await
-            .map_err(|e| Status::internal(format!("package check panicked: {e}")))?
-            .map_err(package_error)?;
-        let existing: Option<Function> = self
-            .store
-            .get(Kind::Function, &key)
-            .await
-            .map_err(ApiError::from)?;
         if existing.is_none() {
             self.check_function_quota(&namespace).await?;
         }
         let version = existing.as_ref().map(|f| f.version + 1).unwrap_or(1);
-        let package_size = package.len() as u64;
-        let (_repository, digest) = self
-            .registry
-            .push_package(&key, version, package.into())
-            .await
-            .map_err(ApiError::from)?;
+        let (digest, package_size) = match (&existing, with_package) {
+            (_, true) => {
+                let upload = read_upload(
+                    &mut stream,
+                    limits.max_package_bytes,
+                    "function package",
+                    |m| match m.part {
+                        Some(deploy_function_request::Part::Chunk(c)) => Some(c),
+                        _ => None,
+                    },
+                    |head| crate::package::check_format(head).map_err(ApiError::from),
+                );
+                let upload_timeout = limits.package.upload_timeout();
+                let upload = tokio::time::timeout(upload_timeout, upload)
+                    .await
+                    .map_err(|_| {
+                        ApiError::DeadlineExceeded(format!(
+                            "the package upload took longer than {upload_timeout:?} (limit package.upload_timeout_secs)"
+                        ))
+                    })??;
+                let package_limits = limits.package.limits(limits.max_package_bytes);
+                let package =
+                    tokio::task::spawn_blocking(move || normalize(&upload, package_limits))
+                        .await
+                        .map_err(|e| Status::internal(format!("package check panicked: {e}")))?
+                        .map_err(package_error)?;
+                let package_size = package.len() as u64;
+                let (_repository, digest) = self
+                    .registry
+                    .push_package(&key, version, package.into())
+                    .await
+                    .map_err(ApiError::from)?;
+                (digest, package_size)
+            }
+            (Some(current), false) => {
+                // The same package under the new version's own manifest
+                // (the older version's goes below).
+                self.registry
+                    .tag_package(
+                        &key,
+                        version,
+                        &current.package_digest,
+                        current.package_size,
+                    )
+                    .await
+                    .map_err(ApiError::from)?;
+                (current.package_digest.clone(), current.package_size)
+            }
+            (None, false) => {
+                return Err(ApiError::NotFound(format!(
+                    "function {:?} not found in namespace {namespace:?}: a configuration-only update needs a deployed function (deploy it with a package first)",
+                    spec.name
+                ))
+                .into())
+            }
+        };
         let now = now_ms();
         let function = Function {
             name: spec.name.clone(),
@@ -492,6 +614,84 @@ impl FunctionService for Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn current() -> Function {
+        Function {
+            name: "f".into(),
+            runtime: "python3".into(),
+            handler: "app.main".into(),
+            memory_bytes: 256 << 20,
+            timeout_ms: 9000,
+            env: [("A".into(), "1".into()), ("B".into(), "2".into())].into(),
+            idempotent: true,
+            http: HttpAccess::Public as i32,
+            package_digest: "sha256:aa".into(),
+            ..Default::default()
+        }
+    }
+
+    fn masked(mask: &[&str]) -> faas_proto::v1::FunctionSpec {
+        faas_proto::v1::FunctionSpec {
+            name: "f".into(),
+            update_mask: mask.iter().map(|m| m.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_update_mask_changes_only_what_it_names() {
+        // A configuration-only update of the memory: everything else kept.
+        let mut spec = masked(&["memory_bytes"]);
+        spec.memory_bytes = 512 << 20;
+        assert!(!apply_update_mask(&mut spec, Some(&current())).unwrap());
+        assert_eq!(spec.memory_bytes, 512 << 20);
+        assert_eq!(spec.timeout_ms, 9000);
+        assert_eq!(spec.handler, "app.main");
+        assert_eq!(spec.runtime, "python3");
+        assert!(spec.idempotent);
+        assert_eq!(spec.http, HttpAccess::Public as i32);
+        assert_eq!(spec.env, current().env);
+
+        // A new package keeps the configuration.
+        let mut spec = masked(&["package", "runtime"]);
+        spec.runtime = "python3".into();
+        assert!(apply_update_mask(&mut spec, Some(&current())).unwrap());
+        assert_eq!(spec.timeout_ms, 9000);
+
+        // env.NAME sets or removes one variable; "env" replaces them all.
+        let mut spec = masked(&["env.B", "env.C"]);
+        spec.env = [("C".into(), "3".into())].into();
+        apply_update_mask(&mut spec, Some(&current())).unwrap();
+        assert_eq!(
+            spec.env,
+            [("A".to_string(), "1".to_string()), ("C".into(), "3".into())].into()
+        );
+        let mut spec = masked(&["env"]);
+        spec.env = [("Z".into(), "9".into())].into();
+        apply_update_mask(&mut spec, Some(&current())).unwrap();
+        assert_eq!(spec.env, [("Z".to_string(), "9".to_string())].into());
+
+        // Turning idempotent off is possible only by naming it.
+        let mut spec = masked(&["idempotent"]);
+        apply_update_mask(&mut spec, Some(&current())).unwrap();
+        assert!(!spec.idempotent);
+
+        // An empty mask: the spec is the whole function, as before.
+        let mut spec = masked(&[]);
+        assert!(apply_update_mask(&mut spec, Some(&current())).unwrap());
+        assert_eq!(spec.timeout_ms, 0);
+
+        // Refused: an unknown entry, a bad variable name, a new function
+        // without its runtime.
+        assert!(apply_update_mask(&mut masked(&["memory"]), None).is_err());
+        assert!(apply_update_mask(&mut masked(&["env.1X"]), None).is_err());
+        assert!(apply_update_mask(&mut masked(&["package"]), None).is_err());
+        assert!(matches!(
+            apply_update_mask(&mut masked(&["memory_bytes"]), None),
+            Err(ApiError::NotFound(_))
+        ));
+        assert!(apply_update_mask(&mut masked(&["package", "runtime"]), None).unwrap());
+    }
 
     #[test]
     fn env_names() {
