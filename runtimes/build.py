@@ -78,11 +78,28 @@ def load_runtime(name):
     return directory, spec
 
 
-def cache_key(directory):
-    """Hash of every file of the runtime directory plus this script."""
+def referenced_files(directory, spec):
+    """The files the recipe names outside its own directory (a runtime may
+    share another's bootstrap: "../python3/bootstrap.py")."""
+    image = spec.get("image") or {}
+    sources = list((image.get("files") or {}).values())
+    if image.get("customize"):
+        sources.append(image["customize"])
+    outside = []
+    for source in sources:
+        full = os.path.normpath(os.path.join(directory, source))
+        if os.path.relpath(full, directory).startswith(".."):
+            outside.append((os.path.relpath(full, RUNTIMES_DIR), full))
+    return outside
+
+
+def cache_key(directory, spec):
+    """Hash of every file of the runtime directory, the files its recipe
+    names elsewhere, and this script."""
     digest = hashlib.sha256()
     files = [(os.path.relpath(os.path.join(root, f), directory), os.path.join(root, f))
              for root, _dirs, names in os.walk(directory) for f in names]
+    files.extend(("<shared>/" + relative, full) for relative, full in referenced_files(directory, spec))
     files.append(("<build.py>", os.path.abspath(__file__)))
     for relative, full in sorted(files):
         with open(full, "rb") as content:
@@ -111,6 +128,14 @@ def make_rootfs(directory, spec, rootfs, env):
     # maintainer scripts, no Essential set, no dpkg database.
     run(["mmdebstrap", "--quiet", "--mode=root", "--variant=extract",
          "--include=" + ",".join(image["packages"]), suite, rootfs, *sources], env=env)
+
+    # Merged /usr: from trixie on, packages ship only /usr/bin, /usr/lib...
+    # and the /lib64 -> usr/lib64 links (the dynamic loader's path) come
+    # from base-files, which an extract does not unpack.
+    for top in ("bin", "sbin", "lib", "lib64"):
+        link = os.path.join(rootfs, top)
+        if not os.path.lexists(link) and os.path.isdir(os.path.join(rootfs, "usr", top)):
+            os.symlink(f"usr/{top}", link)
 
     for relative in TRIM:
         target = os.path.join(rootfs, relative)
@@ -277,7 +302,7 @@ def pack_image(name, spec, key, rootfs, work, archive):
 
 def build(name, cache_dir):
     directory, spec = load_runtime(name)
-    key = cache_key(directory)
+    key = cache_key(directory, spec)
     archive = os.path.join(cache_dir, f"{name}-{key}.tar")
     if os.path.exists(archive):
         return archive

@@ -519,3 +519,64 @@ async fn configuration_updates_keep_what_they_are_not_told() {
     );
     assert_eq!(function_json(&stack, "cfg")["version"], 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_debian_runtimes_run_the_same_handlers() {
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python313", "node20"],
+        ..Default::default()
+    })
+    .await
+    .expect("starting the stack");
+    let py = conformance_dir("py-lambda");
+    deploy(
+        &stack,
+        "ctx313",
+        "python313",
+        &py,
+        &["--handler", "handler.context_and_env"],
+    );
+    let call = invoke_with(&stack, "ctx313", json!({}), r#"{"custom":{"a":1}}"#).await;
+    let got = result_of(&call);
+    assert_eq!(
+        got["env"]["AWS_EXECUTION_ENV"], "AWS_Lambda_python3.13",
+        "{got}"
+    );
+    assert_eq!(got["client_context"]["custom"]["a"], 1);
+    deploy(
+        &stack,
+        "logs313",
+        "python313",
+        &py,
+        &["--handler", "handler.logs"],
+    );
+    let call = invoke(&stack, "logs313", json!({"word": "new"})).await;
+    result_of(&call);
+    let logs = logs_of(&stack, &call).await;
+    assert!(
+        logs.lines()
+            .any(|l| is_lambda_line(l, "INFO", &call.id, "info new")),
+        "{logs}"
+    );
+
+    let node = conformance_dir("node-lambda");
+    deploy(&stack, "node20-ctx", "node20", &node, &[]);
+    let got = result_of(&invoke(&stack, "node20-ctx", json!({})).await);
+    assert_eq!(
+        got["env"]["AWS_EXECUTION_ENV"], "AWS_Lambda_nodejs20.x",
+        "{got}"
+    );
+    assert_eq!(
+        got["env"]["NODE_PATH"],
+        "/opt/nodejs/node20/node_modules:/opt/nodejs/node_modules"
+    );
+    deploy(
+        &stack,
+        "node20-cb",
+        "node20",
+        &node,
+        &["--handler", "index.callback"],
+    );
+    let got = result_of(&invoke(&stack, "node20-cb", json!({})).await);
+    assert_eq!(got, json!({"seen": ["after callback", "timer"]}));
+}

@@ -342,7 +342,7 @@ class Function(_message.Message):
     def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., version: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
-    __slots__ = ["env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "runtime", "secrets", "timeout_ms"]
+    __slots__ = ["env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "runtime", "secrets", "timeout_ms", "update_mask"]
     class EnvEntry(_message.Message):
         __slots__ = ["key", "value"]
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -361,6 +361,7 @@ class FunctionSpec(_message.Message):
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     SECRETS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     env: _containers.ScalarMap[str, str]
     handler: str
     http: HttpAccess
@@ -372,7 +373,8 @@ class FunctionSpec(_message.Message):
     runtime: str
     secrets: _containers.RepeatedCompositeFieldContainer[SecretRef]
     timeout_ms: int
-    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ...) -> None: ...
+    update_mask: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ..., update_mask: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetCallLogsRequest(_message.Message):
     __slots__ = ["id"]

@@ -202,7 +202,9 @@ class FunctionServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def DeployFunction(self, request_iterator, context):
-        """Creates the function or, if it exists, updates it (new version).
+        """Creates the function or, if it exists, updates it (new version); with
+        an update mask, settings not named are kept, and without "package" in
+        it only the configuration changes (FunctionSpec.update_mask).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
