@@ -56,7 +56,7 @@ impl Reason {
 pub enum OutputError {
     #[error("the function exited without writing a result")]
     Missing,
-    #[error("the result is over the limit of {limit} bytes")]
+    #[error("the result is over the limit of {limit} bytes (the agent's max_result_bytes)")]
     TooLarge { limit: u64 },
     #[error("the result is not UTF-8 text: {0}")]
     NotUtf8(std::string::FromUtf8Error),

@@ -103,7 +103,8 @@ pub struct Flags {
     #[arg(long)]
     pub max_params_bytes: Option<u64>,
     /// Largest call result accepted for recording, bytes; a larger one ends
-    /// the call FAILED (reason "platform") [default: 256 KiB].
+    /// the call FAILED (reason "platform"). With the logs it must fit in
+    /// one etcd request (1.5 MiB by default) [default: 1 MiB].
     #[arg(long)]
     pub max_result_bytes: Option<u64>,
     /// Most log bytes kept per call (the end is kept) [default: 64 KiB].
@@ -546,7 +547,7 @@ impl Config {
                 max_result_bytes: flags
                     .max_result_bytes
                     .or(file.max_result_bytes)
-                    .unwrap_or(256 << 10),
+                    .unwrap_or(1 << 20),
                 max_log_bytes: flags
                     .max_log_bytes
                     .or(file.max_log_bytes)

@@ -215,7 +215,7 @@ pub struct PayloadLimits {
 impl Default for PayloadLimits {
     fn default() -> Self {
         PayloadLimits {
-            max_result_bytes: 256 << 10,
+            max_result_bytes: 1 << 20,
             max_log_bytes: 64 << 10,
         }
     }
@@ -234,7 +234,7 @@ pub fn bound_final(call: &mut Call, logs: &mut CallLogs, limits: &PayloadLimits)
         call.error = Some(faas_proto::v1::CallError {
             reason: "platform".into(),
             message: format!(
-                "the result is {result_len} bytes, over the limit of {} bytes",
+                "the result is {result_len} bytes, over the limit of {} bytes (the control plane's max_result_bytes)",
                 limits.max_result_bytes
             ),
             log_tail,

@@ -580,3 +580,35 @@ async fn the_newest_debian_runtimes_run_the_same_handlers() {
     let got = result_of(&invoke(&stack, "node20-cb", json!({})).await);
     assert_eq!(got, json!({"seen": ["after callback", "timer"]}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_up_to_a_mebibyte_and_a_clear_error_past_it() {
+    let stack = python_stack().await;
+    deploy(
+        &stack,
+        "big",
+        "python3",
+        &conformance_dir("py-lambda"),
+        &["--handler", "handler.big"],
+    );
+    let call = invoke(&stack, "big", json!({"kb": 600})).await;
+    let got = result_of(&call);
+    assert_eq!(got["data"].as_str().unwrap().len(), 600 << 10);
+    // Read back from the store too, not only from the invoke's answer.
+    let out = stack
+        .faasctl()
+        .args(["call", "get", &call.id, "-o", "json"])
+        .output()
+        .unwrap();
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["result"]["data"].as_str().unwrap().len(), 600 << 10);
+
+    let call = invoke(&stack, "big", json!({"kb": 1536})).await;
+    assert_eq!(call.status(), CallStatus::Failed, "{call:#?}");
+    let error = call.error.unwrap();
+    assert_eq!(error.reason, "invalid_output");
+    assert!(
+        error.message.contains("max_result_bytes") && error.message.contains("1048576"),
+        "the error names the limit: {error:?}"
+    );
+}

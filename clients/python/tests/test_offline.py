@@ -121,5 +121,17 @@ class RecordsTest(unittest.TestCase):
             call.raise_for_status()
 
 
+class RequestsTest(unittest.TestCase):
+    def test_a_client_context_travels_as_json(self) -> None:
+        client = faas_client.Client("https://127.0.0.1:1", namespace="team")
+        try:
+            request = client._invoke_request("f", {"a": 1}, None, None, {"custom": {"t": 1}})
+            self.assertEqual(request.client_context, '{"custom": {"t": 1}}')
+            self.assertEqual(request.namespace, "team")
+            self.assertEqual(client._invoke_request("f", None, None, None).client_context, "")
+        finally:
+            client.close()
+
+
 if __name__ == "__main__":
     unittest.main()

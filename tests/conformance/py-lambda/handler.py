@@ -86,3 +86,8 @@ def system(event, context):
         "dd_bytes": os.path.getsize("/tmp/zeros"),
         "dd_rc": copied.returncode,
     }
+
+
+def big(event, context):
+    """A result of `kb` KiB (a benchmark's 570 KB result once failed)."""
+    return {"data": "x" * (int(event["kb"]) << 10)}

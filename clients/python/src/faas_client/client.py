@@ -193,12 +193,20 @@ class Client:
     # --------------------------------------------------------------- calls
 
     def _invoke_request(
-        self, function: str, params: Any, params_json: Optional[str], namespace: Optional[str]
+        self,
+        function: str,
+        params: Any,
+        params_json: Optional[str],
+        namespace: Optional[str],
+        client_context: Optional[dict] = None,
     ) -> api_pb2.InvokeRequest:
         if params_json is None:
             params_json = "{}" if params is None else json.dumps(params)
         return api_pb2.InvokeRequest(
-            function=function, params_json=params_json, namespace=namespace or self.namespace
+            function=function,
+            params_json=params_json,
+            namespace=namespace or self.namespace,
+            client_context="" if client_context is None else json.dumps(client_context),
         )
 
     def invoke(
@@ -208,12 +216,14 @@ class Client:
         *,
         params_json: Optional[str] = None,
         namespace: Optional[str] = None,
+        client_context: Optional[dict] = None,
     ) -> Call:
         """Runs `function` with `params` (JSON-serializable; or the JSON text
         `params_json`) and returns the final record. A function that fails
         is not an exception: see `Call.status`, `Call.error`, or
-        `Call.raise_for_status()`."""
-        request = self._invoke_request(function, params, params_json, namespace)
+        `Call.raise_for_status()`. `client_context`: Lambda's client context
+        (a dict; the function's context.client_context)."""
+        request = self._invoke_request(function, params, params_json, namespace, client_context)
         return Call.from_proto(self._retry_when_safe("Invoke", request))
 
     def submit(
@@ -223,9 +233,10 @@ class Client:
         *,
         params_json: Optional[str] = None,
         namespace: Optional[str] = None,
+        client_context: Optional[dict] = None,
     ) -> str:
         """Records a call of `function` durably and returns its id at once."""
-        request = self._invoke_request(function, params, params_json, namespace)
+        request = self._invoke_request(function, params, params_json, namespace, client_context)
         return str(self._retry_when_safe("Submit", request).call_id)
 
     def wait(self, call_id: str, timeout: Optional[float] = None) -> Call:
