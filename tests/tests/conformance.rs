@@ -16,18 +16,18 @@ fn conformance_dir(name: &str) -> std::path::PathBuf {
 }
 
 fn deploy(stack: &Stack, name: &str, runtime: &str, dir: &Path, extra: &[&str]) {
-    let out = stack
-        .faasctl()
-        .args(["fn", "deploy", name, "--runtime", runtime])
-        .args(extra)
-        .arg(dir)
-        .output()
-        .expect("running faasctl");
-    assert!(
-        out.status.success(),
-        "faasctl fn deploy {name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = stack.deploy(name, runtime, dir, extra) {
+        panic!("{e:#}");
+    }
+}
+
+async fn stack_with(runtimes: Vec<&'static str>) -> Stack {
+    Stack::start(StackOptions {
+        runtimes,
+        ..Default::default()
+    })
+    .await
+    .expect("starting the stack")
 }
 
 async fn invoke_with(stack: &Stack, function: &str, params: Value, client_context: &str) -> Call {
@@ -64,12 +64,7 @@ async fn logs_of(stack: &Stack, call: &Call) -> String {
 }
 
 async fn python_stack() -> Stack {
-    Stack::start(StackOptions {
-        runtimes: vec!["python3"],
-        ..Default::default()
-    })
-    .await
-    .expect("starting the stack")
+    stack_with(vec!["python3"]).await
 }
 
 /// `[LEVEL]\t<UTC time>Z\t<request id>\t<message>`: Lambda's line.
@@ -180,12 +175,7 @@ async fn logs_of_a_call_killed_at_its_timeout_are_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_and_environment_are_lambdas() {
-    let stack = Stack::start(StackOptions {
-        runtimes: vec!["python3", "node"],
-        ..Default::default()
-    })
-    .await
-    .expect("starting the stack");
+    let stack = stack_with(vec!["python3", "node"]).await;
     let py = conformance_dir("py-lambda");
     deploy(
         &stack,
@@ -319,12 +309,7 @@ async fn context_and_environment_are_lambdas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_callbacks_streaming_and_errors_behave_as_on_lambda() {
-    let stack = Stack::start(StackOptions {
-        runtimes: vec!["node"],
-        ..Default::default()
-    })
-    .await
-    .expect("starting the stack");
+    let stack = stack_with(vec!["node"]).await;
     let dir = conformance_dir("node-lambda");
     for (name, handler) in [
         ("cb", "index.callback"),
@@ -522,12 +507,7 @@ async fn configuration_updates_keep_what_they_are_not_told() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_newest_debian_runtimes_run_the_same_handlers() {
-    let stack = Stack::start(StackOptions {
-        runtimes: vec!["python313", "node20"],
-        ..Default::default()
-    })
-    .await
-    .expect("starting the stack");
+    let stack = stack_with(vec!["python313", "node20"]).await;
     let py = conformance_dir("py-lambda");
     deploy(
         &stack,
