@@ -321,6 +321,8 @@ export interface InvokeOptions {
   namespace?: string;
   /** The params as JSON text, instead of `params`. */
   paramsJson?: string;
+  /** Lambda's client context (an object of at most 3583 bytes as JSON): the function's context.clientContext / context.client_context. */
+  clientContext?: Record<string, unknown>;
 }
 
 export interface CallFilter {
@@ -445,6 +447,7 @@ export class Client {
       function: fn,
       paramsJson: options.paramsJson ?? (params === undefined ? "{}" : JSON.stringify(params)),
       namespace: options.namespace || this.namespace,
+      clientContext: options.clientContext === undefined ? "" : JSON.stringify(options.clientContext),
     };
   }
 

@@ -30,6 +30,18 @@ test("contexts resolve as faasctl resolves them", () => {
   assert.equal(faas.configPath({ FAASCTL_CONFIG: "/x.toml" }), "/x.toml");
 });
 
+test("a client context travels as JSON text", () => {
+  const client = new faas.Client("https://127.0.0.1:1", { namespace: "team" });
+  // The request as it goes out (private in the API, checked here).
+  const build = (client as unknown as {
+    invokeRequest(fn: string, params: unknown, options: faas.InvokeOptions): Record<string, string>;
+  }).invokeRequest.bind(client);
+  const request = build("f", { a: 1 }, { clientContext: { custom: { t: 1 } } });
+  assert.equal(request.clientContext, '{"custom":{"t":1}}');
+  assert.equal(request.namespace, "team");
+  assert.equal(build("f", undefined, {}).clientContext, "");
+});
+
 test("a token never goes over plain http", async () => {
   const client = new faas.Client("http://127.0.0.1:1", { token: "id.secret" });
   await assert.rejects(client.getCall("x"), faas.ConfigError);
@@ -51,6 +63,14 @@ test("against the cluster", { skip: !context && "FAAS_CLIENT_TEST_CONTEXT is not
     assert.deepEqual(call.result, { greeting: "hello ana" });
     assert.ok((call.timings?.totalMs ?? 0) > 0);
     assert.equal(faas.raiseForStatus(call), call);
+    // A client context reaches the server: an object is taken, anything
+    // else is refused there.
+    const withContext = await client.invoke(HELLO, { name: "ana" }, { clientContext: { custom: { t: 1 } } });
+    assert.equal(withContext.status, "SUCCEEDED");
+    await assert.rejects(
+      client.invoke(HELLO, {}, { clientContext: [1] as unknown as Record<string, unknown> }),
+      faas.InvalidArgument,
+    );
   });
 
   await t.test("submit, wait, get, logs, follow", async () => {
