@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod collect;
 pub mod config;
 pub mod container;
@@ -95,6 +96,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // io tmpfs mounts of containers an earlier run left behind.
         for entry in std::fs::read_dir(&spots_dir)?.flatten() {
             container::unmount_io(&entry.path());
+            build::unmount_work(&entry.path());
         }
         std::fs::remove_dir_all(&spots_dir)?;
     }
@@ -149,6 +151,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The spots hold the only other references: when they end, the
     // outbound channel closes and the session ends after sending the rest.
     let retry_ctx = Arc::downgrade(&ctx);
+    let builds = build::spawn(retry_ctx.clone());
     drop(ctx);
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let session = session::Session {
@@ -162,6 +165,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         confirm_deadline: None,
         packages,
         identity,
+        builds,
     };
     let mut session_task = tokio::spawn(session.run_forever());
     tokio::select! {

@@ -41,6 +41,8 @@ pub struct Session {
     pub packages: crate::packages::Packages,
     /// The node's certificate, with which every session opens.
     pub identity: crate::identity::Identity,
+    /// Deploy-time builds go here (see build.rs).
+    pub builds: mpsc::UnboundedSender<faas_proto::v1::BuildJob>,
 }
 
 /// Results kept for confirmation at most (a leader that never confirms,
@@ -255,6 +257,27 @@ impl Session {
                             Some(control_message::Msg::FollowLogs(follow)) => {
                                 if let Some(running) = self.running.lock().expect("poisoned").get(&follow.call_id) {
                                     running.follow.notify_one();
+                                }
+                            }
+                            Some(control_message::Msg::Build(job)) => {
+                                let refusal = if *self.draining.borrow() {
+                                    Some("the node is draining")
+                                } else if self.builds.send(job.clone()).is_err() {
+                                    Some("the node is stopping")
+                                } else {
+                                    None
+                                };
+                                if let Some(why) = refusal {
+                                    let done = AgentMessage {
+                                        msg: Some(agent_message::Msg::BuildDone(faas_proto::v1::BuildDone {
+                                            build_id: job.build_id,
+                                            error: format!("{why}: build not run"),
+                                            ..Default::default()
+                                        })),
+                                    };
+                                    if tx.send(done).await.is_err() {
+                                        anyhow::bail!("stream closed");
+                                    }
                                 }
                             }
                             None => {}

@@ -1205,7 +1205,7 @@ async fn write_fifo(
 /// The write end of the FIFO `name` of the io directory, once a reader has
 /// it open (the runtime is starting meanwhile: the retries back off to
 /// 1 ms); gives up at `deadline` or if the container ends first.
-async fn open_fifo_when_read(
+pub(crate) async fn open_fifo_when_read(
     io: &OwnedFd,
     exit: &mut JoinHandle<Result<ExitStatus, DriverError>>,
     name: &'static str,
@@ -1241,7 +1241,7 @@ async fn open_fifo_when_read(
 
 /// Writes `data` into `sender` within `deadline`, then closes it: the
 /// reader sees the end of its data.
-async fn write_all_then_close(
+pub(crate) async fn write_all_then_close(
     mut sender: tokio::net::unix::pipe::Sender,
     name: &'static str,
     data: &[u8],

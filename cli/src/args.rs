@@ -324,6 +324,10 @@ pub struct RegisterRuntimeArgs {
     /// handler.handler].
     #[arg(long)]
     pub default_handler: Option<String>,
+    /// Command run once per deploy in a build container (installs the
+    /// function's declared dependencies, byte-compiles it) [default: none].
+    #[arg(long)]
+    pub build: Option<String>,
     /// Image archive to upload (OCI image layout or `docker save` tar).
     #[arg(long)]
     pub archive: Option<PathBuf>,

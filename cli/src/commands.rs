@@ -410,6 +410,7 @@ pub fn runtime_spec(
         run: pick(&args.run, file.run).ok_or_else(|| missing("run command"))?,
         dependencies: pick(&args.dependencies, file.dependencies).unwrap_or_default(),
         default_handler: pick(&args.default_handler, file.default_handler).unwrap_or_default(),
+        build: pick(&args.build, file.build).unwrap_or_default(),
         image_ref: args.image_ref.clone().unwrap_or_default(),
         replace: args.replace,
     })
@@ -1145,6 +1146,7 @@ mod tests {
             dependencies: Some("pip install".into()),
             run: Some("python3 boot.py".into()),
             default_handler: Some("main.handler".into()),
+            build: Some("python3 build.py".into()),
         };
         let args =
             register_args("faasctl runtime register --file rt.toml --archive a.tar --run other");
@@ -1153,6 +1155,7 @@ mod tests {
         assert_eq!(spec.path, "/var/task");
         assert_eq!(spec.dependencies, "pip install");
         assert_eq!(spec.default_handler, "main.handler");
+        assert_eq!(spec.build, "python3 build.py");
         assert_eq!(spec.run, "other", "the flag wins over the file");
         assert_eq!(spec.image_ref, "");
 

@@ -80,6 +80,14 @@ pub fn function_json(function: &Function) -> Value {
         "http": http_text(function),
         "package_digest": function.package_digest,
         "package_size": function.package_size,
+        "build": function.build.as_ref().map(|b| json!({
+            "has_dependencies": b.has_dependencies,
+            "dependencies_cached": b.dependencies_cached,
+            "dependencies_digest": b.dependencies_digest,
+            "build_ms": b.build_ms,
+            "node": b.node,
+            "skipped": b.skipped,
+        })),
         "version": function.version,
         "created_at_ms": function.created_at_ms,
         "updated_at_ms": function.updated_at_ms,
@@ -400,8 +408,22 @@ pub fn runtime_details(rt: &Runtime) -> String {
 
 /// The one line a deploy prints: what now runs, like `kubectl apply`.
 pub fn function_deployed(f: &Function) -> String {
+    let built = match &f.build {
+        Some(b) if !b.skipped.is_empty() => format!("; not built, no bytecode ({})", b.skipped),
+        Some(b) => format!(
+            "; built in {:.1} s on {}{}",
+            b.build_ms / 1000.0,
+            b.node,
+            match (b.has_dependencies, b.dependencies_cached) {
+                (false, _) => "",
+                (true, false) => ", dependencies installed",
+                (true, true) => ", dependencies from the cache",
+            }
+        ),
+        None => String::new(),
+    };
     format!(
-        "function \"{}\" deployed: version {}, runtime {}, package {} ({})",
+        "function \"{}\" deployed: version {}, runtime {}, package {} ({}){built}",
         f.name,
         f.version,
         f.runtime,

@@ -262,6 +262,8 @@ pub struct RuntimeFile {
     pub run: Option<String>,
     /// The handler of functions deployed without one.
     pub default_handler: Option<String>,
+    /// Run at each deploy in a build container (dependencies, bytecode).
+    pub build: Option<String>,
 }
 
 pub fn parse_runtime_file(path: &Path, text: &str) -> Result<RuntimeFile, PackError> {
@@ -455,8 +457,9 @@ name = "python3"
 path = "/var/task"
 dependencies = "pip install -r requirements.txt -t ."
 run = "python3 /opt/faas/bootstrap.py"
-[build]
-base = "debian"
+build = "python3 -I /opt/faas/build.py"
+[image]
+suite = "bookworm"
 "#;
         let parsed = parse_runtime_file(Path::new("rt.toml"), text).unwrap();
         assert_eq!(parsed.name.as_deref(), Some("python3"));
@@ -464,6 +467,10 @@ base = "debian"
         assert_eq!(
             parsed.run.as_deref(),
             Some("python3 /opt/faas/bootstrap.py")
+        );
+        assert_eq!(
+            parsed.build.as_deref(),
+            Some("python3 -I /opt/faas/build.py")
         );
         assert!(parse_runtime_file(Path::new("rt.toml"), "name = ").is_err());
     }

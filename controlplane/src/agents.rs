@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::auth::{Credentials, Principal};
-use crate::broker::{BrokerHandle, Input};
+use crate::broker::{BrokerHandle, BuildMessage, Input};
 use crate::ledger::is_call_id;
 
 /// Operations buffered per agent before the broker considers it stuck.
@@ -28,6 +28,8 @@ const AGENT_QUEUE: usize = 1024;
 const MAX_SPOTS: u32 = 1024;
 /// Largest log chunk an agent may send (it sends at most 64 KiB).
 const MAX_LOG_CHUNK: usize = 256 << 10;
+/// Largest build output chunk an agent may send (it sends at most 1 MiB).
+const MAX_BUILD_CHUNK: usize = 2 << 20;
 
 #[derive(Clone)]
 pub struct AgentSessions {
@@ -80,6 +82,32 @@ struct Stamper {
 
 impl Stamper {
     fn stamp(&mut self, mut message: ControlMessage) -> ControlMessage {
+        if let Some(control_message::Msg::Build(job)) = message.msg.as_mut() {
+            if self.signer.is_some() {
+                // Minted afresh: builds are rare, and the token covers
+                // three repositories.
+                let image = job.runtime.as_ref().map(|r| r.image.as_str()).unwrap_or("");
+                let repositories: Vec<String> = [
+                    image,
+                    job.package_repository.as_str(),
+                    job.deps_repository.as_str(),
+                ]
+                .into_iter()
+                .filter_map(repository_of)
+                .collect();
+                let access: Vec<Access> = repositories.iter().map(Access::pull).collect();
+                match self
+                    .signer
+                    .as_ref()
+                    .map(|s| s.mint(&format!("node:{}", self.node), &access, NODE_TOKEN_TTL))
+                {
+                    Some(Ok(token)) => job.registry_token = token,
+                    Some(Err(e)) => warn!(error = %e, "minting a build's registry token failed"),
+                    None => {}
+                }
+            }
+            return message;
+        }
         let Some(control_message::Msg::Operation(op)) = message.msg.as_mut() else {
             return message;
         };
@@ -303,6 +331,26 @@ impl AgentService for AgentSessions {
                             node: node.clone(),
                             session,
                             call_id: refused.call_id,
+                        },
+                        Ok(AgentMessage {
+                            msg: Some(agent_message::Msg::BuildOutput(output)),
+                        }) if output.data.len() > MAX_BUILD_CHUNK => {
+                            warn!(build_id = ?output.build_id, bytes = output.data.len(), "build output chunk over the bound; dropped");
+                            continue;
+                        }
+                        Ok(AgentMessage {
+                            msg: Some(agent_message::Msg::BuildOutput(output)),
+                        }) => Input::BuildMessage {
+                            node: node.clone(),
+                            session,
+                            message: BuildMessage::Output(output),
+                        },
+                        Ok(AgentMessage {
+                            msg: Some(agent_message::Msg::BuildDone(done)),
+                        }) => Input::BuildMessage {
+                            node: node.clone(),
+                            session,
+                            message: BuildMessage::Done(done),
                         },
                         Ok(other) => {
                             warn!(?other, "unexpected message from agent; ignored");

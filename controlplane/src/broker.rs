@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use faas_broker::{Broker, Event, FunctionRef, Operation, PendingCall, SpotId, SpotState};
 use faas_proto::v1::{
-    control_message, spot_operation, Call, CallAssignment, CallError, CallLogs, CallResult,
-    CallStatus, CancelCall, ControlMessage, FollowLogs, Function, LogChunk, Node, ResultRecorded,
-    Runtime, Spot, SpotOperation, SpotReport,
+    control_message, spot_operation, BuildDone, BuildJob, BuildOutput, Call, CallAssignment,
+    CallError, CallLogs, CallResult, CallStatus, CancelCall, ControlMessage, FollowLogs, Function,
+    LogChunk, Node, ResultRecorded, Runtime, Spot, SpotOperation, SpotReport,
 };
 use faas_telemetry::{CallSpan, Kind as SpanKind, TraceParent};
 use tokio::sync::{mpsc, oneshot};
@@ -126,9 +126,47 @@ pub enum Input {
         session: u64,
         chunk: LogChunk,
     },
+    /// Runs a deploy-time build on a node; its events go to `reply`.
+    Build {
+        job: Box<BuildJob>,
+        reply: mpsc::UnboundedSender<BuildEvent>,
+    },
+    /// A build's output or end, from the node running it.
+    BuildMessage {
+        node: String,
+        session: u64,
+        message: BuildMessage,
+    },
     /// This replica no longer leads: the loop ends, dropping the agents'
     /// streams.
     Stop,
+}
+
+/// What a node sends about a build.
+#[derive(Debug)]
+pub enum BuildMessage {
+    Output(BuildOutput),
+    Done(BuildDone),
+}
+
+/// What the deploy waiting on a build hears.
+#[derive(Debug)]
+pub enum BuildEvent {
+    /// The node running it (named once, first).
+    Started {
+        node: String,
+    },
+    Output(BuildOutput),
+    Done(BuildDone),
+    /// Never ran or never ended: why.
+    Lost(String),
+}
+
+/// A build sent to a node, until its end.
+struct PendingBuild {
+    node: String,
+    session: u64,
+    reply: mpsc::UnboundedSender<BuildEvent>,
 }
 
 /// Chunks buffered per follower; a follower further behind misses chunks
@@ -211,6 +249,19 @@ impl BrokerHandle {
         rx.await.ok().flatten()
     }
 
+    /// Runs `job` on a node: its events, ending with Done or Lost.
+    pub fn build(&self, job: BuildJob) -> mpsc::UnboundedReceiver<BuildEvent> {
+        let (reply, rx) = mpsc::unbounded_channel();
+        let lost = reply.clone();
+        if !self.send(Input::Build {
+            job: Box::new(job),
+            reply,
+        }) {
+            let _ = lost.send(BuildEvent::Lost("this replica no longer leads".into()));
+        }
+        rx
+    }
+
     /// Follows call `id`'s output; None if the broker does not hold it
     /// (it ended, or another replica leads).
     pub async fn follow_logs(&self, id: &str) -> Option<mpsc::Receiver<LogChunk>> {
@@ -280,6 +331,8 @@ struct BrokerLoop {
     unused_preloads: HashMap<SpotId, &'static str>,
     /// Followers of calls' output, by call id; dropped when the call ends.
     log_followers: HashMap<String, Vec<mpsc::Sender<LogChunk>>>,
+    /// Builds running on nodes, by build id.
+    builds: HashMap<String, PendingBuild>,
 }
 
 /// Starts the broker loop with the given policy.
@@ -317,6 +370,7 @@ pub fn spawn(
         secrets,
         unused_preloads: HashMap::new(),
         log_followers: HashMap::new(),
+        builds: HashMap::new(),
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -787,6 +841,36 @@ impl BrokerLoop {
                     }
                 }
             }
+            Input::Build { job, reply } => self.start_build(*job, reply),
+            Input::BuildMessage {
+                node,
+                session,
+                message,
+            } => {
+                let id = match &message {
+                    BuildMessage::Output(o) => o.build_id.clone(),
+                    BuildMessage::Done(d) => d.build_id.clone(),
+                };
+                let Some(pending) = self
+                    .builds
+                    .get(&id)
+                    .filter(|b| b.node == node && b.session == session)
+                else {
+                    debug!(%node, build_id = %id, "message about a build this node does not run; ignored");
+                    return;
+                };
+                let done = matches!(message, BuildMessage::Done(_));
+                let event = match message {
+                    BuildMessage::Output(o) => BuildEvent::Output(o),
+                    BuildMessage::Done(d) => BuildEvent::Done(d),
+                };
+                // A deploy that gave up dropped its receiver: the rest of
+                // the build's output is dropped with it.
+                let _ = pending.reply.send(event);
+                if done {
+                    self.builds.remove(&id);
+                }
+            }
             Input::Stop => {}
             Input::ListNodes(reply) => {
                 let nodes = self
@@ -871,10 +955,57 @@ impl BrokerLoop {
         self.connected_agents.store(usable, Ordering::Relaxed);
     }
 
+    /// Sends a build to the usable node running the fewest builds.
+    fn start_build(&mut self, job: BuildJob, reply: mpsc::UnboundedSender<BuildEvent>) {
+        let busy = |node: &str| self.builds.values().filter(|b| b.node == node).count();
+        let chosen = self
+            .agents
+            .iter()
+            .filter(|(_, a)| !a.draining)
+            .min_by_key(|(node, _)| busy(node))
+            .map(|(node, a)| (node.clone(), a.session, a.tx.clone()));
+        let Some((node, session, tx)) = chosen else {
+            let _ = reply.send(BuildEvent::Lost(
+                "no node is connected to run the build; retry when one is".into(),
+            ));
+            return;
+        };
+        let id = job.build_id.clone();
+        let sent = tx.try_send(Ok(ControlMessage {
+            msg: Some(control_message::Msg::Build(job)),
+        }));
+        if sent.is_err() {
+            let _ = reply.send(BuildEvent::Lost(format!(
+                "node {node} is not taking work now; retry shortly"
+            )));
+            return;
+        }
+        info!(%node, build_id = %id, "build sent");
+        let _ = reply.send(BuildEvent::Started { node: node.clone() });
+        self.builds.insert(
+            id,
+            PendingBuild {
+                node,
+                session,
+                reply,
+            },
+        );
+    }
+
     fn node_left(&mut self, node: &str) {
         let Some(agent) = self.agents.remove(node) else {
             return;
         };
+        self.builds.retain(|id, build| {
+            if build.node != node {
+                return true;
+            }
+            warn!(%node, build_id = %id, "the node running a build left");
+            let _ = build.reply.send(BuildEvent::Lost(format!(
+                "node {node}, which ran the build, left; deploy again"
+            )));
+            false
+        });
         self.unused_preloads.retain(|spot, _| spot.node != node);
         self.count_usable_agents();
         self.feed(Event::NodeLeft {

@@ -303,6 +303,9 @@ struct FileConfig {
     /// Package shape limits and deploy concurrency (`[package]` table).
     #[serde(default)]
     package: crate::package::PackageSettings,
+    /// Deploy-time builds (`[build]` table).
+    #[serde(default)]
+    build: crate::build::BuildSettings,
 }
 
 mod humantime_serde_opt {
@@ -362,6 +365,7 @@ pub struct Limits {
     pub admission: crate::api::admission::Admission,
     pub submit_limiter: std::sync::Arc<crate::api::admission::SubmitLimiter>,
     pub package: crate::package::PackageSettings,
+    pub build: crate::build::BuildSettings,
 }
 
 impl Limits {
@@ -578,6 +582,7 @@ impl Config {
                     .or(file.max_memory_bytes)
                     .unwrap_or(4 << 30),
                 package: file.package,
+                build: file.build,
             },
             leader_ttl_secs: flags.leader_ttl_secs.or(file.leader_ttl_secs).unwrap_or(5),
             calls: crate::broker::CallSettings {

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod build;
 pub mod catalog;
 pub mod config;
 pub mod error;

@@ -219,7 +219,32 @@ impl Registry {
         size: u64,
     ) -> Result<(), RegistryError> {
         let repository = format!("faas/functions/{function}");
-        let reference = self.reference(&repository, &format!("v{version}"))?;
+        // One manifest per version, even for the same package: the
+        // registry deletes manifests (with every tag on them), so a
+        // manifest shared by two versions could not go with the older.
+        let annotations = serde_json::json!({
+            "dev.faas.function": function,
+            "dev.faas.function.version": version.to_string(),
+        });
+        self.tag_artifact(
+            &repository,
+            &format!("v{version}"),
+            digest,
+            size,
+            annotations,
+        )
+        .await
+    }
+
+    async fn tag_artifact(
+        &self,
+        repository: &str,
+        tag: &str,
+        digest: &str,
+        size: u64,
+        annotations: serde_json::Value,
+    ) -> Result<(), RegistryError> {
+        let reference = self.reference(repository, tag)?;
         let client = self.client_for(&reference).await?;
         let config = Bytes::from_static(b"{}");
         let config_digest = sha256_digest(&config);
@@ -230,13 +255,7 @@ impl Registry {
             "artifactType": PACKAGE_ARTIFACT_TYPE,
             "config": {"mediaType": PACKAGE_CONFIG_MEDIA_TYPE, "digest": config_digest, "size": config.len()},
             "layers": [{"mediaType": PACKAGE_LAYER_MEDIA_TYPE, "digest": digest, "size": size}],
-            // One manifest per version, even for the same package: the
-            // registry deletes manifests (with every tag on them), so a
-            // manifest shared by two versions could not go with the older.
-            "annotations": {
-                "dev.faas.function": function,
-                "dev.faas.function.version": version.to_string(),
-            },
+            "annotations": annotations,
         });
         client
             .push_manifest_raw(
@@ -246,6 +265,62 @@ impl Registry {
             )
             .await?;
         Ok(())
+    }
+
+    /// Stores a package blob in the function's repository without a
+    /// manifest (the upload a deploy-time build starts from). Returns the
+    /// repository and the blob's digest.
+    pub async fn push_package_blob(
+        &self,
+        function: &str,
+        package: Bytes,
+    ) -> Result<(String, String), RegistryError> {
+        let repository = format!("faas/functions/{function}");
+        let reference = self.reference(&repository, "source")?;
+        let digest = sha256_digest(&package);
+        let client = self.client_for(&reference).await?;
+        Self::push_blob_if_missing(&client, &reference, package, &digest).await?;
+        Ok((repository, digest))
+    }
+
+    /// Stores a namespace's dependency layer under its build key (64 hex
+    /// digits) in `faas/deps/<namespace>`. Returns the repository and the
+    /// layer's digest.
+    pub async fn push_deps(
+        &self,
+        namespace: &str,
+        key: &str,
+        layer: Bytes,
+    ) -> Result<(String, String), RegistryError> {
+        let repository = format!("faas/deps/{namespace}");
+        let reference = self.reference(&repository, key)?;
+        let digest = sha256_digest(&layer);
+        let size = layer.len() as u64;
+        let client = self.client_for(&reference).await?;
+        Self::push_blob_if_missing(&client, &reference, layer, &digest).await?;
+        let annotations = serde_json::json!({ "dev.faas.deps.key": key });
+        self.tag_artifact(&repository, key, &digest, size, annotations)
+            .await?;
+        Ok((repository, digest))
+    }
+
+    /// The dependency layer stored under `key`, if any: its repository and
+    /// digest. A registry that cannot answer counts as a miss (the build
+    /// installs them again).
+    pub async fn find_deps(&self, namespace: &str, key: &str) -> Option<(String, String)> {
+        let repository = format!("faas/deps/{namespace}");
+        let reference = self.reference(&repository, key).ok()?;
+        let client = self.client_for(&reference).await.ok()?;
+        let (manifest, _) = client
+            .pull_manifest_raw(&reference, &RegistryAuth::Anonymous, &[OCI_MANIFEST])
+            .await
+            .ok()?;
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest).ok()?;
+        let digest = manifest["layers"][0]["digest"].as_str()?;
+        digest
+            .strip_prefix("sha256:")
+            .filter(|hex| hex.len() == 64)?;
+        Some((repository, digest.to_string()))
     }
 
     /// Deletes the manifests of a function's package versions: all of them

@@ -25,6 +25,7 @@
 //! Set `FAAS_TEST_KEEP=1` to keep the stack directory (logs, state) after a test.
 
 pub mod bench;
+pub mod outside;
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -520,6 +521,8 @@ struct RuntimeToml {
     run: String,
     #[serde(default)]
     default_handler: String,
+    #[serde(default)]
+    build: String,
 }
 
 /// A running faas stack. Dropping it kills every process it started.
@@ -1606,6 +1609,7 @@ impl Stack {
                 dependencies: definition.dependencies,
                 run: definition.run,
                 default_handler: definition.default_handler,
+                build: definition.build,
                 image_ref: String::new(),
                 replace: true,
             },

@@ -5,118 +5,51 @@
 //! namespace of the test's own, routed from the host (198.51.100.0/24),
 //! with listeners on ports 8080 and 8081.
 
+use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{Call, CallStatus, InvokeRequest};
+use faas_tests::outside::{
+    check_wheel, pure_wheel, wait_listening, Outside, PackageIndex, HOST_SIDE, OUTSIDE,
+};
 use faas_tests::{repo_root, wait_final, wait_running, Stack, StackOptions};
 use serde_json::{json, Value};
 
-const OUTSIDE: &str = "198.51.100.1";
-const HOST_SIDE: &str = "198.51.100.254";
-
-fn sh(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(args[0]).args(&args[1..]).output()?;
-    ensure!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// The outside network and its listeners; removed on drop.
-struct Outside {
-    netns: String,
-    veth: String,
-    listeners: Vec<Child>,
-}
-
-impl Outside {
-    fn start() -> anyhow::Result<Outside> {
-        let id = std::process::id();
-        let outside = Outside {
-            netns: format!("ftest-out-{id}"),
-            veth: format!("fto{id}"),
-            listeners: Vec::new(),
-        };
-        let (ns, host_end) = (outside.netns.clone(), outside.veth.clone());
-        let peer = format!("{host_end}p");
-        sh(&["ip", "netns", "add", &ns])?;
-        sh(&[
-            "ip", "link", "add", &host_end, "type", "veth", "peer", "name", &peer,
-        ])?;
-        sh(&["ip", "link", "set", &peer, "netns", &ns])?;
-        sh(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{HOST_SIDE}/24"),
-            "dev",
-            &host_end,
-        ])?;
-        sh(&["ip", "link", "set", &host_end, "up"])?;
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{OUTSIDE}/24"),
-            "dev",
-            &peer,
-        ])?;
-        sh(&["ip", "-n", &ns, "link", "set", &peer, "up"])?;
-        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
-        sh(&["ip", "-n", &ns, "route", "add", "default", "via", HOST_SIDE])?;
-        let mut outside = outside;
-        for port in ["8080", "8081"] {
-            outside
-                .listeners
-                .push(listener(Some(&ns), "0.0.0.0", port)?);
-        }
-        Ok(outside)
+/// The outside network with listeners on ports 8080 and 8081.
+fn outside_with_listeners() -> anyhow::Result<Outside> {
+    let mut outside = Outside::start()?;
+    for port in ["8080", "8081"] {
+        outside.spawn_in(&["python3", "-c", &listener_script("0.0.0.0", port)])?;
     }
+    for port in [8080, 8081] {
+        wait_listening(
+            (OUTSIDE.parse::<IpAddr>()?, port).into(),
+            Duration::from_secs(10),
+        )?;
+    }
+    Ok(outside)
 }
 
-/// A TCP listener that accepts and closes, in `netns` or on the host.
-fn listener(netns: Option<&str>, addr: &str, port: &str) -> anyhow::Result<Child> {
-    let script = format!(
+/// A TCP listener that accepts and closes.
+fn listener_script(addr: &str, port: &str) -> String {
+    format!(
         "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
          s.bind(('{addr}', {port}))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n    c.close()\n"
-    );
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "python3", "-c", &script]);
-            c
-        }
-        None => {
-            let mut c = Command::new("python3");
-            c.args(["-c", &script]);
-            c
-        }
-    };
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
-    Ok(child)
+    )
 }
 
-impl Drop for Outside {
-    fn drop(&mut self) {
-        for l in &mut self.listeners {
-            let _ = l.kill();
-            let _ = l.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.veth])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
-    }
+/// A TCP listener on the host.
+fn host_listener(addr: &str, port: &str) -> anyhow::Result<Child> {
+    let child = Command::new("python3")
+        .args(["-c", &listener_script(addr, port)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(child)
 }
 
 async fn invoke(stack: &Stack, function: &str, params: Value) -> anyhow::Result<Call> {
@@ -224,9 +157,9 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_goes_only_where_the_allowlist_says() -> anyhow::Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;
-    let _outside = Outside::start()?;
+    let _outside = outside_with_listeners()?;
     // A service of the host's, on every address.
-    let mut host_service = listener(None, "0.0.0.0", "18099")?;
+    let mut host_service = host_listener("0.0.0.0", "18099")?;
     let stack = Stack::start(StackOptions {
         runtimes: vec!["python3"],
         ..StackOptions::default()
@@ -334,7 +267,7 @@ async fn egress_goes_only_where_the_allowlist_says() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_sharing_a_host_keep_each_others_calls_networks() -> anyhow::Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;
-    let _outside = Outside::start()?;
+    let _outside = outside_with_listeners()?;
     let mut stack = Stack::start(StackOptions {
         agents: 2,
         spots: 1,
@@ -404,5 +337,97 @@ async fn agents_sharing_a_host_keep_each_others_calls_networks() -> anyhow::Resu
     );
     stack.shutdown().await?;
     assert!(faas_netns().is_empty(), "{:?}", faas_netns());
+    Ok(())
+}
+
+/// The package index fixture (for builds whose only egress is an index):
+/// the host's pip installs a wheel from it over the outside network, and
+/// the index counts the download.
+#[test]
+fn package_index_serves_pip() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.blocking_lock();
+    let pip = |args: &[&str]| {
+        let mut pip = Command::new("/usr/bin/python3");
+        pip.args(["-m", "pip"]).args(args);
+        // Nothing from the host's configuration (another index, local
+        // wheels): only what the index serves.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PIP_") {
+                pip.env_remove(key);
+            }
+        }
+        pip.env("PIP_CONFIG_FILE", "/dev/null").output()
+    };
+    ensure!(
+        pip(&["--version"])?.status.success(),
+        "the host's python3 has no pip"
+    );
+    let (name, wheel) = pure_wheel(
+        "Faas-Dep",
+        "1.2.3",
+        &[
+            ("faas_dep/__init__.py", "VALUE = 'from the index'\n"),
+            ("faas_dep/data.txt", "data\n"),
+        ],
+    )?;
+    assert_eq!(name, "faas_dep-1.2.3-py3-none-any.whl");
+    let scratch = tempfile::tempdir()?;
+    std::fs::write(scratch.path().join(&name), &wheel)?;
+    check_wheel(&scratch.path().join(&name))?;
+
+    let mut outside = Outside::start()?;
+    let index = PackageIndex::start(&mut outside, &[(name.clone(), wheel)])?;
+    assert_eq!(index.url(), format!("http://{OUTSIDE}:8080/simple/"));
+    assert_eq!(index.allow(), format!("{OUTSIDE}:8080"));
+    assert_eq!(index.downloads(&name), 0);
+
+    let target = scratch.path().join("site");
+    let out = pip(&[
+        "install",
+        "--disable-pip-version-check",
+        "--no-cache-dir",
+        "--target",
+        target.to_str().context("path")?,
+        "--index-url",
+        &index.url(),
+        "--trusted-host",
+        OUTSIDE,
+        "faas-dep",
+    ])?;
+    ensure!(
+        out.status.success(),
+        "pip: {}{}\nindex log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        index.log()
+    );
+    let imported = Command::new("/usr/bin/python3")
+        .args(["-c", "import faas_dep; print(faas_dep.VALUE)"])
+        .env("PYTHONPATH", &target)
+        .output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&imported.stdout).trim(),
+        "from the index",
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("faas_dep/data.txt"))?,
+        "data\n"
+    );
+    assert!(target.join("faas_dep-1.2.3.dist-info/METADATA").exists());
+    assert_eq!(index.downloads(&name), 1, "{}", index.log());
+    assert!(
+        index
+            .log()
+            .contains("\"GET /simple/faas-dep/ HTTP/1.1\" 200"),
+        "{}",
+        index.log()
+    );
+    drop(index);
+    drop(outside);
+    assert!(
+        !std::path::Path::new(&format!("/run/netns/ftest-out-{}", std::process::id())).exists()
+    );
     Ok(())
 }

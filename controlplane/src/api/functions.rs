@@ -1,7 +1,9 @@
+use faas_proto::v1::function_service_client::FunctionServiceClient;
 use faas_proto::v1::function_service_server::FunctionService;
 use faas_proto::v1::{
-    deploy_function_request, DeleteFunctionRequest, DeleteFunctionResponse, DeployFunctionRequest,
-    Function, GetFunctionRequest, HttpAccess, ListFunctionsRequest, ListFunctionsResponse, Runtime,
+    deploy_function_request, network_policy, BuildJob, BuildPart, DeleteFunctionRequest,
+    DeleteFunctionResponse, DependencyBuild, DeployFunctionRequest, Function, GetFunctionRequest,
+    HttpAccess, ListFunctionsRequest, ListFunctionsResponse, NetworkPolicy, Runtime, RuntimeBundle,
     SecretRef,
 };
 use std::sync::OnceLock;
@@ -13,6 +15,7 @@ use tracing::{info, warn};
 
 use super::{read_upload, Api};
 use crate::auth::Principal;
+use crate::broker::BuildEvent;
 use crate::error::{check_name, now_ms, ApiError};
 use crate::package::{normalize, PackageError};
 use crate::store::Kind;
@@ -311,6 +314,217 @@ impl Api {
     /// RESOURCE_EXHAUSTED if the namespace holds as many functions as its
     /// quota allows. Two deploys of new functions at once may both pass
     /// the last place: the bound is checked, not reserved.
+    /// Sends a deploy this replica cannot build to the leader, the spec
+    /// first and then the rest of the upload as it arrives.
+    async fn forward_deploy(
+        &self,
+        metadata: tonic::metadata::MetadataMap,
+        first: faas_proto::v1::FunctionSpec,
+        rest: Streaming<DeployFunctionRequest>,
+    ) -> Result<Response<Function>, Status> {
+        let channel = self.leader.channel().await?;
+        let head = super::forwarded(Request::from_parts(metadata, Default::default(), ()))?;
+        let (metadata, extensions, ()) = head.into_parts();
+        // A broken upload ends the forwarded one: the leader refuses the
+        // truncated package.
+        let rest = rest
+            .take_while(|m| std::future::ready(m.is_ok()))
+            .filter_map(|m| std::future::ready(m.ok()));
+        let messages = futures::stream::once(std::future::ready(DeployFunctionRequest {
+            part: Some(deploy_function_request::Part::Spec(first)),
+        }))
+        .chain(rest);
+        FunctionServiceClient::new(channel)
+            .deploy_function(Request::from_parts(metadata, extensions, messages))
+            .await
+            .map_err(super::forward_failed)
+    }
+
+    /// Runs the runtime's build on a node: the package as uploaded goes in,
+    /// the package as built comes out (dependencies merged in, bytecode
+    /// made). The dependency layer is reused when the cache has it, and
+    /// stored when the build made it.
+    async fn build_package(
+        &self,
+        namespace: &str,
+        key: &str,
+        runtime: &Runtime,
+        source: Vec<u8>,
+        limits: crate::package::PackageLimits,
+    ) -> Result<(Vec<u8>, DependencyBuild), Status> {
+        let settings = &self.limits.build;
+        let broker = self.broker()?;
+        let (files, source) =
+            tokio::task::spawn_blocking(move || (crate::build::dependency_files(&source), source))
+                .await
+                .map_err(|e| Status::internal(format!("reading the package panicked: {e}")))?;
+        let files = files.map_err(|e| {
+            ApiError::InvalidArgument(format!("reading the package's dependency files: {e}"))
+        })?;
+        let deps_key = (!files.is_empty()).then(|| {
+            crate::build::cache_key(
+                namespace,
+                &runtime.image_digest,
+                &runtime.build,
+                settings.index_url(),
+                &files,
+            )
+        });
+        let cached = match &deps_key {
+            Some(k) => self.registry.find_deps(namespace, k).await,
+            None => None,
+        };
+        // Kept for a deploy that goes on without its build (shared, not
+        // copied).
+        let source = bytes::Bytes::from(source);
+        let uploaded = source.clone();
+        let (repository, digest) = self
+            .registry
+            .push_package_blob(key, source)
+            .await
+            .map_err(ApiError::from)?;
+        let host = self.registry.host();
+        // The network only to install, and then only to the index.
+        let network = (deps_key.is_some() && cached.is_none()).then(|| NetworkPolicy {
+            mode: network_policy::Mode::Egress as i32,
+            allow: settings.allow(),
+        });
+        let job = BuildJob {
+            build_id: uuid::Uuid::now_v7().simple().to_string(),
+            runtime: Some(RuntimeBundle {
+                name: runtime.name.clone(),
+                image: runtime.image.clone(),
+                path: runtime.path.clone(),
+                dependencies: runtime.dependencies.clone(),
+                run: runtime.run.clone(),
+            }),
+            command: runtime.build.clone(),
+            package_repository: format!("{host}/{repository}"),
+            package_digest: digest,
+            deps_repository: cached
+                .as_ref()
+                .map(|(r, _)| format!("{host}/{r}"))
+                .unwrap_or_default(),
+            deps_digest: cached.as_ref().map(|(_, d)| d.clone()).unwrap_or_default(),
+            env: settings.env().into_iter().collect(),
+            network,
+            timeout_ms: settings.timeout().as_millis() as u64,
+            memory_bytes: settings.memory_bytes(),
+            max_output_bytes: settings.max_output_bytes(),
+            registry_token: String::new(),
+        };
+        let build_id = job.build_id.clone();
+        info!(function = %key, %build_id, cached = cached.is_some(), "build started");
+        let mut events = broker.build(job);
+        let max = settings.max_output_bytes();
+        let mut node = String::new();
+        let (mut package, mut deps) = (Vec::new(), Vec::new());
+        // The image and the package are fetched first: some room for them.
+        let wait = settings.timeout() + std::time::Duration::from_secs(120);
+        let ended = tokio::time::timeout(wait, async {
+            while let Some(event) = events.recv().await {
+                match event {
+                    BuildEvent::Started { node: n } => node = n,
+                    BuildEvent::Output(o) => {
+                        let into = if o.part == BuildPart::Deps as i32 {
+                            &mut deps
+                        } else {
+                            &mut package
+                        };
+                        if (into.len() + o.data.len()) as u64 > max {
+                            return Err(ApiError::ResourceExhausted(format!(
+                                "the build's output is over {max} bytes (limit build.max_output_bytes)"
+                            )));
+                        }
+                        into.extend_from_slice(&o.data);
+                    }
+                    BuildEvent::Done(done) => return Ok(Ok(done)),
+                    BuildEvent::Lost(why) => return Ok(Err(why)),
+                }
+            }
+            Err(ApiError::Unavailable(
+                "the leader stopped during the build; deploy again".into(),
+            ))
+        })
+        .await
+        .map_err(|_| {
+            ApiError::DeadlineExceeded(format!(
+                "no answer from the build within {wait:?} (limit build.timeout_secs)"
+            ))
+        })??;
+        let ended = match ended {
+            Ok(done) => done,
+            // Without dependencies the build only makes bytecode: a deploy
+            // while no node is there goes on without it.
+            Err(why) if deps_key.is_none() => {
+                warn!(function = %key, %why, "no build ran; the package is stored without bytecode");
+                let build = DependencyBuild {
+                    skipped: why,
+                    ..Default::default()
+                };
+                return Ok((uploaded.into(), build));
+            }
+            Err(why) => {
+                return Err(ApiError::Unavailable(format!(
+                    "the build of the function's dependencies did not run: {why}"
+                ))
+                .into())
+            }
+        };
+        if !ended.succeeded {
+            let tail = crate::build::log_tail(&ended.log, 40, 8 << 10);
+            return Err(ApiError::FailedPrecondition(format!(
+                "the build failed on node {node}: {}\n--- build log (last lines) ---\n{tail}",
+                ended.error
+            ))
+            .into());
+        }
+        // What the build wrote is checked as any upload. A layer is kept
+        // only when dependencies were declared and installed here.
+        let wants_layer = deps_key.is_some() && cached.is_none();
+        let checked = tokio::task::spawn_blocking(move || {
+            let package = normalize(&package, limits).map_err(|e| ("package", e))?;
+            let deps = if !wants_layer {
+                None
+            } else {
+                Some(normalize(&deps, limits).map_err(|e| ("dependency layer", e))?)
+            };
+            Ok::<_, (&str, PackageError)>((package, deps))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("package check panicked: {e}")))?;
+        let (package, deps) = checked.map_err(|(what, e)| {
+            let message = format!("the built {what}: {e}");
+            if e.is_over_limit() {
+                ApiError::ResourceExhausted(message)
+            } else {
+                ApiError::FailedPrecondition(message)
+            }
+        })?;
+        let was_cached = cached.is_some();
+        let dependencies_digest = match (&deps_key, deps, cached) {
+            (_, _, Some((_, digest))) => digest,
+            (Some(k), Some(layer), None) => {
+                let (_, digest) = self
+                    .registry
+                    .push_deps(namespace, k, layer.into())
+                    .await
+                    .map_err(ApiError::from)?;
+                digest
+            }
+            _ => String::new(),
+        };
+        let build = DependencyBuild {
+            has_dependencies: deps_key.is_some(),
+            dependencies_cached: was_cached,
+            dependencies_digest,
+            build_ms: ended.build_ms,
+            node,
+            skipped: String::new(),
+        };
+        Ok((package, build))
+    }
+
     async fn check_function_quota(&self, namespace: &str) -> Result<(), ApiError> {
         let max = self.tenants.quota(namespace).max_functions;
         if max == 0 {
@@ -337,6 +551,8 @@ impl FunctionService for Api {
         request: Request<Streaming<DeployFunctionRequest>>,
     ) -> Result<Response<Function>, Status> {
         let principal = Principal::of(&request);
+        // Kept to forward the deploy to the leader, if it needs a build.
+        let metadata = request.metadata().clone();
         let mut stream = request.into_inner();
         let mut spec = match stream.next().await {
             Some(Ok(DeployFunctionRequest {
@@ -351,6 +567,7 @@ impl FunctionService for Api {
             }
         };
         check_name("function", &spec.name)?;
+        let first = spec.clone();
         let namespace = principal.check_namespace(&spec.namespace)?.to_string();
         self.check_namespace_exists(&namespace)?;
         let key = faas_proto::namespaces::function_key(&namespace, &spec.name);
@@ -422,10 +639,22 @@ impl FunctionService for Api {
             ))
             .into());
         };
+        let builds = with_package && !runtime.build.trim().is_empty();
+        if builds && self.broker().is_err() {
+            // Builds run on the nodes, whose streams end at the leader.
+            drop(_slot);
+            return self.forward_deploy(metadata, first, stream).await;
+        }
         if existing.is_none() {
             self.check_function_quota(&namespace).await?;
         }
         let version = existing.as_ref().map(|f| f.version + 1).unwrap_or(1);
+        // What the build did; a configuration-only update keeps the
+        // current version's.
+        let mut built = existing.as_ref().and_then(|f| f.build.clone());
+        if with_package {
+            built = None;
+        }
         let (digest, package_size) = match (&existing, with_package) {
             (_, true) => {
                 let upload = read_upload(
@@ -452,6 +681,15 @@ impl FunctionService for Api {
                         .await
                         .map_err(|e| Status::internal(format!("package check panicked: {e}")))?
                         .map_err(package_error)?;
+                let package = if builds {
+                    let (package, build) = self
+                        .build_package(&namespace, &key, &runtime, package, package_limits)
+                        .await?;
+                    built = Some(build);
+                    package
+                } else {
+                    package
+                };
                 let package_size = package.len() as u64;
                 let (_repository, digest) = self
                     .registry
@@ -512,6 +750,7 @@ impl FunctionService for Api {
             updated_at_ms: now,
             namespace,
             secrets,
+            build: built,
         };
         self.store
             .put(Kind::Function, &key, &function)

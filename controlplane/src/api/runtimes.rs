@@ -11,6 +11,26 @@ use super::{read_upload, Api};
 use crate::error::{check_name, now_ms, ApiError};
 use crate::store::Kind;
 
+/// Most bytes of a runtime's build command.
+const MAX_BUILD_COMMAND: usize = 4096;
+
+/// A build command runs as `exec <command>` in a shell: any text, but
+/// bounded and without NUL or control characters other than tab.
+fn check_build_command(command: &str) -> Result<(), ApiError> {
+    if command.len() > MAX_BUILD_COMMAND {
+        return Err(ApiError::InvalidArgument(format!(
+            "the runtime's build command is {} bytes, over the limit of {MAX_BUILD_COMMAND}",
+            command.len()
+        )));
+    }
+    if command.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(ApiError::InvalidArgument(
+            "the runtime's build command has control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Image archives this replica takes in at once: an upload is held in
 /// memory (up to max_image_bytes) while its blobs are pushed, so two at a
 /// time would double the worst case. Registrations are rare (an operator's
@@ -51,6 +71,7 @@ impl RuntimeService for Api {
             return Err(ApiError::InvalidArgument("runtime run command is empty".into()).into());
         }
         super::functions::check_handler("default handler", &spec.default_handler)?;
+        check_build_command(&spec.build)?;
         let existing: Option<Runtime> = self
             .store
             .get(Kind::Runtime, &spec.name)
@@ -126,6 +147,7 @@ impl RuntimeService for Api {
             image_digest: image.digest,
             created_at_ms: existing.map(|r| r.created_at_ms).unwrap_or_else(now_ms),
             default_handler: spec.default_handler,
+            build: spec.build,
         };
         self.store
             .put(Kind::Runtime, &runtime.name, &runtime)

@@ -635,6 +635,7 @@ async fn register_bigdep_runtime(stack: &Stack, mb: u64, mibps: u64) -> anyhow::
                 dependencies: dependencies.clone(),
                 run: python3.run,
                 default_handler: String::new(),
+                build: String::new(),
                 image_ref: String::new(),
                 replace: true,
             },

@@ -276,6 +276,22 @@ class DeleteTokenResponse(_message.Message):
     __slots__ = []
     def __init__(self) -> None: ...
 
+class DependencyBuild(_message.Message):
+    __slots__ = ["build_ms", "dependencies_cached", "dependencies_digest", "has_dependencies", "node", "skipped"]
+    BUILD_MS_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_CACHED_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    HAS_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    build_ms: float
+    dependencies_cached: bool
+    dependencies_digest: str
+    has_dependencies: bool
+    node: str
+    skipped: str
+    def __init__(self, has_dependencies: bool = ..., dependencies_cached: bool = ..., dependencies_digest: _Optional[str] = ..., build_ms: _Optional[float] = ..., node: _Optional[str] = ..., skipped: _Optional[str] = ...) -> None: ...
+
 class DeployFunctionRequest(_message.Message):
     __slots__ = ["chunk", "spec"]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -299,7 +315,7 @@ class FollowCallLogsRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Function(_message.Message):
-    __slots__ = ["created_at_ms", "env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "package_digest", "package_size", "runtime", "secrets", "timeout_ms", "updated_at_ms", "version"]
+    __slots__ = ["build", "created_at_ms", "env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "package_digest", "package_size", "runtime", "secrets", "timeout_ms", "updated_at_ms", "version"]
     class EnvEntry(_message.Message):
         __slots__ = ["key", "value"]
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +323,7 @@ class Function(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BUILD_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     HANDLER_FIELD_NUMBER: _ClassVar[int]
@@ -323,6 +340,7 @@ class Function(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    build: DependencyBuild
     created_at_ms: int
     env: _containers.ScalarMap[str, str]
     handler: str
@@ -339,7 +357,7 @@ class Function(_message.Message):
     timeout_ms: int
     updated_at_ms: int
     version: int
-    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., version: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., version: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ..., build: _Optional[_Union[DependencyBuild, _Mapping]] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
     __slots__ = ["env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "runtime", "secrets", "timeout_ms", "update_mask"]
@@ -663,7 +681,8 @@ class RemoveNodeResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Runtime(_message.Message):
-    __slots__ = ["created_at_ms", "default_handler", "dependencies", "image", "image_digest", "name", "path", "run"]
+    __slots__ = ["build", "created_at_ms", "default_handler", "dependencies", "image", "image_digest", "name", "path", "run"]
+    BUILD_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_HANDLER_FIELD_NUMBER: _ClassVar[int]
     DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
@@ -672,6 +691,7 @@ class Runtime(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    build: str
     created_at_ms: int
     default_handler: str
     dependencies: str
@@ -680,10 +700,11 @@ class Runtime(_message.Message):
     name: str
     path: str
     run: str
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., path: _Optional[str] = ..., dependencies: _Optional[str] = ..., run: _Optional[str] = ..., image_digest: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., default_handler: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., path: _Optional[str] = ..., dependencies: _Optional[str] = ..., run: _Optional[str] = ..., image_digest: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., default_handler: _Optional[str] = ..., build: _Optional[str] = ...) -> None: ...
 
 class RuntimeSpec(_message.Message):
-    __slots__ = ["default_handler", "dependencies", "image_ref", "name", "path", "replace", "run"]
+    __slots__ = ["build", "default_handler", "dependencies", "image_ref", "name", "path", "replace", "run"]
+    BUILD_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_HANDLER_FIELD_NUMBER: _ClassVar[int]
     DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_REF_FIELD_NUMBER: _ClassVar[int]
@@ -691,6 +712,7 @@ class RuntimeSpec(_message.Message):
     PATH_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    build: str
     default_handler: str
     dependencies: str
     image_ref: str
@@ -698,7 +720,7 @@ class RuntimeSpec(_message.Message):
     path: str
     replace: bool
     run: str
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., dependencies: _Optional[str] = ..., run: _Optional[str] = ..., image_ref: _Optional[str] = ..., replace: bool = ..., default_handler: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., dependencies: _Optional[str] = ..., run: _Optional[str] = ..., image_ref: _Optional[str] = ..., replace: bool = ..., default_handler: _Optional[str] = ..., build: _Optional[str] = ...) -> None: ...
 
 class Secret(_message.Message):
     __slots__ = ["created_at_ms", "name", "namespace", "size", "updated_at_ms", "version"]

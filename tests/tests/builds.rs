@@ -1,0 +1,250 @@
+//! Deploy-time builds (issue 14) on the real stack: a function's
+//! requirements.txt is installed by pip in a build container whose network
+//! reaches only the configured package index (a PEP 503 index in a network
+//! namespace of the test's own), once per dependency-file digest; the
+//! function's own files and its dependencies are byte-compiled once, at
+//! deploy (unchecked-hash .pyc in the read-only function directory), so a
+//! cold call compiles nothing.
+
+use std::path::Path;
+
+use faas_proto::v1::call_service_client::CallServiceClient;
+use faas_proto::v1::{Call, CallStatus, InvokeRequest};
+use faas_tests::outside::{pure_wheel, Outside, PackageIndex, OUTSIDE};
+use faas_tests::{Stack, StackOptions};
+use serde_json::Value;
+
+const HANDLER: &str = r#"
+import os
+import sys
+
+import faasdep
+import vendored
+
+
+def pyc_flags(module):
+    # The 4 bytes after the magic number: 0b01 is an unchecked-hash pyc.
+    with open(module.__cached__, "rb") as pyc:
+        return int.from_bytes(pyc.read(8)[4:8], "little")
+
+
+def handler(event, context):
+    this = sys.modules[__name__]
+    return {
+        "value": faasdep.VALUE,
+        "version": "@VERSION@",
+        "pycs": {
+            name: {
+                "path": m.__cached__,
+                "exists": os.path.exists(m.__cached__),
+                "flags": pyc_flags(m) if os.path.exists(m.__cached__) else None,
+            }
+            for name, m in [("handler", this), ("faasdep", faasdep), ("vendored", vendored)]
+        },
+        "faasdep_file": faasdep.__file__,
+    }
+"#;
+
+fn write_function(dir: &Path, version: &str, requirements: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("handler.py"),
+        HANDLER.replace("@VERSION@", version),
+    )
+    .unwrap();
+    std::fs::write(dir.join("vendored.py"), "X = 1\n").unwrap();
+    std::fs::write(dir.join("requirements.txt"), requirements).unwrap();
+}
+
+/// `faasctl -o json fn deploy`: the function record, or the error output.
+fn deploy(stack: &Stack, name: &str, dir: &Path) -> Result<Value, String> {
+    let out = stack
+        .faasctl()
+        .args(["-o", "json", "fn", "deploy", name, "--runtime", "python3"])
+        .arg(dir)
+        .output()
+        .expect("running faasctl");
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).expect("deploy prints JSON"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+async fn invoke(stack: &Stack, function: &str) -> Value {
+    let call: Call = CallServiceClient::new(stack.channel().await)
+        .invoke(InvokeRequest {
+            function: function.into(),
+            params_json: "{}".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("invoking {function}: {e}"))
+        .into_inner();
+    assert_eq!(call.status(), CallStatus::Succeeded, "{call:#?}");
+    serde_json::from_str(&call.result_json).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirements_are_installed_once_and_everything_is_compiled_at_deploy() {
+    let mut outside = Outside::start().expect("the outside network");
+    let (wheel, bytes) = pure_wheel(
+        "faasdep",
+        "1.0",
+        &[("faasdep/__init__.py", "VALUE = 'from the index'\n")],
+    )
+    .unwrap();
+    let index = PackageIndex::start(&mut outside, &[(wheel.clone(), bytes)]).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("controlplane.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[build]\nindex_url = \"{}\"\nallow = [\"{}\"]\ntimeout_secs = 120\n",
+            index.url(),
+            index.allow()
+        ),
+    )
+    .unwrap();
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        controlplane_args: vec!["--config".into(), config.display().to_string()],
+        ..Default::default()
+    })
+    .await
+    .expect("starting the stack");
+
+    // First deploy: pip installs from the index, everything is compiled.
+    let dir = work.path().join("fn");
+    write_function(&dir, "one", "faasdep==1.0\n");
+    let first = deploy(&stack, "deps", &dir).unwrap_or_else(|e| panic!("{e}"));
+    let build = &first["build"];
+    assert_eq!(build["has_dependencies"], true, "{first:#}");
+    assert_eq!(build["dependencies_cached"], false, "{first:#}");
+    assert!(build["dependencies_digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    assert_eq!(index.downloads(&wheel), 1, "{}", index.log());
+
+    let result = invoke(&stack, "deps").await;
+    assert_eq!(result["value"], "from the index", "{result:#}");
+    assert_eq!(result["version"], "one");
+    // Merged into the function's directory, as `sam build` does.
+    assert_eq!(result["faasdep_file"], "/var/task/faasdep/__init__.py");
+    for module in ["handler", "faasdep", "vendored"] {
+        let pyc = &result["pycs"][module];
+        // In the read-only function directory: made by the build, never by
+        // the call; unchecked-hash, so never recompiled or re-validated.
+        assert_eq!(pyc["exists"], true, "{module}: {result:#}");
+        assert_eq!(pyc["flags"], 1, "{module}: {result:#}");
+        assert!(
+            pyc["path"].as_str().unwrap().starts_with("/var/task/"),
+            "{module}: {result:#}"
+        );
+    }
+
+    // New code, same requirements: the dependency layer comes from the
+    // cache, nothing is downloaded again, the new code is compiled.
+    write_function(&dir, "two", "faasdep==1.0\n");
+    let second = deploy(&stack, "deps", &dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(second["build"]["dependencies_cached"], true, "{second:#}");
+    assert_eq!(
+        second["build"]["dependencies_digest"], build["dependencies_digest"],
+        "{second:#}"
+    );
+    assert_eq!(index.downloads(&wheel), 1, "{}", index.log());
+    let result = invoke(&stack, "deps").await;
+    assert_eq!(result["version"], "two");
+    assert_eq!(result["value"], "from the index");
+    assert_eq!(result["pycs"]["handler"]["flags"], 1, "{result:#}");
+
+    // Another function of the namespace with the same requirements shares
+    // the layer.
+    let other = work.path().join("other");
+    write_function(&other, "other", "faasdep==1.0\n");
+    let shared = deploy(&stack, "deps-too", &other).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(shared["build"]["dependencies_cached"], true, "{shared:#}");
+    assert_eq!(index.downloads(&wheel), 1, "{}", index.log());
+
+    // A requirement the index does not have: the deploy fails with pip's
+    // own words, and the function keeps its last version.
+    write_function(&dir, "three", "faasdep==1.0\nno-such-dist==9.9\n");
+    let err = deploy(&stack, "deps", &dir).expect_err("a failing build fails the deploy");
+    assert!(err.contains("the build failed"), "{err}");
+    assert!(err.contains("no-such-dist"), "pip's output is shown: {err}");
+    assert_eq!(invoke(&stack, "deps").await["version"], "two");
+
+    // The build's network reaches the index and nothing else: the same
+    // wheel served from another port of the same host is out of reach.
+    let elsewhere = work.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(
+        elsewhere.join(&wheel),
+        pure_wheel(
+            "faasdep",
+            "1.0",
+            &[("faasdep/__init__.py", "VALUE = 'elsewhere'\n")],
+        )
+        .unwrap()
+        .1,
+    )
+    .unwrap();
+    let elsewhere_log = std::fs::File::create(work.path().join("elsewhere.log")).unwrap();
+    let args = faas_tests::outside::static_server(OUTSIDE, 8081, &elsewhere.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = outside
+        .command(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(elsewhere_log.try_clone().unwrap())
+        .stderr(elsewhere_log)
+        .spawn()
+        .unwrap();
+    // Up once it says so (the host's own connections to the outside may
+    // meet the egress ruleset the build loaded: no connect probe here).
+    let log_path = work.path().join("elsewhere.log");
+    let up = std::time::Instant::now();
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("Serving HTTP")
+    {
+        assert!(
+            up.elapsed() < std::time::Duration::from_secs(10),
+            "the second server did not start: {:?}",
+            server.try_wait()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    write_function(
+        &dir,
+        "four",
+        &format!("faasdep @ http://{OUTSIDE}:8081/{wheel}\n"),
+    );
+    let err = deploy(&stack, "deps", &dir).expect_err("only the index is reachable");
+    let served = std::fs::read_to_string(work.path().join("elsewhere.log")).unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(err.contains("the build failed"), "{err}");
+    assert!(
+        !served.contains("GET /"),
+        "the build reached past the index: {served}"
+    );
+    assert_eq!(invoke(&stack, "deps").await["version"], "two");
+
+    // A function without requirements is still compiled at deploy, and
+    // its build has no network at all.
+    let plain = work.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::write(
+        plain.join("handler.py"),
+        "import os, sys\n\ndef handler(event, context):\n    c = sys.modules[__name__].__cached__\n    return {'pyc': os.path.exists(c)}\n",
+    )
+    .unwrap();
+    let plain_record = deploy(&stack, "plain", &plain).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        plain_record["build"]["has_dependencies"], false,
+        "{plain_record:#}"
+    );
+    assert_eq!(invoke(&stack, "plain").await["pyc"], true);
+    drop(stack);
+}
