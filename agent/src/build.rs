@@ -302,13 +302,19 @@ async fn build(ctx: &Arc<SpotContext>, job: &BuildJob) -> Outcome {
         let max_log = ctx.config.max_log_bytes;
         tokio::task::spawn_blocking(move || crate::collect::collect(&io, 0, max_log)).await
     };
-    if let Err(e) = ctx.driver.destroy(&id).await {
-        warn!(error = %e, container = %id, "destroying a build container failed; will retry");
-        ctx.teardown_retry
-            .lock()
-            .expect("poisoned")
-            .push((id.clone(), Some(uid)));
-    }
+    // The trees are walked only once nothing of the build runs any more:
+    // a process left could swap a directory for a link under the walk.
+    let gone = match ctx.driver.destroy(&id).await {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(error = %e, container = %id, "destroying a build container failed; will retry");
+            ctx.teardown_retry
+                .lock()
+                .expect("poisoned")
+                .push((id.clone(), Some(uid)));
+            false
+        }
+    };
     if let Some(network) = network {
         ctx.egress.detach(network).await;
     }
@@ -318,6 +324,9 @@ async fn build(ctx: &Arc<SpotContext>, job: &BuildJob) -> Outcome {
     };
     let outputs = match ran {
         Err(e) => Err(e),
+        Ok(()) if !gone => {
+            Err("the build container could not be removed; its output is not taken".into())
+        }
         Ok(()) => match (status.run_exit, status.run_signal, status.error) {
             (_, _, Some(e)) => Err(format!("the build could not start: {e}")),
             (Some(0), _, _) => {
@@ -421,7 +430,8 @@ fn prepare_work(
         &work,
         Some("tmpfs"),
         nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-        Some(format!("size={bytes},mode=0755").as_str()),
+        // Inodes bounded too: empty files cost no bytes but kernel memory.
+        Some(format!("size={bytes},nr_inodes={MAX_ENTRIES},mode=0755").as_str()),
     )
     .map_err(std::io::Error::from)?;
     copy_tree(package, &work.join("task"))?;

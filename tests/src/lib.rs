@@ -1596,6 +1596,31 @@ impl Stack {
     /// Registers runtime `name` from `runtimes/<name>/runtime.toml` and `archive`
     /// (replacing an existing one).
     pub async fn register_runtime(&self, name: &str, archive: &Path) -> anyhow::Result<()> {
+        self.register_runtime_as(name, name, archive, true).await
+    }
+
+    /// Registers shipped runtime `name` (its archive from
+    /// `FAAS_RUNTIME_ARCHIVES`) again as `<name>-unbuilt`, without its build
+    /// command: deploys store packages as uploaded. The control for what a
+    /// deploy-time build changes.
+    pub async fn register_unbuilt(&self, name: &str) -> anyhow::Result<String> {
+        let (_, archive) = runtime_archives()?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| anyhow!("FAAS_RUNTIME_ARCHIVES has no archive for runtime {name}"))?;
+        let unbuilt = format!("{name}-unbuilt");
+        self.register_runtime_as(name, &unbuilt, &archive, false)
+            .await?;
+        Ok(unbuilt)
+    }
+
+    async fn register_runtime_as(
+        &self,
+        name: &str,
+        as_name: &str,
+        archive: &Path,
+        with_build: bool,
+    ) -> anyhow::Result<()> {
         let toml_path = repo_root().join("runtimes").join(name).join("runtime.toml");
         let definition: RuntimeToml = toml::from_str(
             &fs::read_to_string(&toml_path)
@@ -1604,12 +1629,20 @@ impl Stack {
         .with_context(|| format!("parsing {}", toml_path.display()))?;
         self.register_runtime_spec(
             RuntimeSpec {
-                name: definition.name,
+                name: if with_build {
+                    definition.name
+                } else {
+                    as_name.to_string()
+                },
                 path: definition.path,
                 dependencies: definition.dependencies,
                 run: definition.run,
                 default_handler: definition.default_handler,
-                build: definition.build,
+                build: if with_build {
+                    definition.build
+                } else {
+                    String::new()
+                },
                 image_ref: String::new(),
                 replace: true,
             },

@@ -12,7 +12,7 @@ use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{Call, CallStatus, InvokeRequest};
 use faas_tests::outside::{pure_wheel, Outside, PackageIndex, OUTSIDE};
 use faas_tests::{Stack, StackOptions};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const HANDLER: &str = r#"
 import os
@@ -42,6 +42,32 @@ def handler(event, context):
             for name, m in [("handler", this), ("faasdep", faasdep), ("vendored", vendored)]
         },
         "faasdep_file": faasdep.__file__,
+    }
+"#;
+
+/// Imports a vendored package, counting what CPython compiles meanwhile.
+const COUNTING_HANDLER: &str = r#"
+import importlib.machinery
+import sys
+
+
+def handler(event, context):
+    loader = importlib.machinery.SourceFileLoader
+    original = loader.source_to_code
+    compiled = []
+
+    def counting(self, data, path, *args, **kwargs):
+        compiled.append(str(path))
+        return original(self, data, path, *args, **kwargs)
+
+    loader.source_to_code = counting
+    try:
+        import vendpkg
+    finally:
+        loader.source_to_code = original
+    return {
+        "imported": len([m for m in sys.modules if m.split(".")[0] == "vendpkg"]),
+        "compiled": compiled,
     }
 "#;
 
@@ -231,20 +257,148 @@ async fn requirements_are_installed_once_and_everything_is_compiled_at_deploy() 
     );
     assert_eq!(invoke(&stack, "deps").await["version"], "two");
 
-    // A function without requirements is still compiled at deploy, and
-    // its build has no network at all.
+    // A function without requirements, with a vendored package: compiled
+    // at deploy too, so its cold call compiles nothing. The handler counts
+    // the compilations CPython does while it imports the package (the
+    // loader compiles only when no valid .pyc is there).
     let plain = work.path().join("plain");
-    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::create_dir_all(plain.join("vendpkg")).unwrap();
+    std::fs::write(plain.join("vendpkg/__init__.py"), "from . import a, b\n").unwrap();
     std::fs::write(
-        plain.join("handler.py"),
-        "import os, sys\n\ndef handler(event, context):\n    c = sys.modules[__name__].__cached__\n    return {'pyc': os.path.exists(c)}\n",
+        plain.join("vendpkg/a.py"),
+        "A = [i * i for i in range(10)]\n",
     )
     .unwrap();
+    std::fs::write(plain.join("vendpkg/b.py"), "def b():\n    return 'b'\n").unwrap();
+    std::fs::write(plain.join("handler.py"), COUNTING_HANDLER).unwrap();
     let plain_record = deploy(&stack, "plain", &plain).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         plain_record["build"]["has_dependencies"], false,
         "{plain_record:#}"
     );
-    assert_eq!(invoke(&stack, "plain").await["pyc"], true);
+    let counted = invoke(&stack, "plain").await;
+    assert_eq!(counted["imported"], 3, "{counted:#}");
+    assert_eq!(counted["compiled"], json!([]), "{counted:#}");
+    // The control: the same package on the same image without a build
+    // compiles every module at the call.
+    stack.register_unbuilt("python3").await.unwrap();
+    let out = stack
+        .faasctl()
+        .args([
+            "fn",
+            "deploy",
+            "plain-unbuilt",
+            "--runtime",
+            "python3-unbuilt",
+        ])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counted = invoke(&stack, "plain-unbuilt").await;
+    assert_eq!(
+        counted["compiled"].as_array().map(Vec::len),
+        Some(3),
+        "{counted:#}"
+    );
     drop(stack);
+}
+
+/// The cost a build takes off cold calls: jinja2 and markupsafe (vendored
+/// from this machine's Python, as a function would vendor them) imported
+/// and used by a cold call, on python3 (built at deploy: bytecode) and on
+/// the same image without a build. Prints the medians; numbers in
+/// docs/benchmarks.md. Run with `cargo test --release -p faas-tests --test
+/// builds -- --ignored --nocapture cold_import`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand"]
+async fn cold_import_with_and_without_bytecode() {
+    let found = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import jinja2, markupsafe, os; print(os.path.dirname(jinja2.__file__)); print(os.path.dirname(markupsafe.__file__))",
+        ])
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&found.stdout).into_owned();
+    let dirs: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        dirs.len(),
+        2,
+        "jinja2 and markupsafe are needed here: {text}"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let function = work.path().join("fn");
+    std::fs::create_dir_all(&function).unwrap();
+    for dir in dirs {
+        let status = std::process::Command::new("cp")
+            .args(["-r", dir])
+            .arg(&function)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    // Whatever bytecode the host had is not shipped (as the packer's
+    // defaults leave it out).
+    std::fs::write(
+        function.join("handler.py"),
+        "def handler(event, context):\n    import jinja2\n    return jinja2.Template('hello {{ name }}').render(name=event.get('name', 'x'))\n",
+    )
+    .unwrap();
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        policy: Some("no-preload".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("starting the stack");
+    stack.register_unbuilt("python3").await.unwrap();
+    for (name, runtime) in [("built", "python3"), ("unbuilt", "python3-unbuilt")] {
+        let out = stack
+            .faasctl()
+            .args(["fn", "deploy", name, "--runtime", runtime])
+            .arg(&function)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut client = CallServiceClient::new(stack.channel().await);
+    for round in 0..2 {
+        for name in ["built", "unbuilt"] {
+            let mut execution = Vec::new();
+            let mut total = Vec::new();
+            for _ in 0..10 {
+                let call = client
+                    .invoke(InvokeRequest {
+                        function: name.into(),
+                        params_json: r#"{"name":"faas"}"#.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(call.status(), CallStatus::Succeeded, "{call:#?}");
+                let t = call.timings.unwrap_or_default();
+                execution.push(t.execution_ms);
+                total.push(t.total_ms);
+            }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(|a, b| a.total_cmp(b));
+                v[v.len() / 2]
+            };
+            eprintln!(
+                "round {round} {name:8} cold calls: execution median {:.1} ms, total median {:.1} ms",
+                median(&mut execution),
+                median(&mut total)
+            );
+        }
+    }
 }

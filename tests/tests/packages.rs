@@ -535,21 +535,7 @@ async fn package_extraction_runs_in_a_bounded_cgroup() -> anyhow::Result<()> {
         "{refused:#}"
     );
     // Without a build, the call is where the node refuses it.
-    let (_, archive) = faas_tests::runtime_archives()?
-        .into_iter()
-        .find(|(name, _)| name == "python3")
-        .context("the python3 archive")?;
-    stack
-        .register_runtime_spec(
-            faas_proto::v1::RuntimeSpec {
-                name: "python3-unbuilt".into(),
-                path: "/var/task".into(),
-                run: "python3 -u /opt/faas/bootstrap.py".into(),
-                ..Default::default()
-            },
-            &archive,
-        )
-        .await?;
+    stack.register_unbuilt("python3").await?;
     stack.deploy("zeros", "python3-unbuilt", zeros.path(), &[])?;
     let call = invoke_call(&mut calls, "zeros", "{}").await?;
     assert_eq!(call.status(), CallStatus::Failed, "{call:?}");

@@ -416,7 +416,12 @@ impl Api {
         let build_id = job.build_id.clone();
         info!(function = %key, %build_id, cached = cached.is_some(), "build started");
         let mut events = broker.build(job);
-        let max = settings.max_output_bytes();
+        // What comes back is held in memory until checked: never more than
+        // twice what the registry may store of a package (the node
+        // compresses faster, not as tightly, as the check does).
+        let max = settings
+            .max_output_bytes()
+            .min(limits.max_normalized_bytes.saturating_mul(2));
         let mut node = String::new();
         let (mut package, mut deps) = (Vec::new(), Vec::new());
         // The image and the package are fetched first: some room for them.
@@ -433,7 +438,7 @@ impl Api {
                         };
                         if (into.len() + o.data.len()) as u64 > max {
                             return Err(ApiError::ResourceExhausted(format!(
-                                "the build's output is over {max} bytes (limit build.max_output_bytes)"
+                                "the build's output archive is over {max} bytes (limits build.max_output_bytes and 2 × package.max_normalized_bytes)"
                             )));
                         }
                         into.extend_from_slice(&o.data);
