@@ -282,23 +282,9 @@ async fn requirements_are_installed_once_and_everything_is_compiled_at_deploy() 
     // The control: the same package on the same image without a build
     // compiles every module at the call.
     stack.register_unbuilt("python3").await.unwrap();
-    let out = stack
-        .faasctl()
-        .args([
-            "fn",
-            "deploy",
-            "plain-unbuilt",
-            "--runtime",
-            "python3-unbuilt",
-        ])
-        .arg(&plain)
-        .output()
+    stack
+        .deploy("plain-unbuilt", "python3-unbuilt", &plain, &[])
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let counted = invoke(&stack, "plain-unbuilt").await;
     assert_eq!(
         counted["compiled"].as_array().map(Vec::len),
@@ -358,17 +344,7 @@ async fn cold_import_with_and_without_bytecode() {
     .expect("starting the stack");
     stack.register_unbuilt("python3").await.unwrap();
     for (name, runtime) in [("built", "python3"), ("unbuilt", "python3-unbuilt")] {
-        let out = stack
-            .faasctl()
-            .args(["fn", "deploy", name, "--runtime", runtime])
-            .arg(&function)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        stack.deploy(name, runtime, &function, &[]).unwrap();
     }
     let mut client = CallServiceClient::new(stack.channel().await);
     for round in 0..2 {
