@@ -167,7 +167,7 @@ node_client_suite() {
     node --version && npm --version || return 1
     # shellcheck disable=SC2086
     timeout --kill-after=30 900 \
-        cargo test --release -p faas-tests --test clients ${FAAS_TEST_ARGS:-} -- --ignored the_node_package 2>&1 |
+        cargo test --release -p faas-tests --test e2e ${FAAS_TEST_ARGS:-} -- --ignored clients::the_node_package 2>&1 |
         tee "$work/node-client.log"
     return "${PIPESTATUS[0]}"
 }

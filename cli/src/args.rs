@@ -357,8 +357,24 @@ pub enum FunctionCmd {
         #[arg(short = 'A', long)]
         all_namespaces: bool,
     },
-    /// Show one function.
+    /// Show one function: NAME (the current version), NAME:VERSION or
+    /// NAME:ALIAS.
     Get { name: String },
+    /// List the versions kept of a function (every deploy or update makes
+    /// one), oldest first, with the aliases on each.
+    Versions { name: String },
+    /// Make an earlier version's package and configuration the current
+    /// version again (as a new version).
+    Rollback {
+        name: String,
+        /// The version to go back to [default: the one before the current].
+        #[arg(long = "to")]
+        version: Option<u64>,
+    },
+    /// Names for versions: invoke NAME:ALIAS to run the version it points
+    /// to; move it to switch every later call (and the preloads).
+    #[command(subcommand)]
+    Alias(AliasCmd),
     /// Delete a function.
     #[command(visible_alias = "delete")]
     Rm { name: String },
@@ -375,6 +391,43 @@ pub enum FunctionCmd {
         #[arg(long, default_value_t = 5)]
         last: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AliasCmd {
+    /// Create an alias, or move it: ALIAS sends calls to VERSION; with
+    /// --weight V=W, version V gets the share W (0 < W < 1) of them.
+    Set {
+        /// Function name.
+        name: String,
+        /// Alias name (not all digits, not "latest").
+        alias: String,
+        version: u64,
+        /// A second version and its share of the calls, VERSION=WEIGHT
+        /// (e.g. 3=0.1: a canary of version 3 with a tenth of the calls).
+        #[arg(long, value_parser = parse_weight)]
+        weight: Option<(u64, f64)>,
+    },
+    /// List a function's aliases.
+    #[command(visible_alias = "list")]
+    Ls { name: String },
+    /// Delete an alias.
+    #[command(visible_alias = "delete")]
+    Rm { name: String, alias: String },
+}
+
+/// Parses `VERSION=WEIGHT`.
+pub fn parse_weight(text: &str) -> Result<(u64, f64), String> {
+    let bad = || format!("invalid --weight {text:?}: expected VERSION=WEIGHT, e.g. 3=0.1");
+    let (version, weight) = text.split_once('=').ok_or_else(bad)?;
+    let version: u64 = version.trim().parse().map_err(|_| bad())?;
+    let weight: f64 = weight.trim().parse().map_err(|_| bad())?;
+    if version == 0 || !(weight > 0.0 && weight < 1.0) {
+        return Err(format!(
+            "invalid --weight {text:?}: the version counts from 1, the weight is between 0 and 1 (exclusive)"
+        ));
+    }
+    Ok((version, weight))
 }
 
 #[derive(Debug, Args)]

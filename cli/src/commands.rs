@@ -24,12 +24,16 @@ use faas_proto::v1::{
     secret_service_client::SecretServiceClient, DeleteSecretRequest, GetSecretRequest,
     ListSecretsRequest, PutSecretRequest, SecretRef,
 };
+use faas_proto::v1::{
+    DeleteAliasRequest, ListAliasesRequest, ListFunctionVersionsRequest, RollbackFunctionRequest,
+    SetAliasRequest,
+};
 use serde_json::{json, Value};
 
 use crate::args::{
-    duration_to_ms, CallCmd, Command, DeployArgs, FunctionCmd, HttpArg, InvokeArgs, NamespaceCmd,
-    NetworkArg, NodeCmd, NodeTokenCmd, OutputFormat, QuotaArgs, RegisterRuntimeArgs, RoleArg,
-    RuntimeCmd, SecretCmd, TokenCmd, UpdateArgs,
+    duration_to_ms, AliasCmd, CallCmd, Command, DeployArgs, FunctionCmd, HttpArg, InvokeArgs,
+    NamespaceCmd, NetworkArg, NodeCmd, NodeTokenCmd, OutputFormat, QuotaArgs, RegisterRuntimeArgs,
+    RoleArg, RuntimeCmd, SecretCmd, TokenCmd, UpdateArgs,
 };
 use crate::client::{upload_progress, upload_stream, UploadBody, UploadError};
 use crate::format;
@@ -664,12 +668,15 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
             )
         }
         FunctionCmd::Get { name } => {
+            // NAME:QUALIFIER, as invoke takes it.
+            let (name, qualifier) = name.split_once(':').unwrap_or((&name, ""));
             let f = ctx
                 .functions()
                 .await?
                 .get_function(ctx.request(GetFunctionRequest {
-                    name,
+                    name: name.to_string(),
                     namespace: ctx.namespace.clone(),
+                    qualifier: qualifier.to_string(),
                 }))
                 .await?
                 .into_inner();
@@ -678,6 +685,51 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
                 || format::function_details(&f),
             )
         }
+        FunctionCmd::Versions { name } => {
+            let mut functions = ctx.functions().await?;
+            let versions = functions
+                .list_function_versions(ctx.request(ListFunctionVersionsRequest {
+                    name: name.clone(),
+                    namespace: ctx.namespace.clone(),
+                }))
+                .await?
+                .into_inner()
+                .versions;
+            let aliases = functions
+                .list_aliases(ctx.request(ListAliasesRequest {
+                    function: name,
+                    namespace: ctx.namespace.clone(),
+                }))
+                .await?
+                .into_inner()
+                .aliases;
+            ctx.show(
+                || Value::Array(versions.iter().map(format::function_json).collect()),
+                || format::versions_table(&versions, &aliases),
+            )
+        }
+        FunctionCmd::Rollback { name, version } => {
+            let f = ctx
+                .functions()
+                .await?
+                .rollback_function(ctx.request(RollbackFunctionRequest {
+                    name,
+                    namespace: ctx.namespace.clone(),
+                    version: version.unwrap_or(0),
+                }))
+                .await?
+                .into_inner();
+            ctx.show(
+                || format::function_json(&f),
+                || {
+                    format!(
+                        "function \"{}\" rolled back: version {} runs the package and configuration of an earlier version (digest {})",
+                        f.name, f.version, f.package_digest
+                    )
+                },
+            )
+        }
+        FunctionCmd::Alias(cmd) => alias(ctx, cmd).await,
         FunctionCmd::Logs { name, follow, last } => function_logs(ctx, &name, follow, last).await,
         FunctionCmd::Rm { name } => {
             ctx.functions()
@@ -690,6 +742,69 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
             ctx.show(
                 || json!({ "deleted": name }),
                 || format!("function \"{name}\" deleted"),
+            )
+        }
+    }
+}
+
+async fn alias(ctx: &Context, cmd: AliasCmd) -> Result<()> {
+    let mut functions = ctx.functions().await?;
+    match cmd {
+        AliasCmd::Set {
+            name,
+            alias,
+            version,
+            weight,
+        } => {
+            let (additional_version, additional_weight) = weight.unwrap_or((0, 0.0));
+            let a = functions
+                .set_alias(ctx.request(SetAliasRequest {
+                    function: name,
+                    namespace: ctx.namespace.clone(),
+                    alias,
+                    version,
+                    additional_version,
+                    additional_weight,
+                }))
+                .await?
+                .into_inner();
+            ctx.show(
+                || format::alias_json(&a),
+                || {
+                    format!(
+                        "alias \"{}\" of \"{}\": {}",
+                        a.name,
+                        a.function,
+                        format::alias_routing(&a)
+                    )
+                },
+            )
+        }
+        AliasCmd::Ls { name } => {
+            let aliases = functions
+                .list_aliases(ctx.request(ListAliasesRequest {
+                    function: name,
+                    namespace: ctx.namespace.clone(),
+                }))
+                .await?
+                .into_inner()
+                .aliases;
+            ctx.show(
+                || Value::Array(aliases.iter().map(format::alias_json).collect()),
+                || format::aliases_table(&aliases),
+            )
+        }
+        AliasCmd::Rm { name, alias } => {
+            functions
+                .delete_alias(ctx.request(DeleteAliasRequest {
+                    function: name.clone(),
+                    namespace: ctx.namespace.clone(),
+                    alias: alias.clone(),
+                }))
+                .await?;
+            ctx.show(
+                || json!({ "deleted": alias, "function": name }),
+                || format!("alias \"{alias}\" of \"{name}\" deleted"),
             )
         }
     }

@@ -11,8 +11,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use faas_proto::v1::{
-    Call, CallStats, Function, GetCallStatsResponse, ListNodesResponse, Namespace, Node,
-    PhaseStats, Runtime, Secret, Spot, SpotState, StartKind, Timings,
+    Call, CallStats, Function, FunctionAlias, GetCallStatsResponse, ListNodesResponse, Namespace,
+    Node, PhaseStats, Runtime, Secret, Spot, SpotState, StartKind, Timings,
 };
 use serde_json::{json, Value};
 
@@ -117,6 +117,7 @@ pub fn call_json(call: &Call) -> Value {
         "function": call.function,
         "namespace": call.namespace_name(),
         "function_version": call.function_version,
+        "alias": call.alias,
         "status": call_status_name(call.status),
         "params": embedded_json(&call.params_json),
         "result": embedded_json(&call.result_json),
@@ -467,6 +468,84 @@ pub fn functions_table(functions: &[Function], namespaces: bool) -> String {
     render(table)
 }
 
+/// A function's kept versions, with the aliases that point to each.
+pub fn versions_table(versions: &[Function], aliases: &[FunctionAlias]) -> String {
+    let mut table = new_table(&[
+        "VERSION", "PACKAGE", "MEMORY", "TIMEOUT", "UPDATED", "ALIASES",
+    ]);
+    let current = versions.iter().map(|f| f.version).max().unwrap_or(0);
+    for f in versions {
+        let mut names: Vec<String> = aliases
+            .iter()
+            .filter_map(|a| {
+                if a.version == f.version {
+                    Some(a.name.clone())
+                } else if a.additional_version == f.version {
+                    Some(format!("{} ({:.0}%)", a.name, a.additional_weight * 100.0))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if f.version == current {
+            names.insert(0, "latest".into());
+        }
+        let digest = f.package_digest.trim_start_matches("sha256:");
+        add_row(
+            &mut table,
+            vec![
+                f.version.to_string(),
+                digest.chars().take(12).collect(),
+                bytes_text(f.memory_bytes),
+                ms_text(f.timeout_ms),
+                time_text(f.updated_at_ms),
+                names.join(", "),
+            ],
+        );
+    }
+    right_align(&mut table, &[0, 2, 3]);
+    render(table)
+}
+
+/// Where an alias sends calls, in words.
+pub fn alias_routing(a: &FunctionAlias) -> String {
+    if a.additional_version == 0 {
+        format!("version {}", a.version)
+    } else {
+        format!(
+            "version {} ({:.0}% of calls), version {} ({:.0}%)",
+            a.version,
+            (1.0 - a.additional_weight) * 100.0,
+            a.additional_version,
+            a.additional_weight * 100.0
+        )
+    }
+}
+
+pub fn alias_json(a: &FunctionAlias) -> Value {
+    json!({
+        "name": a.name,
+        "function": a.function,
+        "namespace": faas_proto::namespaces::or_default(&a.namespace),
+        "version": a.version,
+        "additional_version": a.additional_version,
+        "additional_weight": a.additional_weight,
+        "created_at_ms": a.created_at_ms,
+        "updated_at_ms": a.updated_at_ms,
+    })
+}
+
+pub fn aliases_table(aliases: &[FunctionAlias]) -> String {
+    let mut table = new_table(&["ALIAS", "ROUTES TO", "UPDATED"]);
+    for a in aliases {
+        add_row(
+            &mut table,
+            vec![a.name.clone(), alias_routing(a), time_text(a.updated_at_ms)],
+        );
+    }
+    render(table)
+}
+
 /// A function's secrets as `name` or `name:VAR` (names only, never values).
 fn secrets_text(f: &Function) -> String {
     if f.secrets.is_empty() {
@@ -706,7 +785,14 @@ pub fn call_details(call: &Call) -> String {
         ("id", call.id.clone()),
         (
             "function",
-            format!("{} (version {})", call.function, call.function_version),
+            if call.alias.is_empty() {
+                format!("{} (version {})", call.function, call.function_version)
+            } else {
+                format!(
+                    "{} (version {}, through alias {})",
+                    call.function, call.function_version, call.alias
+                )
+            },
         ),
         ("status", call_status_name(call.status)),
         ("params", compact_json(&call.params_json)),
@@ -839,6 +925,7 @@ mod tests {
             namespace: String::new(),
             traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
             client_context: String::new(),
+            alias: String::new(),
         }
     }
 

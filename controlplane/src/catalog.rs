@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use faas_proto::v1::{Function, Runtime};
+use faas_proto::v1::{Function, FunctionAlias, Runtime};
 
 /// A record as read from etcd, with its `mod_revision`.
 #[derive(Debug)]
@@ -100,10 +100,13 @@ impl<T: prost::Message> Cache<T> {
     }
 }
 
-/// Functions (by namespaced key) and runtimes (by name).
+/// Functions (by namespaced key), their versions and aliases (by record
+/// name, see store.rs) and runtimes (by name).
 #[derive(Default)]
 pub struct Catalog {
     pub functions: Cache<Function>,
+    pub versions: Cache<Function>,
+    pub aliases: Cache<FunctionAlias>,
     pub runtimes: Cache<Runtime>,
 }
 

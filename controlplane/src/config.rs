@@ -114,6 +114,11 @@ pub struct Flags {
     /// bytes [default: 64 KiB].
     #[arg(long)]
     pub max_env_bytes: Option<u64>,
+    /// Versions kept per function (every deploy or configuration update
+    /// makes one); older ones are deleted, except those an alias names
+    /// [default: 16].
+    #[arg(long)]
+    pub max_function_versions: Option<u64>,
     /// Calls that may wait queued per function; over it submits are
     /// refused (RESOURCE_EXHAUSTED) [default: 1000].
     #[arg(long)]
@@ -274,6 +279,7 @@ struct FileConfig {
     max_result_bytes: Option<u64>,
     max_log_bytes: Option<u64>,
     max_env_bytes: Option<u64>,
+    max_function_versions: Option<u64>,
     max_queued_per_function: Option<u64>,
     max_queued_calls: Option<u64>,
     max_queued_bytes: Option<u64>,
@@ -356,6 +362,7 @@ pub struct Limits {
     pub max_result_bytes: u64,
     pub max_log_bytes: u64,
     pub max_env_bytes: u64,
+    pub max_function_versions: u64,
     pub default_timeout: Duration,
     pub max_timeout: Duration,
     pub default_memory_bytes: u64,
@@ -560,6 +567,11 @@ impl Config {
                     .max_env_bytes
                     .or(file.max_env_bytes)
                     .unwrap_or(64 << 10),
+                max_function_versions: flags
+                    .max_function_versions
+                    .or(file.max_function_versions)
+                    .unwrap_or(16)
+                    .max(1),
                 admission: admission.clone(),
                 submit_limiter: std::sync::Arc::new(crate::api::admission::SubmitLimiter::new(
                     admission.submit_rate,

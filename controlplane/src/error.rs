@@ -31,6 +31,10 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A concurrent change won a compare-and-swap: nothing was changed,
+    /// and trying again is safe.
+    #[error("{0}")]
+    Aborted(String),
     #[error("{}", store_message(.0))]
     Store(#[from] StoreError),
     #[error("invalid function package: {0}")]
@@ -115,6 +119,7 @@ impl From<ApiError> for Status {
                 status
             }
             ApiError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
+            ApiError::Aborted(_) => Status::aborted(msg),
             ApiError::Internal(_) => Status::internal(msg),
             ApiError::Store(StoreError::Decode { .. }) => Status::internal(msg),
             ApiError::Store(StoreError::Etcd(_))

@@ -21,6 +21,7 @@ pub mod retention;
 pub mod secrets;
 pub mod store;
 pub mod tenants;
+pub mod versions;
 pub mod watch;
 
 use std::sync::Arc;
@@ -502,6 +503,8 @@ async fn requeue_pending(
     // attempt, retried, hands no call over twice.
     let mut adopted = Vec::new();
     let mut queued = Vec::new();
+    // By the name of the record read: the function's current one, or a
+    // version's.
     let mut catalog: std::collections::HashMap<String, Option<(Function, Runtime)>> =
         Default::default();
     // The secret values of each function version, or why there are none.
@@ -513,15 +516,34 @@ async fn requeue_pending(
         .into_iter()
         .filter(|c| matches!(c.status(), CallStatus::Queued | CallStatus::Running))
     {
-        let key = call.function_key();
-        if !catalog.contains_key(&key) {
-            let function: Option<Function> = store.get(Kind::Function, &key).await?;
+        let function_key = call.function_key();
+        if !catalog.contains_key(&function_key) {
+            let function: Option<Function> = store.get(Kind::Function, &function_key).await?;
             let runtime: Option<Runtime> = match &function {
                 Some(f) => store.get(Kind::Runtime, &f.runtime).await?,
                 None => None,
             };
-            catalog.insert(key.clone(), function.zip(runtime));
+            catalog.insert(function_key.clone(), function.zip(runtime));
         }
+        // A call of an earlier version (invoked as NAME:VERSION or through
+        // an alias, or accepted just before a deploy) runs that version,
+        // from its record.
+        let key = match &catalog[&function_key] {
+            Some((f, _)) if f.version == call.function_version => function_key,
+            _ => {
+                let name = store::version_name(&function_key, call.function_version);
+                if !catalog.contains_key(&name) {
+                    let function: Option<Function> =
+                        store.get(Kind::FunctionVersion, &name).await?;
+                    let runtime: Option<Runtime> = match &function {
+                        Some(f) => store.get(Kind::Runtime, &f.runtime).await?,
+                        None => None,
+                    };
+                    catalog.insert(name.clone(), function.zip(runtime));
+                }
+                name
+            }
+        };
         let current = catalog[&key]
             .as_ref()
             .filter(|(f, _)| f.version == call.function_version);
@@ -574,7 +596,7 @@ async fn requeue_pending(
                 call.error = Some(CallError {
                     reason: "platform".into(),
                     message: secret_error.unwrap_or_else(|| {
-                        "the function was changed or removed before the call could run".into()
+                        "the function, or the version the call names, was removed before the call could run".into()
                     }),
                     log_tail: String::new(),
                 });

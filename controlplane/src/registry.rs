@@ -324,8 +324,8 @@ impl Registry {
     }
 
     /// Deletes the manifests of a function's package versions: all of them
-    /// (`below` None, the function was removed) or those tagged under
-    /// `v<below>` (a new version replaced them). A manifest that a kept tag
+    /// (`only` None, the function was removed) or those of the versions
+    /// `only` names (versions no longer kept). A manifest that a kept tag
     /// also points to (an unchanged package deployed again has the same
     /// manifest) is kept: the registry deletes manifests by digest, with
     /// every tag on them. Returns how many manifests were deleted.
@@ -335,11 +335,11 @@ impl Registry {
     pub async fn remove_package_versions(
         &self,
         function: &str,
-        below: Option<u64>,
+        only: Option<&std::collections::BTreeSet<u64>>,
     ) -> Result<usize, CleanupError> {
         let repository = format!("faas/functions/{function}");
         let tags = self.tags(&repository).await?;
-        let (doomed, kept) = split_versions(&tags, below);
+        let (doomed, kept) = split_versions(&tags, only);
         let mut keep = std::collections::HashSet::new();
         for tag in &kept {
             if let Some(digest) = self.manifest_digest(&repository, tag).await? {
@@ -520,12 +520,15 @@ fn http(op: &'static str, e: reqwest::Error) -> CleanupError {
 
 /// Splits a function repository's tags into those to delete and those to
 /// keep. Only `v<N>` tags are the platform's; anything else is kept.
-fn split_versions(tags: &[String], below: Option<u64>) -> (Vec<String>, Vec<String>) {
+fn split_versions(
+    tags: &[String],
+    only: Option<&std::collections::BTreeSet<u64>>,
+) -> (Vec<String>, Vec<String>) {
     tags.iter().cloned().partition(|tag| {
         let version = tag.strip_prefix('v').and_then(|v| v.parse::<u64>().ok());
-        match (version, below) {
+        match (version, only) {
             (Some(_), None) => true,
-            (Some(v), Some(below)) => v < below,
+            (Some(v), Some(only)) => only.contains(&v),
             (None, _) => false,
         }
     })
@@ -702,9 +705,9 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let (doomed, kept) = split_versions(&tags, Some(10));
-        assert_eq!(doomed, vec!["v1", "v2"]);
-        assert_eq!(kept, vec!["v10", "latest", "vx"]);
+        let (doomed, kept) = split_versions(&tags, Some(&[1, 10].into()));
+        assert_eq!(doomed, vec!["v1", "v10"]);
+        assert_eq!(kept, vec!["v2", "latest", "vx"]);
         let (doomed, kept) = split_versions(&tags, None);
         assert_eq!(doomed, vec!["v1", "v2", "v10"]);
         assert_eq!(kept, vec!["latest", "vx"]);

@@ -26,7 +26,14 @@ use prost::Message;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Runtime,
+    /// A function's current version, under its key (`namespace/name`, bare
+    /// in "default").
     Function,
+    /// Every kept version of a function, immutable once written, under
+    /// `<function key>@<version, 12 digits>` (see [`version_name`]).
+    FunctionVersion,
+    /// A function's alias (`FunctionAlias`), under `<function key>@<alias>`.
+    FunctionAlias,
     /// A call's record, without its params and result.
     Call,
     /// A call's logs, kept apart so that listing calls stays small.
@@ -61,6 +68,8 @@ impl Kind {
         match self {
             Kind::Runtime => "runtimes",
             Kind::Function => "functions",
+            Kind::FunctionVersion => "function-versions",
+            Kind::FunctionAlias => "function-aliases",
             Kind::Call => "calls",
             Kind::Logs => "logs",
             Kind::Params => "call-params",
@@ -75,6 +84,23 @@ impl Kind {
             Kind::Meta => "meta",
         }
     }
+}
+
+/// The name of a function version's record: zero-padded, so that a
+/// function's versions are in version order under its prefix. '@' is in no
+/// name, so one function's prefix never covers another's.
+pub fn version_name(function_key: &str, version: u64) -> String {
+    format!("{function_key}@{version:012}")
+}
+
+/// The name of a function alias's record.
+pub fn alias_name(function_key: &str, alias: &str) -> String {
+    format!("{function_key}@{alias}")
+}
+
+/// The prefix every version and alias record of a function is under.
+pub fn function_records_prefix(function_key: &str) -> String {
+    format!("{function_key}@")
 }
 
 /// Largest response the store's clients decode. Pages are sized to stay far
@@ -645,6 +671,83 @@ impl Store {
             crate::metrics::timed_etcd("txn", self.kv().txn(Txn::new().and_then(ops))).await,
         )?;
         Ok(())
+    }
+
+    /// Writes a function's new version: its current record and the
+    /// version's own, in one transaction; with `expected`, only if the
+    /// current record was last modified at that revision (false if not).
+    pub async fn put_function(
+        &self,
+        key: &str,
+        function: &faas_proto::v1::Function,
+        expected: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let value = function.encode_to_vec();
+        let ops = vec![
+            TxnOp::put(self.key(Kind::Function, key), value.clone(), None),
+            TxnOp::put(
+                self.key(Kind::FunctionVersion, &version_name(key, function.version)),
+                value,
+                None,
+            ),
+        ];
+        let mut txn = Txn::new();
+        if let Some(revision) = expected {
+            txn = txn.when([Compare::mod_revision(
+                self.key(Kind::Function, key),
+                CompareOp::Equal,
+                revision,
+            )]);
+        }
+        Ok(self
+            .check(crate::metrics::timed_etcd("txn", self.kv().txn(txn.and_then(ops))).await)?
+            .succeeded())
+    }
+
+    /// The records of a kind whose names start with `name_prefix`, with
+    /// their names and revisions, in name order. For small sets (a
+    /// function's versions and aliases, bounded by the limits): one read.
+    pub async fn list_under<M: Message + Default>(
+        &self,
+        kind: Kind,
+        name_prefix: &str,
+    ) -> Result<Vec<(String, M, i64)>, StoreError> {
+        let dir = self.dir(kind);
+        let key = self.key(kind, name_prefix);
+        let resp = self.check(
+            crate::metrics::timed_etcd(
+                "get",
+                self.kv()
+                    .get(key.as_str(), Some(GetOptions::new().with_prefix())),
+            )
+            .await,
+        )?;
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                let full = String::from_utf8_lossy(kv.key()).into_owned();
+                let value = decode(&full, kv.value())?;
+                let name = full.strip_prefix(dir.as_str()).unwrap_or(&full).to_string();
+                Ok((name, value, kv.mod_revision()))
+            })
+            .collect()
+    }
+
+    /// Deletes every record of a kind whose name starts with `name_prefix`;
+    /// how many went.
+    pub async fn delete_under(&self, kind: Kind, name_prefix: &str) -> Result<i64, StoreError> {
+        let key = self.key(kind, name_prefix);
+        let resp = self.check(
+            crate::metrics::timed_etcd(
+                "delete",
+                self.kv().delete(
+                    key.as_str(),
+                    Some(etcd_client::DeleteOptions::new().with_prefix()),
+                ),
+            )
+            .await,
+        )?;
+        Ok(resp.deleted())
     }
 
     /// Creates the object; false if one of that name already exists.

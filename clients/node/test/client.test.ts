@@ -1,5 +1,5 @@
 // Offline tests always; cluster tests when FAAS_CLIENT_TEST_CONTEXT names a
-// context of $FAASCTL_CONFIG (tests/tests/clients.rs sets it, and
+// context of $FAASCTL_CONFIG (tests/tests/e2e/clients.rs sets it, and
 // FAAS_CLIENT_TEST_HELLO / _FAIL / _SLEEP: functions that greet, raise, sleep).
 import { test } from "node:test";
 import * as assert from "node:assert/strict";

@@ -1,4 +1,4 @@
-"""Against a running cluster: tests/tests/clients.rs starts one and runs
+"""Against a running cluster: tests/tests/e2e/clients.rs starts one and runs
 this with FAAS_CLIENT_TEST_CONTEXT (a context of the file FAASCTL_CONFIG
 names), FAAS_CLIENT_TEST_HELLO (a function greeting event["name"] and
 printing "greeting NAME"), FAAS_CLIENT_TEST_FAIL (one that raises "boom:

@@ -21,7 +21,8 @@ use crate::auth::Principal;
 use crate::broker::{CallBundle, Input};
 use crate::catalog::Versioned;
 use crate::error::{now_ms_f64, ApiError};
-use crate::store::{Created, Kind, Order};
+use crate::store::{self, Created, Kind, Order};
+use crate::versions::Qualifier;
 use crate::watch::{is_final, QueueFull};
 
 /// How often a waiter re-reads etcd in case the outcome was recorded by
@@ -31,6 +32,82 @@ const WAIT_POLL: Duration = Duration::from_secs(1);
 /// it before giving up (each read is etcd's latest: a second failure
 /// means a deploy raced it twice).
 const MAX_STALE_ATTEMPTS: u32 = 3;
+
+/// What a submit resolved its function name to (see `Api::call_target`).
+struct CallTarget {
+    function: Versioned<Function>,
+    runtime: Versioned<Runtime>,
+    /// Where `function` was read: the current record or a version's.
+    record: (Kind, String),
+    /// The alias the version was picked through, and its revision.
+    alias: Option<(String, i64)>,
+    /// The function's key (its alias records are under it).
+    key: String,
+}
+
+impl CallTarget {
+    /// The records the call is recorded against, at the revisions read:
+    /// a function, version, runtime or alias changed meanwhile makes the
+    /// submit read them again.
+    fn current_if(&self) -> Vec<(Kind, std::borrow::Cow<'_, str>, i64)> {
+        let (function, runtime) = (&self.function, &self.runtime);
+        let mut current = vec![
+            (
+                self.record.0,
+                self.record.1.as_str().into(),
+                function.revision,
+            ),
+            (
+                Kind::Runtime,
+                function.value.runtime.as_str().into(),
+                runtime.revision,
+            ),
+        ];
+        if let Some((alias, revision)) = &self.alias {
+            current.push((
+                Kind::FunctionAlias,
+                store::alias_name(&self.key, alias).into(),
+                *revision,
+            ));
+        }
+        current
+    }
+
+    /// Drops the copies read, so that the next attempt reads etcd.
+    fn forget(&self, catalog: &crate::catalog::Catalog) {
+        let function = &self.function;
+        catalog.functions.forget(&self.key);
+        if self.record.0 == Kind::FunctionVersion {
+            catalog.versions.forget(&self.record.1);
+        }
+        if let Some((alias, _)) = &self.alias {
+            catalog.aliases.forget(&store::alias_name(&self.key, alias));
+        }
+        catalog.runtimes.forget(&function.value.runtime);
+    }
+}
+
+/// A record from `cache`, or read from etcd and kept there; None if etcd
+/// has none.
+async fn cached<T: prost::Message + Default>(
+    cache: &crate::catalog::Cache<T>,
+    store: &crate::store::Store,
+    kind: Kind,
+    name: &str,
+) -> Result<Option<Versioned<T>>, ApiError> {
+    if let Some(found) = cache.get(name) {
+        return Ok(Some(found));
+    }
+    let Some((value, revision)) = store.get_versioned::<T>(kind, name).await? else {
+        return Ok(None);
+    };
+    let found = Versioned {
+        value: Arc::new(value),
+        revision,
+    };
+    cache.put(name, found.clone());
+    Ok(Some(found))
+}
 /// How long a cancel waits for the CANCELLED record to be stored (etcd
 /// away: the leader keeps writing it; the caller learns it is not stored
 /// yet).
@@ -68,8 +145,10 @@ impl Api {
         trace: TraceParent,
     ) -> Result<(Call, watch::Receiver<Call>), ApiError> {
         // A name outside the API's rule can name no function: say so
-        // before it becomes an etcd key.
-        crate::error::check_name("function", &request.function)?;
+        // before it becomes an etcd key. "NAME:VERSION" and "NAME:ALIAS"
+        // name one of its versions.
+        let (name, qualifier) = crate::versions::split(&request.function)?;
+        let name = name.to_string();
         let namespace = owner.check_namespace(&request.namespace)?.to_string();
         // Read once: existence, submit rate and queue bound.
         let quota = self.namespace_quota(&namespace)?;
@@ -107,22 +186,22 @@ impl Api {
                 retry_after: wait,
             });
         }
-        let key = faas_proto::namespaces::function_key(&namespace, &request.function);
+        let key = faas_proto::namespaces::function_key(&namespace, &name);
         // The function and runtime as this replica holds them; etcd checks
         // they are current when the call is recorded (see catalog.rs).
         let mut attempts = 0;
         let (call, function, runtime, secret_values, accepted_at_ms) = loop {
             attempts += 1;
-            let (function, runtime) = self
-                .catalog_entries(&namespace, &key, &request.function)
+            let target = self
+                .call_target(&namespace, &key, &name, &qualifier)
                 .await?;
+            let (function, runtime) = (target.function.clone(), target.runtime.clone());
             // The gateway's token for requests without one reaches public
             // functions only; to it a private one does not exist (the same
             // answer as for a missing one: no names learnt by probing).
             if owner.is_public_invoker() && function.value.http() != HttpAccess::Public {
                 return Err(ApiError::NotFound(format!(
-                    "function {:?} not found in namespace {namespace:?}",
-                    request.function
+                    "function {name:?} not found in namespace {namespace:?}"
                 )));
             }
             // Opened here, on the leader, from the copy it holds (etcd only
@@ -147,6 +226,11 @@ impl Api {
                 namespace: namespace.clone(),
                 traceparent: trace.to_string(),
                 client_context: client_context.clone(),
+                alias: target
+                    .alias
+                    .as_ref()
+                    .map(|(a, _)| a.clone())
+                    .unwrap_or_default(),
                 ..Default::default()
             };
             // Counted before it is recorded, so that concurrent submits
@@ -182,10 +266,11 @@ impl Api {
                 .create_call_if_current(
                     &call,
                     broker.fence(),
-                    &[
-                        (Kind::Function, &key, function.revision),
-                        (Kind::Runtime, &function.value.runtime, runtime.revision),
-                    ],
+                    &target
+                        .current_if()
+                        .iter()
+                        .map(|(kind, name, revision)| (*kind, name.as_ref(), *revision))
+                        .collect::<Vec<_>>(),
                 )
                 .await;
             if !matches!(recorded, Ok(Created::Recorded)) {
@@ -204,8 +289,7 @@ impl Api {
                 // Changed since this replica read it: read again.
                 Created::Stale if attempts < MAX_STALE_ATTEMPTS => {
                     params = call.params_json;
-                    self.catalog.functions.forget(&key);
-                    self.catalog.runtimes.forget(&function.value.runtime);
+                    target.forget(&self.catalog);
                 }
                 Created::Stale => {
                     return Err(ApiError::Unavailable(format!(
@@ -239,56 +323,95 @@ impl Api {
         Ok((call, rx))
     }
 
-    /// The function `key` and its runtime: from the catalog, or read from
-    /// etcd (and kept) when the catalog has no copy.
-    async fn catalog_entries(
+    /// What a call of `key` at `qualifier` runs: the version's record and
+    /// its runtime, from the catalog or read from etcd (and kept), with
+    /// what the call's record must be written against.
+    async fn call_target(
         &self,
         namespace: &str,
         key: &str,
         name: &str,
-    ) -> Result<(Versioned<Function>, Versioned<Runtime>), ApiError> {
-        let function = match self.catalog.functions.get(key) {
-            Some(f) => f,
-            None => {
-                let (f, revision) = self
-                    .store
-                    .get_versioned::<Function>(Kind::Function, key)
+        qualifier: &Qualifier,
+    ) -> Result<CallTarget, ApiError> {
+        let not_found = || {
+            ApiError::NotFound(format!(
+                "function {name:?} not found in namespace {namespace:?}"
+            ))
+        };
+        let mut alias = None;
+        let version = match qualifier {
+            Qualifier::Latest => None,
+            Qualifier::Version(v) => Some(*v),
+            Qualifier::Alias(a) => {
+                let record = store::alias_name(key, a);
+                let found = cached(&self.catalog.aliases, &self.store, Kind::FunctionAlias, &record)
                     .await?
                     .ok_or_else(|| {
                         ApiError::NotFound(format!(
-                            "function {name:?} not found in namespace {namespace:?}"
+                            "function {name:?} in namespace {namespace:?} has no alias {a:?} (see `faasctl fn alias ls {name}`)"
                         ))
                     })?;
-                let f = Versioned {
-                    value: Arc::new(f),
-                    revision,
-                };
-                self.catalog.functions.put(key, f.clone());
-                f
+                let version = crate::versions::pick(&found.value, rand::random::<f64>());
+                alias = Some((a.clone(), found.revision));
+                Some(version)
+            }
+        };
+        let (function, record) = match version {
+            None => (
+                cached(&self.catalog.functions, &self.store, Kind::Function, key)
+                    .await?
+                    .ok_or_else(not_found)?,
+                (Kind::Function, key.to_string()),
+            ),
+            Some(v) => {
+                let record = store::version_name(key, v);
+                match cached(
+                    &self.catalog.versions,
+                    &self.store,
+                    Kind::FunctionVersion,
+                    &record,
+                )
+                .await?
+                {
+                    Some(f) => (f, (Kind::FunctionVersion, record)),
+                    None => {
+                        // A function deployed before versions were kept has
+                        // no record of its current version: its own is it.
+                        let current =
+                            cached(&self.catalog.functions, &self.store, Kind::Function, key)
+                                .await?
+                                .ok_or_else(not_found)?;
+                        if current.value.version != v {
+                            return Err(ApiError::NotFound(format!(
+                                "function {name:?} in namespace {namespace:?} has no version {v} (it is at {}; see `faasctl fn versions {name}`)",
+                                current.value.version
+                            )));
+                        }
+                        (current, (Kind::Function, key.to_string()))
+                    }
+                }
             }
         };
         let runtime_name = &function.value.runtime;
-        let runtime = match self.catalog.runtimes.get(runtime_name) {
-            Some(r) => r,
-            None => {
-                let (r, revision) = self
-                    .store
-                    .get_versioned::<Runtime>(Kind::Runtime, runtime_name)
-                    .await?
-                    .ok_or_else(|| {
-                        ApiError::FailedPrecondition(format!(
-                            "function {name:?} uses runtime {runtime_name:?}, which no longer exists"
-                        ))
-                    })?;
-                let r = Versioned {
-                    value: Arc::new(r),
-                    revision,
-                };
-                self.catalog.runtimes.put(runtime_name, r.clone());
-                r
-            }
-        };
-        Ok((function, runtime))
+        let runtime = cached(
+            &self.catalog.runtimes,
+            &self.store,
+            Kind::Runtime,
+            runtime_name,
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::FailedPrecondition(format!(
+                "function {name:?} uses runtime {runtime_name:?}, which no longer exists"
+            ))
+        })?;
+        Ok(CallTarget {
+            function,
+            runtime,
+            record,
+            alias,
+            key: key.to_string(),
+        })
     }
 
     /// A call with its params and result (read beside its record).

@@ -1,10 +1,12 @@
 use faas_proto::v1::function_service_client::FunctionServiceClient;
 use faas_proto::v1::function_service_server::FunctionService;
 use faas_proto::v1::{
-    deploy_function_request, network_policy, BuildJob, BuildPart, DeleteFunctionRequest,
-    DeleteFunctionResponse, DependencyBuild, DeployFunctionRequest, Function, GetFunctionRequest,
-    HttpAccess, ListFunctionsRequest, ListFunctionsResponse, NetworkPolicy, Runtime, RuntimeBundle,
-    SecretRef,
+    deploy_function_request, network_policy, BuildJob, BuildPart, DeleteAliasRequest,
+    DeleteAliasResponse, DeleteFunctionRequest, DeleteFunctionResponse, DependencyBuild,
+    DeployFunctionRequest, Function, FunctionAlias, GetFunctionRequest, HttpAccess,
+    ListAliasesRequest, ListAliasesResponse, ListFunctionVersionsRequest,
+    ListFunctionVersionsResponse, ListFunctionsRequest, ListFunctionsResponse, NetworkPolicy,
+    RollbackFunctionRequest, Runtime, RuntimeBundle, SecretRef, SetAliasRequest,
 };
 use std::sync::OnceLock;
 
@@ -266,7 +268,7 @@ impl Api {
     /// The secrets a deploy references, checked (names, env variables that
     /// collide with none of the function's own, each secret existing in
     /// the namespace), each with the secret's current version.
-    async fn check_secret_refs(
+    pub(super) async fn check_secret_refs(
         &self,
         namespace: &str,
         mut refs: Vec<SecretRef>,
@@ -757,28 +759,13 @@ impl FunctionService for Api {
             secrets,
             build: built,
         };
+        // The current record and the version's own, together.
         self.store
-            .put(Kind::Function, &key, &function)
+            .put_function(&key, &function, None)
             .await
             .map_err(ApiError::from)?;
         info!(function = %key, version, digest = %function.package_digest, "function deployed");
-        if version > 1 {
-            // Earlier versions are no longer served: their manifests go
-            // (calls of them already queued fetch the blob by digest, and
-            // blobs stay until the registry's garbage collection).
-            match self
-                .registry
-                .remove_package_versions(&key, Some(version))
-                .await
-            {
-                Ok(n) => {
-                    info!(function = %key, removed = n, "older package versions removed from the registry")
-                }
-                Err(e) => {
-                    warn!(function = %key, error = %e, "could not remove older package versions from the registry")
-                }
-            }
-        }
+        self.prune_versions(&key, version).await;
         Ok(Response::new(function))
     }
 
@@ -787,8 +774,17 @@ impl FunctionService for Api {
         request: Request<GetFunctionRequest>,
     ) -> Result<Response<Function>, Status> {
         let principal = Principal::of(&request);
-        let GetFunctionRequest { name, namespace } = request.into_inner();
+        let GetFunctionRequest {
+            name,
+            namespace,
+            qualifier,
+        } = request.into_inner();
         let namespace = principal.check_namespace(&namespace)?;
+        if !qualifier.is_empty() {
+            return Ok(Response::new(
+                self.function_at(namespace, &name, &qualifier).await?,
+            ));
+        }
         let key = faas_proto::namespaces::function_key(namespace, &name);
         let function: Option<Function> = self
             .store
@@ -841,6 +837,11 @@ impl FunctionService for Api {
             .into());
         }
         info!(function = %key, "function deleted");
+        // Its versions and aliases: a function of the same name deployed
+        // later starts again at version 1, with none.
+        if let Err(e) = self.delete_versions(&key).await {
+            warn!(function = %key, error = %e, "could not delete the function's versions and aliases");
+        }
         // The record is gone, which is what the caller asked: a registry
         // that fails here leaves manifests behind, logged, not an error.
         match self.registry.remove_package_versions(&key, None).await {
@@ -852,6 +853,56 @@ impl FunctionService for Api {
             }
         }
         Ok(Response::new(DeleteFunctionResponse {}))
+    }
+
+    async fn list_function_versions(
+        &self,
+        request: Request<ListFunctionVersionsRequest>,
+    ) -> Result<Response<ListFunctionVersionsResponse>, Status> {
+        let principal = Principal::of(&request);
+        Ok(Response::new(
+            self.list_versions(&principal, request.into_inner()).await?,
+        ))
+    }
+
+    async fn rollback_function(
+        &self,
+        request: Request<RollbackFunctionRequest>,
+    ) -> Result<Response<Function>, Status> {
+        let principal = Principal::of(&request);
+        Ok(Response::new(
+            self.rollback(&principal, request.into_inner()).await?,
+        ))
+    }
+
+    async fn set_alias(
+        &self,
+        request: Request<SetAliasRequest>,
+    ) -> Result<Response<FunctionAlias>, Status> {
+        let principal = Principal::of(&request);
+        Ok(Response::new(
+            Api::set_alias(self, &principal, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_aliases(
+        &self,
+        request: Request<ListAliasesRequest>,
+    ) -> Result<Response<ListAliasesResponse>, Status> {
+        let principal = Principal::of(&request);
+        Ok(Response::new(
+            Api::list_aliases(self, &principal, request.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_alias(
+        &self,
+        request: Request<DeleteAliasRequest>,
+    ) -> Result<Response<DeleteAliasResponse>, Status> {
+        let principal = Principal::of(&request);
+        Ok(Response::new(
+            Api::delete_alias(self, &principal, request.into_inner()).await?,
+        ))
     }
 }
 

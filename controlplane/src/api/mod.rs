@@ -10,6 +10,7 @@ mod namespaces;
 mod runtimes;
 mod secrets;
 mod stats;
+mod versions;
 
 use std::sync::Arc;
 

@@ -62,7 +62,7 @@ impl Api {
             function.updated_at_ms = now_ms();
             if self
                 .store
-                .put_if_mod_revision(Kind::Function, &key, &function, revision)
+                .put_function(&key, &function, Some(revision))
                 .await?
             {
                 rolled += 1;

@@ -192,7 +192,15 @@ pub fn access_of(path: &str) -> Option<Access> {
         ("faas.v1.RuntimeService", "GetRuntime" | "ListRuntimes") => AtLeast(Developer),
         (
             "faas.v1.FunctionService",
-            "DeployFunction" | "GetFunction" | "ListFunctions" | "DeleteFunction",
+            "DeployFunction"
+            | "GetFunction"
+            | "ListFunctions"
+            | "DeleteFunction"
+            | "ListFunctionVersions"
+            | "RollbackFunction"
+            | "SetAlias"
+            | "ListAliases"
+            | "DeleteAlias",
         ) => AtLeast(Developer),
         // A public invoker only for public functions (checked on accept).
         ("faas.v1.CallService", "Invoke" | "Submit") => AtLeast(PublicInvoker),
@@ -391,6 +399,11 @@ mod tests {
             "/faas.v1.FunctionService/GetFunction",
             "/faas.v1.FunctionService/ListFunctions",
             "/faas.v1.FunctionService/DeleteFunction",
+            "/faas.v1.FunctionService/ListFunctionVersions",
+            "/faas.v1.FunctionService/RollbackFunction",
+            "/faas.v1.FunctionService/SetAlias",
+            "/faas.v1.FunctionService/ListAliases",
+            "/faas.v1.FunctionService/DeleteAlias",
             "/faas.v1.CallService/Invoke",
             "/faas.v1.CallService/Submit",
             "/faas.v1.CallService/GetCall",

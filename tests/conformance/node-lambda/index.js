@@ -1,4 +1,4 @@
-// Lambda-style Node.js handlers, one per behaviour tests/tests/conformance.rs
+// Lambda-style Node.js handlers, one per behaviour tests/tests/e2e/conformance.rs
 // checks. The default handler (index.handler) is the one deployed without
 // --handler.
 

@@ -1,4 +1,4 @@
-"""Lambda-style Python handlers, one per behaviour tests/tests/conformance.rs
+"""Lambda-style Python handlers, one per behaviour tests/tests/e2e/conformance.rs
 checks. Written the way handlers published for AWS Lambda are: module-level
 logger, context attributes, vendored native code, the standard library."""
 

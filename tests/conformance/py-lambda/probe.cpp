@@ -1,4 +1,4 @@
-// Built by tests/tests/conformance.rs into lib/libfaasprobe.so: a native
+// Built by tests/tests/e2e/conformance.rs into lib/libfaasprobe.so: a native
 // library that links libstdc++, as numpy's and most scientific wheels do.
 #include <string>
 

@@ -51,7 +51,8 @@ class ApiToken(_message.Message):
     def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., description: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., secret_sha256: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ["attempts", "client_context", "created_at_ms", "error", "finished_at_ms", "function", "function_version", "id", "logs_truncated", "namespace", "node", "owner", "params_json", "policy", "result_json", "spot", "status", "timings", "traceparent"]
+    __slots__ = ["alias", "attempts", "client_context", "created_at_ms", "error", "finished_at_ms", "function", "function_version", "id", "logs_truncated", "namespace", "node", "owner", "params_json", "policy", "result_json", "spot", "status", "timings", "traceparent"]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +72,7 @@ class Call(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    alias: str
     attempts: int
     client_context: str
     created_at_ms: int
@@ -90,7 +92,7 @@ class Call(_message.Message):
     status: CallStatus
     timings: Timings
     traceparent: str
-    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., function_version: _Optional[int] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[CallStatus, str]] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., node: _Optional[str] = ..., spot: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., logs_truncated: bool = ..., policy: _Optional[str] = ..., attempts: _Optional[int] = ..., owner: _Optional[str] = ..., namespace: _Optional[str] = ..., traceparent: _Optional[str] = ..., client_context: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., function_version: _Optional[int] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[CallStatus, str]] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., node: _Optional[str] = ..., spot: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., logs_truncated: bool = ..., policy: _Optional[str] = ..., attempts: _Optional[int] = ..., owner: _Optional[str] = ..., namespace: _Optional[str] = ..., traceparent: _Optional[str] = ..., client_context: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
 
 class CallError(_message.Message):
     __slots__ = ["log_tail", "message", "reason"]
@@ -211,6 +213,20 @@ class CreateTokenResponse(_message.Message):
     record: ApiToken
     token: str
     def __init__(self, token: _Optional[str] = ..., record: _Optional[_Union[ApiToken, _Mapping]] = ...) -> None: ...
+
+class DeleteAliasRequest(_message.Message):
+    __slots__ = ["alias", "function", "namespace"]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    function: str
+    namespace: str
+    def __init__(self, function: _Optional[str] = ..., namespace: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
+
+class DeleteAliasResponse(_message.Message):
+    __slots__ = []
+    def __init__(self) -> None: ...
 
 class DeleteFunctionRequest(_message.Message):
     __slots__ = ["name", "namespace"]
@@ -359,6 +375,26 @@ class Function(_message.Message):
     version: int
     def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., version: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ..., build: _Optional[_Union[DependencyBuild, _Mapping]] = ...) -> None: ...
 
+class FunctionAlias(_message.Message):
+    __slots__ = ["additional_version", "additional_weight", "created_at_ms", "function", "name", "namespace", "updated_at_ms", "version"]
+    ADDITIONAL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ADDITIONAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    additional_version: int
+    additional_weight: float
+    created_at_ms: int
+    function: str
+    name: str
+    namespace: str
+    updated_at_ms: int
+    version: int
+    def __init__(self, name: _Optional[str] = ..., function: _Optional[str] = ..., namespace: _Optional[str] = ..., version: _Optional[int] = ..., additional_version: _Optional[int] = ..., additional_weight: _Optional[float] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+
 class FunctionSpec(_message.Message):
     __slots__ = ["env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "runtime", "secrets", "timeout_ms", "update_mask"]
     class EnvEntry(_message.Message):
@@ -427,12 +463,14 @@ class GetCallStatsResponse(_message.Message):
     def __init__(self, groups: _Optional[_Iterable[_Union[CallStats, _Mapping]]] = ..., overall: _Optional[_Union[CallStats, _Mapping]] = ..., policy: _Optional[str] = ...) -> None: ...
 
 class GetFunctionRequest(_message.Message):
-    __slots__ = ["name", "namespace"]
+    __slots__ = ["name", "namespace", "qualifier"]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    QUALIFIER_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+    qualifier: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., qualifier: _Optional[str] = ...) -> None: ...
 
 class GetNamespaceRequest(_message.Message):
     __slots__ = ["name"]
@@ -480,6 +518,20 @@ class JoinToken(_message.Message):
     uses_left: int
     def __init__(self, id: _Optional[str] = ..., description: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., uses_left: _Optional[int] = ...) -> None: ...
 
+class ListAliasesRequest(_message.Message):
+    __slots__ = ["function", "namespace"]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    namespace: str
+    def __init__(self, function: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class ListAliasesResponse(_message.Message):
+    __slots__ = ["aliases"]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    aliases: _containers.RepeatedCompositeFieldContainer[FunctionAlias]
+    def __init__(self, aliases: _Optional[_Iterable[_Union[FunctionAlias, _Mapping]]] = ...) -> None: ...
+
 class ListCallsRequest(_message.Message):
     __slots__ = ["function", "namespace", "page_size", "page_token", "status"]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
@@ -501,6 +553,20 @@ class ListCallsResponse(_message.Message):
     calls: _containers.RepeatedCompositeFieldContainer[Call]
     next_page_token: str
     def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListFunctionVersionsRequest(_message.Message):
+    __slots__ = ["name", "namespace"]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class ListFunctionVersionsResponse(_message.Message):
+    __slots__ = ["versions"]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[Function]
+    def __init__(self, versions: _Optional[_Iterable[_Union[Function, _Mapping]]] = ...) -> None: ...
 
 class ListFunctionsRequest(_message.Message):
     __slots__ = ["namespace", "runtime"]
@@ -680,6 +746,16 @@ class RemoveNodeResponse(_message.Message):
     __slots__ = []
     def __init__(self) -> None: ...
 
+class RollbackFunctionRequest(_message.Message):
+    __slots__ = ["name", "namespace", "version"]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
 class Runtime(_message.Message):
     __slots__ = ["build", "created_at_ms", "default_handler", "dependencies", "image", "image_digest", "name", "path", "run"]
     BUILD_FIELD_NUMBER: _ClassVar[int]
@@ -747,6 +823,22 @@ class SecretRef(_message.Message):
     name: str
     version: int
     def __init__(self, name: _Optional[str] = ..., env: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class SetAliasRequest(_message.Message):
+    __slots__ = ["additional_version", "additional_weight", "alias", "function", "namespace", "version"]
+    ADDITIONAL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ADDITIONAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    additional_version: int
+    additional_weight: float
+    alias: str
+    function: str
+    namespace: str
+    version: int
+    def __init__(self, function: _Optional[str] = ..., namespace: _Optional[str] = ..., alias: _Optional[str] = ..., version: _Optional[int] = ..., additional_version: _Optional[int] = ..., additional_weight: _Optional[float] = ...) -> None: ...
 
 class Spot(_message.Message):
     __slots__ = ["call_id", "function", "index", "runtime", "state"]

@@ -196,6 +196,31 @@ class FunctionServiceStub(object):
                 request_serializer=faas_dot_v1_dot_api__pb2.DeleteFunctionRequest.SerializeToString,
                 response_deserializer=faas_dot_v1_dot_api__pb2.DeleteFunctionResponse.FromString,
                 )
+        self.ListFunctionVersions = channel.unary_unary(
+                '/faas.v1.FunctionService/ListFunctionVersions',
+                request_serializer=faas_dot_v1_dot_api__pb2.ListFunctionVersionsRequest.SerializeToString,
+                response_deserializer=faas_dot_v1_dot_api__pb2.ListFunctionVersionsResponse.FromString,
+                )
+        self.RollbackFunction = channel.unary_unary(
+                '/faas.v1.FunctionService/RollbackFunction',
+                request_serializer=faas_dot_v1_dot_api__pb2.RollbackFunctionRequest.SerializeToString,
+                response_deserializer=faas_dot_v1_dot_api__pb2.Function.FromString,
+                )
+        self.SetAlias = channel.unary_unary(
+                '/faas.v1.FunctionService/SetAlias',
+                request_serializer=faas_dot_v1_dot_api__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=faas_dot_v1_dot_api__pb2.FunctionAlias.FromString,
+                )
+        self.ListAliases = channel.unary_unary(
+                '/faas.v1.FunctionService/ListAliases',
+                request_serializer=faas_dot_v1_dot_api__pb2.ListAliasesRequest.SerializeToString,
+                response_deserializer=faas_dot_v1_dot_api__pb2.ListAliasesResponse.FromString,
+                )
+        self.DeleteAlias = channel.unary_unary(
+                '/faas.v1.FunctionService/DeleteAlias',
+                request_serializer=faas_dot_v1_dot_api__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=faas_dot_v1_dot_api__pb2.DeleteAliasResponse.FromString,
+                )
 
 
 class FunctionServiceServicer(object):
@@ -228,6 +253,39 @@ class FunctionServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFunctionVersions(self, request, context):
+        """The versions of a function that are kept (see FunctionAlias).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackFunction(self, request, context):
+        """Makes a new version from an earlier one's package and configuration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAlias(self, request, context):
+        """Creates or moves an alias.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAliases(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -250,6 +308,31 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.DeleteFunction,
                     request_deserializer=faas_dot_v1_dot_api__pb2.DeleteFunctionRequest.FromString,
                     response_serializer=faas_dot_v1_dot_api__pb2.DeleteFunctionResponse.SerializeToString,
+            ),
+            'ListFunctionVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFunctionVersions,
+                    request_deserializer=faas_dot_v1_dot_api__pb2.ListFunctionVersionsRequest.FromString,
+                    response_serializer=faas_dot_v1_dot_api__pb2.ListFunctionVersionsResponse.SerializeToString,
+            ),
+            'RollbackFunction': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackFunction,
+                    request_deserializer=faas_dot_v1_dot_api__pb2.RollbackFunctionRequest.FromString,
+                    response_serializer=faas_dot_v1_dot_api__pb2.Function.SerializeToString,
+            ),
+            'SetAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAlias,
+                    request_deserializer=faas_dot_v1_dot_api__pb2.SetAliasRequest.FromString,
+                    response_serializer=faas_dot_v1_dot_api__pb2.FunctionAlias.SerializeToString,
+            ),
+            'ListAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAliases,
+                    request_deserializer=faas_dot_v1_dot_api__pb2.ListAliasesRequest.FromString,
+                    response_serializer=faas_dot_v1_dot_api__pb2.ListAliasesResponse.SerializeToString,
+            ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=faas_dot_v1_dot_api__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=faas_dot_v1_dot_api__pb2.DeleteAliasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -326,6 +409,91 @@ class FunctionService(object):
         return grpc.experimental.unary_unary(request, target, '/faas.v1.FunctionService/DeleteFunction',
             faas_dot_v1_dot_api__pb2.DeleteFunctionRequest.SerializeToString,
             faas_dot_v1_dot_api__pb2.DeleteFunctionResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListFunctionVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/faas.v1.FunctionService/ListFunctionVersions',
+            faas_dot_v1_dot_api__pb2.ListFunctionVersionsRequest.SerializeToString,
+            faas_dot_v1_dot_api__pb2.ListFunctionVersionsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RollbackFunction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/faas.v1.FunctionService/RollbackFunction',
+            faas_dot_v1_dot_api__pb2.RollbackFunctionRequest.SerializeToString,
+            faas_dot_v1_dot_api__pb2.Function.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SetAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/faas.v1.FunctionService/SetAlias',
+            faas_dot_v1_dot_api__pb2.SetAliasRequest.SerializeToString,
+            faas_dot_v1_dot_api__pb2.FunctionAlias.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/faas.v1.FunctionService/ListAliases',
+            faas_dot_v1_dot_api__pb2.ListAliasesRequest.SerializeToString,
+            faas_dot_v1_dot_api__pb2.ListAliasesResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/faas.v1.FunctionService/DeleteAlias',
+            faas_dot_v1_dot_api__pb2.DeleteAliasRequest.SerializeToString,
+            faas_dot_v1_dot_api__pb2.DeleteAliasResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 

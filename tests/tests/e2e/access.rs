@@ -103,6 +103,31 @@ async fn call_rpc(ch: Channel, method: &str) -> Code {
                 .delete_function(DeleteFunctionRequest::default())
                 .await,
         ),
+        "ListFunctionVersions" => code(
+            FunctionServiceClient::new(ch)
+                .list_function_versions(ListFunctionVersionsRequest::default())
+                .await,
+        ),
+        "RollbackFunction" => code(
+            FunctionServiceClient::new(ch)
+                .rollback_function(RollbackFunctionRequest::default())
+                .await,
+        ),
+        "SetAlias" => code(
+            FunctionServiceClient::new(ch)
+                .set_alias(SetAliasRequest::default())
+                .await,
+        ),
+        "ListAliases" => code(
+            FunctionServiceClient::new(ch)
+                .list_aliases(ListAliasesRequest::default())
+                .await,
+        ),
+        "DeleteAlias" => code(
+            FunctionServiceClient::new(ch)
+                .delete_alias(DeleteAliasRequest::default())
+                .await,
+        ),
         "Invoke" => code(
             CallServiceClient::new(ch)
                 .invoke(InvokeRequest::default())
@@ -270,6 +295,11 @@ const API: &[(&str, u8)] = &[
     ("GetFunction", 3),
     ("ListFunctions", 3),
     ("DeleteFunction", 3),
+    ("ListFunctionVersions", 3),
+    ("RollbackFunction", 3),
+    ("SetAlias", 3),
+    ("ListAliases", 3),
+    ("DeleteAlias", 3),
     ("GetCallStats", 3),
     ("PutSecret", 3),
     ("GetSecret", 3),

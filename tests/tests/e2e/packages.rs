@@ -328,10 +328,12 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_and_replaced_packages_leave_nothing_behind() -> anyhow::Result<()> {
     // No preloads: a call's container is gone when the call is, so a
-    // forgotten package is not held by a preloaded one.
+    // forgotten package is not held by a preloaded one. One version kept:
+    // each deploy's predecessor goes (versions.rs keeps several).
     let stack = Stack::start(StackOptions {
         runtimes: vec!["python3"],
         policy: Some("no-preload".into()),
+        controlplane_args: vec!["--max-function-versions".into(), "1".into()],
         ..StackOptions::default()
     })
     .await?;

@@ -54,7 +54,7 @@ fn result(call: &Call) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_node_functions_run_sync_and_async_with_logs_and_timings() -> anyhow::Result<()>
 {
-    // Cold starts, phase by phase (tests/tests/policies.rs covers preloads).
+    // Cold starts, phase by phase (tests/tests/e2e/policies.rs covers preloads).
     let stack = Stack::start(StackOptions {
         runtimes: vec!["python3", "node"],
         policy: Some("no-preload".into()),
