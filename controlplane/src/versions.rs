@@ -96,7 +96,7 @@ pub fn check_routing(
         ));
     }
     match (additional_version, additional_weight) {
-        (0, w) if w == 0.0 => Ok(()),
+        (0, 0.0) => Ok(()),
         (0, _) => Err(ApiError::InvalidArgument(
             "an additional weight needs an additional version".into(),
         )),

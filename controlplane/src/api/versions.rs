@@ -184,8 +184,7 @@ impl Api {
                 .await?
                 .into_iter()
                 .map(|(_, f, _)| f)
-                .filter(|f| f.version < current.version)
-                .next_back();
+                .rfind(|f| f.version < current.version);
             earlier.ok_or_else(|| {
                 ApiError::FailedPrecondition(format!(
                     "function {:?} has no earlier version kept to roll back to (it is at {})",
