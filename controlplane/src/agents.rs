@@ -83,28 +83,15 @@ struct Stamper {
 impl Stamper {
     fn stamp(&mut self, mut message: ControlMessage) -> ControlMessage {
         if let Some(control_message::Msg::Build(job)) = message.msg.as_mut() {
-            if self.signer.is_some() {
-                // Minted afresh: builds are rare, and the token covers
-                // three repositories.
-                let image = job.runtime.as_ref().map(|r| r.image.as_str()).unwrap_or("");
-                let repositories: Vec<String> = [
-                    image,
-                    job.package_repository.as_str(),
-                    job.deps_repository.as_str(),
-                ]
-                .into_iter()
-                .filter_map(repository_of)
-                .collect();
-                let access: Vec<Access> = repositories.iter().map(Access::pull).collect();
-                match self
-                    .signer
-                    .as_ref()
-                    .map(|s| s.mint(&format!("node:{}", self.node), &access, NODE_TOKEN_TTL))
-                {
-                    Some(Ok(token)) => job.registry_token = token,
-                    Some(Err(e)) => warn!(error = %e, "minting a build's registry token failed"),
-                    None => {}
-                }
+            // Minted afresh, not kept: builds are rare.
+            let image = job.runtime.as_ref().map(|r| r.image.as_str()).unwrap_or("");
+            let references = [
+                image,
+                job.package_repository.as_str(),
+                job.deps_repository.as_str(),
+            ];
+            if let Some(token) = self.mint(&references) {
+                job.registry_token = token;
             }
             return message;
         }
@@ -134,16 +121,33 @@ impl Stamper {
     }
 
     /// A pull token for the repositories of an image and a package
-    /// reference (either may be empty).
+    /// reference (either may be empty), reused within NODE_TOKEN_REUSE.
     fn token(&mut self, references: (String, String)) -> Option<String> {
-        let signer = self.signer.as_ref()?;
         if let Some((token, at)) = self.tokens.get(&references) {
             if at.elapsed() < NODE_TOKEN_REUSE {
                 return Some(token.clone());
             }
         }
-        let mut repositories: Vec<String> = [references.0.as_str(), references.1.as_str()]
-            .into_iter()
+        let token = self.mint(&[references.0.as_str(), references.1.as_str()])?;
+        // Bounded: a node sees few distinct runtime/function pairs within
+        // the reuse window.
+        if self.tokens.len() >= 1024 {
+            self.tokens.clear();
+        }
+        self.tokens
+            .insert(references, (token.clone(), Instant::now()));
+        Some(token)
+    }
+
+    /// A new pull token for the repositories of `references` (image or
+    /// repository references; empty ones are skipped); None without a
+    /// signer, a repository, or when minting fails (logged: the message
+    /// goes without, and the agent's pull is refused).
+    fn mint(&self, references: &[&str]) -> Option<String> {
+        let signer = self.signer.as_ref()?;
+        let mut repositories: Vec<String> = references
+            .iter()
+            .copied()
             .filter_map(repository_of)
             .collect();
         repositories.sort();
@@ -152,22 +156,12 @@ impl Stamper {
             return None;
         }
         let access: Vec<Access> = repositories.iter().map(Access::pull).collect();
-        match signer.mint(&format!("node:{}", self.node), &access, NODE_TOKEN_TTL) {
-            Ok(token) => {
-                // Bounded: a node sees few distinct runtime/function pairs
-                // within the reuse window.
-                if self.tokens.len() >= 1024 {
-                    self.tokens.clear();
-                }
-                self.tokens
-                    .insert(references, (token.clone(), Instant::now()));
-                Some(token)
-            }
-            Err(e) => {
-                warn!(error = %e, "minting a registry token failed; the operation goes without");
-                None
-            }
-        }
+        signer
+            .mint(&format!("node:{}", self.node), &access, NODE_TOKEN_TTL)
+            .map_err(
+                |e| warn!(error = %e, "minting a registry token failed; the message goes without"),
+            )
+            .ok()
     }
 }
 

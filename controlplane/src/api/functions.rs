@@ -657,11 +657,12 @@ impl FunctionService for Api {
         }
         let version = existing.as_ref().map(|f| f.version + 1).unwrap_or(1);
         // What the build did; a configuration-only update keeps the
-        // current version's.
-        let mut built = existing.as_ref().and_then(|f| f.build.clone());
-        if with_package {
-            built = None;
-        }
+        // current version's (a new package sets it below).
+        let mut built = if with_package {
+            None
+        } else {
+            existing.as_ref().and_then(|f| f.build.clone())
+        };
         let (digest, package_size) = match (&existing, with_package) {
             (_, true) => {
                 let upload = read_upload(

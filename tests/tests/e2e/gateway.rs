@@ -228,6 +228,21 @@ async fn sync_calls_hand_the_request_to_the_function_and_its_answer_back() -> an
         answer.json(),
         serde_json::json!({"plain": true, "method": "GET"})
     );
+    // A version or alias after the name, as invoke takes it
+    // (NAME:QUALIFIER[.NAMESPACE]).
+    for (target, status) in [
+        (format!("{FUNCTION}:1.default"), 200),
+        (format!("{FUNCTION}:latest"), 200),
+        (format!("{FUNCTION}:9"), 404),
+        (format!("{FUNCTION}:no-alias"), 404),
+    ] {
+        let answer = send(
+            http.get(format!("{gateway}/function/{target}/plain"))
+                .header("authorization", &auth),
+        )
+        .await;
+        assert_eq!(answer.status, status, "{target}: {}", answer.text());
+    }
     let answer = send(
         http.post(format!("{gateway}/function/{FUNCTION}/string"))
             .header("authorization", &auth),
