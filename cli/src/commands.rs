@@ -695,14 +695,7 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
                 .await?
                 .into_inner()
                 .versions;
-            let aliases = functions
-                .list_aliases(ctx.request(ListAliasesRequest {
-                    function: name,
-                    namespace: ctx.namespace.clone(),
-                }))
-                .await?
-                .into_inner()
-                .aliases;
+            let aliases = aliases_of(ctx, &mut functions, name).await?;
             ctx.show(
                 || Value::Array(versions.iter().map(format::function_json).collect()),
                 || format::versions_table(&versions, &aliases),
@@ -747,6 +740,21 @@ async fn function(ctx: &Context, cmd: FunctionCmd) -> Result<()> {
     }
 }
 
+async fn aliases_of(
+    ctx: &Context,
+    functions: &mut FunctionServiceClient<Channel>,
+    name: String,
+) -> Result<Vec<faas_proto::v1::FunctionAlias>> {
+    Ok(functions
+        .list_aliases(ctx.request(ListAliasesRequest {
+            function: name,
+            namespace: ctx.namespace.clone(),
+        }))
+        .await?
+        .into_inner()
+        .aliases)
+}
+
 async fn alias(ctx: &Context, cmd: AliasCmd) -> Result<()> {
     let mut functions = ctx.functions().await?;
     match cmd {
@@ -781,14 +789,7 @@ async fn alias(ctx: &Context, cmd: AliasCmd) -> Result<()> {
             )
         }
         AliasCmd::Ls { name } => {
-            let aliases = functions
-                .list_aliases(ctx.request(ListAliasesRequest {
-                    function: name,
-                    namespace: ctx.namespace.clone(),
-                }))
-                .await?
-                .into_inner()
-                .aliases;
+            let aliases = aliases_of(ctx, &mut functions, name).await?;
             ctx.show(
                 || Value::Array(aliases.iter().map(format::alias_json).collect()),
                 || format::aliases_table(&aliases),
@@ -1021,7 +1022,7 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<()> {
         .into_inner();
     ctx.show(
         || format::function_json(&f),
-        || format::function_deployed(&f),
+        || format::function_updated(&f),
     )
 }
 

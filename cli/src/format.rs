@@ -433,6 +433,19 @@ pub fn function_deployed(f: &Function) -> String {
     )
 }
 
+/// After `fn update`: a new version with the same package (nothing was
+/// built).
+pub fn function_updated(f: &Function) -> String {
+    format!(
+        "function \"{}\" updated: version {}, memory {}, timeout {}, same package {}",
+        f.name,
+        f.version,
+        bytes_text(f.memory_bytes),
+        ms_text(f.timeout_ms),
+        short_digest(&f.package_digest),
+    )
+}
+
 pub fn runtime_registered(rt: &Runtime) -> String {
     format!("runtime \"{}\" registered: {}", rt.name, rt.image)
 }
@@ -927,6 +940,56 @@ mod tests {
             client_context: String::new(),
             alias: String::new(),
         }
+    }
+
+    #[test]
+    fn an_update_says_updated_and_names_no_build() {
+        let f = Function {
+            name: "hello".into(),
+            version: 4,
+            memory_bytes: 256 << 20,
+            timeout_ms: 3000,
+            package_digest: format!("sha256:{}", "ab".repeat(32)),
+            build: Some(faas_proto::v1::DependencyBuild {
+                build_ms: 900.0,
+                node: "node-0".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let line = function_updated(&f);
+        assert!(
+            line.starts_with("function \"hello\" updated: version 4"),
+            "{line}"
+        );
+        assert!(line.contains("256 MiB") || line.contains("256Mi"), "{line}");
+        assert!(!line.contains("built"), "{line}");
+        let alias = FunctionAlias {
+            name: "live".into(),
+            version: 2,
+            additional_version: 3,
+            additional_weight: 0.1,
+            ..Default::default()
+        };
+        assert_eq!(
+            alias_routing(&alias),
+            "version 2 (90% of calls), version 3 (10%)"
+        );
+        let table = versions_table(
+            &[
+                Function {
+                    version: 2,
+                    ..f.clone()
+                },
+                Function {
+                    version: 3,
+                    ..f.clone()
+                },
+            ],
+            &[alias],
+        );
+        assert!(table.contains("live (10%)"), "{table}");
+        assert!(table.contains("latest"), "{table}");
     }
 
     #[test]
