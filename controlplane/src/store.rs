@@ -675,7 +675,8 @@ impl Store {
 
     /// Writes a function's new version: its current record and the
     /// version's own, in one transaction; with `expected`, only if the
-    /// current record was last modified at that revision (false if not).
+    /// current record was last modified at that revision, 0 meaning it
+    /// must not exist (false if not).
     pub async fn put_function(
         &self,
         key: &str,

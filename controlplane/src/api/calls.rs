@@ -192,9 +192,18 @@ impl Api {
         let mut attempts = 0;
         let (call, function, runtime, secret_values, accepted_at_ms) = loop {
             attempts += 1;
-            let target = self
-                .call_target(&namespace, &key, &name, &qualifier)
-                .await?;
+            let target = match self.call_target(&namespace, &key, &name, &qualifier).await {
+                Ok(target) => target,
+                // To the gateway's public invoker, a version or alias
+                // missing from a private function must not tell that the
+                // function exists: the same answer as for no function.
+                Err(ApiError::NotFound(_)) if owner.is_public_invoker() => {
+                    return Err(ApiError::NotFound(format!(
+                        "function {name:?} not found in namespace {namespace:?}"
+                    )))
+                }
+                Err(e) => return Err(e),
+            };
             let (function, runtime) = (target.function.clone(), target.runtime.clone());
             // The gateway's token for requests without one reaches public
             // functions only; to it a private one does not exist (the same

@@ -590,11 +590,19 @@ impl FunctionService for Api {
             }
             .into());
         };
-        let existing: Option<Function> = self
+        // Read with its revision: the new version is written only over
+        // this one (a concurrent deploy of the same function would make a
+        // second, different record of the same version number).
+        let (existing, existing_revision) = match self
             .store
-            .get(Kind::Function, &key)
+            .get_versioned::<Function>(Kind::Function, &key)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ApiError::from)?
+        {
+            Some((function, revision)) => (Some(function), revision),
+            // etcd compares a missing key's revision as 0.
+            None => (None, 0),
+        };
         let with_package = apply_update_mask(&mut spec, existing.as_ref())?;
         if spec.memory_bytes != 0
             && !(16 << 20..=limits.max_memory_bytes).contains(&spec.memory_bytes)
@@ -760,11 +768,31 @@ impl FunctionService for Api {
             secrets,
             build: built,
         };
-        // The current record and the version's own, together.
-        self.store
-            .put_function(&key, &function, None)
+        // The current record and the version's own, together, over the
+        // version read.
+        if !self
+            .store
+            .put_function(&key, &function, Some(existing_revision))
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ApiError::from)?
+        {
+            // This deploy tagged the version number the winner also took:
+            // the tag goes back to the winner's package (best effort; the
+            // record names its blob by digest either way).
+            if let Ok(Some(winner)) = self.store.get::<Function>(Kind::Function, &key).await {
+                if winner.version == version {
+                    let _ = self
+                        .registry
+                        .tag_package(&key, version, &winner.package_digest, winner.package_size)
+                        .await;
+                }
+            }
+            return Err(ApiError::Aborted(format!(
+                "function {:?} was changed by another deploy while this one ran; this one was not applied: retry",
+                function.name
+            ))
+            .into());
+        }
         info!(function = %key, version, digest = %function.package_digest, "function deployed");
         self.prune_versions(&key, version).await;
         Ok(Response::new(function))

@@ -67,6 +67,7 @@ impl Api {
             {
                 rolled += 1;
                 info!(function = %key, version = function.version, secret = %secret.name, "function given the secret's new version");
+                self.prune_versions(&key, function.version).await;
             } else {
                 warn!(function = %key, "function changed while its secret was replaced; left as deployed");
             }

@@ -762,6 +762,22 @@ async fn public_functions_answer_without_a_token_and_nothing_else_does() -> anyh
             .as_str()
             .map(String::from),
     );
+    // A version or alias of it that does not exist says no more: a
+    // "no version 9" would tell that the private function exists.
+    for qualifier in ["9", "no-alias", "1"] {
+        let probe =
+            send(http.post(format!("{gateway}/function/{FUNCTION}:{qualifier}/plain"))).await;
+        assert_eq!(probe.status, 404, "{}", probe.text());
+        assert_eq!(
+            probe.json()["error"]["message"]
+                .as_str()
+                .map(|m| m.replace(FUNCTION, "nosuch")),
+            missing.json()["error"]["message"]
+                .as_str()
+                .map(String::from),
+            ":{qualifier}"
+        );
+    }
     let answer = send(http.post(format!("{gateway}/async-function/{FUNCTION}/plain"))).await;
     assert_eq!(answer.status, 404, "{}", answer.text());
     // A callback is made only for a caller with a token; a malformed

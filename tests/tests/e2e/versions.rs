@@ -9,7 +9,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use faas_proto::v1::call_service_client::CallServiceClient;
-use faas_proto::v1::{Call, CallStatus, InvokeRequest, SubmitResponse, WaitCallRequest};
+use faas_proto::v1::function_service_client::FunctionServiceClient;
+use faas_proto::v1::{
+    deploy_function_request, Call, CallStatus, DeployFunctionRequest, Function, FunctionSpec,
+    InvokeRequest, SubmitResponse, WaitCallRequest,
+};
 use faas_tests::{fixture_dir, stdout_of, Channel, Stack, StackOptions};
 use serde_json::Value;
 use tokio_stream::StreamExt;
@@ -320,5 +324,100 @@ async fn versions_aliases_rollback_and_pruning() -> anyhow::Result<()> {
         invoke(&mut calls, "hello:stable").await.unwrap_err().code(),
         tonic::Code::NotFound
     );
+    stack.shutdown().await
+}
+
+/// A tar.gz of the py-version handler with `version` as its VERSION file.
+fn version_package(version: &str) -> Vec<u8> {
+    let handler = std::fs::read(fixture_dir("py-version").join("handler.py")).unwrap();
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, content) in [
+        ("handler.py", handler.as_slice()),
+        ("VERSION", version.as_bytes()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, content).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// A deploy whose spec is sent now and whose package is sent by
+/// `finish`: the control plane reads the function's current version
+/// before it reads the package.
+async fn open_deploy(
+    stack: &Stack,
+    name: &str,
+) -> (
+    tokio::sync::mpsc::Sender<DeployFunctionRequest>,
+    tokio::task::JoinHandle<Result<tonic::Response<Function>, tonic::Status>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(DeployFunctionRequest {
+        part: Some(deploy_function_request::Part::Spec(FunctionSpec {
+            name: name.into(),
+            runtime: "python3".into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut client = FunctionServiceClient::new(stack.channel().await);
+    let deploy = tokio::spawn(async move {
+        client
+            .deploy_function(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    (tx, deploy)
+}
+
+async fn finish(
+    (tx, deploy): (
+        tokio::sync::mpsc::Sender<DeployFunctionRequest>,
+        tokio::task::JoinHandle<Result<tonic::Response<Function>, tonic::Status>>,
+    ),
+    package: Vec<u8>,
+) -> Result<Function, tonic::Status> {
+    tx.send(DeployFunctionRequest {
+        part: Some(deploy_function_request::Part::Chunk(package)),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    deploy.await.unwrap().map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_deploys_make_one_version_not_two_records_of_it() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        ..StackOptions::default()
+    })
+    .await?;
+    let mut calls = CallServiceClient::new(stack.channel().await);
+    let first = finish(open_deploy(&stack, "race").await, version_package("one")).await?;
+    assert_eq!(first.version, 1);
+    // Both read version 1 as current, then both would make version 2.
+    let a = open_deploy(&stack, "race").await;
+    let b = open_deploy(&stack, "race").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let won = finish(a, version_package("two")).await?;
+    assert_eq!(won.version, 2);
+    let lost = finish(b, version_package("three")).await.unwrap_err();
+    assert_eq!(lost.code(), tonic::Code::Aborted, "{lost:?}");
+    assert!(lost.message().contains("retry"), "{lost:?}");
+    // Version 2 is the winner's, as the current record and as NAME:2.
+    assert_eq!(versions_of(&stack, "race"), vec![1, 2]);
+    assert_eq!(ran(&mut calls, "race").await, ("two".into(), "2".into(), 2));
+    assert_eq!(ran(&mut calls, "race:2").await.0, "two");
+    let path = "/v2/faas/functions/race/manifests/v2";
+    assert_eq!(stack.registry_status(path).await?, 200, "{path}");
+    // Retried, the loser makes version 3.
+    let retried = finish(open_deploy(&stack, "race").await, version_package("three")).await?;
+    assert_eq!(retried.version, 3);
+    assert_eq!(ran(&mut calls, "race").await.0, "three");
     stack.shutdown().await
 }
