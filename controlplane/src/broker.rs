@@ -667,7 +667,20 @@ impl BrokerLoop {
                     node: node.clone(),
                     index: spot.index,
                 };
-                if matches!(state, SpotState::Free) {
+                // The Free that ends an operation sent before the preload
+                // (the call it followed) says nothing about the preload.
+                let ends_earlier_operation = self
+                    .broker
+                    .cluster()
+                    .pending_operations(&id)
+                    .next()
+                    .is_some_and(|o| {
+                        !matches!(
+                            o.operation,
+                            Operation::PreloadRuntime { .. } | Operation::PreloadFunction { .. }
+                        )
+                    });
+                if matches!(state, SpotState::Free) && !ends_earlier_operation {
                     // A preload that failed, or that the agent cleared
                     // (over its memory budget), never served a call.
                     if let Some(kind) = self.unused_preloads.remove(&id) {
