@@ -62,6 +62,10 @@ pub enum OutputError {
     NotUtf8(std::string::FromUtf8Error),
     #[error("the result is not valid JSON: {0}")]
     NotJson(serde_json::Error),
+    #[error("the result is marked base64 but is not a JSON string of standard base64")]
+    NotBase64,
+    #[error("the result's encoding {0:?} is not one faas knows (empty or \"base64\")")]
+    UnknownEncoding(String),
     #[error("the result cannot be read: {0}")]
     Unreadable(IoFileError),
 }
@@ -73,6 +77,8 @@ impl OutputError {
             OutputError::TooLarge { .. }
             | OutputError::NotUtf8(_)
             | OutputError::NotJson(_)
+            | OutputError::NotBase64
+            | OutputError::UnknownEncoding(_)
             | OutputError::Unreadable(_) => Reason::InvalidOutput,
         }
     }
@@ -87,6 +93,24 @@ pub struct RuntimeErrorReport {
     pub message: String,
 }
 
+/// The function's result as the agent passes it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// JSON text.
+    pub json: String,
+    /// `json` is a string of standard base64: the function returned bytes.
+    pub base64: bool,
+}
+
+impl Output {
+    pub fn json(json: impl Into<String>) -> Output {
+        Output {
+            json: json.into(),
+            base64: false,
+        }
+    }
+}
+
 /// Everything read from a finished call's io directory.
 #[derive(Debug)]
 pub struct Collected {
@@ -94,7 +118,7 @@ pub struct Collected {
     /// container killed before writing it).
     pub status: Status,
     pub logs: Logs,
-    pub output: Result<String, OutputError>,
+    pub output: Result<Output, OutputError>,
     pub error_report: Option<RuntimeErrorReport>,
 }
 
@@ -115,7 +139,8 @@ pub fn collect(dir: &Arc<OwnedFd>, max_result_bytes: u64, max_log_bytes: u64) ->
     Collected {
         status,
         logs,
-        output: read_output(dir, max_result_bytes),
+        output: read_output(dir, max_result_bytes)
+            .and_then(|json| with_encoding(json, read_encoding(dir)?)),
         error_report,
     }
 }
@@ -141,6 +166,54 @@ pub fn read_output(dir: &Arc<OwnedFd>, limit: u64) -> Result<String, OutputError
     let text = String::from_utf8(bytes).map_err(OutputError::NotUtf8)?;
     serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(OutputError::NotJson)?;
     Ok(text)
+}
+
+/// Whether the result is marked base64 (`output-encoding`, written by the
+/// runtime): a few bytes at most, anything else is refused.
+pub fn read_encoding(dir: &Arc<OwnedFd>) -> Result<bool, OutputError> {
+    let bytes = match io_files::read_bounded(&**dir, files::OUTPUT_ENCODING, 16) {
+        Ok(bytes) => bytes,
+        // Not there: an image whose agent predates it, or none written.
+        Err(IoFileError::Missing { .. }) => return Ok(false),
+        Err(IoFileError::TooLarge { .. }) => {
+            return Err(OutputError::UnknownEncoding("(over 16 bytes)".into()))
+        }
+        Err(e) => return Err(OutputError::Unreadable(e)),
+    };
+    match std::str::from_utf8(&bytes).map(str::trim) {
+        Ok("") => Ok(false),
+        Ok("base64") => Ok(true),
+        Ok(other) => Err(OutputError::UnknownEncoding(other.to_string())),
+        Err(_) => Err(OutputError::UnknownEncoding(
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )),
+    }
+}
+
+/// The result with its encoding, checked: one marked base64 must be a JSON
+/// string of standard, padded base64 (clients decode it without a doubt).
+pub fn with_encoding(json: String, base64: bool) -> Result<Output, OutputError> {
+    if base64 {
+        let text: String = serde_json::from_str(&json).map_err(|_| OutputError::NotBase64)?;
+        if !is_standard_base64(&text) {
+            return Err(OutputError::NotBase64);
+        }
+    }
+    Ok(Output { json, base64 })
+}
+
+/// RFC 4648 base64, standard alphabet, padded.
+fn is_standard_base64(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(4) {
+        return false;
+    }
+    let body = bytes
+        .strip_suffix(b"==")
+        .or_else(|| bytes.strip_suffix(b"="))
+        .unwrap_or(bytes);
+    body.iter()
+        .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }
 
 /// How the run of a call ended.
@@ -263,7 +336,10 @@ pub fn build_result(
         fail(CallStatus::Failed, Reason::Error, message);
     } else {
         match output {
-            Ok(json) => result.result_json = json,
+            Ok(output) => {
+                result.result_json = output.json;
+                result.result_base64 = output.base64;
+            }
             Err(e) => fail(CallStatus::Failed, e.reason(), e.to_string()),
         }
     }
@@ -361,6 +437,45 @@ mod tests {
         std::fs::remove_dir_all(&path).unwrap();
     }
 
+    #[test]
+    fn bytes_results_must_be_base64_strings() {
+        let (path, fd) = dir("encoding");
+        let enc = path.join(files::OUTPUT_ENCODING);
+        assert!(!read_encoding(&fd).unwrap());
+        std::fs::write(&enc, "").unwrap();
+        assert!(!read_encoding(&fd).unwrap());
+        std::fs::write(&enc, "base64").unwrap();
+        assert!(read_encoding(&fd).unwrap());
+        for bad in ["gzip", "base64 and then a lot more of it"] {
+            std::fs::write(&enc, bad).unwrap();
+            assert_eq!(
+                read_encoding(&fd).unwrap_err().reason(),
+                Reason::InvalidOutput
+            );
+        }
+        std::fs::remove_file(&enc).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &enc).unwrap();
+        assert!(read_encoding(&fd).is_err());
+        std::fs::remove_dir_all(&path).unwrap();
+
+        assert_eq!(
+            with_encoding("\"aGk=\"".into(), true).unwrap(),
+            Output {
+                json: "\"aGk=\"".into(),
+                base64: true
+            }
+        );
+        assert!(with_encoding("\"\"".into(), true).unwrap().base64);
+        for bad in ["{\"a\": 1}", "\"aGk\"", "\"a-_k\"", "\"aG=k\"", "12"] {
+            assert!(
+                matches!(with_encoding(bad.into(), true), Err(OutputError::NotBase64)),
+                "{bad}"
+            );
+        }
+        // Unmarked: any JSON.
+        assert!(!with_encoding("12".into(), false).unwrap().base64);
+    }
+
     /// What faas-init writes, the agent reads: the two ends of status.json.
     #[test]
     fn status_json_reads_back() {
@@ -397,7 +512,7 @@ mod tests {
         }
     }
 
-    fn collected(status: Status, output: Result<String, OutputError>) -> Collected {
+    fn collected(status: Status, output: Result<Output, OutputError>) -> Collected {
         Collected {
             status,
             logs: Logs::default(),
@@ -416,7 +531,7 @@ mod tests {
             &facts(),
             &Ended::Done,
             false,
-            collected(ok.clone(), Ok("1".into())),
+            collected(ok.clone(), Ok(Output::json("1"))),
             Timings::default(),
         );
         assert_eq!(r.status, CallStatus::Succeeded as i32);
@@ -449,7 +564,7 @@ mod tests {
             &facts(),
             &Ended::Broken("notify".into()),
             false,
-            collected(ok, Ok("1".into())),
+            collected(ok, Ok(Output::json("1"))),
             Timings::default(),
         );
         assert_eq!(r.error.unwrap().reason, "platform");

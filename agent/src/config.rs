@@ -60,7 +60,7 @@ pub struct Flags {
     /// Logs kept per call, bytes; the rest is cut with a marker [default: 65536].
     #[arg(long)]
     pub max_log_bytes: Option<u64>,
-    /// Largest result a function may return, bytes [default: 1048576].
+    /// Largest result a function may return, bytes [default: 6291456, Lambda's 6 MiB].
     #[arg(long)]
     pub max_result_bytes: Option<u64>,
     /// Memory limit of a runtime-preloaded container until its function is known, bytes
@@ -246,7 +246,7 @@ impl Config {
             max_result_bytes: flags
                 .max_result_bytes
                 .or(file.max_result_bytes)
-                .unwrap_or(1 << 20),
+                .unwrap_or(6 << 20),
             max_input_bytes: 1 << 20,
             preload_memory_bytes: flags
                 .preload_memory_bytes

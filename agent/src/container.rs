@@ -22,7 +22,13 @@ pub struct Owner {
 }
 
 /// The io entries the container writes: regular files owned by its uid.
-const WRITTEN_FILES: [&str; 4] = [files::OUTPUT, files::ERROR, files::STATUS, files::LOG];
+const WRITTEN_FILES: [&str; 5] = [
+    files::OUTPUT,
+    files::OUTPUT_ENCODING,
+    files::ERROR,
+    files::STATUS,
+    files::LOG,
+];
 /// The FIFOs: the container reads the load gate and the input, writes the
 /// notify FIFO; owned by its uid.
 const FIFOS: [&str; 3] = [files::NOTIFY, files::LOAD_GATE, files::INPUT];
@@ -387,6 +393,11 @@ pub fn container_spec(
             "{}={}",
             faas_init_protocol::env::ERROR,
             io_path(files::ERROR)
+        ),
+        format!(
+            "{}={}",
+            faas_init_protocol::env::OUTPUT_ENCODING,
+            io_path(files::OUTPUT_ENCODING)
         ),
         "HOME=/tmp".to_string(),
     ];

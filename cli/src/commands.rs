@@ -1150,7 +1150,11 @@ async fn invoke(ctx: &Context, args: InvokeArgs) -> Result<()> {
     if ctx.json() {
         emit_json(&format::call_json(&call))?;
     } else if call.status == faas_proto::v1::CallStatus::Succeeded as i32 {
-        emit(&output::pretty_json_text(&call.result_json))?;
+        if call.result_base64 {
+            output::emit_bytes_result(&call.result_json)?;
+        } else {
+            emit(&output::pretty_json_text(&call.result_json))?;
+        }
     }
     output::check_succeeded(&call)
 }

@@ -121,6 +121,7 @@ pub fn call_json(call: &Call) -> Value {
         "status": call_status_name(call.status),
         "params": embedded_json(&call.params_json),
         "result": embedded_json(&call.result_json),
+        "result_base64": call.result_base64,
         "error": error,
         "timings": call.timings.as_ref().map(timings_json),
         "node": call.node,
@@ -916,6 +917,7 @@ mod tests {
             params_json: r#"{"name":"ana"}"#.into(),
             status: CallStatus::Succeeded as i32,
             result_json: r#"{"greeting":"hello ana"}"#.into(),
+            result_base64: false,
             error: None,
             timings: Some(Timings {
                 queue_ms: 0.5,

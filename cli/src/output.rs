@@ -147,6 +147,28 @@ pub fn emit(text: &str) -> io::Result<()> {
     out.flush()
 }
 
+/// Writes the bytes a function returned (a call's `result_base64`): as
+/// they are into a pipe or a file (`faasctl invoke img > out.png`), as
+/// their base64 on a terminal, which raw bytes could drive.
+pub fn emit_bytes_result(result_json: &str) -> io::Result<()> {
+    use base64::Engine;
+    use std::io::IsTerminal;
+    let text: String = serde_json::from_str(result_json).map_err(io::Error::other)?;
+    if io::stdout().is_terminal() {
+        emit(&text)?;
+        eprintln!(
+            "(the function returned bytes, shown in base64: redirect the output to get them)"
+        );
+        return Ok(());
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.as_bytes())
+        .map_err(io::Error::other)?;
+    let mut out = io::stdout().lock();
+    out.write_all(&bytes)?;
+    out.flush()
+}
+
 /// Writes a call's logs, control characters escaped (newlines and tabs
 /// kept): a function's logs are its own text, and a pipe often ends in a
 /// terminal too (`| less -R`, `| tail`), so raw bytes are never printed.

@@ -1343,6 +1343,7 @@ fn cut_down(mut call: Call, logs: CallLogs, error: &StoreError) -> (Call, CallLo
     let tail = logs.logs[tail_start..].to_vec();
     call.status = CallStatus::Failed as i32;
     call.result_json.clear();
+    call.result_base64 = false;
     call.logs_truncated = true;
     call.error = Some(CallError {
         reason: "platform".into(),

@@ -103,8 +103,8 @@ pub struct Flags {
     #[arg(long)]
     pub max_params_bytes: Option<u64>,
     /// Largest call result accepted for recording, bytes; a larger one ends
-    /// the call FAILED (reason "platform"). With the logs it must fit in
-    /// one etcd request (1.5 MiB by default) [default: 1 MiB].
+    /// the call FAILED (reason "platform"). Results over 1 MiB are stored
+    /// in 1 MiB parts, one etcd request each [default: 6 MiB, Lambda's].
     #[arg(long)]
     pub max_result_bytes: Option<u64>,
     /// Most log bytes kept per call (the end is kept) [default: 64 KiB].
@@ -558,7 +558,7 @@ impl Config {
                 max_result_bytes: flags
                     .max_result_bytes
                     .or(file.max_result_bytes)
-                    .unwrap_or(1 << 20),
+                    .unwrap_or(crate::store::DEFAULT_MAX_RESULT_BYTES),
                 max_log_bytes: flags
                     .max_log_bytes
                     .or(file.max_log_bytes)

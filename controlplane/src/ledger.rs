@@ -1041,6 +1041,7 @@ fn finish(
     timings.result_return_ms = (timings.total_ms - accounted).max(0.0);
     call.status = result.status;
     call.result_json = result.result_json;
+    call.result_base64 = result.result_base64;
     call.error = result.error;
     call.timings = Some(timings);
     call.node = node.to_string();

@@ -5,7 +5,10 @@
 //! A call's params and result do not live in its record but beside it
 //! (`call-params/<id>`, `call-results/<id>`), like its logs: listing N calls
 //! never carries N payloads. Records written before that split carry them
-//! inline; readers accept both forms.
+//! inline; readers accept both forms. A result over [`RESULT_PART_BYTES`]
+//! (up to 6 MiB, beyond etcd's 1.5 MiB request limit) is written in parts
+//! (`call-results/<id>/<index>`) before the record, and its
+//! `call-results/<id>` names how many there are ([`parts_marker`]).
 //!
 //! Every read of a prefix is paged by count, and the page size is adapted
 //! to the size of the values seen, so that no response can exceed the
@@ -230,8 +233,48 @@ fn strip_payloads(call: &Call) -> Call {
     }
 }
 
-/// Bounds on what a call's final write carries, so that it always fits in
-/// one etcd transaction (1.5 MiB by default).
+/// Lambda's limit on a synchronous response: 6 MiB.
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 6 << 20;
+
+/// The largest piece of a result written in one etcd request: with the
+/// record and 64 KiB of logs, within etcd's default 1.5 MiB request limit.
+pub const RESULT_PART_BYTES: usize = 1 << 20;
+
+/// A result cut into the pieces it is stored in: one (itself) if it fits
+/// in one request. Cut on bytes: the parts are joined before decoding.
+fn result_parts(result: &str) -> Vec<&[u8]> {
+    result.as_bytes().chunks(RESULT_PART_BYTES).collect()
+}
+
+/// What `call-results/<id>` holds for a result in parts: a NUL (no JSON
+/// text starts with one) and the count of parts.
+fn parts_marker(parts: usize) -> Vec<u8> {
+    format!("\0parts:{parts}").into_bytes()
+}
+
+/// The result a `call-results/<id>` value stands for: itself, or, for a
+/// marker, its parts joined, if all of them are there (a record never
+/// names a result whose parts are missing: none if it does).
+fn join_result_parts(head: Vec<u8>, parts: Vec<Vec<u8>>) -> Option<Vec<u8>> {
+    let Some(count) = head
+        .strip_prefix(b"\0parts:")
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok())
+    else {
+        return Some(head);
+    };
+    if parts.len() < count {
+        tracing::error!(
+            expected = count,
+            found = parts.len(),
+            "a stored result is missing parts"
+        );
+        return None;
+    }
+    Some(parts.into_iter().take(count).flatten().collect())
+}
+
+/// Bounds on what a call's final write carries, so that it can always be
+/// stored (logs within the record's request; a result in parts).
 #[derive(Clone, Debug)]
 pub struct PayloadLimits {
     pub max_result_bytes: u64,
@@ -241,7 +284,7 @@ pub struct PayloadLimits {
 impl Default for PayloadLimits {
     fn default() -> Self {
         PayloadLimits {
-            max_result_bytes: 1 << 20,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             max_log_bytes: 64 << 10,
         }
     }
@@ -255,6 +298,7 @@ pub fn bound_final(call: &mut Call, logs: &mut CallLogs, limits: &PayloadLimits)
     let result_len = call.result_json.len() as u64;
     if result_len > limits.max_result_bytes {
         call.result_json.clear();
+        call.result_base64 = false;
         call.status = CallStatus::Failed as i32;
         let log_tail = call.error.take().map(|e| e.log_tail).unwrap_or_default();
         call.error = Some(faas_proto::v1::CallError {
@@ -630,11 +674,15 @@ impl Store {
             Some(call) if kind == Kind::Call => {
                 let mut ops = vec![TxnOp::put(key, strip_payloads(call).encode_to_vec(), None)];
                 if !call.result_json.is_empty() {
-                    ops.push(TxnOp::put(
-                        self.key(Kind::Result, name),
-                        call.result_json.as_bytes(),
-                        None,
-                    ));
+                    // A result in parts is written before, by
+                    // [`Store::write_result_parts`]: here only its marker.
+                    let parts = result_parts(&call.result_json);
+                    let value = if parts.len() > 1 {
+                        parts_marker(parts.len())
+                    } else {
+                        call.result_json.as_bytes().to_vec()
+                    };
+                    ops.push(TxnOp::put(self.key(Kind::Result, name), value, None));
                 }
                 ops
             }
@@ -840,6 +888,7 @@ impl Store {
         mut logs: CallLogs,
     ) -> Result<Call, StoreError> {
         bound_final(&mut call, &mut logs, &self.payload_limits);
+        self.write_result_parts(&call).await?;
         let mut ops = self.put_ops(Kind::Call, &call.id, &call);
         ops.push(TxnOp::put(
             self.key(Kind::Logs, &call.id),
@@ -850,6 +899,38 @@ impl Store {
             crate::metrics::timed_etcd("txn", self.kv().txn(Txn::new().and_then(ops))).await,
         )?;
         Ok(call)
+    }
+
+    /// Writes a result too large for one etcd request in parts, one
+    /// request each, before the record that makes them visible (a result
+    /// that fits is written with the record). Parts left by a write that
+    /// failed are overwritten by the retry, or deleted with the call.
+    async fn write_result_parts(&self, call: &Call) -> Result<(), StoreError> {
+        let parts = result_parts(&call.result_json);
+        if parts.len() < 2 {
+            return Ok(());
+        }
+        for (index, part) in parts.iter().enumerate() {
+            self.check(
+                crate::metrics::timed_etcd(
+                    "put",
+                    self.kv()
+                        .put(self.result_part_key(&call.id, index), *part, None),
+                )
+                .await,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `call-results/<id>/<index>`: zero-padded, so that key order is
+    /// part order.
+    fn result_part_key(&self, id: &str, index: usize) -> String {
+        format!("{}{index:04}", self.result_parts_prefix(id))
+    }
+
+    fn result_parts_prefix(&self, id: &str) -> String {
+        format!("{}/", self.key(Kind::Result, id))
     }
 
     /// The calls still queued or running, with their params (a new leader
@@ -891,20 +972,31 @@ impl Store {
             self.key(Kind::Params, id),
             self.key(Kind::Result, id),
         ];
-        let txn = Txn::new().and_then(
-            keys.iter()
-                .map(|k| TxnOp::get(k.as_str(), None))
-                .collect::<Vec<_>>(),
-        );
-        let resp = self.check(crate::metrics::timed_etcd("txn", self.kv().txn(txn)).await)?;
-        let values: Vec<Option<Vec<u8>>> = resp
-            .op_responses()
+        let mut ops: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+        // A result in parts: read in the same transaction (the response
+        // may hold 6 MiB; the client decodes up to MAX_RESPONSE_BYTES).
+        ops.push(TxnOp::get(
+            self.result_parts_prefix(id),
+            Some(GetOptions::new().with_prefix()),
+        ));
+        let resp = self.check(
+            crate::metrics::timed_etcd("txn", self.kv().txn(Txn::new().and_then(ops))).await,
+        )?;
+        let mut responses = resp.op_responses();
+        let parts: Vec<Vec<u8>> = match responses.pop() {
+            Some(TxnOpResponse::Get(g)) => g.kvs().iter().map(|kv| kv.value().to_vec()).collect(),
+            _ => Vec::new(),
+        };
+        let mut values: Vec<Option<Vec<u8>>> = responses
             .into_iter()
             .map(|r| match r {
                 TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
                 _ => None,
             })
             .collect();
+        if let Some(result) = values.get_mut(2) {
+            *result = result.take().and_then(|v| join_result_parts(v, parts));
+        }
         let Some(Some(record)) = values.first() else {
             return Ok(None);
         };
@@ -1023,7 +1115,22 @@ impl Store {
                 [Kind::Call, Kind::Params, Kind::Result, Kind::Logs].map(|k| (k, id.clone()))
             })
             .collect();
-        self.delete_many(&items).await
+        self.delete_many(&items).await?;
+        // A result's parts, if it had any (one range delete a call: a
+        // plain delete, which a full etcd still accepts).
+        for id in ids {
+            self.check(
+                crate::metrics::timed_etcd(
+                    "delete",
+                    self.kv().delete(
+                        self.result_parts_prefix(id),
+                        Some(etcd_client::DeleteOptions::new().with_prefix()),
+                    ),
+                )
+                .await,
+            )?;
+        }
+        Ok(())
     }
 
     /// Deletes the object only if its key was last modified at
@@ -1475,6 +1582,36 @@ mod tests {
         let stored = strip_payloads(&call);
         assert!(stored.params_json.is_empty() && stored.result_json.is_empty());
         assert_eq!(stored.status(), CallStatus::Succeeded);
+    }
+
+    #[test]
+    fn results_over_a_request_are_cut_and_joined_whole() {
+        // One part: stored as itself.
+        let small = "\"abc\"";
+        assert_eq!(result_parts(small), vec![small.as_bytes()]);
+        assert_eq!(
+            join_result_parts(small.as_bytes().to_vec(), vec![]),
+            Some(small.as_bytes().to_vec())
+        );
+        // 2.5 parts: three, the marker names them, joined in order.
+        let big: String = (0..RESULT_PART_BYTES * 5 / 2)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let parts = result_parts(&big);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.len() <= RESULT_PART_BYTES));
+        let stored: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+        assert_eq!(
+            join_result_parts(parts_marker(3), stored.clone()),
+            Some(big.as_bytes().to_vec())
+        );
+        // A part missing: no result rather than a cut one.
+        assert_eq!(
+            join_result_parts(parts_marker(3), stored[..2].to_vec()),
+            None
+        );
+        // A marker is never JSON.
+        assert!(serde_json::from_slice::<serde_json::Value>(&parts_marker(3)).is_err());
     }
 
     #[test]

@@ -97,6 +97,15 @@ const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::n
 /// The HTTP answer for a finished call.
 pub fn from_call(call: &Call) -> Reply {
     match call.status() {
+        CallStatus::Succeeded if call.result_base64 => match from_bytes_result(&call.result_json) {
+            Ok(reply) => reply,
+            Err(malformed) => Reply::error(
+                StatusCode::BAD_GATEWAY,
+                "INVALID_FUNCTION_RESPONSE",
+                &format!("the function's bytes cannot be decoded: {malformed}"),
+                json!({"call_id": call.id}),
+            ),
+        },
         CallStatus::Succeeded => match from_result(&call.result_json) {
             Ok(reply) => reply,
             Err(malformed) => Reply::error(
@@ -129,6 +138,26 @@ pub fn from_call(call: &Call) -> Reply {
             json!({"call_id": call.id}),
         ),
     }
+}
+
+/// The HTTP answer for bytes a function returned (`result_base64`: a JSON
+/// string of their base64): the bytes, `application/octet-stream`.
+pub fn from_bytes_result(result_json: &str) -> Result<Reply, Malformed> {
+    let text: String =
+        serde_json::from_str(result_json).map_err(|e| Malformed::NotJson(e.to_string()))?;
+    let body = BASE64
+        .decode(text.as_bytes())
+        .map_err(|e| Malformed::Base64(e.to_string()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(Reply {
+        status: StatusCode::OK,
+        headers,
+        body: Bytes::from(body),
+    })
 }
 
 /// The HTTP answer for a function's result (JSON text).

@@ -201,6 +201,17 @@ function makeResponseStream() {
 
 function writeResult(result) {
   let text;
+  // Bytes (a Buffer or any typed array) go as base64, marked so: the
+  // agent passes the flag on (Call.result_base64), the gateway decodes.
+  if (env.FAAS_OUTPUT_ENCODING && ArrayBuffer.isView(result)) {
+    const bytes = Buffer.from(result.buffer, result.byteOffset, result.byteLength);
+    try {
+      fs.writeFileSync(env.FAAS_OUTPUT_ENCODING, 'base64');
+    } catch (error) {
+      fail('Runtime.OutputError', `Cannot write ${env.FAAS_OUTPUT_ENCODING}: ${error.message}`, error);
+    }
+    result = bytes.toString('base64');
+  }
   try {
     text = JSON.stringify(result === undefined ? null : result);
     if (text === undefined) text = 'null'; // a function or symbol

@@ -364,6 +364,17 @@ def main():
     except Exception as exc:  # noqa: BLE001 - the function's own failure
         _fail(type(exc).__name__, str(exc), exc)
 
+    # Bytes go as base64, marked so: the agent passes the flag on
+    # (Call.result_base64) and the HTTP gateway answers with the bytes.
+    encoding_path = env.get("FAAS_OUTPUT_ENCODING")
+    if encoding_path and isinstance(result, (bytes, bytearray, memoryview)):
+        import binascii
+
+        try:
+            _write_file(encoding_path, "base64")
+        except OSError as exc:
+            _fail("Runtime.OutputError", f"Cannot write {encoding_path}: {exc}", exc)
+        result = binascii.b2a_base64(bytes(result), newline=False).decode("ascii")
     try:
         text = json.dumps(result, _json_default)
     except (TypeError, ValueError) as exc:

@@ -39,7 +39,7 @@ const TMP_BYTES: u64 = 64 << 20;
 /// /dev/shm's size in the spec.
 const SHM_BYTES: u64 = 64 << 20;
 /// The agent's default /faas/io tmpfs: 2 MiB + 2 × result + logs + input.
-const IO_BYTES: u64 = (2 << 20) + 2 * (1 << 20) + (64 << 10) + (1 << 20);
+const IO_BYTES: u64 = (2 << 20) + 2 * (6 << 20) + (64 << 10) + (1 << 20);
 /// The agent's default log bound.
 const MAX_LOG_BYTES: usize = 64 << 10;
 /// The agent's default pids limit.

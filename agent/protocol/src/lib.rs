@@ -24,6 +24,10 @@ pub mod files {
     pub const LOG: &str = "log";
     /// Regular file, the function's JSON result (`$FAAS_OUTPUT`).
     pub const OUTPUT: &str = "output.json";
+    /// Regular file, how the result is encoded (`$FAAS_OUTPUT_ENCODING`):
+    /// empty for JSON, `base64` when the function returned bytes and the
+    /// result is a JSON string of their base64.
+    pub const OUTPUT_ENCODING: &str = "output-encoding";
     /// Regular file, the runtime's `{"type", "message"}` on failure (`$FAAS_ERROR`).
     pub const ERROR: &str = "error.json";
     /// FIFO, the call's input envelope (`$FAAS_INPUT`), whatever the start kind.
@@ -58,6 +62,7 @@ pub mod env {
     pub const INPUT: &str = "FAAS_INPUT";
     pub const OUTPUT: &str = "FAAS_OUTPUT";
     pub const ERROR: &str = "FAAS_ERROR";
+    pub const OUTPUT_ENCODING: &str = "FAAS_OUTPUT_ENCODING";
 }
 
 /// faas-init's command line.

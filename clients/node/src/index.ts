@@ -283,7 +283,8 @@ function toCall(m: any): Call {
     functionVersion: m.functionVersion,
     status: strip(m.status, "CALL_STATUS_") as CallStatus,
     params: parseJson(m.paramsJson),
-    result: parseJson(m.resultJson),
+    // Bytes the function returned come back as a Buffer.
+    result: m.resultBase64 ? Buffer.from(parseJson(m.resultJson) as string, "base64") : parseJson(m.resultJson),
     error: m.error && (m.error.reason || m.error.message) ? { reason: m.error.reason, message: m.error.message, logTail: m.error.logTail } : null,
     timings: t
       ? {

@@ -51,3 +51,7 @@ exports.stream = awslambda.streamifyResponse(async (event, responseStream, conte
   stream.write(JSON.stringify({ id: context.awsRequestId }));
   stream.end();
 });
+
+// Bytes: a Buffer, and a typed array's view into a larger buffer.
+exports.buffer = async () => Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x00, 0xff]);
+exports.view = async () => new Uint8Array(new Uint8Array([9, 1, 2, 3, 9]).buffer, 1, 3);

@@ -91,3 +91,18 @@ def system(event, context):
 def big(event, context):
     """A result of `kb` KiB (a benchmark's 570 KB result once failed)."""
     return {"data": "x" * (int(event["kb"]) << 10)}
+
+
+def raw_bytes(event, context):
+    """Bytes that are not UTF-8 (a PNG signature, then every byte value)."""
+    return b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+
+
+def forged_encoding(event, context):
+    """Marks its result base64 and writes something else (what an attacker
+    would try on the gateway's decoder): refused, not passed on."""
+    with open(os.environ["FAAS_OUTPUT_ENCODING"], "w") as marker:
+        marker.write("base64")
+    with open(os.environ["FAAS_OUTPUT"], "w") as output:
+        output.write('"<script>not base64</script>"')
+    os._exit(0)

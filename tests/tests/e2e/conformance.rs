@@ -564,7 +564,7 @@ async fn the_newest_debian_runtimes_run_the_same_handlers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn results_up_to_a_mebibyte_and_a_clear_error_past_it() {
+async fn results_up_to_six_mebibytes_and_a_clear_error_past_it() {
     let stack = python_stack().await;
     deploy(
         &stack,
@@ -573,24 +573,130 @@ async fn results_up_to_a_mebibyte_and_a_clear_error_past_it() {
         &conformance_dir("py-lambda"),
         &["--handler", "handler.big"],
     );
-    let call = invoke(&stack, "big", json!({"kb": 600})).await;
-    let got = result_of(&call);
-    assert_eq!(got["data"].as_str().unwrap().len(), 600 << 10);
-    // Read back from the store too, not only from the invoke's answer.
+    // 600 KiB fits in one etcd request with the record; 5 MiB is stored in
+    // parts (etcd takes at most 1.5 MiB a request).
+    for kb in [600, 5 << 10] {
+        let call = CallServiceClient::new(stack.channel().await)
+            .max_decoding_message_size(64 << 20)
+            .invoke(InvokeRequest {
+                function: "big".into(),
+                params_json: json!({ "kb": kb }).to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("invoking big ({kb} KiB): {e}"))
+            .into_inner();
+        let got = result_of(&call);
+        assert_eq!(got["data"].as_str().unwrap().len(), kb << 10);
+        // Read back from the store too, not only from the invoke's answer.
+        let out = stack
+            .faasctl()
+            .args(["call", "get", &call.id, "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(record["result"] == got, "{kb} KiB not read back whole");
+    }
+
+    let call = invoke(&stack, "big", json!({"kb": 6656})).await;
+    assert_eq!(call.status(), CallStatus::Failed, "{call:#?}");
+    let error = call.error.unwrap();
+    assert_eq!(error.reason, "invalid_output");
+    assert!(
+        error.message.contains("max_result_bytes") && error.message.contains("6291456"),
+        "the error names the limit: {error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_results_come_back_as_bytes() {
+    use base64::Engine;
+    let mut stack = stack_with(vec!["python3", "node"]).await;
+    let py = conformance_dir("py-lambda");
+    let node = conformance_dir("node-lambda");
+    deploy(
+        &stack,
+        "pybytes",
+        "python3",
+        &py,
+        &["--handler", "handler.raw_bytes"],
+    );
+    deploy(
+        &stack,
+        "forged",
+        "python3",
+        &py,
+        &["--handler", "handler.forged_encoding"],
+    );
+    deploy(
+        &stack,
+        "buffer",
+        "node",
+        &node,
+        &["--handler", "index.buffer"],
+    );
+    deploy(&stack, "view", "node", &node, &["--handler", "index.view"]);
+    let decode = |call: &Call| -> Vec<u8> {
+        assert_eq!(call.status(), CallStatus::Succeeded, "{call:#?}");
+        assert!(call.result_base64, "not marked bytes: {call:#?}");
+        let text: String = serde_json::from_str(&call.result_json).expect("a JSON string");
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .expect("standard base64")
+    };
+
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(0..=255u8);
+    let call = invoke(&stack, "pybytes", json!({})).await;
+    assert_eq!(decode(&call), png);
+    // Stored with its flag.
     let out = stack
         .faasctl()
         .args(["call", "get", &call.id, "-o", "json"])
         .output()
         .unwrap();
     let record: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(record["result"]["data"].as_str().unwrap().len(), 600 << 10);
+    assert_eq!(record["result_base64"], true, "{record}");
+    // faasctl writes the bytes themselves into a pipe.
+    let out = stack
+        .faasctl()
+        .args(["invoke", "pybytes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, png);
 
-    let call = invoke(&stack, "big", json!({"kb": 1536})).await;
-    assert_eq!(call.status(), CallStatus::Failed, "{call:#?}");
-    let error = call.error.unwrap();
-    assert_eq!(error.reason, "invalid_output");
-    assert!(
-        error.message.contains("max_result_bytes") && error.message.contains("1048576"),
-        "the error names the limit: {error:?}"
+    assert_eq!(
+        decode(&invoke(&stack, "buffer", json!({})).await),
+        [0x89, 0x50, 0x4e, 0x47, 0x00, 0xff]
     );
+    // Only the view's bytes, not its whole buffer.
+    assert_eq!(decode(&invoke(&stack, "view", json!({})).await), [1, 2, 3]);
+
+    // A result marked base64 that is not: the call fails, nothing passed on.
+    let call = invoke(&stack, "forged", json!({})).await;
+    assert_eq!(call.status(), CallStatus::Failed, "{call:#?}");
+    let error = call.error.clone().unwrap();
+    assert_eq!(error.reason, "invalid_output", "{error:?}");
+    assert!(error.message.contains("base64"), "{error:?}");
+    assert!(call.result_json.is_empty() && !call.result_base64);
+
+    // The HTTP gateway answers with the bytes.
+    let gateway = stack.start_gateway(&[]).await.expect("a gateway");
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{gateway}/function/pybytes"))
+        .header("authorization", format!("Bearer {}", stack.auth.token))
+        .send()
+        .await
+        .expect("the gateway answers");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    assert_eq!(response.bytes().await.unwrap().to_vec(), png);
 }

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ class CallFailed(Exception):
 
 @dataclass(frozen=True)
 class Call:
-    """An invocation: its status, result (parsed JSON), error and timings."""
+    """An invocation: its status, result (parsed JSON; bytes when the function returned bytes), error and timings."""
 
     id: str
     function: str
@@ -149,7 +150,8 @@ class Call:
             function_version=m.function_version,
             status=_status(m.status),
             params=_json(m.params_json),
-            result=_json(m.result_json),
+            # Bytes the function returned come back as bytes.
+            result=base64.b64decode(_json(m.result_json)) if m.result_base64 else _json(m.result_json),
             error=error,
             timings=timings,
             node=m.node,

@@ -51,7 +51,7 @@ class ApiToken(_message.Message):
     def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., description: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., secret_sha256: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ["alias", "attempts", "client_context", "created_at_ms", "error", "finished_at_ms", "function", "function_version", "id", "logs_truncated", "namespace", "node", "owner", "params_json", "policy", "result_json", "spot", "status", "timings", "traceparent"]
+    __slots__ = ["alias", "attempts", "client_context", "created_at_ms", "error", "finished_at_ms", "function", "function_version", "id", "logs_truncated", "namespace", "node", "owner", "params_json", "policy", "result_base64", "result_json", "spot", "status", "timings", "traceparent"]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class Call(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    RESULT_BASE64_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     SPOT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -87,12 +88,13 @@ class Call(_message.Message):
     owner: str
     params_json: str
     policy: str
+    result_base64: bool
     result_json: str
     spot: int
     status: CallStatus
     timings: Timings
     traceparent: str
-    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., function_version: _Optional[int] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[CallStatus, str]] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., node: _Optional[str] = ..., spot: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., logs_truncated: bool = ..., policy: _Optional[str] = ..., attempts: _Optional[int] = ..., owner: _Optional[str] = ..., namespace: _Optional[str] = ..., traceparent: _Optional[str] = ..., client_context: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., function_version: _Optional[int] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[CallStatus, str]] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., node: _Optional[str] = ..., spot: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., logs_truncated: bool = ..., policy: _Optional[str] = ..., attempts: _Optional[int] = ..., owner: _Optional[str] = ..., namespace: _Optional[str] = ..., traceparent: _Optional[str] = ..., client_context: _Optional[str] = ..., alias: _Optional[str] = ..., result_base64: bool = ...) -> None: ...
 
 class CallError(_message.Message):
     __slots__ = ["log_tail", "message", "reason"]
