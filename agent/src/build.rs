@@ -282,6 +282,7 @@ async fn build(ctx: &Arc<SpotContext>, job: &BuildJob) -> Outcome {
         image,
         &runtime,
         job.memory_bytes.max(64 << 20),
+        faas_driver::DEFAULT_TMP_BYTES,
         owner,
         network.as_ref(),
     );

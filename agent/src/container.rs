@@ -21,6 +21,21 @@ pub struct Owner {
     pub gid: u32,
 }
 
+/// The size of a function's /tmp (0 in older records: the default).
+pub fn tmp_bytes_of(function: &FunctionBundle) -> u64 {
+    match function.tmp_bytes {
+        0 => faas_driver::DEFAULT_TMP_BYTES,
+        bytes => bytes,
+    }
+}
+
+/// The container's memory limit for a function: its memory, plus what its
+/// /tmp has over the default (a tmpfs: its files are memory, and a
+/// function asking for a large /tmp keeps its memory for itself).
+pub fn memory_limit_of(function: &FunctionBundle) -> u64 {
+    function.memory_bytes + tmp_bytes_of(function).saturating_sub(faas_driver::DEFAULT_TMP_BYTES)
+}
+
 /// The io entries the container writes: regular files owned by its uid.
 const WRITTEN_FILES: [&str; 5] = [
     files::OUTPUT,
@@ -372,6 +387,7 @@ pub fn container_spec(
     image: ImageInfo,
     runtime: &RuntimeBundle,
     memory_bytes: u64,
+    tmp_bytes: u64,
     owner: Owner,
     network: Option<&crate::egress::CallNetwork>,
 ) -> ContainerSpec {
@@ -451,7 +467,7 @@ pub fn container_spec(
             memory_bytes,
             cpu_millis: config.cpu_millis,
             pids: config.pids_limit,
-            tmp_bytes: 0,
+            tmp_bytes,
         },
         uid: owner.uid,
         gid: owner.gid,
@@ -632,6 +648,22 @@ mod tests {
     }
 
     #[test]
+    fn a_larger_tmp_adds_to_the_memory_limit() {
+        let mut function = FunctionBundle {
+            memory_bytes: 128 << 20,
+            ..Default::default()
+        };
+        // Older records: the default, inside the function's memory.
+        assert_eq!(tmp_bytes_of(&function), faas_driver::DEFAULT_TMP_BYTES);
+        assert_eq!(memory_limit_of(&function), 128 << 20);
+        function.tmp_bytes = 16 << 20;
+        assert_eq!(memory_limit_of(&function), 128 << 20);
+        function.tmp_bytes = 512 << 20;
+        assert_eq!(tmp_bytes_of(&function), 512 << 20);
+        assert_eq!(memory_limit_of(&function), (128 + 512 - 64) << 20);
+    }
+
+    #[test]
     fn every_container_gets_its_secrets_read_only() {
         let (_, runtime) = bundles(vec![]);
         let dir = Path::new("/var/lib/faas/spots/call-x");
@@ -649,6 +681,7 @@ mod tests {
             },
             &runtime,
             128 << 20,
+            faas_driver::DEFAULT_TMP_BYTES,
             Owner {
                 uid: 200_001,
                 gid: 200_001,

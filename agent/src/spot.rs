@@ -443,10 +443,13 @@ pub async fn run_spot(
                     // A preloaded container's network namespace is fixed
                     // when it is created: a function with egress needs one
                     // of its own.
+                    // Its /tmp too is fixed at creation (the default size).
                     Held::Runtime(live)
                         if live.runtime.image == rt.image
                             && live.runtime.name == rt.name
-                            && !crate::egress::wants_egress(f.network.as_ref()) =>
+                            && !crate::egress::wants_egress(f.network.as_ref())
+                            && crate::container::tmp_bytes_of(&f)
+                                == faas_driver::DEFAULT_TMP_BYTES =>
                     {
                         slot.execute_on_runtime(live, f, call).await;
                         Held::Nothing
@@ -665,8 +668,13 @@ impl Slot<'_> {
         let notify = NotifyReader::open(&*io, files::NOTIFY)
             .map_err(|e| format!("opening the notify FIFO: {e}"))?;
         let memory_bytes = function
-            .map(|f| f.memory_bytes)
+            .map(crate::container::memory_limit_of)
             .unwrap_or(ctx.config.preload_memory_bytes);
+        // A runtime preload gets the default /tmp: only functions with
+        // that size run on it (see ExecRuntimePreloaded).
+        let tmp_bytes = function
+            .map(crate::container::tmp_bytes_of)
+            .unwrap_or(faas_driver::DEFAULT_TMP_BYTES);
         // A function known now is mounted straight from the package cache
         // (read-only, nothing copied); a runtime-preloaded spot gets its
         // own empty directory, filled when the call arrives.
@@ -697,6 +705,7 @@ impl Slot<'_> {
             image,
             runtime,
             memory_bytes,
+            tmp_bytes,
             owner,
             network.as_ref(),
         );
@@ -966,13 +975,14 @@ impl Slot<'_> {
             )
             .await
             .map_err(|e| format!("loading function package: {e}"))?;
-        if function.memory_bytes != live.memory_bytes {
+        let memory_limit = crate::container::memory_limit_of(function);
+        if memory_limit != live.memory_bytes {
             self.ctx
                 .driver
-                .update_memory(&live.id, function.memory_bytes)
+                .update_memory(&live.id, memory_limit)
                 .await
                 .map_err(|e| format!("setting the memory limit: {e}"))?;
-            live.memory_bytes = function.memory_bytes;
+            live.memory_bytes = memory_limit;
         }
         let dir = live.dir.clone();
         let io = live.io.clone();

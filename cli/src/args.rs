@@ -445,6 +445,12 @@ pub struct DeployArgs {
     /// Memory limit per call: 128Mi, 1Gi, 512M or bytes (default: platform's).
     #[arg(long, value_parser = parse_memory)]
     pub memory: Option<u64>,
+    /// Size of each call's /tmp, like Lambda's ephemeral storage: 512Mi or
+    /// bytes, up to the platform's max_tmp_bytes (512 MiB by default).
+    /// Memory-backed: past 64Mi it is added to the call's memory limit
+    /// [default: 64Mi].
+    #[arg(long, value_parser = parse_memory)]
+    pub tmp_size: Option<u64>,
     /// Wall-time limit per call: 2s, 500ms, 1m (default: platform's).
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
@@ -486,6 +492,9 @@ pub struct UpdateArgs {
     /// Memory limit per call: 128Mi, 1Gi, 512M or bytes.
     #[arg(long, value_parser = parse_memory)]
     pub memory: Option<u64>,
+    /// Size of each call's /tmp: 512Mi or bytes (see fn deploy --tmp-size).
+    #[arg(long, value_parser = parse_memory)]
+    pub tmp_size: Option<u64>,
     /// Wall-time limit per call: 2s, 500ms, 1m.
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,

@@ -915,6 +915,7 @@ pub fn function_spec(args: &DeployArgs, namespace: &str) -> FunctionSpec {
     let given = [
         ("handler", args.handler.is_some()),
         ("memory_bytes", args.memory.is_some()),
+        ("tmp_bytes", args.tmp_size.is_some()),
         ("timeout_ms", args.timeout.is_some()),
         ("env", !args.env.is_empty()),
         ("idempotent", args.idempotent),
@@ -929,6 +930,7 @@ pub fn function_spec(args: &DeployArgs, namespace: &str) -> FunctionSpec {
         runtime: args.runtime.clone(),
         handler: args.handler.clone().unwrap_or_default(),
         memory_bytes: args.memory.unwrap_or(0),
+        tmp_bytes: args.tmp_size.unwrap_or(0),
         timeout_ms: args.timeout.map(duration_to_ms).unwrap_or(0),
         env: args.env.iter().cloned().collect(),
         idempotent: args.idempotent,
@@ -969,6 +971,7 @@ pub fn update_spec(args: &UpdateArgs, namespace: &str) -> Result<FunctionSpec, B
     let mut mask: Vec<String> = [
         ("handler", args.handler.is_some()),
         ("memory_bytes", args.memory.is_some()),
+        ("tmp_bytes", args.tmp_size.is_some()),
         ("timeout_ms", args.timeout.is_some()),
         ("idempotent", args.idempotent.is_some()),
         ("http", args.http.is_some()),
@@ -988,7 +991,7 @@ pub fn update_spec(args: &UpdateArgs, namespace: &str) -> Result<FunctionSpec, B
     }
     if mask.is_empty() {
         return Err(BadInput(
-            "nothing to update: give --handler, --memory, --timeout, --env, --unset-env, --idempotent or --http".into(),
+            "nothing to update: give --handler, --memory, --tmp-size, --timeout, --env, --unset-env, --idempotent or --http".into(),
         ));
     }
     Ok(FunctionSpec {
@@ -996,6 +999,7 @@ pub fn update_spec(args: &UpdateArgs, namespace: &str) -> Result<FunctionSpec, B
         name: args.name.clone(),
         handler: args.handler.clone().unwrap_or_default(),
         memory_bytes: args.memory.unwrap_or(0),
+        tmp_bytes: args.tmp_size.unwrap_or(0),
         timeout_ms: args.timeout.map(duration_to_ms).unwrap_or(0),
         env: args.env.iter().cloned().collect(),
         idempotent: args.idempotent.unwrap_or(false),

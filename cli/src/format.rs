@@ -63,6 +63,7 @@ pub fn function_json(function: &Function) -> Value {
         "runtime": function.runtime,
         "handler": function.handler,
         "memory_bytes": function.memory_bytes,
+        "tmp_bytes": tmp_bytes_of(function),
         "timeout_ms": function.timeout_ms,
         "idempotent": function.idempotent,
         "env": env,
@@ -316,6 +317,15 @@ pub fn time_text(epoch_ms: i64) -> String {
 }
 
 /// Bytes in the largest binary unit that divides them exactly (128Mi),
+/// A function's /tmp: records from before the setting have 0, the
+/// platform's 64 MiB.
+fn tmp_bytes_of(f: &Function) -> u64 {
+    match f.tmp_bytes {
+        0 => 64 << 20,
+        bytes => bytes,
+    }
+}
+
 /// else with one decimal (1.5Mi): memory limits round-trip with --memory.
 pub fn bytes_text(bytes: u64) -> String {
     const UNITS: [(&str, u64); 4] = [
@@ -721,6 +731,7 @@ pub fn function_details(f: &Function) -> String {
         ("runtime", f.runtime.clone()),
         ("handler", f.handler.clone()),
         ("memory", bytes_text(f.memory_bytes)),
+        ("/tmp", bytes_text(tmp_bytes_of(f))),
         ("timeout", ms_text(f.timeout_ms)),
         ("idempotent", if f.idempotent { "yes" } else { "no" }.into()),
         ("env", env_text),

@@ -86,6 +86,13 @@ pub enum Input {
     /// A function deployed or updated (from the etcd watch).
     FunctionChanged(Box<Function>),
     FunctionRemoved(String),
+    /// The records of the versions a function's aliases name (all of
+    /// them; none once no alias names one), so that preloads follow the
+    /// aliases.
+    AliasTargets {
+        key: String,
+        versions: Vec<Function>,
+    },
     /// A namespace's bound on calls running at once (0: none), from the
     /// etcd watch (a deleted namespace: 0).
     Concurrency {
@@ -312,6 +319,8 @@ struct BrokerLoop {
     /// The registered runtimes and functions, for preload operations.
     runtimes: HashMap<String, Runtime>,
     functions: HashMap<String, Function>,
+    /// Per function key: the versions its aliases name.
+    aliased: HashMap<String, Vec<Function>>,
     registry_host: String,
     agents: HashMap<String, AgentConn>,
     /// The calls this leader holds: where they run, who may report them,
@@ -359,6 +368,7 @@ pub fn spawn(
         broker,
         runtimes: HashMap::new(),
         functions: HashMap::new(),
+        aliased: HashMap::new(),
         registry_host,
         agents: HashMap::new(),
         ledger: Ledger::new(settings, broker_policy),
@@ -735,7 +745,27 @@ impl BrokerLoop {
                     function: reference,
                 });
             }
+            Input::AliasTargets { key, versions } => {
+                let refs = versions
+                    .iter()
+                    .map(|f| FunctionRef {
+                        name: key.clone(),
+                        version: f.version,
+                        runtime: f.runtime.clone(),
+                    })
+                    .collect();
+                if versions.is_empty() {
+                    self.aliased.remove(&key);
+                } else {
+                    self.aliased.insert(key.clone(), versions);
+                }
+                self.feed(Event::AliasTargets {
+                    name: key,
+                    versions: refs,
+                });
+            }
             Input::FunctionRemoved(name) => {
+                self.aliased.remove(&name);
                 // Its queued calls would run a function that is gone.
                 let effects = self.ledger.function_deleted(&name, now_ms_f64());
                 self.apply(effects);
@@ -1096,10 +1126,15 @@ impl BrokerLoop {
                 })
                 .map(|rt| (Some(rt), None)),
             (_, Some(fref)) => match (
-                self.functions.get(&fref.name),
+                // The current version, or an earlier one an alias names.
+                self.functions
+                    .get(&fref.name)
+                    .into_iter()
+                    .chain(self.aliased.get(&fref.name).into_iter().flatten())
+                    .find(|f| f.version == fref.version),
                 self.runtimes.get(&fref.runtime),
             ) {
-                (Some(f), Some(r)) if f.version == fref.version => {
+                (Some(f), Some(r)) => {
                     // From the secrets held here: a copy behind the
                     // function's references (or a secret gone) skips the
                     // preload; calls still get theirs at acceptance.

@@ -149,6 +149,11 @@ pub struct Flags {
     /// Largest per-call memory limit a function may ask for, bytes [default: 4 GiB].
     #[arg(long)]
     pub max_memory_bytes: Option<u64>,
+    /// Largest /tmp a function may ask for, bytes (Lambda's ephemeral
+    /// storage; memory-backed, added to the call's memory limit past the
+    /// default 64 MiB) [default: 512 MiB].
+    #[arg(long)]
+    pub max_tmp_bytes: Option<u64>,
     /// TTL of the leader's etcd lease, seconds [default: 5].
     #[arg(long)]
     pub leader_ttl_secs: Option<i64>,
@@ -291,6 +296,7 @@ struct FileConfig {
     max_timeout: Option<Duration>,
     default_memory_bytes: Option<u64>,
     max_memory_bytes: Option<u64>,
+    max_tmp_bytes: Option<u64>,
     leader_ttl_secs: Option<i64>,
     #[serde(default, with = "humantime_serde_opt")]
     node_lost_after: Option<Duration>,
@@ -367,6 +373,7 @@ pub struct Limits {
     pub max_timeout: Duration,
     pub default_memory_bytes: u64,
     pub max_memory_bytes: u64,
+    pub max_tmp_bytes: u64,
     /// Queue bounds and the submit rate limit (with the limiter's state,
     /// shared by every clone).
     pub admission: crate::api::admission::Admission,
@@ -593,6 +600,10 @@ impl Config {
                     .max_memory_bytes
                     .or(file.max_memory_bytes)
                     .unwrap_or(4 << 30),
+                max_tmp_bytes: flags
+                    .max_tmp_bytes
+                    .or(file.max_tmp_bytes)
+                    .unwrap_or(512 << 20),
                 package: file.package,
                 build: file.build,
             },

@@ -81,6 +81,7 @@ impl CallBundle {
                 env: function.env,
                 secrets,
                 network: function.network,
+                tmp_bytes: function.tmp_bytes,
             },
         }
     }

@@ -469,6 +469,8 @@ fn follow_catalog(store: &Store, broker: &BrokerHandle) {
         .await
     });
     let (s, b) = (store.clone(), broker.clone());
+    tokio::spawn(follow_alias_targets(s, b));
+    let (s, b) = (store.clone(), broker.clone());
     tokio::spawn(async move {
         s.follow::<Function>(Kind::Function, |change| {
             b.send(match change {
@@ -478,6 +480,65 @@ fn follow_catalog(store: &Store, broker: &BrokerHandle) {
         })
         .await
     });
+}
+
+/// Tells the broker, for each function whose aliases change, the records
+/// of the earlier versions they name (preloads follow aliases). The watch
+/// names the function; its aliases and versions are read off the watch's
+/// callback, a function's changes coalesced while a read runs.
+async fn follow_alias_targets(store: Store, broker: BrokerHandle) {
+    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let watched = store.clone();
+    tokio::spawn(async move {
+        watched
+            .follow::<faas_proto::v1::FunctionAlias>(Kind::FunctionAlias, |change| {
+                let key = match change {
+                    store::Change::Put(alias) => {
+                        faas_proto::namespaces::function_key(&alias.namespace, &alias.function)
+                    }
+                    store::Change::Deleted(name) => match name.rsplit_once('@') {
+                        Some((key, _)) => key.to_string(),
+                        None => return true,
+                    },
+                };
+                changed_tx.send(key).is_ok()
+            })
+            .await
+    });
+    while let Some(first) = changed.recv().await {
+        let mut keys = std::collections::BTreeSet::from([first]);
+        while let Ok(more) = changed.try_recv() {
+            keys.insert(more);
+        }
+        for key in keys {
+            match alias_targets(&store, &key).await {
+                Ok(versions) => {
+                    if !broker.send(broker::Input::AliasTargets { key, versions }) {
+                        return;
+                    }
+                }
+                // Preloads of the aliased versions wait for the next
+                // change; calls through the aliases run all the same.
+                Err(e) => warn!(function = %key, error = %e, "reading a function's aliases failed"),
+            }
+        }
+    }
+}
+
+/// The records of the versions `key`'s aliases name (the current one
+/// too, if named: it stays served after the next deploy).
+async fn alias_targets(store: &Store, key: &str) -> Result<Vec<Function>, store::StoreError> {
+    let prefix = store::function_records_prefix(key);
+    let aliases: Vec<(String, faas_proto::v1::FunctionAlias, i64)> =
+        store.list_under(Kind::FunctionAlias, &prefix).await?;
+    let mut versions = Vec::new();
+    for version in versions::aliased(aliases.iter().map(|(_, a, _)| a)) {
+        let record: Option<Function> = store
+            .get(Kind::FunctionVersion, &store::version_name(key, version))
+            .await?;
+        versions.extend(record);
+    }
+    Ok(versions)
 }
 
 /// How long a new leader waits before running the calls recorded as

@@ -437,6 +437,8 @@ async fn check_snoop(stack: &Stack, ids: &mut Vec<String>) -> anyhow::Result<()>
         "log",
         "notify",
         "output.json",
+        // Written by the function to mark a bytes result (base64).
+        "output-encoding",
         // The call's own secrets (root-owned, bound read-only at
         // /faas/secrets): empty for a function without any.
         "secrets",
@@ -810,8 +812,8 @@ async fn heavy_attacks_are_contained() -> anyhow::Result<()> {
     eprintln!("1 GiB of logs: {took:?}");
     assert_still_serving(&stack, baseline, "the log flood").await?;
 
-    // A result far over the limit: refused, with the reason.
-    let call = invoke(&stack, "flood", json!({ "result_kb": 2048 })).await?;
+    // A result over the 6 MiB limit: refused, with the reason.
+    let call = invoke(&stack, "flood", json!({ "result_kb": 8192 })).await?;
     ids.push(call.id.clone());
     assert_eq!(call.status(), CallStatus::Failed, "{call:?}");
     assert_eq!(

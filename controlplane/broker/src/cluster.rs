@@ -114,6 +114,13 @@ pub enum Event {
     FunctionRemoved {
         name: String,
     },
+    /// The earlier versions of a function its aliases name (all of them:
+    /// replaces what was known). Preloads of them serve calls through the
+    /// aliases; other earlier versions are stale.
+    AliasTargets {
+        name: String,
+        versions: Vec<FunctionRef>,
+    },
 }
 
 /// The six worker operations of the thesis (4.2.2).
@@ -204,12 +211,14 @@ pub struct Completed {
     pub reported: SpotState,
 }
 
-/// The catalog the policies preload from: registered runtimes and the
-/// current version of each function, in registration order.
+/// The catalog the policies preload from: registered runtimes, the
+/// current version of each function, in registration order, and the
+/// earlier versions aliases name.
 #[derive(Debug, Default)]
 pub struct Catalog {
     runtimes: Vec<String>,
     functions: Vec<FunctionRef>,
+    aliased: Vec<FunctionRef>,
 }
 
 impl Catalog {
@@ -228,10 +237,30 @@ impl Catalog {
         self.functions.iter().find(|f| f.name == name)
     }
 
-    /// Whether a preloaded function may still serve calls: registered, at
-    /// its current version, on a registered runtime.
+    /// Whether a preloaded function is the current version: registered,
+    /// on a registered runtime.
     pub fn is_current(&self, function: &FunctionRef) -> bool {
         self.function(&function.name) == Some(function)
+    }
+
+    /// Whether a preloaded function may still serve calls: the current
+    /// version, or an earlier one an alias names.
+    pub fn serves(&self, function: &FunctionRef) -> bool {
+        self.is_current(function) || self.aliased.contains(function)
+    }
+
+    /// Every version calls are expected for: the current ones (oldest
+    /// registration first), then the earlier ones aliases name.
+    pub fn served(&self) -> impl Iterator<Item = &FunctionRef> {
+        self.functions
+            .iter()
+            .chain(self.aliased.iter().filter(|f| !self.is_current(f)))
+    }
+
+    /// The served version `version` of function `name`, if any.
+    pub fn served_version(&self, name: &str, version: u64) -> Option<&FunctionRef> {
+        self.served()
+            .find(|f| f.name == name && f.version == version)
     }
 
     pub fn has_runtime(&self, name: &str) -> bool {
@@ -447,9 +476,23 @@ impl Cluster {
             Event::RuntimeRemoved { name } => {
                 self.catalog.runtimes.retain(|r| r != name);
                 self.catalog.functions.retain(|f| f.runtime != *name);
+                self.catalog.aliased.retain(|f| f.runtime != *name);
             }
             Event::FunctionRegistered { function } => self.catalog.add_function(function),
-            Event::FunctionRemoved { name } => self.catalog.functions.retain(|f| f.name != *name),
+            Event::FunctionRemoved { name } => {
+                self.catalog.functions.retain(|f| f.name != *name);
+                self.catalog.aliased.retain(|f| f.name != *name);
+            }
+            Event::AliasTargets { name, versions } => {
+                self.catalog.aliased.retain(|f| f.name != *name);
+                let runtimes = &self.catalog.runtimes;
+                self.catalog.aliased.extend(
+                    versions
+                        .iter()
+                        .filter(|f| f.name == *name && runtimes.contains(&f.runtime))
+                        .cloned(),
+                );
+            }
             // A call names its function's version at acceptance: it may be
             // the first news of the function (no catalog sent) or of an
             // update.
@@ -674,6 +717,49 @@ mod tests {
         assert!(!c.allows(&exec_fn), "another version is preloaded");
         assert!(!c.allows(&cold));
         assert!(c.allows(&Operation::ClearSpot { spot: spot() }));
+    }
+
+    #[test]
+    fn aliased_versions_are_served_until_no_alias_names_them() {
+        let mut c = Cluster::default();
+        let v = |version| FunctionRef { version, ..f() };
+        c.apply(&Event::FunctionRegistered { function: v(3) });
+        assert!(!c.catalog().serves(&v(1)));
+        c.apply(&Event::AliasTargets {
+            name: "f".into(),
+            versions: vec![v(1), v(3)],
+        });
+        assert!(c.catalog().serves(&v(1)) && c.catalog().serves(&v(3)));
+        assert!(!c.catalog().serves(&v(2)));
+        assert!(!c.catalog().is_current(&v(1)));
+        // The current version once, then the aliased one.
+        assert_eq!(
+            c.catalog().served().cloned().collect::<Vec<_>>(),
+            [v(3), v(1)]
+        );
+        assert_eq!(c.catalog().served_version("f", 1), Some(&v(1)));
+        assert_eq!(c.catalog().served_version("f", 2), None);
+        // The alias moved: version 1 is stale now.
+        c.apply(&Event::AliasTargets {
+            name: "f".into(),
+            versions: vec![v(2)],
+        });
+        assert!(!c.catalog().serves(&v(1)) && c.catalog().serves(&v(2)));
+        // Another function's name in the list is ignored.
+        c.apply(&Event::AliasTargets {
+            name: "f".into(),
+            versions: vec![FunctionRef {
+                name: "g".into(),
+                ..v(1)
+            }],
+        });
+        assert_eq!(c.catalog().served().count(), 1);
+        c.apply(&Event::AliasTargets {
+            name: "f".into(),
+            versions: vec![v(1)],
+        });
+        c.apply(&Event::FunctionRemoved { name: "f".into() });
+        assert_eq!(c.catalog().served().count(), 0);
     }
 
     #[test]

@@ -564,3 +564,95 @@ fn adaptive_never_clears_a_spot_that_a_waiting_call_counts_on() {
     assert_eq!(fa.start, Some(StartKind::PrewarmFunction));
     assert_clean(&sim, "adaptive");
 }
+
+/// Calls through an alias run an earlier version: preload-function keeps
+/// that version preloaded while an alias names it, and clears it after.
+#[test]
+fn preload_function_follows_the_versions_aliases_name() {
+    use faas_broker::{Broker, FunctionRef, Operation, PendingCall, SpotId};
+    let v = |version| FunctionRef {
+        name: "f".into(),
+        version,
+        runtime: "A".into(),
+    };
+    let mut broker = Broker::new(policy_by_name("preload-function").unwrap());
+    broker.handle(Event::RuntimeRegistered { name: "A".into() }, 0);
+    broker.handle(Event::FunctionRegistered { function: v(2) }, 0);
+    broker.handle(
+        Event::AliasTargets {
+            name: "f".into(),
+            versions: vec![v(1)],
+        },
+        0,
+    );
+    let ops = broker.handle(
+        Event::NodeJoined {
+            node: "n".into(),
+            spots: 2,
+        },
+        0,
+    );
+    // Before any call, each served version gets its share: 1 and 2.
+    let mut preloaded: Vec<(SpotId, u64)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Operation::PreloadFunction { spot, function } => Some((spot.clone(), function.version)),
+            _ => None,
+        })
+        .collect();
+    preloaded.sort_by_key(|(_, version)| *version);
+    assert_eq!(
+        preloaded.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+        [1, 2],
+        "{ops:?}"
+    );
+    for (spot, version) in &preloaded {
+        broker.handle(
+            Event::SpotReported {
+                spot: spot.clone(),
+                state: SpotState::PreloadedFunction {
+                    function: v(*version),
+                },
+            },
+            100,
+        );
+    }
+    // A call through the alias (version 1) runs on version 1's preload.
+    let ops = broker.handle(
+        Event::CallArrived(PendingCall {
+            id: "c1".into(),
+            function: v(1),
+            arrived_at: 200,
+        }),
+        200,
+    );
+    assert!(
+        ops.iter().any(|op| matches!(op,
+            Operation::ExecFunctionPreloaded { spot, call } if *spot == preloaded[0].0 && call.id == "c1")),
+        "{ops:?}"
+    );
+    broker.handle(
+        Event::SpotReported {
+            spot: preloaded[0].0.clone(),
+            state: SpotState::Free,
+        },
+        300,
+    );
+    // The alias moves to version 2: version 1 is never preloaded again,
+    // and a preload of it would be cleared.
+    broker.handle(
+        Event::AliasTargets {
+            name: "f".into(),
+            versions: vec![],
+        },
+        400,
+    );
+    assert!(!broker.cluster().catalog().serves(&v(1)));
+    for t in (500..40_000).step_by(500) {
+        for op in broker.handle(Event::Tick, t) {
+            if let Operation::PreloadFunction { function, .. } = &op {
+                assert_eq!(function.version, 2, "{op:?}");
+            }
+        }
+    }
+}

@@ -45,8 +45,11 @@ pub fn check_handler(what: &str, handler: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The /tmp of a function deployed without one (the agent's default too).
+pub const DEFAULT_TMP_BYTES: u64 = 64 << 20;
+
 /// The settings an update mask may name (FunctionSpec.update_mask).
-const MASKABLE: [&str; 10] = [
+const MASKABLE: [&str; 11] = [
     "package",
     "runtime",
     "handler",
@@ -57,6 +60,7 @@ const MASKABLE: [&str; 10] = [
     "network",
     "http",
     "idempotent",
+    "tmp_bytes",
 ];
 
 /// Completes `spec` from the function's current version for every setting
@@ -97,6 +101,9 @@ pub fn apply_update_mask(
         }
         if keep("memory_bytes") {
             spec.memory_bytes = current.memory_bytes;
+        }
+        if keep("tmp_bytes") {
+            spec.tmp_bytes = current.tmp_bytes;
         }
         if keep("timeout_ms") {
             spec.timeout_ms = current.timeout_ms;
@@ -613,6 +620,13 @@ impl FunctionService for Api {
             ))
             .into());
         }
+        if spec.tmp_bytes != 0 && !(1 << 20..=limits.max_tmp_bytes).contains(&spec.tmp_bytes) {
+            return Err(ApiError::InvalidArgument(format!(
+                "/tmp of {} bytes is outside the allowed range 1 MiB..{} bytes (the control plane's max_tmp_bytes)",
+                spec.tmp_bytes, limits.max_tmp_bytes
+            ))
+            .into());
+        }
         let max_timeout_ms = limits.max_timeout.as_millis() as u64;
         if spec.timeout_ms > max_timeout_ms {
             return Err(ApiError::InvalidArgument(format!(
@@ -749,6 +763,11 @@ impl FunctionService for Api {
                 limits.default_memory_bytes
             } else {
                 spec.memory_bytes
+            },
+            tmp_bytes: if spec.tmp_bytes == 0 {
+                DEFAULT_TMP_BYTES
+            } else {
+                spec.tmp_bytes
             },
             timeout_ms: if spec.timeout_ms == 0 {
                 limits.default_timeout.as_millis() as u64

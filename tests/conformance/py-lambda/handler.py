@@ -106,3 +106,22 @@ def forged_encoding(event, context):
     with open(os.environ["FAAS_OUTPUT"], "w") as output:
         output.write('"<script>not base64</script>"')
     os._exit(0)
+
+
+def fill_tmp(event, context):
+    """Writes `mb` MiB into /tmp, 1 MiB at a time, until done or full."""
+    import errno
+
+    block = b"\0" * (1 << 20)
+    written = 0
+    error = None
+    with open("/tmp/fill", "wb") as out:
+        try:
+            for _ in range(int(event["mb"])):
+                out.write(block)
+                out.flush()
+                written += 1
+        except OSError as exc:
+            error = errno.errorcode.get(exc.errno, str(exc.errno))
+    os.remove("/tmp/fill")
+    return {"written_mb": written, "error": error}

@@ -700,3 +700,72 @@ async fn bytes_results_come_back_as_bytes() {
     );
     assert_eq!(response.bytes().await.unwrap().to_vec(), png);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmp_is_sized_per_function_and_keeps_the_memory() {
+    let stack = python_stack().await;
+    let py = conformance_dir("py-lambda");
+    let fill = |mb: u64| json!({ "mb": mb });
+    // The default: 64 MiB, inside the function's memory.
+    deploy(
+        &stack,
+        "tmpsmall",
+        "python3",
+        &py,
+        &["--handler", "handler.fill_tmp", "--memory", "128Mi"],
+    );
+    let got = result_of(&invoke(&stack, "tmpsmall", fill(100)).await);
+    assert_eq!(got["error"], "ENOSPC", "{got}");
+    // The tmpfs holds exactly its size in file data, not a MiB more.
+    assert_eq!(got["written_mb"], 64, "{got}");
+
+    // 300 MiB with 128 MiB of memory: 200 MiB of files do not kill the
+    // call (the extra /tmp is added to its limit); 400 fill it up.
+    deploy(
+        &stack,
+        "tmpbig",
+        "python3",
+        &py,
+        &[
+            "--handler",
+            "handler.fill_tmp",
+            "--memory",
+            "128Mi",
+            "--tmp-size",
+            "300Mi",
+        ],
+    );
+    let got = result_of(&invoke(&stack, "tmpbig", fill(200)).await);
+    assert_eq!(got, json!({"written_mb": 200, "error": null}));
+    let got = result_of(&invoke(&stack, "tmpbig", fill(400)).await);
+    assert_eq!(got["error"], "ENOSPC", "{got}");
+    let written = got["written_mb"].as_u64().unwrap();
+    assert_eq!(written, 300, "{got}");
+    let out = stack
+        .faasctl()
+        .args(["fn", "get", "tmpbig", "-o", "json"])
+        .output()
+        .unwrap();
+    let function: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(function["tmp_bytes"], 300u64 << 20, "{function}");
+
+    // fn update changes it alone, keeping the rest.
+    let out = stack
+        .faasctl()
+        .args(["fn", "update", "tmpsmall", "--tmp-size", "128Mi"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let got = result_of(&invoke(&stack, "tmpsmall", fill(100)).await);
+    assert_eq!(got, json!({"written_mb": 100, "error": null}));
+
+    // Past the control plane's max_tmp_bytes (512 MiB): refused, naming it.
+    let out = stack
+        .faasctl()
+        .args(["fn", "update", "tmpsmall", "--tmp-size", "1Gi"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_tmp_bytes"), "{stderr}");
+}

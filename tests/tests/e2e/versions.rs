@@ -421,3 +421,54 @@ async fn racing_deploys_make_one_version_not_two_records_of_it() -> anyhow::Resu
     assert_eq!(ran(&mut calls, "race").await.0, "three");
     stack.shutdown().await
 }
+
+/// With preload-function, calls through an alias that names an earlier
+/// version find that version preloaded (before: only the current version
+/// was ever preloaded, and every call through the alias started cold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preloads_follow_the_version_an_alias_names() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        spots: 2,
+        policy: Some("preload-function".into()),
+        ..StackOptions::default()
+    })
+    .await?;
+    let mut calls = CallServiceClient::new(stack.channel().await);
+    let source = tempfile::tempdir()?;
+    std::fs::copy(
+        fixture_dir("py-version").join("handler.py"),
+        source.path().join("handler.py"),
+    )?;
+    write_version(source.path(), "one");
+    stack.deploy("hello", "python3", source.path(), &[])?;
+    write_version(source.path(), "two");
+    stack.deploy("hello", "python3", source.path(), &[])?;
+    stdout_of(
+        stack
+            .faasctl()
+            .args(["fn", "alias", "set", "hello", "stable", "1"])
+            .output()?,
+        "fn alias set",
+    );
+    let mut kinds = Vec::new();
+    for _ in 0..6 {
+        // Time for the spot a call used to be preloaded again.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let call = invoke(&mut calls, "hello:stable").await?;
+        assert_eq!(call.status(), CallStatus::Succeeded, "{call:?}");
+        assert_eq!(call.function_version, 1);
+        let result: Value = serde_json::from_str(&call.result_json)?;
+        assert_eq!(result["version"], "one");
+        kinds.push(call.timings.unwrap_or_default().start_kind());
+    }
+    let prewarm = kinds
+        .iter()
+        .filter(|k| **k == faas_proto::v1::StartKind::PrewarmFunction)
+        .count();
+    assert!(prewarm >= 4, "calls through the alias: {kinds:?}");
+    // The current version still runs as itself.
+    let call = invoke(&mut calls, "hello").await?;
+    assert_eq!(call.function_version, 2);
+    Ok(())
+}

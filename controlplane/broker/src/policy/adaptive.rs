@@ -261,7 +261,7 @@ impl Adaptive {
             .map(|r| {
                 let mut functions = catalog.functions().iter().filter(|f| f.runtime == *r);
                 match (functions.next(), functions.next()) {
-                    (Some(only), None) => (Key::Function(only.name.clone()), each),
+                    (Some(only), None) => (Key::Function(only.name.clone(), only.version), each),
                     _ => (Key::Runtime(r.clone()), each),
                 }
             })
@@ -278,7 +278,7 @@ impl Adaptive {
         let mut runtimes = Vec::new();
         for f in catalog.functions() {
             if self.recent_calls(&f.name, now) > 0.0 {
-                keys.push(Key::Function(f.name.clone()));
+                keys.push(Key::Function(f.name.clone(), f.version));
                 let shared = catalog
                     .functions()
                     .iter()
@@ -310,10 +310,15 @@ impl Adaptive {
         let catalog = cluster.catalog();
         let n = n.max(0.0) as usize;
         match key {
-            Key::Function(name) => catalog.function(name).map_or(0.0, |f| {
-                let mean = self.rate(name, now) * self.lead_time(f);
-                self.function_cost(f) * poisson_tail(mean, n + 1)
-            }),
+            // Rates are kept per function name: an aliased earlier version
+            // is worth nothing here (the window policies preload those).
+            Key::Function(name, version) => catalog
+                .function(name)
+                .filter(|f| f.version == *version)
+                .map_or(0.0, |f| {
+                    let mean = self.rate(name, now) * self.lead_time(f);
+                    self.function_cost(f) * poisson_tail(mean, n + 1)
+                }),
             Key::Runtime(runtime) => {
                 let overflow: f64 = catalog
                     .functions()
@@ -322,7 +327,7 @@ impl Adaptive {
                     .map(|f| {
                         let mean = self.rate(&f.name, now) * self.lead_time(f);
                         let held = counts
-                            .get(&Key::Function(f.name.clone()))
+                            .get(&Key::Function(f.name.clone(), f.version))
                             .copied()
                             .unwrap_or(0.0);
                         poisson_excess(mean, held.max(0.0) as usize)

@@ -26,8 +26,8 @@ pub fn idle_preloaded(cluster: &Cluster) -> Vec<(SpotId, SpotState)> {
 }
 
 /// Whether a finished preload must never serve a call again: a function
-/// removed or updated since (the old version must never run), or a runtime
-/// removed.
+/// removed or updated since and no alias names its version (the old
+/// version must never run but through its alias), or a runtime removed.
 pub fn is_stale(cluster: &Cluster, state: &SpotState) -> bool {
     let catalog = cluster.catalog();
     match state {
@@ -35,7 +35,7 @@ pub fn is_stale(cluster: &Cluster, state: &SpotState) -> bool {
         | SpotState::Preloading {
             function: Some(function),
             ..
-        } => !catalog.is_current(function),
+        } => !catalog.serves(function),
         SpotState::PreloadedRuntime { runtime }
         | SpotState::Preloading {
             runtime,
@@ -83,8 +83,9 @@ pub fn prewarm_exec(
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Key {
     Runtime(String),
-    /// A function by name (its current version is the catalog's).
-    Function(String),
+    /// A function version by name and version: the current one, or an
+    /// earlier one an alias names.
+    Function(String, u64),
 }
 
 impl Key {
@@ -100,7 +101,7 @@ impl Key {
             | SpotState::Preloading {
                 function: Some(function),
                 ..
-            } => Some(Key::Function(function.name.clone())),
+            } => Some(Key::Function(function.name.clone(), function.version)),
             _ => None,
         }
     }
@@ -118,10 +119,10 @@ impl Key {
                         runtime: runtime.clone(),
                     })
             }
-            Key::Function(name) => {
+            Key::Function(name, version) => {
                 cluster
                     .catalog()
-                    .function(name)
+                    .served_version(name, *version)
                     .map(|function: &FunctionRef| Operation::PreloadFunction {
                         spot,
                         function: function.clone(),

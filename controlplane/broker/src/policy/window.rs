@@ -72,14 +72,16 @@ impl WindowPreload {
     fn key_of_call(&self, call: &PendingCall) -> Key {
         match self.granularity {
             Granularity::Runtime => Key::Runtime(call.function.runtime.clone()),
-            Granularity::Function => Key::Function(call.function.name.clone()),
+            Granularity::Function => {
+                Key::Function(call.function.name.clone(), call.function.version)
+            }
         }
     }
 
     fn is_own_key(&self, key: &Key) -> bool {
         matches!(
             (self.granularity, key),
-            (Granularity::Runtime, Key::Runtime(_)) | (Granularity::Function, Key::Function(_))
+            (Granularity::Runtime, Key::Runtime(_)) | (Granularity::Function, Key::Function(..))
         )
     }
 
@@ -92,11 +94,12 @@ impl WindowPreload {
                 .iter()
                 .map(|r| Key::Runtime(r.clone()))
                 .collect(),
+            // Aliased earlier versions too: calls through an alias find
+            // their version preloaded.
             Granularity::Function => cluster
                 .catalog()
-                .functions()
-                .iter()
-                .map(|f| Key::Function(f.name.clone()))
+                .served()
+                .map(|f| Key::Function(f.name.clone(), f.version))
                 .collect(),
         }
     }

@@ -333,7 +333,7 @@ class FollowCallLogsRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Function(_message.Message):
-    __slots__ = ["build", "created_at_ms", "env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "package_digest", "package_size", "runtime", "secrets", "timeout_ms", "updated_at_ms", "version"]
+    __slots__ = ["build", "created_at_ms", "env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "package_digest", "package_size", "runtime", "secrets", "timeout_ms", "tmp_bytes", "updated_at_ms", "version"]
     class EnvEntry(_message.Message):
         __slots__ = ["key", "value"]
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -356,6 +356,7 @@ class Function(_message.Message):
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     SECRETS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    TMP_BYTES_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     build: DependencyBuild
@@ -373,9 +374,10 @@ class Function(_message.Message):
     runtime: str
     secrets: _containers.RepeatedCompositeFieldContainer[SecretRef]
     timeout_ms: int
+    tmp_bytes: int
     updated_at_ms: int
     version: int
-    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., version: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ..., build: _Optional[_Union[DependencyBuild, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., version: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ..., build: _Optional[_Union[DependencyBuild, _Mapping]] = ..., tmp_bytes: _Optional[int] = ...) -> None: ...
 
 class FunctionAlias(_message.Message):
     __slots__ = ["additional_version", "additional_weight", "created_at_ms", "function", "name", "namespace", "updated_at_ms", "version"]
@@ -398,7 +400,7 @@ class FunctionAlias(_message.Message):
     def __init__(self, name: _Optional[str] = ..., function: _Optional[str] = ..., namespace: _Optional[str] = ..., version: _Optional[int] = ..., additional_version: _Optional[int] = ..., additional_weight: _Optional[float] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
-    __slots__ = ["env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "runtime", "secrets", "timeout_ms", "update_mask"]
+    __slots__ = ["env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "runtime", "secrets", "timeout_ms", "tmp_bytes", "update_mask"]
     class EnvEntry(_message.Message):
         __slots__ = ["key", "value"]
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -417,6 +419,7 @@ class FunctionSpec(_message.Message):
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     SECRETS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    TMP_BYTES_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     env: _containers.ScalarMap[str, str]
     handler: str
@@ -429,8 +432,9 @@ class FunctionSpec(_message.Message):
     runtime: str
     secrets: _containers.RepeatedCompositeFieldContainer[SecretRef]
     timeout_ms: int
+    tmp_bytes: int
     update_mask: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ..., update_mask: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ..., tmp_bytes: _Optional[int] = ..., update_mask: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetCallLogsRequest(_message.Message):
     __slots__ = ["id"]
