@@ -32,7 +32,8 @@ import tomllib
 RUNTIMES_DIR = os.path.dirname(os.path.abspath(__file__))
 # 2025-01-01T00:00:00Z. Part of the cache key through this file.
 SOURCE_DATE_EPOCH = 1735689600
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# /opt/bin last, as on Lambda: the binaries of a function's layers.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/bin"
 MIRRORS = {
     "debian": os.environ.get("FAAS_DEBIAN_MIRROR", "http://deb.debian.org/debian"),
     "security": os.environ.get("FAAS_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security"),

@@ -285,6 +285,7 @@ async fn build(ctx: &Arc<SpotContext>, job: &BuildJob) -> Outcome {
         faas_driver::DEFAULT_TMP_BYTES,
         owner,
         network.as_ref(),
+        Vec::new(),
     );
     for mount in &mut spec.mounts {
         if mount.destination == runtime.path {

@@ -36,6 +36,45 @@ pub fn memory_limit_of(function: &FunctionBundle) -> u64 {
     function.memory_bytes + tmp_bytes_of(function).saturating_sub(faas_driver::DEFAULT_TMP_BYTES)
 }
 
+/// Where a function's layers are mounted, as on Lambda.
+pub const LAYERS_DIR: &str = "/opt";
+
+/// The mounts of a function's layers: each of a layer's top-level
+/// directories, read-only from the package cache, at /opt/<directory>.
+/// `layers` are the cached layers, in the function's order. The names come
+/// from the control plane and are checked again here; each must be a real
+/// directory of the extracted layer (not a link: nothing is followed).
+pub fn layer_mounts(function: &FunctionBundle, layers: &[&Path]) -> Result<Vec<BindMount>, String> {
+    let mut mounts = Vec::new();
+    for (layer, root) in function.layers.iter().zip(layers) {
+        for dir in &layer.directories {
+            if !faas_proto::rules::is_layer_directory(dir)
+                || mounts
+                    .iter()
+                    .any(|m: &BindMount| m.destination == format!("{LAYERS_DIR}/{dir}"))
+            {
+                return Err(format!("layer {}: refused directory {dir:?}", layer.digest));
+            }
+            let source = root.join(dir);
+            match std::fs::symlink_metadata(&source) {
+                Ok(meta) if meta.is_dir() => {}
+                _ => {
+                    return Err(format!(
+                        "layer {}: {dir}/ is not a directory of it",
+                        layer.digest
+                    ))
+                }
+            }
+            mounts.push(BindMount {
+                source,
+                destination: format!("{LAYERS_DIR}/{dir}"),
+                readonly: true,
+            });
+        }
+    }
+    Ok(mounts)
+}
+
 /// The io entries the container writes: regular files owned by its uid.
 const WRITTEN_FILES: [&str; 5] = [
     files::OUTPUT,
@@ -390,6 +429,7 @@ pub fn container_spec(
     tmp_bytes: u64,
     owner: Owner,
     network: Option<&crate::egress::CallNetwork>,
+    layers: Vec<BindMount>,
 ) -> ContainerSpec {
     let mut args = vec![INIT_PATH.to_string()];
     args.extend(init_args(config, runtime).to_argv());
@@ -459,6 +499,7 @@ pub fn container_spec(
             destination: "/etc/resolv.conf".into(),
             readonly: true,
         }))
+        .chain(layers)
         .collect(),
         // The commands' output goes through faas-init's bounded log pipe;
         // the shim's stdio is nobody's to fill.
@@ -664,6 +705,39 @@ mod tests {
     }
 
     #[test]
+    fn layers_mount_their_real_directories_at_opt_and_nothing_else() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("python")).unwrap();
+        std::fs::create_dir_all(root.path().join("faas")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.path().join("bin")).unwrap();
+        let with = |dirs: &[&str]| FunctionBundle {
+            layers: vec![faas_proto::v1::LayerMount {
+                repository: "r".into(),
+                digest: "sha256:x".into(),
+                directories: dirs.iter().map(|d| d.to_string()).collect(),
+            }],
+            ..Default::default()
+        };
+        let mounts = layer_mounts(&with(&["python"]), &[root.path()]).unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].destination, "/opt/python");
+        assert_eq!(mounts[0].source, root.path().join("python"));
+        assert!(mounts[0].readonly);
+        // A link (followed, it would mount the host's /etc), the runtimes'
+        // own directory, a path, and a directory the layer does not have.
+        for bad in ["bin", "faas", "../python", "nodejs"] {
+            assert!(
+                layer_mounts(&with(&[bad]), &[root.path()]).is_err(),
+                "{bad}"
+            );
+        }
+        // Two layers with one directory: refused, not hidden.
+        let mut two = with(&["python"]);
+        two.layers.push(two.layers[0].clone());
+        assert!(layer_mounts(&two, &[root.path(), root.path()]).is_err());
+    }
+
+    #[test]
     fn every_container_gets_its_secrets_read_only() {
         let (_, runtime) = bundles(vec![]);
         let dir = Path::new("/var/lib/faas/spots/call-x");
@@ -687,6 +761,7 @@ mod tests {
                 gid: 200_001,
             },
             None,
+            Vec::new(),
         );
         let secrets: Vec<&BindMount> = spec
             .mounts

@@ -166,6 +166,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         packages,
         identity,
         builds,
+        incarnation: uuid::Uuid::now_v7().to_string(),
     };
     let mut session_task = tokio::spawn(session.run_forever());
     tokio::select! {

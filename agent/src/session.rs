@@ -43,6 +43,9 @@ pub struct Session {
     pub identity: crate::identity::Identity,
     /// Deploy-time builds go here (see build.rs).
     pub builds: mpsc::UnboundedSender<faas_proto::v1::BuildJob>,
+    /// This process, told in every hello: a call the leader handed to it
+    /// that the hello does not list never reached it.
+    pub incarnation: String,
 }
 
 /// Results kept for confirmation at most (a leader that never confirms,
@@ -120,6 +123,7 @@ impl Session {
                 version: faas_proto::VERSION.to_string(),
                 running_calls,
                 dispatch_proofs,
+                incarnation: self.incarnation.clone(),
             })),
         })
         .await?;

@@ -281,6 +281,8 @@ struct Live {
     /// Keeps the package mounted from the cache in the cache while the
     /// container lives.
     _package: Option<PackageLease>,
+    /// The same for the function's layers.
+    _layers: Vec<PackageLease>,
     /// The call's own network namespace, for a function with egress.
     network: Option<crate::egress::CallNetwork>,
 }
@@ -443,13 +445,16 @@ pub async fn run_spot(
                     // A preloaded container's network namespace is fixed
                     // when it is created: a function with egress needs one
                     // of its own.
-                    // Its /tmp too is fixed at creation (the default size).
+                    // Its /tmp too is fixed at creation (the default size),
+                    // and its mounts.
                     Held::Runtime(live)
                         if live.runtime.image == rt.image
                             && live.runtime.name == rt.name
                             && !crate::egress::wants_egress(f.network.as_ref())
                             && crate::container::tmp_bytes_of(&f)
-                                == faas_driver::DEFAULT_TMP_BYTES =>
+                                == faas_driver::DEFAULT_TMP_BYTES
+                            // And its layers' mounts.
+                            && f.layers.is_empty() =>
                     {
                         slot.execute_on_runtime(live, f, call).await;
                         Held::Nothing
@@ -638,6 +643,23 @@ impl Slot<'_> {
             ),
             None => None,
         };
+        // A function's layers: packages like its own, from the same cache.
+        let mut layers = Vec::new();
+        for layer in function.map(|f| f.layers.as_slice()).unwrap_or_default() {
+            layers.push(
+                ctx.packages
+                    .ensure(&layer.repository, &layer.digest, self.registry_token)
+                    .await
+                    .map_err(|e| format!("loading layer {}: {e}", layer.digest))?,
+            );
+        }
+        let layer_mounts = match function {
+            Some(f) => crate::container::layer_mounts(
+                f,
+                &layers.iter().map(|l| l.path()).collect::<Vec<_>>(),
+            )?,
+            None => Vec::new(),
+        };
         let dir = ctx.config.state_dir.join("spots").join(&id);
         // A host uid of its own: no per-uid kernel limit or file shared
         // with another container.
@@ -708,6 +730,7 @@ impl Slot<'_> {
             tmp_bytes,
             owner,
             network.as_ref(),
+            layer_mounts,
         );
         let created = async {
             ctx.driver
@@ -757,6 +780,7 @@ impl Slot<'_> {
             create_began_at_ms,
             function_load_ms,
             _package: package,
+            _layers: layers,
             network,
         };
         if function.is_some() {

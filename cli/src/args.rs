@@ -117,6 +117,11 @@ pub enum Command {
     /// (`fn deploy --secret`); values are never shown.
     #[command(subcommand, visible_alias = "secrets")]
     Secret(SecretCmd),
+    /// Layers of a namespace: shared files (libraries, binaries) mounted
+    /// under /opt in the calls of the functions that name them
+    /// (`fn deploy --layer`), as Lambda's layers.
+    #[command(subcommand, visible_alias = "layers")]
+    Layer(LayerCmd),
     /// Namespaces (tenants) and their quotas; creating and changing them
     /// is for cluster admins.
     #[command(subcommand, visible_alias = "namespaces", visible_alias = "ns")]
@@ -189,6 +194,29 @@ pub enum SecretCmd {
     /// Delete a secret (refused while functions use it).
     #[command(visible_alias = "delete")]
     Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LayerCmd {
+    /// Publish a new version of a layer (version 1 creates it). SOURCE is
+    /// a directory (packed here), a .zip or a .tar.gz whose top level holds
+    /// only directories, each mounted read-only at /opt/<directory>:
+    /// python/ and nodejs/node_modules/ are on the runtimes' import paths,
+    /// bin/ on PATH, lib/ on LD_LIBRARY_PATH.
+    Publish {
+        name: String,
+        source: PathBuf,
+        /// What the layer holds.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List layers (each one's latest version), or one layer's versions.
+    #[command(visible_alias = "list")]
+    Ls { name: Option<String> },
+    /// Delete a layer's version (NAME:VERSION) or all its versions
+    /// (NAME); refused while a kept function version uses one.
+    #[command(visible_alias = "delete")]
+    Rm { layer: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -480,6 +508,10 @@ pub struct DeployArgs {
     /// function URL with auth NONE) [default: private].
     #[arg(long, value_enum)]
     pub http: Option<HttpArg>,
+    /// A layer of the namespace, NAME (its latest version) or NAME:VERSION,
+    /// mounted under /opt (repeatable, in order, at most 5).
+    #[arg(long = "layer")]
+    pub layers: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -510,6 +542,13 @@ pub struct UpdateArgs {
     /// Who may call it through the HTTP gateway.
     #[arg(long, value_enum)]
     pub http: Option<HttpArg>,
+    /// Use these layers instead of the current ones: NAME or NAME:VERSION
+    /// (repeatable, in order).
+    #[arg(long = "layer", conflicts_with = "no_layers")]
+    pub layers: Vec<String>,
+    /// Use no layers any more.
+    #[arg(long)]
+    pub no_layers: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

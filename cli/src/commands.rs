@@ -15,6 +15,10 @@ use faas_proto::v1::{
     ListTokensRequest, RegisterRuntimeRequest, RemoveNodeRequest, Role, RuntimeSpec, WhoAmIRequest,
 };
 use faas_proto::v1::{
+    layer_service_client::LayerServiceClient, publish_layer_request, DeleteLayerRequest, LayerSpec,
+    ListLayersRequest, PublishLayerRequest,
+};
+use faas_proto::v1::{
     namespace_service_client::NamespaceServiceClient, CreateNamespaceRequest,
     DeleteNamespaceRequest, GetNamespaceRequest, ListNamespacesRequest, NamespaceQuota,
     UpdateNamespaceRequest,
@@ -32,8 +36,8 @@ use serde_json::{json, Value};
 
 use crate::args::{
     duration_to_ms, AliasCmd, CallCmd, Command, DeployArgs, FunctionCmd, HttpArg, InvokeArgs,
-    NamespaceCmd, NetworkArg, NodeCmd, NodeTokenCmd, OutputFormat, QuotaArgs, RegisterRuntimeArgs,
-    RoleArg, RuntimeCmd, SecretCmd, TokenCmd, UpdateArgs,
+    LayerCmd, NamespaceCmd, NetworkArg, NodeCmd, NodeTokenCmd, OutputFormat, QuotaArgs,
+    RegisterRuntimeArgs, RoleArg, RuntimeCmd, SecretCmd, TokenCmd, UpdateArgs,
 };
 use crate::client::{upload_progress, upload_stream, UploadBody, UploadError};
 use crate::format;
@@ -70,6 +74,10 @@ impl Context {
 
     async fn secrets(&self) -> Result<SecretServiceClient<Channel>> {
         Ok(self.client.secrets().await?)
+    }
+
+    async fn layers(&self) -> Result<LayerServiceClient<Channel>> {
+        Ok(self.client.layers().await?)
     }
 
     async fn namespaces(&self) -> Result<NamespaceServiceClient<Channel>> {
@@ -124,6 +132,7 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
         Command::Token(cmd) => token(ctx, cmd).await,
         Command::Namespace(cmd) => namespace(ctx, cmd).await,
         Command::Secret(cmd) => secret(ctx, cmd).await,
+        Command::Layer(cmd) => layer(ctx, cmd).await,
         Command::Whoami => {
             let me = ctx
                 .access()
@@ -559,6 +568,95 @@ async fn secret(ctx: &Context, cmd: SecretCmd) -> Result<()> {
     }
 }
 
+// ------------------------------------------------------------------ layers
+
+/// `NAME` or `NAME:VERSION` (0: every version).
+fn parse_layer_version(text: &str) -> Result<(String, u64), BadInput> {
+    match text.split_once(':') {
+        None => Ok((text.to_string(), 0)),
+        Some((name, version)) => match version.parse::<u64>() {
+            Ok(v) if v > 0 => Ok((name.to_string(), v)),
+            _ => Err(BadInput(format!(
+                "invalid layer {text:?}: expected NAME or NAME:VERSION (a version from 1)"
+            ))),
+        },
+    }
+}
+
+async fn layer(ctx: &Context, cmd: LayerCmd) -> Result<()> {
+    match cmd {
+        LayerCmd::Publish {
+            name,
+            source,
+            description,
+        } => {
+            let body = upload_body(&source)?;
+            let progress = upload_progress(body.size(), &format!("uploading layer {name}"));
+            let first = PublishLayerRequest {
+                part: Some(publish_layer_request::Part::Spec(LayerSpec {
+                    name: name.clone(),
+                    namespace: ctx.namespace.clone(),
+                    description,
+                })),
+            };
+            let read_error = UploadError::default();
+            let stream = upload_stream(
+                first,
+                body,
+                |chunk| PublishLayerRequest {
+                    part: Some(publish_layer_request::Part::Chunk(chunk)),
+                },
+                progress.clone(),
+                read_error.clone(),
+            );
+            let reply = ctx.layers().await?.publish_layer(ctx.request(stream)).await;
+            progress.finish_and_clear();
+            take_read_error(&read_error)?;
+            let layer = reply
+                .with_context(|| format!("publish layer {name}"))?
+                .into_inner();
+            ctx.show(
+                || format::layer_json(&layer),
+                || format::layer_published(&layer),
+            )
+        }
+        LayerCmd::Ls { name } => {
+            let list = ctx
+                .layers()
+                .await?
+                .list_layers(ctx.request(ListLayersRequest {
+                    namespace: ctx.namespace.clone(),
+                    name: name.unwrap_or_default(),
+                }))
+                .await?
+                .into_inner()
+                .layers;
+            ctx.show(
+                || Value::Array(list.iter().map(format::layer_json).collect()),
+                || format::layers_table(&list),
+            )
+        }
+        LayerCmd::Rm { layer } => {
+            let (name, version) = parse_layer_version(&layer)?;
+            ctx.layers()
+                .await?
+                .delete_layer(ctx.request(DeleteLayerRequest {
+                    name: name.clone(),
+                    namespace: ctx.namespace.clone(),
+                    version,
+                }))
+                .await?;
+            ctx.show(
+                || json!({ "deleted": layer }),
+                || match version {
+                    0 => format!("layer \"{name}\" deleted (every version)"),
+                    v => format!("layer \"{name}\" version {v} deleted"),
+                },
+            )
+        }
+    }
+}
+
 // -------------------------------------------------------------- namespaces
 
 /// `quota` with the bounds given on the command line put over it.
@@ -922,6 +1020,7 @@ pub fn function_spec(args: &DeployArgs, namespace: &str) -> FunctionSpec {
         ("secrets", !args.secrets.is_empty()),
         ("network", args.network.is_some() || !args.allow.is_empty()),
         ("http", args.http.is_some()),
+        ("layers", !args.layers.is_empty()),
     ];
     mask.extend(given.iter().filter(|(_, set)| *set).map(|(name, _)| *name));
     FunctionSpec {
@@ -955,6 +1054,7 @@ pub fn function_spec(args: &DeployArgs, namespace: &str) -> FunctionSpec {
             }),
         },
         http: http_access(args.http.unwrap_or(HttpArg::Private)) as i32,
+        layers: args.layers.clone(),
         update_mask: mask.into_iter().map(String::from).collect(),
     }
 }
@@ -975,6 +1075,7 @@ pub fn update_spec(args: &UpdateArgs, namespace: &str) -> Result<FunctionSpec, B
         ("timeout_ms", args.timeout.is_some()),
         ("idempotent", args.idempotent.is_some()),
         ("http", args.http.is_some()),
+        ("layers", !args.layers.is_empty() || args.no_layers),
     ]
     .iter()
     .filter(|(_, set)| *set)
@@ -991,7 +1092,7 @@ pub fn update_spec(args: &UpdateArgs, namespace: &str) -> Result<FunctionSpec, B
     }
     if mask.is_empty() {
         return Err(BadInput(
-            "nothing to update: give --handler, --memory, --tmp-size, --timeout, --env, --unset-env, --idempotent or --http".into(),
+            "nothing to update: give --handler, --memory, --tmp-size, --timeout, --env, --unset-env, --idempotent, --http, --layer or --no-layers".into(),
         ));
     }
     Ok(FunctionSpec {
@@ -1007,6 +1108,7 @@ pub fn update_spec(args: &UpdateArgs, namespace: &str) -> Result<FunctionSpec, B
             .http
             .map(http_access)
             .unwrap_or(HttpAccess::Unspecified) as i32,
+        layers: args.layers.clone(),
         update_mask: mask,
         ..Default::default()
     })
@@ -1030,9 +1132,11 @@ async fn update(ctx: &Context, args: UpdateArgs) -> Result<()> {
     )
 }
 
-async fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
-    let package = pack::prepare_source(&args.source)?;
-    let body = match package {
+/// What an upload sends: the archive as is, or the directory packed here
+/// (with a note of what was packed or skipped).
+fn upload_body(source: &std::path::Path) -> Result<UploadBody> {
+    let package = pack::prepare_source(source)?;
+    Ok(match package {
         Package::File { path, size, kind } => {
             note(&format!(
                 "sending {} as is ({kind}, {})",
@@ -1055,12 +1159,16 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
             let noun = if files == 1 { "file" } else { "files" };
             note(&format!(
                 "packed {} ({files} {noun}, {})",
-                args.source.display(),
+                source.display(),
                 format::bytes_text(bytes.len() as u64)
             ));
             UploadBody::Memory(bytes)
         }
-    };
+    })
+}
+
+async fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
+    let body = upload_body(&args.source)?;
     let progress = upload_progress(body.size(), &format!("uploading {}", args.name));
     let first = DeployFunctionRequest {
         part: Some(deploy_function_request::Part::Spec(function_spec(

@@ -11,8 +11,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use faas_proto::v1::{
-    Call, CallStats, Function, FunctionAlias, GetCallStatsResponse, ListNodesResponse, Namespace,
-    Node, PhaseStats, Runtime, Secret, Spot, SpotState, StartKind, Timings,
+    Call, CallStats, Function, FunctionAlias, GetCallStatsResponse, Layer, ListNodesResponse,
+    Namespace, Node, PhaseStats, Runtime, Secret, Spot, SpotState, StartKind, Timings,
 };
 use serde_json::{json, Value};
 
@@ -64,6 +64,11 @@ pub fn function_json(function: &Function) -> Value {
         "handler": function.handler,
         "memory_bytes": function.memory_bytes,
         "tmp_bytes": tmp_bytes_of(function),
+        "layers": function
+            .layers
+            .iter()
+            .map(|l| json!({"name": l.name, "version": l.version, "digest": l.digest, "directories": l.directories}))
+            .collect::<Vec<_>>(),
         "timeout_ms": function.timeout_ms,
         "idempotent": function.idempotent,
         "env": env,
@@ -588,6 +593,73 @@ fn secrets_text(f: &Function) -> String {
         .join(" ")
 }
 
+fn layers_text(f: &Function) -> String {
+    if f.layers.is_empty() {
+        return "-".into();
+    }
+    f.layers
+        .iter()
+        .map(|l| format!("{}:{}", l.name, l.version))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn layer_json(l: &Layer) -> Value {
+    json!({
+        "name": l.name,
+        "namespace": l.namespace,
+        "version": l.version,
+        "description": l.description,
+        "digest": l.digest,
+        "size": l.size,
+        "directories": l.directories,
+        "created_at_ms": l.created_at_ms,
+    })
+}
+
+fn layer_dirs_text(l: &Layer) -> String {
+    l.directories
+        .iter()
+        .map(|d| format!("/opt/{d}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn layer_published(l: &Layer) -> String {
+    format!(
+        "layer {}:{} published ({}, mounted at {})",
+        l.name,
+        l.version,
+        bytes_text(l.size),
+        layer_dirs_text(l)
+    )
+}
+
+pub fn layers_table(list: &[Layer]) -> String {
+    let mut table = new_table(&[
+        "NAME",
+        "VERSION",
+        "SIZE",
+        "MOUNTS",
+        "DESCRIPTION",
+        "CREATED",
+    ]);
+    for l in list {
+        add_row(
+            &mut table,
+            vec![
+                l.name.clone(),
+                l.version.to_string(),
+                bytes_text(l.size),
+                layer_dirs_text(l),
+                or_dash(&l.description).to_string(),
+                time_text(l.created_at_ms),
+            ],
+        );
+    }
+    render(table)
+}
+
 pub fn secret_json(s: &Secret) -> Value {
     json!({
         "name": s.name,
@@ -736,6 +808,7 @@ pub fn function_details(f: &Function) -> String {
         ("idempotent", if f.idempotent { "yes" } else { "no" }.into()),
         ("env", env_text),
         ("secrets", secrets_text(f)),
+        ("layers", layers_text(f)),
         ("network", network_text(f)),
         ("http", http_text(f).into()),
         ("version", f.version.to_string()),
@@ -929,6 +1002,7 @@ mod tests {
             status: CallStatus::Succeeded as i32,
             result_json: r#"{"greeting":"hello ana"}"#.into(),
             result_base64: false,
+            agent_incarnation: String::new(),
             error: None,
             timings: Some(Timings {
                 queue_ms: 0.5,

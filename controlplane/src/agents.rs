@@ -77,7 +77,7 @@ struct Stamper {
     signer: Option<Arc<TokenSigner>>,
     /// Tokens minted for this node, by the (image, package) references
     /// of the operations they were minted for.
-    tokens: HashMap<(String, String), (String, Instant)>,
+    tokens: HashMap<Vec<String>, (String, Instant)>,
 }
 
 impl Stamper {
@@ -102,8 +102,9 @@ impl Stamper {
             call.dispatch_proof = self.dispatch_key.proof(&self.node, &call.call_id);
         }
         if self.signer.is_some() && (op.runtime.is_some() || op.function.is_some()) {
-            // Keyed by the references as sent: parsed only to mint.
-            let references = (
+            // Keyed by the references as sent: parsed only to mint. The
+            // function's layers are pulled like its package.
+            let mut references = vec![
                 op.runtime
                     .as_ref()
                     .map(|r| r.image.clone())
@@ -112,7 +113,10 @@ impl Stamper {
                     .as_ref()
                     .map(|f| f.package_repository.clone())
                     .unwrap_or_default(),
-            );
+            ];
+            if let Some(f) = op.function.as_ref() {
+                references.extend(f.layers.iter().map(|l| l.repository.clone()));
+            }
             if let Some(token) = self.token(references) {
                 op.registry_token = token;
             }
@@ -120,15 +124,15 @@ impl Stamper {
         message
     }
 
-    /// A pull token for the repositories of an image and a package
-    /// reference (either may be empty), reused within NODE_TOKEN_REUSE.
-    fn token(&mut self, references: (String, String)) -> Option<String> {
+    /// A pull token for the repositories of an image, a package and its
+    /// layers (any may be empty), reused within NODE_TOKEN_REUSE.
+    fn token(&mut self, references: Vec<String>) -> Option<String> {
         if let Some((token, at)) = self.tokens.get(&references) {
             if at.elapsed() < NODE_TOKEN_REUSE {
                 return Some(token.clone());
             }
         }
-        let token = self.mint(&[references.0.as_str(), references.1.as_str()])?;
+        let token = self.mint(&references.iter().map(String::as_str).collect::<Vec<_>>())?;
         // Bounded: a node sees few distinct runtime/function pairs within
         // the reuse window.
         if self.tokens.len() >= 1024 {
@@ -252,6 +256,8 @@ impl AgentService for AgentSessions {
             session,
             tx,
             running_calls,
+            // Only compared, never a key: bounded so that it stays cheap.
+            incarnation: hello.incarnation.chars().take(64).collect(),
             proven,
             version: shown_version(&hello.version),
         });

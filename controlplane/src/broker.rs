@@ -43,6 +43,8 @@ pub enum Input {
         tx: AgentSender,
         /// Calls the agent says it is running.
         running_calls: Vec<String>,
+        /// The agent process (`AgentHello.incarnation`).
+        incarnation: String,
         /// Those of them it proved were handed to it (dispatch proofs).
         proven: std::collections::HashSet<String>,
         /// The faas version its hello reported.
@@ -596,6 +598,7 @@ impl BrokerLoop {
                 session,
                 tx,
                 running_calls,
+                incarnation,
                 proven,
                 version,
             } => {
@@ -607,9 +610,13 @@ impl BrokerLoop {
                     node: node.clone(),
                     id: session,
                 };
-                let effects = self
-                    .ledger
-                    .connected(session_ref, running_calls, &proven, now_ms());
+                let effects = self.ledger.connected(
+                    session_ref,
+                    running_calls,
+                    &proven,
+                    &incarnation,
+                    now_ms(),
+                );
                 let draining = self.drained.contains(&node);
                 info!(%node, spots, draining, "agent joined");
                 self.agents.insert(

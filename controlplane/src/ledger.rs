@@ -61,6 +61,7 @@ impl CallBundle {
         // Known to the broker and the agents by its key: two namespaces'
         // functions of one name never share a preload.
         let key = function.key();
+        let namespace = function.namespace_name().to_string();
         CallBundle {
             idempotent: function.idempotent,
             runtime: RuntimeBundle {
@@ -82,6 +83,18 @@ impl CallBundle {
                 secrets,
                 network: function.network,
                 tmp_bytes: function.tmp_bytes,
+                layers: function
+                    .layers
+                    .into_iter()
+                    .map(|l| faas_proto::v1::LayerMount {
+                        repository: format!(
+                            "{registry_host}/{}",
+                            crate::registry::layer_repository(&namespace, &l.name)
+                        ),
+                        digest: l.digest,
+                        directories: l.directories,
+                    })
+                    .collect(),
             },
         }
     }
@@ -260,6 +273,12 @@ struct Running {
     /// Set when the node came back without the call among its running
     /// ones: its result may still be on its way until then.
     lost_after: Option<Ms>,
+    /// Set with `lost_after` when the node came back as the very agent
+    /// process the call was handed to: that process lists every operation
+    /// it received until its result is confirmed, so a call it does not
+    /// list never reached it (the leader died, or the stream broke, with
+    /// the operation still on its way) and is queued again, not lost.
+    never_received: bool,
 }
 
 #[derive(Debug)]
@@ -342,6 +361,9 @@ pub struct Ledger {
     calls: HashMap<String, Entry>,
     /// The live session of each connected node.
     sessions: HashMap<String, u64>,
+    /// The agent process behind each connected node's session (see
+    /// `Call.agent_incarnation`).
+    incarnations: HashMap<String, String>,
     /// Calls a session listed in its hello that this leader did not hold.
     reported: HashMap<String, (Session, Ms)>,
     /// Calls ended here, and on which node they ran.
@@ -361,6 +383,7 @@ impl Ledger {
             policy,
             calls: HashMap::new(),
             sessions: HashMap::new(),
+            incarnations: HashMap::new(),
             reported: HashMap::new(),
             ended: HashMap::new(),
             tenancy: Tenancy::default(),
@@ -544,14 +567,16 @@ impl Ledger {
             .remove(&call.id)
             .filter(|(s, _)| s.node == node)
             .map(|(s, _)| s);
+        let unlisted = live.is_some() && reported.is_none();
+        let never_received = unlisted && self.handed_to_live_process(&call);
         let running = Running {
             owner: reported.clone().or(live.clone()),
             node,
             queue_ms,
             deadline,
             orphaned_since: live.is_none().then_some(now),
-            lost_after: (live.is_some() && reported.is_none())
-                .then_some(now + RESULT_BACKLOG_GRACE),
+            lost_after: unlisted.then_some(now + RESULT_BACKLOG_GRACE),
+            never_received,
         };
         let accepted_at_ms = call.created_at_ms as f64;
         self.tenancy.count(call.namespace_name());
@@ -608,11 +633,17 @@ impl Ledger {
             deadline,
             orphaned_since: None,
             lost_after: None,
+            never_received: false,
         });
         let call = &mut entry.call;
         call.status = CallStatus::Running as i32;
         call.policy = self.policy.to_string();
         call.node = spot.node.clone();
+        call.agent_incarnation = self
+            .incarnations
+            .get(&spot.node)
+            .cloned()
+            .unwrap_or_default();
         call.spot = spot.index;
         call.attempts = call.attempts.max(1);
         // In the RUNNING record, so that a leader taking over knows when it
@@ -657,10 +688,13 @@ impl Ledger {
         session: Session,
         running: Vec<String>,
         proven: &HashSet<String>,
+        incarnation: &str,
         now: Ms,
     ) -> Vec<Effect> {
         let node = session.node.clone();
         self.sessions.insert(node.clone(), session.id);
+        self.incarnations
+            .insert(node.clone(), incarnation.to_string());
         for (id, entry) in self.calls.iter_mut() {
             let Some(run) = entry.running.as_mut().filter(|r| r.node == node) else {
                 continue;
@@ -668,9 +702,12 @@ impl Ledger {
             run.owner = Some(session.clone());
             run.orphaned_since = None;
             // Still running, or finished with its result held (sent right
-            // after the hello), or gone with the agent's restart.
+            // after the hello), or gone with the agent's restart, or never
+            // received by this very process.
             if !running.contains(id) {
                 run.lost_after = Some(now + RESULT_BACKLOG_GRACE);
+                run.never_received =
+                    !incarnation.is_empty() && entry.call.agent_incarnation == incarnation;
             }
         }
         for id in running {
@@ -719,6 +756,7 @@ impl Ledger {
             return;
         }
         self.sessions.remove(&session.node);
+        self.incarnations.remove(&session.node);
         for entry in self.calls.values_mut() {
             if let Some(run) = entry.running.as_mut().filter(|r| r.node == session.node) {
                 run.orphaned_since.get_or_insert(now);
@@ -822,7 +860,15 @@ impl Ledger {
         }
         for id in lost {
             let mut entry = self.calls.remove(&id).expect("listed above");
-            let node = entry.running.take().map(|r| r.node).unwrap_or_default();
+            let run = entry.running.take();
+            let never_received = run.as_ref().is_some_and(|r| r.never_received);
+            let node = run.map(|r| r.node).unwrap_or_default();
+            if never_received && entry.bundle.runnable() {
+                // Not an attempt: nothing of it ran.
+                tracing::info!(call_id = %id, %node, "its node never received the call; queued again");
+                self.run_again(entry);
+                continue;
+            }
             let attempts = entry.call.attempts.max(1);
             if entry.bundle.idempotent
                 && entry.bundle.runnable()
@@ -980,6 +1026,11 @@ impl Ledger {
         let call = &mut entry.call;
         call.status = CallStatus::Running as i32;
         call.node = session.node.clone();
+        call.agent_incarnation = self
+            .incarnations
+            .get(&session.node)
+            .cloned()
+            .unwrap_or_default();
         call.attempts = call.attempts.max(1);
         let queue_ms = call.timings.as_ref().map(|t| t.queue_ms).unwrap_or(0.0);
         // When it started is unknown: at the latest now.
@@ -991,8 +1042,17 @@ impl Ledger {
             deadline,
             orphaned_since: None,
             lost_after: None,
+            never_received: false,
         });
         entry.record_version = None;
+    }
+
+    /// Whether `call` was handed to the agent process now connected for
+    /// its node.
+    fn handed_to_live_process(&self, call: &Call) -> bool {
+        !call.agent_incarnation.is_empty()
+            && self.sessions.contains_key(&call.node)
+            && self.incarnations.get(&call.node) == Some(&call.agent_incarnation)
     }
 
     /// Queues a call again (it never ran, or it may run twice); its record
@@ -1001,6 +1061,7 @@ impl Ledger {
         let id = entry.call.id.clone();
         entry.call.status = CallStatus::Queued as i32;
         entry.call.node.clear();
+        entry.call.agent_incarnation.clear();
         entry.running = None;
         // Its record may say RUNNING on the old node; a takeover adopts it
         // from there and resolves it the same way.
@@ -1076,7 +1137,7 @@ mod tests {
     /// A legit agent's hello: it holds the proof of every call it lists.
     fn connect(l: &mut Ledger, s: Session, running: Vec<String>, now: Ms) -> Vec<Effect> {
         let proven = running.iter().cloned().collect();
-        l.connected(s, running, &proven, now)
+        l.connected(s, running, &proven, "", now)
     }
 
     fn id(n: u32) -> String {
@@ -1253,7 +1314,7 @@ mod tests {
             !effects.iter().any(|e| matches!(e, Effect::Kill { .. })),
             "no live session to tell"
         );
-        let effects = l.connected(session("a", 2), vec![id(1)], &HashSet::new(), 300);
+        let effects = l.connected(session("a", 2), vec![id(1)], &HashSet::new(), "", 300);
         assert!(effects.iter().any(
             |e| matches!(e, Effect::Kill { to, call_id } if *to == session("a", 2) && *call_id == id(1))
         ));
@@ -1330,7 +1391,7 @@ mod tests {
         assert_eq!(l.held("team-a"), 1);
         // A takeover: call 2 was in fact handed out by the last leader.
         let proven: HashSet<String> = [id(2)].into();
-        l.connected(session("a", 1), vec![id(2)], &proven, 0);
+        l.connected(session("a", 1), vec![id(2)], &proven, "", 0);
         assert_eq!(l.held("team-a"), 0);
         assert_eq!(l.live_call(&id(2)).unwrap().status(), CallStatus::Running);
     }
@@ -1529,6 +1590,83 @@ mod tests {
     }
 
     #[test]
+    fn a_call_its_agent_process_never_received_is_queued_again_not_lost() {
+        // Dispatched to process "p1" of node a; the stream broke with the
+        // operation on its way; the same process says hello without it.
+        let mut l = ledger();
+        l.connected(session("a", 1), vec![], &HashSet::new(), "p1", 0);
+        l.submitted(call(1), bundle(2_000, false), 0.0, 0);
+        let (sent, effects) = l.dispatch(&id(1), &spot("a"), Start::Preloaded, 0.0);
+        assert!(sent.is_some());
+        let recorded = effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::RecordRunning { call, .. } => Some(call.clone()),
+                _ => None,
+            })
+            .expect("RUNNING recorded");
+        assert_eq!(recorded.agent_incarnation, "p1", "in the RUNNING record");
+        l.connected(session("a", 2), vec![], &HashSet::new(), "p1", SEC);
+        // Its result may still come in the backlog grace...
+        assert!(l.tick(3 * SEC).is_empty());
+        // ...then it runs again, not an attempt more: nothing of it ran.
+        let effects = l.tick(3 * SEC + 1);
+        assert!(persisted(&effects).is_empty(), "{effects:?}");
+        assert_eq!(enqueued(&effects), vec![id(1).as_str()]);
+        let (sent, _) = l.dispatch(&id(1), &spot("a"), Start::Preloaded, 3_100.0);
+        assert!(sent.is_some());
+        assert!(matches!(
+            l.result(&session("a", 2), result(1), 4_000.0),
+            Outcome::Recorded(_)
+        ));
+
+        // A restarted agent (another process) may have run it: lost.
+        let mut l = ledger();
+        l.connected(session("a", 1), vec![], &HashSet::new(), "p1", 0);
+        l.submitted(call(1), bundle(2_000, false), 0.0, 0);
+        l.dispatch(&id(1), &spot("a"), Start::Preloaded, 0.0);
+        l.connected(session("a", 2), vec![], &HashSet::new(), "p2", SEC);
+        let effects = l.tick(3 * SEC + 1);
+        assert_eq!(
+            persisted(&effects)[0].error.as_ref().unwrap().reason,
+            "node_lost"
+        );
+    }
+
+    #[test]
+    fn an_adopted_call_its_agent_process_never_received_is_queued_again() {
+        // A new leader adopts a RUNNING record handed to process p1, whose
+        // node then says hello as p1 without it.
+        let mut l = ledger();
+        let mut c = call(1);
+        c.status = CallStatus::Running as i32;
+        c.node = "a".into();
+        c.attempts = 1;
+        c.agent_incarnation = "p1".into();
+        l.adopted(c.clone(), bundle(60_000, false), 0);
+        l.connected(session("a", 1), vec![], &HashSet::new(), "p1", 100);
+        let effects = l.tick(3 * SEC);
+        assert_eq!(enqueued(&effects), vec![id(1).as_str()], "{effects:?}");
+
+        // Connected first, then adopted: the same.
+        let mut l = ledger();
+        l.connected(session("a", 1), vec![], &HashSet::new(), "p1", 0);
+        l.adopted(c.clone(), bundle(60_000, false), 100);
+        let effects = l.tick(3 * SEC);
+        assert_eq!(enqueued(&effects), vec![id(1).as_str()], "{effects:?}");
+
+        // Another process: lost.
+        let mut l = ledger();
+        l.connected(session("a", 1), vec![], &HashSet::new(), "p2", 0);
+        l.adopted(c, bundle(60_000, false), 100);
+        let effects = l.tick(3 * SEC);
+        assert_eq!(
+            persisted(&effects)[0].error.as_ref().unwrap().reason,
+            "node_lost"
+        );
+    }
+
+    #[test]
     fn an_idempotent_call_lost_with_its_node_runs_again_within_its_retries() {
         let mut l = running(true);
         let mut t = 0;
@@ -1696,7 +1834,7 @@ mod tests {
             enqueued(&l.submitted(call(1), bundle(2_000, false), 0.0, 0)),
             [id(1)]
         );
-        let effects = l.connected(session("rogue", 1), vec![id(1)], &none, 10);
+        let effects = l.connected(session("rogue", 1), vec![id(1)], &none, "", 10);
         assert!(!effects.iter().any(|e| matches!(e, Effect::Withdraw(_))));
         assert_eq!(l.live_call(&id(1)).unwrap().status(), CallStatus::Queued);
         assert_eq!(
@@ -1705,7 +1843,7 @@ mod tests {
         );
         // A call not known yet: the claim is not remembered either.
         let mut l = ledger();
-        l.connected(session("rogue", 1), vec![id(2)], &none, 0);
+        l.connected(session("rogue", 1), vec![id(2)], &none, "", 0);
         assert!(l.reported.is_empty());
         assert_eq!(
             l.result(&session("rogue", 1), result(2), 10.0),

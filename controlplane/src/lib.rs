@@ -360,6 +360,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             api.clone(),
         ))
         .add_service(secret_service_server::SecretServiceServer::new(api.clone()))
+        .add_service(
+            layer_service_server::LayerServiceServer::new(api.clone())
+                .max_decoding_message_size(max_message),
+        )
         .add_service(node_join_service_server::NodeJoinServiceServer::new(api))
         .add_service(
             agent_service_server::AgentServiceServer::new(sessions)

@@ -370,6 +370,29 @@ pub fn normalize(bytes: &[u8], limits: PackageLimits) -> Result<Vec<u8>, Package
     write_tar_gz(&mut collector)
 }
 
+/// The top-level entries of a normalized package (tar.gz): the names of
+/// its directories and of its other entries. Blocking.
+pub fn top_level(package: &[u8]) -> std::io::Result<(Vec<String>, Vec<String>)> {
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut others = std::collections::BTreeSet::new();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(package));
+    for entry in archive.entries()? {
+        let entry = entry?;
+        let path = entry.path()?.into_owned();
+        let mut parts = path
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)));
+        let Some(first) = parts.next() else { continue };
+        let first = first.as_os_str().to_string_lossy().into_owned();
+        if parts.next().is_some() || entry.header().entry_type().is_dir() {
+            dirs.insert(first);
+        } else {
+            others.insert(first);
+        }
+    }
+    Ok((dirs.into_iter().collect(), others.into_iter().collect()))
+}
+
 /// The largest entry count any end-of-central-directory record of a zip
 /// declares (zip64 ones included). The zip crate reads the whole central
 /// directory into memory as soon as it opens an archive: a 64 MiB upload

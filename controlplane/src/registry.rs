@@ -77,6 +77,13 @@ pub struct PushedImage {
     pub digest: String,
 }
 
+/// The registry repository of a layer's versions (relative to the
+/// registry). The namespace is always named: a layer is never shared across
+/// namespaces.
+pub fn layer_repository(namespace: &str, name: &str) -> String {
+    format!("faas/layers/{namespace}/{name}")
+}
+
 pub fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
@@ -283,6 +290,51 @@ impl Registry {
         Ok((repository, digest))
     }
 
+    /// Stores a layer version's archive, tagged `v<version>` in
+    /// `faas/layers/<namespace>/<name>`. Returns the repository and the
+    /// digest of the blob.
+    pub async fn push_layer(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: u64,
+        archive: Bytes,
+    ) -> Result<(String, String), RegistryError> {
+        let repository = layer_repository(namespace, name);
+        let reference = self.reference(&repository, &format!("v{version}"))?;
+        let digest = sha256_digest(&archive);
+        let size = archive.len() as u64;
+        let client = self.client_for(&reference).await?;
+        Self::push_blob_if_missing(&client, &reference, archive, &digest).await?;
+        self.tag_layer(namespace, name, version, &digest, size)
+            .await?;
+        Ok((repository, digest))
+    }
+
+    /// Points a layer's tag `v<version>` at the blob `digest`, already in
+    /// its repository.
+    pub async fn tag_layer(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: u64,
+        digest: &str,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        let annotations = serde_json::json!({
+            "dev.faas.layer": format!("{namespace}/{name}"),
+            "dev.faas.layer.version": version.to_string(),
+        });
+        self.tag_artifact(
+            &layer_repository(namespace, name),
+            &format!("v{version}"),
+            digest,
+            size,
+            annotations,
+        )
+        .await
+    }
+
     /// Stores a namespace's dependency layer under its build key (64 hex
     /// digits) in `faas/deps/<namespace>`. Returns the repository and the
     /// layer's digest.
@@ -337,18 +389,38 @@ impl Registry {
         function: &str,
         only: Option<&std::collections::BTreeSet<u64>>,
     ) -> Result<usize, CleanupError> {
-        let repository = format!("faas/functions/{function}");
-        let tags = self.tags(&repository).await?;
+        self.remove_versions(&format!("faas/functions/{function}"), only)
+            .await
+    }
+
+    /// Deletes the manifests of a layer's versions, as
+    /// [`Registry::remove_package_versions`] does a function's.
+    pub async fn remove_layer_versions(
+        &self,
+        namespace: &str,
+        name: &str,
+        only: Option<&std::collections::BTreeSet<u64>>,
+    ) -> Result<usize, CleanupError> {
+        self.remove_versions(&layer_repository(namespace, name), only)
+            .await
+    }
+
+    async fn remove_versions(
+        &self,
+        repository: &str,
+        only: Option<&std::collections::BTreeSet<u64>>,
+    ) -> Result<usize, CleanupError> {
+        let tags = self.tags(repository).await?;
         let (doomed, kept) = split_versions(&tags, only);
         let mut keep = std::collections::HashSet::new();
         for tag in &kept {
-            if let Some(digest) = self.manifest_digest(&repository, tag).await? {
+            if let Some(digest) = self.manifest_digest(repository, tag).await? {
                 keep.insert(digest);
             }
         }
         let mut deleted = std::collections::HashSet::new();
         for tag in &doomed {
-            let Some(digest) = self.manifest_digest(&repository, tag).await? else {
+            let Some(digest) = self.manifest_digest(repository, tag).await? else {
                 continue;
             };
             if keep.contains(&digest) || deleted.contains(&digest) {
@@ -356,7 +428,7 @@ impl Registry {
             }
             let url = format!("{}/v2/{repository}/manifests/{digest}", self.base);
             let response = self
-                .with_token(self.http.delete(&url), &repository, "delete")?
+                .with_token(self.http.delete(&url), repository, "delete")?
                 .send()
                 .await
                 .map_err(|e| http("delete", e))?;

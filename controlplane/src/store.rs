@@ -61,6 +61,9 @@ pub enum Kind {
     /// A secret (`SecretRecord`, sealed), under its key (`namespace/name`,
     /// bare in "default").
     Secret,
+    /// A layer version (`Layer`), under `<namespace>/<name>@<version, 12
+    /// digits>` (the namespace always named; see [`version_name`]).
+    Layer,
     /// Facts about the stored data itself (`StoreFormatRecord` under
     /// "format").
     Meta,
@@ -84,6 +87,7 @@ impl Kind {
             Kind::Pki => "pki",
             Kind::Namespace => "namespaces",
             Kind::Secret => "secrets",
+            Kind::Layer => "layers",
             Kind::Meta => "meta",
         }
     }

@@ -238,6 +238,19 @@ pub mod rules {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     }
 
+    /// A layer's top-level directory (see `Layer.directories`): a plain
+    /// name mounted at /opt/<name>. "faas" is where the runtimes keep
+    /// their bootstraps.
+    pub fn is_layer_directory(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 64
+            && !name.starts_with('.')
+            && name != "faas"
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    }
+
     /// What [`is_name`] requires, in words for error messages.
     pub const NAME_RULE: &str = "1-63 characters of a-z, 0-9 and '-', not starting with '-'";
 

@@ -39,10 +39,10 @@ use faas_pki::client::AuthChannel;
 use faas_proto::v1::{
     access_service_client::AccessServiceClient, call_service_client::CallServiceClient,
     cluster_service_client::ClusterServiceClient, function_service_client::FunctionServiceClient,
-    namespace_service_client::NamespaceServiceClient, runtime_service_client::RuntimeServiceClient,
-    secret_service_client::SecretServiceClient, CancelCallRequest, FollowCallLogsRequest,
-    GetCallLogsRequest, GetCallRequest, InvokeRequest, ListCallsRequest, ListFunctionsRequest,
-    WaitCallRequest,
+    layer_service_client::LayerServiceClient, namespace_service_client::NamespaceServiceClient,
+    runtime_service_client::RuntimeServiceClient, secret_service_client::SecretServiceClient,
+    CancelCallRequest, FollowCallLogsRequest, GetCallLogsRequest, GetCallRequest, InvokeRequest,
+    ListCallsRequest, ListFunctionsRequest, WaitCallRequest,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
 
@@ -219,6 +219,10 @@ impl Client {
 
     pub async fn secrets(&self) -> Result<SecretServiceClient<AuthChannel>> {
         Ok(SecretServiceClient::new(self.channel().await?))
+    }
+
+    pub async fn layers(&self) -> Result<LayerServiceClient<AuthChannel>> {
+        Ok(LayerServiceClient::new(self.channel().await?))
     }
 
     // ------------------------------------------------------------ calls

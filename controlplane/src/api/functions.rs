@@ -49,7 +49,7 @@ pub fn check_handler(what: &str, handler: &str) -> Result<(), ApiError> {
 pub const DEFAULT_TMP_BYTES: u64 = 64 << 20;
 
 /// The settings an update mask may name (FunctionSpec.update_mask).
-const MASKABLE: [&str; 11] = [
+const MASKABLE: [&str; 12] = [
     "package",
     "runtime",
     "handler",
@@ -61,6 +61,7 @@ const MASKABLE: [&str; 11] = [
     "http",
     "idempotent",
     "tmp_bytes",
+    "layers",
 ];
 
 /// Completes `spec` from the function's current version for every setting
@@ -104,6 +105,15 @@ pub fn apply_update_mask(
         }
         if keep("tmp_bytes") {
             spec.tmp_bytes = current.tmp_bytes;
+        }
+        if keep("layers") {
+            // The versions it uses, named exactly: a layer published since
+            // changes nothing until the function names it again.
+            spec.layers = current
+                .layers
+                .iter()
+                .map(|l| format!("{}:{}", l.name, l.version))
+                .collect();
         }
         if keep("timeout_ms") {
             spec.timeout_ms = current.timeout_ms;
@@ -173,12 +183,31 @@ fn deploy_slots(size: usize) -> &'static Semaphore {
 
 /// A package refused: too big or too many entries is RESOURCE_EXHAUSTED
 /// (the message names the limit), a malformed one INVALID_ARGUMENT.
-fn package_error(e: PackageError) -> ApiError {
+pub(super) fn package_error(what: &str, e: PackageError) -> ApiError {
     if e.is_over_limit() {
-        ApiError::ResourceExhausted(format!("invalid function package: {e}"))
-    } else {
+        ApiError::ResourceExhausted(format!("invalid {what}: {e}"))
+    } else if what == "function package" {
         ApiError::Package(e)
+    } else {
+        ApiError::InvalidArgument(format!("invalid {what}: {e}"))
     }
+}
+
+/// A deploy slot (see [`deploy_slots`]), or RESOURCE_EXHAUSTED with a
+/// retry delay: taken before an upload is read, so a refused one costs
+/// nothing.
+pub(super) fn deploy_slot(
+    limits: &crate::config::Limits,
+) -> Result<tokio::sync::SemaphorePermit<'static>, ApiError> {
+    deploy_slots(limits.package.max_concurrent_deploys())
+        .try_acquire()
+        .map_err(|_| ApiError::Overloaded {
+            message: format!(
+                "too many deploys in progress (limit package.max_concurrent_deploys = {}); retry shortly",
+                limits.package.max_concurrent_deploys()
+            ),
+            retry_after: DEPLOY_RETRY_AFTER,
+        })
 }
 
 /// Environment variables the platform sets itself.
@@ -587,16 +616,7 @@ impl FunctionService for Api {
         let key = faas_proto::namespaces::function_key(&namespace, &spec.name);
         let limits = &self.limits;
         // Taken before the upload is read: a refused deploy costs nothing.
-        let Ok(_slot) = deploy_slots(limits.package.max_concurrent_deploys()).try_acquire() else {
-            return Err(ApiError::Overloaded {
-                message: format!(
-                    "too many deploys in progress (limit package.max_concurrent_deploys = {}); retry shortly",
-                    limits.package.max_concurrent_deploys()
-                ),
-                retry_after: DEPLOY_RETRY_AFTER,
-            }
-            .into());
-        };
+        let _slot = deploy_slot(limits)?;
         // Read with its revision: the new version is written only over
         // this one (a concurrent deploy of the same function would make a
         // second, different record of the same version number).
@@ -656,6 +676,7 @@ impl FunctionService for Api {
         let secrets = self
             .check_secret_refs(&namespace, std::mem::take(&mut spec.secrets), &spec.env)
             .await?;
+        let layers = self.resolve_layers(&namespace, &spec.layers).await?;
         let runtime: Option<Runtime> = self
             .store
             .get(Kind::Runtime, &spec.runtime)
@@ -710,7 +731,7 @@ impl FunctionService for Api {
                     tokio::task::spawn_blocking(move || normalize(&upload, package_limits))
                         .await
                         .map_err(|e| Status::internal(format!("package check panicked: {e}")))?
-                        .map_err(package_error)?;
+                        .map_err(|e| package_error("function package", e))?;
                 let package = if builds {
                     let (package, build) = self
                         .build_package(&namespace, &key, &runtime, package, package_limits)
@@ -786,6 +807,7 @@ impl FunctionService for Api {
             namespace,
             secrets,
             build: built,
+            layers,
         };
         // The current record and the version's own, together, over the
         // version read.

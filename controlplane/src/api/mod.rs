@@ -6,6 +6,7 @@ pub mod admission;
 mod calls;
 mod cluster;
 mod functions;
+mod layers;
 mod namespaces;
 mod runtimes;
 mod secrets;

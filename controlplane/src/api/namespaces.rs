@@ -194,6 +194,15 @@ impl NamespaceService for Api {
             ))
             .into());
         }
+        let layers: Vec<faas_proto::v1::Layer> =
+            self.store.list(Kind::Layer).await.map_err(ApiError::from)?;
+        let held = layers.iter().filter(|l| l.namespace == name).count();
+        if held > 0 {
+            return Err(ApiError::FailedPrecondition(format!(
+                "namespace {name:?} holds {held} layer versions: delete them first (faasctl layer ls -n {name})"
+            ))
+            .into());
+        }
         if !self
             .store
             .delete(Kind::Namespace, &name)

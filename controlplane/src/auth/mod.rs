@@ -223,6 +223,9 @@ pub fn access_of(path: &str) -> Option<Access> {
         ("faas.v1.SecretService", "PutSecret" | "GetSecret" | "ListSecrets" | "DeleteSecret") => {
             AtLeast(Developer)
         }
+        ("faas.v1.LayerService", "PublishLayer" | "ListLayers" | "DeleteLayer") => {
+            AtLeast(Developer)
+        }
         _ => return None,
     })
 }
@@ -432,6 +435,9 @@ mod tests {
             "/faas.v1.SecretService/GetSecret",
             "/faas.v1.SecretService/ListSecrets",
             "/faas.v1.SecretService/DeleteSecret",
+            "/faas.v1.LayerService/PublishLayer",
+            "/faas.v1.LayerService/ListLayers",
+            "/faas.v1.LayerService/DeleteLayer",
             "/faas.v1.AgentService/Session",
             "/faas.v1.NodeJoinService/Join",
             "/faas.v1.NodeJoinService/RenewCertificate",

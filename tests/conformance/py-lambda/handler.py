@@ -125,3 +125,25 @@ def fill_tmp(event, context):
             error = errno.errorcode.get(exc.errno, str(exc.errno))
     os.remove("/tmp/fill")
     return {"written_mb": written, "error": error}
+
+
+def use_layer(event, context):
+    """Uses a layer (tests' layer `pylib`): its python/ module, its bin/ on
+    PATH, and /opt read-only."""
+    import errno
+    import shutil
+
+    import greet_lib
+
+    try:
+        with open("/opt/python/written", "w") as out:
+            out.write("x")
+        write = "written"
+    except OSError as exc:
+        write = errno.errorcode.get(exc.errno, str(exc.errno))
+    return {
+        "greeting": greet_lib.greet(event.get("name", "layer")),
+        "tool": shutil.which("layer-tool"),
+        "write": write,
+        "opt": sorted(os.listdir("/opt")),
+    }

@@ -769,3 +769,191 @@ async fn tmp_is_sized_per_function_and_keeps_the_memory() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("max_tmp_bytes"), "{stderr}");
 }
+
+/// Writes `files` (path, text, executable) under a new directory.
+fn tree(root: &Path, files: &[(&str, &str, bool)]) {
+    use std::os::unix::fs::PermissionsExt;
+    for (path, text, executable) in files {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        if *executable {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+}
+
+fn faasctl_json(stack: &Stack, args: &[&str]) -> Value {
+    let out = stack
+        .faasctl()
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "faasctl {args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// faasctl's exit code and stderr.
+fn faasctl_fails(stack: &Stack, args: &[&str]) -> (Option<i32>, String) {
+    let out = stack.faasctl().args(args).output().unwrap();
+    assert!(!out.status.success(), "faasctl {args:?} succeeded: {out:?}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_are_mounted_under_opt_as_on_lambda() {
+    let stack = stack_with(vec!["python3", "node"]).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = |name: &str| work.path().join(name);
+    let path = |name: &str| dir(name).to_string_lossy().into_owned();
+    tree(
+        &dir("pylib-1"),
+        &[
+            (
+                "python/greet_lib.py",
+                "def greet(name):\n    return 'hi ' + name\n",
+                false,
+            ),
+            ("bin/layer-tool", "#!/bin/sh\necho tool\n", true),
+        ],
+    );
+    let layer = faasctl_json(
+        &stack,
+        &[
+            "layer",
+            "publish",
+            "pylib",
+            &path("pylib-1"),
+            "--description",
+            "greetings",
+        ],
+    );
+    assert_eq!(layer["version"], 1, "{layer}");
+    assert_eq!(layer["directories"], json!(["bin", "python"]), "{layer}");
+
+    // Python finds python/, PATH has bin/, /opt is read-only and still
+    // holds the runtime's own files.
+    let py = conformance_dir("py-lambda");
+    deploy(
+        &stack,
+        "uselayer",
+        "python3",
+        &py,
+        &["--handler", "handler.use_layer", "--layer", "pylib"],
+    );
+    let got = result_of(&invoke(&stack, "uselayer", json!({"name": "ana"})).await);
+    assert_eq!(got["greeting"], "hi ana", "{got}");
+    assert_eq!(got["tool"], "/opt/bin/layer-tool", "{got}");
+    assert_eq!(got["write"], "EROFS", "{got}");
+    assert_eq!(got["opt"], json!(["bin", "faas", "python"]), "{got}");
+
+    // A new version changes no function until it is named again.
+    tree(
+        &dir("pylib-2"),
+        &[(
+            "python/greet_lib.py",
+            "def greet(name):\n    return 'hello ' + name\n",
+            false,
+        )],
+    );
+    let layer = faasctl_json(&stack, &["layer", "publish", "pylib", &path("pylib-2")]);
+    assert_eq!(layer["version"], 2, "{layer}");
+    let got = result_of(&invoke(&stack, "uselayer", json!({"name": "ana"})).await);
+    assert_eq!(got["greeting"], "hi ana", "{got}");
+    let out = stack
+        .faasctl()
+        .args(["fn", "update", "uselayer", "--layer", "pylib"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let got = result_of(&invoke(&stack, "uselayer", json!({"name": "ana"})).await);
+    assert_eq!(got["greeting"], "hello ana", "{got}");
+    assert_eq!(got["tool"], Value::Null, "version 2 has no bin/: {got}");
+    // A configuration-only update keeps the layers.
+    let out = stack
+        .faasctl()
+        .args(["fn", "update", "uselayer", "--memory", "192Mi"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let function = faasctl_json(&stack, &["fn", "get", "uselayer"]);
+    assert_eq!(function["layers"][0]["name"], "pylib", "{function}");
+    assert_eq!(function["layers"][0]["version"], 2, "{function}");
+    let versions = faasctl_json(&stack, &["layer", "ls", "pylib"]);
+    assert_eq!(versions.as_array().unwrap().len(), 2, "{versions}");
+
+    // Node finds nodejs/node_modules/.
+    tree(
+        &dir("nodelib"),
+        &[(
+            "nodejs/node_modules/wrap/index.js",
+            "module.exports = (s) => '[' + s + ']';\n",
+            false,
+        )],
+    );
+    faasctl_json(&stack, &["layer", "publish", "nodelib", &path("nodelib")]);
+    tree(
+        &dir("nodefn"),
+        &[(
+            "index.js",
+            "const wrap = require('wrap');\nexports.handler = async (event) => ({ wrapped: wrap(event.s) });\n",
+            false,
+        )],
+    );
+    deploy(
+        &stack,
+        "nodelayer",
+        "node",
+        &dir("nodefn"),
+        &["--layer", "nodelib:1"],
+    );
+    let got = result_of(&invoke(&stack, "nodelayer", json!({"s": "x"})).await);
+    assert_eq!(got, json!({"wrapped": "[x]"}));
+
+    // What cannot be mounted, or would hide another layer: refused,
+    // saying why.
+    tree(&dir("flat"), &[("greet_lib.py", "x = 1\n", false)]);
+    let (code, stderr) = faasctl_fails(&stack, &["layer", "publish", "flat", &path("flat")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("only directories"), "{stderr}");
+    tree(&dir("sneaky"), &[("faas/bootstrap.py", "x = 1\n", false)]);
+    let (code, stderr) = faasctl_fails(&stack, &["layer", "publish", "sneaky", &path("sneaky")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("\"faas\""), "{stderr}");
+    tree(&dir("other"), &[("python/other.py", "x = 1\n", false)]);
+    faasctl_json(&stack, &["layer", "publish", "other", &path("other")]);
+    let (code, stderr) = faasctl_fails(
+        &stack,
+        &[
+            "fn", "update", "uselayer", "--layer", "pylib", "--layer", "other",
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("both have python/"), "{stderr}");
+    let (code, stderr) = faasctl_fails(&stack, &["fn", "update", "uselayer", "--layer", "nope"]);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+
+    // A layer version a kept function version uses stays; others go.
+    let (code, stderr) = faasctl_fails(&stack, &["layer", "rm", "pylib:1"]);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(stderr.contains("uselayer:1"), "{stderr}");
+    let out = stack
+        .faasctl()
+        .args(["layer", "rm", "other"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let left = faasctl_json(&stack, &["layer", "ls"]);
+    let names: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["nodelib", "pylib"], "{left}");
+}

@@ -51,7 +51,8 @@ class ApiToken(_message.Message):
     def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., description: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., secret_sha256: _Optional[str] = ..., namespaces: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ["alias", "attempts", "client_context", "created_at_ms", "error", "finished_at_ms", "function", "function_version", "id", "logs_truncated", "namespace", "node", "owner", "params_json", "policy", "result_base64", "result_json", "spot", "status", "timings", "traceparent"]
+    __slots__ = ["agent_incarnation", "alias", "attempts", "client_context", "created_at_ms", "error", "finished_at_ms", "function", "function_version", "id", "logs_truncated", "namespace", "node", "owner", "params_json", "policy", "result_base64", "result_json", "spot", "status", "timings", "traceparent"]
+    AGENT_INCARNATION_FIELD_NUMBER: _ClassVar[int]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +74,7 @@ class Call(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    agent_incarnation: str
     alias: str
     attempts: int
     client_context: str
@@ -94,7 +96,7 @@ class Call(_message.Message):
     status: CallStatus
     timings: Timings
     traceparent: str
-    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., function_version: _Optional[int] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[CallStatus, str]] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., node: _Optional[str] = ..., spot: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., logs_truncated: bool = ..., policy: _Optional[str] = ..., attempts: _Optional[int] = ..., owner: _Optional[str] = ..., namespace: _Optional[str] = ..., traceparent: _Optional[str] = ..., client_context: _Optional[str] = ..., alias: _Optional[str] = ..., result_base64: bool = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., function: _Optional[str] = ..., function_version: _Optional[int] = ..., params_json: _Optional[str] = ..., status: _Optional[_Union[CallStatus, str]] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., node: _Optional[str] = ..., spot: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ..., logs_truncated: bool = ..., policy: _Optional[str] = ..., attempts: _Optional[int] = ..., owner: _Optional[str] = ..., namespace: _Optional[str] = ..., traceparent: _Optional[str] = ..., client_context: _Optional[str] = ..., alias: _Optional[str] = ..., result_base64: bool = ..., agent_incarnation: _Optional[str] = ...) -> None: ...
 
 class CallError(_message.Message):
     __slots__ = ["log_tail", "message", "reason"]
@@ -252,6 +254,20 @@ class DeleteJoinTokenResponse(_message.Message):
     __slots__ = []
     def __init__(self) -> None: ...
 
+class DeleteLayerRequest(_message.Message):
+    __slots__ = ["name", "namespace", "version"]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class DeleteLayerResponse(_message.Message):
+    __slots__ = []
+    def __init__(self) -> None: ...
+
 class DeleteNamespaceRequest(_message.Message):
     __slots__ = ["name"]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -333,7 +349,7 @@ class FollowCallLogsRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Function(_message.Message):
-    __slots__ = ["build", "created_at_ms", "env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "package_digest", "package_size", "runtime", "secrets", "timeout_ms", "tmp_bytes", "updated_at_ms", "version"]
+    __slots__ = ["build", "created_at_ms", "env", "handler", "http", "idempotent", "layers", "memory_bytes", "name", "namespace", "network", "package_digest", "package_size", "runtime", "secrets", "timeout_ms", "tmp_bytes", "updated_at_ms", "version"]
     class EnvEntry(_message.Message):
         __slots__ = ["key", "value"]
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -347,6 +363,7 @@ class Function(_message.Message):
     HANDLER_FIELD_NUMBER: _ClassVar[int]
     HTTP_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -365,6 +382,7 @@ class Function(_message.Message):
     handler: str
     http: HttpAccess
     idempotent: bool
+    layers: _containers.RepeatedCompositeFieldContainer[LayerRef]
     memory_bytes: int
     name: str
     namespace: str
@@ -377,7 +395,7 @@ class Function(_message.Message):
     tmp_bytes: int
     updated_at_ms: int
     version: int
-    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., version: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ..., build: _Optional[_Union[DependencyBuild, _Mapping]] = ..., tmp_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., version: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ..., build: _Optional[_Union[DependencyBuild, _Mapping]] = ..., tmp_bytes: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerRef, _Mapping]]] = ...) -> None: ...
 
 class FunctionAlias(_message.Message):
     __slots__ = ["additional_version", "additional_weight", "created_at_ms", "function", "name", "namespace", "updated_at_ms", "version"]
@@ -400,7 +418,7 @@ class FunctionAlias(_message.Message):
     def __init__(self, name: _Optional[str] = ..., function: _Optional[str] = ..., namespace: _Optional[str] = ..., version: _Optional[int] = ..., additional_version: _Optional[int] = ..., additional_weight: _Optional[float] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
-    __slots__ = ["env", "handler", "http", "idempotent", "memory_bytes", "name", "namespace", "network", "runtime", "secrets", "timeout_ms", "tmp_bytes", "update_mask"]
+    __slots__ = ["env", "handler", "http", "idempotent", "layers", "memory_bytes", "name", "namespace", "network", "runtime", "secrets", "timeout_ms", "tmp_bytes", "update_mask"]
     class EnvEntry(_message.Message):
         __slots__ = ["key", "value"]
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -412,6 +430,7 @@ class FunctionSpec(_message.Message):
     HANDLER_FIELD_NUMBER: _ClassVar[int]
     HTTP_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -425,6 +444,7 @@ class FunctionSpec(_message.Message):
     handler: str
     http: HttpAccess
     idempotent: bool
+    layers: _containers.RepeatedScalarFieldContainer[str]
     memory_bytes: int
     name: str
     namespace: str
@@ -434,7 +454,7 @@ class FunctionSpec(_message.Message):
     timeout_ms: int
     tmp_bytes: int
     update_mask: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ..., tmp_bytes: _Optional[int] = ..., update_mask: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., runtime: _Optional[str] = ..., handler: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., idempotent: bool = ..., namespace: _Optional[str] = ..., secrets: _Optional[_Iterable[_Union[SecretRef, _Mapping]]] = ..., network: _Optional[_Union[NetworkPolicy, _Mapping]] = ..., http: _Optional[_Union[HttpAccess, str]] = ..., tmp_bytes: _Optional[int] = ..., layers: _Optional[_Iterable[str]] = ..., update_mask: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetCallLogsRequest(_message.Message):
     __slots__ = ["id"]
@@ -524,6 +544,48 @@ class JoinToken(_message.Message):
     uses_left: int
     def __init__(self, id: _Optional[str] = ..., description: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., uses_left: _Optional[int] = ...) -> None: ...
 
+class Layer(_message.Message):
+    __slots__ = ["created_at_ms", "description", "digest", "directories", "name", "namespace", "size", "version"]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORIES_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    created_at_ms: int
+    description: str
+    digest: str
+    directories: _containers.RepeatedScalarFieldContainer[str]
+    name: str
+    namespace: str
+    size: int
+    version: int
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., version: _Optional[int] = ..., description: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., directories: _Optional[_Iterable[str]] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+
+class LayerRef(_message.Message):
+    __slots__ = ["digest", "directories", "name", "version"]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORIES_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    directories: _containers.RepeatedScalarFieldContainer[str]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., digest: _Optional[str] = ..., directories: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LayerSpec(_message.Message):
+    __slots__ = ["description", "name", "namespace"]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    description: str
+    name: str
+    namespace: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
 class ListAliasesRequest(_message.Message):
     __slots__ = ["function", "namespace"]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
@@ -597,6 +659,20 @@ class ListJoinTokensResponse(_message.Message):
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedCompositeFieldContainer[JoinToken]
     def __init__(self, tokens: _Optional[_Iterable[_Union[JoinToken, _Mapping]]] = ...) -> None: ...
+
+class ListLayersRequest(_message.Message):
+    __slots__ = ["name", "namespace"]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ListLayersResponse(_message.Message):
+    __slots__ = ["layers"]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    layers: _containers.RepeatedCompositeFieldContainer[Layer]
+    def __init__(self, layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ...) -> None: ...
 
 class ListNamespacesRequest(_message.Message):
     __slots__ = []
@@ -721,6 +797,14 @@ class PhaseStats(_message.Message):
     p50_ms: float
     p99_ms: float
     def __init__(self, mean_ms: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., max_ms: _Optional[float] = ...) -> None: ...
+
+class PublishLayerRequest(_message.Message):
+    __slots__ = ["chunk", "spec"]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    spec: LayerSpec
+    def __init__(self, spec: _Optional[_Union[LayerSpec, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class PutSecretRequest(_message.Message):
     __slots__ = ["name", "namespace", "replace", "value"]

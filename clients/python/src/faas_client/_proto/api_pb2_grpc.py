@@ -1450,6 +1450,139 @@ class NamespaceService(object):
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
 
+class LayerServiceStub(object):
+    """Layers, per namespace. For developers and admins in the namespace.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PublishLayer = channel.stream_unary(
+                '/faas.v1.LayerService/PublishLayer',
+                request_serializer=faas_dot_v1_dot_api__pb2.PublishLayerRequest.SerializeToString,
+                response_deserializer=faas_dot_v1_dot_api__pb2.Layer.FromString,
+                )
+        self.ListLayers = channel.unary_unary(
+                '/faas.v1.LayerService/ListLayers',
+                request_serializer=faas_dot_v1_dot_api__pb2.ListLayersRequest.SerializeToString,
+                response_deserializer=faas_dot_v1_dot_api__pb2.ListLayersResponse.FromString,
+                )
+        self.DeleteLayer = channel.unary_unary(
+                '/faas.v1.LayerService/DeleteLayer',
+                request_serializer=faas_dot_v1_dot_api__pb2.DeleteLayerRequest.SerializeToString,
+                response_deserializer=faas_dot_v1_dot_api__pb2.DeleteLayerResponse.FromString,
+                )
+
+
+class LayerServiceServicer(object):
+    """Layers, per namespace. For developers and admins in the namespace.
+    """
+
+    def PublishLayer(self, request_iterator, context):
+        """Publishes a new version of a layer (creating the layer at version 1).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLayers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteLayer(self, request, context):
+        """Refused (FAILED_PRECONDITION) while a kept version of a function uses
+        a version it would delete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LayerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PublishLayer': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishLayer,
+                    request_deserializer=faas_dot_v1_dot_api__pb2.PublishLayerRequest.FromString,
+                    response_serializer=faas_dot_v1_dot_api__pb2.Layer.SerializeToString,
+            ),
+            'ListLayers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLayers,
+                    request_deserializer=faas_dot_v1_dot_api__pb2.ListLayersRequest.FromString,
+                    response_serializer=faas_dot_v1_dot_api__pb2.ListLayersResponse.SerializeToString,
+            ),
+            'DeleteLayer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteLayer,
+                    request_deserializer=faas_dot_v1_dot_api__pb2.DeleteLayerRequest.FromString,
+                    response_serializer=faas_dot_v1_dot_api__pb2.DeleteLayerResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'faas.v1.LayerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+
+
+ # This class is part of an EXPERIMENTAL API.
+class LayerService(object):
+    """Layers, per namespace. For developers and admins in the namespace.
+    """
+
+    @staticmethod
+    def PublishLayer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(request_iterator, target, '/faas.v1.LayerService/PublishLayer',
+            faas_dot_v1_dot_api__pb2.PublishLayerRequest.SerializeToString,
+            faas_dot_v1_dot_api__pb2.Layer.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListLayers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/faas.v1.LayerService/ListLayers',
+            faas_dot_v1_dot_api__pb2.ListLayersRequest.SerializeToString,
+            faas_dot_v1_dot_api__pb2.ListLayersResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def DeleteLayer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/faas.v1.LayerService/DeleteLayer',
+            faas_dot_v1_dot_api__pb2.DeleteLayerRequest.SerializeToString,
+            faas_dot_v1_dot_api__pb2.DeleteLayerResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+
 class SecretServiceStub(object):
     """Secrets, per namespace: encrypted at rest (AES-256-GCM, a data key per
     secret wrapped by the control plane's key-encryption key), delivered
