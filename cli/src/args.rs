@@ -356,6 +356,10 @@ pub struct RegisterRuntimeArgs {
     /// function's declared dependencies, byte-compiles it) [default: none].
     #[arg(long)]
     pub build: Option<String>,
+    /// Run the build only for packages with a dependency file
+    /// (requirements.txt, package.json, ...); others are stored as uploaded.
+    #[arg(long)]
+    pub build_only_with_dependencies: bool,
     /// Image archive to upload (OCI image layout or `docker save` tar).
     #[arg(long)]
     pub archive: Option<PathBuf>,

@@ -424,6 +424,8 @@ pub fn runtime_spec(
         dependencies: pick(&args.dependencies, file.dependencies).unwrap_or_default(),
         default_handler: pick(&args.default_handler, file.default_handler).unwrap_or_default(),
         build: pick(&args.build, file.build).unwrap_or_default(),
+        build_only_with_dependencies: args.build_only_with_dependencies
+            || file.build_only_with_dependencies.unwrap_or(false),
         image_ref: args.image_ref.clone().unwrap_or_default(),
         replace: args.replace,
     })

@@ -49,6 +49,8 @@ pub fn runtime_json(runtime: &Runtime) -> Value {
         "dependencies": runtime.dependencies,
         "default_handler": runtime.default_handler,
         "run": runtime.run,
+        "build": runtime.build,
+        "build_only_with_dependencies": runtime.build_only_with_dependencies,
         "image_digest": runtime.image_digest,
         "created_at_ms": runtime.created_at_ms,
     })

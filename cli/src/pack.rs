@@ -264,6 +264,8 @@ pub struct RuntimeFile {
     pub default_handler: Option<String>,
     /// Run at each deploy in a build container (dependencies, bytecode).
     pub build: Option<String>,
+    /// The build runs only for packages with a dependency file.
+    pub build_only_with_dependencies: Option<bool>,
 }
 
 pub fn parse_runtime_file(path: &Path, text: &str) -> Result<RuntimeFile, PackError> {

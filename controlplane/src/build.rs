@@ -31,12 +31,17 @@ const MAX_DEPENDENCY_FILE: u64 = 1 << 20;
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuildSettings {
-    /// The package index builds install from (pip's PIP_INDEX_URL, npm's
-    /// registry) [default: https://pypi.org/simple/].
+    /// The Python package index builds install from (pip's
+    /// PIP_INDEX_URL) [default: https://pypi.org/simple/].
     pub index_url: Option<String>,
+    /// The npm registry builds fetch Node packages from (NPM_CONFIG_REGISTRY;
+    /// a lockfile's registry.npmjs.org URLs are fetched from here)
+    /// [default: https://registry.npmjs.org/].
+    pub npm_registry: Option<String>,
     /// Where a build's network may go ("HOST:PORT", "IP:PORT",
-    /// "CIDR:PORT", as a function's --allow) [default: pypi.org:443 and
-    /// files.pythonhosted.org:443, where PyPI serves its files].
+    /// "CIDR:PORT", as a function's --allow) [default: pypi.org:443,
+    /// files.pythonhosted.org:443 (where PyPI serves its files) and
+    /// registry.npmjs.org:443].
     pub allow: Option<Vec<String>>,
     /// Longest a build may run [default: 600].
     pub timeout_secs: Option<u64>,
@@ -48,11 +53,26 @@ pub struct BuildSettings {
 }
 
 pub const DEFAULT_INDEX_URL: &str = "https://pypi.org/simple/";
-pub const DEFAULT_ALLOW: &[&str] = &["pypi.org:443", "files.pythonhosted.org:443"];
+pub const DEFAULT_NPM_REGISTRY: &str = "https://registry.npmjs.org/";
+pub const DEFAULT_ALLOW: &[&str] = &[
+    "pypi.org:443",
+    "files.pythonhosted.org:443",
+    "registry.npmjs.org:443",
+];
 
 impl BuildSettings {
     pub fn index_url(&self) -> &str {
         self.index_url.as_deref().unwrap_or(DEFAULT_INDEX_URL)
+    }
+
+    pub fn npm_registry(&self) -> &str {
+        self.npm_registry.as_deref().unwrap_or(DEFAULT_NPM_REGISTRY)
+    }
+
+    /// Where builds install from, as one string for the cache key: a
+    /// layer installed from one index is not reused for another.
+    pub fn sources(&self) -> String {
+        format!("pip {}\nnpm {}", self.index_url(), self.npm_registry())
     }
 
     pub fn allow(&self) -> Vec<String> {
@@ -78,7 +98,10 @@ impl BuildSettings {
         let url = self.index_url();
         let mut env = vec![
             ("PIP_INDEX_URL".to_string(), url.to_string()),
-            ("NPM_CONFIG_REGISTRY".to_string(), url.to_string()),
+            (
+                "NPM_CONFIG_REGISTRY".to_string(),
+                self.npm_registry().to_string(),
+            ),
         ];
         // pip ignores a plain-http index unless told to trust its host.
         if let Some(rest) = url.strip_prefix("http://") {

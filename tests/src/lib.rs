@@ -523,6 +523,8 @@ struct RuntimeToml {
     default_handler: String,
     #[serde(default)]
     build: String,
+    #[serde(default)]
+    build_only_with_dependencies: bool,
 }
 
 /// A running faas stack. Dropping it kills every process it started.
@@ -1643,6 +1645,7 @@ impl Stack {
                 } else {
                     String::new()
                 },
+                build_only_with_dependencies: definition.build_only_with_dependencies,
                 image_ref: String::new(),
                 replace: true,
             },

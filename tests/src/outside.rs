@@ -204,9 +204,25 @@ impl PackageIndex {
         outside: &mut Outside,
         wheels: &[(String, Vec<u8>)],
     ) -> anyhow::Result<PackageIndex> {
+        PackageIndex::start_with_npm(outside, wheels, &[])
+    }
+
+    /// As [`PackageIndex::start`], also serving npm `tarballs` (from
+    /// [`npm_tarball`]) as a registry does, under `npm/`
+    /// ([`PackageIndex::npm_url`]): `npm/<name>/-/<file>-<version>.tgz`.
+    pub fn start_with_npm(
+        outside: &mut Outside,
+        wheels: &[(String, Vec<u8>)],
+        tarballs: &[NpmTarball],
+    ) -> anyhow::Result<PackageIndex> {
         let dir = tempfile::Builder::new().prefix("faas-index-").tempdir()?;
         let root = dir.path();
         std::fs::create_dir_all(root.join("packages"))?;
+        for tarball in tarballs {
+            let file = root.join("npm").join(tarball.path());
+            std::fs::create_dir_all(file.parent().context("a tarball's directory")?)?;
+            std::fs::write(file, &tarball.bytes)?;
+        }
         // Project (normalized) -> its files' links, in a stable order.
         let mut projects = std::collections::BTreeMap::<String, Vec<String>>::new();
         for (name, bytes) in wheels {
@@ -277,6 +293,11 @@ impl PackageIndex {
         format!("http://{OUTSIDE}:{INDEX_PORT}/simple/")
     }
 
+    /// The npm registry's URL (`[build] npm_registry`).
+    pub fn npm_url(&self) -> String {
+        format!("http://{OUTSIDE}:{INDEX_PORT}/npm/")
+    }
+
     /// The address to allow (`--allow`) for the index to be reachable.
     pub fn allow(&self) -> String {
         format!("{OUTSIDE}:{INDEX_PORT}")
@@ -340,6 +361,76 @@ fn b64_urlsafe_nopad(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// An npm package tarball as a registry serves it.
+#[derive(Clone, Debug)]
+pub struct NpmTarball {
+    pub name: String,
+    pub version: String,
+    pub bytes: Vec<u8>,
+}
+
+impl NpmTarball {
+    /// Where a registry serves it: `<name>/-/<unscoped name>-<version>.tgz`.
+    pub fn path(&self) -> String {
+        let file = self.name.rsplit('/').next().unwrap_or(&self.name);
+        format!("{}/-/{file}-{}.tgz", self.name, self.version)
+    }
+
+    /// The URL a package-lock.json made against the public registry has.
+    pub fn public_url(&self) -> String {
+        format!("https://registry.npmjs.org/{}", self.path())
+    }
+
+    /// The lockfile's `integrity`: `sha512-<base64>`.
+    pub fn integrity(&self) -> String {
+        let url_safe = b64_urlsafe_nopad(&sha2::Sha512::digest(&self.bytes));
+        let mut standard: String = url_safe
+            .chars()
+            .map(|c| match c {
+                '-' => '+',
+                '_' => '/',
+                c => c,
+            })
+            .collect();
+        while standard.len() % 4 != 0 {
+            standard.push('=');
+        }
+        format!("sha512-{standard}")
+    }
+}
+
+/// An npm package tarball of `name` `version` holding `files` (path in the
+/// package, contents) and a package.json, under `package/` as `npm pack`
+/// makes them.
+pub fn npm_tarball(
+    name: &str,
+    version: &str,
+    files: &[(&str, &str)],
+) -> anyhow::Result<NpmTarball> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    let manifest = serde_json::json!({ "name": name, "version": version }).to_string();
+    let mut entries: Vec<(&str, &str)> = vec![("package.json", manifest.as_str())];
+    entries.extend_from_slice(files);
+    for (path, body) in entries {
+        ensure!(
+            !path.starts_with('/') && !path.contains(".."),
+            "bad path {path}"
+        );
+        let mut header = tar::Header::new_ustar();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut header, format!("package/{path}"), body.as_bytes())?;
+    }
+    let bytes = tar.into_inner()?.finish()?;
+    Ok(NpmTarball {
+        name: name.to_string(),
+        version: version.to_string(),
+        bytes,
+    })
 }
 
 /// A pure-Python wheel (`py3-none-any`) of `project` `version` holding

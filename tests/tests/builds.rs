@@ -10,7 +10,7 @@ use std::path::Path;
 
 use faas_proto::v1::call_service_client::CallServiceClient;
 use faas_proto::v1::{Call, CallStatus, InvokeRequest};
-use faas_tests::outside::{pure_wheel, Outside, PackageIndex, OUTSIDE};
+use faas_tests::outside::{npm_tarball, pure_wheel, NpmTarball, Outside, PackageIndex, OUTSIDE};
 use faas_tests::{Stack, StackOptions};
 use serde_json::{json, Value};
 
@@ -84,9 +84,13 @@ fn write_function(dir: &Path, version: &str, requirements: &str) {
 
 /// `faasctl -o json fn deploy`: the function record, or the error output.
 fn deploy(stack: &Stack, name: &str, dir: &Path) -> Result<Value, String> {
+    deploy_on(stack, name, "python3", dir)
+}
+
+fn deploy_on(stack: &Stack, name: &str, runtime: &str, dir: &Path) -> Result<Value, String> {
     let out = stack
         .faasctl()
-        .args(["-o", "json", "fn", "deploy", name, "--runtime", "python3"])
+        .args(["-o", "json", "fn", "deploy", name, "--runtime", runtime])
         .arg(dir)
         .output()
         .expect("running faasctl");
@@ -291,6 +295,187 @@ async fn requirements_are_installed_once_and_everything_is_compiled_at_deploy() 
         Some(3),
         "{counted:#}"
     );
+    drop(stack);
+}
+
+/// A package-lock.json for `packages` (lockfile key, tarball, extra
+/// fields), as npm 7+ writes it against the public registry.
+fn package_lock(packages: &[(&str, &NpmTarball, Value)]) -> String {
+    let mut entries = serde_json::Map::new();
+    entries.insert("".into(), json!({ "name": "fn" }));
+    for (key, tarball, extra) in packages {
+        let mut entry = json!({
+            "version": tarball.version,
+            "resolved": tarball.public_url(),
+            "integrity": tarball.integrity(),
+        });
+        if let (Some(entry), Some(extra)) = (entry.as_object_mut(), extra.as_object()) {
+            entry.extend(extra.clone());
+        }
+        entries.insert(key.to_string(), entry);
+    }
+    json!({ "name": "fn", "lockfileVersion": 3, "requires": true, "packages": entries }).to_string()
+}
+
+const NODE_HANDLER: &str = r#"
+const wrap = require('wrap');
+exports.handler = async () => ({
+  wrapped: wrap('x'),
+  version: '@VERSION@',
+  path: require.resolve('wrap'),
+  devInstalled: (() => { try { require.resolve('devtool'); return true; } catch (e) { return false; } })(),
+});
+"#;
+
+fn write_node_function(dir: &Path, version: &str, lock: Option<&str>) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("index.js"),
+        NODE_HANDLER.replace("@VERSION@", version),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("package.json"),
+        json!({
+            "name": "fn",
+            "dependencies": { "wrap": "^1.0.0" },
+            "devDependencies": { "devtool": "^1.0.0" },
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let lock_path = dir.join("package-lock.json");
+    match lock {
+        Some(lock) => std::fs::write(lock_path, lock).unwrap(),
+        None => {
+            let _ = std::fs::remove_file(lock_path);
+        }
+    }
+}
+
+/// Node: package.json's dependencies are installed at deploy from what
+/// package-lock.json pins, from the configured registry only, each tarball
+/// checked against the lockfile's integrity; once per lockfile digest. A
+/// package without dependency files makes no build at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn package_lock_is_installed_once_from_the_registry() {
+    let mut outside = Outside::start().expect("the outside network");
+    // wrap@1.0.0 needs @faas/pad@2.0.0, nested under it (another
+    // version would sit at the top); devtool is a dev dependency.
+    let wrap = npm_tarball(
+        "wrap",
+        "1.0.0",
+        &[(
+            "index.js",
+            "const pad = require('@faas/pad');\nmodule.exports = (s) => '[' + pad(s) + ']';\n",
+        )],
+    )
+    .unwrap();
+    let pad = npm_tarball(
+        "@faas/pad",
+        "2.0.0",
+        &[("index.js", "module.exports = (s) => ' ' + s + ' ';\n")],
+    )
+    .unwrap();
+    let devtool =
+        npm_tarball("devtool", "1.0.0", &[("index.js", "module.exports = 1;\n")]).unwrap();
+    let index = PackageIndex::start_with_npm(
+        &mut outside,
+        &[],
+        &[wrap.clone(), pad.clone(), devtool.clone()],
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("controlplane.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[build]\nnpm_registry = \"{}\"\nallow = [\"{}\"]\ntimeout_secs = 120\n",
+            index.npm_url(),
+            index.allow()
+        ),
+    )
+    .unwrap();
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["node"],
+        controlplane_args: vec!["--config".into(), config.display().to_string()],
+        ..Default::default()
+    })
+    .await
+    .expect("starting the stack");
+    let lock = package_lock(&[
+        ("node_modules/wrap", &wrap, json!({})),
+        ("node_modules/wrap/node_modules/@faas/pad", &pad, json!({})),
+        ("node_modules/devtool", &devtool, json!({ "dev": true })),
+    ]);
+    let files = |t: &NpmTarball| t.path().rsplit('/').next().unwrap().to_string();
+
+    // First deploy: installed from the registry, dev dependencies left out.
+    let dir = work.path().join("fn");
+    write_node_function(&dir, "one", Some(&lock));
+    let first = deploy_on(&stack, "npmdeps", "node", &dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first["build"]["has_dependencies"], true, "{first:#}");
+    assert_eq!(first["build"]["dependencies_cached"], false, "{first:#}");
+    assert_eq!(index.downloads(&files(&wrap)), 1, "{}", index.log());
+    assert_eq!(index.downloads(&files(&pad)), 1, "{}", index.log());
+    assert_eq!(index.downloads(&files(&devtool)), 0, "{}", index.log());
+    let result = invoke(&stack, "npmdeps").await;
+    assert_eq!(result["wrapped"], "[ x ]", "{result:#}");
+    assert_eq!(
+        result["path"], "/var/task/node_modules/wrap/index.js",
+        "{result:#}"
+    );
+    assert_eq!(result["devInstalled"], false, "{result:#}");
+
+    // New code, same lockfile: the layer comes from the cache.
+    write_node_function(&dir, "two", Some(&lock));
+    let second = deploy_on(&stack, "npmdeps", "node", &dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(second["build"]["dependencies_cached"], true, "{second:#}");
+    assert_eq!(index.downloads(&files(&wrap)), 1, "{}", index.log());
+    let result = invoke(&stack, "npmdeps").await;
+    assert_eq!(result["version"], "two", "{result:#}");
+    assert_eq!(result["wrapped"], "[ x ]", "{result:#}");
+
+    // A tarball that is not what the lockfile pins: refused before it is
+    // unpacked; the function keeps its version.
+    let forged = package_lock(&[
+        (
+            "node_modules/wrap",
+            &wrap,
+            json!({ "integrity": pad.integrity() }),
+        ),
+        ("node_modules/wrap/node_modules/@faas/pad", &pad, json!({})),
+    ]);
+    write_node_function(&dir, "three", Some(&forged));
+    let err = deploy_on(&stack, "npmdeps", "node", &dir).expect_err("integrity checked");
+    assert!(err.contains("the build failed"), "{err}");
+    assert!(err.contains("wrap@1.0.0: the tarball's sha512"), "{err}");
+    // Another source than the registry: refused, naming it.
+    let elsewhere = package_lock(&[(
+        "node_modules/wrap",
+        &wrap,
+        json!({ "resolved": "https://evil.example/wrap/-/wrap-1.0.0.tgz" }),
+    )]);
+    write_node_function(&dir, "four", Some(&elsewhere));
+    let err = deploy_on(&stack, "npmdeps", "node", &dir).expect_err("one registry");
+    assert!(err.contains("only the configured registry"), "{err}");
+    // Dependencies without a lockfile: refused, saying how to make one.
+    write_node_function(&dir, "five", None);
+    let err = deploy_on(&stack, "npmdeps", "node", &dir).expect_err("a lockfile is needed");
+    assert!(err.contains("npm install --package-lock-only"), "{err}");
+    assert_eq!(invoke(&stack, "npmdeps").await["version"], "two");
+
+    // No dependency file: no build container at all.
+    let plain = work.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::write(
+        plain.join("index.js"),
+        "exports.handler = async () => ({ plain: true });\n",
+    )
+    .unwrap();
+    let record = deploy_on(&stack, "plain", "node", &plain).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(record["build"], Value::Null, "{record:#}");
+    assert_eq!(invoke(&stack, "plain").await["plain"], true);
     drop(stack);
 }
 

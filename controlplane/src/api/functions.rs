@@ -389,7 +389,7 @@ impl Api {
         runtime: &Runtime,
         source: Vec<u8>,
         limits: crate::package::PackageLimits,
-    ) -> Result<(Vec<u8>, DependencyBuild), Status> {
+    ) -> Result<(Vec<u8>, Option<DependencyBuild>), Status> {
         let settings = &self.limits.build;
         let broker = self.broker()?;
         let (files, source) =
@@ -399,12 +399,16 @@ impl Api {
         let files = files.map_err(|e| {
             ApiError::InvalidArgument(format!("reading the package's dependency files: {e}"))
         })?;
+        if files.is_empty() && runtime.build_only_with_dependencies {
+            // Nothing to install, and nothing else the build does.
+            return Ok((source, None));
+        }
         let deps_key = (!files.is_empty()).then(|| {
             crate::build::cache_key(
                 namespace,
                 &runtime.image_digest,
                 &runtime.build,
-                settings.index_url(),
+                &settings.sources(),
                 &files,
             )
         });
@@ -505,7 +509,7 @@ impl Api {
                     skipped: why,
                     ..Default::default()
                 };
-                return Ok((uploaded.into(), build));
+                return Ok((uploaded.into(), Some(build)));
             }
             Err(why) => {
                 return Err(ApiError::Unavailable(format!(
@@ -565,7 +569,7 @@ impl Api {
             node,
             skipped: String::new(),
         };
-        Ok((package, build))
+        Ok((package, Some(build)))
     }
 
     async fn check_function_quota(&self, namespace: &str) -> Result<(), ApiError> {
@@ -736,7 +740,7 @@ impl FunctionService for Api {
                     let (package, build) = self
                         .build_package(&namespace, &key, &runtime, package, package_limits)
                         .await?;
-                    built = Some(build);
+                    built = build;
                     package
                 } else {
                     package

@@ -148,6 +148,7 @@ impl RuntimeService for Api {
             created_at_ms: existing.map(|r| r.created_at_ms).unwrap_or_else(now_ms),
             default_handler: spec.default_handler,
             build: spec.build,
+            build_only_with_dependencies: spec.build_only_with_dependencies,
         };
         self.store
             .put(Kind::Runtime, &runtime.name, &runtime)

@@ -636,6 +636,7 @@ async fn register_bigdep_runtime(stack: &Stack, mb: u64, mibps: u64) -> anyhow::
                 run: python3.run,
                 default_handler: String::new(),
                 build: String::new(),
+                build_only_with_dependencies: false,
                 image_ref: String::new(),
                 replace: true,
             },

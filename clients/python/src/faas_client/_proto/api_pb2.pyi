@@ -847,8 +847,9 @@ class RollbackFunctionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Runtime(_message.Message):
-    __slots__ = ["build", "created_at_ms", "default_handler", "dependencies", "image", "image_digest", "name", "path", "run"]
+    __slots__ = ["build", "build_only_with_dependencies", "created_at_ms", "default_handler", "dependencies", "image", "image_digest", "name", "path", "run"]
     BUILD_FIELD_NUMBER: _ClassVar[int]
+    BUILD_ONLY_WITH_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_HANDLER_FIELD_NUMBER: _ClassVar[int]
     DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
@@ -858,6 +859,7 @@ class Runtime(_message.Message):
     PATH_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     build: str
+    build_only_with_dependencies: bool
     created_at_ms: int
     default_handler: str
     dependencies: str
@@ -866,11 +868,12 @@ class Runtime(_message.Message):
     name: str
     path: str
     run: str
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., path: _Optional[str] = ..., dependencies: _Optional[str] = ..., run: _Optional[str] = ..., image_digest: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., default_handler: _Optional[str] = ..., build: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., path: _Optional[str] = ..., dependencies: _Optional[str] = ..., run: _Optional[str] = ..., image_digest: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., default_handler: _Optional[str] = ..., build: _Optional[str] = ..., build_only_with_dependencies: bool = ...) -> None: ...
 
 class RuntimeSpec(_message.Message):
-    __slots__ = ["build", "default_handler", "dependencies", "image_ref", "name", "path", "replace", "run"]
+    __slots__ = ["build", "build_only_with_dependencies", "default_handler", "dependencies", "image_ref", "name", "path", "replace", "run"]
     BUILD_FIELD_NUMBER: _ClassVar[int]
+    BUILD_ONLY_WITH_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_HANDLER_FIELD_NUMBER: _ClassVar[int]
     DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_REF_FIELD_NUMBER: _ClassVar[int]
@@ -879,6 +882,7 @@ class RuntimeSpec(_message.Message):
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     build: str
+    build_only_with_dependencies: bool
     default_handler: str
     dependencies: str
     image_ref: str
@@ -886,7 +890,7 @@ class RuntimeSpec(_message.Message):
     path: str
     replace: bool
     run: str
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., dependencies: _Optional[str] = ..., run: _Optional[str] = ..., image_ref: _Optional[str] = ..., replace: bool = ..., default_handler: _Optional[str] = ..., build: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., dependencies: _Optional[str] = ..., run: _Optional[str] = ..., image_ref: _Optional[str] = ..., replace: bool = ..., default_handler: _Optional[str] = ..., build: _Optional[str] = ..., build_only_with_dependencies: bool = ...) -> None: ...
 
 class Secret(_message.Message):
     __slots__ = ["created_at_ms", "name", "namespace", "size", "updated_at_ms", "version"]
