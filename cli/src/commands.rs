@@ -1381,6 +1381,7 @@ mod tests {
             run: Some("python3 boot.py".into()),
             default_handler: Some("main.handler".into()),
             build: Some("python3 build.py".into()),
+            build_only_with_dependencies: Some(true),
         };
         let args =
             register_args("faasctl runtime register --file rt.toml --archive a.tar --run other");
@@ -1390,6 +1391,7 @@ mod tests {
         assert_eq!(spec.dependencies, "pip install");
         assert_eq!(spec.default_handler, "main.handler");
         assert_eq!(spec.build, "python3 build.py");
+        assert!(spec.build_only_with_dependencies);
         assert_eq!(spec.run, "other", "the flag wins over the file");
         assert_eq!(spec.image_ref, "");
 
