@@ -387,6 +387,24 @@ async fn run_container(
         exit.abort();
         return Err("the build container's init did not start".into());
     }
+    // The output as it is written, for the deploy to show; stops when this
+    // returns (the leader completes it from BuildDone's log).
+    let _tail = job.stream_log.then(|| {
+        let build_id = job.build_id.clone();
+        crate::live_logs::tail(
+            io.clone(),
+            job.build_id.clone(),
+            ctx.outbound.clone(),
+            ctx.config.max_log_bytes,
+            move |_offset, data| AgentMessage {
+                msg: Some(agent_message::Msg::BuildOutput(BuildOutput {
+                    build_id: build_id.clone(),
+                    part: BuildPart::Log as i32,
+                    data,
+                })),
+            },
+        )
+    });
     let ended = loop {
         tokio::select! {
             notice = notify.next() => match notice {

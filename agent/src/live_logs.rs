@@ -41,6 +41,28 @@ pub fn follow(
     outbound: mpsc::UnboundedSender<AgentMessage>,
     limit: u64,
 ) -> Tail {
+    let label = call_id.clone();
+    tail(io, label, outbound, limit, move |offset, data| {
+        AgentMessage {
+            msg: Some(agent_message::Msg::Log(LogChunk {
+                call_id: call_id.clone(),
+                offset,
+                data,
+            })),
+        }
+    })
+}
+
+/// Streams the log file of the io directory `io` (a call's or a build's,
+/// named `label` in diagnostics), at most `limit` bytes in all, each chunk
+/// read made into a message by `message(offset, data)`.
+pub fn tail(
+    io: Arc<OwnedFd>,
+    label: String,
+    outbound: mpsc::UnboundedSender<AgentMessage>,
+    limit: u64,
+    message: impl Fn(u64, Vec<u8>) -> AgentMessage + Send + 'static,
+) -> Tail {
     let task = tokio::spawn(async move {
         let mut offset = 0u64;
         let mut file: Option<Arc<std::fs::File>> = None;
@@ -70,7 +92,7 @@ pub fn follow(
             let (opened, data) = match read {
                 Ok(Ok(read)) => read,
                 Ok(Err(e)) => {
-                    tracing::debug!(%call_id, error = %e, "the live log cannot be read; not followed");
+                    tracing::debug!(%label, error = %e, "the live log cannot be read; not followed");
                     return;
                 }
                 Err(_) => return,
@@ -80,14 +102,7 @@ pub fn follow(
                 continue;
             }
             let len = data.len() as u64;
-            let chunk = AgentMessage {
-                msg: Some(agent_message::Msg::Log(LogChunk {
-                    call_id: call_id.clone(),
-                    offset,
-                    data,
-                })),
-            };
-            if outbound.send(chunk).is_err() {
+            if outbound.send(message(offset, data)).is_err() {
                 return;
             }
             offset += len;

@@ -14,6 +14,7 @@ use faas_proto::v1::{
     GetRuntimeRequest, ListJoinTokensRequest, ListNodesRequest, ListRuntimesRequest,
     ListTokensRequest, RegisterRuntimeRequest, RemoveNodeRequest, Role, RuntimeSpec, WhoAmIRequest,
 };
+use faas_proto::v1::{deploy_progress, DeployProgress};
 use faas_proto::v1::{
     layer_service_client::LayerServiceClient, publish_layer_request, DeleteLayerRequest, LayerSpec,
     ListLayersRequest, PublishLayerRequest,
@@ -1169,6 +1170,33 @@ fn upload_body(source: &std::path::Path) -> Result<UploadBody> {
     })
 }
 
+/// A build's output as it comes, in chunks: shown a whole line at a time,
+/// each marked as the build's.
+#[derive(Default)]
+struct BuildLogLines {
+    partial: Vec<u8>,
+}
+
+impl BuildLogLines {
+    fn push(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(at) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=at).collect();
+            Self::show(&line[..line.len() - 1]);
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.partial.is_empty() {
+            Self::show(&std::mem::take(&mut self.partial));
+        }
+    }
+
+    fn show(line: &[u8]) {
+        note(&format!("build | {}", String::from_utf8_lossy(line)));
+    }
+}
+
 async fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     let body = upload_body(&args.source)?;
     let progress = upload_progress(body.size(), &format!("uploading {}", args.name));
@@ -1188,16 +1216,45 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
         progress.clone(),
         read_error.clone(),
     );
+    // The deploy tells what it does (the build's node and output) as it
+    // goes: shown on stderr, line by line, once the upload is done.
     let reply = ctx
         .functions()
         .await?
-        .deploy_function(ctx.request(stream))
+        .deploy_function_with_progress(ctx.request(stream))
         .await;
+    let mut build_log = BuildLogLines::default();
+    let outcome = match reply {
+        Err(status) => Err(status),
+        Ok(events) => {
+            let mut events = events.into_inner();
+            loop {
+                match events.message().await {
+                    Ok(Some(DeployProgress { event: Some(event) })) => {
+                        progress.finish_and_clear();
+                        match event {
+                            deploy_progress::Event::BuildStartedOn(node) => {
+                                note(&format!("building on {node}"));
+                            }
+                            deploy_progress::Event::BuildLog(bytes) => build_log.push(&bytes),
+                            deploy_progress::Event::Function(f) => break Ok(f),
+                        }
+                    }
+                    Ok(Some(DeployProgress { event: None })) => {}
+                    Ok(None) => {
+                        break Err(tonic::Status::unavailable(
+                            "the deploy ended without its outcome; see `faasctl fn get`",
+                        ))
+                    }
+                    Err(status) => break Err(status),
+                }
+            }
+        }
+    };
+    build_log.finish();
     progress.finish_and_clear();
     take_read_error(&read_error)?;
-    let f = reply
-        .with_context(|| format!("deploy {}", args.name))?
-        .into_inner();
+    let f = outcome.with_context(|| format!("deploy {}", args.name))?;
     ctx.show(
         || format::function_json(&f),
         || format::function_deployed(&f),

@@ -394,7 +394,7 @@ impl NpmTarball {
                 c => c,
             })
             .collect();
-        while standard.len() % 4 != 0 {
+        while !standard.len().is_multiple_of(4) {
             standard.push('=');
         }
         format!("sha512-{standard}")

@@ -479,6 +479,100 @@ async fn package_lock_is_installed_once_from_the_registry() {
     drop(stack);
 }
 
+/// `faasctl fn deploy` shows the build as it runs: the node, then each
+/// line of its output when it is written, not at the end. The build here
+/// says one thing, waits 3 s, says another, then does python3's build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_shows_its_build_as_it_runs() {
+    let stack = Stack::start(StackOptions {
+        runtimes: vec!["python3"],
+        ..Default::default()
+    })
+    .await
+    .expect("starting the stack");
+    let (_, archive) = faas_tests::runtime_archives()
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| name == "python3")
+        .expect("the python3 archive");
+    stack
+        .register_runtime_spec(
+            faas_proto::v1::RuntimeSpec {
+                name: "slowbuild".into(),
+                path: "/var/task".into(),
+                run: "python3 -u /opt/faas/bootstrap.py".into(),
+                build: "sh -c 'echo step one; sleep 3; echo step two; exec python3 -I /opt/faas/build.py'"
+                    .into(),
+                replace: true,
+                ..Default::default()
+            },
+            &archive,
+        )
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("fn");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("handler.py"),
+        "def handler(event, context):\n    return 'built'\n",
+    )
+    .unwrap();
+
+    let mut child = stack
+        .faasctl()
+        .args(["fn", "deploy", "slow", "--runtime", "slowbuild"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Each stderr line with when it came.
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .map(|line| (std::time::Instant::now(), line))
+            .collect::<Vec<_>>()
+    });
+    let out = child.wait_with_output().unwrap();
+    let exited = std::time::Instant::now();
+    let lines = reader.join().unwrap();
+    let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert!(out.status.success(), "{text:#?}");
+    assert!(text.contains(&"building on node-0"), "{text:#?}");
+    let at = |wanted: &str| {
+        lines
+            .iter()
+            .find(|(_, line)| line == wanted)
+            .map(|(at, _)| *at)
+            .unwrap_or_else(|| panic!("no {wanted:?} in {text:#?}"))
+    };
+    let one = at("build | step one");
+    let two = at("build | step two");
+    assert!(
+        two.duration_since(one) >= std::time::Duration::from_secs(2),
+        "the first line came with the second: {text:#?}"
+    );
+    assert!(
+        exited.duration_since(one) >= std::time::Duration::from_secs(2),
+        "the first line came at the end: {text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|l| l.starts_with("build | faas build: compiled")),
+        "the build's last lines: {text:#?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("deployed: version 1"),
+        "{out:?}"
+    );
+    assert_eq!(invoke(&stack, "slow").await, json!("built"));
+    drop(stack);
+}
+
 /// The cost a build takes off cold calls: jinja2 and markupsafe (vendored
 /// from this machine's Python, as a function would vendor them) imported
 /// and used by a cold call, on python3 (built at deploy: bytecode) and on

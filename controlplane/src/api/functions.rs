@@ -1,14 +1,17 @@
 use faas_proto::v1::function_service_client::FunctionServiceClient;
 use faas_proto::v1::function_service_server::FunctionService;
 use faas_proto::v1::{
-    deploy_function_request, network_policy, BuildJob, BuildPart, DeleteAliasRequest,
-    DeleteAliasResponse, DeleteFunctionRequest, DeleteFunctionResponse, DependencyBuild,
-    DeployFunctionRequest, Function, FunctionAlias, GetFunctionRequest, HttpAccess,
-    ListAliasesRequest, ListAliasesResponse, ListFunctionVersionsRequest,
-    ListFunctionVersionsResponse, ListFunctionsRequest, ListFunctionsResponse, NetworkPolicy,
-    RollbackFunctionRequest, Runtime, RuntimeBundle, SecretRef, SetAliasRequest,
+    deploy_function_request, deploy_progress, network_policy, BuildJob, BuildPart,
+    DeleteAliasRequest, DeleteAliasResponse, DeleteFunctionRequest, DeleteFunctionResponse,
+    DependencyBuild, DeployFunctionRequest, DeployProgress, Function, FunctionAlias,
+    GetFunctionRequest, HttpAccess, ListAliasesRequest, ListAliasesResponse,
+    ListFunctionVersionsRequest, ListFunctionVersionsResponse, ListFunctionsRequest,
+    ListFunctionsResponse, NetworkPolicy, RollbackFunctionRequest, Runtime, RuntimeBundle,
+    SecretRef, SetAliasRequest,
 };
 use std::sync::OnceLock;
+
+use tokio_stream::wrappers::ReceiverStream;
 
 use futures::StreamExt;
 use tokio::sync::Semaphore;
@@ -21,6 +24,14 @@ use crate::broker::BuildEvent;
 use crate::error::{check_name, now_ms, ApiError};
 use crate::package::{normalize, PackageError};
 use crate::store::Kind;
+
+/// Where a deploy tells its progress (DeployFunctionWithProgress); the
+/// final message (the function, or the status) goes there too.
+type Progress = tokio::sync::mpsc::Sender<Result<DeployProgress, Status>>;
+
+/// Most build output a deploy relays to its client (the node bounds it
+/// too, by its log bound).
+const MAX_RELAYED_LOG: usize = 4 << 20;
 
 pub const DEFAULT_HANDLER: &str = "handler.handler";
 
@@ -359,7 +370,8 @@ impl Api {
         metadata: tonic::metadata::MetadataMap,
         first: faas_proto::v1::FunctionSpec,
         rest: Streaming<DeployFunctionRequest>,
-    ) -> Result<Response<Function>, Status> {
+        progress: Option<Progress>,
+    ) -> Result<Function, Status> {
         let channel = self.leader.channel().await?;
         let head = super::forwarded(Request::from_parts(metadata, Default::default(), ()))?;
         let (metadata, extensions, ()) = head.into_parts();
@@ -372,10 +384,35 @@ impl Api {
             part: Some(deploy_function_request::Part::Spec(first)),
         }))
         .chain(rest);
-        FunctionServiceClient::new(channel)
-            .deploy_function(Request::from_parts(metadata, extensions, messages))
+        let mut client = FunctionServiceClient::new(channel);
+        let Some(progress) = progress else {
+            return client
+                .deploy_function(Request::from_parts(metadata, extensions, messages))
+                .await
+                .map(Response::into_inner)
+                .map_err(super::forward_failed);
+        };
+        // The leader's progress, relayed; its last message is the outcome.
+        let mut events = client
+            .deploy_function_with_progress(Request::from_parts(metadata, extensions, messages))
             .await
-            .map_err(super::forward_failed)
+            .map_err(super::forward_failed)?
+            .into_inner();
+        while let Some(event) = events.message().await.map_err(super::forward_failed)? {
+            match event.event {
+                Some(deploy_progress::Event::Function(function)) => return Ok(function),
+                Some(event) => {
+                    let _ = progress
+                        .send(Ok(DeployProgress { event: Some(event) }))
+                        .await;
+                }
+                None => {}
+            }
+        }
+        Err(ApiError::Unavailable(
+            "the leader ended the deploy without its outcome; see `faasctl fn get`".into(),
+        )
+        .into())
     }
 
     /// Runs the runtime's build on a node: the package as uploaded goes in,
@@ -389,6 +426,7 @@ impl Api {
         runtime: &Runtime,
         source: Vec<u8>,
         limits: crate::package::PackageLimits,
+        progress: Option<&Progress>,
     ) -> Result<(Vec<u8>, Option<DependencyBuild>), Status> {
         let settings = &self.limits.build;
         let broker = self.broker()?;
@@ -454,6 +492,7 @@ impl Api {
             memory_bytes: settings.memory_bytes(),
             max_output_bytes: settings.max_output_bytes(),
             registry_token: String::new(),
+            stream_log: progress.is_some(),
         };
         let build_id = job.build_id.clone();
         info!(function = %key, %build_id, cached = cached.is_some(), "build started");
@@ -466,12 +505,30 @@ impl Api {
             .min(limits.max_normalized_bytes.saturating_mul(2));
         let mut node = String::new();
         let (mut package, mut deps) = (Vec::new(), Vec::new());
+        // The output relayed so far: BuildDone's log completes it.
+        let mut relayed: Vec<u8> = Vec::new();
+        let tell = |event: deploy_progress::Event| async move {
+            if let Some(progress) = progress {
+                let _ = progress
+                    .send(Ok(DeployProgress { event: Some(event) }))
+                    .await;
+            }
+        };
         // The image and the package are fetched first: some room for them.
         let wait = settings.timeout() + std::time::Duration::from_secs(120);
         let ended = tokio::time::timeout(wait, async {
             while let Some(event) = events.recv().await {
                 match event {
-                    BuildEvent::Started { node: n } => node = n,
+                    BuildEvent::Started { node: n } => {
+                        tell(deploy_progress::Event::BuildStartedOn(n.clone())).await;
+                        node = n;
+                    }
+                    BuildEvent::Output(o) if o.part == BuildPart::Log as i32 => {
+                        if progress.is_some() && relayed.len() + o.data.len() <= MAX_RELAYED_LOG {
+                            relayed.extend_from_slice(&o.data);
+                            tell(deploy_progress::Event::BuildLog(o.data)).await;
+                        }
+                    }
                     BuildEvent::Output(o) => {
                         let into = if o.part == BuildPart::Deps as i32 {
                             &mut deps
@@ -485,7 +542,16 @@ impl Api {
                         }
                         into.extend_from_slice(&o.data);
                     }
-                    BuildEvent::Done(done) => return Ok(Ok(done)),
+                    BuildEvent::Done(done) => {
+                        // What the live output missed (its last moments).
+                        if progress.is_some() && done.log.starts_with(&relayed) {
+                            let rest = done.log[relayed.len()..].to_vec();
+                            if !rest.is_empty() {
+                                tell(deploy_progress::Event::BuildLog(rest)).await;
+                            }
+                        }
+                        return Ok(Ok(done));
+                    }
                     BuildEvent::Lost(why) => return Ok(Err(why)),
                 }
             }
@@ -591,12 +657,14 @@ impl Api {
     }
 }
 
-#[tonic::async_trait]
-impl FunctionService for Api {
-    async fn deploy_function(
+impl Api {
+    /// A deploy (DeployFunction), telling its progress to `progress` if
+    /// given (DeployFunctionWithProgress).
+    async fn deploy(
         &self,
         request: Request<Streaming<DeployFunctionRequest>>,
-    ) -> Result<Response<Function>, Status> {
+        progress: Option<Progress>,
+    ) -> Result<Function, Status> {
         let principal = Principal::of(&request);
         // Kept to forward the deploy to the leader, if it needs a build.
         let metadata = request.metadata().clone();
@@ -697,7 +765,7 @@ impl FunctionService for Api {
         if builds && self.broker().is_err() {
             // Builds run on the nodes, whose streams end at the leader.
             drop(_slot);
-            return self.forward_deploy(metadata, first, stream).await;
+            return self.forward_deploy(metadata, first, stream, progress).await;
         }
         if existing.is_none() {
             self.check_function_quota(&namespace).await?;
@@ -738,7 +806,14 @@ impl FunctionService for Api {
                         .map_err(|e| package_error("function package", e))?;
                 let package = if builds {
                     let (package, build) = self
-                        .build_package(&namespace, &key, &runtime, package, package_limits)
+                        .build_package(
+                            &namespace,
+                            &key,
+                            &runtime,
+                            package,
+                            package_limits,
+                            progress.as_ref(),
+                        )
                         .await?;
                     built = build;
                     package
@@ -840,7 +915,37 @@ impl FunctionService for Api {
         }
         info!(function = %key, version, digest = %function.package_digest, "function deployed");
         self.prune_versions(&key, version).await;
-        Ok(Response::new(function))
+        Ok(function)
+    }
+}
+
+#[tonic::async_trait]
+impl FunctionService for Api {
+    async fn deploy_function(
+        &self,
+        request: Request<Streaming<DeployFunctionRequest>>,
+    ) -> Result<Response<Function>, Status> {
+        self.deploy(request, None).await.map(Response::new)
+    }
+
+    type DeployFunctionWithProgressStream = ReceiverStream<Result<DeployProgress, Status>>;
+
+    async fn deploy_function_with_progress(
+        &self,
+        request: Request<Streaming<DeployFunctionRequest>>,
+    ) -> Result<Response<Self::DeployFunctionWithProgressStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let api = self.clone();
+        // Runs to its end even if the client goes: a deploy is applied
+        // whole or not at all, whoever still listens.
+        tokio::spawn(async move {
+            let outcome = api.deploy(request, Some(tx.clone())).await;
+            let last = outcome.map(|function| DeployProgress {
+                event: Some(deploy_progress::Event::Function(function)),
+            });
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn get_function(

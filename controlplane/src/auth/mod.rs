@@ -193,6 +193,7 @@ pub fn access_of(path: &str) -> Option<Access> {
         (
             "faas.v1.FunctionService",
             "DeployFunction"
+            | "DeployFunctionWithProgress"
             | "GetFunction"
             | "ListFunctions"
             | "DeleteFunction"
@@ -399,6 +400,7 @@ mod tests {
             "/faas.v1.RuntimeService/ListRuntimes",
             "/faas.v1.RuntimeService/DeleteRuntime",
             "/faas.v1.FunctionService/DeployFunction",
+            "/faas.v1.FunctionService/DeployFunctionWithProgress",
             "/faas.v1.FunctionService/GetFunction",
             "/faas.v1.FunctionService/ListFunctions",
             "/faas.v1.FunctionService/DeleteFunction",

@@ -334,6 +334,16 @@ class DeployFunctionRequest(_message.Message):
     spec: FunctionSpec
     def __init__(self, spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
+class DeployProgress(_message.Message):
+    __slots__ = ["build_log", "build_started_on", "function"]
+    BUILD_LOG_FIELD_NUMBER: _ClassVar[int]
+    BUILD_STARTED_ON_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    build_log: bytes
+    build_started_on: str
+    function: Function
+    def __init__(self, build_started_on: _Optional[str] = ..., build_log: _Optional[bytes] = ..., function: _Optional[_Union[Function, _Mapping]] = ...) -> None: ...
+
 class DrainNodeRequest(_message.Message):
     __slots__ = ["name", "undrain"]
     NAME_FIELD_NUMBER: _ClassVar[int]

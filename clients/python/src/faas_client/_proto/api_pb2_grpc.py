@@ -181,6 +181,11 @@ class FunctionServiceStub(object):
                 request_serializer=faas_dot_v1_dot_api__pb2.DeployFunctionRequest.SerializeToString,
                 response_deserializer=faas_dot_v1_dot_api__pb2.Function.FromString,
                 )
+        self.DeployFunctionWithProgress = channel.stream_stream(
+                '/faas.v1.FunctionService/DeployFunctionWithProgress',
+                request_serializer=faas_dot_v1_dot_api__pb2.DeployFunctionRequest.SerializeToString,
+                response_deserializer=faas_dot_v1_dot_api__pb2.DeployProgress.FromString,
+                )
         self.GetFunction = channel.unary_unary(
                 '/faas.v1.FunctionService/GetFunction',
                 request_serializer=faas_dot_v1_dot_api__pb2.GetFunctionRequest.SerializeToString,
@@ -230,6 +235,15 @@ class FunctionServiceServicer(object):
         """Creates the function or, if it exists, updates it (new version); with
         an update mask, settings not named are kept, and without "package" in
         it only the configuration changes (FunctionSpec.update_mask).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeployFunctionWithProgress(self, request_iterator, context):
+        """DeployFunction, telling its progress as it goes: the build's node and
+        output while it runs, then the function as deployed (the last message;
+        a failed deploy ends the stream with its status instead).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -293,6 +307,11 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.DeployFunction,
                     request_deserializer=faas_dot_v1_dot_api__pb2.DeployFunctionRequest.FromString,
                     response_serializer=faas_dot_v1_dot_api__pb2.Function.SerializeToString,
+            ),
+            'DeployFunctionWithProgress': grpc.stream_stream_rpc_method_handler(
+                    servicer.DeployFunctionWithProgress,
+                    request_deserializer=faas_dot_v1_dot_api__pb2.DeployFunctionRequest.FromString,
+                    response_serializer=faas_dot_v1_dot_api__pb2.DeployProgress.SerializeToString,
             ),
             'GetFunction': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFunction,
@@ -358,6 +377,23 @@ class FunctionService(object):
         return grpc.experimental.stream_unary(request_iterator, target, '/faas.v1.FunctionService/DeployFunction',
             faas_dot_v1_dot_api__pb2.DeployFunctionRequest.SerializeToString,
             faas_dot_v1_dot_api__pb2.Function.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def DeployFunctionWithProgress(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(request_iterator, target, '/faas.v1.FunctionService/DeployFunctionWithProgress',
+            faas_dot_v1_dot_api__pb2.DeployFunctionRequest.SerializeToString,
+            faas_dot_v1_dot_api__pb2.DeployProgress.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
