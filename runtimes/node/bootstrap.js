@@ -15,6 +15,44 @@ const { pathToFileURL } = require('url');
 
 const env = process.env;
 
+// The bootstrap's own messages (a failed load, an uncaught error) go to
+// stderr as written; the function's console is Lambda's (patchConsole).
+const rawError = console.error.bind(console);
+
+// The call's id once known: Lambda's console lines carry it ("undefined"
+// before, as in Lambda's init phase).
+let requestId;
+
+// Lambda's console: each console.log/info/warn/error/debug/trace call is
+// one line `<ISO time>\t<request id>\t<LEVEL>\t<message>` on stdout, or a
+// JSON object with AWS_LAMBDA_LOG_FORMAT=JSON, which alone honours
+// AWS_LAMBDA_LOG_LEVEL (as on Lambda).
+function patchConsole() {
+  const util = require('util');
+  const json = (env.AWS_LAMBDA_LOG_FORMAT || '').toUpperCase() === 'JSON';
+  const order = ['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'];
+  const wanted = (env.AWS_LAMBDA_LOG_LEVEL || '').toUpperCase();
+  const threshold = json && order.includes(wanted) ? order.indexOf(wanted) : 0;
+  const write = (level, args) => {
+    if (order.indexOf(level) < threshold) return;
+    const timestamp = new Date().toISOString();
+    const message = util.format(...args);
+    const line = json
+      ? JSON.stringify({ timestamp, level, requestId, message })
+      : `${timestamp}\t${requestId}\t${level}\t${message}`;
+    process.stdout.write(`${line}\n`);
+  };
+  console.log = (...args) => write('INFO', args);
+  console.info = (...args) => write('INFO', args);
+  console.warn = (...args) => write('WARN', args);
+  console.error = (...args) => write('ERROR', args);
+  console.debug = (...args) => write('DEBUG', args);
+  console.trace = (...args) => {
+    const stack = new Error().stack.split('\n').slice(2).join('\n');
+    write('TRACE', [`${util.format(...args)}\n${stack}`]);
+  };
+}
+
 function exitNow(code) {
   // Do not wait for timers or sockets the function left open: the call is over.
   process.exit(code);
@@ -22,15 +60,15 @@ function exitNow(code) {
 
 function fail(type, message, error) {
   if (error && error.stack) {
-    console.error(error.stack);
+    rawError(error.stack);
   } else {
-    console.error(`${type}: ${message}`);
+    rawError(`${type}: ${message}`);
   }
   if (env.FAAS_ERROR) {
     try {
       fs.writeFileSync(env.FAAS_ERROR, JSON.stringify({ type, message }));
     } catch (writeError) {
-      console.error(`faas: cannot write ${env.FAAS_ERROR}: ${writeError.message}`);
+      rawError(`faas: cannot write ${env.FAAS_ERROR}: ${writeError.message}`);
     }
   }
   exitNow(1);
@@ -227,6 +265,7 @@ function writeResult(result) {
 }
 
 async function main() {
+  patchConsole();
   const functionDir = env.FAAS_FUNCTION_DIR || process.cwd();
   const setting = env.FAAS_HANDLER || 'index.handler';
   if (env.AWS_EXECUTION_ENV === undefined) {
@@ -251,6 +290,7 @@ async function main() {
   }
   const event = envelope.event === undefined ? null : envelope.event;
   const callId = String(envelope.call_id || '');
+  requestId = callId;
 
   // The call's outcome, settled once: written at once for promises and
   // context.done/succeed/fail; for a callback, once the event loop is

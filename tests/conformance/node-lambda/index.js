@@ -55,3 +55,14 @@ exports.stream = awslambda.streamifyResponse(async (event, responseStream, conte
 // Bytes: a Buffer, and a typed array's view into a larger buffer.
 exports.buffer = async () => Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x00, 0xff]);
 exports.view = async () => new Uint8Array(new Uint8Array([9, 1, 2, 3, 9]).buffer, 1, 3);
+
+// Lambda's console: one line per call, with time, request id and level.
+console.log('at init');
+exports.logs = async (event) => {
+  console.log('log', { n: 1 });
+  console.info('info %s', event.word);
+  console.warn('warn');
+  console.error('error');
+  console.debug('debug');
+  return 'logged';
+};

@@ -316,9 +316,64 @@ async fn node_callbacks_streaming_and_errors_behave_as_on_lambda() {
         ("nowait", "index.noWait"),
         ("cberr", "index.callbackError"),
         ("stream", "index.stream"),
+        ("logs", "index.logs"),
     ] {
         deploy(&stack, name, "node", &dir, &["--handler", handler]);
     }
+    deploy(
+        &stack,
+        "jsonlogs",
+        "node",
+        &dir,
+        &[
+            "--handler",
+            "index.logs",
+            "--env",
+            "AWS_LAMBDA_LOG_FORMAT=JSON",
+            "--env",
+            "AWS_LAMBDA_LOG_LEVEL=WARN",
+        ],
+    );
+
+    // console: `<time>\t<request id>\t<LEVEL>\t<message>` lines, as on
+    // Lambda ("undefined" before the call, at import).
+    let call = invoke(&stack, "logs", json!({"word": "hello"})).await;
+    assert_eq!(result_of(&call), json!("logged"));
+    let logs = logs_of(&stack, &call).await;
+    let node_line = |line: &str, id: &str, level: &str, message: &str| {
+        let parts: Vec<&str> = line.splitn(4, '\t').collect();
+        parts.len() == 4
+            && parts[0].len() == "2026-12-03T12:00:00.000Z".len()
+            && parts[0].ends_with('Z')
+            && parts[1] == id
+            && parts[2] == level
+            && parts[3] == message
+    };
+    let lines: Vec<&str> = logs.lines().collect();
+    for (id, level, message) in [
+        ("undefined", "INFO", "at init"),
+        (call.id.as_str(), "INFO", "log { n: 1 }"),
+        (call.id.as_str(), "INFO", "info hello"),
+        (call.id.as_str(), "WARN", "warn"),
+        (call.id.as_str(), "ERROR", "error"),
+        (call.id.as_str(), "DEBUG", "debug"),
+    ] {
+        assert!(
+            lines.iter().any(|l| node_line(l, id, level, message)),
+            "no {level} {message:?} line: {logs}"
+        );
+    }
+    // JSON, filtered by AWS_LAMBDA_LOG_LEVEL.
+    let call = invoke(&stack, "jsonlogs", json!({"word": "hello"})).await;
+    let logs = logs_of(&stack, &call).await;
+    let entries: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?} in {logs}")))
+        .collect();
+    let levels: Vec<&str> = entries.iter().map(|e| e["level"].as_str().unwrap()).collect();
+    assert_eq!(levels, ["WARN", "ERROR"], "{logs}");
+    assert_eq!(entries[0]["requestId"], call.id.as_str(), "{logs}");
+    assert_eq!(entries[0]["message"], "warn", "{logs}");
 
     let call = invoke(&stack, "cb", json!({})).await;
     // The result object was passed before the timer and the code after
