@@ -370,7 +370,10 @@ async fn node_callbacks_streaming_and_errors_behave_as_on_lambda() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?} in {logs}")))
         .collect();
-    let levels: Vec<&str> = entries.iter().map(|e| e["level"].as_str().unwrap()).collect();
+    let levels: Vec<&str> = entries
+        .iter()
+        .map(|e| e["level"].as_str().unwrap())
+        .collect();
     assert_eq!(levels, ["WARN", "ERROR"], "{logs}");
     assert_eq!(entries[0]["requestId"], call.id.as_str(), "{logs}");
     assert_eq!(entries[0]["message"], "warn", "{logs}");
