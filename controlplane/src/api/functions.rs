@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use super::{read_upload, Api};
+use super::{read_package, Api};
 use crate::auth::Principal;
 use crate::broker::BuildEvent;
 use crate::error::{check_name, now_ms, ApiError};
@@ -780,30 +780,14 @@ impl Api {
         };
         let (digest, package_size) = match (&existing, with_package) {
             (_, true) => {
-                let upload = read_upload(
-                    &mut stream,
-                    limits.max_package_bytes,
-                    "function package",
-                    |m| match m.part {
+                let package = read_package(&mut stream, limits, "function package", |m| {
+                    match m.part {
                         Some(deploy_function_request::Part::Chunk(c)) => Some(c),
                         _ => None,
-                    },
-                    |head| crate::package::check_format(head).map_err(ApiError::from),
-                );
-                let upload_timeout = limits.package.upload_timeout();
-                let upload = tokio::time::timeout(upload_timeout, upload)
-                    .await
-                    .map_err(|_| {
-                        ApiError::DeadlineExceeded(format!(
-                            "the package upload took longer than {upload_timeout:?} (limit package.upload_timeout_secs)"
-                        ))
-                    })??;
+                    }
+                })
+                .await?;
                 let package_limits = limits.package.limits(limits.max_package_bytes);
-                let package =
-                    tokio::task::spawn_blocking(move || normalize(&upload, package_limits))
-                        .await
-                        .map_err(|e| Status::internal(format!("package check panicked: {e}")))?
-                        .map_err(|e| package_error("function package", e))?;
                 let package = if builds {
                     let (package, build) = self
                         .build_package(

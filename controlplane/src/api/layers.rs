@@ -15,10 +15,9 @@ use faas_proto::v1::{
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use super::{read_upload, Api};
+use super::{read_package, Api};
 use crate::auth::Principal;
 use crate::error::{check_name, now_ms, ApiError};
-use crate::package::normalize;
 use crate::store::{function_records_prefix, version_name, Kind};
 use faas_proto::rules::is_layer_directory;
 
@@ -178,29 +177,17 @@ impl LayerService for Api {
             .into());
         }
         let _slot = super::functions::deploy_slot(&self.limits)?;
-        let limits = &self.limits;
-        let upload = read_upload(
+        let archive = read_package(
             &mut stream,
-            limits.max_package_bytes,
+            &self.limits,
             "layer archive",
             |m: PublishLayerRequest| match m.part {
                 Some(publish_layer_request::Part::Chunk(c)) => Some(c),
                 _ => None,
             },
-            |head| crate::package::check_format(head).map_err(ApiError::from),
-        );
-        let upload_timeout = limits.package.upload_timeout();
-        let upload = tokio::time::timeout(upload_timeout, upload)
-            .await
-            .map_err(|_| {
-                ApiError::DeadlineExceeded(format!(
-                    "the layer upload took longer than {upload_timeout:?} (limit package.upload_timeout_secs)"
-                ))
-            })??;
-        let package_limits = limits.package.limits(limits.max_package_bytes);
+        )
+        .await?;
         let (archive, (directories, others)) = tokio::task::spawn_blocking(move || {
-            let archive = normalize(&upload, package_limits)
-                .map_err(|e| super::functions::package_error("layer archive", e))?;
             let top = crate::package::top_level(&archive).map_err(|e| {
                 ApiError::Internal(format!("reading the normalized layer archive: {e}"))
             })?;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use tokio::sync::watch;
-use tonic::Streaming;
+use tonic::{Status, Streaming};
 
 use crate::broker::BrokerHandle;
 use crate::config::Limits;
@@ -207,6 +207,37 @@ pub(crate) fn check_env_bytes(
         )));
     }
     Ok(())
+}
+
+/// Reads a package upload (a function's, a layer's: `what`) from the chunks
+/// that follow the stream's first message, within the package limits and
+/// `package.upload_timeout_secs`, and normalizes it (every check a
+/// package gets).
+async fn read_package<M>(
+    stream: &mut Streaming<M>,
+    limits: &Limits,
+    what: &'static str,
+    chunk_of: impl Fn(M) -> Option<Vec<u8>>,
+) -> Result<Vec<u8>, Status>
+where
+    M: Send + 'static,
+{
+    let upload = read_upload(stream, limits.max_package_bytes, what, chunk_of, |head| {
+        crate::package::check_format(head).map_err(ApiError::from)
+    });
+    let upload_timeout = limits.package.upload_timeout();
+    let upload = tokio::time::timeout(upload_timeout, upload)
+        .await
+        .map_err(|_| {
+            ApiError::DeadlineExceeded(format!(
+                "the {what} upload took longer than {upload_timeout:?} (limit package.upload_timeout_secs)"
+            ))
+        })??;
+    let package_limits = limits.package.limits(limits.max_package_bytes);
+    tokio::task::spawn_blocking(move || crate::package::normalize(&upload, package_limits))
+        .await
+        .map_err(|e| Status::internal(format!("{what} check panicked: {e}")))?
+        .map_err(|e| functions::package_error(what, e).into())
 }
 
 /// Reads a client stream made of a header message followed by chunks of
